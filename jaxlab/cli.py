@@ -34,6 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     r.add_argument("--quiet", action="store_true", help="one log line per chunk instead of a progress bar")
     r.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    d = r.add_argument_group(
+        "several hosts",
+        "start JAX's distributed runtime; on Cloud TPU, Slurm and Open MPI --distributed alone suffices "
+        "(see scripts/); --out must be on a file system every process sees",
+    )
+    d.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    d.add_argument("--num-processes", type=int, metavar="N", help="number of processes (implies --distributed)")
+    d.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (implies --distributed)")
 
     rep = sub.add_parser("report", help="(re)write report.md and figures of a run directory")
     rep.add_argument("dir")
@@ -82,9 +91,20 @@ def stored_config(out: Path):
     return ExperimentConfig.from_dict(json.loads((out / "config.json").read_text()))
 
 
+def start_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize()` before anything touches a device, when asked to."""
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(x is not None for x in explicit):
+        from jaxlab.train.distributed import initialize
+
+        initialize(*explicit)
+
+
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from jaxlab.train.sweep import plan, run_sweep
 
+    if not args.show_config:
+        start_distributed(args)
     given = bool(args.preset or args.set or args.sweep or args.seeds)
     if args.resume and args.out and not given and (Path(args.out) / "config.json").exists():
         cfg = stored_config(Path(args.out))
@@ -107,6 +127,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     result = run_sweep(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=command)
     s = result.summary
     n_div = sum(r["status"] != "ok" for r in s["runs"])
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(f"{s['n_runs']} runs ({n_div} diverged) in {s['wall_s']:.1f} s; report: {Path(args.out) / 'report.md'}")
     return 0
 

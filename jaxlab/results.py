@@ -1,8 +1,10 @@
 """Tidy results: `metrics.parquet` (run, seed, <hparams>, step, metric, value), `summary.json`, `load`.
 
-A sweep writes one part per group of runs (`parts/part-XXXX.parquet` + `.json`) as each group
-finishes, then merges the parts into `metrics.parquet` and `summary.json`. Every file is written
-to a temporary name and renamed, so a crash never leaves half a table or half a summary.
+A sweep writes one part per run chunk and process (`parts/part-GGGG-KKKK-PPPPP.parquet` + `.json`,
+see `jaxlab.train.rundir`) as each finishes, then process 0 merges the parts into
+`metrics.parquet` and `summary.json`. Every file is written to a temporary name and renamed, so
+a crash never leaves half a table or half a summary. One long table per sweep, with the same
+columns whatever the host count, so tables of several sweeps concatenate (`load_many`).
 """
 
 from __future__ import annotations
@@ -140,6 +142,19 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     if not parts:
         raise UserError(f"{run_dir}: no metrics.parquet and no result parts: is it a jaxlab run directory?")
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def load_many(run_dirs: Iterable[str | Path], key: str = "sweep") -> pd.DataFrame:
+    """The tables of several run directories, one below the other, with a column `key` naming
+    each directory (its name); hyperparameter columns missing from a sweep are left empty."""
+    frames = []
+    for d in run_dirs:
+        df = load(d)
+        df.insert(0, key, Path(d).name)
+        frames.append(df)
+    if not frames:
+        raise UserError("load_many: no run directories given")
+    return pd.concat(frames, ignore_index=True)
 
 
 def load_summary(run_dir: str | Path) -> dict[str, Any]:

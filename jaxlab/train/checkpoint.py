@@ -1,9 +1,13 @@
-"""Checkpoints of a group of runs with orbax-checkpoint's `CheckpointManager` (`args` API).
+"""Checkpoints of a chunk of runs with orbax-checkpoint's `CheckpointManager` (`args` API).
 
-A checkpoint holds the stacked `TrainState` of every run of the group (params, optimizer state,
-step, data keys, divergence flags) and the metric history so far, keyed by the index of the last
-completed evaluation. Saves are asynchronous and atomic (orbax writes to a temporary directory
-and renames it when complete), so a killed sweep leaves either a whole checkpoint or none.
+A checkpoint holds the stacked `TrainState` of every run of one run chunk (params, optimizer
+state, step, data keys, divergence flags) and its metric history so far (the on-device table
+[n_evals, runs], rows not yet reached are NaN), keyed by the index of the last completed
+evaluation. Arrays may be sharded over the run mesh, across processes: orbax writes each shard
+from the process that holds it. Saves are asynchronous (the call returns once the arrays are
+copied off the device) and atomic (orbax writes to a temporary directory and renames it when
+complete; leftovers of a killed save are removed when the manager opens), so a killed sweep
+leaves whole checkpoints only.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import orbax.checkpoint as ocp
 class GroupCheckpointer:
     def __init__(self, directory: Path, keep: int = 2, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep or None, enable_async_checkpointing=async_save, create=True
+            max_to_keep=keep or None,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
-    def save(self, index: int, state: Any, history: dict[str, np.ndarray], force: bool = False) -> None:
-        """Save the state after evaluation `index` with the history rows [index + 1, R]."""
-        item = {"state": state, "history": {k: np.asarray(v) for k, v in history.items()}}
+    def save(self, index: int, state: Any, history: dict[str, Any], force: bool = False) -> None:
+        """Save the state after evaluation `index` with the metric history [n_evals, R]."""
+        item = {"state": state, "history": dict(history)}
         self.manager.save(index, args=ocp.args.Composite(item=ocp.args.StandardSave(item)), force=force)
 
     def latest(self) -> int | None:
@@ -35,15 +42,17 @@ class GroupCheckpointer:
         """Indices of every kept checkpoint, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def restore(
-        self, index: int, like_state: Any, history_like: dict[str, np.ndarray]
-    ) -> tuple[Any, dict[str, np.ndarray]]:
-        """Restore evaluation `index`, shaped like `like_state` and `history_like`."""
-        like = {"state": like_state, "history": history_like}
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    def restore(self, index: int, like_state: Any, like_history: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Restore evaluation `index`, shaped (and sharded) like `like_state` and `like_history`.
+
+        Leaves given as jax arrays or `ShapeDtypeStruct`s with a sharding come back as arrays with
+        that sharding; NumPy leaves come back as NumPy arrays (every process reads all of it).
+        """
+        like = {"state": like_state, "history": dict(like_history)}
+        abstract = jax.tree_util.tree_map(_abstract, like)
         restored = self.manager.restore(index, args=ocp.args.Composite(item=ocp.args.StandardRestore(abstract)))
         item = restored.item
-        return item["state"], {k: np.asarray(v) for k, v in item["history"].items()}
+        return item["state"], dict(item["history"])
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -51,3 +60,9 @@ class GroupCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _abstract(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x
+    return ocp.utils.to_shape_dtype_struct(x)

@@ -1,43 +1,76 @@
-"""Run a sweep: seeds x grid points, as few compiled programs as the grid allows.
+"""Run a sweep: seeds x grid points, as few compiled programs as the grid allows, on every device.
 
 Grid keys that only change values (`hparams.TRACED_KEYS`: learning rate, weight decay, betas, init
 scale) vary inside one program, vmapped with the seeds. Keys that change shapes or code (e.g.
 `model.n_heads`, `task.n_context`) split the sweep into groups, one program each, run in turn.
 
-For each group the host loop is: init (vmapped), then one jitted chunk per evaluation interval
-(`Train.chunk`, vmapped over runs, buffers donated), moving only the evaluation metrics to the host.
-Checkpoints are written every `train.checkpoint_every` chunks and at the end; a finished group
-writes its result part; the parts are merged into `metrics.parquet` and `summary.json`.
+A group's R runs are laid out over a 1-D mesh of all devices (`jaxlab.train.sharding`) and, when
+they do not fit in memory at once, split into equal run chunks (`jaxlab.train.chunking`) trained
+one after the other through the same two compiled programs (`jaxlab.train.programs`). For each
+chunk the host loop is: `start` (init, evaluation data, step-0 metrics), then one `interval` per
+evaluation interval (buffers donated; only the median loss and the diverged count come to the
+host), orbax checkpoints every `train.checkpoint_every` intervals and at the end, then the
+experiment's `finalize` and the chunk's result part. The parts are merged into `metrics.parquet`
+and `summary.json` (`jaxlab.train.rundir`). Several processes (`--distributed`) run the same
+loop on their own shards; process 0 merges.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import sys
+import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-import jaxlab
 from jaxlab import results
 from jaxlab.config import ExperimentConfig
 from jaxlab.errors import UserError
 from jaxlab.experiments import Experiment, Finalized, get_experiment
-from jaxlab.train.checkpoint import GroupCheckpointer
-from jaxlab.train.engine import Train, TrainState, host, seed_keys
+from jaxlab.train import chunking
+from jaxlab.train.distributed import agree_min, barrier, is_primary
+from jaxlab.train.engine import Train
 from jaxlab.train.hparams import is_traced, stack_hparams
+from jaxlab.train.programs import Programs, key_data
+from jaxlab.train.progress import Progress
+from jaxlab.train.rundir import (
+    RUN_DIRS,
+    RUN_FILES,
+    RunStore,
+    build_summary,
+    check_run_dir,
+    clear_run_dir,
+    holds_run,
+    merge_parts,
+    part_records,
+    prepare_run_dir,
+)
+from jaxlab.train.sharding import Placement, run_mesh
 
-RUN_FILES = ("config.json", "summary.json", "metrics.parquet", "report.md")
-RUN_DIRS = ("parts", "checkpoints")
+__all__ = [
+    "RUN_DIRS",
+    "RUN_FILES",
+    "Group",
+    "GroupOutcome",
+    "Progress",
+    "RunInfo",
+    "SweepResult",
+    "build_summary",
+    "checkpoint_indices",
+    "holds_run",
+    "load_group",
+    "merge_parts",
+    "plan",
+    "prepare_run_dir",
+    "run_group",
+    "run_sweep",
+    "with_seeds",
+]
 
 
 @dataclass(frozen=True)
@@ -64,14 +97,19 @@ class Group:
 
 @dataclass
 class GroupOutcome:
+    """A finished group: host arrays with a leading axis over `runs` (all of the group's runs,
+    or in a multi-process sweep the ones this process trained)."""
+
     group: Group
     train: Train
-    state: TrainState
+    state: Any
     hparams: dict[str, np.ndarray]
-    history: dict[str, np.ndarray]
+    history: dict[str, np.ndarray]  # metric -> [R, n_evals]
     finalized: Finalized
     compile_s: float = 0.0
     wall_s: float = 0.0
+    runs: list[RunInfo] = field(default_factory=list)
+    diverged_at: np.ndarray | None = None
 
 
 @dataclass
@@ -105,259 +143,372 @@ def plan(cfg: ExperimentConfig) -> list[Group]:
     return list(groups.values())
 
 
-# -- progress --------------------------------------------------------------------------------------
-class Progress:
-    """A tqdm bar over run-steps (runs x optimizer steps), or one line per chunk when quiet."""
+# -- a chunk's results -----------------------------------------------------------------------------
+def _select_finalized(fin: Finalized, rows: np.ndarray) -> Finalized:
+    return Finalized(
+        per_run={k: np.asarray(v)[rows] for k, v in fin.per_run.items()},
+        history={k: (np.asarray(s), np.asarray(v)[rows]) for k, (s, v) in fin.history.items()},
+        reference={k: float(v) for k, v in fin.reference.items()},
+    )
 
-    def __init__(self, name: str, total_run_steps: int, n_groups: int, quiet: bool, enabled: bool = True):
-        self.name, self.quiet, self.n_groups = name, quiet, n_groups
-        self.enabled = enabled
-        self.start = time.time()
-        self.bar = None
-        if enabled and not quiet:
-            self.bar = tqdm(total=total_run_steps, unit="run-step", unit_scale=True, desc=name, file=sys.stderr)
 
-    def update(self, group: Group, run_steps: int, step: int, loss: float, diverged: int) -> None:
-        if not self.enabled:
-            return
-        where = f"group {group.index + 1}/{self.n_groups} " if self.n_groups > 1 else ""
-        status = (
-            f"{where}step {step}/{group.cfg.train.steps} runs {len(group.runs)} loss {loss:.4g} diverged {diverged}"
-        )
-        if self.bar is not None:
-            self.bar.update(run_steps)
-            self.bar.set_postfix_str(status)
-        else:
-            elapsed = time.time() - self.start
-            print(f"[jaxlab] {self.name} {status} elapsed {elapsed:.1f}s", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _concat_outcome(group: Group, train: Train, parts: list[GroupOutcome], compile_s: float, t0: float) -> GroupOutcome:
+    """One outcome from the outcomes of a group's run chunks (same order as the runs)."""
+    cat = lambda *xs: np.concatenate([np.asarray(x) for x in xs])
+    fins = [p.finalized for p in parts]
+    weights = [len(p.runs) for p in parts]
+    reference = {
+        k: float(np.average([f.reference[k] for f in fins], weights=weights))
+        for k in fins[0].reference
+        if all(k in f.reference for f in fins) and sum(weights) > 0
+    }
+    return GroupOutcome(
+        group=group,
+        train=train,
+        state=jax.tree_util.tree_map(cat, *[p.state for p in parts]),
+        hparams={k: cat(*[p.hparams[k] for p in parts]) for k in parts[0].hparams},
+        history={k: cat(*[p.history[k] for p in parts]) for k in parts[0].history},
+        finalized=Finalized(
+            per_run={k: cat(*[f.per_run[k] for f in fins]) for k in fins[0].per_run},
+            history={k: (fins[0].history[k][0], cat(*[f.history[k][1] for f in fins])) for k in fins[0].history},
+            reference=reference,
+        ),
+        compile_s=compile_s,
+        wall_s=time.time() - t0,
+        runs=[r for p in parts for r in p.runs],
+        diverged_at=cat(*[p.diverged_at for p in parts]),
+    )
 
 
 # -- one group -------------------------------------------------------------------------------------
-def _median_finite(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    return float(np.median(x)) if x.size else float("nan")
+class _GroupRun:
+    """The state shared by the run chunks of one group (programs, inputs, where to write)."""
+
+    def __init__(self, exp: Experiment, group: Group, placement: Placement, store: RunStore | None, resume: bool):
+        self.exp, self.group, self.placement, self.store, self.resume = exp, group, placement, store, resume
+        cfg = group.cfg
+        self.train = exp.make_train(cfg)
+        self.hp_all = stack_hparams(cfg, [r.point for r in group.runs])
+        self.hp_keys = list(self.hp_all)
+        self.kd_all = key_data(group.seeds, cfg.train.prng_impl)
+        self.programs = Programs(self.train, placement, self.kd_all.shape[1])
+
+    def compile(self) -> float:
+        """Choose the run-chunk layout and compile the two programs for it; returns seconds."""
+        t0 = time.time()
+        g, n, d = self.group, len(self.group.runs), self.placement.n_devices
+        layout = self.store.read_layout(g.index) if (self.store is not None and self.resume) else None
+        compile_interval = lambda size: self.programs.compile_interval(size, self.hp_keys)
+        if layout is not None:
+            size = int(layout["chunk_size"])
+            if size % d:
+                raise UserError(
+                    f"--resume: group {g.index} was started with run chunks of {size} runs over "
+                    f"{layout['n_devices']} devices, which {d} devices cannot hold evenly; resume with "
+                    f"{layout['n_devices']} devices (or a divisor of {size}), or use --overwrite"
+                )
+            self.chunks, self.interval = chunking.RunChunks(n, size), compile_interval(size)
+            self.estimate = layout.get("estimate", {})
+        else:
+            self.chunks, self.interval, self.estimate = chunking.choose(
+                n,
+                d,
+                g.cfg.train.max_runs_per_chunk,
+                compile_interval,
+                fixed_bytes=self.programs.eval_data_bytes(self.hp_keys),
+                agree=agree_min,
+            )
+            if self.store is not None and is_primary():
+                self.store.write_layout(
+                    g.index,
+                    {
+                        "n_runs": n,
+                        "chunk_size": self.chunks.size,
+                        "n_chunks": self.chunks.n_chunks,
+                        "n_devices": d,
+                        "n_processes": jax.process_count(),
+                        "estimate": self.estimate,
+                    },
+                )
+        self.start = self.programs.compile_start(self.chunks.size, self.hp_keys)
+        return time.time() - t0
+
+    def run_chunk(self, k: int, progress: Progress, compile_s: float) -> GroupOutcome:
+        """Train run chunk k from scratch or from its last checkpoint; write its result part."""
+        t0 = time.time()
+        g, p, chunks, train = self.group, self.placement, self.chunks, self.train
+        tcfg = g.cfg.train
+        slots, real = chunks.positions(k), chunks.real(k)
+        hp = p.put_tree({key: v[slots] for key, v in self.hp_all.items()}, p.runs)
+        valid = p.put(real, p.runs)
+        state, eval_data, history = self.start(p.put(self.kd_all[slots], p.runs), hp)
+
+        steps = train.eval_steps
+        last = len(steps) - 1
+        n_real = chunks.n_real(k)
+        ckpt = None
+        if self.store is not None:
+            if self.resume:
+                if is_primary():
+                    self.store.clear_chunk_parts(g.index, k)
+                barrier(f"jaxlab-clear-{g.index}-{k}")
+            ckpt = self.store.checkpointer(g.index, k, keep=tcfg.keep_checkpoints)
+        try:
+            begin = 0
+            if ckpt is not None and self.resume and ckpt.latest() is not None:
+                begin = ckpt.latest()
+                state, history = ckpt.restore(begin, state, history)
+                progress.skip(n_real * steps[begin])
+            n_div = None
+            for i in range(begin + 1, len(steps)):
+                gap = steps[i] - steps[i - 1]
+                n = p.put(np.int32(gap), p.replicated)
+                state, history, (loss, n_div) = self.interval(
+                    state, history, hp, eval_data, n, p.put(np.int32(i), p.replicated), valid
+                )
+                progress.update(
+                    group=g.index,
+                    chunk=k,
+                    n_chunks=chunks.n_chunks,
+                    runs=n_real,
+                    run_steps=n_real * gap,
+                    step=steps[i],
+                    steps=steps[-1],
+                    loss=float(loss),
+                    diverged=int(n_div),
+                )
+                if ckpt is not None and tcfg.checkpoint_every and i % tcfg.checkpoint_every == 0 and i < last:
+                    ckpt.save(i, state, history)
+            if ckpt is not None and begin != last:
+                ckpt.save(last, state, history, force=True)
+            out = self._collect(k, state, history, hp, slots, real)
+        finally:
+            if ckpt is not None:
+                ckpt.close()  # the final checkpoint is complete before the part says the chunk is done
+        diverged = int(n_div) if n_div is not None else int(np.sum(out.diverged_at >= 0))
+        progress.chunk_done(diverged)
+        out.compile_s, out.wall_s = (compile_s if k == 0 else 0.0), time.time() - t0
+        if self.store is not None:
+            self._write_part(k, out)
+        return out
+
+    def _collect(
+        self, k: int, state: Any, history: dict, hp: dict, slots: np.ndarray, real: np.ndarray
+    ) -> GroupOutcome:
+        """This process's real runs of the chunk, on the host, with the experiment's finalize."""
+        g, p = self.group, self.placement
+        local, state_local = p.local_tree(state)
+        keep = real[local]
+        rows = local[keep]
+        runs = [g.runs[i] for i in slots[rows]]
+        hist = {m: p.local(h, axis=1)[1][:, keep].T for m, h in history.items()}
+        fin = Finalized()
+        if self.exp.finalize is not None:
+            seeds = g.seeds[slots]
+            if jax.process_count() == 1:  # the sharded device arrays of the whole chunk
+                fin = _select_finalized(self.exp.finalize(self.train, state, hp, seeds), rows)
+            else:  # this process's rows only: finalize may move its results to the host
+                hp_local = {key: v[slots][local] for key, v in self.hp_all.items()}
+                fin = self.exp.finalize(self.train, state_local, hp_local, seeds[local])
+                fin = _select_finalized(fin, np.nonzero(keep)[0])
+        state_host = jax.tree_util.tree_map(lambda x: np.asarray(x)[keep], state_local)
+        return GroupOutcome(
+            group=g,
+            train=self.train,
+            state=state_host,
+            hparams={key: v[slots][rows] for key, v in self.hp_all.items()},
+            history=hist,
+            finalized=fin,
+            runs=runs,
+            diverged_at=np.asarray(state_host.diverged_at),
+        )
+
+    def _write_part(self, k: int, out: GroupOutcome) -> None:
+        g = self.group
+        table, part = outcome_records(out, chunk=k, process=self.store.process)
+        self.store.write_part(g.index, k, table, part)
+        barrier(f"jaxlab-part-{g.index}-{k}")
+        if is_primary():
+            self.store.mark_done(g.index, k, jax.process_count())
+
+
+def outcome_records(out: GroupOutcome, chunk: int = 0, process: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The tidy table and json part of a (chunk's or group's) outcome."""
+    fin = out.finalized
+    return part_records(
+        group=out.group.index,
+        chunk=chunk,
+        process=process,
+        label=out.group.label,
+        runs=[r.as_dict() for r in out.runs],
+        steps=np.asarray(out.train.eval_steps),
+        history=out.history,
+        diverged_at=out.diverged_at,
+        per_run=fin.per_run,
+        fin_history=fin.history,
+        reference=fin.reference,
+        compile_s=out.compile_s,
+        wall_s=out.wall_s,
+    )
 
 
 def run_group(
     exp: Experiment,
     group: Group,
     progress: Progress,
-    checkpointer: GroupCheckpointer | None = None,
+    store: RunStore | None = None,
     resume: bool = False,
+    placement: Placement | None = None,
 ) -> GroupOutcome:
-    """Train every run of `group` as one program; returns final states, history and probes."""
-    t_start = time.time()
-    cfg = group.cfg
-    train = exp.make_train(cfg)
-    keys = seed_keys(group.seeds, cfg.train.prng_impl)
-    hp_np = stack_hparams(cfg, [r.point for r in group.runs])
-    hp = {k: jnp.asarray(v) for k, v in hp_np.items()}
-
+    """Train every run of `group` (run chunk by run chunk); returns final states, history and probes."""
     t0 = time.time()
-    start_v = jax.jit(lambda k, h: _start(train, k, h)).lower(keys, hp).compile()
-    state, eval_batch, first = start_v(keys, hp)
-    chunk_v = (
-        jax.jit(jax.vmap(train.chunk, in_axes=(0, 0, None, None)), donate_argnums=0)
-        .lower(state, hp, eval_batch, jnp.int32(0))
-        .compile()
-    )
-    compile_s = time.time() - t0
+    gr = _GroupRun(exp, group, placement or Placement.default(), store, resume)
+    compile_s = gr.compile()
+    outs = []
+    for k in range(gr.chunks.n_chunks):
+        if store is not None and resume and store.chunk_done(group.index, k):
+            progress.skip(gr.chunks.n_real(k) * group.cfg.train.steps)
+            outs.append(_load_chunk(store, group, gr.train, gr.chunks, k, gr.placement, local=True))
+            continue
+        outs.append(gr.run_chunk(k, progress, compile_s))
+    return _concat_outcome(group, gr.train, outs, compile_s, t0)
 
-    steps = train.eval_steps
-    start_index = 0
-    rows: list[dict[str, np.ndarray]] = []
-    if resume and checkpointer is not None and checkpointer.latest() is not None:
-        index = checkpointer.latest()
-        like_hist = {k: np.zeros((index + 1, len(group.runs)), np.float32) for k in first}
-        state, hist = checkpointer.restore(index, state, like_hist)
-        rows = [{k: hist[k][i] for k in hist} for i in range(index + 1)]
-        start_index = index
-        progress.update(group, len(group.runs) * steps[index], steps[index], _median_finite(rows[-1]["train_loss"]), 0)
-    else:
-        rows.append(host(first))
 
-    every = cfg.train.checkpoint_every
-    for i in range(start_index + 1, len(steps)):
-        gap = steps[i] - steps[i - 1]
-        state, metrics = chunk_v(state, hp, eval_batch, jnp.int32(gap))
-        rows.append(host(metrics))
-        diverged = int(np.sum(np.asarray(state.diverged_at) >= 0))
-        progress.update(group, len(group.runs) * gap, steps[i], _median_finite(rows[-1]["train_loss"]), diverged)
-        if checkpointer is not None and every and i % every == 0 and i < len(steps) - 1:
-            checkpointer.save(i, state, _stack_rows(rows))
-    if checkpointer is not None:
-        checkpointer.save(len(steps) - 1, state, _stack_rows(rows), force=True)
+# -- loading a finished group back -----------------------------------------------------------------
+def _finalized_from_parts(store: RunStore, group: int, chunk: int, runs: list[RunInfo]) -> Finalized:
+    parts = [json.loads(p.read_text()) for p in store.chunk_parts(group, chunk, "json")]
+    if not parts:
+        return Finalized()
+    entries = {e["run"]: e for p in parts for e in p["runs"]}
+    nan = float("nan")
+    per_run = {
+        m: np.asarray([entries[r.run]["final"].get(m, nan) if r.run in entries else nan for r in runs], np.float64)
+        for m in parts[0].get("per_run_metrics", [])
+    }
+    history = {}
+    names = parts[0].get("history_metrics", [])
+    if names:
+        table = pd.concat([pd.read_parquet(p) for p in store.chunk_parts(group, chunk, "parquet")])
+        for m in names:
+            wide = table[table.metric == m].pivot_table(index="run", columns="step", values="value", dropna=False)
+            wide = wide.reindex([r.run for r in runs])
+            history[m] = (wide.columns.to_numpy(), wide.to_numpy())
+    weights = [max(1, p.get("n_runs", 1)) for p in parts]
+    reference = {
+        k: float(np.average([p["reference"][k] for p in parts], weights=weights))
+        for k in parts[0]["reference"]
+        if all(p["reference"].get(k) is not None for p in parts)
+    }
+    return Finalized(per_run=per_run, history=history, reference=reference)
 
-    history = {k: v.T for k, v in _stack_rows(rows).items()}  # [R, n_evals]
-    finalized = exp.finalize(train, state, hp, group.seeds) if exp.finalize is not None else Finalized()
+
+def _load_chunk(
+    store: RunStore,
+    group: Group,
+    train: Train,
+    chunks: chunking.RunChunks,
+    k: int,
+    placement: Placement,
+    local: bool,
+    checkpoint: int | None = None,
+) -> GroupOutcome:
+    """A run chunk from its checkpoint (default: the final one) and its result parts, on the host.
+
+    local: only the runs this process holds under `placement` (a resumed multi-process sweep);
+    otherwise all of them.
+    """
+    one = Placement(run_mesh(jax.local_devices()[:1]))  # shapes only: any chunk size
+    programs = Programs(train, one, key_data(group.seeds[:1], group.cfg.train.prng_impl).shape[1])
+    kd, hp = programs.abstract_inputs(chunks.size, list(stack_hparams(group.cfg, [{}])))
+    like_state, _, like_hist = jax.eval_shape(programs.start, kd, hp)
+    zeros = lambda x: np.zeros(x.shape, x.dtype)
+    ckpt = store.checkpointer(group.index, k, keep=0, async_save=False)
+    try:
+        index = ckpt.latest() if checkpoint is None else checkpoint
+        if index is None or index not in ckpt.all():
+            have = ckpt.all()
+            raise UserError(
+                f"{store.run_dir}: group {group.index} chunk {k} has no checkpoint "
+                + (f"{index} (have {have})" if have else "(is the run finished?)")
+            )
+        state, hist = ckpt.restore(
+            index, jax.tree_util.tree_map(zeros, like_state), jax.tree_util.tree_map(zeros, like_hist)
+        )
+    finally:
+        ckpt.close()
+    slots, real = chunks.positions(k), chunks.real(k)
+    rows = placement.local_slots(chunks.size) if local else np.arange(chunks.size)
+    rows = rows[real[rows]]
+    runs = [group.runs[i] for i in slots[rows]]
+    state = jax.tree_util.tree_map(lambda x: np.asarray(x)[rows], state)
+    hp_all = stack_hparams(group.cfg, [r.point for r in group.runs])
     return GroupOutcome(
         group=group,
         train=train,
         state=state,
-        hparams=hp_np,
-        history=history,
-        finalized=finalized,
-        compile_s=compile_s,
-        wall_s=time.time() - t_start,
+        hparams={key: v[slots][rows] for key, v in hp_all.items()},
+        history={m: np.asarray(h)[:, rows].T for m, h in hist.items()},
+        finalized=_finalized_from_parts(store, group.index, k, runs),
+        runs=runs,
+        diverged_at=np.asarray(state.diverged_at),
     )
 
 
-def _start(train: Train, keys: jax.Array, hp: dict[str, jax.Array]) -> tuple[TrainState, Any, dict[str, jax.Array]]:
-    """Initial states [R], the evaluation set, and the step-0 metrics [R], as one program."""
-    state = jax.vmap(train.init)(keys, hp)
-    eval_batch = train.make_eval_batch()
-    return state, eval_batch, jax.vmap(train.initial_metrics, in_axes=(0, None))(state, eval_batch)
+def _group_layout(run_dir: Path, index: int) -> tuple[ExperimentConfig, Group, RunStore, chunking.RunChunks]:
+    run_dir = Path(run_dir)
+    cfg = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    groups = plan(cfg)
+    if not 0 <= index < len(groups):
+        raise UserError(f"{run_dir} has groups 0..{len(groups) - 1}, not {index}")
+    store = RunStore(run_dir)
+    layout = store.read_layout(index)
+    if layout is None:
+        raise UserError(f"{run_dir}: group {index} has no checkpoint (was it started?)")
+    return cfg, groups[index], store, chunking.RunChunks(len(groups[index].runs), int(layout["chunk_size"]))
 
 
-def _stack_rows(rows: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.stack([np.asarray(r[k], np.float32) for r in rows]) for k in rows[0]}
+def checkpoint_indices(run_dir: str | Path, index: int = 0) -> list[int]:
+    """Evaluation indices at which every run chunk of group `index` has a checkpoint, oldest first.
+
+    The step of index i is `load_group(...).train.eval_steps[i]`.
+    """
+    _, group, store, chunks = _group_layout(Path(run_dir), index)
+    common: set[int] | None = None
+    for k in range(chunks.n_chunks):
+        ckpt = store.checkpointer(group.index, k, keep=0, async_save=False)
+        try:
+            have = set(ckpt.all())
+        finally:
+            ckpt.close()
+        common = have if common is None else common & have
+    return sorted(common or ())
 
 
-# -- results of a group ----------------------------------------------------------------------------
-def group_records(outcome: GroupOutcome) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The tidy table and the json part of one finished group."""
-    group, fin = outcome.group, outcome.finalized
-    runs = [r.as_dict() for r in group.runs]
-    steps = np.asarray(outcome.train.eval_steps)
-    frames = [results.tidy_rows(runs, steps, outcome.history)]
-    final_step = int(steps[-1])
-    if fin.per_run:
-        frames.append(
-            results.tidy_rows(runs, [final_step], {k: np.asarray(v)[:, None] for k, v in fin.per_run.items()})
-        )
-    for name, (h_steps, values) in fin.history.items():
-        frames.append(results.tidy_rows(runs, h_steps, {name: values}))
-    table = pd.concat(frames, ignore_index=True)
+def load_group(run_dir: str | Path, index: int = 0, checkpoint: int | None = None) -> GroupOutcome:
+    """States [R], hyperparameters, history and probe results of group `index` of a run directory.
 
-    diverged_at = np.asarray(outcome.state.diverged_at)
-    run_entries = []
-    for i, r in enumerate(group.runs):
-        final = {k: float(v[i, -1]) for k, v in outcome.history.items()}
-        final.update({k: float(np.asarray(v)[i]) for k, v in fin.per_run.items()})
-        run_entries.append(
-            {
-                "run": r.run,
-                "seed": r.seed,
-                "hparams": r.point,
-                "status": "diverged" if diverged_at[i] >= 0 else "ok",
-                "diverged_at_step": int(diverged_at[i]) if diverged_at[i] >= 0 else None,
-                "final": final,
-            }
-        )
-    part = {
-        "group": group.index,
-        "label": group.label,
-        "runs": run_entries,
-        "reference": dict(fin.reference),
-        "compile_s": outcome.compile_s,
-        "wall_s": outcome.wall_s,
-    }
-    return table, part
-
-
-def _part_path(run_dir: Path, index: int, suffix: str) -> Path:
-    return run_dir / "parts" / f"part-{index:04d}.{suffix}"
-
-
-def write_part(run_dir: Path, outcome: GroupOutcome) -> None:
-    table, part = group_records(outcome)
-    results.write_parquet(_part_path(run_dir, outcome.group.index, "parquet"), table)
-    results.write_json(_part_path(run_dir, outcome.group.index, "json"), part)
-
-
-def merge_parts(run_dir: Path, cfg: ExperimentConfig, wall_s: float, command: str | None) -> dict[str, Any]:
-    """Merge the group parts (and cross-group results) into metrics.parquet and summary.json."""
-    import json
-
-    parts = [json.loads(p.read_text()) for p in sorted((run_dir / "parts").glob("part-*.json"))]
-    cross = run_dir / "parts" / "cross.json"
-    if cross.exists():
-        parts.append({"label": "", "runs": [], "compile_s": 0.0, **json.loads(cross.read_text())})
-    table = pd.concat(
-        [pd.read_parquet(p) for p in sorted((run_dir / "parts").glob("part-*.parquet"))], ignore_index=True
-    )
-    results.write_parquet(run_dir / "metrics.parquet", table)
-    summary = build_summary(cfg, parts, wall_s, command)
-    results.write_json(run_dir / "summary.json", summary)
-    return summary
-
-
-def build_summary(
-    cfg: ExperimentConfig, parts: list[dict[str, Any]], wall_s: float, command: str | None
-) -> dict[str, Any]:
-    runs = sorted((r for p in parts for r in p["runs"]), key=lambda r: r["run"])
-    reference: dict[str, float] = {}
-    n_groups = sum(1 for p in parts if p["label"] or p["runs"])
-    for p in parts:
-        for name, value in p["reference"].items():
-            reference[f"{name}[{p['label']}]" if n_groups > 1 and p["label"] else name] = value
-    device = jax.devices()[0]
-    summary = {
-        "experiment": cfg.experiment,
-        "preset": cfg.preset,
-        "jaxlab_version": jaxlab.__version__,
-        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
-        "n_devices": jax.device_count(),
-        "n_runs": len(runs),
-        "wall_s": wall_s,
-        "compile_s": float(sum(p["compile_s"] for p in parts)),
-        "runs": runs,
-        "aggregate": results.summarize_runs(runs),
-        "reference": reference,
-        "command": command,
-    }
-    if cfg.sweep.grid:
-        summary["aggregate_by_point"] = results.aggregate_by_point(runs)
-    return summary
-
-
-# -- the run directory -----------------------------------------------------------------------------
-def holds_run(run_dir: Path) -> bool:
-    return any((run_dir / f).exists() for f in RUN_FILES + RUN_DIRS)
-
-
-def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a run unless asked; on resume, insist on the same config."""
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other: choose one")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir}: exists and is not a directory")
-    if resume:
-        stored = run_dir / "config.json"
-        if not stored.exists():
-            raise UserError(f"--resume: {run_dir} holds no run to resume (no config.json)")
-        import json
-
-        old = json.loads(stored.read_text())
-        new = cfg.to_dict()
-        old.pop("command", None)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
-            raise UserError(
-                f"--resume: the stored config of {run_dir} differs in {', '.join(diff)}; "
-                "resume with the same arguments, or use --overwrite to start again"
-            )
-        return
-    if run_dir.exists() and holds_run(run_dir):
-        if not overwrite:
-            raise UserError(
-                f"--out {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for name in RUN_DIRS:
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        for png in run_dir.glob("*.png"):
-            png.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    `checkpoint`: an evaluation index from `checkpoint_indices` (default: the final state). The
+    returned `train` and `state` (host arrays, all the group's runs) feed any probe, exactly as
+    `run_sweep` had them.
+    """
+    t0 = time.time()
+    _, group, store, chunks = _group_layout(Path(run_dir), index)
+    exp = get_experiment(group.cfg.experiment)
+    train = exp.make_train(group.cfg)
+    placement = Placement.default()
+    outs = [
+        _load_chunk(store, group, train, chunks, k, placement, local=False, checkpoint=checkpoint)
+        for k in range(chunks.n_chunks)
+    ]
+    return _concat_outcome(group, train, outs, 0.0, t0)
 
 
 # -- the sweep -------------------------------------------------------------------------------------
+def _group_done(store: RunStore, group: Group) -> bool:
+    layout = store.read_layout(group.index)
+    return layout is not None and all(store.chunk_done(group.index, k) for k in range(int(layout["n_chunks"])))
+
+
 def run_sweep(
     cfg: ExperimentConfig,
     out_dir: str | Path | None = None,
@@ -368,104 +519,72 @@ def run_sweep(
     progress: bool = True,
     command: str | None = None,
     report: bool = True,
+    placement: Placement | None = None,
 ) -> SweepResult:
-    """Train and probe every run of `cfg.sweep`; write the run directory when `out_dir` is given."""
+    """Train and probe every run of `cfg.sweep`; write the run directory when `out_dir` is given.
+
+    Runs are sharded over `placement` (default: a 1-D mesh of every device of every process). In
+    a multi-process sweep every process calls this with the same arguments; each writes the
+    parts of its runs, process 0 merges them, and `groups` holds this process's runs.
+    """
     t0 = time.time()
     exp = get_experiment(cfg.experiment)
     groups = plan(cfg)
+    placement = placement or Placement.default()
+    primary = is_primary()
     run_dir = Path(out_dir) if out_dir is not None else None
+    store = None
     if run_dir is not None:
-        prepare_run_dir(run_dir, cfg, resume, overwrite)
-        if not resume:
+        check_run_dir(run_dir, cfg, resume, overwrite)
+        barrier("jaxlab-run-dir-checked")  # every process checked before process 0 changes anything
+        if primary and not resume:
+            clear_run_dir(run_dir)
             results.write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        barrier("jaxlab-run-dir-ready")
+        store = RunStore(run_dir)
 
     total = sum(len(g.runs) * g.cfg.train.steps for g in groups)
-    bar = Progress(cfg.experiment, total, len(groups), quiet=quiet, enabled=progress)
+    bar = Progress(cfg.experiment, total, len(groups), quiet=quiet, enabled=progress and primary)
     outcomes: list[GroupOutcome] = []
+    skipped: list[int] = []
     try:
         for group in groups:
-            if run_dir is not None and resume and _part_path(run_dir, group.index, "json").exists():
-                bar.update(group, len(group.runs) * group.cfg.train.steps, group.cfg.train.steps, float("nan"), 0)
+            if store is not None and resume and _group_done(store, group):
+                bar.skip(len(group.runs) * group.cfg.train.steps)
+                skipped.append(group.index)
                 continue
-            ckpt = None
-            if run_dir is not None:
-                ckpt = GroupCheckpointer(
-                    run_dir / "checkpoints" / f"group-{group.index:04d}", keep=cfg.train.keep_checkpoints
-                )
-            try:
-                outcome = run_group(exp, group, bar, ckpt, resume=resume)
-            finally:
-                if ckpt is not None:
-                    ckpt.close()
-            outcomes.append(outcome)
-            if run_dir is not None:
-                write_part(run_dir, outcome)
+            outcomes.append(run_group(exp, group, bar, store, resume=resume, placement=placement))
     finally:
         bar.close()
+    barrier("jaxlab-groups-done")
 
+    cross = None
     if exp.after_sweep is not None and len(groups) > 1:
-        done = {o.group.index for o in outcomes}
-        if run_dir is not None:
-            outcomes += [load_group(run_dir, g.index) for g in groups if g.index not in done]
-        outcomes.sort(key=lambda o: o.group.index)
-        cross = exp.after_sweep(outcomes)
-        if run_dir is not None:
+        if run_dir is not None and (skipped or jax.process_count() > 1):
+            # every run of every group (this process may hold only some)
+            full = [load_group(run_dir, g.index) for g in groups]
+        else:
+            full = sorted(outcomes, key=lambda o: o.group.index)
+        cross = exp.after_sweep(full)
+        if run_dir is not None and primary:
             results.write_json(run_dir / "parts" / "cross.json", {"reference": cross.reference})
 
     wall_s = time.time() - t0
     if run_dir is None:
-        parts = [group_records(o)[1] for o in outcomes]
-        if exp.after_sweep is not None and len(groups) > 1:
+        parts = [outcome_records(o)[1] for o in outcomes]
+        if cross is not None:
             parts.append({"label": "", "runs": [], "compile_s": 0.0, "reference": cross.reference})
         return SweepResult(None, build_summary(cfg, parts, wall_s, command), outcomes)
-    summary = merge_parts(run_dir, cfg, wall_s, command)
-    if report:
-        from jaxlab.report import write_report
+    if primary:
+        summary = merge_parts(run_dir, cfg, wall_s, command)
+        if report:
+            from jaxlab.report import write_report
 
-        write_report(run_dir)
+            write_report(run_dir)
+    barrier("jaxlab-merged")
+    if not primary:
+        summary = results.load_summary(run_dir)
     return SweepResult(run_dir, summary, outcomes)
-
-
-def load_group(run_dir: str | Path, index: int = 0) -> GroupOutcome:
-    """Final states, hyperparameters and history of group `index` of a finished run directory.
-
-    The returned `train` and `state` [R] feed any probe, exactly as `run_sweep` had them.
-    """
-    import json
-
-    run_dir = Path(run_dir)
-    cfg = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    exp = get_experiment(cfg.experiment)
-    groups = plan(cfg)
-    if not 0 <= index < len(groups):
-        raise UserError(f"{run_dir} has groups 0..{len(groups) - 1}, not {index}")
-    group = groups[index]
-    train = exp.make_train(group.cfg)
-    keys = seed_keys(group.seeds, group.cfg.train.prng_impl)
-    hp_np = stack_hparams(group.cfg, [r.point for r in group.runs])
-    hp = {k: jnp.asarray(v) for k, v in hp_np.items()}
-    like_state = jax.eval_shape(jax.vmap(train.init), keys, hp)
-    eval_batch = jax.eval_shape(train.make_eval_batch)
-    first = jax.eval_shape(jax.vmap(train.initial_metrics, in_axes=(0, None)), like_state, eval_batch)
-    ckpt = GroupCheckpointer(run_dir / "checkpoints" / f"group-{index:04d}", async_save=False)
-    try:
-        last = ckpt.latest()
-        if last is None:
-            raise UserError(f"{run_dir}: group {index} has no checkpoint")
-        like_hist = {k: np.zeros((last + 1, len(group.runs)), np.float32) for k in first}
-        state, hist = ckpt.restore(last, like_state, like_hist)
-    finally:
-        ckpt.close()
-    part_path = _part_path(run_dir, index, "json")
-    reference = json.loads(part_path.read_text())["reference"] if part_path.exists() else {}
-    return GroupOutcome(
-        group=group,
-        train=train,
-        state=state,
-        hparams=hp_np,
-        history={k: v.T for k, v in hist.items()},
-        finalized=Finalized(reference=reference),
-    )
 
 
 def with_seeds(cfg: ExperimentConfig, seeds: tuple[int, ...]) -> ExperimentConfig:

@@ -1,0 +1,61 @@
+"""Several hosts: `jax.distributed.initialize()`, barriers, and agreeing on one value.
+
+`jaxlab run ... --distributed` starts JAX's distributed runtime before anything touches a device.
+With no other flag, JAX detects the cluster itself: on Cloud TPU VMs (every worker of a pod
+slice), under Slurm (`srun`, one task per host or per GPU) and under Open MPI (`mpirun`).
+Elsewhere give `--coordinator HOST:PORT --num-processes N --process-id I` to every process.
+
+After that `jax.devices()` lists the devices of every process, the sweep's mesh spans all of
+them, every process runs the same programs on its own shard of the runs and writes its own result
+parts; process 0 merges them (see `jaxlab.train.sweep`). The run directory must be on a file
+system every process sees (checkpoints and parts are written by all of them).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxlab.errors import UserError
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Start the distributed runtime (idempotent). Raises UserError with what to pass instead."""
+    if num_processes is not None and num_processes < 1:
+        raise UserError(f"--num-processes: must be >= 1, got {num_processes}")
+    if process_id is not None and (process_id < 0 or (num_processes is not None and process_id >= num_processes)):
+        bound = f"0..{num_processes - 1}" if num_processes is not None else ">= 0"
+        raise UserError(f"--process-id: must be in {bound}, got {process_id}")
+    if coordinator is not None and (":" not in coordinator or not coordinator.rsplit(":", 1)[1].isdigit()):
+        raise UserError(f"--coordinator: expected HOST:PORT (e.g. 10.0.0.1:1234), got {coordinator!r}")
+    if jax.distributed.is_initialized():
+        return
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(
+            f"--distributed: could not start JAX's distributed runtime ({err}). On a Cloud TPU VM, under "
+            "Slurm (srun) or Open MPI (mpirun) no other flag is needed; elsewhere pass --coordinator HOST:PORT "
+            "--num-processes N --process-id I to every process"
+        ) from None
+
+
+def is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (nothing to do in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def agree_min(value: int) -> int:
+    """The smallest of the processes' values (every process gets the same answer)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.min(multihost_utils.process_allgather(np.asarray([value], np.int32))))

@@ -1,0 +1,120 @@
+"""The two compiled programs of a run chunk: `start` and `interval`, sharded over the run mesh.
+
+`start(key_data [C, k], hparams [C]) -> (state [C], eval_data, history)` initialises C runs,
+builds the (replicated) evaluation data and the on-device metric history {metric: [n_evals, C]}
+with row 0 filled (later rows NaN).
+
+`interval(state, history, hparams, eval_data, n_steps, row, valid) -> (state, history, (loss, n_div))`
+advances every run `n_steps` optimizer steps (`Train.chunk`, vmapped), writes the evaluation into
+row `row` of the history, and returns two replicated scalars for the progress bar: the median
+finite training loss and the number of diverged runs, both over the real (`valid`) runs only.
+The state and the history are donated, so a chunk's memory does not grow with the steps, and
+only the two scalars travel to the host between evaluations: the history is the run's metrics
+subsampled on the device at the evaluation points (`train.eval_every` / `train.n_evals`).
+
+Both are compiled once per group for the chunk size C (`compile_start`, `compile_interval`)
+from abstract shapes, so the memory estimate of `jaxlab.train.chunking` allocates nothing, and
+every chunk reuses the same executables. The per-run code is the engine's, untouched: a run's
+numbers do not depend on the chunk size, the padding or the device count beyond float
+reassociation of different batch shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.train.engine import Train, TrainState
+from jaxlab.train.sharding import Placement
+
+
+class Programs:
+    def __init__(self, train: Train, placement: Placement, n_key_words: int):
+        self.train = train
+        self.placement = placement
+        self.n_evals = len(train.eval_steps)
+        self.n_key_words = n_key_words
+
+    # -- the traced functions -------------------------------------------------------------------
+    def start(self, key_data: jax.Array, hparams: dict[str, jax.Array]) -> tuple[TrainState, Any, dict[str, jax.Array]]:
+        train = self.train
+        keys = jax.random.wrap_key_data(key_data, impl=train.cfg.train.prng_impl)
+        state = jax.vmap(train.init)(keys, hparams)
+        eval_data = train.make_eval_batch()
+        first = jax.vmap(train.initial_metrics, in_axes=(0, None))(state, eval_data)
+        history = {k: jnp.full((self.n_evals, *v.shape), jnp.nan, v.dtype).at[0].set(v) for k, v in first.items()}
+        return state, eval_data, history
+
+    def interval(
+        self,
+        state: TrainState,
+        history: dict[str, jax.Array],
+        hparams: dict[str, jax.Array],
+        eval_data: Any,
+        n_steps: jax.Array,
+        row: jax.Array,
+        valid: jax.Array,
+    ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
+        state, metrics = jax.vmap(self.train.chunk, in_axes=(0, 0, None, None))(state, hparams, eval_data, n_steps)
+        history = {k: h.at[row].set(metrics[k]) for k, h in history.items()}
+        loss = metrics["train_loss"]
+        loss = jnp.nanmedian(jnp.where(valid & jnp.isfinite(loss), loss, jnp.nan))
+        n_diverged = jnp.sum(valid & (state.diverged_at >= 0))
+        return state, history, (loss, n_diverged)
+
+    # -- abstract inputs and compilation ---------------------------------------------------------
+    def abstract_inputs(self, size: int, hparam_keys: list[str]) -> tuple[jax.ShapeDtypeStruct, dict]:
+        p = self.placement
+        kd = jax.ShapeDtypeStruct((size, self.n_key_words), jnp.uint32, sharding=p.runs)
+        hp = {k: jax.ShapeDtypeStruct((size,), jnp.float32, sharding=p.runs) for k in hparam_keys}
+        return kd, hp
+
+    def compile_start(self, size: int, hparam_keys: list[str]) -> Any:
+        p = self.placement
+        fn = jax.jit(self.start, in_shardings=(p.runs, p.runs), out_shardings=(p.runs, p.replicated, p.runs_second))
+        return fn.lower(*self.abstract_inputs(size, hparam_keys)).compile()
+
+    def compile_interval(self, size: int, hparam_keys: list[str]) -> Any:
+        p = self.placement
+        kd, hp = self.abstract_inputs(size, hparam_keys)
+        state, eval_data, history = jax.eval_shape(self.start, kd, hp)
+        with_sharding = lambda tree, s: jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree
+        )
+        scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=p.replicated)
+        valid = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=p.runs)
+        fn = jax.jit(
+            self.interval,
+            in_shardings=(p.runs, p.runs_second, p.runs, p.replicated, p.replicated, p.replicated, p.runs),
+            out_shardings=(p.runs, p.runs_second, p.replicated),
+            donate_argnums=(0, 1),
+        )
+        args = (
+            with_sharding(state, p.runs),
+            with_sharding(history, p.runs_second),
+            hp,
+            with_sharding(eval_data, p.replicated),
+            scalar,
+            scalar,
+            valid,
+        )
+        return fn.lower(*args).compile()
+
+    def eval_data_bytes(self, hparam_keys: list[str]) -> int:
+        """Bytes of the evaluation data: memory every chunk needs whatever its size."""
+        kd, hp = self.abstract_inputs(self.placement.n_devices, hparam_keys)
+        _, eval_data, _ = jax.eval_shape(self.start, kd, hp)
+        return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(eval_data)))
+
+
+def key_data(seeds: np.ndarray, impl: str) -> np.ndarray:
+    """Raw key data [R, k] of `jax.random.key(seed, impl)` for every seed, computed in one program."""
+    seeds = np.asarray(seeds)
+    if seeds.size and (seeds.min() < 0 or seeds.max() >= 2**31):
+        # beyond int32: the per-seed path handles Python ints of any size
+        return np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s), impl=impl))) for s in seeds])
+    make = jax.jit(jax.vmap(lambda s: jax.random.key_data(jax.random.key(s, impl=impl))))
+    return np.asarray(make(seeds.astype(np.int32)))

@@ -1,0 +1,249 @@
+"""The run directory of a sweep: what is written where, by which process, and the final merge.
+
+```
+DIR/config.json                                   the resolved config (process 0)
+DIR/parts/part-GGGG-KKKK-PPPPP.{parquet,json}     results of group G, run chunk K, process P
+DIR/parts/done-GGGG-KKKK.json                     run chunk K of group G finished on every process
+DIR/parts/cross.json                              after_sweep results across groups
+DIR/checkpoints/group-GGGG/layout.json            the run-chunk layout (chunk size, device count)
+DIR/checkpoints/group-GGGG/chunk-KKKK/<index>/    orbax checkpoints after evaluation <index>
+DIR/metrics.parquet, DIR/summary.json             the merge of every part (process 0)
+```
+Every file is written under a temporary name and renamed (`jaxlab.results`), orbax checkpoints
+likewise, so a crash at any point leaves whole files: a resume redoes at most one run chunk's
+tail. Parts are per process so that several hosts never write the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+import jaxlab
+from jaxlab import results
+from jaxlab.config import ExperimentConfig
+from jaxlab.errors import UserError
+from jaxlab.train.checkpoint import GroupCheckpointer
+
+RUN_FILES = ("config.json", "summary.json", "metrics.parquet", "report.md")
+RUN_DIRS = ("parts", "checkpoints")
+
+
+class RunStore:
+    """Paths and bookkeeping of one run directory, as seen by one process."""
+
+    def __init__(self, run_dir: Path, process: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.process = jax.process_index() if process is None else process
+
+    # -- checkpoints and layout ------------------------------------------------------------------
+    def group_dir(self, group: int) -> Path:
+        return self.run_dir / "checkpoints" / f"group-{group:04d}"
+
+    def checkpointer(self, group: int, chunk: int, keep: int, async_save: bool = True) -> GroupCheckpointer:
+        return GroupCheckpointer(self.group_dir(group) / f"chunk-{chunk:04d}", keep=keep, async_save=async_save)
+
+    def read_layout(self, group: int) -> dict[str, Any] | None:
+        path = self.group_dir(group) / "layout.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_layout(self, group: int, layout: Mapping[str, Any]) -> None:
+        results.write_json(self.group_dir(group) / "layout.json", layout)
+
+    # -- parts -----------------------------------------------------------------------------------
+    def part_path(self, group: int, chunk: int, suffix: str, process: int | None = None) -> Path:
+        process = self.process if process is None else process
+        return self.run_dir / "parts" / f"part-{group:04d}-{chunk:04d}-{process:05d}.{suffix}"
+
+    def chunk_parts(self, group: int, chunk: int, suffix: str) -> list[Path]:
+        return sorted((self.run_dir / "parts").glob(f"part-{group:04d}-{chunk:04d}-*.{suffix}"))
+
+    def done_path(self, group: int, chunk: int) -> Path:
+        return self.run_dir / "parts" / f"done-{group:04d}-{chunk:04d}.json"
+
+    def chunk_done(self, group: int, chunk: int) -> bool:
+        return self.done_path(group, chunk).exists()
+
+    def write_part(self, group: int, chunk: int, table: pd.DataFrame, part: Mapping[str, Any]) -> None:
+        # the table first: a json part is the sign that its table is complete
+        results.write_parquet(self.part_path(group, chunk, "parquet"), table)
+        results.write_json(self.part_path(group, chunk, "json"), part)
+
+    def mark_done(self, group: int, chunk: int, n_processes: int) -> None:
+        results.write_json(self.done_path(group, chunk), {"group": group, "chunk": chunk, "processes": n_processes})
+
+    def clear_chunk_parts(self, group: int, chunk: int) -> None:
+        """Remove the parts of an unfinished chunk (it is about to be redone)."""
+        for suffix in ("json", "parquet"):
+            for p in self.chunk_parts(group, chunk, suffix):
+                p.unlink(missing_ok=True)
+
+
+# -- records of finished runs ----------------------------------------------------------------------
+def part_records(
+    *,
+    group: int,
+    chunk: int,
+    process: int,
+    label: str,
+    runs: Sequence[Mapping[str, Any]],
+    steps: np.ndarray,
+    history: Mapping[str, np.ndarray],
+    diverged_at: np.ndarray,
+    per_run: Mapping[str, np.ndarray],
+    fin_history: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    reference: Mapping[str, float],
+    compile_s: float,
+    wall_s: float,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The tidy table and the json part of some finished runs (history[m]: [n, n_evals])."""
+    frames = [results.tidy_rows(runs, steps, history)]
+    final_step = int(steps[-1])
+    if per_run:
+        frames.append(results.tidy_rows(runs, [final_step], {k: np.asarray(v)[:, None] for k, v in per_run.items()}))
+    for name, (h_steps, values) in fin_history.items():
+        frames.append(results.tidy_rows(runs, h_steps, {name: values}))
+    table = pd.concat(frames, ignore_index=True)
+
+    entries = []
+    for i, r in enumerate(runs):
+        final = {k: float(v[i, -1]) for k, v in history.items()}
+        final.update({k: float(np.asarray(v)[i]) for k, v in per_run.items()})
+        d = int(diverged_at[i])
+        entries.append(
+            {
+                "run": r["run"],
+                "seed": r["seed"],
+                "hparams": r["point"],
+                "status": "diverged" if d >= 0 else "ok",
+                "diverged_at_step": d if d >= 0 else None,
+                "final": final,
+            }
+        )
+    part = {
+        "group": group,
+        "chunk": chunk,
+        "process": process,
+        "label": label,
+        "n_runs": len(entries),
+        "runs": entries,
+        "reference": dict(reference),
+        "per_run_metrics": sorted(per_run),
+        "history_metrics": sorted(fin_history),
+        "compile_s": compile_s,
+        "wall_s": wall_s,
+    }
+    return table, part
+
+
+# -- merge -----------------------------------------------------------------------------------------
+def merge_parts(run_dir: Path, cfg: ExperimentConfig, wall_s: float, command: str | None) -> dict[str, Any]:
+    """Merge every part (and the cross-group results) into metrics.parquet and summary.json."""
+    parts_dir = Path(run_dir) / "parts"
+    parts = [json.loads(p.read_text()) for p in sorted(parts_dir.glob("part-*.json"))]
+    cross = parts_dir / "cross.json"
+    if cross.exists():
+        parts.append({"label": "", "runs": [], "compile_s": 0.0, **json.loads(cross.read_text())})
+    tables = [pd.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
+    table = pd.concat(tables, ignore_index=True).sort_values("run", kind="stable", ignore_index=True)
+    results.write_parquet(Path(run_dir) / "metrics.parquet", table)
+    summary = build_summary(cfg, parts, wall_s, command)
+    results.write_json(Path(run_dir) / "summary.json", summary)
+    return summary
+
+
+def combined_reference(parts: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Reference values by group label; a group split into chunks gets the run-weighted mean."""
+    by_label: dict[str, dict[str, list[tuple[float, int]]]] = {}
+    for p in parts:
+        for name, value in p["reference"].items():
+            if value is not None:
+                by_label.setdefault(p["label"], {}).setdefault(name, []).append((float(value), p.get("n_runs", 1) or 1))
+    n_groups = len({p["group"] for p in parts if "group" in p})
+    out: dict[str, float] = {}
+    for label, refs in by_label.items():
+        for name, vals in refs.items():
+            mean = sum(v * w for v, w in vals) / sum(w for _, w in vals)
+            out[f"{name}[{label}]" if n_groups > 1 and label else name] = mean
+    return out
+
+
+def build_summary(
+    cfg: ExperimentConfig, parts: list[dict[str, Any]], wall_s: float, command: str | None
+) -> dict[str, Any]:
+    runs = sorted((r for p in parts for r in p["runs"]), key=lambda r: r["run"])
+    device = jax.devices()[0]
+    summary = {
+        "experiment": cfg.experiment,
+        "preset": cfg.preset,
+        "jaxlab_version": jaxlab.__version__,
+        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "n_devices": jax.device_count(),
+        "n_processes": jax.process_count(),
+        "n_runs": len(runs),
+        "wall_s": wall_s,
+        "compile_s": float(sum(p["compile_s"] for p in parts if p.get("process", 0) == 0)),
+        "runs": runs,
+        "aggregate": results.summarize_runs(runs),
+        "reference": combined_reference(parts),
+        "command": command,
+    }
+    if cfg.sweep.grid:
+        summary["aggregate_by_point"] = results.aggregate_by_point(runs)
+    return summary
+
+
+# -- preparing the directory -----------------------------------------------------------------------
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / f).exists() for f in RUN_FILES + RUN_DIRS)
+
+
+def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a run unless asked; on resume, insist on the same config. Reads only."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: choose one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir}: exists and is not a directory")
+    if resume:
+        stored = run_dir / "config.json"
+        if not stored.exists():
+            raise UserError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+        old = json.loads(stored.read_text())
+        new = cfg.to_dict()
+        old.pop("command", None)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise UserError(
+                f"--resume: the stored config of {run_dir} differs in {', '.join(diff)}; "
+                "resume with the same arguments, or use --overwrite to start again"
+            )
+        return
+    if run_dir.exists() and holds_run(run_dir) and not overwrite:
+        raise UserError(
+            f"--out {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Make `run_dir` an empty run directory (after `check_run_dir` allowed it)."""
+    if run_dir.exists() and holds_run(run_dir):
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for png in run_dir.glob("*.png"):
+            png.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
+    check_run_dir(run_dir, cfg, resume, overwrite)
+    if not resume:
+        clear_run_dir(run_dir)
