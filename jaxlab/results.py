@@ -117,18 +117,31 @@ def aggregate(values: Iterable[float]) -> dict[str, float | None]:
     }
 
 
-def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Aggregate the `final` metrics of the runs whose status is ok."""
+def summarize_runs(
+    runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """Aggregate the `final` metrics of the runs whose status is ok (diverged runs never enter)."""
     ok = [r for r in runs if r["status"] == "ok"]
-    metrics = sorted({m for r in ok for m in r["final"]})
+    metrics = sorted({m for r in ok for m in r["final"]}) if metrics is None else metrics
     return {m: aggregate(r["final"].get(m) for r in ok) for m in metrics}
 
 
 def aggregate_by_point(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per grid point: run and diverged counts, and the aggregate over its runs that did not
+    diverge (a point whose runs all diverged lists every metric with n = 0 and no values)."""
     points: dict[str, list] = {}
     for r in runs:
         points.setdefault(json.dumps(r["hparams"], sort_keys=True), []).append(r)
-    return [{"hparams": json.loads(k), "aggregate": summarize_runs(v)} for k, v in points.items()]
+    names = sorted({m for r in runs if r["status"] == "ok" for m in r["final"]})
+    return [
+        {
+            "hparams": json.loads(k),
+            "n_runs": len(v),
+            "n_diverged": sum(r["status"] != "ok" for r in v),
+            "aggregate": summarize_runs(v, names),
+        }
+        for k, v in points.items()
+    ]
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class Programs:
         self.placement = placement
         self.n_evals = len(train.eval_steps)
         self.n_key_words = n_key_words
+        self._traced: dict[int, Any] = {}
 
     # -- the traced functions -------------------------------------------------------------------
     def start(self, key_data: jax.Array, hparams: dict[str, jax.Array]) -> tuple[TrainState, Any, dict[str, jax.Array]]:
@@ -72,15 +73,21 @@ class Programs:
         hp = {k: jax.ShapeDtypeStruct((size,), jnp.float32, sharding=p.runs) for k in hparam_keys}
         return kd, hp
 
+    def trace_start(self, size: int, hparam_keys: list[str]) -> Any:
+        """`start` traced for `size` runs (cached: its output shapes also shape `interval`)."""
+        if size not in self._traced:
+            p = self.placement
+            fn = jax.jit(self.start, in_shardings=(p.runs, p.runs), out_shardings=(p.runs, p.replicated, p.runs_second))
+            self._traced[size] = fn.trace(*self.abstract_inputs(size, hparam_keys))
+        return self._traced[size]
+
     def compile_start(self, size: int, hparam_keys: list[str]) -> Any:
-        p = self.placement
-        fn = jax.jit(self.start, in_shardings=(p.runs, p.runs), out_shardings=(p.runs, p.replicated, p.runs_second))
-        return fn.lower(*self.abstract_inputs(size, hparam_keys)).compile()
+        return self.trace_start(size, hparam_keys).lower().compile()
 
     def compile_interval(self, size: int, hparam_keys: list[str]) -> Any:
         p = self.placement
-        kd, hp = self.abstract_inputs(size, hparam_keys)
-        state, eval_data, history = jax.eval_shape(self.start, kd, hp)
+        _, hp = self.abstract_inputs(size, hparam_keys)
+        state, eval_data, history = self.trace_start(size, hparam_keys).out_info
         with_sharding = lambda tree, s: jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree
         )
@@ -103,10 +110,9 @@ class Programs:
         )
         return fn.lower(*args).compile()
 
-    def eval_data_bytes(self, hparam_keys: list[str]) -> int:
+    def eval_data_bytes(self, size: int, hparam_keys: list[str]) -> int:
         """Bytes of the evaluation data: memory every chunk needs whatever its size."""
-        kd, hp = self.abstract_inputs(self.placement.n_devices, hparam_keys)
-        _, eval_data, _ = jax.eval_shape(self.start, kd, hp)
+        _, eval_data, _ = self.trace_start(size, hparam_keys).out_info
         return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(eval_data)))
 
 

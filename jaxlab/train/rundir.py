@@ -188,6 +188,7 @@ def build_summary(
         "n_devices": jax.device_count(),
         "n_processes": jax.process_count(),
         "n_runs": len(runs),
+        "n_diverged": sum(r["status"] != "ok" for r in runs),
         "wall_s": wall_s,
         "compile_s": float(sum(p["compile_s"] for p in parts if p.get("process", 0) == 0)),
         "runs": runs,

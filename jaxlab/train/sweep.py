@@ -50,7 +50,7 @@ from jaxlab.train.rundir import (
     part_records,
     prepare_run_dir,
 )
-from jaxlab.train.sharding import Placement, run_mesh
+from jaxlab.train.sharding import Placement, padded_size, run_mesh
 
 __all__ = [
     "RUN_DIRS",
@@ -210,12 +210,14 @@ class _GroupRun:
             self.chunks, self.interval = chunking.RunChunks(n, size), compile_interval(size)
             self.estimate = layout.get("estimate", {})
         else:
+            max_runs = g.cfg.train.max_runs_per_chunk
+            full = padded_size(n, d)
             self.chunks, self.interval, self.estimate = chunking.choose(
                 n,
                 d,
-                g.cfg.train.max_runs_per_chunk,
+                max_runs,
                 compile_interval,
-                fixed_bytes=self.programs.eval_data_bytes(self.hp_keys),
+                fixed_bytes=0 if max_runs else self.programs.eval_data_bytes(full, self.hp_keys),
                 agree=agree_min,
             )
             if self.store is not None and is_primary():
@@ -419,8 +421,7 @@ def _load_chunk(
     """
     one = Placement(run_mesh(jax.local_devices()[:1]))  # shapes only: any chunk size
     programs = Programs(train, one, key_data(group.seeds[:1], group.cfg.train.prng_impl).shape[1])
-    kd, hp = programs.abstract_inputs(chunks.size, list(stack_hparams(group.cfg, [{}])))
-    like_state, _, like_hist = jax.eval_shape(programs.start, kd, hp)
+    like_state, _, like_hist = programs.trace_start(chunks.size, list(stack_hparams(group.cfg, [{}]))).out_info
     zeros = lambda x: np.zeros(x.shape, x.dtype)
     ckpt = store.checkpointer(group.index, k, keep=0, async_save=False)
     try:

@@ -1,0 +1,68 @@
+"""Two processes on 127.0.0.1 (`--distributed`): each writes its shard, process 0 merges, same results."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from _jaxenv import free_port, jax_env
+
+from jaxlab import results
+from jaxlab.experiments import get_experiment
+from jaxlab.train import run_sweep
+from jaxlab.train.sweep import with_seeds
+
+ARGS = ["--preset", "smoke", "--seeds", "0:5", "--set", "train.steps=20", "--set", "train.eval_every=10"]
+
+pytestmark = pytest.mark.multiprocess
+
+
+def test_two_processes_merge_equals_single_process(tmp_path):
+    out = tmp_path / "two"
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxlab", "run", "icl-regression", *ARGS, "--out", str(out), "--quiet"]
+            + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=jax_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "5 runs (0 diverged)" in outputs[0][0] and "runs (" not in outputs[1][0]  # process 0 reports
+
+    cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), tuple(range(5)))
+    single = run_sweep(
+        cfg.with_overrides({"train.steps": 20, "train.eval_every": 10}), tmp_path / "one", progress=False
+    )
+
+    # each process wrote only its own runs; together they are every run once
+    parts = sorted((out / "parts").glob("part-*.json"))
+    assert [p.name for p in parts] == ["part-0000-0000-00000.json", "part-0000-0000-00001.json"]
+    shards = [{r["run"] for r in json.loads(p.read_text())["runs"]} for p in parts]
+    assert shards[0] and shards[1] and not shards[0] & shards[1] and shards[0] | shards[1] == set(range(5))
+
+    summary = results.load_summary(out)
+    assert summary["n_processes"] == 2 and summary["n_devices"] == 2 and summary["n_runs"] == 5
+    assert [r["run"] for r in summary["runs"]] == list(range(5))
+    for a, b in zip(summary["runs"], single.summary["runs"]):
+        assert (a["seed"], a["status"]) == (b["seed"], b["status"])
+        assert a["final"] == pytest.approx(b["final"], rel=1e-5)
+
+    key = ["run", "metric", "step"]
+    merged = results.load(out).sort_values(key, ignore_index=True)
+    alone = results.load(tmp_path / "one").sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(merged.drop(columns="value"), alone.drop(columns="value"))
+    np.testing.assert_allclose(merged["value"], alone["value"], rtol=1e-5)
+    assert (out / "report.md").is_file()
