@@ -51,7 +51,7 @@ def test_lr_grid_largest_rate_diverges_and_is_isolated(smoke_cfg, tmp_path, caps
     points = {p["hparams"]["optim.lr"]: (p["n_runs"], p["n_diverged"]) for p in res.summary["aggregate_by_point"]}
     assert points[1e9] == (1, 1) and points[0.05] == (1, 0) and res.summary["n_diverged"] == 1
     report = (tmp_path / "r" / "report.md").read_text()
-    assert "Diverged runs" in report and f"| 4 | 0 | " in report and f"| {step} |" in report
+    assert "Diverged runs" in report and "| 4 | 0 | " in report and f"| {step} |" in report
     assert '{"optim.lr": 1000000000.0} | eval_loss | — | — | — | 0 |' in report  # not a NaN mean
     assert results.load_summary(tmp_path / "r")["runs"][4]["status"] == "diverged"
 

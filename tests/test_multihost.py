@@ -14,7 +14,7 @@ from jaxlab.experiments import get_experiment
 from jaxlab.train import run_sweep
 from jaxlab.train.sweep import with_seeds
 
-ARGS = ["--preset", "smoke", "--seeds", "0:5", "--set", "train.steps=20", "--set", "train.eval_every=10"]
+ARGS = ["--preset", "smoke", "--seeds", "0:5", "--set", "train.steps=20", "--set", "train.eval_every=10", "--quiet"]
 
 pytestmark = pytest.mark.multiprocess
 
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.multiprocess
 def test_two_processes_merge_equals_single_process(tmp_path):
     out = tmp_path / "two"
     port = free_port()
+    distributed = lambda i: ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "jaxlab", "run", "icl-regression", *ARGS, "--out", str(out), "--quiet"]
-            + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            [sys.executable, "-m", "jaxlab", "run", "icl-regression", *ARGS, "--out", str(out), *distributed(i)],
             env=jax_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
