@@ -26,11 +26,18 @@ BASE_COLUMNS = ("run", "seed", "step", "metric", "value")
 
 
 # -- atomic writes ---------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
     try:
         write(Path(tmp))
         os.replace(tmp, path)

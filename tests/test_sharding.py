@@ -148,3 +148,46 @@ def test_choose_uses_the_memory_estimate():
     with pytest.raises(Exception, match="JAXLAB_MEMORY_BUDGET"):
         chunking.parse_bytes("lots")
     assert chunking.parse_bytes("512M") == 512 * 2**20 and chunking.parse_bytes("2G") == 2 * 2**30
+
+
+def test_finalize_runs_per_chunk_and_reloads(tmp_path, monkeypatch, smoke_cfg_module):
+    """An experiment's finalize sees each chunk (padding included) and its results line up with the runs."""
+    import dataclasses
+
+    import jaxlab.train.sweep as sweep
+    from jaxlab.experiments import Finalized, get_experiment
+    from jaxlab.train import load_group
+
+    def finalize(train, state, hparams, seeds):
+        total = sum(np.asarray(x).reshape(len(seeds), -1).sum(1) for x in jax.tree_util.tree_leaves(state.params))
+        seeds = np.asarray(seeds, np.float64)
+        return Finalized(
+            per_run={"param_sum": total, "seed_twice": 2 * seeds},
+            history={"seed_curve": (np.array([0, 20]), np.stack([seeds, seeds + 1], axis=1))},
+            reference={"constant": 1.5},
+        )
+
+    exp = dataclasses.replace(get_experiment("icl-regression"), finalize=finalize)
+    monkeypatch.setattr(sweep, "get_experiment", lambda name: exp)
+    cfg = small(smoke_cfg_module, 5).set("train.max_runs_per_chunk", 2)  # chunks [0, 1], [2, 3], [4, copy]
+    res = run_sweep(cfg, tmp_path / "f", progress=False, report=False)
+    out = res.groups[0]
+    want = sum(np.asarray(x).reshape(5, -1).sum(1) for x in jax.tree_util.tree_leaves(out.state.params))
+    np.testing.assert_allclose(out.finalized.per_run["param_sum"], want, rtol=1e-6)
+    np.testing.assert_array_equal(out.finalized.per_run["seed_twice"], 2 * np.arange(5))
+    np.testing.assert_array_equal(out.finalized.history["seed_curve"][1][:, 1], np.arange(5) + 1)
+    assert res.summary["reference"] == {"constant": 1.5}
+    assert [r["final"]["seed_twice"] for r in res.summary["runs"]] == [0, 2, 4, 6, 8]
+    table = res.frame()
+    curve = table[table.metric == "seed_curve"].pivot(index="run", columns="step", values="value")
+    np.testing.assert_array_equal(curve.to_numpy(), np.stack([np.arange(5), np.arange(5) + 1], axis=1))
+
+    monkeypatch.setattr(sweep, "get_experiment", lambda name: exp)
+    again = load_group(tmp_path / "f", 0)
+    assert [r.run for r in again.runs] == list(range(5))
+    np.testing.assert_array_equal(again.finalized.per_run["seed_twice"], 2 * np.arange(5))
+    np.testing.assert_array_equal(again.finalized.history["seed_curve"][1], out.finalized.history["seed_curve"][1])
+    for a, b in zip(jax.tree_util.tree_leaves(again.state), jax.tree_util.tree_leaves(out.state)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(again.history["eval_loss"], out.history["eval_loss"])
+    assert sweep.checkpoint_indices(tmp_path / "f", 0) == [2]

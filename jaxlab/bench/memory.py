@@ -61,7 +61,9 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
         err_f.seek(0)
         stdout, stderr = out_f.read(), err_f.read()
     result = {
-        "command": ("JAXLAB_MEMORY_BUDGET=" + args.budget + " " if args.budget else "") + shlex.join(cmd[1:]),
+        "command": ("JAXLAB_MEMORY_BUDGET=" + args.budget + " " if args.budget else "")
+        + "jaxlab "
+        + shlex.join(cmd[3:]),
         "returncode": rc,
         "peak_rss_gb": usage.ru_maxrss / 2**20,  # ru_maxrss is in KiB on Linux
         "date": datetime.date.today().isoformat(),

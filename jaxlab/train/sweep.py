@@ -488,9 +488,9 @@ def checkpoint_indices(run_dir: str | Path, index: int = 0) -> list[int]:
 def load_group(run_dir: str | Path, index: int = 0, checkpoint: int | None = None) -> GroupOutcome:
     """States [R], hyperparameters, history and probe results of group `index` of a run directory.
 
-    `checkpoint`: an evaluation index from `checkpoint_indices` (default: the final state). The
-    returned `train` and `state` (host arrays, all the group's runs) feed any probe, exactly as
-    `run_sweep` had them.
+    `checkpoint`: an evaluation index from `checkpoint_indices` (default: the final state; the
+    history of an earlier one is NaN after it). The returned `train` and `state` (host arrays, all
+    the group's runs) feed any probe, exactly as `run_sweep` had them.
     """
     t0 = time.time()
     _, group, store, chunks = _group_layout(Path(run_dir), index)

@@ -1,0 +1,69 @@
+"""Result parts from several chunks and processes merge into one tidy table and one summary."""
+
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxlab import results
+from jaxlab.train.rundir import RunStore, merge_parts, part_records
+
+
+def write_parts(run_dir, layout, ref):
+    """Parts of one group as (chunk, process) -> runs, with eval_loss = run / 10 at the last step."""
+    steps = np.array([0, 10])
+    for (chunk, process), runs in layout.items():
+        info = [{"run": r, "seed": 100 + r, "point": {"optim.lr": 0.1 if r < 3 else 0.2}} for r in runs]
+        history = {"eval_loss": np.array([[1.0, r / 10] for r in runs])}
+        diverged = np.array([5 if r == 4 else -1 for r in runs])
+        table, part = part_records(
+            group=0,
+            chunk=chunk,
+            process=process,
+            label="",
+            runs=info,
+            steps=steps,
+            history=history,
+            diverged_at=diverged,
+            per_run={},
+            fin_history={},
+            reference={"fitted": ref[(chunk, process)]},
+            compile_s=1.0 if (chunk, process) == (0, 0) else 0.0,
+            wall_s=1.0,
+        )
+        RunStore(run_dir, process).write_part(0, chunk, table, part)
+
+
+def test_merge_of_chunks_and_processes(tmp_path, smoke_cfg):
+    layout = {(0, 0): [0, 1], (0, 1): [2, 3], (1, 0): [4], (1, 1): [5]}
+    write_parts(tmp_path, layout, ref={(0, 0): 1.0, (0, 1): 2.0, (1, 0): 4.0, (1, 1): 4.0})
+    # while running, load() reads the parts
+    assert sorted(results.load(tmp_path).run.unique()) == list(range(6))
+    summary = merge_parts(tmp_path, smoke_cfg, wall_s=3.0, command="jaxlab run x")
+    table = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert list(table.run.unique()) == list(range(6))  # sorted by run, whatever the part order
+    final = results.final_values(table, "eval_loss")
+    np.testing.assert_allclose(final.to_numpy(), np.arange(6) / 10)
+    assert [r["run"] for r in summary["runs"]] == list(range(6))
+    assert summary["n_runs"] == 6 and summary["n_diverged"] == 1 and summary["runs"][4]["diverged_at_step"] == 5
+    assert summary["compile_s"] == 1.0
+    # run-weighted over the parts: (2 * 1 + 2 * 2 + 1 * 4 + 1 * 4) / 6
+    assert summary["reference"] == {"fitted": pytest.approx(14 / 6)}
+    agg = summary["aggregate"]["eval_loss"]
+    assert agg["n"] == 5 and agg["mean"] == pytest.approx(np.mean([0, 0.1, 0.2, 0.3, 0.5]))
+    for name in ("metrics.parquet", "summary.json"):
+        mode = stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+        assert mode & stat.S_IRGRP, oct(mode)  # readable by the group (shared cluster file systems)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_load_many_concatenates_sweeps(tmp_path, smoke_cfg):
+    for name, runs in (("a", [0, 1]), ("b", [0, 1, 2, 3])):
+        write_parts(tmp_path / name, {(0, 0): runs}, ref={(0, 0): 0.0})
+        merge_parts(tmp_path / name, smoke_cfg, 1.0, None)
+    df = results.load_many([tmp_path / "a", tmp_path / "b"])
+    assert list(df.columns[:2]) == ["sweep", "run"]
+    assert df.groupby("sweep").run.nunique().to_dict() == {"a": 2, "b": 4}
+    assert len(df) == len(results.load(tmp_path / "a")) + len(results.load(tmp_path / "b"))
