@@ -66,3 +66,23 @@ def test_two_processes_merge_equals_single_process(tmp_path):
     pd.testing.assert_frame_equal(merged.drop(columns="value"), alone.drop(columns="value"))
     np.testing.assert_allclose(merged["value"], alone["value"], rtol=1e-5)
     assert (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-processes", "2", "--process-id", "2"], "--process-id: must be in 0..1, got 2"),
+        (["--num-processes", "0"], "--num-processes: must be >= 1, got 0"),
+        (["--coordinator", "localhost"], "--coordinator: expected HOST:PORT"),
+        (["--distributed"], "no other flag is needed; elsewhere pass --coordinator HOST:PORT"),
+    ],
+)
+def test_distributed_flags_are_checked(flags, message, tmp_path, capsys, monkeypatch):
+    from jaxlab.cli import main
+
+    for var in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "OMPI_MCA_ess_base_jobid", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "x"
+    assert main(["run", "icl-regression", "--preset", "smoke", "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -92,8 +92,8 @@ class Progress:
             f"{self._where(group, chunk, n_chunks)}step {step}/{steps} runs {runs} loss {loss:.4g} diverged {n_div}"
         )
         if self.bar is not None:
+            self.bar.set_postfix_str(status, refresh=False)
             self.bar.update(run_steps)
-            self.bar.set_postfix_str(status)
             return
         elapsed = now - self.t_first
         rate = self.measured / elapsed if self.measured and elapsed > 0 else float("nan")
