@@ -14,7 +14,7 @@ from jaxlab.experiments import get_experiment
 from jaxlab.train import run_sweep
 from jaxlab.train.sweep import with_seeds
 
-ARGS = ["--preset", "smoke", "--seeds", "0:5", "--set", "train.steps=20", "--set", "train.eval_every=10", "--quiet"]
+ARGS = ["--preset", "smoke", "--seeds", "0:6", "--set", "train.steps=20", "--set", "train.eval_every=10", "--quiet"]
 
 pytestmark = pytest.mark.multiprocess
 
@@ -40,9 +40,10 @@ def test_two_processes_merge_equals_single_process(tmp_path):
             p.kill()
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    assert "5 runs (0 diverged)" in outputs[0][0] and "runs (" not in outputs[1][0]  # process 0 reports
+    assert "6 runs (0 diverged)" in outputs[0][0] and "runs (" not in outputs[1][0]  # process 0 reports
 
-    cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), tuple(range(5)))
+    # 6 runs, 1 device: the same program as tests/test_sharding.py's reference run (compilation cache)
+    cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), tuple(range(6)))
     single = run_sweep(
         cfg.with_overrides({"train.steps": 20, "train.eval_every": 10}), tmp_path / "one", progress=False
     )
@@ -51,11 +52,11 @@ def test_two_processes_merge_equals_single_process(tmp_path):
     parts = sorted((out / "parts").glob("part-*.json"))
     assert [p.name for p in parts] == ["part-0000-0000-00000.json", "part-0000-0000-00001.json"]
     shards = [{r["run"] for r in json.loads(p.read_text())["runs"]} for p in parts]
-    assert shards[0] and shards[1] and not shards[0] & shards[1] and shards[0] | shards[1] == set(range(5))
+    assert shards[0] and shards[1] and not shards[0] & shards[1] and shards[0] | shards[1] == set(range(6))
 
     summary = results.load_summary(out)
-    assert summary["n_processes"] == 2 and summary["n_devices"] == 2 and summary["n_runs"] == 5
-    assert [r["run"] for r in summary["runs"]] == list(range(5))
+    assert summary["n_processes"] == 2 and summary["n_devices"] == 2 and summary["n_runs"] == 6
+    assert [r["run"] for r in summary["runs"]] == list(range(6))
     for a, b in zip(summary["runs"], single.summary["runs"]):
         assert (a["seed"], a["status"]) == (b["seed"], b["status"])
         assert a["final"] == pytest.approx(b["final"], rel=1e-5)
