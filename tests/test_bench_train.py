@@ -54,24 +54,30 @@ def test_flop_count_is_the_documented_formula():
 def test_reference_baseline_trains_the_same_model_on_the_same_task(smoke_cfg):
     train = make_train(smoke_cfg)
     ref = ReferenceLoop(train)
-    state = train.init(seed_keys([0])[0])
-    batch = train.train_batch(state)
-    # the explicit-attention model of the baseline computes jaxlab's loss
-    out, _ = train.model.apply({"params": state.params}, batch.inputs, mutable=["intermediates"])
-    np.testing.assert_allclose(
-        np.asarray(out), np.asarray(train.apply(state.params, batch.inputs)), rtol=1e-4, atol=1e-6
-    )
-    # its per-sequence sampler has the task's layout and distribution
     cfg = train.cfg.task
-    b = jax.vmap(lambda k: sample_one(k, cfg))(jax.random.split(jax.random.key(0), 4000))
+    assert isinstance(cfg, regression.Config)
+
+    @jax.jit
+    def outputs(key):
+        state = train.init(key)
+        batch = train.train_batch(state)
+        explicit, _ = train.model.apply({"params": state.params}, batch.inputs, mutable=["intermediates"])
+        return explicit, train.apply(state.params, batch.inputs)
+
+    # the explicit-attention model of the baseline is jaxlab's model
+    explicit, plain = outputs(seed_keys([0])[0])
+    np.testing.assert_allclose(explicit, plain, rtol=1e-4, atol=1e-6)
+    # its per-sequence sampler has the task's layout and distribution
+    b = ref.data(jax.random.PRNGKey(0))
     x = np.asarray(b.inputs)
-    assert x.shape == (4000, cfg.n_context + 1, cfg.n_dims + 1)
-    assert x[..., : cfg.n_dims].var() == pytest.approx(1 / 12, rel=0.03)
-    np.testing.assert_allclose(
-        x[:, :-1, -1], np.einsum("bd,btd->bt", np.asarray(b.aux["w"])[:, 0], x[:, :-1, :-1]), rtol=1e-4, atol=1e-5
-    )
-    np.testing.assert_array_equal(np.asarray(b.loss_mask)[:, -1], 1)
-    assert isinstance(cfg, regression.Config) and ref.update is not None
+    assert x.shape == (train.cfg.train.batch_size, cfg.n_context + 1, cfg.n_dims + 1)
+    big = jax.jit(jax.vmap(lambda k: sample_one(k, cfg)))(jax.random.split(jax.random.key(1), 4000))
+    xb, w = np.asarray(big.inputs), np.asarray(big.aux["w"])[:, 0]
+    assert xb[..., : cfg.n_dims].var() == pytest.approx(1 / 12, rel=0.03)
+    assert w.var() == pytest.approx(1.0, rel=0.05)
+    np.testing.assert_allclose(xb[:, :-1, -1], np.einsum("bd,btd->bt", w, xb[:, :-1, :-1]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(xb[:, -1, -1], 0)
+    np.testing.assert_array_equal(np.asarray(big.loss_mask)[:, -1], 1)
 
 
 @pytest.mark.parametrize(
