@@ -14,9 +14,13 @@ and biases `b_qkv` [3, H, Dh], `b_out` [D] when `use_bias`.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlab.config import ModelConfig
 
@@ -45,21 +49,59 @@ def kernel_init(in_axis: int | tuple[int, ...], out_axis: int | tuple[int, ...])
     return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
 
 
+def query_index(queries: Sequence[int], seq_len: int) -> slice | np.ndarray:
+    """Static positions as a slice when they are evenly spaced (a strided slice, not a gather)."""
+    q = [p % seq_len for p in queries]
+    if len(q) == 1:
+        return slice(q[0], q[0] + 1)
+    step = q[1] - q[0]
+    if step > 0 and all(b - a == step for a, b in itertools.pairwise(q)):
+        return slice(q[0], q[-1] + 1, step)
+    return np.asarray(q)
+
+
+def keys_first_cheaper(n_queries: int, seq_len: int, d_model: int, n_heads: int, head_dim: int) -> bool:
+    """Whether projecting every token to keys and values (K = X W_K, V = X W_V) costs fewer FLOPs
+    than moving the weights to the query side (scores = X (W_K q), z = (pattern X) W_V)."""
+    T, P, D, H, Dh = seq_len, n_queries, d_model, n_heads, head_dim
+    keys_first = 2 * T * D * H * Dh + 2 * P * T * H * Dh
+    weights_to_queries = P * H * D * Dh + 2 * P * T * H * D
+    return keys_first <= weights_to_queries
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD: jax.Array, want_pattern: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    def __call__(
+        self, x_BTD: jax.Array, want_pattern: bool = False, queries: Sequence[int] | None = None
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Attention output [B, T, D] (or [B, P, D] at the static query positions `queries`: keys
+        and values still come from every token), and the pattern [B, H, T, T] when asked for."""
         cfg = self.cfg
         D, H, Dh = x_BTD.shape[-1], cfg.n_heads, cfg.head_dim
         T = x_BTD.shape[1]
         w_qkv = self.param("w_qkv", kernel_init(0, (1, 2, 3)), (D, 3, H, Dh))
         w_out = self.param("w_out", kernel_init((0, 1), 2), (H, Dh, D))
-        qkv = dot("btd,dshk->sbthk", x_BTD, w_qkv, cfg.dtype)
-        if cfg.use_bias:
-            qkv = qkv + self.param("b_qkv", nn.initializers.zeros, (3, H, Dh))[:, None, None]
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        b_qkv = self.param("b_qkv", nn.initializers.zeros, (3, H, Dh)) if cfg.use_bias else None
+        b_out = self.param("b_out", nn.initializers.zeros, (D,)) if cfg.use_bias else None
         mask_TT = make_mask(cfg.mask, T)
+
+        if queries is not None and not want_pattern:
+            index = query_index(queries, T)
+            if not keys_first_cheaper(len(queries), T, D, H, Dh):
+                z = self._weights_to_queries(x_BTD, index, mask_TT[index], w_qkv, b_qkv)
+                return self._project_out(z, w_out, b_out), None
+        else:
+            index = None
+
+        # [B, T, 3, H, Dh] is the GEMM's own output layout: no transposed copy of Q, K and V.
+        qkv = dot("btd,dshk->btshk", x_BTD, w_qkv, cfg.dtype)
+        if b_qkv is not None:
+            qkv = qkv + b_qkv
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if index is not None:
+            q, mask_TT = q[:, index], mask_TT[index]
 
         pattern = None
         if cfg.attention == "linear" and cfg.mask == "context_keys" and not want_pattern:
@@ -69,20 +111,47 @@ class Attention(nn.Module):
             if cfg.attn_norm == "n_keys":
                 z = z / (T - 1)
         else:
-            scores = dot("bqhk,bthk->bhqt", q, k, cfg.dtype)
-            if cfg.attention == "softmax":
-                scores = scores / jnp.sqrt(jnp.float32(Dh))
-                scores = jnp.where(mask_TT, scores, jnp.finfo(scores.dtype).min)
-                pattern = jax.nn.softmax(scores, axis=-1)
-            elif cfg.attention == "linear":
-                pattern = jnp.where(mask_TT, scores, 0.0)
-                if cfg.attn_norm == "n_keys":
-                    pattern = pattern / jnp.maximum(mask_TT.sum(-1), 1)[:, None]
-            else:
-                raise ValueError(f"unknown attention {cfg.attention!r}")
+            pattern = self._pattern(dot("bqhk,bthk->bhqt", q, k, cfg.dtype), mask_TT, Dh)
             z = dot("bhqt,bthk->bqhk", pattern, v, cfg.dtype)
+        return self._project_out(z, w_out, b_out), pattern
 
-        out = dot("bqhk,hkd->bqd", z, w_out, cfg.dtype)
-        if cfg.use_bias:
-            out = out + self.param("b_out", nn.initializers.zeros, (D,))
-        return out, pattern
+    def _pattern(self, scores_BHQT: jax.Array, mask_QT: jax.Array, head_dim: int) -> jax.Array:
+        cfg = self.cfg
+        if cfg.attention == "softmax":
+            scores = scores_BHQT / jnp.sqrt(jnp.float32(head_dim))
+            scores = jnp.where(mask_QT, scores, jnp.finfo(scores.dtype).min)
+            return jax.nn.softmax(scores, axis=-1)
+        if cfg.attention == "linear":
+            pattern = jnp.where(mask_QT, scores_BHQT, 0.0)
+            if cfg.attn_norm == "n_keys":
+                pattern = pattern / jnp.maximum(mask_QT.sum(-1), 1)[:, None]
+            return pattern
+        raise ValueError(f"unknown attention {cfg.attention!r}")
+
+    def _weights_to_queries(
+        self, x_BTD: jax.Array, index: slice | np.ndarray, mask_PT: jax.Array, w_qkv: jax.Array, b_qkv: jax.Array | None
+    ) -> jax.Array:
+        """z [B, P, H, Dh] for a few query positions without projecting keys or values.
+
+        q_p . k_t = x_t . (W_K q_p) + q_p . b_K, and sum_t a_pt v_t = (sum_t a_pt x_t) W_V
+        + (sum_t a_pt) b_V: per query O(T D) instead of O(T D Dh) per key and value. For the paper's
+        one-layer LSA, whose loss reads the query token only, this is the whole layer.
+        """
+        cfg = self.cfg
+        q = dot("bpd,dhk->bphk", x_BTD[:, index], w_qkv[:, 0], cfg.dtype)
+        if b_qkv is not None:
+            q = q + b_qkv[0]
+        a_BPHD = dot("bphk,dhk->bphd", q, w_qkv[:, 1], cfg.dtype)
+        scores = dot("btd,bphd->bhpt", x_BTD, a_BPHD, cfg.dtype)
+        if b_qkv is not None:
+            scores = scores + jnp.einsum("bphk,hk->bhp", q, b_qkv[1])[..., None]
+        pattern = self._pattern(scores, mask_PT, w_qkv.shape[-1])
+        u_BPHD = dot("bhpt,btd->bphd", pattern, x_BTD, cfg.dtype)
+        z = dot("bphd,dhk->bphk", u_BPHD, w_qkv[:, 2], cfg.dtype)
+        if b_qkv is not None:
+            z = z + jnp.sum(pattern, axis=-1).transpose(0, 2, 1)[..., None] * b_qkv[2]
+        return z
+
+    def _project_out(self, z_BQHK: jax.Array, w_out: jax.Array, b_out: jax.Array | None) -> jax.Array:
+        out = dot("bqhk,hkd->bqd", z_BQHK, w_out, self.cfg.dtype)
+        return out if b_out is None else out + b_out

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.config import ModelConfig
-from jaxlab.models.attention import Attention, dot, kernel_init
+from jaxlab.models.attention import Attention, dot, kernel_init, query_index
 from jaxlab.models.interventions import Intervention, check_interventions
 from jaxlab.models.mlp import MLP
 
@@ -73,25 +73,43 @@ class Transformer(nn.Module):
             n_out = cfg.vocab_size if cfg.input == "discrete" and cfg.d_output is None else cfg.d_output
             self.unembed = nn.Dense(n_out, use_bias=cfg.use_bias, kernel_init=kernel_init(0, 1))
 
-    def __call__(self, inputs: jax.Array, interventions: Sequence[Intervention] = ()) -> jax.Array:
-        """inputs [B, T, d_input] (continuous) or [B, T] (ids) -> outputs [B, T, d_output]."""
+    def __call__(
+        self,
+        inputs: jax.Array,
+        interventions: Sequence[Intervention] = (),
+        outputs_at: Sequence[int] | None = None,
+    ) -> jax.Array:
+        """inputs [B, T, d_input] (continuous) or [B, T] (ids) -> outputs [B, T, d_output].
+
+        `outputs_at` (static positions) returns outputs [B, P, d_output] at those positions only,
+        equal to `outputs[:, outputs_at]`: the last block then computes its queries, MLP and
+        readout at those positions only (keys and values still come from every token). A loss
+        that reads a few positions (the query token of the paired regression layout) needs no more.
+        """
         cfg = self.cfg
         check_interventions(cfg, interventions)
         x = self.embed_tokens(inputs)
         want_pattern = self.is_mutable_collection("intermediates")
+        # Hooks and interventions see whole sequences: with either, compute them and slice.
+        partial = outputs_at is not None and not want_pattern and not interventions
         for i in range(cfg.n_layers):
             blk = self.blocks[0 if cfg.tie_layers else i]
             name = f"blocks.{i}"
+            queries = tuple(outputs_at) if partial and i == cfg.n_layers - 1 else None
             x = self._hook(f"{name}.hook_resid_pre", x, interventions)
-            a, pattern = blk.attn(blk.ln1(x) if cfg.layernorm else x, want_pattern)
+            a, pattern = blk.attn(blk.ln1(x) if cfg.layernorm else x, want_pattern, queries)
             if pattern is not None:
                 self.sow("intermediates", f"{name}.attn.hook_pattern", pattern)
+            if queries is not None:
+                x = x[:, query_index(queries, x.shape[1])]
             x = x + self._hook(f"{name}.hook_attn_out", a, interventions)
             if cfg.d_mlp:
                 x = self._hook(f"{name}.hook_resid_mid", x, interventions)
                 m = blk.mlp(blk.ln2(x) if cfg.layernorm else x)
                 x = x + self._hook(f"{name}.hook_mlp_out", m, interventions)
             x = self._hook(f"{name}.hook_resid_post", x, interventions)
+        if outputs_at is not None and not partial:
+            x = x[:, query_index(tuple(outputs_at), x.shape[1])]
         if cfg.layernorm:
             x = self.ln_final(x)
         return self.read_out(x)

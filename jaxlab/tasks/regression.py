@@ -20,6 +20,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from jaxlab import rng
 from jaxlab.config import Section, _choice, _positive
 from jaxlab.tasks.batch import Batch, TaskSpec
 
@@ -60,24 +61,38 @@ def spec(cfg: Config) -> TaskSpec:
     return TaskSpec(kind=cfg.kind, seq_len=seq_len, output_dim=cfg.d_out, loss="mse", token_dim=cfg.n_dims + cfg.d_out)
 
 
+def loss_positions(cfg: Config) -> tuple[int, ...]:
+    """The positions where `sample`'s loss mask can be 1: the query token (paired) or the x-tokens
+    (interleaved). The engine computes the training loss's outputs at these positions only."""
+    if cfg.layout == "paired":
+        return (cfg.n_context,)
+    return tuple(range(0, 2 * cfg.n_context, 2))
+
+
 def sample_inputs(key: jax.Array, cfg: Config, shape: tuple[int, ...]) -> jax.Array:
     """x of `shape` + (n_dims,) from the configured input distribution."""
     full = (*shape, cfg.n_dims)
     if cfg.input_dist == "uniform":
-        return cfg.input_scale * (jax.random.uniform(key, full) - 0.5)
-    return cfg.input_scale * jax.random.normal(key, full)
+        return cfg.input_scale * (rng.uniform(key, full) - 0.5)
+    return cfg.input_scale * rng.normal(key, full)
 
 
 def sample(key: jax.Array, cfg: Config, batch_size: int = 1) -> Batch:
     """`batch_size` regression tasks. aux["w"]: [B, d_out, d]."""
-    k_w, k_x, k_eps = jax.random.split(key, 3)
+    k_w, k_x, k_eps = rng.split(key, 3)
     B, N, d, d_out = batch_size, cfg.n_context, cfg.n_dims, cfg.d_out
     n_points = N + 1 if cfg.layout == "paired" else N
-    w_BOD = cfg.weight_scale * jax.random.normal(k_w, (B, d_out, d))
+    w_BOD = cfg.weight_scale * rng.normal(k_w, (B, d_out, d))
     x_BND = sample_inputs(k_x, cfg, (B, n_points))
     y_BNO = jnp.einsum("bod,bnd->bno", w_BOD, x_BND)
     if cfg.noise_std > 0:
-        y_BNO = y_BNO + cfg.noise_std * jax.random.normal(k_eps, y_BNO.shape)
+        y_BNO = y_BNO + cfg.noise_std * rng.normal(k_eps, y_BNO.shape)
+    return assemble(cfg, w_BOD, x_BND, y_BNO)
+
+
+def assemble(cfg: Config, w_BOD: jax.Array, x_BND: jax.Array, y_BNO: jax.Array) -> Batch:
+    """The token layout of `cfg.layout` from the task weights, the inputs and their targets."""
+    B, N, d, d_out = x_BND.shape[0], cfg.n_context, cfg.n_dims, cfg.d_out
     if cfg.layout == "paired":
         y_in = y_BNO.at[:, -1].set(0.0)
         inputs = jnp.concatenate([x_BND, y_in], axis=-1)

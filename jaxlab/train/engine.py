@@ -24,13 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.flatten_util import ravel_pytree
 
 from jaxlab.config import ExperimentConfig
-from jaxlab.models import Intervention, Transformer, init_params
+from jaxlab.models import Intervention, Transformer, init_params, scale_weights
+from jaxlab.models.attention import query_index
 from jaxlab.rng import in_rng_scope
-from jaxlab.tasks import Batch, sample, task_spec
+from jaxlab.tasks import Batch, sample, task_module, task_spec
 from jaxlab.train.hparams import Hparams, default_hparams
-from jaxlab.train.losses import batch_loss
+from jaxlab.train.losses import batch_loss, masked_mean, per_position_loss
 from jaxlab.train.optim import make_optimizer
 
 EvalFn = Callable[["Train", chex.ArrayTree, Any], dict[str, jax.Array]]
@@ -66,6 +68,8 @@ class Train:
         self.eval_steps: tuple[int, ...] = self.cfg.train.eval_steps()
         self._extra_eval = evaluate
         self._eval_data = eval_data
+        positions = getattr(task_module(self.cfg.task), "loss_positions", None)
+        self.loss_positions: tuple[int, ...] | None = None if positions is None else positions(self.cfg.task)
 
     # -- model ---------------------------------------------------------------------------------
     def apply(self, params: chex.ArrayTree, inputs: jax.Array, interventions: Sequence[Intervention] = ()) -> jax.Array:
@@ -74,11 +78,49 @@ class Train:
     def loss(self, params: chex.ArrayTree, batch: Batch) -> jax.Array:
         return batch_loss(self.spec.loss, self.apply(params, batch.inputs), batch)
 
+    def train_loss(self, params: chex.ArrayTree, batch: Batch) -> jax.Array:
+        """`loss` on a batch sampled from the config's own task (`train_batch`).
+
+        When the task declares the only positions its loss mask can cover (`loss_positions(cfg)`,
+        e.g. the query token of the paired regression layout), the model computes its outputs
+        there only (`Transformer(..., outputs_at=...)`), which gives the same loss. Batches from
+        anywhere else (evaluation sets, other task configs) go through `loss`.
+        """
+        if self.loss_positions is None:
+            return self.loss(params, batch)
+        pos = self.loss_positions
+        outputs = self.model.apply({"params": params}, batch.inputs, (), pos)
+        index = query_index(pos, batch.seq_len)
+        return masked_mean(
+            per_position_loss(self.spec.loss, outputs, batch.targets[:, index]), batch.loss_mask[:, index]
+        )
+
     @in_rng_scope
     def sample(self, key: jax.Array, batch_size: int, task: Any = None) -> Batch:
-        return sample(key, self.cfg.task if task is None else task, batch_size)
+        task = self.cfg.task if task is None else task
+        return self._per_run(lambda k: sample(k, task, batch_size))(key)
+
+    def _per_run(self, draw: Callable[..., Any]) -> Callable[..., Any]:
+        """`draw` as is for threefry keys; for `rbg` / `unsafe_rbg` keys, a loop over vmapped runs.
+
+        XLA's RngBitGenerator, which draws the bits of rbg keys, has a batching rule that reads
+        the first key of the batch only (jax 0.10): under the sweep's vmap every run would draw its
+        numbers from run 0's key, so a run's data would depend on the other runs of its program.
+        `sequential_vmap` keeps one draw per run and key instead.
+        """
+        if self.cfg.train.prng_impl == "threefry2x32":
+            return draw
+        return jax.custom_batching.sequential_vmap(draw)
 
     def optimizer(self, hparams: Hparams) -> optax.GradientTransformation:
+        """The configured optax chain, applied to the parameters raveled into one vector.
+
+        `optax.flatten`: its state (TrainState.opt_state) is the chain's state on that vector;
+        the step applies the chain to the vector directly (`_optimizer`).
+        """
+        return optax.flatten(self._optimizer(hparams))
+
+    def _optimizer(self, hparams: Hparams) -> optax.GradientTransformation:
         return make_optimizer(self.cfg.optim, self.cfg.train.steps, hparams)
 
     def _key(self, data: jax.Array) -> jax.Array:
@@ -90,7 +132,8 @@ class Train:
         hparams = default_hparams(self.cfg) if hparams is None else hparams
         k_init, k_data = jax.random.split(key)
         example = self.sample(k_data, 1).inputs
-        params = init_params(self.model, k_init, example, hparams["model.init_scale"])
+        params = self._per_run(lambda k, x: init_params(self.model, k, x))(k_init, example)
+        params = scale_weights(params, hparams["model.init_scale"])
         return TrainState(
             step=jnp.int32(0),
             params=params,
@@ -105,16 +148,29 @@ class Train:
 
     def step(self, state: TrainState, hparams: Hparams) -> tuple[TrainState, jax.Array]:
         """One optimizer step on a fresh batch; returns the new state and the batch loss."""
+        flat, unravel = ravel_pytree(state.params)
+        new, loss = self._flat_step(state.replace(params=flat), hparams, unravel)
+        return new.replace(params=unravel(new.params)), loss
+
+    def _flat_step(
+        self, state: TrainState, hparams: Hparams, unravel: Callable[[jax.Array], Any]
+    ) -> tuple[TrainState, jax.Array]:
+        """`step` on a state whose `params` is the raveled parameter vector.
+
+        The optimizer update, the divergence check and the keep-or-revert selection then run
+        on one vector: a handful of kernels instead of a handful per parameter array, which is
+        most of a small model's compile time and per-step overhead.
+        """
         batch = self.train_batch(state)
-        loss, grads = jax.value_and_grad(self.loss)(state.params, batch)
-        updates, opt_state = self.optimizer(hparams).update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        healthy = (state.diverged_at < 0) & jnp.isfinite(loss) & tree_all_finite(params)
+        loss, grads = jax.value_and_grad(lambda flat: self.train_loss(unravel(flat), batch))(state.params)
+        updates, opt_state = self._optimizer(hparams).update(grads, state.opt_state, state.params)
+        params = state.params + updates
+        healthy = (state.diverged_at < 0) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(params))
         keep = lambda new, old: jnp.where(healthy, new, old)
         newly_diverged = (state.diverged_at < 0) & ~healthy
         new_state = TrainState(
             step=state.step + 1,
-            params=jax.tree_util.tree_map(keep, params, state.params),
+            params=keep(params, state.params),
             opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state),
             data_key=state.data_key,
             diverged_at=jnp.where(newly_diverged, state.step, state.diverged_at),
@@ -123,15 +179,17 @@ class Train:
 
     def advance(self, state: TrainState, hparams: Hparams, n_steps: jax.Array | int) -> tuple[TrainState, jax.Array]:
         """`n_steps` optimizer steps; returns the state and the mean finite training loss over them."""
+        flat, unravel = ravel_pytree(state.params)
 
         def body(_, carry):
             st, total, count = carry
-            st, loss = self.step(st, hparams)
+            st, loss = self._flat_step(st, hparams, unravel)
             finite = jnp.isfinite(loss)
             return st, total + jnp.where(finite, loss, 0.0), count + finite
 
-        state, total, count = jax.lax.fori_loop(0, n_steps, body, (state, jnp.float32(0.0), jnp.int32(0)))
-        return state, jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+        init = (state.replace(params=flat), jnp.float32(0.0), jnp.int32(0))
+        state, total, count = jax.lax.fori_loop(0, n_steps, body, init)
+        return state.replace(params=unravel(state.params)), jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
     def eval_key(self) -> jax.Array:
         return jax.random.key(self.cfg.train.eval_seed, impl=self.cfg.train.prng_impl)
@@ -157,7 +215,7 @@ class Train:
         """Metrics at step 0; `train_loss` is the loss of the first training batch."""
         return {
             **self.evaluate(state.params, eval_batch),
-            "train_loss": self.loss(state.params, self.train_batch(state)),
+            "train_loss": self.train_loss(state.params, self.train_batch(state)),
         }
 
     def chunk(

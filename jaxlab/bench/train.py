@@ -1,0 +1,411 @@
+"""`jaxlab bench train`: training throughput of a vectorized sweep, against its own data generation,
+the machine's matmul peak, and one-run-at-a-time baselines, all measured in one process.
+
+Measured (all times exclude compilation, which is reported as `compile_s`):
+  sweep       R runs vectorized: `jit(vmap(Train.advance))`, state donated, `--steps` optimizer steps
+              per call (what `jaxlab run` executes between two evaluations); one program for all R
+              runs, or for chunks of C runs called in turn when all runs do not fit in memory
+              (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
+  datagen     the same program without the model: every step samples the same batch shapes from
+              the same sampler and keys (`Train.train_batch`) and only sums them.
+  loop        baseline (a), the published codes' style (`jaxlab.bench._reference`): Python loops
+              over seeds and steps, a jitted sampler (`jax.random`, per-sequence keys) and a jitted
+              step (explicit T x T attention at every position) called once per step.
+  jaxlab-loop jaxlab's own `jit(Train.step)` called once per step and run: the gain of the scan.
+  single-scan baseline (b): `jit(Train.advance)` for one run, called once per run: the gain of
+              vmapping runs alone.
+  peak        a jitted N x N float32 matmul (2 N^3 FLOPs; on a GPU also TF32 and bfloat16).
+Baselines run `--baseline-runs` runs (their cost per run-step does not depend on R); rates are
+run-steps (runs x optimizer steps) per second. Model FLOPs are the analytic count of
+`jaxlab.bench._train_workloads`. Each repeat times sweep, datagen, the baselines and the peak back
+to back; reported rates are medians over repeats, and every ratio (utilization, speedups, datagen
+fraction) is the median of the ratios within a repeat, so a machine shared with other jobs biases
+them less than it biases the rates. Every figure is also given per second of this process's CPU
+time (`*_cpu`), which other jobs on the machine disturb less than wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jaxlab.config import PRNG_IMPLS
+from jaxlab.errors import ConfigError
+
+NAME = "train"
+HELP = "training throughput (run-steps/s) vs data generation, matmul peak and one-run-at-a-time loops"
+DTYPES = ("float32", "bfloat16")
+BASELINES = ("loop", "jaxlab-loop", "single-scan")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from jaxlab.bench._train_workloads import WORKLOADS
+
+    p.add_argument("--workload", default="lsa-regression", help=f"one of {', '.join(WORKLOADS)}")
+    p.add_argument("--runs", type=int, default=64, help="runs trained as one program (default 64)")
+    p.add_argument("--steps", type=int, help="optimizer steps per timed call (default: per workload)")
+    p.add_argument("--runs-per-chunk", type=int, help="runs per compiled program (default: per workload)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; medians are reported (default 3)")
+    p.add_argument("--baseline-runs", type=int, default=4, help="runs timed in each baseline loop (default 4)")
+    p.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help=f"comma-separated baselines to time: {', '.join(BASELINES)}, or none (default: all)",
+    )
+    p.add_argument("--dtype", default="float32", help="matmul inputs: float32 or bfloat16 (float32 accumulation)")
+    p.add_argument("--batch-size", type=int, help="tasks per step and run (default: the workload's)")
+    p.add_argument("--prng-impl", default="threefry2x32", help=f"train.prng_impl: {', '.join(PRNG_IMPLS)}")
+    p.add_argument("--matmul-size", type=int, help="N of the peak N x N matmul (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from jaxlab.bench._train_workloads import WORKLOADS
+
+    if args.workload not in WORKLOADS:
+        raise ConfigError("--workload", f"unknown workload {args.workload!r}", list(WORKLOADS))
+    if args.dtype not in DTYPES:
+        raise ConfigError("--dtype", f"unknown value {args.dtype!r}", DTYPES)
+    for name in _baselines(args.baselines):
+        if name not in BASELINES:
+            raise ConfigError("--baselines", f"unknown baseline {name!r}", [*BASELINES, "none"])
+    if args.prng_impl not in PRNG_IMPLS:
+        raise ConfigError("--prng-impl", f"unknown value {args.prng_impl!r}", PRNG_IMPLS)
+    for name in ("runs", "steps", "repeats", "baseline_runs", "matmul_size", "batch_size", "runs_per_chunk"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}", f"must be >= 1, got {value}")
+
+
+class Stopwatch:
+    """Wall time and this process's CPU time (all threads) of a block: `with Stopwatch() as t:`."""
+
+    def __enter__(self) -> Stopwatch:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+    @property
+    def both(self) -> tuple[float, float]:
+        return self.wall, self.cpu
+
+
+def _baselines(text: str) -> list[str]:
+    return [] if text.strip() == "none" else [b.strip() for b in text.split(",") if b.strip()]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    import jax
+
+    with Stopwatch() as t:
+        jax.block_until_ready(fn())
+    return t.both
+
+
+def matmul_peaks(n: int, repeats: int = 3) -> dict[str, float]:
+    """FLOP/s of a jitted n x n matmul, best of `repeats`: float32 (HIGHEST precision), and on a
+    GPU also the default precision (TF32 on NVIDIA Ampere and later), and bfloat16 inputs; the
+    `*_cpu` entries are FLOP per second of this process's CPU time."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    kinds = {"float32": (jnp.float32, jax.lax.Precision.HIGHEST)}
+    if jax.default_backend() == "gpu":
+        kinds["tf32"] = (jnp.float32, jax.lax.Precision.DEFAULT)
+    kinds["bfloat16"] = (jnp.bfloat16, jax.lax.Precision.DEFAULT)
+    peaks = {}
+    for name, (dtype, precision) in kinds.items():
+        fn = jax.jit(
+            lambda x, y, d=dtype, p=precision: jnp.matmul(
+                x.astype(d), y.astype(d), precision=p, preferred_element_type=jnp.float32
+            )
+        )
+        jax.block_until_ready(fn(a, b))
+        times = [_timed(lambda: fn(a, b)) for _ in range(repeats)]
+        peaks[name] = 2.0 * n**3 / min(w for w, _ in times)
+        peaks[f"{name}_cpu"] = 2.0 * n**3 / min(c for _, c in times)
+    return peaks
+
+
+class Programs:
+    """The compiled programs of one workload: sweep, datagen, and the baselines.
+
+    The sweep trains R runs in chunks of C runs (C = R unless `runs_per_chunk` is smaller, as
+    `jaxlab run` does when all runs do not fit in memory, `train.max_runs_per_chunk`): one
+    program compiled for C runs, called on each chunk in turn, `steps` steps per call.
+    """
+
+    def __init__(self, cfg, runs: int, steps: int, runs_per_chunk: int | None = None):
+        import jax
+        import jax.numpy as jnp
+
+        from jaxlab.train import make_train, seed_keys, stack_hparams
+
+        self.train = train = make_train(cfg)
+        self.runs, self.steps = runs, steps
+        self.chunk = min(runs_per_chunk or runs, runs)
+        if runs % self.chunk:
+            raise ConfigError("--runs-per-chunk", f"must divide --runs={runs}, got {self.chunk}")
+        keys = seed_keys(range(runs), cfg.train.prng_impl)
+        hp = {k: jnp.asarray(v) for k, v in stack_hparams(train.cfg, [{}] * runs).items()}
+        C = self.chunk
+        part = lambda tree, c: jax.tree_util.tree_map(lambda x: x[c * C : (c + 1) * C], tree)
+        self.keys = [part(keys, c) for c in range(runs // C)]
+        self.hp = [part(hp, c) for c in range(runs // C)]
+        self.n = jnp.int32(steps)
+
+        with Stopwatch() as t:
+            init = jax.jit(jax.vmap(train.init)).lower(self.keys[0], self.hp[0]).compile()
+            self.states = [init(k, h) for k, h in zip(self.keys, self.hp)]
+        self.compile_init = t.both
+        with Stopwatch() as t:
+            advance = jax.vmap(train.advance, in_axes=(0, 0, None))
+            self.sweep_fn = jax.jit(advance, donate_argnums=0).lower(self.states[0], self.hp[0], self.n).compile()
+        self.compile = t.both
+        with Stopwatch() as t:
+            datagen = jax.vmap(_datagen(train), in_axes=(0, None))
+            self.datagen_fn = jax.jit(datagen).lower(self.states[0], self.n).compile()
+        self.compile_datagen = t.both
+
+        from jaxlab.bench._reference import ReferenceLoop
+
+        self.hp1 = jax.tree_util.tree_map(lambda x: x[0], hp)
+        self.reference = ReferenceLoop(train)
+        self.init1 = jax.jit(train.init)
+        self.step1 = jax.jit(train.step, donate_argnums=0)
+        self.advance1 = jax.jit(train.advance, donate_argnums=0)
+        self.key1 = lambda i: keys[i]
+
+    def sweep(self) -> tuple[float, float]:
+        def call():
+            losses = []
+            for c, hp in enumerate(self.hp):
+                self.states[c], loss = self.sweep_fn(self.states[c], hp, self.n)
+                losses.append(loss)
+            return losses
+
+        return _timed(call)
+
+    def datagen(self) -> tuple[float, float]:
+        return _timed(lambda: [self.datagen_fn(st, self.n) for st in self.states])
+
+    def loop(self, n_runs: int) -> tuple[float, float]:
+        """Baseline (a): the published codes' style (`jaxlab.bench._reference`)."""
+        return self.reference.run(list(range(n_runs)), self.steps, self.hp1)
+
+    def jaxlab_loop(self, n_runs: int) -> tuple[float, float]:
+        """Python loops over runs and steps around jaxlab's own jitted step."""
+        import jax
+
+        states = [self.init1(self.key1(i), self.hp1) for i in range(n_runs)]
+        jax.block_until_ready(states)
+        with Stopwatch() as t:
+            for st in states:
+                for _ in range(self.steps):
+                    st, loss = self.step1(st, self.hp1)
+                jax.block_until_ready(st)
+        return t.both
+
+    def single_scan(self, n_runs: int) -> tuple[float, float]:
+        """Baseline (b): the scanned `advance` of one run, called once per run."""
+        import jax
+
+        states = [self.init1(self.key1(i), self.hp1) for i in range(n_runs)]
+        jax.block_until_ready(states)
+        with Stopwatch() as t:
+            for st in states:
+                st, loss = self.advance1(st, self.hp1, self.n)
+                jax.block_until_ready(st)
+        return t.both
+
+
+def _datagen(train) -> Callable:
+    """(state of one run, n) -> the sum of the batches of n steps: the sampler alone, same keys."""
+    import jax
+    import jax.numpy as jnp
+
+    def run(state, n):
+        def body(i, acc):
+            batch = train.train_batch(state.replace(step=state.step + i))
+            return acc + sum(jnp.sum(x) for x in jax.tree_util.tree_leaves((batch.inputs, batch.targets)))
+
+        return jax.lax.fori_loop(0, n, body, jnp.float32(0.0))
+
+    return run
+
+
+def measure(
+    workload: str,
+    runs: int = 64,
+    steps: int | None = None,
+    repeats: int = 3,
+    baseline_runs: int = 4,
+    baselines: tuple[str, ...] = BASELINES,
+    dtype: str = "float32",
+    matmul_size: int | None = None,
+    batch_size: int | None = None,
+    prng_impl: str = "threefry2x32",
+    runs_per_chunk: int | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Run the benchmark (module docstring); returns the result object of `--json`."""
+    import jax
+
+    from jaxlab.bench._train_workloads import WORKLOADS, flops_per_run_step
+    from jaxlab.train.sweep import with_seeds
+
+    wl = WORKLOADS[workload]
+    steps = steps or wl.default_steps
+    cfg = wl.config().with_overrides({"model.dtype": dtype, "train.prng_impl": prng_impl})
+    if batch_size is not None:
+        cfg = cfg.set("train.batch_size", batch_size)
+    cfg = with_seeds(cfg, tuple(range(runs)))
+    device = jax.devices()[0]
+    on_gpu = jax.default_backend() == "gpu"
+    matmul_size = matmul_size or (8192 if on_gpu else 2048)
+    load_before = os.getloadavg()[0]
+
+    log(f"compiling {workload} for {runs} runs")
+    prog = Programs(cfg, runs, steps, runs_per_chunk or wl.runs_per_chunk)
+    k = min(baseline_runs, runs)
+    timers = {"loop": prog.loop, "jaxlab-loop": prog.jaxlab_loop, "single-scan": prog.single_scan}
+    for name in baselines:  # compile and warm the baselines
+        timers[name](1)
+    prog.sweep()
+    prog.datagen()
+
+    rows: list[dict[str, Any]] = []
+    for rep in range(repeats):
+        row = {"sweep": prog.sweep(), "datagen": prog.datagen()}
+        for name in baselines:
+            row[name.replace("-", "_")] = timers[name](k)
+        row["peak"] = matmul_peaks(matmul_size)
+        rows.append(row)
+        log(f"repeat {rep + 1}/{repeats}: sweep {runs * steps / row['sweep'][0]:.1f} run-steps/s")
+
+    flops = flops_per_run_step(cfg)
+    peak_kind = "bfloat16" if dtype == "bfloat16" else ("tf32" if on_gpu else "float32")
+    result: dict[str, Any] = {
+        "workload": workload,
+        "runs": runs,
+        "steps": steps,
+        "dtype": dtype,
+        "batch_size": cfg.train.batch_size,
+        "prng_impl": prng_impl,
+        "runs_per_chunk": prog.chunk,
+        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+    }
+    # i = 0: wall-clock figures (the issue's); i = 1: per second of this process's CPU time, which
+    # a machine shared with other jobs disturbs less (it still slows caches and memory).
+    for i, suffix in ((0, ""), (1, "_cpu")):
+        figures = _figures(rows, i, runs, steps, k, flops, peak_kind, baselines)
+        result.update({f"{name}{suffix}" if suffix else name: v for name, v in figures.items()})
+    result.update(
+        {
+            "peak_kind": peak_kind,
+            "compile_s": prog.compile[0],
+            "compile_cpu_s": prog.compile[1],
+            "compile_init_s": prog.compile_init[0],
+            "compile_datagen_s": prog.compile_datagen[0],
+            "flops_per_run_step": flops,
+            "repeats": repeats,
+            "matmul_size": matmul_size,
+            "per_repeat_run_steps_per_s": [runs * steps / r["sweep"][0] for r in rows],
+            "per_repeat_datagen_run_steps_per_s": [runs * steps / r["datagen"][0] for r in rows],
+            "jax_version": jax.__version__,
+            "host": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_1min": [load_before, os.getloadavg()[0]],
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+    )
+    if baselines:
+        result["baseline_runs"] = k
+        result["baselines"] = list(baselines)
+    return result
+
+
+def _figures(
+    rows: list[dict[str, Any]], i: int, runs: int, steps: int, k: int, flops: float, peak_kind: str, baselines: tuple
+) -> dict[str, float]:
+    """Medians over repeats of the rates and of the within-repeat ratios, from time index i."""
+    med = lambda f: float(np.median([f(r) for r in rows]))
+    peak_key = peak_kind if i == 0 else f"{peak_kind}_cpu"
+    rate = lambda r: runs * steps / r["sweep"][i]
+    out = {
+        "run_steps_per_s": med(rate),
+        "datagen_run_steps_per_s": med(lambda r: runs * steps / r["datagen"][i]),
+        "datagen_fraction": med(lambda r: r["datagen"][i] / r["sweep"][i]),
+        "model_flops_per_s": med(lambda r: flops * rate(r)),
+        "peak_flops_per_s": med(lambda r: r["peak"][peak_key]),
+        "utilization": med(lambda r: flops * rate(r) / r["peak"][peak_key]),
+    }
+    for name in ("float32", "tf32", "bfloat16"):
+        key = name if i == 0 else f"{name}_cpu"
+        if key in rows[0]["peak"]:
+            out[f"peak_{name}_flops_per_s"] = med(lambda r, key=key: r["peak"][key])
+    for name in (b.replace("-", "_") for b in baselines):
+        out[f"speedup_vs_{name}"] = med(lambda r, n=name: r[n][i] / k / (r["sweep"][i] / runs))
+        out[f"{name}_run_steps_per_s"] = med(lambda r, n=name: k * steps / r[n][i])
+    return out
+
+
+def format_result(r: dict[str, Any]) -> str:
+    """A short table: wall-clock rates, and the ratios by wall and by CPU time."""
+    rows = [("sweep", "run_steps_per_s", None), ("datagen alone", "datagen_run_steps_per_s", "datagen_fraction")]
+    for label, name in (("loop (a)", "loop"), ("jaxlab loop", "jaxlab_loop"), ("single scan (b)", "single_scan")):
+        if f"speedup_vs_{name}" in r:
+            rows.append((label, f"{name}_run_steps_per_s", f"speedup_vs_{name}"))
+    lines = [
+        f"workload {r['workload']}: {r['runs']} runs (chunks of {r['runs_per_chunk']}) x {r['steps']} steps, "
+        f"batch {r['batch_size']}, {r['dtype']}, "
+        f"{r['prng_impl']}, on {r['device']}",
+        f"  {'':16s}{'run-steps/s':>12s}{'per CPU-s':>12s}   ratio (wall / CPU time)",
+    ]
+    for label, key, ratio in rows:
+        line = f"  {label:16s}{r[key]:12.1f}{r[key + '_cpu']:12.1f}"
+        if ratio:
+            line += f"   {ratio} {r[ratio]:.2f} / {r[ratio + '_cpu']:.2f}"
+        lines.append(line)
+    lines += [
+        f"  model {r['model_flops_per_s'] / 1e9:.2f} GFLOP/s of {r['peak_flops_per_s'] / 1e9:.1f} ({r['peak_kind']} "
+        f"matmul peak): utilization {r['utilization']:.3f} (CPU time: {r['utilization_cpu']:.3f})",
+        f"  compile {r['compile_s']:.2f} s (CPU {r['compile_cpu_s']:.2f} s); init {r['compile_init_s']:.2f} s, "
+        f"datagen {r['compile_datagen_s']:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    _check(args)
+    log = (lambda s: None) if args.json else (lambda s: print(f"[jaxlab bench train] {s}", file=sys.stderr, flush=True))
+    result = measure(
+        args.workload,
+        runs=args.runs,
+        steps=args.steps,
+        repeats=args.repeats,
+        baseline_runs=args.baseline_runs,
+        baselines=tuple(_baselines(args.baselines)),
+        dtype=args.dtype,
+        matmul_size=args.matmul_size,
+        batch_size=args.batch_size,
+        prng_impl=args.prng_impl,
+        runs_per_chunk=args.runs_per_chunk,
+        log=log,
+    )
+    print(json.dumps(result) if args.json else format_result(result))
+    return 0

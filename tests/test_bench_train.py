@@ -1,0 +1,90 @@
+"""`jaxlab bench train`: the CI throughput regression check (a ratio within one run, in a subprocess
+with XLA's default flags), the analytic FLOP count, the reference baseline's model, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlab.bench._reference import ReferenceLoop, sample_one
+from jaxlab.bench._train_workloads import WORKLOADS, flops_per_run_step
+from jaxlab.cli import main
+from jaxlab.tasks import regression
+from jaxlab.train import make_train, seed_keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_vectorized_sweep_is_faster_than_the_per_run_loop():
+    """Fails when the vectorized sweep is not faster than one-run-at-a-time training (same process)."""
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
+    env["XLA_FLAGS"] = flags  # conftest turns backend optimization down; timings need the defaults
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "jaxlab", "bench", "train", "--workload", "lsa-regression", "--runs", "8",
+           "--steps", "5", "--batch-size", "64", "--repeats", "3", "--baselines", "loop", "--baseline-runs", "2",
+           "--matmul-size", "256", "--json"]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    for key in ("run_steps_per_s", "datagen_run_steps_per_s", "model_flops_per_s", "peak_flops_per_s",
+                "utilization", "compile_s", "device", "workload", "runs", "steps", "speedup_vs_loop"):  # fmt: skip
+        assert key in r, key
+    assert (r["workload"], r["runs"], r["steps"], r["batch_size"]) == ("lsa-regression", 8, 5, 64)
+    assert r["model_flops_per_s"] == pytest.approx(r["run_steps_per_s"] * r["flops_per_run_step"], rel=0.2)
+    assert r["speedup_vs_loop"] > 1.0, r
+
+
+def test_flop_count_is_the_documented_formula():
+    lsa = WORKLOADS["lsa-regression"].config()
+    T, D = 11, 11  # paired layout: N + 1 tokens of width d + 1
+    forward = 6 * T * D * D + 4 * T * T * D + 2 * T * D * D
+    assert flops_per_run_step(lsa) == 3 * forward * 2048
+    soft = WORKLOADS["softmax-regression"].config()
+    T, D, F = 80, 64, 256
+    forward = 6 * T * D * D + 4 * T * T * D + 2 * T * D * D + 4 * T * D * F
+    assert flops_per_run_step(soft) == 3 * forward * 2 * 256
+
+
+def test_reference_baseline_trains_the_same_model_on_the_same_task(smoke_cfg):
+    train = make_train(smoke_cfg)
+    ref = ReferenceLoop(train)
+    cfg = train.cfg.task
+    assert isinstance(cfg, regression.Config)
+
+    @jax.jit
+    def outputs(key):
+        state = train.init(key)
+        batch = train.train_batch(state)
+        explicit, _ = train.model.apply({"params": state.params}, batch.inputs, mutable=["intermediates"])
+        return explicit, train.apply(state.params, batch.inputs)
+
+    # the explicit-attention model of the baseline is jaxlab's model
+    explicit, plain = outputs(seed_keys([0])[0])
+    np.testing.assert_allclose(explicit, plain, rtol=1e-4, atol=1e-6)
+    # its per-sequence sampler has the task's layout and distribution
+    b = ref.data(jax.random.PRNGKey(0))
+    x = np.asarray(b.inputs)
+    assert x.shape == (train.cfg.train.batch_size, cfg.n_context + 1, cfg.n_dims + 1)
+    big = jax.jit(jax.vmap(lambda k: sample_one(k, cfg)))(jax.random.split(jax.random.key(1), 4000))
+    xb, w = np.asarray(big.inputs), np.asarray(big.aux["w"])[:, 0]
+    assert xb[..., : cfg.n_dims].var() == pytest.approx(1 / 12, rel=0.03)
+    assert w.var() == pytest.approx(1.0, rel=0.05)
+    np.testing.assert_allclose(xb[:, :-1, -1], np.einsum("bd,btd->bt", w, xb[:, :-1, :-1]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(xb[:, -1, -1], 0)
+    np.testing.assert_array_equal(np.asarray(big.loss_mask)[:, -1], 1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [(["--workload", "nope"], "--workload"), (["--dtype", "float16"], "--dtype"), (["--runs", "0"], "--runs"),
+     (["--baselines", "loop,fast"], "--baselines"), (["--prng-impl", "xor"], "--prng-impl")],
+)  # fmt: skip
+def test_bad_input_is_a_user_error(argv, field, capsys):
+    assert main(["bench", "train", *argv]) == 2
+    assert field in capsys.readouterr().err
