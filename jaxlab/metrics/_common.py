@@ -135,13 +135,14 @@ def _is_traced(*values: Any) -> bool:
 Impl = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def metric(*, symmetric: bool) -> Callable[[Impl], Callable[..., jax.Array]]:
+def metric(*, symmetric: bool, memory: Callable[[int, int, int], int]) -> Callable[[Impl], Callable[..., jax.Array]]:
     """Turn `impl(x, y, **kw) -> (value, {reason: bool})` into the public metric `f(x, y, **kw) -> value`.
 
     Eager calls run a compiled `impl` (options static) and record the reasons that are true (see
     `warning_counts`); traced calls (inside the caller's jit/vmap) only compute.
     `f.impl` is the raw function (used by `pairwise`, which counts over all pairs), `f.symmetric`
-    says whether f(x, y) == f(y, x).
+    says whether f(x, y) == f(y, x), and `memory(n, d1, d2)` estimates the floats one pair works in
+    (`pairwise` sizes its blocks with it).
     """
 
     def wrap(impl: Impl) -> Callable[..., jax.Array]:
@@ -160,6 +161,7 @@ def metric(*, symmetric: bool) -> Callable[[Impl], Callable[..., jax.Array]]:
 
         public.impl = impl  # type: ignore[attr-defined]
         public.symmetric = symmetric  # type: ignore[attr-defined]
+        impl.memory = memory  # type: ignore[attr-defined]
         return public
 
     return wrap

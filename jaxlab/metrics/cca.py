@@ -33,6 +33,10 @@ from jaxlab.errors import ConfigError
 from jaxlab.metrics._common import HIGHEST, center, check_pair, eps, metric, safe_div
 
 
+def _svd_memory(n: int, d1: int, d2: int) -> int:
+    return 6 * n * (d1 + d2) + 4 * (d1 + d2) ** 2
+
+
 def _basis(xc: jax.Array, keep: float | jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(orthonormal basis [n, k] with dropped columns zeroed, kept mask [k], numerical rank)."""
     n, d = xc.shape
@@ -63,7 +67,7 @@ def _correlations(qx: jax.Array, qy: jax.Array) -> tuple[jax.Array, jax.Array, j
     return u, jnp.clip(rho, 0.0, 1.0), vt
 
 
-@metric(symmetric=True)
+@metric(symmetric=True, memory=_svd_memory)
 def cca(x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Canonical correlations [min(n, d1, d2)] of x [n, d1] and y [n, d2], descending, in [0, 1].
 
@@ -78,7 +82,7 @@ def cca(x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     return rho, _flags(x.shape[0], x.shape[1], y.shape[1], rx, ry, cx, cy)
 
 
-@metric(symmetric=True)
+@metric(symmetric=True, memory=_svd_memory)
 def svcca(x: jax.Array, y: jax.Array, keep: float = 0.99) -> tuple[jax.Array, dict[str, jax.Array]]:
     """SVCCA (Raghu et al. 2017): mean canonical correlation after keeping the top-`keep`-variance SVD directions.
 
@@ -99,7 +103,7 @@ def svcca(x: jax.Array, y: jax.Array, keep: float = 0.99) -> tuple[jax.Array, di
     return value, _flags(x.shape[0], x.shape[1], y.shape[1], rx, ry, cx, cy)
 
 
-@metric(symmetric=False)
+@metric(symmetric=False, memory=_svd_memory)
 def pwcca(x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Projection-weighted CCA (Morcos, Raghu & Bengio 2018), weights from x's neurons; in [0, 1].
 

@@ -76,7 +76,7 @@ def _check_debiased(name: str, n: int, debiased: bool) -> None:
         raise ConfigError(f"{name}: x", f"debiased=True needs at least 4 examples (rows), got {n}")
 
 
-@metric(symmetric=True)
+@metric(symmetric=True, memory=lambda n, d1, d2: 4 * n * (d1 + d2) + 3 * min(n * n, (d1 + d2) ** 2))
 def linear_cka(x: jax.Array, y: jax.Array, debiased: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Linear CKA of x [n, d1] and y [n, d2] in [0, 1] (debiased: in [-1, 1]); see the module docstring.
 
@@ -156,7 +156,7 @@ def gram_cka(k: jax.Array, l: jax.Array, debiased: bool) -> tuple[jax.Array, jax
     return safe_div(jnp.sum(kc * lc), jnp.sqrt(kk) * jnp.sqrt(ll), ok), ok
 
 
-@metric(symmetric=True)
+@metric(symmetric=True, memory=lambda n, d1, d2: 12 * n * n + 4 * n * (d1 + d2))
 def rbf_cka(
     x: jax.Array, y: jax.Array, threshold: float = 1.0, debiased: bool = False
 ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -40,7 +40,7 @@ def neighbour_mask(x: jax.Array, k: int, similarity: str) -> jax.Array:
     return jnp.zeros((n, n), bool).at[jnp.arange(n)[:, None], idx].set(True)
 
 
-@metric(symmetric=True)
+@metric(symmetric=True, memory=lambda n, d1, d2: 8 * n * n + 4 * n * (d1 + d2))
 def mutual_knn(x: jax.Array, y: jax.Array, k: int = 10, similarity: str = "cosine") -> tuple[jax.Array, dict]:
     """Mean fraction of shared k nearest neighbours of each example in x and y, in [0, 1] (see the module docstring)."""
     check_pair("mutual_knn", x, y, 2)

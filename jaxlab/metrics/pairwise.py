@@ -127,8 +127,11 @@ def _pair_block(fn: _Bound, xg: jax.Array, yg: jax.Array, ii: jax.Array, jj: jax
     return jax.vmap(lambda i, j: fn(xg[i], yg[j]))(ii, jj)
 
 
-def _pairs_per_block(n: int, d1: int, d2: int, memory_bytes: int) -> int:
-    per_pair = 8 * 4 * (n * n + n * (d1 + d2) + d1 * d2)  # a few n x n / n x d temporaries per pair
+def _pairs_per_block(fn: _Bound, n: int, d1: int, d2: int, memory_bytes: int) -> int:
+    """Pairs per compiled call: the metric's working memory per pair (floats) within the budget, <= 4096."""
+    estimate = getattr(fn.fn, "memory", None)
+    floats = estimate(n, d1, d2) if estimate else 6 * (n * n + n * (d1 + d2) + d1 * d2)  # unknown: assume n x n
+    per_pair = 4 * floats
     return int(2 ** max(0, min(12, math.floor(math.log2(max(1, memory_bytes // per_pair))))))
 
 
@@ -147,7 +150,7 @@ def _generic(name, fn, sx, sy, symmetric, memory_bytes, block_pairs, progress):
     bar = tqdm(total=total, unit="pair", desc=f"pairwise {name}", disable=not progress)
     pending = []
     for xa, yb, ia, ib, ii, jj in plan:
-        block = block_pairs or _pairs_per_block(xa.shape[1], xa.shape[2], yb.shape[2], memory_bytes)
+        block = block_pairs or _pairs_per_block(fn, xa.shape[1], xa.shape[2], yb.shape[2], memory_bytes)
         block = min(block, 2 ** math.ceil(math.log2(len(ii))))
         for s in range(0, len(ii), block):
             bi, bj = ii[s : s + block], jj[s : s + block]
@@ -155,7 +158,12 @@ def _generic(name, fn, sx, sy, symmetric, memory_bytes, block_pairs, progress):
             pad = block - m
             out = _pair_block(fn, xa, yb, jnp.asarray(np.pad(bi, (0, pad))), jnp.asarray(np.pad(bj, (0, pad))))
             pending.append((ia[bi], ib[bj], m, out))
-            bar.update(m)
+            if progress and len(pending) > 2:  # keep two blocks in flight; the bar counts finished pairs
+                jax.block_until_ready(pending[-3][3])
+                bar.update(pending[-3][2])
+    for entry in pending[-2:] if progress else []:
+        jax.block_until_ready(entry[3])
+        bar.update(entry[2])
     bar.close()
     values, counts = None, {}
     for gi, gj, m, (val, flags) in pending:

@@ -30,7 +30,7 @@ def nuclear_norm_of_cross(xn: jax.Array, yn: jax.Array) -> jax.Array:
     return jnp.sum(jnp.linalg.svd(jnp.matmul(xn.T, yn, precision=HIGHEST), compute_uv=False))
 
 
-@metric(symmetric=True)
+@metric(symmetric=True, memory=lambda n, d1, d2: 6 * n * (d1 + d2) + 4 * (d1 + d2) ** 2)
 def procrustes_distance(x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """2 - 2 ||X^T Y||_* of the centered, unit-Frobenius-norm x [n, d1], y [n, d2]; in [0, 2].
 

@@ -63,7 +63,7 @@ def pearson(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.where(ok, jnp.sum(an * bn), 0.0), ok
 
 
-@metric(symmetric=True)
+@metric(symmetric=True, memory=lambda n, d1, d2: 10 * n * n + 4 * n * (d1 + d2))
 def rsa(
     x: jax.Array, y: jax.Array, method: str = "pearson", dissimilarity: str = "correlation"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
