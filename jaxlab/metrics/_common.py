@@ -1,0 +1,167 @@
+"""What every similarity metric shares: float precision, centering, degenerate inputs, warnings.
+
+Precision. Inputs are cast to float64 when jax x64 is enabled and to float32 otherwise. Each
+representation is first divided by its largest absolute entry (every metric here is invariant to
+isotropic scaling), so nothing overflows or underflows however large or small the activations are;
+then it is centered in two passes (subtract the mean, then the mean of the residual), which
+removes the rounding error of the first mean. All products are taken of centered data, so no
+quantity is a small difference of large uncentered sums. Matrix products use
+`precision="highest"` (on GPUs the default would be TF32, with ~1e-3 relative error).
+
+Degenerate inputs. A representation whose centered values are all below `CONSTANT_RTOL` times its
+largest entry (in RMS) is *constant*: it carries no information at float resolution. It is set to
+exactly zero after centering, and each metric returns a documented value for it (similarities 0,
+Procrustes distance 2) instead of NaN. Such cases are counted, per metric and reason, in a host
+counter (`warning_counts()`), and a `DegenerateInputWarning` is issued. The counter is updated by
+eager calls (concrete arrays) and by `pairwise`; inside `jit`/`vmap` the metrics are pure and count
+nothing (use `pairwise`, or check `is_constant(x)` yourself).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.errors import ConfigError
+
+HIGHEST = jax.lax.Precision.HIGHEST
+CONSTANT_RTOL = 4.0  # in units of the float epsilon
+
+
+class DegenerateInputWarning(UserWarning):
+    """A metric met a constant or rank-deficient representation and returned its documented value."""
+
+
+_LOCK = threading.Lock()
+_COUNTS: Counter[str] = Counter()
+
+
+def warning_counts() -> dict[str, int]:
+    """Degenerate-input events since the last reset, keyed "metric: reason" (e.g. "linear_cka: constant_input")."""
+    with _LOCK:
+        return dict(_COUNTS)
+
+
+def reset_warning_counts() -> None:
+    with _LOCK:
+        _COUNTS.clear()
+
+
+def record_warnings(metric: str, counts: Mapping[str, Any]) -> None:
+    """Add host-side counts of degenerate events (reason -> number of pairs) and warn once per call."""
+    found = {reason: int(n) for reason, n in counts.items() if int(n) > 0}
+    if not found:
+        return
+    with _LOCK:
+        for reason, n in found.items():
+            _COUNTS[f"{metric}: {reason}"] += n
+    text = ", ".join(f"{reason} x{n}" for reason, n in found.items())
+    warnings.warn(
+        f"{metric}: degenerate input ({text}); returned the documented value (see jaxlab.metrics.warning_counts())",
+        DegenerateInputWarning,
+        stacklevel=3,
+    )
+
+
+def float_dtype() -> jnp.dtype:
+    """float64 when jax x64 is enabled, else float32."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def eps() -> float:
+    return float(jnp.finfo(float_dtype()).eps)
+
+
+def as_float(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x).astype(float_dtype())
+
+
+def max_abs(x: jax.Array) -> jax.Array:
+    """max |x|, as max(max x, -min x): XLA's CPU reduction of |x| is several times slower."""
+    return jnp.maximum(jnp.max(x), -jnp.min(x))
+
+
+def center(x_ND: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x centered over examples and scaled by 1 / max |x|, is_constant); constant inputs become exactly 0."""
+    x = as_float(x_ND)
+    amax = max_abs(x)
+    x = x / jnp.where(amax > 0, amax, 1.0)
+    xc = x - jnp.mean(x, axis=0)
+    xc = xc - jnp.mean(xc, axis=0)
+    rms = jnp.sqrt(jnp.mean(xc * xc))
+    constant = rms <= CONSTANT_RTOL * eps()
+    return jnp.where(constant, 0.0, xc), constant
+
+
+def unit_frobenius(xc_ND: jax.Array) -> jax.Array:
+    """xc / ||xc||_F (0 stays 0)."""
+    norm = jnp.sqrt(jnp.sum(xc_ND * xc_ND))
+    return xc_ND / jnp.where(norm > 0, norm, 1.0)
+
+
+def is_constant(x_ND: jax.Array) -> jax.Array:
+    """True when x has no variation across examples at float resolution (see the module docstring)."""
+    return center(x_ND)[1]
+
+
+def safe_div(num: jax.Array, den: jax.Array, ok: jax.Array) -> jax.Array:
+    """num / den where ok, else 0 (and no NaN in either branch's gradient)."""
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def check_pair(name: str, x: jax.Array, y: jax.Array, min_examples: int = 2) -> None:
+    """Shapes of a metric's two representations: [n, d1] and [n, d2], the same n >= min_examples."""
+    chex.assert_rank([x, y], 2)
+    if x.shape[0] != y.shape[0]:
+        raise ConfigError(f"{name}: x, y", f"need the same number of examples (rows), got {x.shape} and {y.shape}")
+    if x.shape[0] < min_examples:
+        raise ConfigError(f"{name}: x", f"needs at least {min_examples} examples (rows), got {x.shape[0]}")
+
+
+def _is_traced(*values: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for v in values for leaf in jax.tree_util.tree_leaves(v))
+
+
+Impl = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def metric(*, symmetric: bool, memory: Callable[[int, int, int], int]) -> Callable[[Impl], Callable[..., jax.Array]]:
+    """Turn `impl(x, y, **kw) -> (value, {reason: bool})` into the public metric `f(x, y, **kw) -> value`.
+
+    Eager calls run a compiled `impl` (options static) and record the reasons that are true (see
+    `warning_counts`); traced calls (inside the caller's jit/vmap) only compute.
+    `f.impl` is the raw function (used by `pairwise`, which counts over all pairs), `f.symmetric`
+    says whether f(x, y) == f(y, x), and `memory(n, d1, d2)` estimates the floats one pair works in
+    (`pairwise` sizes its blocks with it).
+    """
+
+    def wrap(impl: Impl) -> Callable[..., jax.Array]:
+        name = impl.__name__
+        options = list(inspect.signature(impl).parameters)[2:]
+        compiled = jax.jit(impl, static_argnames=options)
+
+        @functools.wraps(impl)
+        def public(x: jax.Array, y: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+            if _is_traced(x, y, args, kwargs):
+                return impl(x, y, *args, **kwargs)[0]
+            kwargs.update(zip(options, args))
+            value, flags = compiled(x, y, **kwargs)
+            record_warnings(name, {k: np.asarray(v).sum() for k, v in flags.items()})
+            return value
+
+        public.impl = impl  # type: ignore[attr-defined]
+        public.symmetric = symmetric  # type: ignore[attr-defined]
+        impl.memory = memory  # type: ignore[attr-defined]
+        return public
+
+    return wrap
