@@ -47,6 +47,9 @@ class Experiment:
     eval_data: Callable[[Train], Any] | None = None
     # (train, final_state [R], hparams [R], seeds [R]) -> Finalized, vectorized over the R runs.
     finalize: Callable[[Train, TrainState, Mapping[str, Any], np.ndarray], Finalized] | None = None
+    # (train, history {metric: [R, n_evals]}, steps [n_evals]) -> {metric: [R]} final metrics
+    # derived from the whole evaluation history (e.g. onset steps), merged into `finalize`'s per_run.
+    from_history: Callable[[Train, Mapping[str, np.ndarray], np.ndarray], dict[str, np.ndarray]] | None = None
     # (context) -> extra report sections.
     report: Callable[[ReportContext], list[Section]] | None = None
     # (outcomes of every group, in group order) -> experiment-level results across groups, for

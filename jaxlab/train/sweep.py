@@ -195,6 +195,8 @@ def run_group(
 
     history = {k: v.T for k, v in _stack_rows(rows).items()}  # [R, n_evals]
     finalized = exp.finalize(train, state, hp, group.seeds) if exp.finalize is not None else Finalized()
+    if exp.from_history is not None:
+        finalized.per_run.update(exp.from_history(train, history, np.asarray(steps)))
     return GroupOutcome(
         group=group,
         train=train,
