@@ -25,7 +25,7 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
     cfg = get_experiment("steerability").preset("smoke")
     steps = cfg.train.eval_steps()
     summary = json.loads((smoke_run / "summary.json").read_text())
-    L = cfg.model.n_layers + 1
+    L = cfg.model.n_layers
     for run in summary["runs"]:
         final = run["final"]
         for c in NAMES:

@@ -202,9 +202,10 @@ def test_steering_a_transformer_vmaps_layers_exactly_as_single_hooks():
     rng = np.random.default_rng(5)
     tokens = jnp.asarray(rng.integers(0, 10, size=(4, 6)))
     params = init_params(model, jax.random.key(0), tokens)
-    hooks = steering.residual_hooks(2)
+    assert steering.residual_hooks(2) == ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+    hooks = steering.residual_hooks(2, embeddings=True)
     assert hooks == ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
-    h, logits = steering.last_token_states(model, params, tokens)
+    h, logits = steering.last_token_states(model, params, tokens, hooks)
     assert h.shape == (3, 4, 8) and logits.shape == (4, 10)
     np.testing.assert_allclose(logits, model.apply({"params": params}, tokens)[:, -1], atol=1e-6)
 

@@ -16,7 +16,7 @@ every residual layer (ID score, explained variance, separability) and steers wit
 found (see that module for the formulas). The checkpoint series is read again afterwards for
 direction stability (`checkpoint_directions`).
 
-Metrics (c: concept name, l: residual layer 0..n_layers, 0 = embeddings):
+Metrics (c: concept name, l: residual layer 0..n_layers-1, the stream after block l):
   per evaluation: eval_loss; {id_score, id_score_mean_diff, ev_ratio, separability, steer_effect,
   steer_slope}_{c}_l{l}; concept_gap_{c} (the model's own marker-mass difference on vs off, held-out
   pairs); cos_{a}_{b}_l{l} (between the PCA directions of two concepts).
@@ -263,7 +263,7 @@ def make_evaluate(cfg: ExperimentConfig):
 # -- finals from the evaluation history ------------------------------------------------------------
 def layer_series(history: dict[str, np.ndarray], name: str, concept: str, n_layers: int) -> np.ndarray:
     """[R, n_evals, L] values of `{name}_{concept}_l{l}`."""
-    return np.stack([np.asarray(history[f"{name}_{concept}_l{l}"], np.float64) for l in range(n_layers + 1)], -1)
+    return np.stack([np.asarray(history[f"{name}_{concept}_l{l}"], np.float64) for l in range(n_layers)], -1)
 
 
 def onset_steps(values_RN: np.ndarray, steps_N: np.ndarray, threshold: float) -> np.ndarray:
@@ -367,7 +367,7 @@ def direction_stability(v_CRKLD: np.ndarray) -> dict[str, np.ndarray]:
 # -- report ----------------------------------------------------------------------------------------
 def history_grid(df: Any, name: str, concept: str, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """(steps [n], values [R, n, L]) of the per-layer metric `{name}_{concept}_l{l}` from the tidy table."""
-    cols = [f"{name}_{concept}_l{l}" for l in range(n_layers + 1)]
+    cols = [f"{name}_{concept}_l{l}" for l in range(n_layers)]
     sub = df[df.metric.isin(cols)]
     wide = sub.pivot_table(index=["run", "step"], columns="metric", values="value", aggfunc="last")[cols]
     runs = wide.index.get_level_values("run").unique()
@@ -389,9 +389,9 @@ def _heatmap_figure(ctx: Any, name: str, label: str, vmin: float | None, vmax: f
         im = ax.imshow(med, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap=cmap)
         ticks = np.unique(np.linspace(0, len(steps) - 1, min(6, len(steps))).round().astype(int))
         ax.set_xticks(ticks, [str(int(steps[i])) for i in ticks], fontsize=7)
-        ax.set_yticks(range(L + 1))
+        ax.set_yticks(range(L))
         ax.set_xlabel("checkpoint (optimizer step, log-spaced)")
-        ax.set_ylabel("layer (0 = embeddings)")
+        ax.set_ylabel("layer (after block l)")
         ax.set_title(c)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
     filename = f"heatmap_{name}.png"
@@ -513,7 +513,7 @@ def _stability_section(ctx: Any):
         im = ax.imshow(med, origin="lower", aspect="auto", vmin=-1, vmax=1, cmap="RdBu_r")
         ticks = np.unique(np.linspace(0, len(steps) - 2, min(6, max(len(steps) - 1, 1))).round().astype(int))
         ax.set_xticks(ticks, [str(int(steps[i + 1])) for i in ticks], fontsize=7)
-        ax.set_yticks(range(L + 1))
+        ax.set_yticks(range(L))
         ax.set_xlabel("checkpoint step")
         ax.set_ylabel("layer")
         ax.set_title(c)
@@ -527,7 +527,7 @@ def _stability_section(ctx: Any):
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
             cos = np.asarray(steering.cosine(jnp.asarray(v_last[:, a]), jnp.asarray(v_last[:, b])))  # [R, L]
-            rows.append([f"{names[a]} / {names[b]}", *(fmt(float(np.median(cos[:, l]))) for l in range(L + 1))])
+            rows.append([f"{names[a]} / {names[b]}", *(fmt(float(np.median(cos[:, l]))) for l in range(L))])
     # the in-training ID scores agree with the ones recomputed from the saved checkpoints
     diffs = []
     for k, c in enumerate(names):
@@ -540,7 +540,7 @@ def _stability_section(ctx: Any):
         "positively), so cosines are signed: 1 = the same direction as at the previous checkpoint. The ID scores "
         "recomputed from the checkpoints agree with the on-device ones to "
         f"{fmt(float(max(diffs)))} (max abs difference).\n\nCosine between concepts' PCA directions at the last "
-        "checkpoint (median over runs), per layer:\n\n" + table(["pair", *(f"l{l}" for l in range(L + 1))], rows)
+        "checkpoint (median over runs), per layer:\n\n" + table(["pair", *(f"l{l}" for l in range(L))], rows)
     )
     caption = f"Median over runs of the cosine between successive checkpoints' directions. {ctx.provenance()}"
     return Section("Direction stability", body, [Figure(filename, caption)])
@@ -595,8 +595,8 @@ def _paper_section(ctx: Any):
         "A difference by design: these concepts are lexical (marker tokens), so even a randomly initialized "
         "network's last-token state orders most stimulus pairs (ID scores well above 0.5 at step 0) and separates "
         "them partly; what training adds is the separability of on/off across different texts and, above all, "
-        "the steerability. Layer 0 (the embedding of the reading token) scores exactly 0.5: the reading token is "
-        "the same in both members of a pair.",
+        "the steerability. The embedding stream is not read: the reading token is the same in both members of a "
+        "pair, so there is nothing to read there.",
     ]
     return Section("Comparison with the paper", "\n".join(lines))
 

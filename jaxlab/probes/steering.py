@@ -26,11 +26,12 @@ Steering effect: on base sequences x_b (concept off), add alpha * s_l * v_l to t
 Direction stability: the cosine between two directions (across checkpoints or concepts); the
   directions are oriented (above), so the signed cosine is meaningful; `sign_invariant=True` gives |cos|.
 
-Layers are residual-stream reading points, as in TransformerLens: layer 0 is the embedding
-(`blocks.0.hook_resid_pre`), layer l >= 1 is `blocks.{l-1}.hook_resid_post`. Every function works for
-one model; vmap over runs and checkpoints (params with leading axes). The layer axis is vmapped
-inside `read_concept`; `steering_deltas` folds its (layer, alpha) grid into the batch, selecting
-each lane's hook with a one-hot weight (pure-data interventions, no Python loop over layers).
+Layers are residual-stream reading points: layer l is the stream after block l
+(`blocks.{l}.hook_resid_post`, TransformerLens names), l = 0..n_layers-1; `embeddings=True` adds
+the embedding stream (`blocks.0.hook_resid_pre`) in front. Every function works for one model; vmap
+over runs and checkpoints (params with leading axes). The layer axis is vmapped inside
+`read_concept`; `steering_deltas` folds its (layer, alpha) grid into the batch, selecting each
+lane's hook with a one-hot weight (pure-data interventions, no Python loop over layers).
 """
 
 from __future__ import annotations
@@ -49,14 +50,17 @@ POSITIONS = ("all", "last")
 DIRECTIONS = ("pca", "mean_diff")
 
 
-def residual_hooks(n_layers: int) -> tuple[str, ...]:
-    """The n_layers + 1 residual-stream reading points (module docstring)."""
-    return ("blocks.0.hook_resid_pre", *(f"blocks.{i}.hook_resid_post" for i in range(n_layers)))
+def residual_hooks(n_layers: int, embeddings: bool = False) -> tuple[str, ...]:
+    """The residual-stream reading points: after each block, optionally the embeddings first."""
+    blocks = tuple(f"blocks.{i}.hook_resid_post" for i in range(n_layers))
+    return ("blocks.0.hook_resid_pre", *blocks) if embeddings else blocks
 
 
-def last_token_states(model: Transformer, params: chex.ArrayTree, tokens_NT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(states [L, N, D] at every reading point (L = n_layers + 1), logits [N, V]), last token only."""
-    hooks = residual_hooks(model.cfg.n_layers)
+def last_token_states(
+    model: Transformer, params: chex.ArrayTree, tokens_NT: jax.Array, hooks: Sequence[str] | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(states [L, N, D] at the reading points (default: after each block), logits [N, V]), last token only."""
+    hooks = residual_hooks(model.cfg.n_layers) if hooks is None else tuple(hooks)
     logits, cache = run_with_cache(model, params, tokens_NT, names=hooks)
     return jnp.stack([cache[h][:, -1] for h in hooks]).astype(jnp.float32), logits[:, -1].astype(jnp.float32)
 
