@@ -313,6 +313,14 @@ class _GroupRun:
                 hp_local = {key: v[slots][local] for key, v in self.hp_all.items()}
                 fin = self.exp.finalize(self.train, state_local, hp_local, seeds[local])
                 fin = _select_finalized(fin, np.nonzero(keep)[0])
+        if self.exp.from_history is not None:
+            extra = self.exp.from_history(self.train, hist, np.asarray(self.train.eval_steps))
+            if isinstance(extra, Finalized):
+                fin.per_run.update(extra.per_run)
+                fin.history.update(extra.history)
+                fin.reference.update(extra.reference)
+            else:
+                fin.per_run.update(extra)
         state_host = jax.tree_util.tree_map(lambda x: np.asarray(x)[keep], state_local)
         return GroupOutcome(
             group=g,
