@@ -2,7 +2,8 @@
 
 A language is a sparse joint distribution over latent intentions theta in {0..K-1} and messages.
 Each intention owns `letters_per_intention` = l letters (letter v belongs to intention v // l;
-V = K l letters) and a random l x l row-stochastic block B_theta. With c = `ambiguity`,
+V = K l letters) and a random l x l row-stochastic block B_theta (rows of i.i.d. U(0, 1) entries,
+normalized). With c = `ambiguity`,
 c_1 = `first_letter_ambiguity` (c when None) and rows renormalized after adding the constant,
 
   first letter:  F_theta[v]    = (U_theta[v] + c_1) / (1 + V c_1),   U_theta uniform on theta's letters
