@@ -59,7 +59,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -74,12 +74,15 @@ from jaxlab.rng import rng_scope
 from jaxlab.tasks import latent
 from jaxlab.tasks import latent_bayes as bayes
 
+if TYPE_CHECKING:
+    from jaxlab.report import ReportContext, Section
+    from jaxlab.train.engine import EvalFn, Train, TrainState
+
 EVAL_PROMPTS = ("same_intention", "chain")
 
 # Jiang (2023), ICL simulation: the KL of his model to the truth after m = 1 and m = 4
 # demonstrations, by his labelled ambiguity (the issue's transcription of his figure).
 AUTHOR_ICL_KL = {0.0: {1: 0.02, 4: 0.02}, 0.065: {1: 0.219, 4: 0.049}, 0.157: {1: 0.633, 4: 0.095}}
-AUTHOR_LABELS = (0.0, 0.065, 0.157)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def ambiguity_index(cfg: ExperimentConfig) -> int:
 def _probe_hook(cfg: ExperimentConfig) -> str:
     n_layers, layer = cfg.model.n_layers, cfg.probe.probe_layer
     if not -n_layers <= layer < n_layers:
-        raise ConfigError("probe.probe_layer", f"the model has {n_layers} blocks", list(range(-n_layers, n_layers)))
+        raise ConfigError("probe.probe_layer", f"the model has {n_layers} block(s)", list(range(-n_layers, n_layers)))
     return f"blocks.{layer % n_layers}.hook_resid_post"
 
 
@@ -132,7 +135,8 @@ def _letter_masks(task: latent.Config) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- evaluation data: prompts with their Bayes and true distributions ------------------------------
-def make_eval_data(train) -> dict[str, jax.Array]:
+def make_eval_data(train: Train) -> dict[str, jax.Array]:
+    """Prompts with their Bayes predictive and posterior and their true next-token distributions."""
     task, n = train.cfg.task, train.cfg.train.eval_batch_size
     same = train.cfg.probe.eval_prompts == "same_intention"
     with rng_scope():
@@ -150,7 +154,9 @@ def make_eval_data(train) -> dict[str, jax.Array]:
     }
 
 
-def model_kls(train, params, data: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def model_kls(
+    train: Train, params: Any, data: Mapping[str, jax.Array]
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(KL(p || q) [N, T], KL(p* || q) [N, T], log q [N, T, V + 1], residual [N, T, D]) of one run."""
     out, cache = run_with_cache(train.model, params, data["inputs"], names=[_probe_hook(train.cfg)])
     logq = jax.nn.log_softmax(out.astype(jnp.float32), axis=-1)
@@ -176,13 +182,13 @@ def _masked_means(values_NT: jax.Array, masks_ST: np.ndarray) -> jax.Array:
     return jnp.einsum("nt,st->s", values_NT, masks_ST) / (values_NT.shape[0] * masks_ST.sum(-1))
 
 
-def make_evaluate(cfg: ExperimentConfig):
+def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
     a = ambiguity_index(cfg)
     by_message, _ = _letter_masks(cfg.task)
     letters = by_message.sum(0)
     _probe_hook(cfg.resolve())
 
-    def evaluate(train, params, data) -> dict[str, jax.Array]:
+    def evaluate(train: Train, params: Any, data: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         kl_b, kl_t, logq, resid = model_kls(train, params, data)
         floor = bayes.kl(data["true_logp"], data["bayes_logp"])
         xent = -jnp.take_along_axis(logq, data["targets"][..., None], axis=-1)[..., 0]
@@ -205,8 +211,7 @@ def make_evaluate(cfg: ExperimentConfig):
 def language_reference(cfg: ExperimentConfig, a: int) -> dict[str, float]:
     """Measured epsilon (exact posterior, Monte Carlo over messages) and the constants of language a."""
     task = cfg.task
-    with rng_scope():
-        eps, se = bayes.measured_ambiguity(task, jax.random.key(cfg.train.eval_seed + 1), cfg.probe.n_epsilon)
+    eps, se = bayes.measured_ambiguity(task, jax.random.key(cfg.train.eval_seed + 1), cfg.probe.n_epsilon)
     c1 = task.ambiguity if task.first_letter_ambiguity is None else task.first_letter_ambiguity
     ref = {f"epsilon_a{a}": float(eps[0]), f"epsilon_se_a{a}": float(se[0])}
     ref.update({f"epsilon_m{m + 1}_a{a}": float(e) for m, e in enumerate(eps)})
@@ -220,7 +225,8 @@ def _n_programs(cfg: ExperimentConfig) -> int:
     return len(plan(cfg))
 
 
-def finalize(train, state, hparams, seeds) -> Finalized:
+def finalize(train: Train, state: TrainState, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
+    """Per-slot KL profiles of every run (final parameters); the languages when this is the only program."""
     cfg = train.cfg
     a = ambiguity_index(cfg)
     data = jax.jit(train.make_eval_batch)()
@@ -249,6 +255,7 @@ def finalize(train, state, hparams, seeds) -> Finalized:
 
 
 def after_sweep(outcomes: list[Any]) -> Finalized:
+    """The measured ambiguity of every language of a sweep of several programs, once each."""
     reference: dict[str, float] = {}
     done: set[int] = set()
     for outcome in outcomes:
@@ -385,7 +392,7 @@ METRICS = {
 }
 
 
-def report(ctx) -> list:
+def report(ctx: ReportContext) -> list[Section]:
     from jaxlab.experiments.latent_ambiguity_report import sections
 
     return sections(ctx)

@@ -182,7 +182,11 @@ def _by_size(ax, ctx: ReportContext, mean: pd.DataFrame) -> None:
     sizes = df[df.metric == "n_params"].groupby("run").value.last()
     last = mean.sort_values("step").groupby("run").last()
     last["n_params"] = sizes.reindex(last.index)
-    for a, s in last.dropna(subset=["n_params"]).groupby("a"):
+    last = last.dropna(subset=["n_params"])
+    if last.empty:
+        ax.set_axis_off()
+        return
+    for a, s in last.groupby("a"):
         g = s.groupby("n_params").value
         line = ax.plot(g.median().index, g.median().values, marker="o", label=f"a = {a}")
         ax.fill_between(g.min().index, g.min().values, g.max().values, alpha=0.15, color=line[0].get_color())

@@ -39,6 +39,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -216,6 +217,7 @@ def sample_intentions(
 
 def sample_letters(key: jax.Array, cfg: Config, theta_BM: jax.Array, cdf: Cdfs | None = None) -> jax.Array:
     """Letters [B, M, L] of messages whose intentions are `theta_BM` (one uniform draw per letter)."""
+    chex.assert_rank(theta_BM, 2)
     cdf = cdfs(cfg) if cdf is None else cdf
     u = jax.random.uniform(key, (cfg.message_len, *theta_BM.shape))
     x1 = _draw(cdf.first[theta_BM], u[0])
