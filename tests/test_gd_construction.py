@@ -1,6 +1,7 @@
 """Constructed GD / K-step GD / GD++ weights against direct NumPy computations (von Oswald et al. 2023)."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +51,13 @@ def tokens(x, y, xq, yq_entry=None):
     return jnp.asarray(np.concatenate([ctx, query], 1), jnp.float32)
 
 
+@functools.cache
+def _apply(cfg):
+    return jax.jit(lambda p, x: Transformer(cfg).apply({"params": p}, x)[:, -1])
+
+
 def predict(cfg, params, inputs):
-    return np.asarray(Transformer(cfg).apply({"params": params}, inputs)[:, -1], np.float64)
+    return np.asarray(_apply(cfg)(params, inputs), np.float64)
 
 
 def numpy_gd(x, y, xq, eta, steps, w0=None):
@@ -109,7 +115,7 @@ def test_k_layers_are_k_gd_steps(tie):
     assert len(params) == (1 if tie else 3)
     got = predict(cfg, params, tokens(x, y, xq))
     np.testing.assert_allclose(got, numpy_gd(x, y, xq, 1.7, 3), rtol=1e-5, atol=1e-5)
-    ref = jax.vmap(lambda a, b, c: gd_predict(a, b, c[None], 1.7, 3)[0])(x, y, xq)
+    ref = jax.jit(jax.vmap(lambda a, b, c: gd_predict(a, b, c[None], 1.7, 3)[0]))(x, y, xq)
     np.testing.assert_allclose(ref, numpy_gd(x, y, xq, 1.7, 3), rtol=1e-5, atol=1e-5)
 
 
@@ -119,7 +125,7 @@ def test_gd_plus_plus_construction_and_predictor_match_the_token_recursion():
     want = numpy_gd_plus_plus(x, y, xq, 1.3, 0.4, 3)
     got = predict(cfg, gd_params(cfg, N, 1.3, gamma=0.4), tokens(x, y, xq))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    pred = jax.vmap(lambda a, b, c: gd_predict(a, b, c[None], 1.3, 3, 0.4)[0])(x, y, xq)
+    pred = jax.jit(jax.vmap(lambda a, b, c: gd_predict(a, b, c[None], 1.3, 3, 0.4)[0]))(x, y, xq)
     np.testing.assert_allclose(pred, want, rtol=1e-5, atol=1e-5)
     # GD++ differs from GD from the second step on, and not before
     assert np.abs(want - numpy_gd(x, y, xq, 1.3, 3)).max() > 1e-3

@@ -52,42 +52,58 @@ def random_params(seed: int, scale: float = 1.0):
 
 
 # -- algorithms ------------------------------------------------------------------------------------
+@jax.jit
+def all_predictions(x, y, q):
+    return {
+        "averaging": alg.averaging_predict(x, y, q),
+        "ridge": alg.ridge_predict(x, y, q, 0.3),
+        "ols": alg.ols_predict(x, y, q),
+        "knn": alg.knn_predict(x, y, q, min(3, x.shape[0])),
+        "gd1": alg.gd_predict(x, y, q, 1.0),
+    }
+
+
 def test_baseline_algorithms_match_numpy():
     rng = np.random.default_rng(0)
     for n in (8, 2):  # over- and under-determined (min-norm) contexts
         x, y, q = rng.normal(size=(n, D)), rng.normal(size=(n, 1)), rng.normal(size=(M, D))
-        jx, jy, jq = (jnp.asarray(v, jnp.float32) for v in (x, y, q))
-        np.testing.assert_allclose(alg.averaging_predict(jx, jy, jq), q @ (x.T @ y / n), rtol=1e-4, atol=1e-5)
+        got = all_predictions(*(jnp.asarray(v, jnp.float32) for v in (x, y, q)))
+        np.testing.assert_allclose(got["averaging"], q @ (x.T @ y / n), rtol=1e-4, atol=1e-5)
+        # averaging is one GD step with eta = 1
+        np.testing.assert_allclose(got["gd1"], got["averaging"], rtol=1e-5, atol=1e-6)
         ridge = q @ np.linalg.solve(x.T @ x + 0.3 * np.eye(D), x.T @ y)
-        np.testing.assert_allclose(alg.ridge_predict(jx, jy, jq, 0.3), ridge, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(
-            alg.ols_predict(jx, jy, jq), q @ np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-3, atol=1e-4
-        )
+        np.testing.assert_allclose(got["ridge"], ridge, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["ols"], q @ np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-3, atol=1e-4)
         k = min(3, n)
         knn = [y[np.argsort(((x - qi) ** 2).sum(1))[:k]].mean(0) for qi in q]
-        np.testing.assert_allclose(alg.knn_predict(jx, jy, jq, k), np.stack(knn), rtol=1e-5, atol=1e-6)
-        w = rng.normal(size=(D, 2))
-        np.testing.assert_allclose(alg.fit_linear(jq, jnp.asarray(q @ w, jnp.float32)), w, rtol=1e-3, atol=1e-4)
-    # averaging is one GD step with eta = 1
-    np.testing.assert_allclose(alg.gd_predict(jx, jy, jq, 1.0), alg.averaging_predict(jx, jy, jq), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["knn"], np.stack(knn), rtol=1e-5, atol=1e-6)
+    w = rng.normal(size=(D, 1))
+    fit = jax.jit(alg.fit_linear)(jnp.asarray(q, jnp.float32), jnp.asarray(q @ w, jnp.float32))
+    np.testing.assert_allclose(fit, w, rtol=1e-3, atol=1e-4)
 
 
 def test_gd_lr_line_search_finds_the_closed_form_optimum():
-    x, y, xq, yq = np_split(make_batch(1, b=512))
+    x, y, xq, yq = np_split(make_batch(1, b=256))
     # one GD step: y_hat = eta * a with a = (1/N) sum_i y_i x_i . x_q, so eta* = sum a y / sum a^2
     a = np.einsum("bn,bnd,bd->b", y[..., 0], x, xq) / N
     eta_star = (a * yq[:, 0]).sum() / (a * a).sum()
     loss_star = 0.5 * np.mean((eta_star * a - yq[:, 0]) ** 2)
     args = [jnp.asarray(v, jnp.float32) for v in (x, y, xq, yq)]
-    eta, loss = jax.jit(ge.fit_gd_lr)(*args)
+
+    @jax.jit
+    def fits(x, y, xq, yq):
+        eta, loss = ge.fit_gd_lr(x, y, xq, yq)
+        eta2, loss2 = ge.fit_gd_lr(x, y, xq, yq, n_steps=2)
+        pp = ge.fit_gd_plus_plus(x, y, xq, yq, 2, eta2, n_grid=7, rounds=3, max_tasks=128)
+        return eta, loss, eta2, loss2, pp, ge.gd_loss(pp[0], x, y, xq, yq, 2, pp[1])
+
+    eta, loss, eta2, loss2, (eta_pp, gamma_pp, loss_pp), loss_pp_check = fits(*args)
     assert float(eta) == pytest.approx(eta_star, rel=1e-3)
     assert float(loss) == pytest.approx(loss_star, rel=1e-5)
     # a 2-step fit is a different rate, and GD++ (gamma >= 0) is at least as good as 2-step GD
-    eta2, loss2 = jax.jit(lambda *a: ge.fit_gd_lr(*a, n_steps=2))(*args)
     assert float(loss2) < float(loss) and abs(float(eta2) - float(eta)) > 1e-2
-    eta_pp, gamma_pp, loss_pp = jax.jit(lambda *a: ge.fit_gd_plus_plus(*a, 2, eta2, max_tasks=256))(*args)
     assert float(loss_pp) <= float(loss2) + 1e-7 and float(gamma_pp) >= 0.0
-    assert float(loss_pp) == pytest.approx(float(ge.gd_loss(eta_pp, *args, n_steps=2, gamma=gamma_pp)), rel=1e-6)
+    assert float(loss_pp) == pytest.approx(float(loss_pp_check), rel=1e-6)
 
 
 def test_log_grid_minimizer_on_a_known_function():
@@ -200,6 +216,6 @@ def test_probes_over_64_runs_in_one_vectorized_call(reference):
 
 
 def test_cosine_is_scale_invariant_and_signed():
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(10, 4)), jnp.float32)
+    a = np.random.default_rng(0).normal(size=(10, 4))
     np.testing.assert_allclose(cosine(a, 3.0 * a), 1.0, atol=1e-6)
     np.testing.assert_allclose(cosine(a, -a), -1.0, atol=1e-6)

@@ -16,6 +16,7 @@ Two steps:
    None))`).
 
 Metrics (means over the tasks of the evaluation set; y_hat, g = d y_hat / d x_q at the query):
+  eval_loss     0.5 ||y_hat_model - y||^2 (the model's own loss)
   preds_diff    mean ||y_hat_model - y_hat_GD||
   model_cos     mean cos(g_model, g_GD)  (norms + 1e-8, as in von Oswald et al.'s code)
   model_diff    mean ||g_model - g_GD||
@@ -281,10 +282,13 @@ def equivalence_metrics(
     n_dims: int,
     probe_batch_size: int = 256,
 ) -> dict[str, jax.Array]:
-    """preds_diff, model_cos, model_diff (and *_gdpp), spd_<alg>, ilwd_<alg> of one model; scalars."""
-    _, _, xq, _ = split(batch, n_dims)
+    """eval_loss, preds_diff, model_cos, model_diff (and *_gdpp), spd_<alg>, ilwd_<alg> of one model.
+
+    eval_loss is the model's query loss (0.5 * squared error, mean over tasks) on `batch`.
+    """
+    _, _, xq, yq = split(batch, n_dims)
     preds, sens = query_sensitivity(model_query_fn(apply_fn, params, batch.inputs), xq)
-    out = _gd_comparison(preds, sens, ref["gd"], "")
+    out = {"eval_loss": half_mse(preds, yq), **_gd_comparison(preds, sens, ref["gd"], "")}
     if "gdpp" in ref:
         out.update(_gd_comparison(preds, sens, ref["gdpp"], "_gdpp"))
     for name, p in ref["alg_preds"].items():
