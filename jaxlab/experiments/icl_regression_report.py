@@ -39,7 +39,7 @@ def _gap(final: dict[str, float]) -> float | None:
 SINGLE_LAYER = [
     ("trained model loss `eval_loss`", "≈ GD loss, about 0.2 (Fig. 2)", _get("eval_loss")),
     ("GD loss `gd_loss` (fitted eta)", "about 0.2", _get("gd_loss")),
-    ("`|eval_loss - gd_loss|`", "≈ 0 (curves on top of each other)", _gap),
+    ("`abs(eval_loss - gd_loss)`", "≈ 0 (curves on top of each other)", _gap),
     ("`model_cos`", "> 0.99", _get("model_cos")),
     ("`model_diff`", "small, decreasing in training (Fig. 2)", _get("model_diff")),
     ("`preds_diff`", "small, decreasing in training (Fig. 2)", _get("preds_diff")),
@@ -52,7 +52,7 @@ CLAIMS: dict[str, list[tuple[str, str, Stat]]] = {
     "context": [
         ("trained model loss `eval_loss`", "N = 10: ≈ GD (about 0.2); N = 25, 50 not reported", _get("eval_loss")),
         ("GD loss `gd_loss`", "decreases with N (more data per task)", _get("gd_loss")),
-        ("`|eval_loss - gd_loss|`", "N = 10: ≈ 0", _gap),
+        ("`abs(eval_loss - gd_loss)`", "N = 10: ≈ 0", _gap),
         ("`model_cos`", "N = 10: > 0.99", _get("model_cos")),
     ],
     "recurrent": [
