@@ -52,13 +52,12 @@ def random_params(seed: int, scale: float = 1.0):
 
 
 # -- algorithms ------------------------------------------------------------------------------------
-@jax.jit
 def all_predictions(x, y, q):
     return {
         "averaging": alg.averaging_predict(x, y, q),
         "ridge": alg.ridge_predict(x, y, q, 0.3),
         "ols": alg.ols_predict(x, y, q),
-        "knn": alg.knn_predict(x, y, q, min(3, x.shape[0])),
+        "knn": alg.knn_predict(x, y, q, min(3, x.shape[-2])),
         "gd1": alg.gd_predict(x, y, q, 1.0),
     }
 
@@ -66,20 +65,30 @@ def all_predictions(x, y, q):
 def test_baseline_algorithms_match_numpy():
     rng = np.random.default_rng(0)
     for n in (8, 2):  # over- and under-determined (min-norm) contexts
-        x, y, q = rng.normal(size=(n, D)), rng.normal(size=(n, 1)), rng.normal(size=(M, D))
-        got = all_predictions(*(jnp.asarray(v, jnp.float32) for v in (x, y, q)))
-        np.testing.assert_allclose(got["averaging"], q @ (x.T @ y / n), rtol=1e-4, atol=1e-5)
+        x, y, q = rng.normal(size=(2, n, D)), rng.normal(size=(2, n, 1)), rng.normal(size=(2, M, D))
+        want = {
+            "averaging": np.stack([qi @ (xi.T @ yi / n) for xi, yi, qi in zip(x, y, q)]),
+            "ridge": np.stack(
+                [qi @ np.linalg.solve(xi.T @ xi + 0.3 * np.eye(D), xi.T @ yi) for xi, yi, qi in zip(x, y, q)]
+            ),
+            "ols": np.stack([qi @ np.linalg.lstsq(xi, yi, rcond=None)[0] for xi, yi, qi in zip(x, y, q)]),
+            "knn": np.stack(
+                [
+                    [yi[np.argsort(((xi - qj) ** 2).sum(1))[: min(3, n)]].mean(0) for qj in qi]
+                    for xi, yi, qi in zip(x, y, q)
+                ]
+            ),
+        }
+        # the NumPy (float64, batched over tasks) path and the JAX path (one task, vmapped)
+        got_np = all_predictions(x, y, q)
+        got_jax = jax.jit(jax.vmap(all_predictions))(*(jnp.asarray(v, jnp.float32) for v in (x, y, q)))
+        for name, value in want.items():
+            np.testing.assert_allclose(got_np[name], value, rtol=1e-9, atol=1e-10, err_msg=name)
+            np.testing.assert_allclose(got_jax[name], value, rtol=1e-3, atol=1e-4, err_msg=name)
         # averaging is one GD step with eta = 1
-        np.testing.assert_allclose(got["gd1"], got["averaging"], rtol=1e-5, atol=1e-6)
-        ridge = q @ np.linalg.solve(x.T @ x + 0.3 * np.eye(D), x.T @ y)
-        np.testing.assert_allclose(got["ridge"], ridge, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(got["ols"], q @ np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-3, atol=1e-4)
-        k = min(3, n)
-        knn = [y[np.argsort(((x - qi) ** 2).sum(1))[:k]].mean(0) for qi in q]
-        np.testing.assert_allclose(got["knn"], np.stack(knn), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got_np["gd1"], want["averaging"], rtol=1e-12)
     w = rng.normal(size=(D, 1))
-    fit = jax.jit(alg.fit_linear)(jnp.asarray(q, jnp.float32), jnp.asarray(q @ w, jnp.float32))
-    np.testing.assert_allclose(fit, w, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(alg.fit_linear(q[0], q[0] @ w), w, rtol=1e-9)
 
 
 def test_gd_lr_line_search_finds_the_closed_form_optimum():
@@ -119,8 +128,7 @@ def test_log_grid_minimizer_on_a_known_function():
 def reference():
     batch = make_batch(2)
     x_probe = jnp.asarray(np.random.default_rng(3).uniform(-0.5, 0.5, size=(B, M, D)), jnp.float32)
-    ref = jax.jit(lambda b, p: ge.make_reference(b, D, 1, x_probe_BMD=p, ridge_lambda=0.1, knn_k=3))(batch, x_probe)
-    return batch, ref
+    return batch, ge.make_reference(batch, D, 1, x_probe_BMD=x_probe, ridge_lambda=0.1, knn_k=3)
 
 
 def metrics(params, batch, ref):

@@ -96,7 +96,7 @@ def test_every_preset_builds_and_its_probes_trace(name):
     for group in groups:
         train = EXP.make_train(group.cfg)
         state = jax.eval_shape(train.init, seed_keys([0])[0])
-        data = jax.eval_shape(lambda: ir.probe_data(train))
+        data = ir.eval_data(train)  # real, tiny: the reference is computed eagerly (and cached)
         metrics = jax.eval_shape(train.evaluate, state.params, data)
         assert FINAL_KEYS - {"interp_loss"} <= set(metrics)
         m = group.cfg.model

@@ -42,7 +42,7 @@ from jaxlab.models.gd import check_interpolable
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes.icl_algorithms import ALGORITHMS
 from jaxlab.rng import in_rng_scope
-from jaxlab.tasks import regression
+from jaxlab.tasks import Batch, regression
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -118,25 +118,33 @@ def _ilwd_tasks(cfg: ExperimentConfig) -> int:
 
 
 @in_rng_scope
-def reference(train, batch: regression.Batch | Any) -> dict[str, Any]:
-    """The model-independent reference of the evaluation batch (GD fits, baselines, ILWD probes)."""
+def _sample_eval(train) -> tuple[Batch, jax.Array]:
+    """The evaluation batch (the engine's default one) and the ILWD probe inputs."""
     cfg = train.cfg
+    batch = train.sample(train.eval_key(), cfg.train.eval_batch_size)
     probe_key = jax.random.fold_in(train.eval_key(), 1)
     x_probe = regression.sample_inputs(probe_key, cfg.task, (_ilwd_tasks(cfg), cfg.probe.ilwd_points))
-    return ge.make_reference(
-        batch,
-        cfg.task.n_dims,
-        n_gd_steps(cfg),
-        x_probe_BMD=x_probe,
-        ridge_lambda=cfg.probe.ridge_lambda,
-        knn_k=cfg.probe.knn_k,
-    )
+    return batch, x_probe
 
 
 def probe_data(train) -> dict[str, Any]:
-    """{"batch": the evaluation batch, "ref": its reference}, computed (traceable, no caching)."""
-    batch = train.sample(train.eval_key(), train.cfg.train.eval_batch_size)
-    return {"batch": batch, "ref": reference(train, batch)}
+    """{"batch": the evaluation batch, "ref": its reference (`gd_equivalence.make_reference`)}.
+
+    Computed eagerly, also when called while a program is being traced: the reference depends only
+    on the task distribution and the evaluation settings.
+    """
+    cfg = train.cfg
+    with jax.ensure_compile_time_eval():
+        batch, x_probe = jax.jit(lambda: _sample_eval(train))()
+        ref = ge.make_reference(
+            batch,
+            cfg.task.n_dims,
+            n_gd_steps(cfg),
+            x_probe_BMD=x_probe,
+            ridge_lambda=cfg.probe.ridge_lambda,
+            knn_k=cfg.probe.knn_k,
+        )
+    return {"batch": batch, "ref": ref}
 
 
 _PROBE_DATA: dict[tuple, dict[str, Any]] = {}
@@ -145,20 +153,18 @@ _PROBE_DATA: dict[tuple, dict[str, Any]] = {}
 def eval_data(train) -> Any:
     """The evaluation batch, plus the GD/baseline reference when the GD probes are on.
 
-    The reference (GD fits, baselines, probe inputs) depends only on the task distribution and the
-    evaluation settings, so it is computed once, eagerly (also when the engine calls this while
-    tracing its start-up program), and kept for `finalize` and later programs of the same setup.
+    The reference is computed once per setup and kept for `finalize` and later programs.
     """
     cfg = train.cfg
     if not cfg.probe.gd_probes:
         return train.sample(train.eval_key(), cfg.train.eval_batch_size)
-    key = (cfg.task, cfg.train, cfg.probe, cfg.model.n_layers)
+    t, p = cfg.train, cfg.probe
+    key = (cfg.task, t.eval_seed, t.eval_batch_size, t.prng_impl, n_gd_steps(cfg))
+    key += (p.ridge_lambda, p.knn_k, p.ilwd_points, p.ilwd_tasks)
     if key not in _PROBE_DATA:
-        with jax.ensure_compile_time_eval():
-            data = jax.jit(lambda: probe_data(train))()
         if len(_PROBE_DATA) >= 4:
             _PROBE_DATA.pop(next(iter(_PROBE_DATA)))
-        _PROBE_DATA[key] = data
+        _PROBE_DATA[key] = probe_data(train)
     return _PROBE_DATA[key]
 
 

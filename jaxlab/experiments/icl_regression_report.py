@@ -184,6 +184,11 @@ def _curve_figure(ctx: ReportContext) -> Figure | None:
             if name in metrics:
                 quantile_curves(ax_l, sub, name, label=name, color=color, show_runs=False)
         ax_l.set_yscale("log")
+        # interp_loss of a run whose W_KQ has a near-zero diagonal explodes (it divides by beta);
+        # keep the axis on the trained and GD losses and let such bands leave the plot.
+        levels = sub[sub.metric.isin(["eval_loss", "gd_loss"])].groupby(["metric", "step"]).value.median()
+        if not levels.empty and np.all(levels > 0):
+            ax_l.set_ylim(0.8 * levels.min(), 3.0 * levels.max())
         ax_l.set_xlabel("optimizer step")
         ax_l.set_ylabel("0.5 * squared error")
         ax_l.set_title(f"losses {label}".strip())

@@ -10,7 +10,9 @@ Two steps:
    the model: the GD learning rate eta fitted by a line search on GD's own loss (a vectorized
    log-spaced grid, then `rounds` of finer grids around the best point), GD's predictions and
    sensitivities at the queries, GD++ (eta, gamma fitted jointly) when n_steps > 1, the baselines'
-   predictions (`icl_algorithms.ALGORITHMS`), and the probe inputs for ILWD.
+   predictions (`icl_algorithms.ALGORITHMS`), and the probe inputs for ILWD. It runs eagerly: the
+   GD fits are one compiled JAX program, the baselines and least-squares fits run in NumPy (float64)
+   on the host (see `icl_algorithms` on batched LAPACK calls in XLA).
 2. `equivalence_metrics(apply_fn, params, batch, ref)` compares ONE model with the reference; vmap
    it over stacked parameters to probe R runs in one call (`jax.vmap(f, in_axes=(None, 0, None,
    None))`).
@@ -31,12 +33,14 @@ Metrics (means over the tasks of the evaluation set; y_hat, g = d y_hat / d x_q 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlab.config import ModelConfig
 from jaxlab.models.gd import (
@@ -58,11 +62,6 @@ ApplyFn = Callable[[chex.ArrayTree, jax.Array], jax.Array]
 def half_mse(preds_BO: jax.Array, targets_BO: jax.Array) -> jax.Array:
     """0.5 * squared error summed over outputs, mean over tasks (jaxlab's `mse`, von Oswald's loss)."""
     return 0.5 * jnp.mean(jnp.sum((preds_BO - targets_BO) ** 2, axis=-1))
-
-
-def task_predictions(predict: alg.Predictor, x_BND: jax.Array, y_BNO: jax.Array, xq_BMD: jax.Array) -> jax.Array:
-    """A one-task predictor applied to every task of a batch: [B, M, O]."""
-    return jax.vmap(predict)(x_BND, y_BNO, xq_BMD)
 
 
 def minimize_log_grid(
@@ -124,8 +123,8 @@ def gd_loss(
     gamma: jax.Array | float = 0.0,
 ) -> jax.Array:
     """Loss of K-step GD (GD++ for gamma > 0) on a batch of tasks."""
-    preds = task_predictions(lambda x, y, q: alg.gd_predict(x, y, q, eta, n_steps, gamma), x_BND, y_BNO, xq_BD[:, None])
-    return half_mse(preds[:, 0], yq_BO)
+    preds = alg.gd_predict(x_BND, y_BNO, xq_BD[:, None], eta, n_steps, gamma)[:, 0]
+    return half_mse(preds, yq_BO)
 
 
 def fit_gd_lr(
@@ -196,8 +195,21 @@ def split(batch: Batch, n_dims: int) -> tuple[jax.Array, jax.Array, jax.Array, j
 
 
 def _gd_at_queries(x, y, xq, eta, n_steps, gamma=0.0) -> tuple[jax.Array, jax.Array]:
-    predict = lambda q: jax.vmap(lambda a, b, c: alg.gd_predict(a, b, c[None], eta, n_steps, gamma)[0])(x, y, q)
-    return query_sensitivity(predict, xq)
+    return query_sensitivity(lambda q: alg.gd_predict(x, y, q[:, None], eta, n_steps, gamma)[:, 0], xq)
+
+
+@functools.partial(jax.jit, static_argnames=("n_dims", "n_steps", "gd_plus_plus"))
+def fit_gd_reference(batch: Batch, n_dims: int, n_steps: int, gd_plus_plus: bool) -> dict[str, dict[str, jax.Array]]:
+    """GD (and GD++) fitted on the batch: {"gd": {eta, gamma, loss, preds, sens}, "gdpp": {...}}."""
+    x, y, xq, yq = split(batch, n_dims)
+    eta, loss = fit_gd_lr(x, y, xq, yq, n_steps)
+    preds, sens = _gd_at_queries(x, y, xq, eta, n_steps)
+    out = {"gd": {"eta": eta, "gamma": jnp.float32(0.0), "loss": loss, "preds": preds, "sens": sens}}
+    if gd_plus_plus:
+        eta_pp, gamma_pp, loss_pp = fit_gd_plus_plus(x, y, xq, yq, n_steps, eta)
+        preds_pp, sens_pp = _gd_at_queries(x, y, xq, eta_pp, n_steps, gamma_pp)
+        out["gdpp"] = {"eta": eta_pp, "gamma": gamma_pp, "loss": loss_pp, "preds": preds_pp, "sens": sens_pp}
+    return out
 
 
 def make_reference(
@@ -205,7 +217,7 @@ def make_reference(
     n_dims: int,
     n_steps: int = 1,
     *,
-    x_probe_BMD: jax.Array | None = None,
+    x_probe_BMD: Any = None,
     ridge_lambda: float = 0.1,
     knn_k: int = 3,
     algorithms: Sequence[str] = alg.ALGORITHMS,
@@ -215,35 +227,31 @@ def make_reference(
 
     x_probe_BMD: probe inputs for ILWD, drawn from the task's input distribution, for the first
     B' <= B tasks (None: no ILWD). gd_plus_plus: fit GD++ too (default: when n_steps > 1).
-    The result is a pytree of arrays; pass it unbatched (in_axes None) when vmapping over runs.
+    Runs eagerly (not under jit). The result is a pytree of float32 arrays; pass it unbatched
+    (in_axes None) when vmapping `equivalence_metrics` over runs.
     """
-    x, y, xq, yq = split(batch, n_dims)
-    eta, loss = fit_gd_lr(x, y, xq, yq, n_steps)
-    preds, sens = _gd_at_queries(x, y, xq, eta, n_steps)
-    ref: dict[str, Any] = {"gd": {"eta": eta, "gamma": jnp.float32(0.0), "loss": loss, "preds": preds, "sens": sens}}
     if gd_plus_plus is None:
         gd_plus_plus = n_steps > 1
-    if gd_plus_plus:
-        eta_pp, gamma_pp, loss_pp = fit_gd_plus_plus(x, y, xq, yq, n_steps, eta)
-        preds_pp, sens_pp = _gd_at_queries(x, y, xq, eta_pp, n_steps, gamma_pp)
-        ref["gdpp"] = {"eta": eta_pp, "gamma": gamma_pp, "loss": loss_pp, "preds": preds_pp, "sens": sens_pp}
-
+    ref: dict[str, Any] = fit_gd_reference(batch, n_dims=n_dims, n_steps=n_steps, gd_plus_plus=gd_plus_plus)
+    x, y, xq, yq = (np.asarray(a, np.float64) for a in split(batch, n_dims))
+    eta = float(ref["gd"]["eta"])
     predictors = {
         name: alg.predictor(name, eta=eta, n_steps=n_steps, ridge_lambda=ridge_lambda, knn_k=knn_k)
         for name in algorithms
     }
-    ref["alg_preds"] = {n: task_predictions(p, x, y, xq[:, None])[:, 0] for n, p in predictors.items()}
-    ref["alg_loss"] = {n: half_mse(p, yq) for n, p in ref["alg_preds"].items()}
+    preds = {n: p(x, y, xq[:, None])[:, 0] for n, p in predictors.items()}
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    ref["alg_preds"] = {n: f32(p) for n, p in preds.items()}
+    ref["alg_loss"] = {n: f32(0.5 * np.mean(np.sum((p - yq) ** 2, axis=-1))) for n, p in preds.items()}
     if x_probe_BMD is not None:
-        chex.assert_rank(x_probe_BMD, 3)
-        b = x_probe_BMD.shape[0]
-        pinv_BDM = jax.vmap(jnp.linalg.pinv)(x_probe_BMD)
-        ref["probe_x"] = x_probe_BMD
-        ref["probe_pinv"] = pinv_BDM
-        ref["alg_w"] = {
-            n: jnp.einsum("bdm,bmo->bdo", pinv_BDM, task_predictions(p, x[:b], y[:b], x_probe_BMD))
-            for n, p in predictors.items()
-        }
+        probes = np.asarray(x_probe_BMD, np.float64)
+        if probes.ndim != 3 or probes.shape[-1] != n_dims or probes.shape[0] > x.shape[0]:
+            raise ValueError(f"x_probe_BMD: expected [B' <= {x.shape[0]}, M, {n_dims}], got {probes.shape}")
+        b = probes.shape[0]
+        pinv_BDM = np.linalg.pinv(probes)
+        ref["probe_x"] = f32(probes)
+        ref["probe_pinv"] = f32(pinv_BDM)
+        ref["alg_w"] = {n: f32(pinv_BDM @ p(x[:b], y[:b], probes)) for n, p in predictors.items()}
     return ref
 
 
@@ -329,7 +337,7 @@ __all__ = [
     "interp_loss",
     "make_reference",
     "minimize_log_grid",
+    "fit_gd_reference",
     "probe_predictions",
     "split",
-    "task_predictions",
 ]

@@ -1,7 +1,8 @@
 """Learning algorithms an in-context learner is compared with (von Oswald et al. 2023; Akyürek et al. 2023).
 
-Every predictor works on ONE task (vmap over tasks): a context x_ND, y_NO and M query inputs
-x_MD give predictions [M, O]. Weights are written W [O, D] (y = W x).
+Every predictor takes a context x [..., N, D], y [..., N, O] and query inputs q [..., M, D] and
+returns predictions [..., M, O]; leading axes are tasks. They run on NumPy arrays (float64, on the
+host) or on JAX arrays (jit/vmap-compatible): the array type of x decides. Weights are W [O, D].
 
   gd         K steps of gradient descent from W = 0 with learning rate eta on
              L(W) = 1/(2N) sum_i ||W x_i - y_i||^2, computed the way the constructed recurrent
@@ -16,90 +17,91 @@ x_MD give predictions [M, O]. Weights are written W [O, D] (y = W x).
 
 `fit_linear` is the least-squares fit without intercept used by the implicit linear weight
 difference (ILWD, Akyürek et al. Sec. 4.1): w_hat(f) = argmin_w sum_m (f(x'_m) - w . x'_m)^2.
+
+On a CPU, prefer NumPy inputs for ridge, ols and fit_linear over many tasks: jaxlib's batched
+LAPACK kernels (solve, pinv) split their batch over XLA's thread pool, and two of them running at
+once on a 2-thread pool can deadlock (seen with jaxlib 0.10.2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import chex
-import jax
 import jax.numpy as jnp
+import numpy as np
 
 ALGORITHMS = ("gd", "ridge", "ols", "knn", "averaging")
 
-Predictor = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+Predictor = Callable[[Any, Any, Any], Any]
 
 
-def _check(x_ND: jax.Array, y_NO: jax.Array, x_MD: jax.Array) -> None:
-    chex.assert_rank([x_ND, y_NO, x_MD], 2)
-    chex.assert_equal_shape_prefix([x_ND, y_NO], 1)
-    chex.assert_equal_shape_suffix([x_ND, x_MD], 1)
+def _xp(x: Any) -> Any:
+    return np if isinstance(x, np.ndarray) else jnp
 
 
-def gd_predict(
-    x_ND: jax.Array,
-    y_NO: jax.Array,
-    x_MD: jax.Array,
-    eta: jax.Array | float,
-    n_steps: int = 1,
-    gamma: jax.Array | float = 0.0,
-) -> jax.Array:
+def _t(a: Any) -> Any:
+    return _xp(a).swapaxes(a, -1, -2)
+
+
+def _check(x: Any, y: Any, q: Any) -> None:
+    if x.ndim < 2 or y.ndim != x.ndim or q.ndim != x.ndim:
+        raise ValueError(f"expected x [..., N, D], y [..., N, O], q [..., M, D]; got {x.shape}, {y.shape}, {q.shape}")
+    if x.shape[-2] != y.shape[-2] or x.shape[-1] != q.shape[-1]:
+        raise ValueError(f"shapes do not match: x {x.shape}, y {y.shape}, q {q.shape}")
+
+
+def gd_predict(x: Any, y: Any, q: Any, eta: Any, n_steps: int = 1, gamma: Any = 0.0) -> Any:
     """K = n_steps steps of GD (GD++ when gamma > 0) from W = 0; see the module docstring."""
-    _check(x_ND, y_NO, x_MD)
-    n = x_ND.shape[0]
-    eta = jnp.asarray(eta, jnp.float32)
-    gamma = jnp.asarray(gamma, jnp.float32)
-
-    def step(carry, _):
-        xc, r, xq, rq = carry
-        gram_NN = xc @ xc.T
-        gram_MN = xq @ xc.T
-        new = (
-            xc - gamma * gram_NN @ xc,
-            r - (eta / n) * gram_NN @ r,
-            xq - gamma * gram_MN @ xc,
-            rq - (eta / n) * gram_MN @ r,
+    _check(x, y, q)
+    xp = _xp(x)
+    n = x.shape[-2]
+    xc, r, xq = x, y, q
+    rq = xp.zeros((*q.shape[:-1], y.shape[-1]), dtype=y.dtype)
+    for _ in range(n_steps):
+        gram_NN = xc @ _t(xc)
+        gram_MN = xq @ _t(xc)
+        xc, r, xq, rq = (
+            xc - gamma * (gram_NN @ xc),
+            r - (eta / n) * (gram_NN @ r),
+            xq - gamma * (gram_MN @ xc),
+            rq - (eta / n) * (gram_MN @ r),
         )
-        return new, None
-
-    init = (x_ND, y_NO, x_MD, jnp.zeros((x_MD.shape[0], y_NO.shape[1]), y_NO.dtype))
-    (_, _, _, rq), _ = jax.lax.scan(step, init, None, length=n_steps)
     return -rq
 
 
-def averaging_predict(x_ND: jax.Array, y_NO: jax.Array, x_MD: jax.Array) -> jax.Array:
-    _check(x_ND, y_NO, x_MD)
-    w_DO = x_ND.T @ y_NO / x_ND.shape[0]
-    return x_MD @ w_DO
+def averaging_predict(x: Any, y: Any, q: Any) -> Any:
+    _check(x, y, q)
+    return q @ (_t(x) @ y / x.shape[-2])
 
 
-def ridge_predict(x_ND: jax.Array, y_NO: jax.Array, x_MD: jax.Array, lam: jax.Array | float) -> jax.Array:
-    _check(x_ND, y_NO, x_MD)
-    D = x_ND.shape[1]
-    w_DO = jnp.linalg.solve(x_ND.T @ x_ND + lam * jnp.eye(D), x_ND.T @ y_NO)
-    return x_MD @ w_DO
+def ridge_predict(x: Any, y: Any, q: Any, lam: float) -> Any:
+    _check(x, y, q)
+    xp = _xp(x)
+    gram = _t(x) @ x + lam * xp.eye(x.shape[-1], dtype=x.dtype)
+    return q @ xp.linalg.solve(gram, _t(x) @ y)
 
 
-def ols_predict(x_ND: jax.Array, y_NO: jax.Array, x_MD: jax.Array) -> jax.Array:
-    _check(x_ND, y_NO, x_MD)
-    return x_MD @ (jnp.linalg.pinv(x_ND) @ y_NO)
+def ols_predict(x: Any, y: Any, q: Any) -> Any:
+    _check(x, y, q)
+    return q @ (_xp(x).linalg.pinv(x) @ y)
 
 
-def knn_predict(x_ND: jax.Array, y_NO: jax.Array, x_MD: jax.Array, k: int = 3) -> jax.Array:
-    _check(x_ND, y_NO, x_MD)
-    if not 1 <= k <= x_ND.shape[0]:
-        raise ValueError(f"knn: k must be in [1, N={x_ND.shape[0]}], got {k}")
-    d2_MN = jnp.sum((x_MD[:, None, :] - x_ND[None, :, :]) ** 2, axis=-1)
-    _, idx_MK = jax.lax.top_k(-d2_MN, k)
-    return jnp.mean(y_NO[idx_MK], axis=1)
+def knn_predict(x: Any, y: Any, q: Any, k: int = 3) -> Any:
+    _check(x, y, q)
+    if not 1 <= k <= x.shape[-2]:
+        raise ValueError(f"knn: k must be in [1, N={x.shape[-2]}], got {k}")
+    xp = _xp(x)
+    d2_MN = xp.sum((q[..., :, None, :] - x[..., None, :, :]) ** 2, axis=-1)
+    idx_MK = xp.argsort(d2_MN, axis=-1)[..., :k]
+    y_MKO = xp.take_along_axis(y[..., None, :, :], idx_MK[..., None], axis=-2)
+    return xp.mean(y_MKO, axis=-2)
 
 
 def predictor(
-    name: str, *, eta: jax.Array | float = 1.0, n_steps: int = 1, gamma: jax.Array | float = 0.0,
-    ridge_lambda: float = 0.1, knn_k: int = 3,
-) -> Predictor:  # fmt: skip
-    """The predictor `name` (one of ALGORITHMS) as f(x_ND, y_NO, x_MD) -> [M, O]."""
+    name: str, *, eta: Any = 1.0, n_steps: int = 1, gamma: Any = 0.0, ridge_lambda: float = 0.1, knn_k: int = 3
+) -> Predictor:
+    """The predictor `name` (one of ALGORITHMS) as f(x, y, q) -> predictions."""
     if name == "gd":
         return lambda x, y, q: gd_predict(x, y, q, eta, n_steps, gamma)
     if name == "averaging":
@@ -113,10 +115,9 @@ def predictor(
     raise ValueError(f"unknown algorithm {name!r} (allowed: {', '.join(ALGORITHMS)})")
 
 
-def fit_linear(x_MD: jax.Array, f_MO: jax.Array) -> jax.Array:
-    """Least-squares weights [D, O] of f on x without intercept: pinv(x) f."""
-    chex.assert_rank([x_MD, f_MO], 2)
-    return jnp.linalg.pinv(x_MD) @ f_MO
+def fit_linear(x: Any, f: Any) -> Any:
+    """Least-squares weights [..., D, O] of f [..., M, O] on x [..., M, D], without intercept."""
+    return _xp(x).linalg.pinv(x) @ f
 
 
 __all__ = [
