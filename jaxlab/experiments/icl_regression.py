@@ -1,22 +1,242 @@
 """icl-regression: in-context linear regression with linear self-attention (von Oswald et al. 2023).
 
-The `paper` preset is the published setup: d = 10, N = 10 context points, x ~ U(-0.5, 0.5)^10,
-w ~ N(0, I), noiseless; one linear self-attention layer (no softmax, LayerNorm, MLP or biases)
-whose keys and values come from the context tokens only; init truncated-normal variance scaling
-0.002; adamw (lr 1e-3, b1 0.9, b2 0.98) with global-norm clipping; 2048 fresh tasks per step;
-5,000 steps.
+Does a trained linear self-attention (LSA) layer implement one step of gradient descent on the
+in-context least-squares loss? Every run of a sweep is compared, at every evaluation, with GD whose
+learning rate is fitted to the task distribution (`jaxlab.probes.gd_equivalence`), and with the
+other algorithms of Akyürek et al. 2023 (ridge, min-norm OLS, 3-NN, averaging).
 
-Metrics: `train_loss` (mean over the steps since the last evaluation), `eval_loss` (fixed
-evaluation set). Both are 0.5 * squared error of the query prediction, in the paper's convention.
+Presets:
+  paper      the published setup: d = 10, N = 10 context points, x ~ U(-0.5, 0.5)^10, w ~ N(0, I),
+             noiseless; one LSA layer (no softmax, LayerNorm, MLP or biases) whose keys and values
+             come from the context tokens only; init truncated-normal variance scaling 0.002; adamw
+             (lr 1e-3, b1 0.9, b2 0.98, weight decay 0) after global-norm clipping at 0.001 (the
+             value of the authors' notebook for <= 2 layers); 2048 fresh tasks per step; 5,000
+             steps; 8 seeds; evaluation on 10,000 tasks every 250 steps.
+  quick      the paper's setup, shorter (`make demo`, under 2 minutes on a 2-core CPU).
+  smoke      seconds, for tests; training only (probe.gd_probes = false).
+  recurrent  K = 2, 3 tied LSA layers vs K-step GD and GD++ (von Oswald et al. Sec. 3).
+  softmax    softmax attention with 1 and 2 heads (d_head 11) vs GD.
+  context    context length N in {10, 25, 50}.
+  ood        the paper model, with the trained model and GD evaluated at input scales alpha in
+             [0.5, 2] (x ~ U(-alpha/2, alpha/2)^d; GD keeps the rate fitted at alpha = 1).
+
+Metrics: see `METRICS` (they are also listed in every report).
 """
 
 from __future__ import annotations
 
-from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig
-from jaxlab.experiments.base import Experiment
-from jaxlab.tasks import regression
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
+from jaxlab.errors import ConfigError
+from jaxlab.experiments import icl_regression_report as _report
+from jaxlab.experiments.base import Experiment, Finalized
+from jaxlab.models.gd import check_interpolable
+from jaxlab.probes import gd_equivalence as ge
+from jaxlab.probes.icl_algorithms import ALGORITHMS
+from jaxlab.rng import in_rng_scope
+from jaxlab.tasks import Batch, regression
 
 
+# -- settings --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ICLProbeConfig(ProbeConfig):
+    """Evaluation settings of icl-regression (`--set probe.<field>=...`).
+
+    gd_probes: compare with GD and the other algorithms at every evaluation (false: losses only).
+    ridge_lambda: the ridge baseline's lambda. knn_k: neighbours of the kNN baseline.
+    ilwd_points: probe inputs per task for the implicit linear weight difference (>= task.n_dims).
+    ilwd_tasks: evaluation tasks used for ILWD (0: all of them).
+    probe_batch_size: tasks evaluated at a time for ILWD (memory bound).
+    ood_scales: input scales alpha at which the final models and GD are evaluated.
+    """
+
+    section: ClassVar[str] = "probe"
+    gd_probes: bool = True
+    ridge_lambda: float = 0.1
+    knn_k: int = 3
+    ilwd_points: int = 20
+    ilwd_tasks: int = 0
+    probe_batch_size: int = 250
+    ood_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+    def validate(self) -> None:
+        n = self._name
+        if not self.ridge_lambda > 0:
+            raise ConfigError(n("ridge_lambda"), f"must be > 0, got {self.ridge_lambda!r}")
+        for name in ("knn_k", "ilwd_points", "probe_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(n(name), f"must be >= 1, got {getattr(self, name)!r}")
+        if self.ilwd_tasks < 0:
+            raise ConfigError(n("ilwd_tasks"), f"must be >= 0 (0: all tasks), got {self.ilwd_tasks!r}")
+        for a in self.ood_scales:
+            if not (isinstance(a, (int, float)) and a > 0 and abs(round(a * 100) - a * 100) < 1e-6):
+                raise ConfigError(n("ood_scales"), f"scales must be > 0 and multiples of 0.01, got {a!r}")
+
+
+def scale_tag(alpha: float) -> str:
+    """Metric-name suffix of an input scale: 0.5 -> a050, 2.0 -> a200."""
+    return f"a{round(alpha * 100):03d}"
+
+
+def n_gd_steps(cfg: ExperimentConfig) -> int:
+    """The GD steps a model is compared with: one per layer (von Oswald et al.)."""
+    return cfg.model.n_layers
+
+
+def interpolable(cfg: ExperimentConfig) -> bool:
+    try:
+        check_interpolable(cfg.model)
+    except ConfigError:
+        return False
+    return True
+
+
+def check_probe_config(cfg: ExperimentConfig) -> None:
+    task, probe = cfg.task, cfg.probe
+    if not isinstance(task, regression.Config) or task.layout != "paired":
+        raise ConfigError("task.layout", "the GD probes need paired regression tokens (x_i, y_i)", ["paired"])
+    if probe.knn_k > task.n_context:
+        raise ConfigError("probe.knn_k", f"must be <= task.n_context = {task.n_context}, got {probe.knn_k}")
+    if probe.ilwd_points < task.n_dims:
+        raise ConfigError(
+            "probe.ilwd_points", f"must be >= task.n_dims = {task.n_dims} to fit w, got {probe.ilwd_points}"
+        )
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def _ilwd_tasks(cfg: ExperimentConfig) -> int:
+    b = cfg.train.eval_batch_size
+    return b if cfg.probe.ilwd_tasks == 0 else min(cfg.probe.ilwd_tasks, b)
+
+
+@in_rng_scope
+def _sample_eval(train) -> tuple[Batch, jax.Array]:
+    """The evaluation batch (the engine's default one) and the ILWD probe inputs."""
+    cfg = train.cfg
+    batch = train.sample(train.eval_key(), cfg.train.eval_batch_size)
+    probe_key = jax.random.fold_in(train.eval_key(), 1)
+    x_probe = regression.sample_inputs(probe_key, cfg.task, (_ilwd_tasks(cfg), cfg.probe.ilwd_points))
+    return batch, x_probe
+
+
+def probe_data(train) -> dict[str, Any]:
+    """{"batch": the evaluation batch, "ref": its reference (`gd_equivalence.make_reference`)}.
+
+    Computed eagerly, also when called while a program is being traced: the reference depends only
+    on the task distribution and the evaluation settings.
+    """
+    cfg = train.cfg
+    with jax.ensure_compile_time_eval():
+        batch, x_probe = jax.jit(lambda: _sample_eval(train))()
+        ref = ge.make_reference(
+            batch,
+            cfg.task.n_dims,
+            n_gd_steps(cfg),
+            x_probe_BMD=x_probe,
+            ridge_lambda=cfg.probe.ridge_lambda,
+            knn_k=cfg.probe.knn_k,
+        )
+    return {"batch": batch, "ref": ref}
+
+
+_PROBE_DATA: dict[tuple, dict[str, Any]] = {}
+
+
+def eval_data(train) -> Any:
+    """The evaluation batch, plus the GD/baseline reference when the GD probes are on.
+
+    The reference is computed once per setup and kept for `finalize` and later programs.
+    """
+    cfg = train.cfg
+    if not cfg.probe.gd_probes:
+        return train.sample(train.eval_key(), cfg.train.eval_batch_size)
+    t, p = cfg.train, cfg.probe
+    key = (cfg.task, t.eval_seed, t.eval_batch_size, t.prng_impl, n_gd_steps(cfg))
+    key += (p.ridge_lambda, p.knn_k, p.ilwd_points, p.ilwd_tasks)
+    if key not in _PROBE_DATA:
+        if len(_PROBE_DATA) >= 4:
+            _PROBE_DATA.pop(next(iter(_PROBE_DATA)))
+        _PROBE_DATA[key] = probe_data(train)
+    return _PROBE_DATA[key]
+
+
+def make_evaluate(cfg: ExperimentConfig):
+    if not cfg.probe.gd_probes:
+        return None
+    check_probe_config(cfg)
+    n_context, d = cfg.task.n_context, cfg.task.n_dims
+    with_interp = interpolable(cfg.resolve())
+
+    def evaluate(train, params, data) -> dict[str, jax.Array]:
+        batch, ref = data["batch"], data["ref"]
+        out = {"gd_loss": ref["gd"]["loss"], "gd_lr": ref["gd"]["eta"]}
+        # equivalence_metrics includes eval_loss (the query loss of its own forward pass)
+        out.update(ge.equivalence_metrics(train.apply, params, batch, ref, d, train.cfg.probe.probe_batch_size))
+        if with_interp:
+            out["interp_loss"] = ge.interp_loss(train.cfg.model, params, batch, ref["gd"]["eta"], n_context)
+        if "gdpp" in ref:
+            out.update(gdpp_loss=ref["gdpp"]["loss"], gdpp_lr=ref["gdpp"]["eta"], gdpp_gamma=ref["gdpp"]["gamma"])
+        return out
+
+    return evaluate
+
+
+# -- after training --------------------------------------------------------------------------------
+def _ood_batches(train, scales: tuple[float, ...]):
+    """Evaluation tasks at every input scale, stacked [A, ...]: the same w and draws, rescaled inputs."""
+    task = train.cfg.task
+    key = train.eval_key()
+    batches = [
+        train.sample(key, train.cfg.train.eval_batch_size, dataclasses.replace(task, input_scale=a * task.input_scale))
+        for a in scales
+    ]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
+
+
+def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
+    """OOD losses of every run and of GD (per input scale), and the fitted reference values."""
+    cfg = train.cfg
+    if not cfg.probe.gd_probes:
+        return Finalized()
+    scales = tuple(cfg.probe.ood_scales)
+    d = cfg.task.n_dims
+
+    data = eval_data(train)
+    ref = data["ref"]
+    steps = n_gd_steps(cfg)
+
+    @jax.jit
+    def ood_losses(params_R, eta):
+        def at_scale(batch):
+            model = jax.vmap(train.loss, in_axes=(0, None))(params_R, batch)
+            x, y, xq, yq = ge.split(batch, d)
+            return model, ge.gd_loss(eta, x, y, xq, yq, steps)
+
+        return jax.lax.map(at_scale, _ood_batches(train, scales))
+
+    model_AR, gd_A = jax.device_get(ood_losses(state.params, ref["gd"]["eta"])) if scales else (None, None)
+    gd, pp, alg_loss = jax.device_get((ref["gd"], ref.get("gdpp", {}), ref["alg_loss"]))
+    R = len(seeds)
+    per_run: dict[str, np.ndarray] = {}
+    for i, a in enumerate(scales):
+        per_run[f"ood_eval_loss_{scale_tag(a)}"] = np.asarray(model_AR[i])
+        per_run[f"ood_gd_loss_{scale_tag(a)}"] = np.full(R, float(gd_A[i]))
+    values = {"gd_lr": float(gd["eta"]), "gd_loss": float(gd["loss"])}
+    if pp:
+        values.update(gdpp_lr=float(pp["eta"]), gdpp_gamma=float(pp["gamma"]), gdpp_loss=float(pp["loss"]))
+    values.update({f"{name}_loss": float(v) for name, v in alg_loss.items()})
+    return Finalized(per_run=per_run, reference=values)
+
+
+# -- presets ---------------------------------------------------------------------------------------
 def lsa_model(**overrides) -> ModelConfig:
     """One linear self-attention layer on raw (x, y) tokens, von Oswald et al.'s architecture."""
     base = dict(
@@ -41,20 +261,26 @@ def paper() -> ExperimentConfig:
         preset="paper",
         model=lsa_model(),
         task=regression.Config(n_dims=10, n_context=10, input_dist="uniform", input_scale=1.0, weight_scale=1.0),
-        optim=OptimConfig(name="adamw", lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.0, clip_norm=10.0),
+        optim=OptimConfig(name="adamw", lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.0, clip_norm=0.001),
         train=TrainConfig(steps=5000, batch_size=2048, eval_every=250, eval_batch_size=10_000),
+        probe=ICLProbeConfig(),
         sweep=SweepConfig(seeds=tuple(range(8))),
     )
 
 
 def quick() -> ExperimentConfig:
     """The paper's setup, shorter: the demo (`make demo`)."""
-    overrides = {"train.steps": 600, "train.batch_size": 1024, "train.eval_every": 50, "train.eval_batch_size": 4096}
+    overrides = {
+        "train.steps": 600,
+        "train.batch_size": 1024,
+        "train.eval_every": 100,
+        "probe.ilwd_tasks": 1000,
+    }
     return paper().derive("quick", overrides)
 
 
 def smoke() -> ExperimentConfig:
-    """Seconds on a CPU: for tests."""
+    """Seconds on a CPU: for tests. Training only; `--set probe.gd_probes=true` adds the probes."""
     overrides = {
         "task.n_dims": 3,
         "task.n_context": 6,
@@ -63,16 +289,85 @@ def smoke() -> ExperimentConfig:
         "train.eval_every": 20,
         "train.eval_batch_size": 256,
         "optim.lr": 3e-2,
+        "optim.clip_norm": 10.0,
+        "probe.gd_probes": False,
+        "probe.ilwd_points": 6,
+        "probe.probe_batch_size": 64,
+        "probe.ood_scales": (0.5, 1.0, 2.0),
     }
     return paper().derive("smoke", overrides, sweep=SweepConfig(seeds=(0, 1)))
 
 
+def recurrent() -> ExperimentConfig:
+    """K tied LSA layers (K = 2, 3) vs K-step GD and GD++ (von Oswald et al., Sec. 3 and Fig. 3)."""
+    overrides = {"model.tie_layers": True, "model.init_scale": 0.001, "optim.clip_norm": 10.0}
+    return paper().derive(
+        "recurrent", overrides, sweep=SweepConfig(seeds=tuple(range(8)), grid=(("model.n_layers", (2, 3)),))
+    )
+
+
+def softmax() -> ExperimentConfig:
+    """Softmax attention, 1 vs 2 heads of width 11 (the authors' notebook: 2 heads are needed)."""
+    overrides = {"model.attention": "softmax", "model.d_head": 11}
+    return paper().derive(
+        "softmax", overrides, sweep=SweepConfig(seeds=tuple(range(8)), grid=(("model.n_heads", (1, 2)),))
+    )
+
+
+def context() -> ExperimentConfig:
+    """Context length N in {10, 25, 50}: one program per N, each with its own fitted GD rate."""
+    return paper().derive("context", sweep=SweepConfig(seeds=tuple(range(8)), grid=(("task.n_context", (10, 25, 50)),)))
+
+
+def ood() -> ExperimentConfig:
+    """The paper's model and GD at input scales alpha = 0.5, 0.55, ..., 2 (trained at alpha = 1)."""
+    scales = tuple(round(0.5 + 0.05 * i, 2) for i in range(31))
+    return paper().derive("ood", {"probe.ood_scales": scales})
+
+
+# -- report ----------------------------------------------------------------------------------------
+METRICS = {
+    "train_loss": "0.5 * squared error of the query prediction, mean over the steps since the last evaluation",
+    "eval_loss": "0.5 * squared error of the query prediction on the fixed evaluation set (>= 10,000 tasks)",
+    "gd_loss": "the same loss of GD from W0 = 0 (one step per layer) with the fitted learning rate gd_lr",
+    "gd_lr": "GD learning rate eta minimizing gd_loss on the evaluation set (log-grid line search, refined)",
+    "preds_diff": "mean |y_hat_model - y_hat_GD| at the queries",
+    "model_cos": "mean cosine similarity of the sensitivities d y_hat / d x_query, model vs GD",
+    "model_diff": "mean L2 norm of the difference of those sensitivities",
+    "interp_loss": "loss of the model whose W_KQ, W_PV products are averaged with GD's after rescaling "
+    "by beta = mean x-diagonal of W_KQ (von Oswald et al. App. A.3; one linear head, tied layers only)",
+    **{
+        f"spd_{a}": f"squared prediction difference to {a}: mean (y_hat_model - y_hat_{a})^2 at the queries"
+        for a in ALGORITHMS
+    },
+    **{
+        f"ilwd_{a}": f"implicit linear weight difference to {a}: mean ||w_hat(model) - w_hat({a})||^2, w_hat the "
+        "least-squares fit of the predictions at probe.ilwd_points fresh inputs sharing the task's context"
+        for a in ALGORITHMS
+    },
+    "gdpp_loss, gdpp_lr, gdpp_gamma": "GD++ (K steps, x_j <- (I - gamma X X^T) x_j each step) with (eta, gamma) fitted "
+    "jointly; models with > 1 layer",
+    "*_gdpp": "preds_diff, model_cos, model_diff against GD++",
+    "ood_eval_loss_aXXX, ood_gd_loss_aXXX": "final loss of the model / of GD at input scale alpha = XXX/100",
+}
+
 EXPERIMENT = Experiment(
     name="icl-regression",
-    description="In-context linear regression with linear self-attention (von Oswald et al. 2023).",
-    presets={"smoke": smoke, "quick": quick, "paper": paper},
-    metrics={
-        "train_loss": "0.5 * squared error of the query prediction, mean over the steps since the last evaluation",
-        "eval_loss": "0.5 * squared error of the query prediction on the fixed evaluation set",
+    description="In-context linear regression with linear self-attention, compared with gradient descent "
+    "(von Oswald et al. 2023) and other learning algorithms (Akyürek et al. 2023).",
+    presets={
+        "smoke": smoke,
+        "quick": quick,
+        "paper": paper,
+        "recurrent": recurrent,
+        "softmax": softmax,
+        "context": context,
+        "ood": ood,
     },
+    probe_class=ICLProbeConfig,
+    metrics=METRICS,
+    make_evaluate=make_evaluate,
+    eval_data=eval_data,
+    finalize=finalize,
+    report=_report.report,
 )

@@ -1,0 +1,292 @@
+"""Report sections of icl-regression: the papers' numbers next to jaxlab's, curves over training, OOD.
+
+Everything is read from the run directory (summary.json and metrics.parquet), so `jaxlab report DIR`
+rebuilds it. Grid sweeps (several programs) get one row per grid point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from jaxlab.probes.icl_algorithms import ALGORITHMS
+from jaxlab.report import Figure, ReportContext, Section, fmt, quantile_curves, table
+
+# Bars of the issue for the single-layer presets: every run must meet them.
+BAR_MODEL_COS = 0.99
+BAR_LOSS_GAP = 0.01
+
+Stat = Callable[[dict[str, float]], float | None]
+
+
+def _get(name: str) -> Stat:
+    return lambda final: final.get(name)
+
+
+def _gap(final: dict[str, float]) -> float | None:
+    if final.get("eval_loss") is None or final.get("gd_loss") is None:
+        return None
+    return abs(final["eval_loss"] - final["gd_loss"])
+
+
+# (quantity, what the paper reports, how jaxlab measures it); von Oswald et al. 2023 unless noted.
+SINGLE_LAYER = [
+    ("trained model loss `eval_loss`", "≈ GD loss, about 0.2 (Fig. 2)", _get("eval_loss")),
+    ("GD loss `gd_loss` (fitted eta)", "about 0.2", _get("gd_loss")),
+    ("`abs(eval_loss - gd_loss)`", "≈ 0 (curves on top of each other)", _gap),
+    ("`model_cos`", "> 0.99", _get("model_cos")),
+    ("`model_diff`", "small, decreasing in training (Fig. 2)", _get("model_diff")),
+    ("`preds_diff`", "small, decreasing in training (Fig. 2)", _get("preds_diff")),
+    ("`interp_loss`", "equal to the trained and GD losses", _get("interp_loss")),
+]
+CLAIMS: dict[str, list[tuple[str, str, Stat]]] = {
+    "paper": SINGLE_LAYER,
+    "quick": SINGLE_LAYER,
+    "ood": SINGLE_LAYER,
+    "context": [
+        ("trained model loss `eval_loss`", "N = 10: ≈ GD (about 0.2); N = 25, 50 not reported", _get("eval_loss")),
+        ("GD loss `gd_loss`", "decreases with N (more data per task)", _get("gd_loss")),
+        ("`abs(eval_loss - gd_loss)`", "N = 10: ≈ 0", _gap),
+        ("`model_cos`", "N = 10: > 0.99", _get("model_cos")),
+    ],
+    "recurrent": [
+        ("trained K-layer loss `eval_loss`", "below K-step GD, close to GD++ (Fig. 3)", _get("eval_loss")),
+        ("K-step GD loss `gd_loss`", "above the trained model (Fig. 3)", _get("gd_loss")),
+        ("K-step GD++ loss `gdpp_loss`", "close to the trained model (Fig. 3)", _get("gdpp_loss")),
+        ("`model_cos` (vs GD)", "lower than vs GD++", _get("model_cos")),
+        ("`model_cos_gdpp` (vs GD++)", "high, the better match (Fig. 3)", _get("model_cos_gdpp")),
+        ("`interp_loss`", "≈ trained model loss (tied layers)", _get("interp_loss")),
+    ],
+    "softmax": [
+        (
+            "trained model loss `eval_loss`",
+            "1 head: worse than GD; 2 heads: ≈ GD (authors' notebook)",
+            _get("eval_loss"),
+        ),
+        ("GD loss `gd_loss`", "about 0.2", _get("gd_loss")),
+        ("`model_cos`", "1 head: lower; >= 2 heads needed for alignment with GD", _get("model_cos")),
+    ],
+}
+
+
+def _summary_stat(values: Sequence[float | None]) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return "—"
+    if v.size == 1:
+        return fmt(float(v[0]))
+    return f"{fmt(float(np.median(v)))} [{fmt(float(v.min()))}, {fmt(float(v.max()))}]"
+
+
+def _ref_value(ref: dict[str, float], name: str, group: str) -> float | None:
+    """A reference value of the run, or of the program whose label is part of the group's label."""
+    if name in ref:
+        return ref[name]
+    for key, value in ref.items():
+        if key.startswith(f"{name}[") and all(part.strip() in group for part in key[len(name) + 1 : -1].split(",")):
+            return value
+    return None
+
+
+def _groups(runs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        if r["status"] == "ok":
+            by.setdefault(json.dumps(r["hparams"], sort_keys=True), []).append(r)
+    return [(", ".join(f"{k}={v}" for k, v in json.loads(k).items()) or "all runs", v) for k, v in by.items()]
+
+
+def comparison_section(ctx: ReportContext) -> Section:
+    claims = CLAIMS.get(ctx.cfg.preset, SINGLE_LAYER)
+    groups = _groups(ctx.summary["runs"])
+    header = ["quantity", "paper reports", *[f"jaxlab: {g}" for g, _ in groups]]
+    rows = [
+        [q, paper, *[_summary_stat([stat(r["final"]) for r in runs]) for _, runs in groups]]
+        for q, paper, stat in claims
+    ]
+    body = "jaxlab's values are the final values over the runs that did not diverge: median [min, max].\n\n" + table(
+        header, rows
+    )
+    if claims is SINGLE_LAYER:
+        lines = []
+        for g, runs in groups:
+            cos = [r["final"].get("model_cos") for r in runs]
+            gap = [_gap(r["final"]) for r in runs]
+            ok = sum(
+                1
+                for c, d in zip(cos, gap)
+                if c is not None and d is not None and c >= BAR_MODEL_COS and d <= BAR_LOSS_GAP
+            )
+            lines.append(
+                f"- {g}: {ok}/{len(runs)} runs have final `model_cos` >= {BAR_MODEL_COS} and "
+                f"`|eval_loss - gd_loss|` <= {BAR_LOSS_GAP}"
+            )
+        body += "\n\nBar (every seed): \n" + "\n".join(lines)
+    ref = ctx.summary.get("reference", {})
+    if ref:
+        body += "\n\nFitted references: " + ", ".join(
+            f"`{k}` = {fmt(v)}" for k, v in sorted(ref.items()) if k.startswith(("gd", "gdpp"))
+        )
+    return Section("Reproduction: the papers' numbers next to jaxlab's", body)
+
+
+def algorithms_section(ctx: ReportContext) -> Section | None:
+    groups = _groups(ctx.summary["runs"])
+    names = [a for a in ALGORITHMS if any(f"spd_{a}" in r["final"] for _, runs in groups for r in runs)]
+    if not names:
+        return None
+    ref = ctx.summary.get("reference", {})
+    rows = []
+    for g, runs in groups:
+        for a in names:
+            rows.append(
+                [g, a, _ref_value(ref, f"{a}_loss", g), _summary_stat([r["final"].get(f"spd_{a}") for r in runs]),
+                 _summary_stat([r["final"].get(f"ilwd_{a}") for r in runs])]
+            )  # fmt: skip
+    body = (
+        "Akyürek et al. (2023) compare in-context learners with learning algorithms by the squared "
+        "prediction difference (SPD) and the implicit linear weight difference (ILWD). They report "
+        "that small models sit closest to one GD step and large ones to OLS (noiseless data); von "
+        "Oswald et al.'s single LSA layer should therefore be closest to `gd`. `gd` is the fitted "
+        "K-step GD, `averaging` is one GD step with eta = 1, `ridge` uses probe.ridge_lambda, `knn` "
+        "k = probe.knn_k. Final values, median [min, max] over runs.\n\n"
+        + table(["runs", "algorithm", "algorithm's own loss", "spd", "ilwd"], rows)
+    )
+    figs = [f for f in [_akyurek_figure(ctx, names)] if f is not None]
+    return Section("Comparison with other learning algorithms (Akyürek et al. 2023)", body, figs)
+
+
+def _point_frames(ctx: ReportContext) -> list[tuple[str, pd.DataFrame]]:
+    cols = [c for c in ctx.df.columns if c not in ("run", "seed", "step", "metric", "value")]
+    if not cols:
+        return [("", ctx.df)]
+    out = []
+    for key, sub in ctx.df.groupby(cols, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((", ".join(f"{c}={v}" for c, v in zip(cols, key)), sub))
+    return out
+
+
+def _curve_figure(ctx: ReportContext) -> Figure | None:
+    metrics = set(ctx.df.metric)
+    if "model_cos" not in metrics:
+        return None
+    frames = _point_frames(ctx)
+    fig, axes = plt.subplots(len(frames), 2, figsize=(11, 3.8 * len(frames)), squeeze=False)
+    for (label, sub), (ax_l, ax_c) in zip(frames, axes):
+        for name, color in (("eval_loss", "C0"), ("gd_loss", "C1"), ("interp_loss", "C2"), ("gdpp_loss", "C3")):
+            if name in metrics:
+                quantile_curves(ax_l, sub, name, label=name, color=color, show_runs=False)
+        ax_l.set_yscale("log")
+        # interp_loss of a run whose W_KQ has a near-zero diagonal explodes (it divides by beta);
+        # keep the axis on the trained and GD losses and let such bands leave the plot.
+        levels = sub[sub.metric.isin(["eval_loss", "gd_loss"])].groupby(["metric", "step"]).value.median()
+        if not levels.empty and np.all(levels > 0):
+            ax_l.set_ylim(0.8 * levels.min(), 3.0 * levels.max())
+        ax_l.set_xlabel("optimizer step")
+        ax_l.set_ylabel("0.5 * squared error")
+        ax_l.set_title(f"losses {label}".strip())
+        ax_l.legend(fontsize=8)
+        for name, color in (("model_cos", "C0"), ("model_cos_gdpp", "C3")):
+            if name in metrics:
+                quantile_curves(ax_c, sub, name, label=name, color=color)
+        ax_c.axhline(BAR_MODEL_COS, color="gray", lw=0.8, ls="--")
+        ax_c.set_ylim(max(-0.05, ax_c.get_ylim()[0]), 1.01)
+        ax_c.set_xlabel("optimizer step")
+        ax_c.set_ylabel("cosine of d y_hat / d x_query")
+        ax_c.set_title(f"alignment with GD {label}".strip())
+        ax_c.legend(fontsize=8)
+    name = ctx.save(fig, "gd_equivalence.png")
+    return Figure(
+        name,
+        "Left: loss of the trained models, of GD with the fitted rate, of the interpolated model (and of "
+        "GD++) over training, median and 10-90% band over runs. Right: model_cos, every run faint, "
+        f"median bold; dashed: {BAR_MODEL_COS}. {ctx.provenance()}",
+    )
+
+
+def _akyurek_figure(ctx: ReportContext, names: Sequence[str]) -> Figure | None:
+    frames = _point_frames(ctx)
+    fig, axes = plt.subplots(len(frames), 2, figsize=(11, 3.6 * len(frames)), squeeze=False)
+    for (label, sub), (ax_s, ax_i) in zip(frames, axes):
+        for i, a in enumerate(names):
+            quantile_curves(ax_s, sub, f"spd_{a}", label=a, color=f"C{i}", show_runs=False)
+            quantile_curves(ax_i, sub, f"ilwd_{a}", label=a, color=f"C{i}", show_runs=False)
+        for ax, what in ((ax_s, "spd"), (ax_i, "ilwd")):
+            ax.set_yscale("log")
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel(what)
+            ax.set_title(f"{what} to each algorithm {label}".strip())
+            ax.legend(fontsize=8)
+    name = ctx.save(fig, "algorithms.png")
+    return Figure(
+        name,
+        f"SPD and ILWD of the trained models to each algorithm over training (median, 10-90% band). {ctx.provenance()}",
+    )
+
+
+_OOD = re.compile(r"^ood_(eval|gd)_loss_a(\d{3})$")
+
+
+def ood_section(ctx: ReportContext) -> Section | None:
+    df = ctx.df[ctx.df.metric.str.startswith("ood_")]
+    if df.empty:
+        return None
+    frames = _point_frames(ctx)
+    fig, axes = plt.subplots(1, len(frames), figsize=(5.5 * len(frames), 3.8), squeeze=False)
+    rows = []
+    for (label, sub), ax in zip(frames, axes[0]):
+        sub = sub[sub.metric.str.startswith("ood_")]
+        parsed = sub.metric.str.extract(_OOD)
+        sub = sub.assign(who=parsed[0], alpha=parsed[1].astype(float) / 100.0)
+        model = sub[sub.who == "eval"].pivot_table(index="alpha", columns="run", values="value")
+        gd = sub[sub.who == "gd"].groupby("alpha").value.median()
+        alphas = model.index.to_numpy()
+        vals = model.to_numpy(dtype=np.float64)
+        ax.plot(alphas, np.median(vals, axis=1), lw=2, color="C0", label="trained model (median)")
+        if vals.shape[1] > 1:
+            lo, hi = np.quantile(vals, [0.1, 0.9], axis=1)
+            ax.fill_between(alphas, lo, hi, color="C0", alpha=0.2, lw=0)
+        ax.plot(gd.index, gd.to_numpy(), lw=2, ls="--", color="C1", label="GD (rate fitted at alpha = 1)")
+        ax.set_yscale("log")
+        ax.set_xlabel("input scale alpha (x ~ U(-alpha/2, alpha/2))")
+        ax.set_ylabel("0.5 * squared error")
+        ax.set_title(f"out of distribution {label}".strip())
+        ax.legend(fontsize=8)
+        for a, m, g in zip(alphas, np.median(vals, axis=1), gd.reindex(alphas).to_numpy()):
+            rows.append([label or "all runs", a, m, g])
+    name = ctx.save(fig, "ood.png")
+    body = (
+        "von Oswald et al. (Fig. 2, right) report that the trained LSA layer and GD degrade alike when "
+        "the inputs are scaled by alpha at test time (both were fitted at alpha = 1).\n\n"
+        + table(["group", "alpha", "trained model (median)", "GD"], rows)
+    )
+    return Section(
+        "Out-of-distribution input scale",
+        body,
+        [
+            Figure(
+                name,
+                f"Final loss vs input scale alpha: trained models (median, 10-90% band) and GD. {ctx.provenance()}",
+            )
+        ],
+    )
+
+
+def report(ctx: ReportContext) -> list[Section]:
+    if "model_cos" not in set(ctx.df.metric):
+        return [Section("GD equivalence", "The GD probes were off for this run (probe.gd_probes = false).")]
+    sections = [comparison_section(ctx)]
+    fig = _curve_figure(ctx)
+    if fig is not None:
+        sections.append(Section("GD equivalence over training", figures=[fig]))
+    for s in (algorithms_section(ctx), ood_section(ctx)):
+        if s is not None:
+            sections.append(s)
+    return sections

@@ -1,0 +1,128 @@
+"""icl-regression with the GD probes: end to end on the smoke preset, and every preset's construction."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlab import results
+from jaxlab.errors import ConfigError
+from jaxlab.experiments import get_experiment
+from jaxlab.experiments import icl_regression as ir
+from jaxlab.probes import gd_equivalence as ge
+from jaxlab.probes.icl_algorithms import ALGORITHMS
+from jaxlab.train import plan, run_sweep
+from jaxlab.train.engine import seed_keys
+
+EXP = get_experiment("icl-regression")
+FINAL_KEYS = {
+    "eval_loss", "gd_loss", "gd_lr", "model_cos", "model_diff", "preds_diff", "interp_loss",
+    *(f"spd_{a}" for a in ALGORITHMS), *(f"ilwd_{a}" for a in ALGORITHMS),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke-probes"
+    cfg = EXP.preset("smoke").set("probe.gd_probes", True)
+    return cfg, run_sweep(cfg, out, progress=False)
+
+
+def test_smoke_with_probes_records_every_metric_and_the_report(probed_run):
+    cfg, result = probed_run
+    summary, run_dir = result.summary, result.run_dir
+    train = result.groups[0].train
+    data = ir.eval_data(train)
+    batch = data["batch"]
+    # the fitted GD rate is the line-search optimum on the evaluation set itself
+    x, y, xq, yq = ge.split(batch, cfg.task.n_dims)
+    eta, loss = jax.jit(ge.fit_gd_lr)(x, y, xq, yq)
+    assert summary["reference"]["gd_lr"] == pytest.approx(float(eta), rel=1e-6)
+    assert summary["reference"]["gd_loss"] == pytest.approx(float(loss), rel=1e-6)
+    params = result.groups[0].state.params
+    for i, run in enumerate(summary["runs"]):
+        final = run["final"]
+        assert FINAL_KEYS <= set(final), FINAL_KEYS - set(final)
+        assert final["gd_lr"] == pytest.approx(float(eta), rel=1e-6)
+        # eval_loss of the probes is the engine's loss of the final parameters
+        p_i = jax.tree_util.tree_map(lambda v, i=i: v[i], params)
+        assert final["eval_loss"] == pytest.approx(float(train.loss(p_i, batch)), rel=1e-5)
+        # the OOD curve at alpha = 1 is the evaluation set itself
+        assert final["ood_eval_loss_a100"] == pytest.approx(final["eval_loss"], rel=1e-5)
+        assert final["ood_gd_loss_a100"] == pytest.approx(final["gd_loss"], rel=1e-5)
+        assert final["ood_gd_loss_a200"] > final["ood_gd_loss_a100"] > final["ood_gd_loss_a050"]
+        assert -1.0 <= final["model_cos"] <= 1.0
+    df = results.load(run_dir)
+    cos = df[df.metric == "model_cos"].pivot_table(index="step", columns="seed", values="value")
+    assert list(cos.index) == [0, 20, 40, 60, 80]
+    assert np.all(cos.loc[80] > cos.loc[0] + 0.3)  # training aligns the model with GD
+    assert set(df.metric) >= FINAL_KEYS
+    report = (run_dir / "report.md").read_text()
+    assert "the papers' numbers next to jaxlab's" in report and "about 0.2" in report
+    for png in ("gd_equivalence.png", "algorithms.png", "ood.png"):
+        assert (run_dir / png).is_file() and f"({png})" in report
+    assert json.loads((run_dir / "config.json").read_text())["probe"]["gd_probes"] is True
+
+
+TINY = {
+    "task.n_dims": 3,
+    "train.steps": 2,
+    "train.batch_size": 8,
+    "train.eval_every": 1,
+    "train.eval_batch_size": 16,
+    "probe.ilwd_points": 4,
+    "probe.probe_batch_size": 8,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXP.presets))
+def test_every_preset_builds_and_its_probes_trace(name):
+    cfg = EXP.preset(name)
+    assert cfg.preset == name and cfg.experiment == "icl-regression"
+    if name in ("paper", "quick", "recurrent", "softmax", "context", "ood"):
+        t = cfg.task
+        assert (t.n_dims, t.input_dist, t.input_scale, t.weight_scale, t.noise_std) == (10, "uniform", 1.0, 1.0, 0.0)
+        assert cfg.train.eval_batch_size >= 10_000 and cfg.probe.gd_probes
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.b1, cfg.optim.b2) == ("adamw", 1e-3, 0.9, 0.98)
+    if name == "paper":
+        assert (cfg.task.n_context, cfg.train.steps, cfg.train.batch_size, len(cfg.sweep.seeds)) == (10, 5000, 2048, 8)
+        assert (cfg.model.attention, cfg.model.mask, cfg.model.init_scale, cfg.optim.clip_norm) == (
+            "linear", "context_keys", 0.002, 0.001,
+        )  # fmt: skip
+    small = cfg.with_overrides({**TINY, "probe.gd_probes": True})
+    groups = plan(small)
+    assert len(groups) == {"recurrent": 2, "softmax": 2, "context": 3}.get(name, 1)
+    for group in groups:
+        train = EXP.make_train(group.cfg)
+        state = jax.eval_shape(train.init, seed_keys([0])[0])
+        data = ir.eval_data(train)  # real, tiny: the reference is computed eagerly (and cached)
+        metrics = jax.eval_shape(train.evaluate, state.params, data)
+        assert FINAL_KEYS - {"interp_loss"} <= set(metrics)
+        m = group.cfg.model
+        assert ("interp_loss" in metrics) == (m.attention == "linear" and m.n_heads == 1)
+        assert ("model_cos_gdpp" in metrics) == (m.n_layers > 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        ("probe.knn_k", 7, "probe.knn_k"),
+        ("probe.ilwd_points", 2, "probe.ilwd_points"),
+        ("task.layout", "interleaved", "task.layout"),
+    ],
+)
+def test_probe_settings_that_cannot_work_are_refused_by_name(key, value, field):
+    cfg = EXP.preset("smoke").with_overrides({"probe.gd_probes": True, key: value})
+    with pytest.raises(ConfigError, match=field):
+        EXP.make_train(plan(cfg)[0].cfg)
+
+
+def test_probe_config_validation():
+    cfg = EXP.preset("smoke")
+    with pytest.raises(ConfigError, match="probe.ood_scales"):
+        cfg.set("probe.ood_scales", "0.5,0.333")
+    with pytest.raises(ConfigError, match="probe.ridge_lambda"):
+        cfg.set("probe.ridge_lambda", "0")
+    assert cfg.set("probe.ood_scales", "0.5,1.25").probe.ood_scales == (0.5, 1.25)
+    assert [ir.scale_tag(a) for a in (0.5, 1.0, 2.0, 1.25)] == ["a050", "a100", "a200", "a125"]
