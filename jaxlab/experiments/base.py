@@ -47,6 +47,9 @@ class Experiment:
     eval_data: Callable[[Train], Any] | None = None
     # (train, final_state [R], hparams [R], seeds [R]) -> Finalized, vectorized over the R runs.
     finalize: Callable[[Train, TrainState, Mapping[str, Any], np.ndarray], Finalized] | None = None
+    # (train, history {metric: [R, n]}, steps [n]) -> per-run scalars derived from the evaluation
+    # history (e.g. the first step at which a metric crosses a threshold), merged into finalize's.
+    summarize_history: Callable[[Train, Mapping[str, np.ndarray], np.ndarray], Finalized] | None = None
     # (context) -> extra report sections.
     report: Callable[[ReportContext], list[Section]] | None = None
     # (outcomes of every group, in group order) -> experiment-level results across groups, for

@@ -195,6 +195,11 @@ def run_group(
 
     history = {k: v.T for k, v in _stack_rows(rows).items()}  # [R, n_evals]
     finalized = exp.finalize(train, state, hp, group.seeds) if exp.finalize is not None else Finalized()
+    if exp.summarize_history is not None:
+        extra = exp.summarize_history(train, history, np.asarray(steps))
+        finalized.per_run.update(extra.per_run)
+        finalized.history.update(extra.history)
+        finalized.reference.update(extra.reference)
     return GroupOutcome(
         group=group,
         train=train,
