@@ -1,0 +1,177 @@
+"""Task clustering of hidden states, layer by layer, and causal ablations of the cluster structure.
+
+Following Wu & Varshney (2024), the representation of a sequence at layer l is its residual stream
+at one position (e.g. the separator before the output): layer 0 is the embedding
+(`blocks.0.hook_resid_pre`), layer l >= 1 the output of block l (`blocks.{l-1}.hook_resid_post`).
+At every layer the representations are clustered by k-means with k = number of tasks, and the
+clusters are scored against the task labels (ARI, NMI); the silhouette and the between/within
+variance ratio measure the same grouping with the labels themselves.
+
+Causal checks at one layer, with mu_k the class means at the probed position, mu their mean, and
+U an orthonormal basis [D, R] of span{mu_k - mu} (R = K - 1, the between-task directions):
+  projection ablation  x_t <- x_t - U U^T (x_t - c_t) at the chosen positions t (c_t a centre, e.g.
+                       the mean of x_t over the data: the between-task coordinates set to the mean's)
+  random control       the same with a random orthonormal basis of the same rank R
+  centroid swap        x <- mu_{k'} for a sequence of task k, with k' = k + shift (mod K) != k.
+Every function works on one run's parameters; vmap it for many runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from jaxlab.metrics.clustering import (
+    adjusted_rand_index,
+    class_means,
+    kmeans,
+    normalized_mutual_info,
+    silhouette_score,
+    variance_ratio,
+)
+from jaxlab.models import Intervention, Transformer, add_at, replace_at, run_with_cache
+
+CLUSTER_METRICS = ("ari", "nmi", "silhouette", "variance_ratio")
+
+
+def layer_hook(layer: int) -> str:
+    """The hook of layer `layer`: 0 is the embedding, l >= 1 the output of block l."""
+    return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
+
+
+def layer_hooks(n_blocks: int) -> list[str]:
+    """Hooks of layers 0 .. n_blocks (n_blocks + 1 layers)."""
+    return [layer_hook(layer) for layer in range(n_blocks + 1)]
+
+
+def position_mask(seq_len: int, position: int) -> jax.Array:
+    """[T] float mask, 1 at `position`."""
+    return jnp.zeros((seq_len,)).at[position].set(1.0)
+
+
+def hidden_states(
+    model: Transformer, params: chex.ArrayTree, inputs_BT: jax.Array, position: int
+) -> tuple[jax.Array, jax.Array]:
+    """(model outputs [B, T, V], representations [n_blocks + 1, B, D] at `position`)."""
+    hooks = layer_hooks(model.cfg.n_layers)
+    out, cache = run_with_cache(model, params, inputs_BT, names=hooks)
+    return out, jnp.stack([cache[h][:, position] for h in hooks])
+
+
+def cluster_scores(
+    key: jax.Array, reps_ND: jax.Array, labels_N: jax.Array, n_classes: int, n_iters: int = 30, n_restarts: int = 3
+) -> dict[str, jax.Array]:
+    """k-means (k = n_classes) of the representations scored against the labels: ari, nmi (of the
+    clusters), silhouette, variance_ratio (of the labels)."""
+    chex.assert_rank(reps_ND, 2)
+    clusters = kmeans(key, reps_ND, n_classes, n_iters, n_restarts).assignments
+    return {
+        "ari": adjusted_rand_index(labels_N, clusters, n_classes, n_classes),
+        "nmi": normalized_mutual_info(labels_N, clusters, n_classes, n_classes),
+        "silhouette": silhouette_score(reps_ND, labels_N, n_classes),
+        "variance_ratio": variance_ratio(reps_ND, labels_N, n_classes),
+    }
+
+
+def layer_cluster_scores(
+    key: jax.Array, reps_LND: jax.Array, labels_N: jax.Array, n_classes: int, n_iters: int = 30, n_restarts: int = 3
+) -> dict[str, jax.Array]:
+    """`cluster_scores` of every layer: {metric: [L]} (the same k-means key at every layer)."""
+    return jax.vmap(lambda r: cluster_scores(key, r, labels_N, n_classes, n_iters, n_restarts))(reps_LND)
+
+
+# -- the between-task subspace and its ablation ----------------------------------------------------
+def between_class_basis(reps_ND: jax.Array, labels_N: jax.Array, n_classes: int) -> tuple[jax.Array, jax.Array]:
+    """(U [D, n_classes - 1] orthonormal basis of span{mu_k - mu}, mu [D]), mu the mean of the class
+    means; directions beyond the span's rank have singular value 0 and are zeroed."""
+    means = class_means(reps_ND, labels_N, n_classes)
+    center = means.mean(0)
+    _, s, vt = jnp.linalg.svd(means - center, full_matrices=False)  # vt [K, D] (K <= D)
+    rank = n_classes - 1
+    keep = s[:rank] > 1e-6 * jnp.maximum(s[0], 1e-30)
+    return vt[:rank].T * keep[None, :], center
+
+
+def random_basis(key: jax.Array, d: int, rank: int) -> jax.Array:
+    """A uniformly random orthonormal basis [d, rank] (QR of a Gaussian matrix)."""
+    q, r = jnp.linalg.qr(jax.random.normal(key, (d, rank)))
+    return q * jnp.sign(jnp.diagonal(r))[None, :]
+
+
+def project_out(x_BTD: jax.Array, basis_DR: jax.Array, center: jax.Array) -> jax.Array:
+    """x - U U^T (x - c); the centre c broadcasts against x ([D], or [T, D] per position)."""
+    return x_BTD - ((x_BTD - center) @ basis_DR) @ basis_DR.T
+
+
+def at_layer(
+    n_blocks: int, layer: jax.Array | int, make: Callable[[str, jax.Array], Intervention], positions_T: jax.Array
+):
+    """One intervention per layer hook, active (positions as given) only at `layer`, which may be
+    traced: one compiled forward pass serves every layer (e.g. under `lax.map` over layers)."""
+    return tuple(
+        make(hook, positions_T * jnp.asarray(i == layer, positions_T.dtype))
+        for i, hook in enumerate(layer_hooks(n_blocks))
+    )
+
+
+def projection_ablation(
+    model: Transformer,
+    params: chex.ArrayTree,
+    inputs_BT: jax.Array,
+    layer: jax.Array | int,
+    x_BTD: jax.Array,
+    basis_DR: jax.Array,
+    center: jax.Array,
+    positions_T: jax.Array,
+) -> jax.Array:
+    """Model outputs with the residual stream of `layer` projected off span(U) (about the centre,
+    [D] or [T, D]) at the positions where `positions_T` is 1.
+
+    `x_BTD` is the clean residual stream at that layer (`run_with_cache`); since no earlier
+    intervention changes it, adding -U U^T (x - mu) there is exactly the projection.
+    """
+    delta = project_out(x_BTD, basis_DR, center) - x_BTD
+    ivs = at_layer(model.cfg.n_layers, layer, lambda hook, pos: add_at(hook, delta, pos), positions_T)
+    return model.apply({"params": params}, inputs_BT, ivs)
+
+
+def centroid_swap(
+    model: Transformer,
+    params: chex.ArrayTree,
+    inputs_BT: jax.Array,
+    layer: jax.Array | int,
+    centroids_KD: jax.Array,
+    new_labels_B: jax.Array,
+    positions_T: jax.Array,
+) -> jax.Array:
+    """Model outputs with the residual stream of `layer` replaced, at the marked positions, by the
+    centroid of class `new_labels_B[b]` for sequence b."""
+    value_BTD = jnp.broadcast_to(centroids_KD[new_labels_B][:, None, :], (*inputs_BT.shape, centroids_KD.shape[1]))
+    ivs = at_layer(model.cfg.n_layers, layer, lambda hook, pos: replace_at(hook, value_BTD, pos), positions_T)
+    return model.apply({"params": params}, inputs_BT, ivs)
+
+
+def shifted_labels(labels_N: jax.Array, n_classes: int, shift: int = 1) -> jax.Array:
+    """(label + shift) mod n_classes: every sequence gets another class (0 < shift < n_classes)."""
+    return (labels_N + shift) % n_classes
+
+
+__all__: Sequence[str] = [
+    "CLUSTER_METRICS",
+    "at_layer",
+    "between_class_basis",
+    "centroid_swap",
+    "cluster_scores",
+    "hidden_states",
+    "layer_cluster_scores",
+    "layer_hook",
+    "layer_hooks",
+    "position_mask",
+    "project_out",
+    "projection_ablation",
+    "random_basis",
+    "shifted_labels",
+]
