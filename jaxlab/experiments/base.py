@@ -50,9 +50,9 @@ class Experiment:
     # (train, history {metric: [R, n_evals]}, steps [n_evals]) -> {metric: [R]} (or a Finalized)
     # derived from the whole evaluation history (e.g. onset steps), merged into `finalize`'s result.
     # Called once per run chunk, on the host, with this process's runs of the chunk.
-    from_history: (
-        Callable[[Train, Mapping[str, np.ndarray], np.ndarray], dict[str, np.ndarray] | Finalized] | None
-    ) = None
+    from_history: Callable[[Train, Mapping[str, np.ndarray], np.ndarray], dict[str, np.ndarray] | Finalized] | None = (
+        None
+    )
     # (context) -> extra report sections.
     report: Callable[[ReportContext], list[Section]] | None = None
     # (outcomes of every group, in group order) -> experiment-level results across groups, for

@@ -10,6 +10,9 @@
   mutual_knn(x, y, k)                           Huh et al. 2024
   pairwise(metric, xs, ys=None)                 all pairs of stacks [..., n, d] (or lists of mixed widths)
 
+Clustering (`jaxlab.metrics.clustering`): kmeans (k-means++, restarts), adjusted_rand_index,
+normalized_mutual_info, silhouette_score, variance_ratio.
+
 Every metric centers and scales its inputs itself (see `jaxlab.metrics._common` for the numerics:
 float64 under jax x64, float32 otherwise, no NaN on constant inputs, `warning_counts()`).
 """
@@ -17,6 +20,13 @@ float64 under jax x64, float32 otherwise, no NaN on constant inputs, `warning_co
 from jaxlab.metrics._common import DegenerateInputWarning, is_constant, reset_warning_counts, warning_counts
 from jaxlab.metrics.cca import cca, pwcca, svcca
 from jaxlab.metrics.cka import linear_cka, rbf_cka
+from jaxlab.metrics.clustering import (
+    adjusted_rand_index,
+    kmeans,
+    normalized_mutual_info,
+    silhouette_score,
+    variance_ratio,
+)
 from jaxlab.metrics.knn import mutual_knn
 from jaxlab.metrics.pairwise import pairwise
 from jaxlab.metrics.procrustes import procrustes_distance
@@ -27,16 +37,21 @@ METRICS = {f.__name__: f for f in (linear_cka, rbf_cka, cca, svcca, pwcca, procr
 __all__ = [
     "METRICS",
     "DegenerateInputWarning",
+    "adjusted_rand_index",
     "cca",
     "is_constant",
+    "kmeans",
     "linear_cka",
     "mutual_knn",
+    "normalized_mutual_info",
     "pairwise",
     "procrustes_distance",
     "pwcca",
     "rbf_cka",
     "reset_warning_counts",
     "rsa",
+    "silhouette_score",
     "svcca",
+    "variance_ratio",
     "warning_counts",
 ]

@@ -332,12 +332,12 @@ __all__ = [
     "equivalence_metrics",
     "fit_gd_lr",
     "fit_gd_plus_plus",
+    "fit_gd_reference",
     "gd_loss",
     "half_mse",
     "interp_loss",
     "make_reference",
     "minimize_log_grid",
-    "fit_gd_reference",
     "probe_predictions",
     "split",
 ]
