@@ -217,7 +217,7 @@ def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite:
         if not stored.exists():
             raise UserError(f"--resume: {run_dir} holds no run to resume (no config.json)")
         old = json.loads(stored.read_text())
-        new = cfg.to_dict()
+        new = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists
         old.pop("command", None)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
