@@ -30,8 +30,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format jaxlab tests
 	$(VENV)/bin/ruff check --fix jaxlab tests
 
+# Test files run in parallel worker processes (one per core; files stay whole so module fixtures are shared).
+TEST_WORKERS ?= auto
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

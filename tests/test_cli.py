@@ -77,10 +77,11 @@ def test_sweep_over_traced_key_adds_columns_and_points(tmp_path):
 
 def test_overwrite_replaces(tmp_path):
     out = tmp_path / "o"
-    base = ["run", "icl-regression", "--preset", "smoke", "--seeds", "1", "--set", "train.steps=20", "--quiet"]
-    assert main([*base, "--out", str(out)]) == 0
-    assert main([*base, "--set", "train.eval_every=10", "--out", str(out), "--overwrite"]) == 0
-    assert sorted(results.load(out).step.unique()) == [0, 10, 20]
+    base = ["run", "icl-regression", "--preset", "smoke", "--quiet", "--out", str(out)]  # the fixture's program
+    assert main([*base, "--seeds", "0,1"]) == 0
+    assert main([*base, "--seeds", "5,6", "--overwrite"]) == 0
+    assert sorted(results.load(out).seed.unique()) == [5, 6]
+    assert [r["seed"] for r in results.load_summary(out)["runs"]] == [5, 6]
 
 
 def test_list_and_show_config(capsys):

@@ -37,17 +37,21 @@ def test_outputs_at_positions_equal_full_outputs_and_gradients(kw):
     for T, positions in [(9, (8,)), (40, tuple(range(0, 40, 2)))]:
         m, p, x = perturbed_model(T, **kw)
         c = jax.random.normal(jax.random.key(3), (4, len(positions), 2))  # a fixed linear functional
-        part = jax.jit(
-            jax.value_and_grad(lambda q: jnp.sum(c * m.apply({"params": q}, x, (), positions)), has_aux=False)
-        )
-        full = jax.jit(jax.value_and_grad(lambda q: jnp.sum(c * m.apply({"params": q}, x)[:, list(positions)])))
-        (v_part, g_part), (v_full, g_full) = part(p), full(p)
-        np.testing.assert_allclose(
-            m.apply({"params": p}, x, (), positions),
-            m.apply({"params": p}, x)[:, list(positions)],
-            rtol=2e-5,
-            atol=2e-5,
-        )
+
+        def part(q):
+            out = m.apply({"params": q}, x, (), positions)
+            return jnp.sum(c * out), out
+
+        def full(q):
+            out = m.apply({"params": q}, x)[:, list(positions)]
+            return jnp.sum(c * out), out
+
+        @jax.jit  # one program per case and length: both paths, values and gradients
+        def both(q):
+            return jax.value_and_grad(part, has_aux=True)(q), jax.value_and_grad(full, has_aux=True)(q)
+
+        ((v_part, o_part), g_part), ((v_full, o_full), g_full) = both(p)
+        np.testing.assert_allclose(o_part, o_full, rtol=2e-5, atol=2e-5)
         assert float(v_part) == pytest.approx(float(v_full), rel=1e-5, abs=1e-5)
         # The paths associate the products differently: float32 rounding of terms as large as the
         # largest gradient entry leaves absolute errors of order 1e-5 of it.
