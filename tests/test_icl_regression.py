@@ -10,8 +10,9 @@ from jaxlab import results
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import get_experiment
 from jaxlab.experiments import icl_regression as ir
+from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes.icl_algorithms import ALGORITHMS
-from jaxlab.train import plan, run_sweep
+from jaxlab.train import load_group, plan, run_sweep
 from jaxlab.train.engine import seed_keys
 
 EXP = get_experiment("icl-regression")
@@ -64,6 +65,22 @@ def test_smoke_with_probes_records_every_metric_and_the_report(probed_run):
     for png in ("gd_equivalence.png", "algorithms.png", "ood.png"):
         assert (run_dir / png).is_file() and f"({png})" in report
     assert json.loads((run_dir / "config.json").read_text())["probe"]["gd_probes"] is True
+
+
+def test_the_probes_run_on_a_restored_checkpoint_as_a_library(probed_run):
+    """`jaxlab.probes` on a run directory's final checkpoint give the summary's final values."""
+    cfg, result = probed_run
+    group = load_group(result.run_dir)
+    data = ir.eval_data(group.train)
+    probe = jax.vmap(
+        lambda p: ge.equivalence_metrics(group.train.apply, p, data["batch"], data["ref"], cfg.task.n_dims, 64),
+    )
+    got = jax.device_get(jax.jit(probe)(group.state.params))
+    assert set(got) >= {"eval_loss", "model_cos", *(f"ilwd_{a}" for a in ALGORITHMS)}
+    for i, run in enumerate(result.summary["runs"]):
+        for name, values in got.items():
+            assert values.shape == (len(result.summary["runs"]),)
+            assert float(values[i]) == pytest.approx(run["final"][name], rel=1e-4, abs=1e-7), name
 
 
 TINY = {
