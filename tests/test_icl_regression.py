@@ -62,6 +62,10 @@ def test_smoke_with_probes_records_every_metric_and_the_report(probed_run):
     assert set(df.metric) >= FINAL_KEYS
     report = (run_dir / "report.md").read_text()
     assert "the papers' numbers next to jaxlab's" in report and "about 0.2" in report
+    n_ok = sum(r["final"]["model_cos"] >= 0.99 and abs(r["final"]["eval_loss"] - r["final"]["gd_loss"]) <= 0.01
+               for r in summary["runs"])  # fmt: skip
+    assert f"all runs: {n_ok}/2 runs have final `model_cos` >= 0.99" in report
+    assert "first evaluation step with `model_cos` >= 0.99" in report
     for png in ("gd_equivalence.png", "algorithms.png", "ood.png"):
         assert (run_dir / png).is_file() and f"({png})" in report
     assert json.loads((run_dir / "config.json").read_text())["probe"]["gd_probes"] is True
@@ -101,13 +105,8 @@ def test_every_preset_builds_and_validates():
         assert cfg.preset == name and cfg.experiment == "icl-regression"
         if name != "smoke":
             t = cfg.task
-            assert (t.n_dims, t.input_dist, t.input_scale, t.weight_scale, t.noise_std) == (
-                10,
-                "uniform",
-                1.0,
-                1.0,
-                0.0,
-            )
+            published = (10, "uniform", 1.0, 1.0, 0.0)
+            assert (t.n_dims, t.input_dist, t.input_scale, t.weight_scale, t.noise_std) == published
             assert cfg.train.eval_batch_size >= 10_000 and cfg.probe.gd_probes
             assert (cfg.optim.name, cfg.optim.lr, cfg.optim.b1, cfg.optim.b2) == ("adamw", 1e-3, 0.9, 0.98)
         if name == "paper":
