@@ -51,6 +51,9 @@ def tokens(x, y, xq, yq_entry=None):
     return jnp.asarray(np.concatenate([ctx, query], 1), jnp.float32)
 
 
+gd_params_jit = jax.jit(gd_params, static_argnums=(0, 1))  # one program per config, not one per operation
+
+
 @functools.cache
 def _apply(cfg):
     return jax.jit(lambda p, x: Transformer(cfg).apply({"params": p}, x)[:, -1])
@@ -92,18 +95,18 @@ def test_constructed_gd_is_one_numpy_gd_step():
     x, y, xq = tasks(0)
     cfg = lsa_cfg()
     for eta in (0.3, 2.5):
-        got = predict(cfg, gd_params(cfg, N, eta), tokens(x, y, xq))
+        got = predict(cfg, gd_params_jit(cfg, N, eta), tokens(x, y, xq))
         np.testing.assert_allclose(got, numpy_gd(x, y, xq, eta, 1), rtol=1e-5, atol=1e-5)
     # From W0 != 0 the query token carries -W0 x_q (von Oswald et al., Prop. 1): prediction W1 x_q.
     w0 = np.random.default_rng(1).normal(size=(D_Y, D_X))
     w0_b = np.broadcast_to(w0, (x.shape[0], D_Y, D_X))
     inputs = tokens(x, y, xq, yq_entry=-np.einsum("od,bd->bo", w0, xq))
-    got = predict(cfg, gd_params(cfg, N, 0.8, w0=w0), inputs)
+    got = predict(cfg, gd_params_jit(cfg, N, 0.8, w0=w0), inputs)
     np.testing.assert_allclose(got, numpy_gd(x, y, xq, 0.8, 1, w0=w0_b), rtol=1e-5, atol=1e-5)
     # extra heads and a wider head do not change it (they are zero / padding)
     wide = lsa_cfg(n_heads=2, d_head=D_X + D_Y + 3, use_bias=True)
     np.testing.assert_allclose(
-        predict(wide, gd_params(wide, N, 2.5), tokens(x, y, xq)), numpy_gd(x, y, xq, 2.5, 1), rtol=1e-5, atol=1e-5
+        predict(wide, gd_params_jit(wide, N, 2.5), tokens(x, y, xq)), numpy_gd(x, y, xq, 2.5, 1), rtol=1e-5, atol=1e-5
     )
 
 
@@ -111,22 +114,24 @@ def test_constructed_gd_is_one_numpy_gd_step():
 def test_k_layers_are_k_gd_steps(tie):
     x, y, xq = tasks(2)
     cfg = lsa_cfg(n_layers=3, tie_layers=tie)
-    params = gd_params(cfg, N, 1.7)
+    params = gd_params_jit(cfg, N, 1.7)
     assert len(params) == (1 if tie else 3)
     got = predict(cfg, params, tokens(x, y, xq))
     np.testing.assert_allclose(got, numpy_gd(x, y, xq, 1.7, 3), rtol=1e-5, atol=1e-5)
-    ref = jax.jit(jax.vmap(lambda a, b, c: gd_predict(a, b, c[None], 1.7, 3)[0]))(x, y, xq)
-    np.testing.assert_allclose(ref, numpy_gd(x, y, xq, 1.7, 3), rtol=1e-5, atol=1e-5)
+    # the probes' GD predictor in its NumPy form (batched over tasks; its JAX form: the GD++ test)
+    np.testing.assert_allclose(gd_predict(x, y, xq[:, None], 1.7, 3)[:, 0], numpy_gd(x, y, xq, 1.7, 3), rtol=1e-10)
 
 
 def test_gd_plus_plus_construction_and_predictor_match_the_token_recursion():
     x, y, xq = tasks(3, b=6, d_y=1)
     cfg = lsa_cfg(n_layers=3, tie_layers=True, d_output=1, d_model=D_X + 1, d_input=D_X + 1)
     want = numpy_gd_plus_plus(x, y, xq, 1.3, 0.4, 3)
-    got = predict(cfg, gd_params(cfg, N, 1.3, gamma=0.4), tokens(x, y, xq))
+    got = predict(cfg, gd_params_jit(cfg, N, 1.3, gamma=0.4), tokens(x, y, xq))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    pred = jax.jit(jax.vmap(lambda a, b, c: gd_predict(a, b, c[None], 1.3, 3, 0.4)[0]))(x, y, xq)
+    as_jax = [jnp.asarray(v, jnp.float32) for v in (x, y, xq[:, None])]
+    pred = jax.jit(lambda a, b, c: gd_predict(a, b, c, 1.3, 3, 0.4))(*as_jax)[:, 0]
     np.testing.assert_allclose(pred, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gd_predict(x, y, xq[:, None], 1.3, 3, 0.4)[:, 0], want, rtol=1e-10)
     # GD++ differs from GD from the second step on, and not before
     assert np.abs(want - numpy_gd(x, y, xq, 1.3, 3)).max() > 1e-3
     np.testing.assert_allclose(numpy_gd_plus_plus(x, y, xq, 1.3, 0.4, 1), numpy_gd(x, y, xq, 1.3, 1), atol=1e-12)
@@ -135,20 +140,23 @@ def test_gd_plus_plus_construction_and_predictor_match_the_token_recursion():
 def test_attn_norm_n_keys_absorbs_the_one_over_n():
     x, y, xq = tasks(4)
     cfg = lsa_cfg(attn_norm="n_keys")
-    got = predict(cfg, gd_params(cfg, N, 0.9), tokens(x, y, xq))
+    got = predict(cfg, gd_params_jit(cfg, N, 0.9), tokens(x, y, xq))
     np.testing.assert_allclose(got, numpy_gd(x, y, xq, 0.9, 1), rtol=1e-5, atol=1e-5)
 
 
 def random_lsa(cfg, seed):
-    return Transformer(cfg).init(jax.random.key(seed), jnp.zeros((1, N + 1, cfg.d_model)))["params"]
+    init = jax.jit(lambda k: Transformer(cfg).init(k, jnp.zeros((1, N + 1, cfg.d_model)))["params"])
+    return init(jax.random.key(seed))
 
 
 def test_products_reproduce_the_model_and_rescaling_is_invisible():
     x, y, xq = tasks(5)
     inputs = tokens(x, y, xq)
-    for cfg in (lsa_cfg(), lsa_cfg(n_layers=2, tie_layers=True)):
+    # two tied layers (one parameter block): the one-layer products are checked against NumPy in
+    # test_gd_probes (numpy_lsa) and through the GD construction below
+    for cfg in (lsa_cfg(n_layers=2, tie_layers=True),):
         params = random_lsa(cfg, 0)
-        a, b = lsa_products(params, cfg)
+        a, b = jax.jit(lambda p, cfg=cfg: lsa_products(p, cfg))(params)
         assert a.shape == (1, 1, D_X + D_Y, D_X + D_Y)
         pcfg = product_config(cfg)
         want = predict(cfg, params, inputs)
@@ -162,20 +170,31 @@ def test_products_reproduce_the_model_and_rescaling_is_invisible():
 
 def test_interpolation_of_gd_with_itself_and_with_a_rescaled_copy_is_gd():
     cfg = lsa_cfg()
-    a_gd, b_gd = gd_products(cfg, N, 1.1)
-    a_p, b_p = lsa_products(gd_params(cfg, N, 1.1), cfg)
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(D_X + D_Y,) * 2), jnp.float32)
+    b = jnp.asarray(np.random.default_rng(1).normal(size=(D_X + D_Y,) * 2), jnp.float32)
+
+    @jax.jit  # one program instead of one per operation
+    def products(a, b):
+        a_gd, b_gd = gd_products(cfg, N, 1.1)
+        return (
+            (a_gd, b_gd),
+            lsa_products(gd_params(cfg, N, 1.1), cfg),
+            interpolate_products(4.0 * a_gd, b_gd / 4.0, a_gd, b_gd, D_X),
+            interpolate_products(a, b, a_gd, b_gd, D_X),
+        )
+
+    (a_gd, b_gd), (a_p, b_p), (a_s, b_s), (a_i, b_i) = jax.device_get(products(a, b))
+    # A = W_Q^T W_K = diag(I_x, 0), B = W_V^T P^T = diag(0, -eta/N I_y) in the row convention
+    np.testing.assert_allclose(a_gd, np.diag([1.0] * D_X + [0.0] * D_Y), atol=1e-7)
+    np.testing.assert_allclose(b_gd, np.diag([0.0] * D_X + [-1.1 / N] * D_Y), atol=1e-7)
     np.testing.assert_allclose(a_p[0, 0], a_gd, atol=1e-7)
     np.testing.assert_allclose(b_p[0, 0], b_gd, atol=1e-7)
-    a_i, b_i = interpolate_products(4.0 * a_gd, b_gd / 4.0, a_gd, b_gd, D_X)
-    np.testing.assert_allclose(a_i, a_gd, atol=1e-6)
-    np.testing.assert_allclose(b_i, b_gd, atol=1e-6)
+    np.testing.assert_allclose(a_s, a_gd, atol=1e-6)
+    np.testing.assert_allclose(b_s, b_gd, atol=1e-6)
     # a generic pair is averaged after rescaling by the mean x-diagonal of A
-    a = jnp.asarray(np.random.default_rng(0).normal(size=a_gd.shape), jnp.float32)
-    b = jnp.asarray(np.random.default_rng(1).normal(size=a_gd.shape), jnp.float32)
     beta = float(np.mean(np.diag(np.asarray(a))[:D_X]))
-    a_i, b_i = interpolate_products(a, b, a_gd, b_gd, D_X)
-    np.testing.assert_allclose(a_i, (np.asarray(a) / beta + np.asarray(a_gd)) / 2, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(b_i, (np.asarray(b) * beta + np.asarray(b_gd)) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a_i, (np.asarray(a) / beta + a_gd) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b_i, (np.asarray(b) * beta + b_gd) / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_incompatible_models_are_refused_by_name():

@@ -130,20 +130,20 @@ def _sample_eval(train) -> tuple[Batch, jax.Array]:
 def probe_data(train) -> dict[str, Any]:
     """{"batch": the evaluation batch, "ref": its reference (`gd_equivalence.make_reference`)}.
 
-    Computed eagerly, also when called while a program is being traced: the reference depends only
-    on the task distribution and the evaluation settings.
+    Computed as concrete arrays, also when called while a program is being traced (the engine
+    does, for its start-up program): the reference depends only on the task distribution and the
+    evaluation settings. The sampling runs as one compiled program (`ge.run_compiled`), not op by op.
     """
     cfg = train.cfg
-    with jax.ensure_compile_time_eval():
-        batch, x_probe = jax.jit(lambda: _sample_eval(train))()
-        ref = ge.make_reference(
-            batch,
-            cfg.task.n_dims,
-            n_gd_steps(cfg),
-            x_probe_BMD=x_probe,
-            ridge_lambda=cfg.probe.ridge_lambda,
-            knn_k=cfg.probe.knn_k,
-        )
+    batch, x_probe = ge.run_compiled(lambda: _sample_eval(train))
+    ref = ge.make_reference(
+        batch,
+        cfg.task.n_dims,
+        n_gd_steps(cfg),
+        x_probe_BMD=x_probe,
+        ridge_lambda=cfg.probe.ridge_lambda,
+        knn_k=cfg.probe.knn_k,
+    )
     return {"batch": batch, "ref": ref}
 
 

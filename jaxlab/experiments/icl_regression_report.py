@@ -102,6 +102,17 @@ def _groups(runs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]
     return [(", ".join(f"{k}={v}" for k, v in json.loads(k).items()) or "all runs", v) for k, v in by.items()]
 
 
+def _first_reached(ctx: ReportContext, runs: list[dict[str, Any]]) -> str:
+    """'; first evaluation step with model_cos >= the bar: median [min, max]' over `runs` (plateaus show)."""
+    df = ctx.df[(ctx.df.metric == "model_cos") & ctx.df.run.isin([r["run"] for r in runs])]
+    if df.empty:
+        return ""
+    first = df[df.value >= BAR_MODEL_COS].groupby("run").step.min()
+    never = len(runs) - len(first)
+    text = f"; first evaluation step with `model_cos` >= {BAR_MODEL_COS}: {_summary_stat(first.tolist())}"
+    return text + (f" ({never} runs never)" if never else "")
+
+
 def comparison_section(ctx: ReportContext) -> Section:
     claims = CLAIMS.get(ctx.cfg.preset, SINGLE_LAYER)
     groups = _groups(ctx.summary["runs"])
@@ -125,9 +136,9 @@ def comparison_section(ctx: ReportContext) -> Section:
             )
             lines.append(
                 f"- {g}: {ok}/{len(runs)} runs have final `model_cos` >= {BAR_MODEL_COS} and "
-                f"`|eval_loss - gd_loss|` <= {BAR_LOSS_GAP}"
+                f"`|eval_loss - gd_loss|` <= {BAR_LOSS_GAP}{_first_reached(ctx, runs)}"
             )
-        body += "\n\nBar (every seed): \n" + "\n".join(lines)
+        body += "\n\nBar (every seed):\n\n" + "\n".join(lines)
     ref = ctx.summary.get("reference", {})
     if ref:
         body += "\n\nFitted references: " + ", ".join(

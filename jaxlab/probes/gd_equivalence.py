@@ -198,7 +198,13 @@ def _gd_at_queries(x, y, xq, eta, n_steps, gamma=0.0) -> tuple[jax.Array, jax.Ar
     return query_sensitivity(lambda q: alg.gd_predict(x, y, q[:, None], eta, n_steps, gamma)[:, 0], xq)
 
 
-@functools.partial(jax.jit, static_argnames=("n_dims", "n_steps", "gd_plus_plus"))
+def run_compiled(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) as one compiled program, returning concrete arrays even while another program is
+    being traced (a plain jit call would then return that trace's tracers, and
+    `jax.ensure_compile_time_eval` would run fn op by op, compiling every operation on its own)."""
+    return jax.jit(fn).lower(*args).compile()(*args)
+
+
 def fit_gd_reference(batch: Batch, n_dims: int, n_steps: int, gd_plus_plus: bool) -> dict[str, dict[str, jax.Array]]:
     """GD (and GD++) fitted on the batch: {"gd": {eta, gamma, loss, preds, sens}, "gdpp": {...}}."""
     x, y, xq, yq = split(batch, n_dims)
@@ -227,20 +233,23 @@ def make_reference(
 
     x_probe_BMD: probe inputs for ILWD, drawn from the task's input distribution, for the first
     B' <= B tasks (None: no ILWD). gd_plus_plus: fit GD++ too (default: when n_steps > 1).
-    Runs eagerly (not under jit). The result is a pytree of float32 arrays; pass it unbatched
-    (in_axes None) when vmapping `equivalence_metrics` over runs.
+    Runs eagerly (not under jit), also while another program is being traced: the GD fits run as
+    one compiled program, the rest in NumPy. The result is a pytree of float32 arrays (JAX or NumPy);
+    pass it unbatched (in_axes None) when vmapping `equivalence_metrics` over runs.
     """
     if gd_plus_plus is None:
         gd_plus_plus = n_steps > 1
-    ref: dict[str, Any] = fit_gd_reference(batch, n_dims=n_dims, n_steps=n_steps, gd_plus_plus=gd_plus_plus)
-    x, y, xq, yq = (np.asarray(a, np.float64) for a in split(batch, n_dims))
+    fit = functools.partial(fit_gd_reference, n_dims=n_dims, n_steps=n_steps, gd_plus_plus=gd_plus_plus)
+    ref: dict[str, Any] = run_compiled(fit, batch)
+    # NumPy from here on: a JAX operation would join a program being traced around this call.
+    x, y, xq, yq = split(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), batch), n_dims)
     eta = float(ref["gd"]["eta"])
     predictors = {
         name: alg.predictor(name, eta=eta, n_steps=n_steps, ridge_lambda=ridge_lambda, knn_k=knn_k)
         for name in algorithms
     }
     preds = {n: p(x, y, xq[:, None])[:, 0] for n, p in predictors.items()}
-    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    f32 = lambda a: np.asarray(a, np.float32)
     ref["alg_preds"] = {n: f32(p) for n, p in preds.items()}
     ref["alg_loss"] = {n: f32(0.5 * np.mean(np.sum((p - yq) ** 2, axis=-1))) for n, p in preds.items()}
     if x_probe_BMD is not None:
@@ -339,5 +348,6 @@ __all__ = [
     "make_reference",
     "minimize_log_grid",
     "probe_predictions",
+    "run_compiled",
     "split",
 ]
