@@ -16,8 +16,8 @@ evaluation, on fixed evaluation sets:
   carry the input, so at the top it groups by output rather than by task) are the alternatives.
 From the history: `best_layer` (highest final ARI), `ari_onset_step` / `acc_onset_step` (first
 evaluated step with best-layer ARI / seen accuracy above 0.5), `ari_acc_corr` (Pearson correlation
-of best-layer ARI and seen accuracy over the checkpoints of a run; pooled over runs in the
-reference values). After training, the causal check at each layer (and at the best layer):
+of best-layer ARI and seen accuracy over the checkpoints of a run; the report also pools every
+checkpoint of every run, from the stored history, so a sweep split into run chunks pools them all). After training, the causal check at each layer (and at the best layer):
 projecting the between-task directions found at the probed position out of the layer's residual
 stream at every position (`ablation_acc_drop`) against random directions of the same rank
 (`random_ablation_acc_drop`); the same projection at the probed position alone
@@ -277,12 +277,16 @@ def summarize_history(train: Any, history: Mapping[str, np.ndarray], steps: np.n
         "acc_onset_step": first_step_above(acc, steps, ONSET),
         "ari_acc_corr": corr,
     }
-    return Finalized(per_run=per_run, reference={"ari_acc_corr_pooled": pearson(ari_best, acc)})
+    # No pooled (all runs) correlation here: this hook sees one run chunk at a time, and a mean of
+    # per-chunk correlations is not the pooled one. The report pools every run's checkpoints.
+    return Finalized(per_run=per_run)
 
 
 # -- the causal check after training -------------------------------------------------------------------
 def ablation_one_run(train: Any, params: Any, seen: Batch, key: jax.Array) -> dict[str, jax.Array]:
     """The causal checks at every layer [L], for one run, on the seen evaluation set.
+
+    `key` draws the random control bases (the clustering uses the key of `evaluate`).
 
     U = the between-task directions at the probed position (rank K - 1). `ablation`: accuracy drop
     when the residual stream of the layer is projected off U at every position, about each
@@ -303,12 +307,12 @@ def ablation_one_run(train: Any, params: Any, seen: Batch, key: jax.Array) -> di
     clean = accuracy(out, seen)
     xs = jnp.stack([cache[h] for h in hooks])  # [L, B, T, D]
     reps = xs[:, :, pos]
-    k_cluster, k_random = jax.random.split(key)
-    ari = pc.layer_cluster_scores(k_cluster, reps, labels, K, probe.kmeans_iters, probe.kmeans_restarts)["ari"]
+    # the k-means key of `evaluate`: the final ARIs, hence the best layer, are those of the history
+    ari = pc.layer_cluster_scores(_probe_key(cfg), reps, labels, K, probe.kmeans_iters, probe.kmeans_restarts)["ari"]
     bases, _ = jax.vmap(lambda r: pc.between_class_basis(r, labels, K))(reps)  # [L, D, R]
     centroids = jax.vmap(lambda r: class_means(r, labels, K))(reps)  # [L, K, D]
     L, D, R = bases.shape
-    rand = jax.vmap(lambda k: pc.random_basis(k, D, R))(jax.random.split(k_random, L * probe.n_random))
+    rand = jax.vmap(lambda k: pc.random_basis(k, D, R))(jax.random.split(key, L * probe.n_random))
     rand = rand.reshape(L, probe.n_random, D, R)
     swapped = pc.shifted_labels(labels, K, probe.swap_shift)
     swap_targets = task_lib.task_targets(cfg.task, swapped, seen.aux["input"])[:, 0]
@@ -343,7 +347,12 @@ def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarr
     seen = make_eval_data(train)["seen"]
     with rng_scope():
         key = jax.random.fold_in(_probe_key(train.cfg), 1)
-    res = jax.jit(jax.vmap(lambda p: ablation_one_run(train, p, seen, key)))(state.params)
+
+    def one(params: Any, seed: jax.Array) -> dict[str, jax.Array]:
+        return ablation_one_run(train, params, seen, jax.random.fold_in(key, seed))  # random bases per seed
+
+    with rng_scope():  # the random draws are traced here
+        res = jax.jit(jax.vmap(one))(state.params, jnp.asarray(seeds, jnp.uint32))
     res = {k: np.asarray(v) for k, v in jax.device_get(res).items()}
     R, L = res["ari"].shape
     best = np.argmax(res["ari"], axis=1)
@@ -382,7 +391,7 @@ METRICS = {
     "ari_onset_step": "first evaluated step at which the best layer's ARI exceeds 0.5 (none: missing)",
     "acc_onset_step": "first evaluated step at which acc_seen exceeds 0.5 (none: missing)",
     "ari_acc_corr": "Pearson correlation of the best layer's ARI and acc_seen over the run's checkpoints "
-    "(reference ari_acc_corr_pooled: over every checkpoint of every run)",
+    "(the report also gives the correlation pooled over every checkpoint of every run)",
     "ablation_acc_drop": "acc_seen minus the accuracy when the between-task directions (span of the centred "
     "task means at probe.position, rank n_tasks - 1) are projected out of the residual stream of the best layer "
     "at every position (about each position's mean over the evaluation set)",
