@@ -1,5 +1,6 @@
-"""instruction-clustering: the clustering probes and ablations on a tiny model, history summaries,
-and the smoke preset end to end (files, summary keys, report)."""
+"""instruction-clustering: one shared smoke run (2 run chunks) checked end to end (summary keys,
+history summaries, the pooled correlation, the report) and reused for the probes and ablations on
+its trained model, recomputed independently; plus the pure helpers."""
 
 import json
 
@@ -8,48 +9,149 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxlab import results
 from jaxlab.errors import ConfigError
+from jaxlab.experiments import _instruction_clustering_report as icr
 from jaxlab.experiments import get_experiment
 from jaxlab.experiments import instruction_clustering as ic
 from jaxlab.metrics.clustering import variance_ratio
-from jaxlab.models import ModelConfig, Transformer, init_params, run_with_cache
+from jaxlab.models import run_with_cache
 from jaxlab.probes import clustering as pc
+from jaxlab.report import fmt
 from jaxlab.train import run_sweep
 
-N_BLOCKS, T, D, K = 2, 6, 16, 3
+K = 3  # three tasks in the smoke preset
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    cfg = ModelConfig(
-        n_layers=N_BLOCKS, n_heads=2, d_model=D, d_mlp=32, input="discrete", vocab_size=11, d_output=11, max_len=T,
-        pos_encoding="learned",
-    )  # fmt: skip
-    model = Transformer(cfg)
-    inputs = jax.random.randint(jax.random.key(0), (30, T), 0, 11)
-    params = jax.jit(lambda k, x: init_params(model, k, x))(jax.random.key(1), inputs)
-    labels = jnp.arange(30) % K
-    return model, params, inputs, labels
+def smoke(tmp_path_factory):
+    """The smoke preset, its two runs in two run chunks (so per-chunk hooks are exercised)."""
+    cfg = get_experiment("instruction-clustering").preset("smoke").set("train.max_runs_per_chunk", "1")
+    out = tmp_path_factory.mktemp("ic") / "smoke"
+    res = run_sweep(cfg, out, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    return cfg, out, res.groups[0], summary
 
 
-def test_hidden_states_are_the_layer_hooks(tiny):
-    model, params, inputs, _ = tiny
-    out, reps = jax.jit(lambda p, x: pc.hidden_states(model, p, x, 4))(params, inputs)
-    assert reps.shape == (N_BLOCKS + 1, 30, D)
-    assert pc.layer_hooks(N_BLOCKS) == [
-        "blocks.0.hook_resid_pre",
-        "blocks.0.hook_resid_post",
-        "blocks.1.hook_resid_post",
-    ]
-    _, cache = run_with_cache(model, params, inputs)
-    np.testing.assert_allclose(reps[1], cache["blocks.0.hook_resid_post"][:, 4], rtol=1e-5, atol=1e-6)
-    emb = params["embed"]["embedding"][inputs[:, 4]] + params["pos_embed"][4]  # layer 0: token + position
+def test_smoke_run_summary_keys_history_and_report(smoke):
+    cfg, out, group, summary = smoke
+    L = cfg.model.n_layers + 1
+    assert len(list((out / "parts").glob("part-*.json"))) == 2  # two run chunks
+    required = {
+        "acc_seen", "acc_unseen_strings", "acc_unseen_distributions", "ari_acc_corr", "ablation_acc_drop",
+        "random_ablation_acc_drop", "ari_onset_step", "acc_onset_step",
+        *(f"{m}_layer_{l}" for m in ("ari", "nmi", "silhouette", "variance_ratio") for l in range(L)),
+    }  # fmt: skip
+    hist, steps = group.history, np.asarray(group.train.eval_steps)
+    assert np.all(hist["acc_seen"][:, -1] > hist["acc_seen"][:, 0] + 0.3)  # it learns, even in 40 steps
+    # the embedding layer at the separator sees one fixed token: nothing to cluster
+    np.testing.assert_allclose(hist["ari_layer_0"], 0.0, atol=1e-6)
+    best_series = []
+    for i, run in enumerate(summary["runs"]):
+        f = run["final"]
+        assert required <= set(f), required - set(f)
+        for m in ("acc_seen", "acc_unseen_strings", "acc_unseen_distributions", "swap_follow_rate"):
+            assert 0.0 <= f[m] <= 1.0
+        assert all(-1.0 <= f[f"ari_layer_{l}"] <= 1.0 and 0.0 <= f[f"nmi_layer_{l}"] <= 1.0 for l in range(L))
+        # the history summaries, recomputed with NumPy from the stored history
+        final_ari = [hist[f"ari_layer_{l}"][i, -1] for l in range(L)]
+        best = int(np.argmax(final_ari))
+        assert f["best_layer"] == best and f["ari_best_layer"] == pytest.approx(final_ari[best])
+        series = hist[f"ari_layer_{best}"][i]
+        best_series.append(series)
+        assert f["ari_acc_corr"] == pytest.approx(np.corrcoef(series, hist["acc_seen"][i])[0, 1], abs=1e-6)
+        for name, values in (("ari_onset_step", series), ("acc_onset_step", hist["acc_seen"][i])):
+            above = [s for s, v in zip(steps, values) if v > 0.5]
+            assert (f[name] == above[0]) if above else f[name] is None or np.isnan(f[name])
+        # the causal check at the best layer uses the history's clustering (same k-means key)
+        for m in ("ablation_acc_drop", "random_ablation_acc_drop", "swap_acc_drop"):
+            assert f[m] == f[f"{m}_layer_{best}"]
+    # the pooled correlation covers every checkpoint of both chunks' runs, not a per-chunk mean
+    assert "ari_acc_corr_pooled" not in summary["reference"]
+    ari, acc, _ = icr.ari_acc_pairs(results.load(out), summary)
+    np.testing.assert_allclose(ari, np.concatenate(best_series), atol=1e-6)
+    pooled = np.corrcoef(np.concatenate(best_series), hist["acc_seen"].ravel())[0, 1]
+    report = (out / "report.md").read_text()
+    assert f"r = {fmt(pooled, 3)}" in report and f"{2 * len(steps)} (checkpoint, run) pairs" in report
+    for name in ("clustering_over_training.png", "ari_vs_accuracy.png", "ablation_by_layer.png"):
+        assert (out / name).is_file() and f"]({name})" in report
+    assert "Causal check" in report and "jaxlab report" in report
+
+
+def test_probes_and_ablations_on_the_trained_model(smoke):
+    """Hidden states, ARIs, accuracy and every ablation of run 0, recomputed from the pieces."""
+    cfg, _, group, summary = smoke
+    train, f = group.train, summary["runs"][0]["final"]
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), group.state.params)
+    seen = ic._ablation_program(train)[1]
+    model, inputs, labels = train.model, seen.inputs, seen.aux["task"]
+    n_blocks, pos, T = cfg.model.n_layers, ic.probe_position(cfg), inputs.shape[1]
+    hooks = pc.layer_hooks(n_blocks)
+    at_pos, everywhere = pc.position_mask(T, pos), jnp.ones((T,))
+
+    @jax.jit
+    def probe(params, layer):
+        out, reps = pc.hidden_states(model, params, inputs, pos)
+        _, cache = run_with_cache(model, params, inputs, names=hooks)
+        scores = pc.layer_cluster_scores(ic._probe_key(cfg), reps, labels, K, cfg.probe.kmeans_iters, cfg.probe.kmeans_restarts)  # fmt: skip
+        x = jnp.stack([cache[h] for h in hooks])  # [L, B, T, D]
+        drops, extra = [], {}
+        for l in range(n_blocks + 1):  # static layers: the finalize program takes them traced
+            basis, _ = pc.between_class_basis(x[l][:, pos], labels, K)
+            everywhere_out = pc.projection_ablation(model, params, inputs, l, x[l], basis, x[l].mean(0), everywhere)
+            drops.append(everywhere_out)
+        basis, center = pc.between_class_basis(x[1][:, pos], labels, K)
+        extra["traced"] = pc.projection_ablation(model, params, inputs, layer, x[1], basis, center, at_pos)
+        extra["static"] = pc.projection_ablation(model, params, inputs, 1, x[1], basis, center, at_pos)
+        delta = pc.project_out(x[1], basis, center) - x[1]
+        ivs = pc.at_layer(n_blocks, 1, lambda h, p: pc.add_at(h, delta, p), at_pos)
+        _, ablated = run_with_cache(model, params, inputs, names=hooks, interventions=ivs)
+        centroids = jnp.stack([jnp.sum(jnp.where((labels == k)[:, None], x[1][:, pos], 0), 0) / jnp.sum(labels == k) for k in range(K)])  # fmt: skip
+        new = pc.shifted_labels(labels, K)
+        value = jnp.broadcast_to(centroids[new][:, None], x[1].shape)
+        swap_ivs = pc.at_layer(n_blocks, 1, lambda h, p: pc.replace_at(h, value, p), at_pos)
+        _, swapped = run_with_cache(model, params, inputs, names=hooks, interventions=swap_ivs)
+        extra["swap_fn"] = pc.centroid_swap(model, params, inputs, 1, centroids, new, at_pos)
+        extra["swap_ref"] = model.apply({"params": params}, inputs, swap_ivs)
+        return out, reps, cache, scores, jnp.stack(drops), extra, ablated, swapped, basis, center, centroids, new
+
+    out, reps, cache, scores, drops, extra, ablated, swapped, basis, center, centroids, new = jax.device_get(
+        probe(params, jnp.int32(1))
+    )
+    # hidden states are the layer hooks at the position; layer 0 = token + position embedding
+    for l, h in enumerate(hooks):
+        np.testing.assert_allclose(reps[l], cache[h][:, pos], rtol=1e-5, atol=1e-6)
+    emb = params["embed"]["embedding"][inputs[:, pos]] + params["pos_embed"][pos]
     np.testing.assert_allclose(reps[0], emb, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out, model.apply({"params": params}, inputs), rtol=1e-5, atol=1e-6)
+    # accuracy (NumPy, at the output positions) and ARIs equal the run's final evaluation
+    y, mask = np.asarray(seen.targets), np.asarray(seen.loss_mask)
+    acc = lambda logits: float(np.sum((np.argmax(logits, -1) == y) * mask) / mask.sum())
+    clean = acc(out)
+    assert clean == pytest.approx(f["acc_seen"], abs=1e-6)
+    for l in range(n_blocks + 1):
+        assert float(scores["ari"][l]) == pytest.approx(f[f"ari_layer_{l}"], abs=1e-5)
+        assert float(scores["nmi"][l]) == pytest.approx(f[f"nmi_layer_{l}"], abs=1e-5)
+        # the finalize program's cluster ablation (traced layer, lax.map), recomputed
+        assert clean - acc(drops[l]) == pytest.approx(f[f"ablation_acc_drop_layer_{l}"], abs=1e-6)
+    assert f["ablation_acc_drop"] > f["random_ablation_acc_drop"]  # even in the smoke run
+    # a traced layer index gives the static result; the ablation changes only its layer and position
+    np.testing.assert_allclose(extra["traced"], extra["static"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ablated[hooks[0]], cache[hooks[0]], atol=1e-6)  # upstream untouched
+    got = ablated[hooks[1]]
+    np.testing.assert_allclose(got[:, pos], pc.project_out(cache[hooks[1]][:, pos], basis, center), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.delete(got, pos, 1), np.delete(cache[hooks[1]], pos, 1), atol=1e-6)
+    assert not np.allclose(ablated[hooks[2]][:, pos], cache[hooks[2]][:, pos], atol=1e-3)  # downstream moves
+    # after the projection the task means at the position coincide: no between-task variance left
+    assert float(variance_ratio(jnp.asarray(got[:, pos]), labels, K)) < 1e-6
+    # the centroid swap writes another task's centroid there
+    assert np.all(np.asarray(new) != np.asarray(labels))
+    np.testing.assert_allclose(swapped[hooks[1]][:, pos], centroids[new], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(extra["swap_fn"], extra["swap_ref"], rtol=1e-5, atol=1e-5)
 
 
-def test_between_class_basis_and_projection(tiny):
+def test_between_class_basis_and_projection():
     rng = np.random.default_rng(0)
+    D = 16
     labels = np.arange(60) % K
     reps = jnp.asarray(rng.normal(size=(60, D)) + 3.0 * rng.normal(size=(K, D))[labels])
     basis, center = jax.jit(pc.between_class_basis, static_argnums=2)(reps, jnp.asarray(labels), K)
@@ -66,57 +168,6 @@ def test_between_class_basis_and_projection(tiny):
     assert float(variance_ratio(projected, jnp.asarray(labels), K)) < 1e-8
     rand = pc.random_basis(jax.random.key(0), D, K - 1)
     np.testing.assert_allclose(rand.T @ rand, np.eye(K - 1), atol=1e-5)
-
-
-def test_ablations_change_only_the_chosen_layer_and_position(tiny):
-    model, params, inputs, labels = tiny
-    hooks = pc.layer_hooks(N_BLOCKS)
-    pos, positions = 3, pc.position_mask(T, 3)
-    _, clean = run_with_cache(model, params, inputs, names=hooks)
-    layer = 1
-    x = clean[hooks[layer]]
-    basis, center = pc.between_class_basis(x[:, pos], labels, K)
-    # the layer index may be traced: one program for all layers (lax.map), same result as a static one
-    traced = jax.jit(lambda layer: pc.projection_ablation(model, params, inputs, layer, x, basis, center, positions))(
-        jnp.int32(layer)
-    )
-    static = pc.projection_ablation(model, params, inputs, layer, x, basis, center, positions)
-    np.testing.assert_allclose(traced, static, rtol=1e-5, atol=1e-5)
-    delta = pc.project_out(x, basis, center) - x
-    _, cache = run_with_cache(
-        model,
-        params,
-        inputs,
-        names=hooks,
-        interventions=pc.at_layer(N_BLOCKS, layer, lambda h, p: pc.add_at(h, delta, p), positions),
-    )
-    np.testing.assert_allclose(cache[hooks[0]], clean[hooks[0]], atol=1e-6)  # upstream untouched
-    got = np.asarray(cache[hooks[layer]])
-    np.testing.assert_allclose(got[:, pos], pc.project_out(x[:, pos], basis, center), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.delete(got, pos, axis=1), np.delete(np.asarray(x), pos, axis=1), atol=1e-6)
-    assert not np.allclose(np.asarray(cache[hooks[2]])[:, pos], np.asarray(clean[hooks[2]])[:, pos], atol=1e-3)
-    # the centroid swap writes the other class's centroid there
-    centroids = jnp.stack([x[:, pos][labels == k].mean(0) for k in range(K)])
-    new = pc.shifted_labels(labels, K)
-    assert np.all(np.asarray(new) != np.asarray(labels))
-    value = jnp.broadcast_to(centroids[new][:, None], x.shape)
-    _, swapped = run_with_cache(
-        model,
-        params,
-        inputs,
-        names=hooks,
-        interventions=pc.at_layer(N_BLOCKS, layer, lambda h, p: pc.replace_at(h, value, p), positions),
-    )
-    np.testing.assert_allclose(swapped[hooks[layer]][:, pos], centroids[new], rtol=1e-5, atol=1e-6)
-    out = pc.centroid_swap(model, params, inputs, layer, centroids, new, positions)
-    np.testing.assert_allclose(
-        out,
-        model.apply(
-            {"params": params}, inputs, pc.at_layer(N_BLOCKS, layer, lambda h, p: pc.replace_at(h, value, p), positions)
-        ),
-        rtol=1e-5,
-        atol=1e-5,
-    )
 
 
 def test_layer_cluster_scores_find_planted_clusters():
@@ -147,37 +198,10 @@ def test_history_summaries_against_numpy():
     assert best[0] == 2 and np.allclose(series[0], [0.0, 0.4, 0.6])
 
 
-def test_probe_config_errors(tmp_path):
+def test_probe_config_errors():
     cfg = get_experiment("instruction-clustering").preset("smoke")
     with pytest.raises(ConfigError) as err:
         cfg.set("probe.position", "middle")
     assert err.value.field == "probe.position" and "sep_output" in str(err.value)
     with pytest.raises(ConfigError, match="probe.n_eval"):
         cfg.set("probe.n_eval", "0")
-
-
-def test_smoke_run_writes_summary_keys_and_report(tmp_path):
-    cfg = get_experiment("instruction-clustering").preset("smoke")
-    res = run_sweep(cfg, tmp_path / "smoke", progress=False)
-    summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
-    L = cfg.model.n_layers + 1
-    required = {
-        "acc_seen", "acc_unseen_strings", "acc_unseen_distributions", "ari_acc_corr", "ablation_acc_drop",
-        "random_ablation_acc_drop", "ari_onset_step", "acc_onset_step",
-        *(f"ari_layer_{l}" for l in range(L)), *(f"nmi_layer_{l}" for l in range(L)),
-    }  # fmt: skip
-    for run in summary["runs"]:
-        assert required <= set(run["final"]), required - set(run["final"])
-        f = run["final"]
-        for m in ("acc_seen", "acc_unseen_strings", "acc_unseen_distributions", "swap_follow_rate"):
-            assert 0.0 <= f[m] <= 1.0
-        assert all(-1.0 <= f[f"ari_layer_{l}"] <= 1.0 and 0.0 <= f[f"nmi_layer_{l}"] <= 1.0 for l in range(L))
-    hist = res.groups[0].history
-    assert np.all(hist["acc_seen"][:, -1] > hist["acc_seen"][:, 0] + 0.2)  # it learns, even in 60 steps
-    # the embedding layer at the separator sees one fixed token: nothing to cluster
-    np.testing.assert_allclose(hist["ari_layer_0"], 0.0, atol=1e-6)
-    assert "ari_acc_corr_pooled" in summary["reference"]
-    report = (tmp_path / "smoke" / "report.md").read_text()
-    for name in ("clustering_over_training.png", "ari_vs_accuracy.png", "ablation_by_layer.png"):
-        assert (tmp_path / "smoke" / name).is_file() and f"]({name})" in report
-    assert "Causal check" in report and "jaxlab report" in report

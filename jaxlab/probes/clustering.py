@@ -76,6 +76,14 @@ def cluster_scores(
     }
 
 
+def kmeans_ari(
+    key: jax.Array, reps_ND: jax.Array, labels_N: jax.Array, n_classes: int, n_iters: int = 30, n_restarts: int = 3
+) -> jax.Array:
+    """The `ari` of `cluster_scores` alone (same clusters for the same key)."""
+    clusters = kmeans(key, reps_ND, n_classes, n_iters, n_restarts).assignments
+    return adjusted_rand_index(labels_N, clusters, n_classes, n_classes)
+
+
 def layer_cluster_scores(
     key: jax.Array, reps_LND: jax.Array, labels_N: jax.Array, n_classes: int, n_iters: int = 30, n_restarts: int = 3
 ) -> dict[str, jax.Array]:
@@ -166,6 +174,7 @@ __all__: Sequence[str] = [
     "centroid_swap",
     "cluster_scores",
     "hidden_states",
+    "kmeans_ari",
     "layer_cluster_scores",
     "layer_hook",
     "layer_hooks",
