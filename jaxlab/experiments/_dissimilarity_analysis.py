@@ -226,8 +226,12 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
                 out[f"more_stitched_loss_{name}"] = float(v.mean())
                 out[f"more_stitched_loss_{name}_std"] = float(v.std())
             # the fraction of pairs where the stitched model beats its bottom / top endpoint
-            out["more_narrow_to_wide_beats_narrow"] = float(np.mean(n_to_w["stitched_loss"][..., 0] < narrow_loss[:, None]))
-            out["more_wide_to_narrow_beats_narrow"] = float(np.mean(w_to_n["stitched_loss"][..., 0] < narrow_loss[None, :]))
+            out["more_narrow_to_wide_beats_narrow"] = float(
+                np.mean(n_to_w["stitched_loss"][..., 0] < narrow_loss[:, None])
+            )
+            out["more_wide_to_narrow_beats_narrow"] = float(
+                np.mean(w_to_n["stitched_loss"][..., 0] < narrow_loss[None, :])
+            )
 
     # -- CKA ----------------------------------------------------------------------------------------
     families = [o for o in outcomes if point_of(o).shortcut == clean]

@@ -38,12 +38,17 @@ def asymmetry_verdict(ref: dict) -> str:
     a, sd, n = ref["asymmetry_index"], ref["asymmetry_index_std"], int(ref["asymmetry_index_n"])
     se = sd / np.sqrt(max(n, 1))
     frac = ref.get("asymmetry_index_frac_positive", float("nan"))
-    head = f"asymmetry_index = {fmt(a)} nats (std over {n} model pairs {fmt(sd)}, s.e. {fmt(se)}; {fmt(frac)} of pairs > 0)"
+    head = (
+        f"asymmetry_index = {fmt(a)} nats (std over {n} model pairs {fmt(sd)}, s.e. {fmt(se)}; "
+        f"{fmt(frac)} of pairs > 0)"
+    )
     if a > 2 * se and a > 0:
         return head + ": the paper's asymmetry REPRODUCES here (SoLU -> GeLU costs more than GeLU -> SoLU)."
     if a < -2 * se:
         return head + ": the asymmetry is REVERSED here (GeLU -> SoLU costs more), unlike the paper."
-    return head + ": NO asymmetry beyond the seed spread (|index| < 2 s.e.); the paper's finding does not reproduce here."
+    return (
+        head + ": NO asymmetry beyond the seed spread (|index| < 2 s.e.); the paper's finding does not reproduce here."
+    )
 
 
 def stitching_section(ctx: ReportContext) -> Section:
@@ -84,7 +89,11 @@ def generalization_section(ctx: ReportContext) -> Section | None:
         for k, grp in (("a", "A (trained with the shortcut)"), ("b", "B (trained without)"))
     ]  # fmt: skip
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, label in (("gen_penalty_a_to_b", "A -> B"), ("gen_penalty_b_to_a", "B -> A"), ("gen_penalty_b_to_b", "B -> B (seeds)")):
+    for name, label in (
+        ("gen_penalty_a_to_b", "A -> B"),
+        ("gen_penalty_b_to_a", "B -> A"),
+        ("gen_penalty_b_to_b", "B -> B (seeds)"),
+    ):
         ls, mean, sd = _curve(ref, name)
         if ls.size:
             ax.errorbar(ls, mean, yerr=sd, marker="o", capsize=3, label=label)
@@ -107,7 +116,12 @@ def generalization_section(ctx: ReportContext) -> Section | None:
     return Section(
         "Generalization localization",
         body,
-        [Figure(ctx.save(fig, "generalization_stitching.png"), "Between-group stitching penalty per hook. " + ctx.provenance())],
+        [
+            Figure(
+                ctx.save(fig, "generalization_stitching.png"),
+                "Between-group stitching penalty per hook. " + ctx.provenance(),
+            )
+        ],
     )
 
 
@@ -115,18 +129,19 @@ def more_section(ctx: ReportContext) -> Section | None:
     ref = ctx.summary.get("reference", {})
     if "more_loss_wide" not in ref:
         return None
+    pm = lambda k: f"{fmt(ref[k])} ± {fmt(ref[k + '_std'])}"
     rows = [
         ["narrow model alone", fmt(ref["more_loss_narrow"])],
         ["wide model alone", fmt(ref["more_loss_wide"])],
-        ["narrow bottom -> wide top", f"{fmt(ref['more_stitched_loss_narrow_to_wide'])} ± {fmt(ref['more_stitched_loss_narrow_to_wide_std'])}"],
-        ["wide bottom -> narrow top", f"{fmt(ref['more_stitched_loss_wide_to_narrow'])} ± {fmt(ref['more_stitched_loss_wide_to_narrow_std'])}"],
+        ["narrow bottom -> wide top", pm("more_stitched_loss_narrow_to_wide")],
+        ["wide bottom -> narrow top", pm("more_stitched_loss_wide_to_narrow")],
     ]  # fmt: skip
     body = (
         f"GeLU families of the smallest and largest width, stitched at hook l = {int(ref['more_hook_layer'])} "
         "(the lower half of the blocks of one, the upper half of the other); loss on the shortcut-free task (nats):\n\n"
         + table(["model", "loss"], rows)
-        + f"\n\nWide bottom -> narrow top beats the narrow model alone in {fmt(ref['more_wide_to_narrow_beats_narrow'])} "
-        "of the model pairs (Bansal et al.'s 'more is better' predicts it does)."
+        + "\n\nWide bottom -> narrow top beats the narrow model alone in "
+        + f"{fmt(ref['more_wide_to_narrow_beats_narrow'])} of the model pairs (Bansal et al.'s 'more is better' predicts it does)."
     )
     return Section("More is better", body)
 

@@ -57,7 +57,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
@@ -229,7 +228,9 @@ def smoke() -> ExperimentConfig:
 
 
 METRICS = {
-    "id_acc": "accuracy at the answer positions of the in-distribution test set (the hint holds w.p. probe.id_shortcut)",
+    "id_acc": (
+        "accuracy at the answer positions of the in-distribution test set (the hint holds w.p. probe.id_shortcut)"
+    ),
     "ood_acc": "the same on the shifted test set (hint = answer w.p. probe.ood_shortcut: the shortcut broken)",
     "id_loss": "cross-entropy at the answer positions of the in-distribution test set (nats)",
     "ood_loss": "the same on the shifted test set (nats)",
