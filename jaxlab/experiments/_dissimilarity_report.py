@@ -141,7 +141,8 @@ def more_section(ctx: ReportContext) -> Section | None:
         "(the lower half of the blocks of one, the upper half of the other); loss on the shortcut-free task (nats):\n\n"
         + table(["model", "loss"], rows)
         + "\n\nWide bottom -> narrow top beats the narrow model alone in "
-        + f"{fmt(ref['more_wide_to_narrow_beats_narrow'])} of the model pairs (Bansal et al.'s 'more is better' predicts it does)."
+        + f"{fmt(ref['more_wide_to_narrow_beats_narrow'])} of the model pairs "
+        "(Bansal et al.'s 'more is better' predicts it does)."
     )
     return Section("More is better", body)
 
