@@ -1,0 +1,266 @@
+"""Cross-program analyses of representation-dissimilarity: stitching matrices, asymmetry, CKA,
+generalization localization, more-is-better (definitions in the experiment's module docstring).
+
+Input: the `GroupOutcome`s of a sweep (states with a leading run axis). Every stitching call is
+`jaxlab.probes.stitching.stitch_runs` (all model pairs and hooks of two groups in one compiled
+program); every CKA value comes from one `jaxlab.metrics.pairwise(linear_cka, ...)` call over all
+representations of all runs of all groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxlab.metrics import linear_cka, pairwise
+from jaxlab.models import run_with_cache
+from jaxlab.probes.stitching import StitchConfig, residual_hooks, stitch_runs
+from jaxlab.tasks import modsum
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    activation: str
+    shortcut: float
+    width: int
+    depth: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.activation}_w{self.width}_d{self.depth}_s{self.shortcut:g}"
+
+
+def point_of(outcome: Any) -> Point:
+    cfg = outcome.group.cfg
+    return Point(cfg.model.activation, float(cfg.task.shortcut), int(cfg.model.d_model), int(cfg.model.n_layers))
+
+
+def stitch_config(probe: Any) -> StitchConfig:
+    return StitchConfig(
+        steps=probe.stitch_steps,
+        lr=probe.stitch_lr,
+        batch_size=probe.stitch_batch_size,
+        fit_batch_size=probe.stitch_fit_batch_size,
+    )
+
+
+def _params(outcome: Any) -> Any:
+    return outcome.state.params
+
+
+def stitch_pair(a: Any, b: Any, scfg: StitchConfig, hooks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Every run of group a into every run of group b at every hook: penalty etc. [Ra, Rb, H] (numpy)."""
+    r = stitch_runs(a.train, _params(a), b.train, _params(b), hooks, cfg=scfg)
+    return {k: np.asarray(getattr(r, k)) for k in ("penalty", "init_penalty", "stitched_loss", "base_loss")}
+
+
+def pair_values(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
+    """[n_pairs, H]: every (i, j) pair, without i == j when a group is stitched into itself."""
+    ra, rb = pen_RRH.shape[:2]
+    keep = ~np.eye(ra, rb, dtype=bool) if same else np.ones((ra, rb), bool)
+    return pen_RRH[keep]
+
+
+def _layer_stats(out: dict[str, float], name: str, vals_PH: np.ndarray) -> None:
+    for layer in range(vals_PH.shape[1]):
+        out[f"{name}_l{layer}"] = float(vals_PH[:, layer].mean())
+        out[f"{name}_l{layer}_std"] = float(vals_PH[:, layer].std())
+
+
+def asymmetry(gs_RRH: np.ndarray, sg_RRH: np.ndarray) -> np.ndarray:
+    """[Rg, Rs, H]: penalty(SoLU j -> GeLU i) - penalty(GeLU i -> SoLU j) for the same model pair."""
+    return np.swapaxes(sg_RRH, 0, 1) - gs_RRH
+
+
+def cka_positions(cfg: Any) -> np.ndarray:
+    return np.asarray(modsum.loss_positions(cfg.task))
+
+
+def representations(outcome: Any, inputs: jax.Array) -> jax.Array:
+    """[R, H, N, D]: every run's residual stream at every hook at the answer positions of `inputs`."""
+    train = outcome.train
+    hooks = residual_hooks(train.cfg.model.n_layers)
+    pos = cka_positions(train.cfg)
+
+    def one(params):
+        _, cache = run_with_cache(train.model, params, inputs, names=hooks)
+        stack = jax.numpy.stack([cache[h][:, pos] for h in hooks])  # [H, B, K, D]
+        return stack.reshape(len(hooks), -1, stack.shape[-1])
+
+    return jax.jit(jax.vmap(one))(_params(outcome))
+
+
+def cka_matrix(outcomes: Sequence[Any], inputs: jax.Array) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The CKA of every pair of representations (group g, run r, hook h), one `pairwise` call.
+
+    Returns ([M, M], index) with index[m] = (g, r, h)."""
+    reps, index = [], []
+    for g, o in enumerate(outcomes):
+        acts = representations(o, inputs)
+        for r in range(acts.shape[0]):
+            for h in range(acts.shape[1]):
+                reps.append(acts[r, h])
+                index.append((g, r, h))
+    return np.asarray(pairwise(linear_cka, reps)), index
+
+
+def _rows(index, g):
+    rows: dict[int, dict[int, int]] = {}
+    for m, (gg, r, h) in enumerate(index):
+        if gg == g:
+            rows.setdefault(r, {})[h] = m
+    return rows
+
+
+def cka_within(matrix: np.ndarray, index, g: int) -> np.ndarray:
+    """[H, H]: layer i vs layer j of the same run, mean over the runs of group g."""
+    rows = _rows(index, g)
+    mats = [matrix[np.ix_(list(hs.values()), list(hs.values()))] for hs in rows.values()]
+    return np.mean(mats, axis=0)
+
+
+def cka_across(matrix: np.ndarray, index, ga: int, gb: int) -> np.ndarray:
+    """[Ha, Hb]: layer i of a run of ga vs layer j of a run of gb, mean over run pairs (r != r' if ga == gb)."""
+    ra, rb = _rows(index, ga), _rows(index, gb)
+    mats = [
+        matrix[np.ix_(list(ha.values()), list(hb.values()))]
+        for i, ha in ra.items()
+        for j, hb in rb.items()
+        if not (ga == gb and i == j)
+    ]
+    return np.mean(mats, axis=0)
+
+
+def _store_matrix(out: dict[str, float], name: str, mat: np.ndarray) -> None:
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            out[f"{name}_l{i}_l{j}"] = float(mat[i, j])
+
+
+def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
+    """Every cross-program result as flat reference scalars (see the experiment's docstring)."""
+    outcomes = list(outcomes)
+    by_point = {point_of(o): o for o in outcomes}
+    cfg0 = outcomes[0].group.cfg
+    probe = cfg0.probe
+    scfg = stitch_config(probe)
+    grid = dict(cfg0.sweep.grid)
+    widths = sorted({p.width for p in by_point})
+    depths = sorted({p.depth for p in by_point})
+    ref_w = grid.get("model.d_model", (widths[0],))[0]
+    ref_d = grid.get("model.n_layers", (depths[0],))[0]
+    shortcuts = sorted({p.shortcut for p in by_point})
+    clean, shortcut = shortcuts[0], shortcuts[-1]
+    out: dict[str, float] = {"ref_width": float(ref_w), "ref_depth": float(ref_d)}
+
+    jobs = []  # (name, A point, B point)
+    for w in widths:
+        for d in depths:
+            g, s = Point("gelu", clean, w, d), Point("solu", clean, w, d)
+            for a, b in ((g, s), (s, g), (g, g), (s, s)):
+                if a in by_point and b in by_point:
+                    jobs.append((f"stitch[{a.tag}->{b.tag}]", a, b))
+    ga, gb = Point("gelu", shortcut, ref_w, ref_d), Point("gelu", clean, ref_w, ref_d)
+    if shortcut != clean and ga in by_point and gb in by_point:
+        jobs.append((f"stitch[{ga.tag}->{gb.tag}]", ga, gb))
+        jobs.append((f"stitch[{gb.tag}->{ga.tag}]", gb, ga))
+
+    results: dict[tuple[Point, Point], dict[str, np.ndarray]] = {}
+    for name, a, b in tqdm(jobs, desc="stitching", leave=False, disable=None):
+        res = stitch_pair(by_point[a], by_point[b], scfg)
+        results[(a, b)] = res
+        _layer_stats(out, name, pair_values(res["penalty"], a == b))
+        _layer_stats(out, name + "_init", pair_values(res["init_penalty"], a == b))
+
+    # -- the reference point: summary keys and the asymmetry ------------------------------------
+    g, s = Point("gelu", clean, ref_w, ref_d), Point("solu", clean, ref_w, ref_d)
+    names = {(g, s): "gelu_to_solu", (s, g): "solu_to_gelu", (g, g): "gelu_to_gelu", (s, s): "solu_to_solu"}
+    for (a, b), short in names.items():
+        if (a, b) in results:
+            _layer_stats(out, f"stitch_penalty_{short}", pair_values(results[(a, b)]["penalty"], a == b))
+    if (g, s) in results and (s, g) in results:
+        asym = asymmetry(results[(g, s)]["penalty"], results[(s, g)]["penalty"])  # [Rg, Rs, H]
+        per_pair = asym[..., 1:].mean(-1).ravel()
+        out["asymmetry_index"] = float(per_pair.mean())
+        out["asymmetry_index_std"] = float(per_pair.std())
+        out["asymmetry_index_n"] = float(per_pair.size)
+        out["asymmetry_index_frac_positive"] = float(np.mean(per_pair > 0))
+        _layer_stats(out, "asymmetry_index", asym.reshape(-1, asym.shape[-1]))
+
+    # -- generalization localization ----------------------------------------------------------
+    if (ga, gb) in results:
+        for key, o in (("a", by_point[ga]), ("b", by_point[gb])):
+            for split in ("id", "ood"):
+                acc = np.asarray(o.history[f"{split}_acc"])[:, -1]
+                out[f"{split}_acc_group_{key}"] = float(acc.mean())
+                out[f"{split}_acc_group_{key}_std"] = float(acc.std())
+        ab = pair_values(results[(ga, gb)]["penalty"], False)
+        ba = pair_values(results[(gb, ga)]["penalty"], False)
+        _layer_stats(out, "gen_penalty_a_to_b", ab)
+        _layer_stats(out, "gen_penalty_b_to_a", ba)
+        excess = ab.mean(0)
+        if (gb, gb) in results:
+            bb = pair_values(results[(gb, gb)]["penalty"], True)
+            _layer_stats(out, "gen_penalty_b_to_b", bb)
+            excess = excess - bb.mean(0)
+        out["generalization_gap_layer"] = float(np.argmax(excess))
+
+    # -- more is better ---------------------------------------------------------------------------
+    if len(widths) > 1:
+        narrow, wide = Point("gelu", clean, widths[0], ref_d), Point("gelu", clean, widths[-1], ref_d)
+        if narrow in by_point and wide in by_point:
+            hook = [f"blocks.{ref_d // 2}.hook_resid_pre"]
+            n_to_w = stitch_pair(by_point[narrow], by_point[wide], scfg, hook)
+            w_to_n = stitch_pair(by_point[wide], by_point[narrow], scfg, hook)
+            wide_loss, narrow_loss = n_to_w["base_loss"][0], w_to_n["base_loss"][0]  # [R] each, same eval batch
+            out["more_hook_layer"] = float(ref_d // 2)
+            out["more_loss_narrow"] = float(narrow_loss.mean())
+            out["more_loss_wide"] = float(wide_loss.mean())
+            for name, res in (("narrow_to_wide", n_to_w), ("wide_to_narrow", w_to_n)):
+                v = res["stitched_loss"][..., 0].ravel()
+                out[f"more_stitched_loss_{name}"] = float(v.mean())
+                out[f"more_stitched_loss_{name}_std"] = float(v.std())
+            # the fraction of pairs where the stitched model beats its bottom / top endpoint
+            out["more_narrow_to_wide_beats_narrow"] = float(
+                np.mean(n_to_w["stitched_loss"][..., 0] < narrow_loss[:, None])
+            )
+            out["more_wide_to_narrow_beats_narrow"] = float(
+                np.mean(w_to_n["stitched_loss"][..., 0] < narrow_loss[None, :])
+            )
+
+    # -- CKA ----------------------------------------------------------------------------------------
+    families = [o for o in outcomes if point_of(o).shortcut == clean]
+    tags = [point_of(o) for o in families]
+    task = dataclasses.replace(cfg0.task, shortcut=clean)
+    key = jax.random.key(cfg0.train.eval_seed + 2)
+    inputs = modsum.sample(key, task, probe.n_cka).inputs
+    matrix, index = cka_matrix(families, inputs)
+    same_layer = []
+    for gi, p in enumerate(tags):
+        _store_matrix(out, f"cka_within[{p.tag}]", cka_within(matrix, index, gi))
+        if len(families[gi].group.runs) > 1:
+            m = cka_across(matrix, index, gi, gi)
+            _store_matrix(out, f"cka_across[{p.tag}|{p.tag}]", m)
+            same_layer.extend(np.diag(m)[1:])
+    if same_layer:
+        out["cka_within_mean"] = float(np.mean(same_layer))
+    pos = {p: i for i, p in enumerate(tags)}
+    across = []
+    if g in pos and s in pos:
+        across.append((g, s))
+    if len(widths) > 1:
+        across.append((Point("gelu", clean, widths[0], ref_d), Point("gelu", clean, widths[-1], ref_d)))
+    if len(depths) > 1:
+        across.append((Point("gelu", clean, ref_w, depths[0]), Point("gelu", clean, ref_w, depths[-1])))
+    for a, b in across:
+        if a in pos and b in pos:
+            m = cka_across(matrix, index, pos[a], pos[b])
+            _store_matrix(out, f"cka_across[{a.tag}|{b.tag}]", m)
+            if (a, b) == (g, s):
+                out["cka_gelu_solu_mean"] = float(np.mean(np.diag(m)[1:]))
+    return out

@@ -1,0 +1,274 @@
+"""representation-dissimilarity: stitching and CKA between GeLU and SoLU transformers (Brown et al. 2023).
+
+Brown, Godfrey, Konz, Tu & Kvinge ("Understanding the Inner Workings of Language Models Through
+Representation Dissimilarity", EMNLP 2023) compare language models with affine model stitching and
+CKA: (1) stitching a SoLU model's lower layers into a GeLU model costs more than the reverse (an
+asymmetry: GeLU representations look more useful); (2) stitching localizes to layers a
+generalization difference that in-distribution accuracy does not show; (3) representations of
+wider / better-trained models improve weaker ones when stitched in ("more is better"); (4) CKA
+matrices across width and depth show block structure.
+
+Setting here: the `modsum` task (`jaxlab.tasks.modsum`: y = (a + b) mod p, with a spurious hint
+token that names y with probability `task.shortcut`). The sweep grid is `model.activation` x
+`task.shortcut` x `model.d_model` x `model.n_layers`; every grid point is one program of many seeds.
+Groups are named by tags `{activation}_w{d_model}_d{n_layers}_s{shortcut}`; the *reference point*
+is the first width and the first depth of the grid, and the *families* are the groups trained
+without the shortcut (the smallest `task.shortcut` of the grid).
+
+Per run (every evaluation): id_acc / id_loss on the in-distribution test set (hint = answer with
+probability `probe.id_shortcut`, default 1: the shortcut holds), ood_acc / ood_loss on the shifted
+set (`probe.ood_shortcut`, default 0: the hint is noise), both at the answer positions.
+
+Across programs (`after_sweep`, summary.json `reference`), with stitching from
+`jaxlab.probes.stitching` (least-squares init, then Adam on B's task loss; penalty = stitched loss
+- B's loss, nats, on B's evaluation batch; hooks l = 0..L: l < L is the residual stream before
+block l, l = L after the last block):
+  stitch_penalty_gelu_to_solu_l{l}   GeLU run i's stream at l into SoLU run j, mean over all (i, j)
+  stitch_penalty_solu_to_gelu_l{l}   the reverse; both at the reference point, families only
+  stitch_penalty_gelu_to_gelu_l{l}, stitch_penalty_solu_to_solu_l{l}: across seeds (i != j)
+  (each with _std: the standard deviation over pairs)
+  asymmetry_index                    mean over model pairs (GeLU i, SoLU j) and layers l = 1..L of
+                                     penalty(SoLU j -> GeLU i) - penalty(GeLU i -> SoLU j);
+                                     > 0: GeLU's representations are the more useful (the paper's
+                                     finding). _std / _n: spread over the pairs, asymmetry_index_l{l}
+  stitch[{tagA}->{tagB}]_l{l}        the same penalties at every (width, depth) point
+  cka_within_mean                    linear CKA between the same layer (l = 1..L) of different
+                                     seeds of one family, mean over families, points and layers
+  cka_gelu_solu_mean                 same-layer CKA of GeLU vs SoLU runs at the reference point
+  cka_within[{tag}]_l{i}_l{j}        layer x layer CKA within one model, mean over its seeds
+  cka_across[{tagA}|{tagB}]_l{i}_l{j} layer x layer CKA across models (different seeds when tagA = tagB)
+  (representations: the residual stream at the answer positions of `probe.n_cka` shortcut-free
+  sequences; every representation of every run of every group in one `pairwise` call)
+  id_acc_group_a, ood_acc_group_a    group A: GeLU at the reference point trained with the
+  id_acc_group_b, ood_acc_group_b    shortcut (largest task.shortcut); group B: without (mean over seeds)
+  gen_penalty_a_to_b_l{l}            stitching A's stream into B (on B's shortcut-free task)
+  gen_penalty_b_to_a_l{l}, gen_penalty_b_to_b_l{l} (B across seeds: the baseline)
+  generalization_gap_layer           argmax_l of gen_penalty_a_to_b_l{l} - gen_penalty_b_to_b_l{l}
+  more_{narrow|wide}_{to}_{...}      "more is better": GeLU families of the smallest and largest
+                                     width at the reference depth; the lower half of the blocks of
+                                     one stitched (at blocks.{L // 2}.hook_resid_pre) into the
+                                     other: stitched loss, and both endpoints' own losses
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
+from jaxlab.errors import ConfigError
+from jaxlab.experiments.base import Experiment, Finalized
+from jaxlab.tasks import modsum
+from jaxlab.train.losses import accuracy, per_position_loss
+
+if TYPE_CHECKING:
+    from jaxlab.report import ReportContext, Section
+    from jaxlab.train.engine import EvalFn, Train
+
+
+@dataclass(frozen=True)
+class DissimilarityProbeConfig(ProbeConfig):
+    """Evaluation and cross-program analysis settings (see the module docstring)."""
+
+    section: ClassVar[str] = "probe"
+    id_shortcut: float = 1.0
+    ood_shortcut: float = 0.0
+    stitch_steps: int = 200
+    stitch_lr: float = 3e-3
+    stitch_batch_size: int = 64
+    stitch_fit_batch_size: int = 256
+    n_cka: int = 128
+
+    def validate(self) -> None:
+        n = self._name
+        for name in ("id_shortcut", "ood_shortcut"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(n(name), f"is a probability, must be in [0, 1], got {v!r}")
+        for name in ("stitch_steps", "stitch_batch_size", "stitch_fit_batch_size", "n_cka"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (0 if name == "stitch_steps" else 1):
+                raise ConfigError(n(name), f"must be an integer >= {0 if name == 'stitch_steps' else 1}, got {v!r}")
+        if not self.stitch_lr > 0:
+            raise ConfigError(n("stitch_lr"), f"must be > 0, got {self.stitch_lr!r}")
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def _shifted(train: Train, shortcut: float, key: jax.Array, n: int):
+    import dataclasses
+
+    return train.sample(key, n, task=dataclasses.replace(train.cfg.task, shortcut=shortcut))
+
+
+def make_eval_data(train: Train) -> dict[str, Any]:
+    """The ID (shortcut holds) and OOD (shortcut broken) test sets, the same for every run and group."""
+    k_id, k_ood = jax.random.split(train.eval_key())
+    n, probe = train.cfg.train.eval_batch_size, train.cfg.probe
+    return {"id": _shifted(train, probe.id_shortcut, k_id, n), "ood": _shifted(train, probe.ood_shortcut, k_ood, n)}
+
+
+def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
+    def evaluate(train: Train, params: Any, data: dict[str, Any]) -> dict[str, jax.Array]:
+        out: dict[str, jax.Array] = {}
+        for split, batch in data.items():
+            logits = train.apply(params, batch.inputs)
+            loss = per_position_loss("xent", logits, batch.targets)
+            out[f"{split}_loss"] = jnp.sum(loss * batch.loss_mask) / jnp.sum(batch.loss_mask)
+            out[f"{split}_acc"] = accuracy(logits, batch)
+        return out
+
+    return evaluate
+
+
+# -- presets ---------------------------------------------------------------------------------------
+def _model(**overrides: Any) -> ModelConfig:
+    base = dict(
+        n_layers=2,
+        n_heads=4,
+        d_model=64,
+        d_mlp=256,
+        activation="gelu",
+        attention="softmax",
+        mask="causal",
+        input="discrete",
+        read_in="linear",
+        readout="linear",
+        pos_encoding="learned",
+    )
+    return ModelConfig(**{**base, **overrides})
+
+
+def paper() -> ExperimentConfig:
+    """Brown et al.'s families, scaled to the synthetic task: GeLU vs SoLU x widths {64, 128, 256} x
+    depths {2, 4, 6} x shortcut {0, 1}, 5 seeds each (36 programs); p = 23, 6 items a sequence,
+    MLP width 512 for every d_model (the width axis is d_model), 6000 steps of 128 sequences.
+    The paper's models are Neel Nanda's SoLU/GeLU LMs (1-12 layers, d 512-1024) trained on web text
+    and its generalization groups are McCoy et al.'s MNLI BERTs; both are out of reach here."""
+    return ExperimentConfig(
+        experiment="representation-dissimilarity",
+        preset="paper",
+        model=_model(d_mlp=512),
+        task=modsum.Config(p=23, n_items=6),
+        optim=OptimConfig(name="adamw", lr=2e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_steps=200),
+        train=TrainConfig(steps=6000, batch_size=128, eval_schedule="linear", eval_every=500, eval_batch_size=512),
+        probe=DissimilarityProbeConfig(stitch_steps=400, stitch_batch_size=128, stitch_fit_batch_size=512, n_cka=256),
+        sweep=SweepConfig(
+            seeds=(0, 1, 2, 3, 4),
+            grid=(
+                ("model.activation", ("gelu", "solu")),
+                ("task.shortcut", (0.0, 1.0)),
+                ("model.d_model", (64, 128, 256)),
+                ("model.n_layers", (2, 4, 6)),
+            ),
+        ),
+    )
+
+
+def quick() -> ExperimentConfig:
+    """Minutes on a 2-core CPU: p = 11, 4 items, widths {16, 32} at depth 2 (no depth axis), MLP 64,
+    3 seeds, 1000 steps of 32 sequences; 8 programs. (GeLU and SoLU at width 32 reach 100% on the
+    shortcut-free task by step ~500 / ~750 with 3e-3; width 16 is the weaker model of "more is better".)"""
+    return paper().derive(
+        "quick",
+        {
+            "task.p": 11,
+            "task.n_items": 4,
+            "model.d_mlp": 64,
+            "optim.lr": 3e-3,
+            "optim.warmup_steps": 100,
+            "train.steps": 1000,
+            "train.batch_size": 32,
+            "train.eval_every": 250,
+            "train.eval_batch_size": 256,
+            "probe.stitch_steps": 150,
+            "probe.stitch_batch_size": 64,
+            "probe.stitch_fit_batch_size": 256,
+            "probe.n_cka": 128,
+        },
+        sweep=SweepConfig(
+            seeds=(0, 1, 2),
+            grid=(
+                ("model.activation", ("gelu", "solu")),
+                ("task.shortcut", (0.0, 1.0)),
+                ("model.d_model", (32, 16)),
+                ("model.n_layers", (2,)),
+            ),
+        ),
+    )
+
+
+def smoke() -> ExperimentConfig:
+    """Seconds: for tests. p = 5, 2 items, one layer of width 16, 2 seeds, 4 programs (no width axis)."""
+    return paper().derive(
+        "smoke",
+        {
+            "task.p": 5,
+            "task.n_items": 2,
+            "model.n_layers": 1,
+            "model.n_heads": 2,
+            "model.d_model": 16,
+            "model.d_mlp": 32,
+            "optim.lr": 1e-2,
+            "optim.warmup_steps": 0,
+            "optim.schedule": "constant",
+            "train.steps": 20,
+            "train.batch_size": 16,
+            "train.eval_every": 10,
+            "train.eval_batch_size": 64,
+            "probe.stitch_steps": 20,
+            "probe.stitch_batch_size": 32,
+            "probe.stitch_fit_batch_size": 64,
+            "probe.n_cka": 32,
+        },
+        sweep=SweepConfig(seeds=(0, 1), grid=(("model.activation", ("gelu", "solu")), ("task.shortcut", (0.0, 1.0)))),
+    )
+
+
+METRICS = {
+    "id_acc": (
+        "accuracy at the answer positions of the in-distribution test set (the hint holds w.p. probe.id_shortcut)"
+    ),
+    "ood_acc": "the same on the shifted test set (hint = answer w.p. probe.ood_shortcut: the shortcut broken)",
+    "id_loss": "cross-entropy at the answer positions of the in-distribution test set (nats)",
+    "ood_loss": "the same on the shifted test set (nats)",
+    "train_loss": "cross-entropy on the training stream, mean over the steps since the last evaluation (nats)",
+    "stitch_penalty_{x}_to_{y}_l{l}": (
+        "stitched loss - receiver's loss (nats), family x's stream at hook l into family y, mean over model pairs"
+    ),
+    "asymmetry_index": "penalty(SoLU -> GeLU) - penalty(GeLU -> SoLU), mean over model pairs and layers 1..L (nats)",
+    "cka_within_mean": "linear CKA of the same layer across seeds within a family (layers 1..L)",
+    "cka_gelu_solu_mean": "linear CKA of the same layer between GeLU and SoLU runs (layers 1..L)",
+    "generalization_gap_layer": "hook l where stitching group A into group B costs most beyond the B-B baseline",
+    "id_acc_group_{a,b}, ood_acc_group_{a,b}": "accuracy of the shortcut-trained (a) / shortcut-free (b) GeLU group",
+}
+
+
+def after_sweep(outcomes: list[Any]) -> Finalized:
+    from jaxlab.experiments._dissimilarity_analysis import analyse
+
+    return Finalized(reference=analyse(outcomes))
+
+
+def report(ctx: ReportContext) -> list[Section]:
+    from jaxlab.experiments._dissimilarity_report import sections
+
+    return sections(ctx)
+
+
+EXPERIMENT = Experiment(
+    name="representation-dissimilarity",
+    description=(
+        "Model stitching and CKA between GeLU and SoLU transformers: asymmetry, generalization "
+        "localization, more-is-better, CKA across width and depth (Brown et al. 2023)."
+    ),
+    presets={"smoke": smoke, "quick": quick, "paper": paper},
+    probe_class=DissimilarityProbeConfig,
+    metrics=METRICS,
+    make_evaluate=make_evaluate,
+    eval_data=make_eval_data,
+    report=report,
+    after_sweep=after_sweep,
+)

@@ -1,0 +1,118 @@
+"""representation-dissimilarity on its smoke sweep (GeLU/SoLU x shortcut 0/1, 1 layer, 2 seeds): one
+shared run; its cross-program analyses against NumPy recomputations and invariances."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlab.errors import ConfigError
+from jaxlab.experiments import get_experiment
+from jaxlab.experiments._dissimilarity_analysis import asymmetry, pair_values, point_of, representations
+from jaxlab.experiments._dissimilarity_report import asymmetry_verdict
+from jaxlab.tasks import modsum
+from jaxlab.train import run_sweep
+
+KEYS = (
+    "stitch_penalty_gelu_to_solu_l{l}",
+    "stitch_penalty_solu_to_gelu_l{l}",
+    "asymmetry_index",
+    "cka_within_mean",
+    "cka_gelu_solu_mean",
+    "generalization_gap_layer",
+    "id_acc_group_a",
+    "id_acc_group_b",
+    "ood_acc_group_a",
+    "ood_acc_group_b",
+)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dissim")
+    result = run_sweep(get_experiment("representation-dissimilarity").preset("smoke"), out, progress=False, quiet=True)
+    return result, result.summary["reference"]
+
+
+def test_summary_keys_and_report(sweep):
+    result, ref = sweep
+    n_layers = result.groups[0].train.cfg.model.n_layers
+    for key in KEYS:
+        for layer in range(n_layers + 1):
+            assert np.isfinite(ref[key.format(l=layer)]), key
+    assert 0 <= ref["generalization_gap_layer"] <= n_layers
+    for k in ("id_acc_group_a", "ood_acc_group_b", "cka_within_mean", "cka_gelu_solu_mean"):
+        assert 0.0 <= ref[k] <= 1.0
+    report = (result.run_dir / "report.md").read_text()
+    assert "Stitching: GeLU vs SoLU" in report and "asymmetry_index" in report and "CKA matrices" in report
+    assert (result.run_dir / "cka_heatmaps.png").exists() and (result.run_dir / "stitching_penalty.png").exists()
+
+
+def test_stitching_values_are_consistent(sweep):
+    result, ref = sweep
+    L = result.groups[0].train.cfg.model.n_layers
+    # asymmetry_index pairs the same two models in both directions, over all pairs: its mean equals
+    # the difference of the two direction means, averaged over layers 1..L
+    diff = [
+        ref[f"stitch_penalty_solu_to_gelu_l{l}"] - ref[f"stitch_penalty_gelu_to_solu_l{l}"] for l in range(1, L + 1)
+    ]
+    np.testing.assert_allclose(ref["asymmetry_index"], np.mean(diff), rtol=1e-5, atol=1e-7)
+    # hook 0 is the token + position embedding: an injective linear image of [one-hot token,
+    # one-hot position] (16 - 1 affine dims <= d_model 16), so least squares maps any model's
+    # embedding exactly onto any other's: the penalty there is ~0 for every pair, same family or not
+    g, s = "gelu_w16_d1_s0", "solu_w16_d1_s0"
+    for a, b in ((g, s), (s, g), (g, g), (s, s)):
+        assert abs(ref[f"stitch[{a}->{b}]_init_l0"]) < 1e-3, (a, b, ref[f"stitch[{a}->{b}]_init_l0"])
+        assert abs(ref[f"stitch[{a}->{b}]_l0"]) < 1e-2, (a, b, ref[f"stitch[{a}->{b}]_l0"])
+    tag = g
+    # training the stitching layer never ends (on average) worse than its least-squares start
+    for l in range(L + 1):
+        assert ref[f"stitch[{tag}->{tag}]_l{l}"] <= ref[f"stitch[{tag}->{tag}]_init_l{l}"] + 1e-3
+
+
+def test_helpers_against_numpy():
+    pen = np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2)
+    np.testing.assert_array_equal(pair_values(pen, False), pen.reshape(6, 2))
+    sq = np.arange(3 * 3 * 2, dtype=float).reshape(3, 3, 2)
+    kept = pair_values(sq, True)
+    assert kept.shape == (6, 2) and not any((kept == sq[i, i]).all(1).any() for i in range(3))
+    gs, sg = np.random.default_rng(0).normal(size=(2, 2, 3, 2))
+    asym = asymmetry(gs, sg)  # [gelu i, solu j]: sg[j, i] - gs[i, j]
+    assert asym[0, 1, 1] == sg[1, 0, 1] - gs[0, 1, 1]
+    assert "REPRODUCES" in asymmetry_verdict(
+        {"asymmetry_index": 1.0, "asymmetry_index_std": 0.1, "asymmetry_index_n": 4}
+    )
+    assert "NO asymmetry" in asymmetry_verdict(
+        {"asymmetry_index": 0.01, "asymmetry_index_std": 1.0, "asymmetry_index_n": 4}
+    )
+    with pytest.raises(ConfigError, match="probe.stitch_steps"):
+        cfg = get_experiment("representation-dissimilarity").preset("smoke")
+        cfg.with_overrides({"probe.stitch_steps": -1}).probe.validate()
+
+
+def _numpy_cka(x, y):
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def test_cka_and_accuracies_against_numpy(sweep):
+    result, ref = sweep
+    by_tag = {point_of(o).tag: o for o in result.groups}
+    gelu, solu = by_tag["gelu_w16_d1_s0"], by_tag["solu_w16_d1_s0"]
+    cfg = gelu.group.cfg
+    inputs = modsum.sample(
+        jax.random.key(cfg.train.eval_seed + 2), dataclasses.replace(cfg.task, shortcut=0.0), cfg.probe.n_cka
+    ).inputs
+    g = np.asarray(representations(gelu, inputs), np.float64)  # [R, H, N, D]
+    s = np.asarray(representations(solu, inputs), np.float64)
+    within = np.mean([_numpy_cka(g[r, 0], g[r, 1]) for r in range(g.shape[0])])
+    np.testing.assert_allclose(ref["cka_within[gelu_w16_d1_s0]_l0_l1"], within, rtol=1e-3)
+    np.testing.assert_allclose(ref["cka_within[gelu_w16_d1_s0]_l1_l1"], 1.0, rtol=1e-4)
+    across = np.mean([_numpy_cka(g[i, 1], s[j, 1]) for i in range(2) for j in range(2)])
+    np.testing.assert_allclose(ref["cka_gelu_solu_mean"], across, rtol=1e-3)
+    # group accuracies are the final id/ood accuracies of the shortcut (a) and clean (b) GeLU groups
+    a = by_tag["gelu_w16_d1_s1"]
+    np.testing.assert_allclose(ref["id_acc_group_a"], a.history["id_acc"][:, -1].mean(), rtol=1e-6)
+    np.testing.assert_allclose(ref["ood_acc_group_b"], gelu.history["ood_acc"][:, -1].mean(), rtol=1e-6)
