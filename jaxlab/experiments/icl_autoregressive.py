@@ -41,6 +41,7 @@ from jaxlab.errors import ConfigError
 from jaxlab.experiments import _icl_autoregressive_report as _report
 from jaxlab.experiments.base import Experiment, Finalized
 from jaxlab.probes import autoregressive as pr
+from jaxlab.probes.sensitivity import cosine
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import autoregressive as ar
 
@@ -158,6 +159,15 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
             "w_hat_t": jnp.mean(pr.w_hat_errors(predict, task, inputs, w, probes, pos), axis=0),
             "lags": pr.lag_weights(preds, s_all),
         }
+        b, a = pr.block_products(params, task)
+        blocks = lambda x: pr.structured_predictions(ar.observed_states(task, x), b, a)
+        _, sens = pr.last_state_sensitivity(predict, task, batch.inputs)
+        _, sens_blocks = pr.last_state_sensitivity(blocks, task, batch.inputs)
+        out["block_loss"] = pr.masked_half_mse(blocks(batch.inputs), batch.targets, batch.loss_mask)
+        out["block_model_cos"] = jnp.mean(cosine(sens, sens_blocks))
+        if task.w_kind != "haar":
+            out["b_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(b, task)))
+            out["a_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(a.T, task)))
         if is_positional(cfg):
             out["spectrum"] = jnp.mean(pr.positional_spectrum(params, task.seq_len), axis=0)
         return out
@@ -175,6 +185,9 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
     for k in range(res["lags"].shape[1]):
         per_run[f"lag{k}_weight"] = np.asarray(res["lags"][:, k])
     per_run["lag1_ratio"] = per_run["lag1_weight"] / per_run["lag0_weight"]
+    for name in ("block_loss", "block_model_cos", "b_block_angle", "a_block_angle"):
+        if name in res:
+            per_run[name] = np.asarray(res[name])
     if "spectrum" in res:
         sv = np.asarray(res["spectrum"])
         per_run["p_top_sv_frac"] = sv[:, 0] ** 2 / np.sum(sv**2, axis=1)
@@ -280,6 +293,10 @@ METRICS = {
     "model's predictions at probe states (context kept)",
     "w_hat_err_tNN, loss_tNN": "the same error / the loss at position t = NN",
     "lagK_weight, lag1_ratio": "least-squares weights a_K of y_hat_t ~ sum_K a_K s_{t-K}; ratio a_1 / a_0",
+    "block_loss, block_model_cos": "loss of the block-structured predictor read off the model, "
+    "y_hat_t = sum_{t'} (s_t^T B s_{t'-1}) A^T s_t', and the model's sensitivity cosine with it",
+    "b_block_angle, a_block_angle": "mean |rotation angle| of the 2x2 diagonal blocks of B and A^T "
+    "(task basis; 0 for one GD step, B = I, A = eta I)",
     "p_top_sv_frac": "positional model: sigma_1^2 / sum sigma^2 of the positional matrices (mean over heads)",
 }
 

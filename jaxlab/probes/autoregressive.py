@@ -187,6 +187,25 @@ def positional_spectrum(params: chex.ArrayTree, seq_len: int) -> jax.Array:
     return sv / jnp.maximum(sv[:, :1], 1e-30)
 
 
+def structured_predictions(s_BTD: jax.Array, b_DD: jax.Array, a_DD: jax.Array) -> jax.Array:
+    """y_hat_t = sum_{t' <= t} (s_t^T B s_{t'-1}) A^T s_t' [B, T, d]: the block-structured model of the
+    theory with the blocks (B, A) read off a trained model; B = I, A = eta I is one GD step."""
+    T = s_BTD.shape[1]
+    prev = jnp.pad(s_BTD[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    scores = jnp.einsum("btd,de,bue->btu", s_BTD, b_DD, prev)
+    scores = jnp.where(jnp.tril(jnp.ones((T, T), bool)), scores, 0.0)
+    return jnp.einsum("btu,bud,de->bte", scores, s_BTD, a_DD)
+
+
+def block_angles(m_DD: jax.Array, task: ar.Config) -> jax.Array:
+    """[d / 2] rotation angle atan2(m_10 - m_01, m_00 + m_11) of each 2x2 diagonal block of P^T M P
+    (0 for a positive multiple of the identity, as in one GD step)."""
+    p = ar.basis(task)
+    m = p.T @ m_DD @ p
+    i = jnp.arange(0, m.shape[0] - 1, 2)
+    return jnp.arctan2(m[i + 1, i] - m[i, i + 1], m[i, i] + m[i + 1, i + 1])
+
+
 # -- in-context estimation of W ---------------------------------------------------------------------
 def probe_directions(key: jax.Array, n_probes: int, d: int) -> jax.Array:
     """[M, d] probe states, uniform on the unit sphere."""
@@ -242,6 +261,7 @@ def model_config_check(cfg: ModelConfig) -> None:
 
 
 __all__ = [
+    "block_angles",
     "block_products",
     "c_offblock_ratio",
     "equivalence_metrics",
@@ -257,6 +277,7 @@ __all__ = [
     "positional_matrices",
     "positional_spectrum",
     "probe_directions",
+    "structured_predictions",
     "superdiag_mass",
     "w_hat_errors",
 ]

@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlab import rng
 from jaxlab.config import Section, _choice, _positive
@@ -98,12 +99,17 @@ def haar_orthogonal(key: jax.Array, batch_size: int, d: int) -> jax.Array:
     return q * signs[:, None, :]
 
 
-def basis(cfg: Config) -> jax.Array:
-    """The fixed orthogonal P [d, d] of the distribution (identity unless `conjugate`)."""
+def basis(cfg: Config) -> np.ndarray:
+    """The fixed orthogonal P [d, d] of the distribution (identity unless `conjugate`).
+
+    Drawn on the host (NumPy `default_rng(basis_seed)`, QR with the sign correction), so it is a
+    constant of every compiled program and the same on every device.
+    """
     if not cfg.conjugate:
-        return jnp.eye(cfg.n_dims)
-    key = jax.random.key(cfg.basis_seed, impl="threefry2x32")
-    return haar_orthogonal(key, 1, cfg.n_dims)[0]
+        return np.eye(cfg.n_dims, dtype=np.float32)
+    g = np.random.default_rng(cfg.basis_seed).standard_normal((cfg.n_dims, cfg.n_dims))
+    q, r = np.linalg.qr(g)
+    return (q * np.sign(np.diag(r))[None, :]).astype(np.float32)
 
 
 def sample_w(key: jax.Array, cfg: Config, batch_size: int) -> jax.Array:
