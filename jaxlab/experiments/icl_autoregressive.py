@@ -58,15 +58,17 @@ class ARProbeConfig(ProbeConfig):
     section: ClassVar[str] = "probe"
     w_hat_tasks: int = 256
     w_hat_probes: int = 0  # 0: 2 * n_dims
-    max_positions: int = 25
+    max_positions: int = 26
 
     def validate(self) -> None:
         n = self._name
         for name in ("w_hat_tasks", "w_hat_probes"):
             if getattr(self, name) < 0:
                 raise ConfigError(n(name), f"must be >= 0, got {getattr(self, name)!r}")
-        if self.max_positions < 1:
-            raise ConfigError(n("max_positions"), f"must be >= 1, got {self.max_positions!r}")
+        if self.max_positions < 2:
+            raise ConfigError(
+                n("max_positions"), f"must be >= 2 (the first and last positions), got {self.max_positions!r}"
+            )
 
 
 def check_config(cfg: ExperimentConfig) -> None:
@@ -83,10 +85,10 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 
 def positions(cfg: ExperimentConfig) -> tuple[int, ...]:
-    """Reported positions t: evenly spaced over 1..T-1, at most probe.max_positions, last included."""
+    """Reported positions t: evenly spaced over 0..T-1, at most probe.max_positions, 0 and T-1 included."""
     T = cfg.task.seq_len
-    n = min(cfg.probe.max_positions, T - 1)
-    return tuple(sorted({int(round(x)) for x in np.linspace(1, T - 1, n)}))
+    n = min(cfg.probe.max_positions, T)
+    return tuple(sorted({int(np.rint(x)) for x in np.linspace(0, T - 1, n)}))
 
 
 def is_positional(cfg: ExperimentConfig) -> bool:
@@ -95,25 +97,15 @@ def is_positional(cfg: ExperimentConfig) -> bool:
 
 # -- evaluation ------------------------------------------------------------------------------------
 @in_rng_scope
-def _sample_eval(train):
-    return train.sample(train.eval_key(), train.cfg.train.eval_batch_size)
-
-
-_DATA: dict[tuple, dict[str, Any]] = {}
-
-
 def eval_data(train) -> dict[str, Any]:
-    """{"batch": the evaluation batch, "ref": the fitted one-step GD on it}; computed eagerly once per setup."""
+    """{"batch": the evaluation batch, "ref": the fitted one-step GD on it} (`probes.make_reference`).
+
+    Pure: traced into the program that uses it (the engine's `start`, `finalize`'s probe program),
+    so the line search compiles with it instead of running op by op.
+    """
     cfg = train.cfg
-    key = (cfg.task, cfg.train.eval_seed, cfg.train.eval_batch_size, cfg.train.prng_impl)
-    if key not in _DATA:
-        if len(_DATA) >= 4:
-            _DATA.pop(next(iter(_DATA)))
-        with jax.ensure_compile_time_eval():
-            batch = jax.jit(lambda: _sample_eval(train))()
-            ref = jax.jit(pr.make_reference, static_argnums=1)(batch, cfg.task)
-        _DATA[key] = {"batch": batch, "ref": ref}
-    return _DATA[key]
+    batch = train.sample(train.eval_key(), cfg.train.eval_batch_size)
+    return {"batch": batch, "ref": pr.make_reference(batch, cfg.task)}
 
 
 def make_evaluate(cfg: ExperimentConfig):
@@ -141,17 +133,12 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
     """Loss and W_hat error per position t, lag weights, positional spectra, for every run."""
     cfg = train.cfg
     task = cfg.task
-    data = eval_data(train)
-    batch, ref = data["batch"], data["ref"]
-    n = cfg.probe.w_hat_tasks or batch.batch_size
-    n = min(n, batch.batch_size)
+    n = cfg.probe.w_hat_tasks or cfg.train.eval_batch_size
+    n = min(n, cfg.train.eval_batch_size)
     M = cfg.probe.w_hat_probes or 2 * task.n_dims
-    probes = pr.probe_directions(jax.random.key(cfg.train.eval_seed + 7), M, task.n_dims)
     pos = positions(cfg)
-    inputs, w = batch.inputs[:n], batch.aux["w"][:n]
-    s_all = ar.observed_states(task, batch.inputs)
 
-    def one_run(params):
+    def one_run(params, batch, probes, inputs, w, s_all):
         predict = lambda x: train.apply(params, x)
         preds = predict(batch.inputs)
         out = {
@@ -172,11 +159,21 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
             out["spectrum"] = jnp.mean(pr.positional_spectrum(params, task.seq_len), axis=0)
         return out
 
-    res = jax.device_get(jax.jit(jax.vmap(one_run))(state.params))
-    gd = lambda x: pr.gd_predictions(ar.observed_states(task, x), ref["eta"])
-    gd_w = jax.device_get(jnp.mean(pr.w_hat_errors(gd, task, inputs, w, probes, pos), axis=0))
-    gd_lags = jax.device_get(pr.lag_weights(ref["preds"], s_all))
-    loss_t_gd = np.asarray(jax.device_get(ref["loss_t"]))
+    @jax.jit
+    def probe_all(params_R):
+        """Every run and the GD reference in ONE program (no eager op-by-op compilation)."""
+        data = eval_data(train)
+        batch, ref = data["batch"], data["ref"]
+        probes = pr.probe_directions(jax.random.key(cfg.train.eval_seed + 7), M, task.n_dims)
+        inputs, w = batch.inputs[:n], batch.aux["w"][:n]
+        s_all = ar.observed_states(task, batch.inputs)
+        runs = jax.vmap(one_run, in_axes=(0, None, None, None, None, None))(params_R, batch, probes, inputs, w, s_all)
+        gd = lambda x: pr.gd_predictions(ar.observed_states(task, x), ref["eta"])
+        gd_w = jnp.mean(pr.w_hat_errors(gd, task, inputs, w, probes, pos), axis=0)
+        return runs, gd_w, pr.lag_weights(ref["preds"], s_all), ref
+
+    res, gd_w, gd_lags, ref = jax.device_get(probe_all(state.params))
+    loss_t_gd = np.asarray(ref["loss_t"])
 
     per_run: dict[str, np.ndarray] = {"w_hat_rel_err": np.asarray(res["w_hat_t"][:, -1])}
     for i, t in enumerate(pos):
@@ -247,13 +244,12 @@ def quick() -> ExperimentConfig:
 def smoke() -> ExperimentConfig:
     overrides = {
         "task.n_dims": 4,
-        "task.seq_len": 6,
+        "task.seq_len": 5,
         "train.steps": 20,
         "train.batch_size": 32,
         "train.eval_every": 10,
         "train.eval_batch_size": 64,
         "probe.w_hat_tasks": 16,
-        "probe.max_positions": 3,
     }
     return augmented_commuting().derive("smoke", overrides, sweep=SweepConfig(seeds=(0, 1)))
 
@@ -281,7 +277,8 @@ def non_augmented() -> ExperimentConfig:
 METRICS = {
     "train_loss": "0.5 * squared error of the next-state prediction, summed over dims, mean over positions/tasks",
     "eval_loss": "the same loss on the fixed evaluation set",
-    "gd_loss": "the same loss of one GD step Gamma_t = eta sum_{t'<=t} s_t' s_{t'-1}^T, y_hat = Gamma_t s_t, eta fitted",
+    "gd_loss": "the same loss of one GD step Gamma_t = eta sum_{t'<=t} s_t' s_{t'-1}^T, y_hat = Gamma_t s_t "
+    "(eta fitted)",
     "gd_eta": "the fitted eta (log-grid line search on gd_loss)",
     "preds_diff": "mean ||y_hat_model - y_hat_GD|| over tasks and positions",
     "model_cos": "mean cosine of d y_hat_{T-1} / d s_{T-1}, model vs GD (sensitivity to the last state)",

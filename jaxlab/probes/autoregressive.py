@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlab.config import ModelConfig
 from jaxlab.probes.gd_equivalence import minimize_log_grid
