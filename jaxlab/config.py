@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from jaxlab.errors import ConfigError
 
-ATTENTIONS = ("linear", "softmax")
+ATTENTIONS = ("linear", "softmax", "positional")
 ATTN_NORMS = ("none", "n_keys")
 MASKS = ("causal", "context_keys", "none")
 ACTIVATIONS = ("gelu", "relu", "solu")

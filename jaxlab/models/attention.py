@@ -3,7 +3,11 @@
 For head h, with q_t = W_Q^h e_t, k_t = W_K^h e_t, v_t = W_V^h e_t and mask M:
   linear:  out_t = sum_h W_O^h sum_{t'} M[t, t'] (q_t . k_t') v_t'         (von Oswald et al. 2023)
            optionally divided by the number of keys sum_{t'} M[t, t'] (`attn_norm="n_keys"`);
-  softmax: out_t = sum_h W_O^h sum_{t'} softmax_{t'}(q_t . k_t' / sqrt(d_head) | M) v_t'.
+  softmax: out_t = sum_h W_O^h sum_{t'} softmax_{t'}(q_t . k_t' / sqrt(d_head) | M) v_t';
+  positional (Sander et al. 2024, the non-augmented multi-head model):
+           out_t = sum_h W_O^h sum_{t'} (q_t . k_t') softmax_{t'}(p_q,t . p_k,t' | M) v_t', with
+           p_q,t = W_Q^h p_t, p_k,t = W_K^h p_t for learned positional embeddings p_t (`pos_embed`
+           [max_len, D], used inside attention only, not added to the residual stream; no biases).
 
 Masks: `causal` (t' <= t), `context_keys` (t' < T - 1: every token, the query included, attends to
 the context tokens only, as in von Oswald et al.), `none`.
@@ -69,6 +73,19 @@ def keys_first_cheaper(n_queries: int, seq_len: int, d_model: int, n_heads: int,
     return keys_first <= weights_to_queries
 
 
+def positional_pattern(
+    pos_TD: jax.Array, w_qkv: jax.Array, mask_QT: jax.Array, index: slice | np.ndarray | None = None
+) -> jax.Array:
+    """[H, Q, T] softmax_{t' | mask}(p_q,t . p_k,t') with p_q = W_Q^h p, p_k = W_K^h p (no scaling)."""
+    pq_THK = jnp.einsum("td,dhk->thk", pos_TD, w_qkv[:, 0])
+    pk_THK = jnp.einsum("td,dhk->thk", pos_TD, w_qkv[:, 1])
+    if index is not None:
+        pq_THK = pq_THK[index]
+    scores = jnp.einsum("qhk,thk->hqt", pq_THK, pk_THK)
+    scores = jnp.where(mask_QT, scores, jnp.finfo(scores.dtype).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -86,10 +103,13 @@ class Attention(nn.Module):
         b_qkv = self.param("b_qkv", nn.initializers.zeros, (3, H, Dh)) if cfg.use_bias else None
         b_out = self.param("b_out", nn.initializers.zeros, (D,)) if cfg.use_bias else None
         mask_TT = make_mask(cfg.mask, T)
+        pos_TD = None
+        if cfg.attention == "positional":
+            pos_TD = self.param("pos_embed", kernel_init(1, 0), (cfg.max_len, D))[:T]
 
         if queries is not None and not want_pattern:
             index = query_index(queries, T)
-            if not keys_first_cheaper(len(queries), T, D, H, Dh):
+            if pos_TD is None and not keys_first_cheaper(len(queries), T, D, H, Dh):
                 z = self._weights_to_queries(x_BTD, index, mask_TT[index], w_qkv, b_qkv)
                 return self._project_out(z, w_out, b_out), None
         else:
@@ -112,6 +132,8 @@ class Attention(nn.Module):
                 z = z / (T - 1)
         else:
             pattern = self._pattern(dot("bqhk,bthk->bhqt", q, k, cfg.dtype), mask_TT, Dh)
+            if pos_TD is not None:
+                pattern = pattern * positional_pattern(pos_TD, w_qkv, mask_TT, index)[None]
             z = dot("bhqt,bthk->bqhk", pattern, v, cfg.dtype)
         return self._project_out(z, w_out, b_out), pattern
 
@@ -121,7 +143,7 @@ class Attention(nn.Module):
             scores = scores_BHQT / jnp.sqrt(jnp.float32(head_dim))
             scores = jnp.where(mask_QT, scores, jnp.finfo(scores.dtype).min)
             return jax.nn.softmax(scores, axis=-1)
-        if cfg.attention == "linear":
+        if cfg.attention in ("linear", "positional"):
             pattern = jnp.where(mask_QT, scores_BHQT, 0.0)
             if cfg.attn_norm == "n_keys":
                 pattern = pattern / jnp.maximum(mask_QT.sum(-1), 1)[:, None]

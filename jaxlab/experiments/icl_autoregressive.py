@@ -1,0 +1,319 @@
+"""icl-autoregressive: in-context autoregressive learning (Sander, Giryes, Suzuki, Blondel, Peyré, ICML 2024).
+
+Sequences s_{t+1} = W s_t with a fresh orthogonal W per sequence (`jaxlab.tasks.autoregressive`);
+the model predicts s_{t+1} at every position t. Does a trained one-layer linear transformer on
+augmented tokens learn W in context by one gradient step on L(W) = 1/2 sum ||s_t - W s_{t-1}||^2
+(Gamma = eta sum s_t' s_{t'-1}^T, y_hat = Gamma s_t)? Without augmented tokens, how do the heads and
+the positional attention organize? Probes: `jaxlab.probes.autoregressive`.
+
+Models (no LayerNorm, biases or MLP; identity read-in; prediction = last d coordinates of the
+residual stream, `readout="y_block"`):
+  augmented    one linear-attention head, causal mask, tokens (s_t, s_{t-1}, 0) (the paper's
+               (0, s_t, s_{t-1}) with the zero block stored last), no attention normalization
+               (the GD map above has none either).
+  positional   `attention="positional"`: heads whose weights are (q_t . k_t') times a softmax over
+               positions of positional queries/keys through the same W_Q, W_K; tokens (s_t, s_t).
+The block-structured parametrization of the theory is READ OFF the trained full model (C = B^T A
+from the W_Q W_K^T and W_V W_O blocks, see the probes module) rather than trained separately.
+
+Presets (documented differences from the paper: step counts and batch sizes are CPU-sized; Adam
+with a constant rate; the paper's exact optimizer settings were not available to us):
+  augmented-commuting  (= paper) d = 10, T = 20, commuting W (canonical basis), s_0 = ones/sqrt(d).
+  augmented-orthogonal d = 5, T = 50, Haar W (non-commuting), s_0 on the sphere.
+  pe-only              d = 1 complex (2 real), lambda = exp(i theta / mu), T = 30, mu in
+                       {50, 100, 200, 300} (one program per mu), positional model with 4 heads.
+  non-augmented        d = 10 commuting W, T = 20, tokens (s_t, s_t), positional model, 4 heads.
+  quick                augmented-commuting, shorter.   smoke  seconds, for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
+from jaxlab.errors import ConfigError
+from jaxlab.experiments import _icl_autoregressive_report as _report
+from jaxlab.experiments.base import Experiment, Finalized
+from jaxlab.probes import autoregressive as pr
+from jaxlab.probes.sensitivity import cosine
+from jaxlab.rng import in_rng_scope
+from jaxlab.tasks import autoregressive as ar
+
+
+@dataclass(frozen=True)
+class ARProbeConfig(ProbeConfig):
+    """Probe settings (`--set probe.<field>=...`).
+
+    w_hat_tasks: evaluation tasks used to decode W_hat (0: all). w_hat_probes: probe states per
+    task and position (>= task.n_dims). max_positions: positions t at which loss_t / W_hat are
+    reported (evenly spaced, always including the last).
+    """
+
+    section: ClassVar[str] = "probe"
+    w_hat_tasks: int = 256
+    w_hat_probes: int = 0  # 0: 2 * n_dims
+    max_positions: int = 26
+
+    def validate(self) -> None:
+        n = self._name
+        for name in ("w_hat_tasks", "w_hat_probes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(n(name), f"must be >= 0, got {getattr(self, name)!r}")
+        if self.max_positions < 2:
+            raise ConfigError(
+                n("max_positions"), f"must be >= 2 (the first and last positions), got {self.max_positions!r}"
+            )
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    if not isinstance(cfg.task, ar.Config):
+        raise ConfigError("task", "icl-autoregressive needs the autoregressive task", ["autoregressive"])
+    m = cfg.model
+    if m.n_layers != 1 or m.use_bias or m.d_mlp or m.layernorm:
+        raise ConfigError("model.n_layers", "the probes read a one-layer attention-only model without biases/LN", [1])
+    if m.readout != "y_block" or m.read_in != "identity":
+        raise ConfigError("model.readout", "the prediction is the last d coordinates of the stream", ["y_block"])
+    probes = cfg.probe.w_hat_probes
+    if probes and probes < cfg.task.n_dims:
+        raise ConfigError("probe.w_hat_probes", f"must be >= task.n_dims = {cfg.task.n_dims} (or 0), got {probes}")
+
+
+def positions(cfg: ExperimentConfig) -> tuple[int, ...]:
+    """Reported positions t: evenly spaced over 0..T-1, at most probe.max_positions, 0 and T-1 included."""
+    T = cfg.task.seq_len
+    n = min(cfg.probe.max_positions, T)
+    return tuple(sorted({int(np.rint(x)) for x in np.linspace(0, T - 1, n)}))
+
+
+def is_positional(cfg: ExperimentConfig) -> bool:
+    return cfg.model.attention == "positional"
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+@in_rng_scope
+def eval_data(train) -> dict[str, Any]:
+    """{"batch": the evaluation batch, "ref": the fitted one-step GD on it} (`probes.make_reference`).
+
+    Pure: traced into the program that uses it (the engine's `start`, `finalize`'s probe program),
+    so the line search compiles with it instead of running op by op.
+    """
+    cfg = train.cfg
+    batch = train.sample(train.eval_key(), cfg.train.eval_batch_size)
+    return {"batch": batch, "ref": pr.make_reference(batch, cfg.task)}
+
+
+def make_evaluate(cfg: ExperimentConfig):
+    check_config(cfg)
+    task = cfg.task
+    positional = is_positional(cfg)
+
+    def evaluate(train, params, data) -> dict[str, jax.Array]:
+        out = pr.equivalence_metrics(train.apply, params, data["batch"], data["ref"], task)
+        out["gd_eta"] = data["ref"]["eta"]
+        out["c_offblock_ratio"] = pr.c_offblock_ratio(params, task)
+        if positional:
+            out["p_superdiag_mass"] = pr.superdiag_mass(pr.positional_matrices(params, task.seq_len))
+        else:
+            out["p_superdiag_mass"] = jnp.float32(jnp.nan)
+        if cfg.model.n_heads > 1:
+            out["head_cos"] = pr.head_cosines(params)
+        return out
+
+    return evaluate
+
+
+# -- after training --------------------------------------------------------------------------------
+def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
+    """Loss and W_hat error per position t, lag weights, positional spectra, for every run."""
+    cfg = train.cfg
+    task = cfg.task
+    n = cfg.probe.w_hat_tasks or cfg.train.eval_batch_size
+    n = min(n, cfg.train.eval_batch_size)
+    M = cfg.probe.w_hat_probes or 2 * task.n_dims
+    pos = positions(cfg)
+
+    def one_run(params, batch, probes, inputs, w, s_all):
+        predict = lambda x: train.apply(params, x)
+        preds = predict(batch.inputs)
+        out = {
+            "loss_t": pr.loss_by_position(preds, batch.targets),
+            "w_hat_t": jnp.mean(pr.w_hat_errors(predict, task, inputs, w, probes, pos), axis=0),
+            "lags": pr.lag_weights(preds, s_all),
+        }
+        b, a = pr.block_products(params, task)
+        blocks = lambda x: pr.structured_predictions(ar.observed_states(task, x), b, a)
+        _, sens = pr.last_state_sensitivity(predict, task, batch.inputs)
+        _, sens_blocks = pr.last_state_sensitivity(blocks, task, batch.inputs)
+        out["block_loss"] = pr.masked_half_mse(blocks(batch.inputs), batch.targets, batch.loss_mask)
+        out["block_model_cos"] = jnp.mean(cosine(sens, sens_blocks))
+        if task.w_kind != "haar":
+            out["b_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(b, task)))
+            out["a_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(a.T, task)))
+        if is_positional(cfg):
+            out["spectrum"] = jnp.mean(pr.positional_spectrum(params, task.seq_len), axis=0)
+        return out
+
+    @jax.jit
+    def probe_all(params_R):
+        """Every run and the GD reference in ONE program (no eager op-by-op compilation)."""
+        data = eval_data(train)
+        batch, ref = data["batch"], data["ref"]
+        probes = pr.probe_directions(jax.random.key(cfg.train.eval_seed + 7), M, task.n_dims)
+        inputs, w = batch.inputs[:n], batch.aux["w"][:n]
+        s_all = ar.observed_states(task, batch.inputs)
+        runs = jax.vmap(one_run, in_axes=(0, None, None, None, None, None))(params_R, batch, probes, inputs, w, s_all)
+        gd = lambda x: pr.gd_predictions(ar.observed_states(task, x), ref["eta"])
+        gd_w = jnp.mean(pr.w_hat_errors(gd, task, inputs, w, probes, pos), axis=0)
+        return runs, gd_w, pr.lag_weights(ref["preds"], s_all), ref
+
+    res, gd_w, gd_lags, ref = jax.device_get(probe_all(state.params))
+    loss_t_gd = np.asarray(ref["loss_t"])
+
+    per_run: dict[str, np.ndarray] = {"w_hat_rel_err": np.asarray(res["w_hat_t"][:, -1])}
+    for i, t in enumerate(pos):
+        per_run[f"loss_t{t:02d}"] = np.asarray(res["loss_t"][:, t])
+        per_run[f"w_hat_err_t{t:02d}"] = np.asarray(res["w_hat_t"][:, i])
+    for k in range(res["lags"].shape[1]):
+        per_run[f"lag{k}_weight"] = np.asarray(res["lags"][:, k])
+    per_run["lag1_ratio"] = per_run["lag1_weight"] / per_run["lag0_weight"]
+    for name in ("block_loss", "block_model_cos", "b_block_angle", "a_block_angle"):
+        if name in res:
+            per_run[name] = np.asarray(res[name])
+    if "spectrum" in res:
+        sv = np.asarray(res["spectrum"])
+        per_run["p_top_sv_frac"] = sv[:, 0] ** 2 / np.sum(sv**2, axis=1)
+    reference = {"gd_eta": float(ref["eta"]), "gd_loss": float(ref["loss"])}
+    for i, t in enumerate(pos):
+        reference[f"gd_loss_t{t:02d}"] = float(loss_t_gd[t])
+        reference[f"gd_w_hat_err_t{t:02d}"] = float(gd_w[i])
+    reference["gd_w_hat_rel_err"] = float(gd_w[-1])
+    for k, v in enumerate(np.asarray(gd_lags)):
+        reference[f"gd_lag{k}_weight"] = float(v)
+    return Finalized(per_run=per_run, reference=reference)
+
+
+# -- presets ---------------------------------------------------------------------------------------
+def augmented_model(**overrides) -> ModelConfig:
+    base = dict(
+        n_layers=1,
+        n_heads=1,
+        attention="linear",
+        mask="causal",
+        d_mlp=0,
+        layernorm=False,
+        use_bias=False,
+        read_in="identity",
+        readout="y_block",
+        pos_encoding="none",
+        init_scale=0.01,
+    )
+    return ModelConfig(**{**base, **overrides})
+
+
+def positional_model(n_heads: int, d_head: int, **overrides) -> ModelConfig:
+    return augmented_model(attention="positional", n_heads=n_heads, d_head=d_head, **overrides)
+
+
+def augmented_commuting() -> ExperimentConfig:
+    return ExperimentConfig(
+        experiment="icl-autoregressive",
+        preset="augmented-commuting",
+        model=augmented_model(),
+        task=ar.Config(n_dims=10, seq_len=20, w_kind="commuting", s0="fixed", encoding="augmented"),
+        optim=OptimConfig(name="adam", lr=1e-2, b1=0.9, b2=0.999),
+        train=TrainConfig(steps=3000, batch_size=256, eval_every=250, eval_batch_size=2048),
+        probe=ARProbeConfig(),
+        sweep=SweepConfig(seeds=tuple(range(8))),
+    )
+
+
+def paper() -> ExperimentConfig:
+    return augmented_commuting().derive("paper")
+
+
+def quick() -> ExperimentConfig:
+    return augmented_commuting().derive("quick", {"train.steps": 800, "train.eval_every": 100})
+
+
+def smoke() -> ExperimentConfig:
+    overrides = {
+        "task.n_dims": 4,
+        "task.seq_len": 5,
+        "train.steps": 20,
+        "train.batch_size": 32,
+        "train.eval_every": 10,
+        "train.eval_batch_size": 64,
+        "probe.w_hat_tasks": 16,
+    }
+    return augmented_commuting().derive("smoke", overrides, sweep=SweepConfig(seeds=(0, 1)))
+
+
+def augmented_orthogonal() -> ExperimentConfig:
+    task = ar.Config(n_dims=5, seq_len=50, w_kind="haar", s0="sphere", encoding="augmented")
+    return augmented_commuting().derive("augmented-orthogonal", task=task)
+
+
+def pe_only() -> ExperimentConfig:
+    task = ar.Config(n_dims=2, seq_len=30, w_kind="unitary", mu=100.0, s0="sphere", encoding="repeated")
+    return augmented_commuting().derive(
+        "pe-only",
+        model=positional_model(4, 4),
+        task=task,
+        sweep=SweepConfig(seeds=tuple(range(8)), grid=(("task.mu", (50.0, 100.0, 200.0, 300.0)),)),
+    )
+
+
+def non_augmented() -> ExperimentConfig:
+    task = ar.Config(n_dims=10, seq_len=20, w_kind="commuting", s0="fixed", encoding="repeated")
+    return augmented_commuting().derive("non-augmented", model=positional_model(4, 20), task=task)
+
+
+METRICS = {
+    "train_loss": "0.5 * squared error of the next-state prediction, summed over dims, mean over positions/tasks",
+    "eval_loss": "the same loss on the fixed evaluation set",
+    "gd_loss": "the same loss of one GD step Gamma_t = eta sum_{t'<=t} s_t' s_{t'-1}^T, y_hat = Gamma_t s_t "
+    "(eta fitted)",
+    "gd_eta": "the fitted eta (log-grid line search on gd_loss)",
+    "preds_diff": "mean ||y_hat_model - y_hat_GD|| over tasks and positions",
+    "model_cos": "mean cosine of d y_hat_{T-1} / d s_{T-1}, model vs GD (sensitivity to the last state)",
+    "c_offblock_ratio": "||C off the 2x2 diagonal blocks||_F / ||C||_F, C = B^T A (key-query block B, "
+    "value-output block A), in the basis where W is block-diagonal",
+    "p_superdiag_mass": "positional model: mean over heads and rows of P[t, t] + P[t, t-1] (NaN otherwise)",
+    "head_cos": "mean |cos| between heads' flattened (W_Q, W_K, W_V, W_O)",
+    "w_hat_rel_err": "||W_hat - W||_F / ||W||_F at the last position, W_hat the least-squares fit of the "
+    "model's predictions at probe states (context kept)",
+    "w_hat_err_tNN, loss_tNN": "the same error / the loss at position t = NN",
+    "lagK_weight, lag1_ratio": "least-squares weights a_K of y_hat_t ~ sum_K a_K s_{t-K}; ratio a_1 / a_0",
+    "block_loss, block_model_cos": "loss of the block-structured predictor read off the model, "
+    "y_hat_t = sum_{t'} (s_t^T B s_{t'-1}) A^T s_t', and the model's sensitivity cosine with it",
+    "b_block_angle, a_block_angle": "mean |rotation angle| of the 2x2 diagonal blocks of B and A^T "
+    "(task basis; 0 for one GD step, B = I, A = eta I)",
+    "p_top_sv_frac": "positional model: sigma_1^2 / sum sigma^2 of the positional matrices (mean over heads)",
+}
+
+EXPERIMENT = Experiment(
+    name="icl-autoregressive",
+    description="In-context autoregressive learning s_{t+1} = W s_t with one-layer linear transformers, "
+    "compared with one step of GD on the inner least-squares objective (Sander et al., ICML 2024).",
+    presets={
+        "smoke": smoke,
+        "quick": quick,
+        "paper": paper,
+        "augmented-commuting": augmented_commuting,
+        "augmented-orthogonal": augmented_orthogonal,
+        "pe-only": pe_only,
+        "non-augmented": non_augmented,
+    },
+    probe_class=ARProbeConfig,
+    metrics=METRICS,
+    make_evaluate=make_evaluate,
+    eval_data=eval_data,
+    finalize=finalize,
+    report=_report.report,
+)
