@@ -77,6 +77,7 @@ def setup():
             "metrics": pr.equivalence_metrics(apply, params, batch, {**ref, "preds": gd_fixed(batch.inputs)}, TASK),
             "metrics_fitted": pr.equivalence_metrics(apply, params, batch, ref, TASK),
             "c_off": pr.c_offblock_ratio(params, TASK),
+            "fractions": pr.block_fractions(params, TASK),
             "angles": pr.block_angles(pr.block_products(params, TASK)[0], TASK),
             "w_err_true": pr.w_hat_errors(true_w, TASK, batch.inputs, batch.aux["w"], probes, (1, 3, T - 1)),
             "w_err_gd": pr.w_hat_errors(gd_fixed, TASK, batch.inputs, batch.aux["w"], probes, (1, 3, T - 1)),
@@ -99,6 +100,7 @@ def test_gd_predictor_model_and_numpy_agree(setup):
     gd_loss_fixed = 0.5 * np.mean(np.sum((expected - r["batch"].targets) ** 2, -1))
     assert m["eval_loss"] == pytest.approx(gd_loss_fixed, rel=1e-5)
     assert r["c_off"] < 1e-6 and np.abs(r["angles"]).max() < 1e-6
+    assert r["fractions"]["kq_cur_prev"] == pytest.approx(1.0) and r["fractions"]["vo_cur"] == pytest.approx(1.0)
 
 
 def test_fitted_eta_is_the_least_squares_optimum(setup):
@@ -142,8 +144,8 @@ def test_w_hat_is_exact_for_the_true_map_and_matches_numpy_for_gd(setup):
 def test_lag_weights_match_numpy_lstsq(setup):
     _, r = setup
     s, y = r["batch"].inputs[..., :D], r["batch"].targets
-    cols = np.stack([s[:, 2 - k : T - k].reshape(-1) for k in range(3)], -1)
-    coef = np.linalg.lstsq(cols, y[:, 2:].reshape(-1), rcond=None)[0]
+    cols = np.stack([s[:, 1 - k : T - k].reshape(-1) for k in range(2)], -1)
+    coef = np.linalg.lstsq(cols, y[:, 1:].reshape(-1), rcond=None)[0]
     np.testing.assert_allclose(r["lags"], coef, rtol=1e-4, atol=1e-5)
 
 

@@ -49,6 +49,10 @@ def test_smoke_summary_has_the_issue_keys_and_consistent_values(smoke_run):
         assert final["eval_loss"] == pytest.approx(loss_t.mean(), rel=1e-4)
         assert final["w_hat_rel_err"] == final[f"w_hat_err_t{T - 1:02d}"]
         assert -1.0 <= final["model_cos"] <= 1.0 and 0.0 <= final["c_offblock_ratio"] <= 1.0
+        assert final["kq_cur_prev"] + final["kq_cur_cur"] + final["kq_prev_cur"] + final[
+            "kq_prev_prev"
+        ] == pytest.approx(1.0, abs=1e-5)
+        assert final["vo_cur"] + final["vo_prev"] == pytest.approx(1.0, abs=1e-5)
         assert final["preds_diff"] > 0 and final["lag1_ratio"] == pytest.approx(
             final["lag1_weight"] / final["lag0_weight"]
         )

@@ -50,6 +50,10 @@ def gd_section(ctx: ReportContext) -> Section:
         ["block_model_cos (model vs its B, A read-off)", _spread(finals, "block_model_cos")],
         ["abs. angle of B's 2x2 blocks (GD: 0)", _spread(finals, "b_block_angle")],
         ["abs. angle of A^T's 2x2 blocks (GD: 0)", _spread(finals, "a_block_angle")],
+        ["kq share query s_t / key s_{t'-1} (GD: 1)", _spread(finals, "kq_cur_prev")],
+        ["kq share query s_t / key s_t' (backward: 1)", _spread(finals, "kq_cur_cur")],
+        ["vo share value s_t' (GD: 1)", _spread(finals, "vo_cur")],
+        ["vo share value s_{t'-1} (backward: 1)", _spread(finals, "vo_prev")],
     ]
     body = (
         "**Paper (Sander et al. 2024, augmented tokens, commuting W):** the trained one-layer linear "
@@ -60,8 +64,10 @@ def gd_section(ctx: ReportContext) -> Section:
         + "\n\nA model can match GD's loss without matching GD's predictions: the block-structured predictors "
         "y_hat = c sum (s_t^T R s_{t'-1}) R s_t' with R a rotation inside every 2x2 plane of W (R commutes "
         "with W) are GD on the rotated start state R s_0; within one plane their loss equals GD's, and only "
-        "the cross-plane terms of the score break the tie. A nonzero block angle with block_model_cos near 1 "
-        "and a loss at GD's means the model sits at such a rotated point, not at eta * I.\n"
+        "the cross-plane terms of the score break the tie. The same holds for the backward estimator "
+        "sum_{t'} F s_{t'-1} s_t'^T F s_t with a reflection F in each plane (F W^T F = W for a 2x2 rotation W). "
+        "The kq/vo shares show how much of each a trained model uses; block_loss and block_model_cos measure "
+        "the forward (GD-shaped) part alone.\n"
     )
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     quantile_curves(axes[0], ctx.df, "eval_loss", label="trained (eval_loss)")

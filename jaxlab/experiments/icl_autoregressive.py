@@ -155,6 +155,8 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
         if task.w_kind != "haar":
             out["b_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(b, task)))
             out["a_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(a.T, task)))
+        if task.encoding == "augmented":
+            out.update(pr.block_fractions(params, task))
         if is_positional(cfg):
             out["spectrum"] = jnp.mean(pr.positional_spectrum(params, task.seq_len), axis=0)
         return out
@@ -182,8 +184,8 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
     for k in range(res["lags"].shape[1]):
         per_run[f"lag{k}_weight"] = np.asarray(res["lags"][:, k])
     per_run["lag1_ratio"] = per_run["lag1_weight"] / per_run["lag0_weight"]
-    for name in ("block_loss", "block_model_cos", "b_block_angle", "a_block_angle"):
-        if name in res:
+    for name in res:
+        if name.startswith(("block_", "kq_", "vo_")) or name in ("b_block_angle", "a_block_angle"):
             per_run[name] = np.asarray(res[name])
     if "spectrum" in res:
         sv = np.asarray(res["spectrum"])
@@ -289,11 +291,14 @@ METRICS = {
     "w_hat_rel_err": "||W_hat - W||_F / ||W||_F at the last position, W_hat the least-squares fit of the "
     "model's predictions at probe states (context kept)",
     "w_hat_err_tNN, loss_tNN": "the same error / the loss at position t = NN",
-    "lagK_weight, lag1_ratio": "least-squares weights a_K of y_hat_t ~ sum_K a_K s_{t-K}; ratio a_1 / a_0",
+    "lagK_weight, lag1_ratio": "least-squares weights a_K of y_hat_t ~ a_0 s_t + a_1 s_{t-1}; ratio a_1 / a_0",
     "block_loss, block_model_cos": "loss of the block-structured predictor read off the model, "
     "y_hat_t = sum_{t'} (s_t^T B s_{t'-1}) A^T s_t', and the model's sensitivity cosine with it",
     "b_block_angle, a_block_angle": "mean |rotation angle| of the 2x2 diagonal blocks of B and A^T "
     "(task basis; 0 for one GD step, B = I, A = eta I)",
+    "kq_<q>_<k>, vo_<v>": "augmented model: share of ||W_Q W_K^T||_F^2 in the (query block, key block) pair "
+    "and of ||W_V W_O||_F^2 from each value block to the prediction (cur = s_t, prev = s_{t-1}); one GD step: "
+    "kq_cur_prev = vo_cur = 1; the backward estimator sum s_{t'-1} s_t'^T s_t: kq_cur_cur = vo_prev = 1",
     "p_top_sv_frac": "positional model: sigma_1^2 / sum sigma^2 of the positional matrices (mean over heads)",
 }
 

@@ -135,6 +135,26 @@ def block_products(params: chex.ArrayTree, task: ar.Config) -> tuple[jax.Array, 
     return b, a
 
 
+def block_fractions(params: chex.ArrayTree, task: ar.Config) -> dict[str, jax.Array]:
+    """Shares of the augmented model's key-query and value-output products by token block.
+
+    kq_<query>_<key>: ||W_Q W_K^T restricted to (query block, key block)||_F^2 over the sum of the
+    four (cur = s_t, prev = s_{t-1}) pairs; vo_<value>: the same for the value block that writes
+    the prediction. One GD step is kq_cur_prev = vo_cur = 1 (query s_t, key s_{t'-1}, value s_t');
+    the "backward" estimator sum_{t'} s_{t'-1} s_t'^T s_t is kq_cur_cur = vo_prev = 1.
+    """
+    d = task.n_dims
+    w_qkv, w_out = _attn(params)["w_qkv"], _attn(params)["w_out"]
+    kq = jnp.einsum("dhk,ehk->de", w_qkv[:, 0], w_qkv[:, 1])
+    vo = jnp.einsum("dhk,hke->de", w_qkv[:, 2], w_out)
+    blk = {"cur": slice(0, d), "prev": slice(d, 2 * d)}
+    kq_sq = {f"kq_{q}_{k}": jnp.sum(kq[blk[q], blk[k]] ** 2) for q in blk for k in blk}
+    vo_sq = {f"vo_{v}": jnp.sum(vo[blk[v], -d:] ** 2) for v in blk}
+    kq_tot = sum(kq_sq.values())
+    vo_tot = sum(vo_sq.values())
+    return {**{k: v / kq_tot for k, v in kq_sq.items()}, **{k: v / vo_tot for k, v in vo_sq.items()}}
+
+
 def offblock_ratio(c_DD: jax.Array, task: ar.Config) -> jax.Array:
     """||C outside the 2x2 diagonal blocks||_F / ||C||_F, in the task's block basis P^T C P."""
     p = ar.basis(task)
@@ -240,10 +260,12 @@ def w_hat_errors(
     return jax.lax.map(at, jnp.asarray(positions)).T
 
 
-def lag_weights(preds_BTD: jax.Array, s_BTD: jax.Array, n_lags: int = 3) -> jax.Array:
+def lag_weights(preds_BTD: jax.Array, s_BTD: jax.Array, n_lags: int = 2) -> jax.Array:
     """[n_lags] scalar weights a_k of the least-squares fit y_hat_t ~ sum_k a_k s_{t-k} (t >= n_lags - 1).
 
-    For slow rotations the theory's predictor extrapolates, s_{t+1} ~ 2 s_t - s_{t-1}: a = (2, -1, 0).
+    For a 2x2 rotation, s_{t+1} = 2 cos(theta) s_t - s_{t-1} exactly; for slow rotations the
+    theory's predictor extrapolates, s_{t+1} ~ 2 s_t - s_{t-1}: a = (2, -1). (More lags make the
+    fit ill-conditioned when consecutive states are nearly collinear.)
     """
     T = s_BTD.shape[1]
     lags = jnp.stack([s_BTD[:, n_lags - 1 - k : T - k] for k in range(n_lags)], axis=-1)  # [B, T', d, K]
@@ -261,6 +283,7 @@ def model_config_check(cfg: ModelConfig) -> None:
 
 __all__ = [
     "block_angles",
+    "block_fractions",
     "block_products",
     "c_offblock_ratio",
     "equivalence_metrics",
