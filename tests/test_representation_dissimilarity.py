@@ -64,7 +64,9 @@ def test_stitching_values_are_consistent(sweep):
     g, s = "gelu_w16_d1_s0", "solu_w16_d1_s0"
     for a, b in ((g, s), (s, g), (g, g), (s, s)):
         assert abs(ref[f"stitch[{a}->{b}]_init_l0"]) < 1e-3, (a, b, ref[f"stitch[{a}->{b}]_init_l0"])
-        assert abs(ref[f"stitch[{a}->{b}]_l0"]) < 1e-2, (a, b, ref[f"stitch[{a}->{b}]_l0"])
+        # training may then go below 0 (the affine layer adds capacity to a 20-step model, as the
+        # stitching docstring says), never above the exact start
+        assert ref[f"stitch[{a}->{b}]_l0"] < 1e-3, (a, b, ref[f"stitch[{a}->{b}]_l0"])
     tag = g
     # training the stitching layer never ends (on average) worse than its least-squares start
     for l in range(L + 1):
