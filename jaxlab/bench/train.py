@@ -2,12 +2,15 @@
 the machine's matmul peak, and one-run-at-a-time baselines, all measured in one process.
 
 Measured (all times exclude compilation, which is reported as `compile_s`):
-  sweep       R runs vectorized: `jit(vmap(Train.advance))`, state donated, `--steps` optimizer steps
-              per call (what `jaxlab run` executes between two evaluations); one program for all R
-              runs, or for chunks of C runs called in turn when all runs do not fit in memory
-              (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
-  datagen     the same program without the model: every step samples the same batch shapes from
-              the same sampler and keys (`Train.train_batch`) and only sums them.
+  sweep       R runs in one program: `Train.advance` over the runs in the run layout of `jaxlab run`
+              (`--run-layout`, `jaxlab.train.runmap`: `vmap`, or `scan` = the runs one after another
+              inside the program; `auto` = scan on one CPU device), state donated, `--steps`
+              optimizer steps per call (what `jaxlab run` executes between two evaluations); one
+              program for all R runs, or for chunks of C runs called in turn when all runs do not
+              fit in memory (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
+  datagen     the same program without the model, in the same run layout: every step samples the
+              same batch shapes from the same sampler and keys (`Train.train_batch`) and only sums
+              them.
   loop        baseline (a), the published codes' style (`jaxlab.bench._reference`): Python loops
               over seeds and steps, a jitted sampler (`jax.random`, per-sequence keys) and a jitted
               step (explicit T x T attention at every position) called once per step.
@@ -40,6 +43,7 @@ import numpy as np
 
 from jaxlab.config import PRNG_IMPLS
 from jaxlab.errors import ConfigError
+from jaxlab.train.runmap import RUN_LAYOUTS
 
 NAME = "train"
 HELP = "training throughput (run-steps/s) vs data generation, matmul peak and one-run-at-a-time loops"
@@ -65,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="tasks per step and run (default: the workload's)")
     p.add_argument("--prng-impl", default="threefry2x32", help=f"train.prng_impl: {', '.join(PRNG_IMPLS)}")
     p.add_argument("--matmul-size", type=int, help="N of the peak N x N matmul (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--run-layout", default="auto", help=f"how one program holds its runs: {', '.join(RUN_LAYOUTS)}")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -78,6 +83,8 @@ def _check(args: argparse.Namespace) -> None:
     for name in _baselines(args.baselines):
         if name not in BASELINES:
             raise ConfigError("--baselines", f"unknown baseline {name!r}", [*BASELINES, "none"])
+    if args.run_layout not in RUN_LAYOUTS:
+        raise ConfigError("--run-layout", f"unknown value {args.run_layout!r}", RUN_LAYOUTS)
     if args.prng_impl not in PRNG_IMPLS:
         raise ConfigError("--prng-impl", f"unknown value {args.prng_impl!r}", PRNG_IMPLS)
     for name in ("runs", "steps", "repeats", "baseline_runs", "matmul_size", "batch_size", "runs_per_chunk"):
@@ -149,11 +156,12 @@ class Programs:
     program compiled for C runs, called on each chunk in turn, `steps` steps per call.
     """
 
-    def __init__(self, cfg, runs: int, steps: int, runs_per_chunk: int | None = None):
+    def __init__(self, cfg, runs: int, steps: int, runs_per_chunk: int | None = None, run_layout: str = "vmap"):
         import jax
         import jax.numpy as jnp
 
         from jaxlab.train import make_train, seed_keys, stack_hparams
+        from jaxlab.train.runmap import over_runs
 
         self.train = train = make_train(cfg)
         self.runs, self.steps = runs, steps
@@ -173,11 +181,11 @@ class Programs:
             self.states = [init(k, h) for k, h in zip(self.keys, self.hp)]
         self.compile_init = t.both
         with Stopwatch() as t:
-            advance = jax.vmap(train.advance, in_axes=(0, 0, None))
+            advance = over_runs(train.advance, (0, 0, None), run_layout)
             self.sweep_fn = jax.jit(advance, donate_argnums=0).lower(self.states[0], self.hp[0], self.n).compile()
         self.compile = t.both
         with Stopwatch() as t:
-            datagen = jax.vmap(_datagen(train), in_axes=(0, None))
+            datagen = over_runs(_datagen(train), (0, None), run_layout)
             self.datagen_fn = jax.jit(datagen).lower(self.states[0], self.n).compile()
         self.compile_datagen = t.both
 
@@ -260,12 +268,14 @@ def measure(
     batch_size: int | None = None,
     prng_impl: str = "threefry2x32",
     runs_per_chunk: int | None = None,
+    run_layout: str = "auto",
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the result object of `--json`."""
     import jax
 
     from jaxlab.bench._train_workloads import WORKLOADS, flops_per_run_step
+    from jaxlab.train.runmap import resolve_layout
     from jaxlab.train.sweep import with_seeds
 
     wl = WORKLOADS[workload]
@@ -279,8 +289,12 @@ def measure(
     matmul_size = matmul_size or (8192 if on_gpu else 2048)
     load_before = os.getloadavg()[0]
 
-    log(f"compiling {workload} for {runs} runs")
-    prog = Programs(cfg, runs, steps, runs_per_chunk or wl.runs_per_chunk)
+    layout = resolve_layout(run_layout)
+    # A workload's default chunking is for the memory of vmapped runs; scanned runs hold one
+    # run's activations at a time.
+    chunk = runs_per_chunk or (wl.runs_per_chunk if layout == "vmap" else None)
+    log(f"compiling {workload} for {runs} runs ({layout})")
+    prog = Programs(cfg, runs, steps, chunk, layout)
     k = min(baseline_runs, runs)
     timers = {"loop": prog.loop, "jaxlab-loop": prog.jaxlab_loop, "single-scan": prog.single_scan}
     for name in baselines:  # compile and warm the baselines
@@ -307,6 +321,7 @@ def measure(
         "batch_size": cfg.train.batch_size,
         "prng_impl": prng_impl,
         "runs_per_chunk": prog.chunk,
+        "run_layout": layout,
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
     }
     # i = 0: wall-clock figures (the issue's); i = 1: per second of this process's CPU time, which
@@ -371,7 +386,8 @@ def format_result(r: dict[str, Any]) -> str:
         if f"speedup_vs_{name}" in r:
             rows.append((label, f"{name}_run_steps_per_s", f"speedup_vs_{name}"))
     lines = [
-        f"workload {r['workload']}: {r['runs']} runs (chunks of {r['runs_per_chunk']}) x {r['steps']} steps, "
+        f"workload {r['workload']}: {r['runs']} runs ({r['run_layout']}, chunks of {r['runs_per_chunk']}) "
+        f"x {r['steps']} steps, "
         f"batch {r['batch_size']}, {r['dtype']}, "
         f"{r['prng_impl']}, on {r['device']}",
         f"  {'':16s}{'run-steps/s':>12s}{'per CPU-s':>12s}   ratio (wall / CPU time)",
@@ -405,6 +421,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         prng_impl=args.prng_impl,
         runs_per_chunk=args.runs_per_chunk,
+        run_layout=args.run_layout,
         log=log,
     )
     print(json.dumps(result) if args.json else format_result(result))

@@ -5,7 +5,8 @@ builds the (replicated) evaluation data and the on-device metric history {metric
 with row 0 filled (later rows NaN).
 
 `interval(state, history, hparams, eval_data, n_steps, row, valid) -> (state, history, (loss, n_div))`
-advances every run `n_steps` optimizer steps (`Train.chunk`, vmapped), writes the evaluation into
+advances every run `n_steps` optimizer steps (`Train.chunk` over the runs in the run layout of
+`jaxlab.train.runmap`), writes the evaluation into
 row `row` of the history, and returns two replicated scalars for the progress bar: the median
 finite training loss and the number of diverged runs, both over the real (`valid`) runs only.
 The state and the history are donated, so a chunk's memory does not grow with the steps, and
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.train.engine import Train, TrainState
+from jaxlab.train.runmap import over_runs
 from jaxlab.train.sharding import Placement
 
 
@@ -59,7 +61,10 @@ class Programs:
         row: jax.Array,
         valid: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
-        state, metrics = jax.vmap(self.train.chunk, in_axes=(0, 0, None, None))(state, hparams, eval_data, n_steps)
+        # The run layout (`jaxlab.train.runmap`): on one CPU device the runs of the chunk are
+        # scanned, each with one run's kernels, which XLA:CPU runs faster than the vmapped step.
+        chunk = over_runs(self.train.chunk, (0, 0, None, None), n_devices=self.placement.n_devices)
+        state, metrics = chunk(state, hparams, eval_data, n_steps)
         history = {k: h.at[row].set(metrics[k]) for k, h in history.items()}
         loss = metrics["train_loss"]
         loss = jnp.nanmedian(jnp.where(valid & jnp.isfinite(loss), loss, jnp.nan))

@@ -1,0 +1,64 @@
+"""How one compiled program applies a run's function to its R runs: the run layout.
+
+  vmap  `jax.vmap`: every operation of the step runs once for all R runs (a leading run axis in
+        every array; per-run weights make every matmul a batched matmul over runs).
+  scan  `jax.lax.map`: the runs one after another inside the program, each with one run's
+        kernels (plain GEMMs with shared weights, one run's activations in memory at a time).
+  auto  `scan` on a single CPU device, `vmap` otherwise (GPUs need the large batched kernels;
+        runs sharded over several devices stay a vmapped axis).
+
+Both give every run the same numbers up to float reassociation (different kernels for the same
+products): a run's function is untouched, only how XLA batches it changes. Measured on the
+2-core CPU (benchmarks/results/train_profile.md): the paper LSA step of 64 runs is ~1.3x faster
+per CPU-second and ~2x faster in wall time as `scan` than as `vmap`; XLA:CPU's batched
+matmuls over (run, sequence) batch dimensions and the transposes around them cost more than
+64 sequential sets of GEMMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from jaxlab.errors import ConfigError
+
+RUN_LAYOUTS = ("auto", "vmap", "scan")
+
+
+def resolve_layout(layout: str = "auto", n_devices: int = 1) -> str:
+    """`vmap` or `scan` for a requested layout (module docstring)."""
+    if layout not in RUN_LAYOUTS:
+        raise ConfigError("run_layout", f"unknown run layout {layout!r}", RUN_LAYOUTS)
+    if layout != "auto":
+        return layout
+    return "scan" if jax.default_backend() == "cpu" and n_devices == 1 else "vmap"
+
+
+def over_runs(
+    fn: Callable[..., Any], in_axes: Sequence[int | None], layout: str = "auto", n_devices: int = 1
+) -> Callable[..., Any]:
+    """`fn` of one run -> the same function of R runs.
+
+    `in_axes[i]` is 0 when positional argument i has a leading run axis and None when it is
+    shared by every run (as `jax.vmap`'s `in_axes`); every output gets a leading run axis.
+    """
+    in_axes = tuple(in_axes)
+    if any(ax not in (0, None) for ax in in_axes):
+        raise ValueError(f"in_axes must be 0 or None, got {in_axes}")
+    if resolve_layout(layout, n_devices) == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args: Any) -> Any:
+        if len(args) != len(in_axes):
+            raise TypeError(f"expected {len(in_axes)} arguments, got {len(args)}")
+        per_run = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+        def one(xs: tuple) -> Any:
+            it = iter(xs)
+            return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+
+        return jax.lax.map(one, per_run)
+
+    return mapped
