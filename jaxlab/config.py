@@ -33,6 +33,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear_decay")
 EVAL_SCHEDULES = ("linear", "log")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+RUN_LAYOUTS = ("auto", "vmap", "scan")  # jaxlab.train.runmap
 
 
 def _choice(name: str, value: object, allowed: Sequence[object]) -> None:
@@ -184,6 +185,7 @@ class TrainConfig(Section):
     keep_checkpoints: int = 2  # 0: keep every checkpoint (e.g. a log-spaced series)
     prng_impl: str = "threefry2x32"
     max_runs_per_chunk: int = 0
+    run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
 
     def validate(self) -> None:
         n = self._name
@@ -197,6 +199,7 @@ class TrainConfig(Section):
         _positive(n("keep_checkpoints"), self.keep_checkpoints, allow_zero=True)
         _choice(n("prng_impl"), self.prng_impl, PRNG_IMPLS)
         _positive(n("max_runs_per_chunk"), self.max_runs_per_chunk, allow_zero=True)
+        _choice(n("run_layout"), self.run_layout, RUN_LAYOUTS)
 
     def eval_steps(self) -> tuple[int, ...]:
         """Steps at which runs are evaluated (always including 0 and `steps`).

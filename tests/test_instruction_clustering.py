@@ -138,7 +138,9 @@ def test_probes_and_ablations_on_the_trained_model(smoke):
     np.testing.assert_allclose(extra["traced"], extra["static"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ablated[hooks[0]], cache[hooks[0]], atol=1e-6)  # upstream untouched
     got = ablated[hooks[1]]
-    np.testing.assert_allclose(got[:, pos], pc.project_out(cache[hooks[1]][:, pos], basis, center), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got[:, pos], pc.project_out(cache[hooks[1]][:, pos], basis, center), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(np.delete(got, pos, 1), np.delete(cache[hooks[1]], pos, 1), atol=1e-6)
     assert not np.allclose(ablated[hooks[2]][:, pos], cache[hooks[2]][:, pos], atol=1e-3)  # downstream moves
     # after the projection the task means at the position coincide: no between-task variance left

@@ -67,10 +67,15 @@ def test_stitching_values_are_consistent(sweep):
         # training may then go below 0 (the affine layer adds capacity to a 20-step model, as the
         # stitching docstring says), never above the exact start
         assert ref[f"stitch[{a}->{b}]_l0"] < 1e-3, (a, b, ref[f"stitch[{a}->{b}]_l0"])
-    tag = g
-    # training the stitching layer never ends (on average) worse than its least-squares start
-    for l in range(L + 1):
-        assert ref[f"stitch[{tag}->{tag}]_l{l}"] <= ref[f"stitch[{tag}->{tag}]_init_l{l}"] + 1e-3
+    # where the least-squares start leaves room (clean GeLU into the shortcut-trained GeLU group at the
+    # last hook: init penalty ~0.3 nats), training the stitch recovers a large part of it; where the start is already ~0, 20 Adam steps at
+    # batch 32 move the held-out penalty only by SGD noise (pair std ~0.03 nats), never far above 0
+    cross = f"stitch[{g}->gelu_w16_d1_s1]"
+    assert ref[f"{cross}_init_l{L}"] > 0.1
+    assert ref[f"{cross}_l{L}"] < 0.8 * ref[f"{cross}_init_l{L}"]
+    for a, b in ((g, s), (s, g), (g, g), (s, s)):
+        for l in range(L + 1):
+            assert ref[f"stitch[{a}->{b}]_l{l}"] < 0.05, (a, b, l)
 
 
 def test_helpers_against_numpy():
@@ -79,9 +84,12 @@ def test_helpers_against_numpy():
     sq = np.arange(3 * 3 * 2, dtype=float).reshape(3, 3, 2)
     kept = pair_values(sq, True)
     assert kept.shape == (6, 2) and not any((kept == sq[i, i]).all(1).any() for i in range(3))
-    gs, sg = np.random.default_rng(0).normal(size=(2, 2, 3, 2))
+    rng = np.random.default_rng(0)
+    gs, sg = rng.normal(size=(2, 3, 2)), rng.normal(size=(3, 2, 2))  # [Rg, Rs, H] and [Rs, Rg, H]
     asym = asymmetry(gs, sg)  # [gelu i, solu j]: sg[j, i] - gs[i, j]
-    assert asym[0, 1, 1] == sg[1, 0, 1] - gs[0, 1, 1]
+    assert asym.shape == (2, 3, 2)
+    want = np.array([[[sg[j, i, h] - gs[i, j, h] for h in range(2)] for j in range(3)] for i in range(2)])
+    np.testing.assert_array_equal(asym, want)
     assert "REPRODUCES" in asymmetry_verdict(
         {"asymmetry_index": 1.0, "asymmetry_index_std": 0.1, "asymmetry_index_n": 4}
     )

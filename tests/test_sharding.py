@@ -96,9 +96,11 @@ def test_auto_chunks_under_a_small_memory_budget(tmp_path, monkeypatch, one_devi
     the experiment's finalize sees each chunk and its results line up with the runs."""
     exp = dataclasses.replace(get_experiment("icl-regression"), finalize=finalize)
     monkeypatch.setattr(sweep, "get_experiment", lambda name: exp)
-    budget = 600_000  # bytes; 5 smoke runs need about 0.9 MB of temporaries, 3 runs about 0.55 MB
+    budget = 600_000  # bytes; 5 vmapped smoke runs need about 0.9 MB of temporaries, 3 runs about 0.55 MB
     monkeypatch.setenv(chunking.BUDGET_ENV, str(budget))
-    res = run_sweep(small(smoke_cfg_module, 5), tmp_path / "r", progress=False, report=False)
+    # the vmap layout: its temporaries grow with the runs (the CPU's default scan layout holds one run's)
+    cfg = small(smoke_cfg_module, 5).with_overrides({"train.run_layout": "vmap"})
+    res = run_sweep(cfg, tmp_path / "r", progress=False, report=False)
     layout = json.loads((tmp_path / "r" / "checkpoints" / "group-0000" / "layout.json").read_text())
     est = layout["estimate"]
     assert est["mode"] == "auto" and est["budget_bytes"] == budget and est["bytes_all_runs"] > budget

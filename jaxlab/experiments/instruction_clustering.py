@@ -17,7 +17,8 @@ evaluation, on fixed evaluation sets:
 From the history: `best_layer` (highest final ARI), `ari_onset_step` / `acc_onset_step` (first
 evaluated step with best-layer ARI / seen accuracy above 0.5), `ari_acc_corr` (Pearson correlation
 of best-layer ARI and seen accuracy over the checkpoints of a run; the report also pools every
-checkpoint of every run, from the stored history, so a sweep split into run chunks pools them all). After training, the causal check at each layer (and at the best layer):
+checkpoint of every run, from the stored history, so a sweep split into run chunks pools them all).
+After training, the causal check at each layer (and at the best layer):
 projecting the between-task directions found at the probed position out of the layer's residual
 stream at every position (`ablation_acc_drop`) against random directions of the same rank
 (`random_ablation_acc_drop`); the same projection at the probed position alone

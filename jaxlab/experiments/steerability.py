@@ -321,24 +321,14 @@ def checkpoint_directions(run_dir: str | Path, group: int = 0, chunk: int = 4) -
     Returns steps [C], v [C, R, K, L, D] and id_score [C, R, K, L]: one program, vmapped over runs and
     layers, and over checkpoints in chunks of `chunk` (`lax.map(batch_size=...)` bounds the memory).
     """
-    from jaxlab.train.checkpoint import GroupCheckpointer
-    from jaxlab.train.sweep import load_group
+    from jaxlab.train.sweep import checkpoint_indices, load_group
 
-    run_dir = Path(run_dir)
-    outcome = load_group(run_dir, group)
-    train = outcome.train
-    R = len(outcome.group.runs)
-    ckpt = GroupCheckpointer(run_dir / "checkpoints" / f"group-{group:04d}", async_save=False)
-    try:
-        indices = ckpt.all()
-        series = []
-        for i in indices:
-            hist_like = {k: np.zeros((i + 1, R), np.float32) for k in outcome.history}
-            state, _ = ckpt.restore(i, outcome.state, hist_like)
-            series.append(state.params)
-    finally:
-        ckpt.close()
-    params_CR = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *series)
+    indices = checkpoint_indices(run_dir, group)
+    if not indices:
+        raise FileNotFoundError(f"no checkpoints of group {group} in {Path(run_dir) / 'checkpoints'}")
+    series = [load_group(run_dir, group, checkpoint=i) for i in indices]
+    train = series[0].train
+    params_CR = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(o.state.params for o in series))
     data = train.make_eval_batch()
     n_fit, lam = train.cfg.probe.n_fit, train.cfg.probe.ridge_lam
 

@@ -63,7 +63,8 @@ class Programs:
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
         # The run layout (`jaxlab.train.runmap`): on one CPU device the runs of the chunk are
         # scanned, each with one run's kernels, which XLA:CPU runs faster than the vmapped step.
-        chunk = over_runs(self.train.chunk, (0, 0, None, None), n_devices=self.placement.n_devices)
+        layout = self.train.cfg.train.run_layout
+        chunk = over_runs(self.train.chunk, (0, 0, None, None), layout, n_devices=self.placement.n_devices)
         state, metrics = chunk(state, hparams, eval_data, n_steps)
         history = {k: h.at[row].set(metrics[k]) for k, h in history.items()}
         loss = metrics["train_loss"]

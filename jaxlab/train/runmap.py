@@ -22,15 +22,16 @@ from typing import Any
 
 import jax
 
+from jaxlab.config import RUN_LAYOUTS
 from jaxlab.errors import ConfigError
 
-RUN_LAYOUTS = ("auto", "vmap", "scan")
+__all__ = ["RUN_LAYOUTS", "over_runs", "resolve_layout"]
 
 
 def resolve_layout(layout: str = "auto", n_devices: int = 1) -> str:
     """`vmap` or `scan` for a requested layout (module docstring)."""
     if layout not in RUN_LAYOUTS:
-        raise ConfigError("run_layout", f"unknown run layout {layout!r}", RUN_LAYOUTS)
+        raise ConfigError("train.run_layout", f"unknown run layout {layout!r}", RUN_LAYOUTS)
     if layout != "auto":
         return layout
     return "scan" if jax.default_backend() == "cpu" and n_devices == 1 else "vmap"
