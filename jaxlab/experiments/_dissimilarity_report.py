@@ -37,10 +37,10 @@ def asymmetry_verdict(ref: dict) -> str:
         return "The asymmetry was not measured (the sweep needs both activations without the shortcut)."
     a, sd, n = ref["asymmetry_index"], ref["asymmetry_index_std"], int(ref["asymmetry_index_n"])
     se = sd / np.sqrt(max(n, 1))
-    frac = ref.get("asymmetry_index_frac_positive", float("nan"))
+    frac = ref.get("asymmetry_index_frac_positive", 0.0)
     head = (
         f"asymmetry_index = {fmt(a)} nats (std over {n} model pairs {fmt(sd)}, s.e. {fmt(se)}; "
-        f"{fmt(frac)} of pairs > 0)"
+        f"{round(frac * n)} of {n} pairs > 0)"
     )
     if a > 2 * se and a > 0:
         return head + ": the paper's asymmetry REPRODUCES here (SoLU -> GeLU costs more than GeLU -> SoLU)."
