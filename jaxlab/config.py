@@ -186,6 +186,15 @@ class TrainConfig(Section):
     prng_impl: str = "threefry2x32"
     max_runs_per_chunk: int = 0
     run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
+    run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
+
+    def run_block_size(self, batch_size: int, seq_len: int, d_model: int, n_layers: int) -> int:
+        """`run_block`, or the automatic block of `jaxlab.train.runmap.auto_block` when 0."""
+        if self.run_block:
+            return self.run_block
+        from jaxlab.train.runmap import auto_block
+
+        return auto_block(batch_size, seq_len, d_model, n_layers)
 
     def validate(self) -> None:
         n = self._name
@@ -200,6 +209,7 @@ class TrainConfig(Section):
         _choice(n("prng_impl"), self.prng_impl, PRNG_IMPLS)
         _positive(n("max_runs_per_chunk"), self.max_runs_per_chunk, allow_zero=True)
         _choice(n("run_layout"), self.run_layout, RUN_LAYOUTS)
+        _positive(n("run_block"), self.run_block, allow_zero=True)
 
     def eval_steps(self) -> tuple[int, ...]:
         """Steps at which runs are evaluated (always including 0 and `steps`).

@@ -34,9 +34,12 @@ def test_lr_grid_largest_rate_diverges_and_is_isolated(smoke_cfg, tmp_path, caps
     alone = train.init(seed_keys([0])[0], hp)
     alone, _ = jax.jit(train.advance)(alone, hp, step)
     diverged = jax.tree_util.tree_map(lambda x: np.asarray(x)[4], out.state.params)
+    # rtol 1e-4: the sweep's runs share a vmapped block while `alone` is the one-run program, so
+    # float32 sums associate differently; at lr 1e9 the parameters reach ~1e30 and such rounding
+    # differences grow to ~1e-5 relative. One step more or less would differ by orders of magnitude.
     for a, b in zip(jax.tree_util.tree_leaves(diverged), jax.tree_util.tree_leaves(alone.params)):
         assert np.all(np.isfinite(a))
-        np.testing.assert_allclose(a, b, rtol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4)
     # its evaluations stay those of that state (the state is finite, its loss may overflow)
     eval_after = out.history["eval_loss"][4][np.asarray(train.eval_steps) > step]
     np.testing.assert_array_equal(eval_after, np.full_like(eval_after, eval_after[0]))

@@ -17,7 +17,11 @@ CASES = [
     dict(attention="linear", mask="context_keys", n_heads=2, attn_norm="n_keys"),
     dict(attention="softmax", mask="causal", n_heads=2, n_layers=2, d_mlp=16),
     dict(attention="linear", mask="causal", n_heads=3, d_head=5, n_layers=2, tie_layers=True),
-]
+    # the paper's LSA layer: merged per-head products, output projection at the y-block only
+    dict(attention="linear", mask="context_keys", n_heads=1, use_bias=False, layernorm=False, readout="y_block"),
+    dict(attention="softmax", mask="causal", n_heads=2, use_bias=False, layernorm=False, readout="neg_y_block",
+         n_layers=2),
+]  # fmt: skip
 
 
 def perturbed_model(T, **kw):

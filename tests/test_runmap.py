@@ -8,7 +8,7 @@ import pytest
 
 from jaxlab.errors import ConfigError
 from jaxlab.train import make_train, seed_keys, stack_hparams
-from jaxlab.train.runmap import over_runs, resolve_layout
+from jaxlab.train.runmap import auto_block, over_runs, resolve_layout
 
 
 def test_scanned_runs_equal_the_runs_trained_one_at_a_time(smoke_cfg):
@@ -21,8 +21,9 @@ def test_scanned_runs_equal_the_runs_trained_one_at_a_time(smoke_cfg):
     n = jnp.int32(4)
     one = jax.jit(train.advance)
     plain = [one(jax.tree_util.tree_map(lambda x: x[r], states), {k: v[r] for k, v in hp.items()}, n) for r in range(R)]
-    for layout in ("scan",):
-        got_state, got_loss = jax.jit(over_runs(train.advance, (0, 0, None), layout))(states, hp, n)
+    # 3 runs: blocks of at most 2 -> 1 (a divisor of 3), blocks of 3, vmap
+    for layout, block in (("scan", 1), ("scan", 2), ("scan", 3), ("vmap", 1)):
+        got_state, got_loss = jax.jit(over_runs(train.advance, (0, 0, None), layout, block=block))(states, hp, n)
         for r, (want_state, want_loss) in enumerate(plain):
             np.testing.assert_allclose(got_loss[r], want_loss, rtol=1e-5, err_msg=layout)
             assert int(got_state.step[r]) == int(want_state.step) == 4
@@ -42,3 +43,16 @@ def test_layout_choice_and_bad_input():
         resolve_layout("loop")
     with pytest.raises(ValueError, match="in_axes"):
         over_runs(lambda x: x, (1,))
+    with pytest.raises(ConfigError, match="train.run_block"):
+        over_runs(lambda x: x, (0,), block=0)
+
+
+def test_auto_block_keeps_a_block_within_8_mb():
+    # the paper LSA step: 2048 x 11 x 11 floats per run (~1 MB) -> 8 runs; a 10 MB softmax step -> 1
+    assert auto_block(2048, 11, 11, 1) == 8
+    assert auto_block(256, 80, 64, 2) == 1
+    assert auto_block(64, 32, 32, 4) == 8  # capped
+    for b, t, d, layers in [(512, 20, 40, 2), (1024, 16, 16, 3)]:
+        k = auto_block(b, t, d, layers)
+        assert 1 <= k <= 8 and (k == 1 or k * 4 * b * t * d * layers <= 8 * 2**20)
+        assert k == 8 or (k + 1) * 4 * b * t * d * layers > 8 * 2**20

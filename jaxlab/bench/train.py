@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prng-impl", default="threefry2x32", help=f"train.prng_impl: {', '.join(PRNG_IMPLS)}")
     p.add_argument("--matmul-size", type=int, help="N of the peak N x N matmul (default 2048 CPU, 8192 GPU)")
     p.add_argument("--run-layout", default="auto", help=f"how one program holds its runs: {', '.join(RUN_LAYOUTS)}")
+    p.add_argument("--run-block", type=int, help="runs vmapped per step of the scan layout (default: automatic)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -87,7 +88,16 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--run-layout", f"unknown value {args.run_layout!r}", RUN_LAYOUTS)
     if args.prng_impl not in PRNG_IMPLS:
         raise ConfigError("--prng-impl", f"unknown value {args.prng_impl!r}", PRNG_IMPLS)
-    for name in ("runs", "steps", "repeats", "baseline_runs", "matmul_size", "batch_size", "runs_per_chunk"):
+    for name in (
+        "runs",
+        "steps",
+        "repeats",
+        "baseline_runs",
+        "matmul_size",
+        "batch_size",
+        "runs_per_chunk",
+        "run_block",
+    ):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')}", f"must be >= 1, got {value}")
@@ -156,7 +166,15 @@ class Programs:
     program compiled for C runs, called on each chunk in turn, `steps` steps per call.
     """
 
-    def __init__(self, cfg, runs: int, steps: int, runs_per_chunk: int | None = None, run_layout: str = "vmap"):
+    def __init__(
+        self,
+        cfg,
+        runs: int,
+        steps: int,
+        runs_per_chunk: int | None = None,
+        run_layout: str = "vmap",
+        run_block: int | None = None,
+    ):
         import jax
         import jax.numpy as jnp
 
@@ -181,11 +199,12 @@ class Programs:
             self.states = [init(k, h) for k, h in zip(self.keys, self.hp)]
         self.compile_init = t.both
         with Stopwatch() as t:
-            advance = over_runs(train.advance, (0, 0, None), run_layout)
+            self.block = run_block or train.run_block()
+            advance = over_runs(train.advance, (0, 0, None), run_layout, block=self.block)
             self.sweep_fn = jax.jit(advance, donate_argnums=0).lower(self.states[0], self.hp[0], self.n).compile()
         self.compile = t.both
         with Stopwatch() as t:
-            datagen = over_runs(_datagen(train), (0, None), run_layout)
+            datagen = over_runs(_datagen(train), (0, None), run_layout, block=self.block)
             self.datagen_fn = jax.jit(datagen).lower(self.states[0], self.n).compile()
         self.compile_datagen = t.both
 
@@ -269,6 +288,7 @@ def measure(
     prng_impl: str = "threefry2x32",
     runs_per_chunk: int | None = None,
     run_layout: str = "auto",
+    run_block: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the result object of `--json`."""
@@ -294,7 +314,7 @@ def measure(
     # run's activations at a time.
     chunk = runs_per_chunk or (wl.runs_per_chunk if layout == "vmap" else None)
     log(f"compiling {workload} for {runs} runs ({layout})")
-    prog = Programs(cfg, runs, steps, chunk, layout)
+    prog = Programs(cfg, runs, steps, chunk, layout, run_block)
     k = min(baseline_runs, runs)
     timers = {"loop": prog.loop, "jaxlab-loop": prog.jaxlab_loop, "single-scan": prog.single_scan}
     for name in baselines:  # compile and warm the baselines
@@ -322,6 +342,7 @@ def measure(
         "prng_impl": prng_impl,
         "runs_per_chunk": prog.chunk,
         "run_layout": layout,
+        "run_block": prog.block if layout == "scan" else None,
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
     }
     # i = 0: wall-clock figures (the issue's); i = 1: per second of this process's CPU time, which
@@ -385,8 +406,9 @@ def format_result(r: dict[str, Any]) -> str:
     for label, name in (("loop (a)", "loop"), ("jaxlab loop", "jaxlab_loop"), ("single scan (b)", "single_scan")):
         if f"speedup_vs_{name}" in r:
             rows.append((label, f"{name}_run_steps_per_s", f"speedup_vs_{name}"))
+    block = "" if r.get("run_block") is None else f", blocks of {r['run_block']}"
     lines = [
-        f"workload {r['workload']}: {r['runs']} runs ({r['run_layout']}, chunks of {r['runs_per_chunk']}) "
+        f"workload {r['workload']}: {r['runs']} runs ({r['run_layout']}{block}, chunks of {r['runs_per_chunk']}) "
         f"x {r['steps']} steps, "
         f"batch {r['batch_size']}, {r['dtype']}, "
         f"{r['prng_impl']}, on {r['device']}",
@@ -422,6 +444,7 @@ def main(args: argparse.Namespace) -> int:
         prng_impl=args.prng_impl,
         runs_per_chunk=args.runs_per_chunk,
         run_layout=args.run_layout,
+        run_block=args.run_block,
         log=log,
     )
     print(json.dumps(result) if args.json else format_result(result))

@@ -91,10 +91,15 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BTD: jax.Array, want_pattern: bool = False, queries: Sequence[int] | None = None
+        self,
+        x_BTD: jax.Array,
+        want_pattern: bool = False,
+        queries: Sequence[int] | None = None,
+        out_dims: int | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """Attention output [B, T, D] (or [B, P, D] at the static query positions `queries`: keys
-        and values still come from every token), and the pattern [B, H, T, T] when asked for."""
+        and values still come from every token), and the pattern [B, H, T, T] when asked for.
+        `out_dims`: only the last `out_dims` coordinates of the output (a read-out that needs no more)."""
         cfg = self.cfg
         D, H, Dh = x_BTD.shape[-1], cfg.n_heads, cfg.head_dim
         T = x_BTD.shape[1]
@@ -110,8 +115,10 @@ class Attention(nn.Module):
         if queries is not None and not want_pattern:
             index = query_index(queries, T)
             if pos_TD is None and not keys_first_cheaper(len(queries), T, D, H, Dh):
+                if b_qkv is None:
+                    return self._merged_to_queries(x_BTD, index, mask_TT[index], w_qkv, w_out, b_out, out_dims), None
                 z = self._weights_to_queries(x_BTD, index, mask_TT[index], w_qkv, b_qkv)
-                return self._project_out(z, w_out, b_out), None
+                return self._project_out(z, w_out, b_out, out_dims), None
         else:
             index = None
 
@@ -135,7 +142,7 @@ class Attention(nn.Module):
             if pos_TD is not None:
                 pattern = pattern * positional_pattern(pos_TD, w_qkv, mask_TT, index)[None]
             z = dot("bhqt,bthk->bqhk", pattern, v, cfg.dtype)
-        return self._project_out(z, w_out, b_out), pattern
+        return self._project_out(z, w_out, b_out, out_dims), pattern
 
     def _pattern(self, scores_BHQT: jax.Array, mask_QT: jax.Array, head_dim: int) -> jax.Array:
         cfg = self.cfg
@@ -174,6 +181,38 @@ class Attention(nn.Module):
             z = z + jnp.sum(pattern, axis=-1).transpose(0, 2, 1)[..., None] * b_qkv[2]
         return z
 
-    def _project_out(self, z_BQHK: jax.Array, w_out: jax.Array, b_out: jax.Array | None) -> jax.Array:
+    def _merged_to_queries(
+        self,
+        x_BTD: jax.Array,
+        index: slice | np.ndarray,
+        mask_PT: jax.Array,
+        w_qkv: jax.Array,
+        w_out: jax.Array,
+        b_out: jax.Array | None,
+        out_dims: int | None,
+    ) -> jax.Array:
+        """`_weights_to_queries` without biases, with the per-head products merged:
+        q_p . k_t = x_p W_Q^h (W_K^h)^T x_t = x_p M_QK^h x_t and out_p = sum_h (sum_t a_pt x_t) M_VO^h,
+        M_QK^h = W_Q^h (W_K^h)^T, M_VO^h = W_V^h W_O^h [D, D] (restricted to the `out_dims` output
+        coordinates). Per query O(H D D) instead of O(H D Dh) twice; for the paper's LSA layer the
+        [B, D] x [D, D] products halve."""
+        cfg = self.cfg
+        w_o = w_out if out_dims is None else w_out[..., -out_dims:]
+        b_o = b_out if b_out is None or out_dims is None else b_out[-out_dims:]
+        m_qk = jnp.einsum("dhk,ehk->hde", w_qkv[:, 0], w_qkv[:, 1])
+        m_vo = jnp.einsum("dhk,hko->hdo", w_qkv[:, 2], w_o)
+        a_BPHD = dot("bpd,hde->bphe", x_BTD[:, index], m_qk, cfg.dtype)
+        scores = dot("btd,bphd->bhpt", x_BTD, a_BPHD, cfg.dtype)
+        pattern = self._pattern(scores, mask_PT, w_qkv.shape[-1])
+        u_BPHD = dot("bhpt,btd->bphd", pattern, x_BTD, cfg.dtype)
+        out = dot("bphd,hdo->bpo", u_BPHD, m_vo, cfg.dtype)
+        return out if b_o is None else out + b_o
+
+    def _project_out(
+        self, z_BQHK: jax.Array, w_out: jax.Array, b_out: jax.Array | None, out_dims: int | None = None
+    ) -> jax.Array:
+        if out_dims is not None:
+            w_out = w_out[..., -out_dims:]
+            b_out = None if b_out is None else b_out[-out_dims:]
         out = dot("bqhk,hkd->bqd", z_BQHK, w_out, self.cfg.dtype)
         return out if b_out is None else out + b_out

@@ -96,12 +96,16 @@ class Transformer(nn.Module):
             blk = self.blocks[0 if cfg.tie_layers else i]
             name = f"blocks.{i}"
             queries = tuple(outputs_at) if partial and i == cfg.n_layers - 1 else None
+            # The y-block read-out of a last block without MLP or norms reads d_output coordinates only.
+            out_dims = cfg.d_output if queries is not None and self._reads_y_block_only() else None
             x = self._hook(f"{name}.hook_resid_pre", x, interventions)
-            a, pattern = blk.attn(blk.ln1(x) if cfg.layernorm else x, want_pattern, queries)
+            a, pattern = blk.attn(blk.ln1(x) if cfg.layernorm else x, want_pattern, queries, out_dims)
             if pattern is not None:
                 self.sow("intermediates", f"{name}.attn.hook_pattern", pattern)
             if queries is not None:
                 x = x[:, query_index(queries, x.shape[1])]
+            if out_dims is not None:
+                x = x[..., -out_dims:]
             x = x + self._hook(f"{name}.hook_attn_out", a, interventions)
             if cfg.d_mlp:
                 x = self._hook(f"{name}.hook_resid_mid", x, interventions)
@@ -113,6 +117,10 @@ class Transformer(nn.Module):
         if cfg.layernorm:
             x = self.ln_final(x)
         return self.read_out(x)
+
+    def _reads_y_block_only(self) -> bool:
+        cfg = self.cfg
+        return cfg.readout in ("y_block", "neg_y_block") and not cfg.d_mlp and not cfg.layernorm
 
     def embed_tokens(self, inputs: jax.Array) -> jax.Array:
         cfg = self.cfg

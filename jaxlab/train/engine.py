@@ -71,6 +71,11 @@ class Train:
         positions = getattr(task_module(self.cfg.task), "loss_positions", None)
         self.loss_positions: tuple[int, ...] | None = None if positions is None else positions(self.cfg.task)
 
+    def run_block(self) -> int:
+        """Runs vmapped together per step of the `scan` run layout (`train.run_block`, 0: automatic)."""
+        m, t = self.cfg.model, self.cfg.train
+        return t.run_block_size(t.batch_size, self.spec.seq_len, int(m.d_model), m.n_layers)
+
     # -- model ---------------------------------------------------------------------------------
     def apply(self, params: chex.ArrayTree, inputs: jax.Array, interventions: Sequence[Intervention] = ()) -> jax.Array:
         return self.model.apply({"params": params}, inputs, tuple(interventions))

@@ -6,7 +6,7 @@ with row 0 filled (later rows NaN).
 
 `interval(state, history, hparams, eval_data, n_steps, row, valid) -> (state, history, (loss, n_div))`
 advances every run `n_steps` optimizer steps (`Train.chunk` over the runs in the run layout of
-`jaxlab.train.runmap`), writes the evaluation into
+`jaxlab.train.runmap`, blocks of `Train.run_block()` runs), writes the evaluation into
 row `row` of the history, and returns two replicated scalars for the progress bar: the median
 finite training loss and the number of diverged runs, both over the real (`valid`) runs only.
 The state and the history are donated, so a chunk's memory does not grow with the steps, and
@@ -63,9 +63,13 @@ class Programs:
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
         # The run layout (`jaxlab.train.runmap`): on one CPU device the runs of the chunk are
         # scanned, each with one run's kernels, which XLA:CPU runs faster than the vmapped step.
-        layout = self.train.cfg.train.run_layout
-        chunk = over_runs(self.train.chunk, (0, 0, None, None), layout, n_devices=self.placement.n_devices)
-        state, metrics = chunk(state, hparams, eval_data, n_steps)
+        # `Train.chunk`, with the training steps in blocks of runs and the evaluation (large fixed
+        # evaluation sets, probes) one run at a time.
+        train, layout, n_dev = self.train, self.train.cfg.train.run_layout, self.placement.n_devices
+        advance = over_runs(train.advance, (0, 0, None), layout, n_dev, train.run_block())
+        evaluate = over_runs(train.evaluate, (0, None), layout, n_dev)
+        state, train_loss = advance(state, hparams, n_steps)
+        metrics = {**evaluate(state.params, eval_data), "train_loss": train_loss}
         history = {k: h.at[row].set(metrics[k]) for k, h in history.items()}
         loss = metrics["train_loss"]
         loss = jnp.nanmedian(jnp.where(valid & jnp.isfinite(loss), loss, jnp.nan))

@@ -2,12 +2,17 @@
 
   vmap  `jax.vmap`: every operation of the step runs once for all R runs (a leading run axis in
         every array; per-run weights make every matmul a batched matmul over runs).
-  scan  `jax.lax.map`: the runs one after another inside the program, each with one run's
-        kernels (plain GEMMs with shared weights, one run's activations in memory at a time).
+  scan  `jax.lax.map`: the runs one after another inside the program, in blocks of `block`
+        runs vmapped together (block 1: each run with one run's kernels, plain GEMMs with shared
+        weights, one run's activations in memory at a time).
   auto  `scan` on a single CPU device, `vmap` otherwise (GPUs need the large batched kernels;
         runs sharded over several devices stay a vmapped axis).
 
-Both give every run the same numbers up to float reassociation (different kernels for the same
+The block (`train.run_block`, 0 = `auto_block`): tiny models spend their step in per-kernel costs
+that a few vmapped runs share, while large activations want one run at a time in the caches.
+`auto_block` vmaps as many runs (at most 8) as keep a block's residual streams within 8 MB.
+
+All give every run the same numbers up to float reassociation (different kernels for the same
 products): a run's function is untouched, only how XLA batches it changes. Measured on the
 2-core CPU (benchmarks/results/train_profile.md): the paper LSA step of 64 runs is ~1.3x faster
 per CPU-second and ~2x faster in wall time as `scan` than as `vmap`; XLA:CPU's batched
@@ -25,7 +30,20 @@ import jax
 from jaxlab.config import RUN_LAYOUTS
 from jaxlab.errors import ConfigError
 
-__all__ = ["RUN_LAYOUTS", "over_runs", "resolve_layout"]
+__all__ = ["RUN_LAYOUTS", "auto_block", "over_runs", "resolve_layout"]
+
+BLOCK_BYTES = 8 * 2**20
+MAX_BLOCK = 8
+
+
+def auto_block(batch_size: int, seq_len: int, d_model: int, n_layers: int) -> int:
+    """Runs per scanned block: as many (<= 8) as keep block x batch x T x D x layers floats within 8 MB.
+
+    Measured on the 2-core CPU (benchmarks/results/train.md): the paper LSA step (1 MB of tokens
+    per run) is fastest with blocks of 4-8, the softmax workload (10 MB per run) with 1.
+    """
+    per_run = 4 * batch_size * seq_len * d_model * max(n_layers, 1)
+    return int(max(1, min(MAX_BLOCK, BLOCK_BYTES // max(per_run, 1))))
 
 
 def resolve_layout(layout: str = "auto", n_devices: int = 1) -> str:
@@ -38,13 +56,21 @@ def resolve_layout(layout: str = "auto", n_devices: int = 1) -> str:
 
 
 def over_runs(
-    fn: Callable[..., Any], in_axes: Sequence[int | None], layout: str = "auto", n_devices: int = 1
+    fn: Callable[..., Any],
+    in_axes: Sequence[int | None],
+    layout: str = "auto",
+    n_devices: int = 1,
+    block: int = 1,
 ) -> Callable[..., Any]:
     """`fn` of one run -> the same function of R runs.
 
     `in_axes[i]` is 0 when positional argument i has a leading run axis and None when it is
     shared by every run (as `jax.vmap`'s `in_axes`); every output gets a leading run axis.
+    `block`: runs vmapped together in each step of the `scan` layout (the largest divisor of the
+    run count that is at most `block`).
     """
+    if block < 1:
+        raise ConfigError("train.run_block", f"must be >= 1, got {block}")
     in_axes = tuple(in_axes)
     if any(ax not in (0, None) for ax in in_axes):
         raise ValueError(f"in_axes must be 0 or None, got {in_axes}")
@@ -60,6 +86,9 @@ def over_runs(
             it = iter(xs)
             return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
 
-        return jax.lax.map(one, per_run)
+        n_runs = jax.tree_util.tree_leaves(per_run)[0].shape[0]
+        # a divisor of the run count: no remainder block, whose separate body would compile again
+        size = max(k for k in range(1, min(block, n_runs) + 1) if n_runs % k == 0) if n_runs else 1
+        return jax.lax.map(one, per_run, batch_size=size if size > 1 else None)
 
     return mapped
