@@ -188,14 +188,6 @@ class TrainConfig(Section):
     run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
     run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
 
-    def run_block_size(self, batch_size: int, seq_len: int, d_model: int, n_layers: int) -> int:
-        """`run_block`, or the automatic block of `jaxlab.train.runmap.auto_block` when 0."""
-        if self.run_block:
-            return self.run_block
-        from jaxlab.train.runmap import auto_block
-
-        return auto_block(batch_size, seq_len, d_model, n_layers)
-
     def validate(self) -> None:
         n = self._name
         _positive(n("steps"), self.steps)

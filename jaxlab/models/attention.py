@@ -171,11 +171,8 @@ class Attention(nn.Module):
         if b_qkv is not None:
             q = q + b_qkv[0]
         a_BPHD = dot("bphk,dhk->bphd", q, w_qkv[:, 1], cfg.dtype)
-        scores = dot("btd,bphd->bhpt", x_BTD, a_BPHD, cfg.dtype)
-        if b_qkv is not None:
-            scores = scores + jnp.einsum("bphk,hk->bhp", q, b_qkv[1])[..., None]
-        pattern = self._pattern(scores, mask_PT, w_qkv.shape[-1])
-        u_BPHD = dot("bhpt,btd->bphd", pattern, x_BTD, cfg.dtype)
+        score_bias = None if b_qkv is None else jnp.einsum("bphk,hk->bhp", q, b_qkv[1])[..., None]
+        pattern, u_BPHD = self._attend_tokens(x_BTD, a_BPHD, mask_PT, w_qkv.shape[-1], score_bias)
         z = dot("bphd,dhk->bphk", u_BPHD, w_qkv[:, 2], cfg.dtype)
         if b_qkv is not None:
             z = z + jnp.sum(pattern, axis=-1).transpose(0, 2, 1)[..., None] * b_qkv[2]
@@ -197,22 +194,41 @@ class Attention(nn.Module):
         coordinates). Per query O(H D D) instead of O(H D Dh) twice; for the paper's LSA layer the
         [B, D] x [D, D] products halve."""
         cfg = self.cfg
-        w_o = w_out if out_dims is None else w_out[..., -out_dims:]
-        b_o = b_out if b_out is None or out_dims is None else b_out[-out_dims:]
+        w_o, b_o = _output_weights(w_out, b_out, out_dims)
         m_qk = jnp.einsum("dhk,ehk->hde", w_qkv[:, 0], w_qkv[:, 1])
         m_vo = jnp.einsum("dhk,hko->hdo", w_qkv[:, 2], w_o)
         a_BPHD = dot("bpd,hde->bphe", x_BTD[:, index], m_qk, cfg.dtype)
-        scores = dot("btd,bphd->bhpt", x_BTD, a_BPHD, cfg.dtype)
-        pattern = self._pattern(scores, mask_PT, w_qkv.shape[-1])
-        u_BPHD = dot("bhpt,btd->bphd", pattern, x_BTD, cfg.dtype)
+        _, u_BPHD = self._attend_tokens(x_BTD, a_BPHD, mask_PT, w_qkv.shape[-1])
         out = dot("bphd,hdo->bpo", u_BPHD, m_vo, cfg.dtype)
         return out if b_o is None else out + b_o
+
+    def _attend_tokens(
+        self,
+        x_BTD: jax.Array,
+        a_BPHD: jax.Array,
+        mask_PT: jax.Array,
+        head_dim: int,
+        score_bias: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """pattern [B, H, P, T] of the scores x_t . a_p (+ bias), and u_p = sum_t pattern_pt x_t [B, P, H, D]."""
+        scores = dot("btd,bphd->bhpt", x_BTD, a_BPHD, self.cfg.dtype)
+        if score_bias is not None:
+            scores = scores + score_bias
+        pattern = self._pattern(scores, mask_PT, head_dim)
+        return pattern, dot("bhpt,btd->bphd", pattern, x_BTD, self.cfg.dtype)
 
     def _project_out(
         self, z_BQHK: jax.Array, w_out: jax.Array, b_out: jax.Array | None, out_dims: int | None = None
     ) -> jax.Array:
-        if out_dims is not None:
-            w_out = w_out[..., -out_dims:]
-            b_out = None if b_out is None else b_out[-out_dims:]
+        w_out, b_out = _output_weights(w_out, b_out, out_dims)
         out = dot("bqhk,hkd->bqd", z_BQHK, w_out, self.cfg.dtype)
         return out if b_out is None else out + b_out
+
+
+def _output_weights(
+    w_out: jax.Array, b_out: jax.Array | None, out_dims: int | None
+) -> tuple[jax.Array, jax.Array | None]:
+    """The output projection restricted to its last `out_dims` coordinates (all when None)."""
+    if out_dims is None:
+        return w_out, b_out
+    return w_out[..., -out_dims:], None if b_out is None else b_out[-out_dims:]

@@ -34,6 +34,7 @@ from jaxlab.tasks import Batch, sample, task_module, task_spec
 from jaxlab.train.hparams import Hparams, default_hparams
 from jaxlab.train.losses import batch_loss, masked_mean, per_position_loss
 from jaxlab.train.optim import make_optimizer
+from jaxlab.train.runmap import auto_block
 
 EvalFn = Callable[["Train", chex.ArrayTree, Any], dict[str, jax.Array]]
 EvalDataFn = Callable[["Train"], Any]
@@ -74,7 +75,7 @@ class Train:
     def run_block(self) -> int:
         """Runs vmapped together per step of the `scan` run layout (`train.run_block`, 0: automatic)."""
         m, t = self.cfg.model, self.cfg.train
-        return t.run_block_size(t.batch_size, self.spec.seq_len, int(m.d_model), m.n_layers)
+        return t.run_block or auto_block(t.batch_size, self.spec.seq_len, int(m.d_model), m.n_layers)
 
     # -- model ---------------------------------------------------------------------------------
     def apply(self, params: chex.ArrayTree, inputs: jax.Array, interventions: Sequence[Intervention] = ()) -> jax.Array:

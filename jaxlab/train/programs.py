@@ -61,10 +61,9 @@ class Programs:
         row: jax.Array,
         valid: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
-        # The run layout (`jaxlab.train.runmap`): on one CPU device the runs of the chunk are
-        # scanned, each with one run's kernels, which XLA:CPU runs faster than the vmapped step.
-        # `Train.chunk`, with the training steps in blocks of runs and the evaluation (large fixed
-        # evaluation sets, probes) one run at a time.
+        # `Train.chunk` in the run layout (`jaxlab.train.runmap`): on one CPU device the runs are
+        # scanned, the training steps in blocks of `Train.run_block()` runs and the evaluation
+        # (large fixed evaluation sets, probes) one run at a time.
         train, layout, n_dev = self.train, self.train.cfg.train.run_layout, self.placement.n_devices
         advance = over_runs(train.advance, (0, 0, None), layout, n_dev, train.run_block())
         evaluate = over_runs(train.evaluate, (0, None), layout, n_dev)
