@@ -11,13 +11,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def jax_env(n_devices: int | None = None) -> dict[str, str]:
     """This process's environment for a CPU subprocess: the same XLA flags (so the same compiled
-    programs and numbers), the shared compilation cache, and `n_devices` host devices if given."""
+    programs and numbers), the shared compilation cache, and `n_devices` host devices (default 1)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["JAX_PLATFORMS"] = "cpu"
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-    if n_devices:
-        flags.append(f"--xla_force_host_platform_device_count={n_devices}")
+    # always explicit: the `jaxlab` command would otherwise give the subprocess one device per core
+    flags.append(f"--xla_force_host_platform_device_count={n_devices or 1}")
     env["XLA_FLAGS"] = " ".join(flags)
     env["JAX_COMPILATION_CACHE_DIR"] = str(ROOT / ".jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"

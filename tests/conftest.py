@@ -10,6 +10,10 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# One host device unless a test asks for more (in a subprocess): `jaxlab.cli.main`, called in
+# process by the CLI tests, would otherwise give the test process one device per core.
+if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
 
 import jax
 import pytest

@@ -37,7 +37,6 @@ def test_scanned_runs_equal_the_runs_trained_one_at_a_time(smoke_cfg):
 
 def test_layout_choice_and_bad_input():
     assert resolve_layout("auto") == ("scan" if jax.default_backend() == "cpu" else "vmap")
-    assert resolve_layout("auto", n_devices=2) == "vmap"
     assert resolve_layout("vmap") == "vmap"
     with pytest.raises(ConfigError, match="run_layout"):
         resolve_layout("loop")
@@ -45,6 +44,53 @@ def test_layout_choice_and_bad_input():
         over_runs(lambda x: x, (1,))
     with pytest.raises(ConfigError, match="train.run_block"):
         over_runs(lambda x: x, (0,), block=0)
+
+
+# 6 runs with different learning rates over 3 CPU devices: each device scans its 2 runs (blocks of
+# 2), against the same runs scanned on one device.
+THREE_DEVICES = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jaxlab.experiments import get_experiment
+from jaxlab.train import make_train, seed_keys, stack_hparams
+from jaxlab.train.runmap import over_runs
+from jaxlab.train.sharding import Placement
+p = Placement.default()
+train = make_train(get_experiment("icl-regression").preset("smoke").set("train.batch_size", 16))
+hp = {k: jnp.asarray(v) for k, v in stack_hparams(train.cfg, [{"optim.lr": 1e-2 * (r + 1)} for r in range(6)]).items()}
+states = jax.vmap(train.init)(seed_keys(range(6)), hp)
+n = jnp.int32(4)
+one = jax.jit(over_runs(train.advance, (0, 0, None), "scan", None, 2))(states, hp, n)
+split = over_runs(train.advance, (0, 0, None), "scan", p.mesh, 2)
+text = jax.jit(split).lower(states, hp, n).as_text()
+many = jax.jit(split)(jax.device_put(states, p.runs), jax.device_put(hp, p.runs), n)
+json.dump({"devices": p.n_devices, "shard_map": "shard_map" in text or "sdy.manual_computation" in text,
+           "sharded": len(many[1].sharding.device_set),
+           "loss": [np.asarray(one[1]).tolist(), np.asarray(many[1]).tolist()],
+           "params": [[np.asarray(a).tolist(), np.asarray(b).tolist()] for a, b in zip(
+               jax.tree_util.tree_leaves(one[0].params), jax.tree_util.tree_leaves(many[0].params))]}, sys.stdout)
+"""
+
+
+def test_scan_layout_splits_runs_over_devices():
+    import json
+    import subprocess
+    import sys
+
+    from _jaxenv import jax_env
+
+    code = "import sys\n" + THREE_DEVICES
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=jax_env(n_devices=3), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["devices"] == 3 and out["shard_map"] and out["sharded"] == 3
+    one, many = out["loss"]
+    np.testing.assert_allclose(many, one, rtol=1e-5)
+    assert len({round(x, 6) for x in one}) == 6  # six distinct runs
+    for a, b in out["params"]:
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
 def test_auto_block_keeps_a_block_within_8_mb():

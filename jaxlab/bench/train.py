@@ -3,11 +3,13 @@ the machine's matmul peak, and one-run-at-a-time baselines, all measured in one 
 
 Measured (all times exclude compilation, which is reported as `compile_s`):
   sweep       R runs in one program: `Train.advance` over the runs in the run layout of `jaxlab run`
-              (`--run-layout`, `jaxlab.train.runmap`: `vmap`, or `scan` = the runs one after another
-              inside the program; `auto` = scan on one CPU device), state donated, `--steps`
-              optimizer steps per call (what `jaxlab run` executes between two evaluations); one
-              program for all R runs, or for chunks of C runs called in turn when all runs do not
-              fit in memory (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
+              (`--run-layout`, `jaxlab.train.runmap`: `vmap`, or `scan` = each device trains its
+              share of the runs one after another; `auto` = scan on CPUs), split over every device
+              as `jaxlab run` splits them (the `jaxlab` command gives a CPU host one device per
+              core, `jaxlab.hostdevices`), state donated, `--steps` optimizer steps per call (what
+              `jaxlab run` executes between two evaluations); one program for all R runs, or for
+              chunks of C runs called in turn when all runs do not fit in memory
+              (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
   datagen     the same program without the model, in the same run layout: every step samples the
               same batch shapes from the same sampler and keys (`Train.train_batch`) and only sums
               them.
@@ -17,7 +19,9 @@ Measured (all times exclude compilation, which is reported as `compile_s`):
   jaxlab-loop jaxlab's own `jit(Train.step)` called once per step and run: the gain of the scan.
   single-scan baseline (b): `jit(Train.advance)` for one run, called once per run: the gain of
               vmapping runs alone.
-  peak        a jitted N x N float32 matmul (2 N^3 FLOPs; on a GPU also TF32 and bfloat16).
+  peak        a jitted N x N float32 matmul (2 N^3 FLOPs; on a GPU also TF32 and bfloat16): the
+              better of one on the first device (all cores) and one on every device at once.
+Baselines run on the first device, one run at a time, as the published codes do.
 Baselines run `--baseline-runs` runs (their cost per run-step does not depend on R); rates are
 run-steps (runs x optimizer steps) per second. Model FLOPs are the analytic count of
 `jaxlab.bench._train_workloads`. Each repeat times sweep, datagen, the baselines and the peak back
@@ -132,29 +136,41 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def matmul_peaks(n: int, repeats: int = 3) -> dict[str, float]:
-    """FLOP/s of a jitted n x n matmul, best of `repeats`: float32 (HIGHEST precision), and on a
+    """FLOP/s of jitted n x n matmuls, best of `repeats`: float32 (HIGHEST precision), and on a
     GPU also the default precision (TF32 on NVIDIA Ampere and later), and bfloat16 inputs; the
-    `*_cpu` entries are FLOP per second of this process's CPU time."""
+    `*_cpu` entries are FLOP per second of this process's CPU time. With several devices, the
+    machine's peak is the better of one matmul on the first device and one matmul on every device
+    at once (`*_one_device`, `*_all_devices`): CPU devices share the host's cores."""
     import jax
     import jax.numpy as jnp
 
+    from jaxlab.train.sharding import Placement
+
+    p = Placement.default()
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    layouts = {"one_device": (a, b, 1)}
+    if p.n_devices > 1:
+        stack = lambda x: jax.device_put(jnp.broadcast_to(x, (p.n_devices, n, n)), p.runs)
+        layouts["all_devices"] = (stack(a), stack(b), p.n_devices)
     kinds = {"float32": (jnp.float32, jax.lax.Precision.HIGHEST)}
     if jax.default_backend() == "gpu":
         kinds["tf32"] = (jnp.float32, jax.lax.Precision.DEFAULT)
     kinds["bfloat16"] = (jnp.bfloat16, jax.lax.Precision.DEFAULT)
-    peaks = {}
+    peaks: dict[str, float] = {}
     for name, (dtype, precision) in kinds.items():
-        fn = jax.jit(
-            lambda x, y, d=dtype, p=precision: jnp.matmul(
-                x.astype(d), y.astype(d), precision=p, preferred_element_type=jnp.float32
+        for layout, (x, y, copies) in layouts.items():
+            fn = jax.jit(
+                lambda x, y, d=dtype, p=precision: jnp.matmul(
+                    x.astype(d), y.astype(d), precision=p, preferred_element_type=jnp.float32
+                )
             )
-        )
-        jax.block_until_ready(fn(a, b))
-        times = [_timed(lambda: fn(a, b)) for _ in range(repeats)]
-        peaks[name] = 2.0 * n**3 / min(w for w, _ in times)
-        peaks[f"{name}_cpu"] = 2.0 * n**3 / min(c for _, c in times)
+            jax.block_until_ready(fn(x, y))
+            times = [_timed(lambda: fn(x, y)) for _ in range(repeats)]
+            peaks[f"{name}_{layout}"] = copies * 2.0 * n**3 / min(w for w, _ in times)
+            peaks[f"{name}_{layout}_cpu"] = copies * 2.0 * n**3 / min(c for _, c in times)
+        for suffix in ("", "_cpu"):
+            peaks[f"{name}{suffix}"] = max(peaks[f"{name}_{layout}{suffix}"] for layout in layouts)
     return peaks
 
 
@@ -180,31 +196,38 @@ class Programs:
 
         from jaxlab.train import make_train, seed_keys, stack_hparams
         from jaxlab.train.runmap import over_runs
+        from jaxlab.train.sharding import Placement
 
         self.train = train = make_train(cfg)
         self.runs, self.steps = runs, steps
         self.chunk = min(runs_per_chunk or runs, runs)
         if runs % self.chunk:
             raise ConfigError("--runs-per-chunk", f"must divide --runs={runs}, got {self.chunk}")
+        # the runs of a chunk are split over every device, as `jaxlab run` splits them
+        p = Placement.default()
+        self.n_devices = p.n_devices
+        if self.chunk % p.n_devices:
+            field = "--runs-per-chunk" if self.chunk < runs else "--runs"
+            raise ConfigError(field, f"must be a multiple of the {p.n_devices} devices, got {self.chunk}")
         keys = seed_keys(range(runs), cfg.train.prng_impl)
         hp = {k: jnp.asarray(v) for k, v in stack_hparams(train.cfg, [{}] * runs).items()}
         C = self.chunk
         part = lambda tree, c: jax.tree_util.tree_map(lambda x: x[c * C : (c + 1) * C], tree)
-        self.keys = [part(keys, c) for c in range(runs // C)]
-        self.hp = [part(hp, c) for c in range(runs // C)]
-        self.n = jnp.int32(steps)
+        self.keys = [jax.device_put(part(keys, c), p.runs) for c in range(runs // C)]
+        self.hp = [jax.device_put(part(hp, c), p.runs) for c in range(runs // C)]
+        self.n = jax.device_put(jnp.int32(steps), p.replicated)
 
         with Stopwatch() as t:
-            init = jax.jit(jax.vmap(train.init)).lower(self.keys[0], self.hp[0]).compile()
+            init = jax.jit(jax.vmap(train.init), out_shardings=p.runs).lower(self.keys[0], self.hp[0]).compile()
             self.states = [init(k, h) for k, h in zip(self.keys, self.hp)]
         self.compile_init = t.both
         with Stopwatch() as t:
             self.block = run_block or train.run_block()
-            advance = over_runs(train.advance, (0, 0, None), run_layout, block=self.block)
+            advance = over_runs(train.advance, (0, 0, None), run_layout, p.mesh, self.block)
             self.sweep_fn = jax.jit(advance, donate_argnums=0).lower(self.states[0], self.hp[0], self.n).compile()
         self.compile = t.both
         with Stopwatch() as t:
-            datagen = over_runs(_datagen(train), (0, None), run_layout, block=self.block)
+            datagen = over_runs(_datagen(train), (0, None), run_layout, p.mesh, self.block)
             self.datagen_fn = jax.jit(datagen).lower(self.states[0], self.n).compile()
         self.compile_datagen = t.both
 
@@ -344,6 +367,7 @@ def measure(
         "run_layout": layout,
         "run_block": prog.block if layout == "scan" else None,
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "n_devices": prog.n_devices,
     }
     # i = 0: wall-clock figures (the issue's); i = 1: per second of this process's CPU time, which
     # a machine shared with other jobs disturbs less (it still slows caches and memory).
@@ -390,10 +414,11 @@ def _figures(
         "peak_flops_per_s": med(lambda r: r["peak"][peak_key]),
         "utilization": med(lambda r: flops * rate(r) / r["peak"][peak_key]),
     }
-    for name in ("float32", "tf32", "bfloat16"):
-        key = name if i == 0 else f"{name}_cpu"
-        if key in rows[0]["peak"]:
-            out[f"peak_{name}_flops_per_s"] = med(lambda r, key=key: r["peak"][key])
+    for kind in ("float32", "tf32", "bfloat16"):
+        for name in (kind, f"{kind}_one_device", f"{kind}_all_devices"):
+            key = name if i == 0 else f"{name}_cpu"
+            if key in rows[0]["peak"]:
+                out[f"peak_{name}_flops_per_s"] = med(lambda r, key=key: r["peak"][key])
     for name in (b.replace("-", "_") for b in baselines):
         out[f"speedup_vs_{name}"] = med(lambda r, n=name: r[n][i] / k / (r["sweep"][i] / runs))
         out[f"{name}_run_steps_per_s"] = med(lambda r, n=name: k * steps / r[n][i])
@@ -408,7 +433,8 @@ def format_result(r: dict[str, Any]) -> str:
             rows.append((label, f"{name}_run_steps_per_s", f"speedup_vs_{name}"))
     block = "" if r.get("run_block") is None else f", blocks of {r['run_block']}"
     lines = [
-        f"workload {r['workload']}: {r['runs']} runs ({r['run_layout']}{block}, chunks of {r['runs_per_chunk']}) "
+        f"workload {r['workload']}: {r['runs']} runs ({r['run_layout']}{block}, chunks of {r['runs_per_chunk']}, "
+        f"{r['n_devices']} devices) "
         f"x {r['steps']} steps, "
         f"batch {r['batch_size']}, {r['dtype']}, "
         f"{r['prng_impl']}, on {r['device']}",

@@ -61,12 +61,12 @@ class Programs:
         row: jax.Array,
         valid: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
-        # `Train.chunk` in the run layout (`jaxlab.train.runmap`): on one CPU device the runs are
-        # scanned, the training steps in blocks of `Train.run_block()` runs and the evaluation
+        # `Train.chunk` in the run layout (`jaxlab.train.runmap`): on CPUs each device scans its
+        # runs, the training steps in blocks of `Train.run_block()` runs and the evaluation
         # (large fixed evaluation sets, probes) one run at a time.
-        train, layout, n_dev = self.train, self.train.cfg.train.run_layout, self.placement.n_devices
-        advance = over_runs(train.advance, (0, 0, None), layout, n_dev, train.run_block())
-        evaluate = over_runs(train.evaluate, (0, None), layout, n_dev)
+        train, layout, mesh = self.train, self.train.cfg.train.run_layout, self.placement.mesh
+        advance = over_runs(train.advance, (0, 0, None), layout, mesh, train.run_block())
+        evaluate = over_runs(train.evaluate, (0, None), layout, mesh)
         state, train_loss = advance(state, hparams, n_steps)
         metrics = {**evaluate(state.params, eval_data), "train_loss": train_loss}
         history = {k: h.at[row].set(metrics[k]) for k, h in history.items()}

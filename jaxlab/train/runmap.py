@@ -5,8 +5,13 @@
   scan  `jax.lax.map`: the runs one after another inside the program, in blocks of `block`
         runs vmapped together (block 1: each run with one run's kernels, plain GEMMs with shared
         weights, one run's activations in memory at a time).
-  auto  `scan` on a single CPU device, `vmap` otherwise (GPUs need the large batched kernels;
-        runs sharded over several devices stay a vmapped axis).
+  auto  `scan` on CPUs, `vmap` on GPUs and TPUs (which need the large batched kernels).
+
+Over several devices (a `jax.sharding.Mesh` with a `runs` axis, `jaxlab.train.sharding`), `vmap`
+leaves the sharded run axis to XLA's SPMD partitioner, and `scan` splits the runs over the devices
+with `jax.shard_map`, each device scanning its own share. On a CPU host with one XLA device per
+core (`jaxlab.hostdevices`), each core then trains whole runs: for small models this beats
+splitting every small kernel over the cores (benchmarks/results/train.md).
 
 The block (`train.run_block`, 0 = `auto_block`): tiny models spend their step in per-kernel costs
 that a few vmapped runs share, while large activations want one run at a time in the caches.
@@ -26,9 +31,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxlab.config import RUN_LAYOUTS
 from jaxlab.errors import ConfigError
+from jaxlab.train.sharding import RUN_AXIS
 
 __all__ = ["RUN_LAYOUTS", "auto_block", "over_runs", "resolve_layout"]
 
@@ -46,36 +53,48 @@ def auto_block(batch_size: int, seq_len: int, d_model: int, n_layers: int) -> in
     return int(max(1, min(MAX_BLOCK, BLOCK_BYTES // max(per_run, 1))))
 
 
-def resolve_layout(layout: str = "auto", n_devices: int = 1) -> str:
+def resolve_layout(layout: str = "auto") -> str:
     """`vmap` or `scan` for a requested layout (module docstring)."""
     if layout not in RUN_LAYOUTS:
         raise ConfigError("train.run_layout", f"unknown run layout {layout!r}", RUN_LAYOUTS)
     if layout != "auto":
         return layout
-    return "scan" if jax.default_backend() == "cpu" and n_devices == 1 else "vmap"
+    return "scan" if jax.default_backend() == "cpu" else "vmap"
 
 
 def over_runs(
     fn: Callable[..., Any],
     in_axes: Sequence[int | None],
     layout: str = "auto",
-    n_devices: int = 1,
+    mesh: Mesh | None = None,
     block: int = 1,
 ) -> Callable[..., Any]:
     """`fn` of one run -> the same function of R runs.
 
     `in_axes[i]` is 0 when positional argument i has a leading run axis and None when it is
     shared by every run (as `jax.vmap`'s `in_axes`); every output gets a leading run axis.
-    `block`: runs vmapped together in each step of the `scan` layout (the largest divisor of the
-    run count that is at most `block`).
+    `mesh`: the devices holding the run axis (axis `runs`; R a multiple of their number).
+    `block`: runs vmapped together in each step of the `scan` layout (the largest divisor of a
+    device's run count that is at most `block`).
     """
     if block < 1:
         raise ConfigError("train.run_block", f"must be >= 1, got {block}")
     in_axes = tuple(in_axes)
     if any(ax not in (0, None) for ax in in_axes):
         raise ValueError(f"in_axes must be 0 or None, got {in_axes}")
-    if resolve_layout(layout, n_devices) == "vmap":
+    if resolve_layout(layout) == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
+    scanned = _scanned(fn, in_axes, block)
+    if mesh is None or mesh.devices.size == 1:
+        return scanned
+    specs = tuple(PartitionSpec(RUN_AXIS) if ax == 0 else PartitionSpec() for ax in in_axes)
+    # A run's function has no collectives, so there is no replication to check: unchecked, its
+    # carries may start from constants (a loss sum starting at 0.0) without casts to `varying`.
+    return jax.shard_map(scanned, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(RUN_AXIS), check_vma=False)
+
+
+def _scanned(fn: Callable[..., Any], in_axes: tuple[int | None, ...], block: int) -> Callable[..., Any]:
+    """The `scan` layout on one device: `jax.lax.map` over the runs, in vmapped blocks."""
 
     def mapped(*args: Any) -> Any:
         if len(args) != len(in_axes):

@@ -1,0 +1,67 @@
+"""One XLA device per CPU core, so that a sweep's runs are split over the cores.
+
+XLA:CPU exposes a single device by default and splits every kernel over the cores. The kernels of
+the small models jaxlab trains are too small for that to pay (a [2048, 11] x [11, 11] product, an
+80 x 80 attention pattern), so on CPUs jaxlab gives each core its own device and its own runs:
+the `scan` run layout (`jaxlab.train.runmap`) splits the run axis over the devices with
+`jax.shard_map` and each device trains its runs one after another. Measured on the 2-core CPU
+(benchmarks/results/train.md): the paper LSA sweep of 64 runs trains ~1.5x faster, the softmax
+workload ~1.3x.
+
+The device count is an XLA flag, read once when JAX starts its CPU backend: `use_cpu_cores()`
+must run before anything asks JAX for devices. The `jaxlab` command calls it first thing; scripts
+that `import jaxlab` call it themselves. `JAXLAB_CPU_DEVICES=N` chooses N (1: one device, XLA's
+default); an `XLA_FLAGS` that already sets `--xla_force_host_platform_device_count` wins.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jaxlab.errors import ConfigError
+
+FLAG = "--xla_force_host_platform_device_count"
+ENV = "JAXLAB_CPU_DEVICES"
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def requested_devices() -> int:
+    """`JAXLAB_CPU_DEVICES` when set (a positive integer), else the number of cores."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return cpu_cores()
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(ENV, f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _backend_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def use_cpu_cores(n: int | None = None) -> int | None:
+    """Ask XLA for `n` CPU devices (default: `requested_devices()`) by adding the flag to
+    `XLA_FLAGS`. Returns the count set, or None when nothing changed: the flag is already there,
+    JAX's backends have started (too late to change), or one device is asked for."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if FLAG in flags or _backend_started():
+        return None
+    n = requested_devices() if n is None else n
+    if n < 1:
+        raise ConfigError("n", f"must be >= 1, got {n}")
+    if n == 1:
+        return None
+    os.environ["XLA_FLAGS"] = f"{flags} {FLAG}={n}".strip()
+    return n
