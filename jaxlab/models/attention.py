@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.config import ModelConfig
+from jaxlab.models.softmax_attention import softmax_attention
 
 
 def make_mask(kind: str, seq_len: int) -> jax.Array:
@@ -137,6 +138,9 @@ class Attention(nn.Module):
             z = dot("bqhk,bhkj->bqhj", q, kv_BHKJ, cfg.dtype)
             if cfg.attn_norm == "n_keys":
                 z = z / (T - 1)
+        elif cfg.attention == "softmax" and cfg.dtype == "float32" and not want_pattern:
+            # no pattern to record: the hand-written backward pass (`softmax_attention`)
+            z = softmax_attention(q / jnp.sqrt(jnp.float32(Dh)), k, v, mask_TT)
         else:
             pattern = self._pattern(dot("bqhk,bthk->bhqt", q, k, cfg.dtype), mask_TT, Dh)
             if pos_TD is not None:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jaxlab.config import ModelConfig
 from jaxlab.models.attention import Attention, dot, kernel_init, query_index
 from jaxlab.models.interventions import Intervention, check_interventions
+from jaxlab.models.layernorm import LayerNorm
 from jaxlab.models.mlp import MLP
 
 
@@ -47,11 +48,11 @@ class Block(nn.Module):
     def setup(self) -> None:
         self.attn = Attention(self.cfg)
         if self.cfg.layernorm:
-            self.ln1 = nn.LayerNorm()
+            self.ln1 = LayerNorm()
         if self.cfg.d_mlp:
             self.mlp = MLP(self.cfg)
             if self.cfg.layernorm:
-                self.ln2 = nn.LayerNorm()
+                self.ln2 = LayerNorm()
 
 
 class Transformer(nn.Module):
@@ -68,7 +69,7 @@ class Transformer(nn.Module):
             self.pos_embed = self.param("pos_embed", kernel_init(1, 0), (cfg.max_len, cfg.d_model))
         self.blocks = [Block(cfg) for _ in range(1 if cfg.tie_layers else cfg.n_layers)]
         if cfg.layernorm:
-            self.ln_final = nn.LayerNorm()
+            self.ln_final = LayerNorm()
         if cfg.readout == "linear":
             n_out = cfg.vocab_size if cfg.input == "discrete" and cfg.d_output is None else cfg.d_output
             self.unembed = nn.Dense(n_out, use_bias=cfg.use_bias, kernel_init=kernel_init(0, 1))
