@@ -146,12 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
-        if args.command != "list":
-            from jaxlab.hostdevices import use_cpu_cores
-
-            use_cpu_cores()  # before JAX starts its CPU backend
         if args.command == "list":
             return cmd_list()
+        from jaxlab.hostdevices import use_cpu_cores
+
+        use_cpu_cores()  # before JAX starts its CPU backend
         if args.command == "run":
             return cmd_run(args, argv)
         if args.command == "report":

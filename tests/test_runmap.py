@@ -1,10 +1,15 @@
 """The run layouts of one program (`jaxlab.train.runmap`): scanned runs equal the plain computation,
 one run at a time; bad layouts are a ConfigError naming the field."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jaxenv import jax_env
 
 from jaxlab.errors import ConfigError
 from jaxlab.train import make_train, seed_keys, stack_hparams
@@ -49,7 +54,7 @@ def test_layout_choice_and_bad_input():
 # 6 runs with different learning rates over 3 CPU devices: each device scans its 2 runs (blocks of
 # 2), against the same runs scanned on one device.
 THREE_DEVICES = """
-import json
+import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jaxlab.experiments import get_experiment
 from jaxlab.train import make_train, seed_keys, stack_hparams
@@ -73,15 +78,8 @@ json.dump({"devices": p.n_devices, "shard_map": "shard_map" in text or "sdy.manu
 
 
 def test_scan_layout_splits_runs_over_devices():
-    import json
-    import subprocess
-    import sys
-
-    from _jaxenv import jax_env
-
-    code = "import sys\n" + THREE_DEVICES
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=jax_env(n_devices=3), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", THREE_DEVICES], env=jax_env(n_devices=3), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)

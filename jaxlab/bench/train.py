@@ -21,8 +21,8 @@ Measured (all times exclude compilation, which is reported as `compile_s`):
               vmapping runs alone.
   peak        a jitted N x N float32 matmul (2 N^3 FLOPs; on a GPU also TF32 and bfloat16): the
               better of one on the first device (all cores) and one on every device at once.
-Baselines run on the first device, one run at a time, as the published codes do.
-Baselines run `--baseline-runs` runs (their cost per run-step does not depend on R); rates are
+Baselines run `--baseline-runs` runs on the first device, one run at a time as the published codes
+do (their cost per run-step does not depend on R); rates are
 run-steps (runs x optimizer steps) per second. Model FLOPs are the analytic count of
 `jaxlab.bench._train_workloads`. Each repeat times sweep, datagen, the baselines and the peak back
 to back; reported rates are medians over repeats, and every ratio (utilization, speedups, datagen
