@@ -187,6 +187,7 @@ class TrainConfig(Section):
     max_runs_per_chunk: int = 0
     run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
     run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
+    micro_batch: int = 0  # sequences per gradient micro-batch (a divisor of batch_size); 0: automatic
 
     def validate(self) -> None:
         n = self._name
@@ -202,6 +203,12 @@ class TrainConfig(Section):
         _positive(n("max_runs_per_chunk"), self.max_runs_per_chunk, allow_zero=True)
         _choice(n("run_layout"), self.run_layout, RUN_LAYOUTS)
         _positive(n("run_block"), self.run_block, allow_zero=True)
+        _positive(n("micro_batch"), self.micro_batch, allow_zero=True)
+        if self.micro_batch and self.batch_size % self.micro_batch:
+            divisors = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]
+            raise ConfigError(
+                n("micro_batch"), f"{self.micro_batch} does not divide batch_size {self.batch_size}", [0, *divisors]
+            )
 
     def eval_steps(self) -> tuple[int, ...]:
         """Steps at which runs are evaluated (always including 0 and `steps`).

@@ -29,6 +29,7 @@ def test_heads_must_divide_d_model_and_error_lists_divisors():
         (ModelConfig, {"activation": "swish"}, "model.activation", "gelu, relu, solu"),
         (ModelConfig, {"mask": "sliding"}, "model.mask", "causal, context_keys, none"),
         (TrainConfig, {"steps": -5}, "train.steps", None),
+        (TrainConfig, {"batch_size": 12, "micro_batch": 5}, "train.micro_batch", "0, 1, 2, 3, 4, 6, 12"),
         (OptimConfig, {"b2": 1.5}, "optim.b2", None),
         (OptimConfig, {"name": "lion"}, "optim.name", "adamw, adam, sgd"),
         (regression.Config, {"layout": "zigzag"}, "task.layout", "paired, interleaved"),

@@ -33,6 +33,7 @@ from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import Batch, sample, task_module, task_spec
 from jaxlab.train.hparams import Hparams, default_hparams
 from jaxlab.train.losses import batch_loss, masked_mean, per_position_loss
+from jaxlab.train.microbatch import accumulate, auto_micro_batch, sequence_bytes
 from jaxlab.train.optim import make_optimizer
 from jaxlab.train.runmap import auto_block
 
@@ -74,8 +75,22 @@ class Train:
 
     def run_block(self) -> int:
         """Runs vmapped together per step of the `scan` run layout (`train.run_block`, 0: automatic)."""
-        m, t = self.cfg.model, self.cfg.train
-        return t.run_block or auto_block(t.batch_size, self.spec.seq_len, int(m.d_model), m.n_layers)
+        return self.cfg.train.run_block or auto_block(self.micro_batch() * self.sequence_bytes())
+
+    def micro_batch(self) -> int:
+        """Sequences per gradient micro-batch (`train.micro_batch`; 0: automatic, which on a CPU is
+        `auto_micro_batch` and elsewhere the whole batch; `jaxlab.train.microbatch`)."""
+        t = self.cfg.train
+        if t.micro_batch:
+            return t.micro_batch
+        if jax.default_backend() != "cpu":
+            return t.batch_size
+        return auto_micro_batch(t.batch_size, self.spec.seq_len, self.sequence_bytes())
+
+    def sequence_bytes(self) -> int:
+        """Forward activations of one training sequence (`jaxlab.train.microbatch.sequence_bytes`)."""
+        m = self.cfg.model
+        return sequence_bytes(self.spec.seq_len, int(m.d_model), m.d_mlp, m.n_heads, m.n_layers)
 
     # -- model ---------------------------------------------------------------------------------
     def apply(self, params: chex.ArrayTree, inputs: jax.Array, interventions: Sequence[Intervention] = ()) -> jax.Array:
@@ -97,9 +112,13 @@ class Train:
         pos = self.loss_positions
         outputs = self.model.apply({"params": params}, batch.inputs, (), pos)
         index = query_index(pos, batch.seq_len)
-        return masked_mean(
-            per_position_loss(self.spec.loss, outputs, batch.targets[:, index]), batch.loss_mask[:, index]
-        )
+        return masked_mean(per_position_loss(self.spec.loss, outputs, batch.targets[:, index]), self.train_mask(batch))
+
+    def train_mask(self, batch: Batch) -> jax.Array:
+        """The loss mask `train_loss` averages over ([B, P] at the loss positions, else [B, T])."""
+        if self.loss_positions is None:
+            return batch.loss_mask
+        return batch.loss_mask[:, query_index(self.loss_positions, batch.seq_len)]
 
     @in_rng_scope
     def sample(self, key: jax.Array, batch_size: int, task: Any = None) -> Batch:
@@ -168,7 +187,13 @@ class Train:
         most of a small model's compile time and per-step overhead.
         """
         batch = self.train_batch(state)
-        loss, grads = jax.value_and_grad(lambda flat: self.train_loss(unravel(flat), batch))(state.params)
+        loss, grads = accumulate(
+            lambda flat, b: self.train_loss(unravel(flat), b),
+            state.params,
+            batch,
+            self.train_mask(batch),
+            self.micro_batch(),
+        )
         updates, opt_state = self._optimizer(hparams).update(grads, state.opt_state, state.params)
         params = state.params + updates
         healthy = (state.diverged_at < 0) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(params))

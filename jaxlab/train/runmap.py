@@ -15,7 +15,8 @@ splitting every small kernel over the cores (benchmarks/results/train.md).
 
 The block (`train.run_block`, 0 = `auto_block`): tiny models spend their step in per-kernel costs
 that a few vmapped runs share, while large activations want one run at a time in the caches.
-`auto_block` vmaps as many runs (at most 8) as keep a block's residual streams within 8 MB.
+`auto_block` vmaps as many runs (at most 8) as keep a block's activations (each run's gradient
+micro-batch, `jaxlab.train.microbatch`) within the same 2 MB work budget.
 
 All give every run the same numbers up to float reassociation (different kernels for the same
 products): a run's function is untouched, only how XLA batches it changes. Measured on the
@@ -35,22 +36,23 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jaxlab.config import RUN_LAYOUTS
 from jaxlab.errors import ConfigError
+from jaxlab.train.microbatch import WORK_BYTES
 from jaxlab.train.sharding import RUN_AXIS
 
 __all__ = ["RUN_LAYOUTS", "auto_block", "over_runs", "resolve_layout"]
 
-BLOCK_BYTES = 8 * 2**20
 MAX_BLOCK = 8
 
 
-def auto_block(batch_size: int, seq_len: int, d_model: int, n_layers: int) -> int:
-    """Runs per scanned block: as many (<= 8) as keep block x batch x T x D x layers floats within 8 MB.
+def auto_block(unit_bytes: int, budget: int = WORK_BYTES) -> int:
+    """Runs per scanned block: as many (<= 8) as keep the block's activations within `budget`,
+    given `unit_bytes` of activations per run and gradient micro-batch (`jaxlab.train.microbatch`).
 
-    Measured on the 2-core CPU (benchmarks/results/train.md): the paper LSA step (1 MB of tokens
-    per run) is fastest with blocks of 4-8, the softmax workload (10 MB per run) with 1.
+    Measured on the 2-core CPU with one device per core (benchmarks/results/train.md): the paper
+    LSA step (2 MB per run) is ~15% faster in blocks of 1 than of 8; a run whose micro-batch
+    already fills the budget gets 1.
     """
-    per_run = 4 * batch_size * seq_len * d_model * max(n_layers, 1)
-    return int(max(1, min(MAX_BLOCK, BLOCK_BYTES // max(per_run, 1))))
+    return int(max(1, min(MAX_BLOCK, budget // max(unit_bytes, 1))))
 
 
 def resolve_layout(layout: str = "auto") -> str:
