@@ -83,7 +83,8 @@ def test_reference_baseline_trains_the_same_model_on_the_same_task(smoke_cfg):
 @pytest.mark.parametrize(
     ("argv", "field"),
     [(["--workload", "nope"], "--workload"), (["--dtype", "float16"], "--dtype"), (["--runs", "0"], "--runs"),
-     (["--baselines", "loop,fast"], "--baselines"), (["--prng-impl", "xor"], "--prng-impl")],
+     (["--baselines", "loop,fast"], "--baselines"), (["--prng-impl", "xor"], "--prng-impl"),
+     (["--micro-batch", "100"], "train.micro_batch")],
 )  # fmt: skip
 def test_bad_input_is_a_user_error(argv, field, capsys):
     assert main(["bench", "train", *argv]) == 2

@@ -4,7 +4,8 @@ the machine's matmul peak, and one-run-at-a-time baselines, all measured in one 
 Measured (all times exclude compilation, which is reported as `compile_s`):
   sweep       R runs in one program: `Train.advance` over the runs in the run layout of `jaxlab run`
               (`--run-layout`, `jaxlab.train.runmap`: `vmap`, or `scan` = each device trains its
-              share of the runs one after another; `auto` = scan on CPUs), split over every device
+              share of the runs one after another; `auto` = scan on CPUs; each run's gradient in
+              micro-batches, `--micro-batch`, `jaxlab.train.microbatch`), split over every device
               as `jaxlab run` splits them (the `jaxlab` command gives a CPU host one device per
               core, `jaxlab.hostdevices`), state donated, `--steps` optimizer steps per call (what
               `jaxlab run` executes between two evaluations); one program for all R runs, or for
@@ -75,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matmul-size", type=int, help="N of the peak N x N matmul (default 2048 CPU, 8192 GPU)")
     p.add_argument("--run-layout", default="auto", help=f"how one program holds its runs: {', '.join(RUN_LAYOUTS)}")
     p.add_argument("--run-block", type=int, help="runs vmapped per step of the scan layout (default: automatic)")
+    p.add_argument("--micro-batch", type=int, help="sequences per gradient micro-batch (default: automatic)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -101,6 +103,7 @@ def _check(args: argparse.Namespace) -> None:
         "batch_size",
         "runs_per_chunk",
         "run_block",
+        "micro_batch",
     ):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -312,6 +315,7 @@ def measure(
     runs_per_chunk: int | None = None,
     run_layout: str = "auto",
     run_block: int | None = None,
+    micro_batch: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the result object of `--json`."""
@@ -326,6 +330,8 @@ def measure(
     cfg = wl.config().with_overrides({"model.dtype": dtype, "train.prng_impl": prng_impl})
     if batch_size is not None:
         cfg = cfg.set("train.batch_size", batch_size)
+    if micro_batch is not None:
+        cfg = cfg.set("train.micro_batch", micro_batch)
     cfg = with_seeds(cfg, tuple(range(runs)))
     device = jax.devices()[0]
     on_gpu = jax.default_backend() == "gpu"
@@ -366,6 +372,7 @@ def measure(
         "runs_per_chunk": prog.chunk,
         "run_layout": layout,
         "run_block": prog.block if layout == "scan" else None,
+        "micro_batch": prog.train.micro_batch(),
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
         "n_devices": prog.n_devices,
     }
@@ -432,11 +439,13 @@ def format_result(r: dict[str, Any]) -> str:
         if f"speedup_vs_{name}" in r:
             rows.append((label, f"{name}_run_steps_per_s", f"speedup_vs_{name}"))
     block = "" if r.get("run_block") is None else f", blocks of {r['run_block']}"
+    split = r.get("micro_batch", r["batch_size"]) < r["batch_size"]
+    micro = f" in micro-batches of {r['micro_batch']}" if split else ""
     lines = [
         f"workload {r['workload']}: {r['runs']} runs ({r['run_layout']}{block}, chunks of {r['runs_per_chunk']}, "
         f"{r['n_devices']} devices) "
         f"x {r['steps']} steps, "
-        f"batch {r['batch_size']}, {r['dtype']}, "
+        f"batch {r['batch_size']}{micro}, {r['dtype']}, "
         f"{r['prng_impl']}, on {r['device']}",
         f"  {'':16s}{'run-steps/s':>12s}{'per CPU-s':>12s}   ratio (wall / CPU time)",
     ]
@@ -471,6 +480,7 @@ def main(args: argparse.Namespace) -> int:
         runs_per_chunk=args.runs_per_chunk,
         run_layout=args.run_layout,
         run_block=args.run_block,
+        micro_batch=args.micro_batch,
         log=log,
     )
     print(json.dumps(result) if args.json else format_result(result))
