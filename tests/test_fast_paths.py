@@ -8,7 +8,7 @@ import pytest
 
 from jaxlab.config import ModelConfig
 from jaxlab.models import Transformer, init_params
-from jaxlab.models.attention import keys_first_cheaper
+from jaxlab.models.attention import keys_first_cheaper, vector_padding
 from jaxlab.tasks import regression, sample
 from jaxlab.train import make_train, run_sweep, seed_keys
 
@@ -19,6 +19,9 @@ CASES = [
     dict(attention="linear", mask="causal", n_heads=3, d_head=5, n_layers=2, tie_layers=True),
     # the paper's LSA layer: merged per-head products, output projection at the y-block only
     dict(attention="linear", mask="context_keys", n_heads=1, use_bias=False, layernorm=False, readout="y_block"),
+    # the same at the paper's width 11, whose tokens the CPU path pads to 16 floats
+    dict(attention="linear", mask="context_keys", n_heads=1, use_bias=False, layernorm=False, readout="y_block",
+         d_model=11),
     dict(attention="softmax", mask="causal", n_heads=2, use_bias=False, layernorm=False, readout="neg_y_block",
          n_layers=2),
 ]  # fmt: skip
@@ -61,6 +64,11 @@ def test_outputs_at_positions_equal_full_outputs_and_gradients(kw):
         # largest gradient entry leaves absolute errors of order 1e-5 of it.
         for a, b in zip(jax.tree_util.tree_leaves(g_part), jax.tree_util.tree_leaves(g_full)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-5 * float(np.abs(b).max()))
+
+
+def test_vector_padding_rounds_widths_between_8_and_16_up_to_16_on_a_cpu():
+    assert jax.default_backend() == "cpu"
+    assert [vector_padding(d) for d in (4, 8, 9, 11, 15, 16, 21)] == [0, 0, 7, 5, 1, 0, 0]
 
 
 def test_both_query_subset_paths_are_exercised():
