@@ -49,6 +49,25 @@ def test_flop_count_is_the_documented_formula():
     T, D, F = 80, 64, 256
     forward = 6 * T * D * D + 4 * T * T * D + 2 * T * D * D + 4 * T * D * F
     assert flops_per_run_step(soft) == 3 * forward * 2 * 256
+    T, D, F = 15, 256, 1024  # the clustering model: 6 blocks, 256 instructions per step
+    forward = 6 * T * D * D + 4 * T * T * D + 2 * T * D * D + 4 * T * D * F
+    assert flops_per_run_step(WORKLOADS["clustering"].config()) == 3 * forward * 6 * 256
+
+
+def test_reference_baseline_of_a_token_task_takes_jaxlabs_loss_on_the_sampled_batch():
+    from jaxlab.experiments import get_experiment
+    from jaxlab.train import default_hparams
+
+    train = make_train(get_experiment("instruction-clustering").preset("smoke"))
+    ref = ReferenceLoop(train)
+    hp = default_hparams(train.cfg)
+    state = train.init(seed_keys([0])[0], hp)
+    batch = ref.data(jax.random.PRNGKey(0))
+    assert batch.inputs.shape == (train.cfg.train.batch_size, train.spec.seq_len)
+    want = float(jax.jit(train.loss)(state.params, batch))
+    params, _, loss = ref.update(state.params, state.opt_state, hp, batch)
+    assert float(loss) == pytest.approx(want, rel=1e-5) and np.isfinite(want)
+    assert float(jax.jit(train.loss)(params, batch)) < want  # one step down the same loss
 
 
 def test_reference_baseline_trains_the_same_model_on_the_same_task(smoke_cfg):

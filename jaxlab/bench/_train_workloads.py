@@ -6,6 +6,10 @@ lsa-regression      von Oswald et al. (2023): the `icl-regression` paper preset.
 softmax-regression  Garg et al. (2022) style: interleaved x / y tokens, d = 20, N = 40 (T = 80),
                     2 pre-LN blocks of 4-head causal softmax attention, d_model 64, GeLU MLP of
                     width 256, learned positions, 256 tasks per step and run, adamw (lr 1e-4).
+clustering          Wu & Varshney (2024): the `instruction-clustering` paper preset. 6 pre-LN
+                    blocks of 8-head causal softmax attention, d_model 256, GeLU MLP of width 1024,
+                    15-token instruction sequences over a 200-token vocabulary, 256 sequences per
+                    step and run, next-token cross-entropy.
 
 FLOPs per optimizer step and run (fixed, whatever the implementation computes), per layer and
 sequence of T tokens of width D with an MLP of width F:
@@ -65,6 +69,12 @@ def softmax_regression() -> ExperimentConfig:
     )
 
 
+def clustering() -> ExperimentConfig:
+    from jaxlab.experiments import get_experiment
+
+    return get_experiment("instruction-clustering").preset("paper")
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -76,6 +86,13 @@ WORKLOADS: dict[str, Workload] = {
             softmax_regression,
             default_steps=1,
             runs_per_chunk=16,
+        ),
+        Workload(
+            "clustering",
+            "6-block softmax, d_model 256, T=15, batch 256 (Wu & Varshney)",
+            clustering,
+            default_steps=1,
+            runs_per_chunk=8,
         ),
     )
 }
