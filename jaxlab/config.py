@@ -41,6 +41,11 @@ def _choice(name: str, value: object, allowed: Sequence[object]) -> None:
         raise ConfigError(name, f"unknown value {value!r}", allowed)
 
 
+def divisors(n: int) -> list[int]:
+    """The positive divisors of n, ascending."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
@@ -116,12 +121,11 @@ class ModelConfig(Section):
             if value is not None:
                 _positive(n(name), value)
         if self.d_model is not None and self.d_head is None and self.d_model % self.n_heads:
-            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0]
             raise ConfigError(
                 n("n_heads"),
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 "set model.d_head to choose the head width explicitly",
-                divisors,
+                divisors(self.d_model),
             )
         if self.input == "discrete" and self.read_in == "identity":
             raise ConfigError(n("read_in"), "discrete inputs need an embedding", ["linear"])
@@ -205,9 +209,10 @@ class TrainConfig(Section):
         _positive(n("run_block"), self.run_block, allow_zero=True)
         _positive(n("micro_batch"), self.micro_batch, allow_zero=True)
         if self.micro_batch and self.batch_size % self.micro_batch:
-            divisors = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]
             raise ConfigError(
-                n("micro_batch"), f"{self.micro_batch} does not divide batch_size {self.batch_size}", [0, *divisors]
+                n("micro_batch"),
+                f"{self.micro_batch} does not divide batch_size {self.batch_size}",
+                [0, *divisors(self.batch_size)],
             )
 
     def eval_steps(self) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlab.config import divisors
 from jaxlab.tasks import Batch
 
 WORK_BYTES = 2 * 2**20
@@ -55,9 +56,9 @@ def auto_micro_batch(
     """Sequences per micro-batch: the largest divisor of `batch_size` whose activations
     (`seq_bytes` per sequence) fit in `budget` bytes, raised if needed to the smallest divisor
     that holds `min_tokens` tokens (module docstring)."""
-    divisors = [d for d in range(1, batch_size + 1) if batch_size % d == 0]
-    fits = max(d for d in divisors if d == 1 or d * seq_bytes <= budget)
-    long_enough = min(d for d in divisors if d * seq_len >= min_tokens or d == batch_size)
+    sizes = divisors(batch_size)
+    fits = max(d for d in sizes if d == 1 or d * seq_bytes <= budget)
+    long_enough = min(d for d in sizes if d * seq_len >= min_tokens or d == batch_size)
     return max(fits, long_enough)
 
 
