@@ -185,13 +185,16 @@ class TrainConfig(Section):
     n_evals: int = 20
     eval_batch_size: int = 1024
     eval_seed: int = 1_000_003
-    checkpoint_every: int = 0  # in evaluation intervals; 0: only the final state
+    checkpoint_every: int = 0  # in evaluation intervals; 0: by time only (checkpoint_minutes) and at the end
+    checkpoint_minutes: float = 10.0  # also checkpoint once this many minutes passed since the last; 0: off
     keep_checkpoints: int = 2  # 0: keep every checkpoint (e.g. a log-spaced series)
     prng_impl: str = "threefry2x32"
     max_runs_per_chunk: int = 0
     run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
     run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
     micro_batch: int = 0  # sequences per gradient micro-batch (a divisor of batch_size); 0: automatic
+    diverge_above: float = 1e6  # diverged: a step's loss above this x the run's first loss (0: non-finite only)
+    stall_timeout: float = 15.0  # minutes with no progress (beyond the slowest interval seen) before the watchdog stops
 
     def validate(self) -> None:
         n = self._name
@@ -202,12 +205,15 @@ class TrainConfig(Section):
         _positive(n("n_evals"), self.n_evals)
         _positive(n("eval_batch_size"), self.eval_batch_size)
         _positive(n("checkpoint_every"), self.checkpoint_every, allow_zero=True)
+        _positive(n("checkpoint_minutes"), self.checkpoint_minutes, allow_zero=True)
         _positive(n("keep_checkpoints"), self.keep_checkpoints, allow_zero=True)
         _choice(n("prng_impl"), self.prng_impl, PRNG_IMPLS)
         _positive(n("max_runs_per_chunk"), self.max_runs_per_chunk, allow_zero=True)
         _choice(n("run_layout"), self.run_layout, RUN_LAYOUTS)
         _positive(n("run_block"), self.run_block, allow_zero=True)
         _positive(n("micro_batch"), self.micro_batch, allow_zero=True)
+        _positive(n("diverge_above"), self.diverge_above, allow_zero=True)
+        _positive(n("stall_timeout"), self.stall_timeout, allow_zero=True)
         if self.micro_batch and self.batch_size % self.micro_batch:
             raise ConfigError(
                 n("micro_batch"),
