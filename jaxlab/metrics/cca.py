@@ -29,6 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlab import linalg
 from jaxlab.errors import ConfigError
 from jaxlab.metrics._common import HIGHEST, center, check_pair, eps, metric, safe_div
 
@@ -40,7 +41,7 @@ def _svd_memory(n: int, d1: int, d2: int) -> int:
 def _basis(xc: jax.Array, keep: float | jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(orthonormal basis [n, k] with dropped columns zeroed, kept mask [k], numerical rank)."""
     n, d = xc.shape
-    u, s, _ = jnp.linalg.svd(xc, full_matrices=False)
+    u, s, _ = linalg.svd(xc)
     rank_mask = s > max(n, d) * eps() * s[0]
     mask = rank_mask
     if keep is not None:
@@ -63,7 +64,7 @@ def _flags(n: int, dx: int, dy: int, rx: jax.Array, ry: jax.Array, cx: jax.Array
 
 def _correlations(qx: jax.Array, qy: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(U, rho descending in [0, 1], V^T) of Qx^T Qy."""
-    u, rho, vt = jnp.linalg.svd(jnp.matmul(qx.T, qy, precision=HIGHEST), full_matrices=False)
+    u, rho, vt = linalg.svd(jnp.matmul(qx.T, qy, precision=HIGHEST))
     return u, jnp.clip(rho, 0.0, 1.0), vt
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlab import linalg
 from jaxlab.metrics._common import HIGHEST, center, check_pair, metric, unit_frobenius
 
 
@@ -23,11 +24,11 @@ def nuclear_norm_of_cross(xn: jax.Array, yn: jax.Array) -> jax.Array:
     n, d1 = xn.shape
     d2 = yn.shape[1]
     if n < min(d1, d2):
-        ux, sx, _ = jnp.linalg.svd(xn, full_matrices=False)
-        uy, sy, _ = jnp.linalg.svd(yn, full_matrices=False)
+        ux, sx, _ = linalg.svd(xn)
+        uy, sy, _ = linalg.svd(yn)
         core = sx[:, None] * jnp.matmul(ux.T, uy, precision=HIGHEST) * sy[None, :]
-        return jnp.sum(jnp.linalg.svd(core, compute_uv=False))
-    return jnp.sum(jnp.linalg.svd(jnp.matmul(xn.T, yn, precision=HIGHEST), compute_uv=False))
+        return jnp.sum(linalg.svdvals(core))
+    return jnp.sum(linalg.svdvals(jnp.matmul(xn.T, yn, precision=HIGHEST)))
 
 
 @metric(symmetric=True, memory=lambda n, d1, d2: 6 * n * (d1 + d2) + 4 * (d1 + d2) ** 2)

@@ -37,6 +37,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxlab import linalg
 from jaxlab.config import ModelConfig
 from jaxlab.probes.gd_equivalence import minimize_log_grid
 from jaxlab.probes.sensitivity import cosine, query_sensitivity
@@ -202,7 +203,7 @@ def head_cosines(params: chex.ArrayTree) -> jax.Array:
 
 def positional_spectrum(params: chex.ArrayTree, seq_len: int) -> jax.Array:
     """[H, T] singular values of each head's positional matrix P_h, divided by the largest."""
-    sv = jnp.linalg.svd(positional_matrices(params, seq_len), compute_uv=False)
+    sv = linalg.svdvals(positional_matrices(params, seq_len))
     return sv / jnp.maximum(sv[:, :1], 1e-30)
 
 
@@ -247,7 +248,7 @@ def w_hat_errors(
     """
     B, T, Wd = inputs_BTW.shape
     M = x_probe_MD.shape[0]
-    pinv_DM = jnp.linalg.pinv(x_probe_MD)
+    pinv_DM = linalg.pinv(x_probe_MD)
     seqs = jnp.broadcast_to(inputs_BTW[:, None], (B, M, T, Wd)).reshape(B * M, T, Wd)
     xs = jnp.broadcast_to(x_probe_MD[None], (B, M, x_probe_MD.shape[1])).reshape(B * M, -1)
     norm_B = jnp.linalg.norm(w_BDD, axis=(1, 2))
@@ -272,7 +273,7 @@ def lag_weights(preds_BTD: jax.Array, s_BTD: jax.Array, n_lags: int = 2) -> jax.
     y = preds_BTD[:, n_lags - 1 :]
     gram = jnp.einsum("btdk,btdl->kl", lags, lags)
     rhs = jnp.einsum("btdk,btd->k", lags, y)
-    return jnp.linalg.solve(gram, rhs)
+    return linalg.solve(gram, rhs)
 
 
 def model_config_check(cfg: ModelConfig) -> None:

@@ -12,7 +12,7 @@ Two steps:
    sensitivities at the queries, GD++ (eta, gamma fitted jointly) when n_steps > 1, the baselines'
    predictions (`icl_algorithms.ALGORITHMS`), and the probe inputs for ILWD. It runs eagerly: the
    GD fits are one compiled JAX program, the baselines and least-squares fits run in NumPy (float64)
-   on the host (see `icl_algorithms` on batched LAPACK calls in XLA).
+   on the host.
 2. `equivalence_metrics(apply_fn, params, batch, ref)` compares ONE model with the reference; vmap
    it over stacked parameters to probe R runs in one call (`jax.vmap(f, in_axes=(None, 0, None,
    None))`).

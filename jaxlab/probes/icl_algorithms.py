@@ -18,9 +18,8 @@ host) or on JAX arrays (jit/vmap-compatible): the array type of x decides. Weigh
 `fit_linear` is the least-squares fit without intercept used by the implicit linear weight
 difference (ILWD, Akyürek et al. Sec. 4.1): w_hat(f) = argmin_w sum_m (f(x'_m) - w . x'_m)^2.
 
-On a CPU, prefer NumPy inputs for ridge, ols and fit_linear over many tasks: jaxlib's batched
-LAPACK kernels (solve, pinv) split their batch over XLA's thread pool, and two of them running at
-once on a 2-thread pool can deadlock (seen with jaxlib 0.10.2).
+With JAX inputs the solves and pseudo-inverses go through `jaxlab.linalg` (one matrix per LAPACK
+call on a CPU, which cannot deadlock XLA's thread pool); with NumPy inputs through `numpy.linalg`.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlab import linalg
+
 ALGORITHMS = ("gd", "ridge", "ols", "knn", "averaging")
 
 Predictor = Callable[[Any, Any, Any], Any]
@@ -38,6 +39,14 @@ Predictor = Callable[[Any, Any, Any], Any]
 
 def _xp(x: Any) -> Any:
     return np if isinstance(x, np.ndarray) else jnp
+
+
+def _solve(a: Any, b: Any) -> Any:
+    return np.linalg.solve(a, b) if isinstance(a, np.ndarray) else linalg.solve(a, b)
+
+
+def _pinv(a: Any) -> Any:
+    return np.linalg.pinv(a) if isinstance(a, np.ndarray) else linalg.pinv(a)
 
 
 def _t(a: Any) -> Any:
@@ -79,12 +88,12 @@ def ridge_predict(x: Any, y: Any, q: Any, lam: float) -> Any:
     _check(x, y, q)
     xp = _xp(x)
     gram = _t(x) @ x + lam * xp.eye(x.shape[-1], dtype=x.dtype)
-    return q @ xp.linalg.solve(gram, _t(x) @ y)
+    return q @ _solve(gram, _t(x) @ y)
 
 
 def ols_predict(x: Any, y: Any, q: Any) -> Any:
     _check(x, y, q)
-    return q @ (_xp(x).linalg.pinv(x) @ y)
+    return q @ (_pinv(x) @ y)
 
 
 def knn_predict(x: Any, y: Any, q: Any, k: int = 3) -> Any:
@@ -117,7 +126,7 @@ def predictor(
 
 def fit_linear(x: Any, f: Any) -> Any:
     """Least-squares weights [..., D, O] of f [..., M, O] on x [..., M, D], without intercept."""
-    return _xp(x).linalg.pinv(x) @ f
+    return _pinv(x) @ f
 
 
 __all__ = [

@@ -15,6 +15,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxlab import linalg
+
 
 def ridge_fit(x_NF: jax.Array, y_NK: jax.Array, lam: float | jax.Array = 1e-3) -> tuple[jax.Array, jax.Array]:
     """Ridge weights W [F, K] and intercept b [K] (see the module docstring); `lam` > 0."""
@@ -27,10 +29,10 @@ def ridge_fit(x_NF: jax.Array, y_NK: jax.Array, lam: float | jax.Array = 1e-3) -
     n, f = x.shape
     if n >= f:
         gram = xc.T @ xc + lam * jnp.eye(f)
-        w = jax.scipy.linalg.solve(gram, xc.T @ yc, assume_a="pos")
+        w = linalg.solve(gram, xc.T @ yc, assume_a="pos")
     else:
         gram = xc @ xc.T + lam * jnp.eye(n)
-        w = xc.T @ jax.scipy.linalg.solve(gram, yc, assume_a="pos")
+        w = xc.T @ linalg.solve(gram, yc, assume_a="pos")
     return w, y_mean - x_mean @ w
 
 

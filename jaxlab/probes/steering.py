@@ -43,6 +43,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxlab import linalg
 from jaxlab.models import Transformer, add_at, run_with_cache
 from jaxlab.probes.linear_probe import ridge_classifier_accuracy
 
@@ -71,7 +72,7 @@ def pca_direction(diffs_ND: jax.Array) -> tuple[jax.Array, jax.Array]:
     chex.assert_rank(diffs_ND, 2)
     d = diffs_ND.astype(jnp.float32)
     second = d.T @ d / d.shape[0]
-    evals, evecs = jnp.linalg.eigh(second)  # ascending
+    evals, evecs = linalg.eigh(second)  # ascending
     v = evecs[:, -1]
     sign = jnp.where(d.mean(0) @ v < 0, -1.0, 1.0)
     ratio = evals[-1] / jnp.maximum(jnp.sum(jnp.clip(evals, 0.0)), 1e-30)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab import rng
+from jaxlab import linalg, rng
 from jaxlab.config import Section, _choice, _positive
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
@@ -93,7 +93,7 @@ def rotation_blocks(theta_BK: jax.Array) -> jax.Array:
 def haar_orthogonal(key: jax.Array, batch_size: int, d: int) -> jax.Array:
     """[B, d, d] Haar-distributed orthogonal matrices: Q diag(sign(diag R)) for G = QR, G Gaussian."""
     g = rng.normal(key, (batch_size, d, d))
-    q, r = jnp.linalg.qr(g)
+    q, r = linalg.qr(g)
     signs = jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))
     signs = jnp.where(signs == 0, 1.0, signs)
     return q * signs[:, None, :]
