@@ -8,12 +8,18 @@ import numpy as np
 import pytest
 from scipy.special import comb
 
+from jaxlab.errors import ConfigError
 from jaxlab.metrics.clustering import (
     adjusted_rand_index,
     class_means,
+    inertia,
     kmeans,
+    kmeans_plus_plus,
+    lloyd,
     normalized_mutual_info,
+    pairwise_distances,
     silhouette_score,
+    squared_distances,
     variance_ratio,
 )
 
@@ -200,3 +206,198 @@ def test_kmeans_handles_duplicate_points():
     res = _kmeans(jax.random.key(3), x, 3, 5, 2)
     assert float(res.inertia) == pytest.approx(0.0, abs=1e-6)
     assert np.all(np.isfinite(np.asarray(res.centroids)))
+
+
+# -- far from the origin: float64 NumPy references -----------------------------------------------
+# Hidden states often share a large common offset. The metrics work in float32 (no jax x64 here),
+# so the reference is computed in float64 from the float32-rounded input (`f32`): what is compared
+# is the algorithm, not the rounding of the input itself (eps * offset per coordinate). Centroids and
+# class means come back in the input's coordinates, rounded to float32: they are compared to within
+# one float32 spacing at the data's magnitude. The previous code got the inertia wrong from 1e3 and
+# the partition from 1e4. k-means holds to 1e7, where the float32 input is rounded to integers (the
+# clusters' noise is 1); there the variance ratio is NaN by the metrics' rule for inputs that vary
+# only at float resolution (RMS <= 4 eps max |x|, `jaxlab.metrics._common`).
+OFFSETS = (0.0, 1e3, 1e4, 1e5, 1e6)
+
+
+def f32(x):
+    return np.asarray(x, np.float32).astype(np.float64)
+
+
+def spacing(x):
+    """One float32 spacing at the magnitude of x."""
+    return float(np.spacing(np.float32(np.abs(x).max())))
+
+
+def np_lloyd(x, c, n_iters):
+    c = c.copy()
+    for _ in range(n_iters):
+        a = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+        for j in range(len(c)):
+            if (a == j).any():  # an empty cluster keeps its centroid
+                c[j] = x[a == j].mean(0)
+    return c
+
+
+def np_inertia(x, c):
+    d2 = ((x[:, None] - c[None]) ** 2).sum(-1)
+    a = d2.argmin(1)
+    return d2[np.arange(len(x)), a].sum(), a
+
+
+def np_partition_inertia(x, a):
+    return sum(((x[a == j] - x[a == j].mean(0)) ** 2).sum() for j in np.unique(a))
+
+
+def np_variance_ratio(x, labels):
+    classes = np.unique(labels)
+    mu = {c: x[labels == c].mean(0) for c in classes}
+    between = sum((labels == c).sum() * np.sum((mu[c] - x.mean(0)) ** 2) for c in classes)
+    return between / sum(np.sum((x[labels == c] - mu[c]) ** 2) for c in classes)
+
+
+def blobs(seed, n=120, d=5, k=4, spread=10.0):
+    """Well-separated Gaussian clusters (unit noise) and a direction for the offset (entries 0.5 to 1.5)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    x = spread * rng.normal(size=(k, d))[labels] + rng.normal(size=(n, d))
+    return x, labels, 0.5 + rng.random(d)
+
+
+@pytest.mark.parametrize("offset", (*OFFSETS, 1e7))
+def test_lloyd_and_inertia_match_float64_lloyd_far_from_the_origin(offset):
+    x0, _, direction = blobs(10)
+    x = f32(x0 + offset * direction)
+    seeds = x[np.random.default_rng(11).choice(len(x), 4, replace=False)]  # the same initial centroids
+    ref = np_lloyd(x, seeds, 8)
+    got = np.asarray(lloyd(jnp.asarray(x), jnp.asarray(seeds), 8), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2 * spacing(x) + 1e-4)
+    c = f32(ref)  # what a float32 caller holds
+    value, assign = inertia(jnp.asarray(x), jnp.asarray(c))
+    ref_value, ref_assign = np_inertia(x, c)
+    assert float(value) == pytest.approx(ref_value, rel=1e-5)
+    np.testing.assert_array_equal(np.asarray(assign), ref_assign)
+    dist = squared_distances(jnp.asarray(x), jnp.asarray(c))
+    np.testing.assert_allclose(dist, ((x[:, None] - c[None]) ** 2).sum(-1), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("offset", (*OFFSETS, 1e7))
+def test_kmeans_far_from_the_origin_matches_float64(offset):
+    x0, labels, direction = blobs(12)
+    x = f32(x0 + offset * direction)
+    res = _kmeans(jax.random.key(0), jnp.asarray(x), 4, 20, 4)
+    a = np.asarray(res.assignments)
+    assert ari(labels, a) == pytest.approx(1.0)  # the planted partition
+    # inertia: the float64 sum of squares of that partition (which here is the optimum)
+    assert float(res.inertia) == pytest.approx(np_partition_inertia(x, a), rel=1e-5)
+    assert float(res.inertia) <= float(res.init_inertia) * (1 + 1e-5)
+    # centroids: the members' means, in the input's coordinates
+    means = np.stack([x[a == j].mean(0) for j in range(4)])
+    np.testing.assert_allclose(np.asarray(res.centroids, np.float64), means, rtol=0, atol=2 * spacing(x) + 1e-4)
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_variance_ratio_silhouette_class_means_far_from_the_origin(offset):
+    x0, labels, direction = blobs(13, n=60, k=3, spread=2.0)  # overlapping classes: a ratio ~ 5
+    x = f32(x0 + offset * direction)
+    xj, lj = jnp.asarray(x), jnp.asarray(labels)
+    assert float(variance_ratio(xj, lj, 3)) == pytest.approx(np_variance_ratio(x, labels), rel=2e-6)
+    assert float(_silhouette(xj, lj, 3)) == pytest.approx(np_silhouette(x, labels), abs=2e-6)
+    mu = np.stack([x[labels == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(np.asarray(class_means(xj, lj, 4), np.float64)[:3], mu, rtol=0, atol=spacing(x) + 1e-5)
+    assert np.all(np.asarray(class_means(xj, lj, 4))[3] == 0.0)  # an empty class
+    dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(pairwise_distances(xj), dist, rtol=0, atol=1e-4 * dist.max())
+
+
+def test_translation_invariance_of_partition_inertia_and_scores():
+    """The same data shifted by 1e3 .. 1e6 in a random direction: the same partition (up to renaming),
+    inertia, variance ratio and silhouette. The data lie on a grid of 1/8 and the shifts are integers
+    below 2^21, so the shifted data are exact in float32: only the algorithm can break invariance."""
+    x0, labels, _ = blobs(14, n=90, k=3, spread=1.0)  # overlapping clusters: k-means is not trivial
+    x0 = np.round(8 * x0) / 8
+    rng = np.random.default_rng(15)
+    base = _kmeans(jax.random.key(1), jnp.asarray(x0), 3, 20, 4)
+    base_vr = float(variance_ratio(jnp.asarray(x0), jnp.asarray(labels), 3))
+    base_sil = float(_silhouette(jnp.asarray(x0), jnp.asarray(labels), 3))
+    assert 0.5 < ari(labels, np.asarray(base.assignments)) < 1.0  # the case is not trivial
+    for offset in (1e3, 1e4, 1e5, 1e6):
+        shift = np.round(offset * rng.uniform(-1.5, 1.5, size=x0.shape[1]))
+        x = x0 + shift
+        assert np.array_equal(f32(x), x)
+        res = _kmeans(jax.random.key(1), jnp.asarray(x), 3, 20, 4)
+        assert ari(np.asarray(base.assignments), np.asarray(res.assignments)) == pytest.approx(1.0)
+        assert float(res.inertia) == pytest.approx(float(base.inertia), rel=1e-5)
+        assert float(variance_ratio(jnp.asarray(x), jnp.asarray(labels), 3)) == pytest.approx(base_vr, rel=1e-5)
+        assert float(_silhouette(jnp.asarray(x), jnp.asarray(labels), 3)) == pytest.approx(base_sil, abs=1e-5)
+        # centroids move with the data (to within their float32 rounding at the offset)
+        a, b = np.asarray(res.assignments), np.asarray(base.assignments)
+        renamed = np.zeros_like(np.asarray(base.centroids, np.float64))
+        renamed[[b[a == j][0] for j in range(3)]] = np.asarray(res.centroids, np.float64) - shift
+        np.testing.assert_allclose(renamed, base.centroids, rtol=0, atol=spacing(x) + 1e-5)
+
+
+def test_constant_features_change_nothing():
+    """Dead units (a feature equal for every example, large or 0) add no distance and no variance."""
+    x0, labels, _ = blobs(16, n=80, d=4, k=3, spread=3.0)
+    extra = np.broadcast_to(np.array([1e5, -3e4, 0.0, 7.0]), (80, 4))
+    x = np.concatenate([x0, extra], 1)
+    plain = _kmeans(jax.random.key(2), jnp.asarray(x0), 3, 20, 4)
+    wide = _kmeans(jax.random.key(2), jnp.asarray(x), 3, 20, 4)
+    assert ari(np.asarray(plain.assignments), np.asarray(wide.assignments)) == pytest.approx(1.0)
+    assert float(wide.inertia) == pytest.approx(float(plain.inertia), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(wide.centroids)[:, 4:], np.asarray(extra[:3]), rtol=1e-7)
+    xj, lj = jnp.asarray(x), jnp.asarray(labels)
+    assert float(variance_ratio(xj, lj, 3)) == pytest.approx(np_variance_ratio(x0, labels), rel=2e-6)
+    assert float(_silhouette(xj, lj, 3)) == pytest.approx(np_silhouette(x0, labels), abs=2e-6)
+    # every feature constant (at a large offset): no variance ratio; k-means finds one point
+    same = np.broadcast_to(1e5 + np.arange(6.0), (20, 6))
+    assert np.isnan(float(variance_ratio(jnp.asarray(same), jnp.asarray(labels[:20]), 3)))
+    res = _kmeans(jax.random.key(3), jnp.asarray(same), 2, 5, 2)
+    assert float(res.inertia) == 0.0
+    np.testing.assert_allclose(res.centroids, same[:2], rtol=1e-7)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e5])
+def test_kmeans_with_fewer_examples_than_features_finds_the_optimum(offset):
+    """n <= d: against every partition of 7 points in 12 dimensions into 3 clusters (and of 6 into 2)."""
+    rng = np.random.default_rng(17)
+    for n, d, k in [(7, 12, 3), (6, 6, 2)]:
+        x = f32(rng.normal(size=(n, d)) + offset * (0.5 + rng.random(d)))
+        best = min(np_partition_inertia(x, np.array(a)) for a in itertools.product(range(k), repeat=n))
+        got = _kmeans(jax.random.key(4), jnp.asarray(x), k, 20, 8)
+        assert float(got.inertia) == pytest.approx(best, rel=1e-4)
+        assert np_partition_inertia(x, np.asarray(got.assignments)) == pytest.approx(best, rel=1e-4)
+
+
+def test_numpy_input_and_bad_options():
+    """NumPy arrays (float64 or float32) are accepted eagerly and give what JAX arrays give."""
+    x, labels, _ = blobs(18, n=50, k=3)
+    key = jax.random.key(5)
+    for arr in (x, x.astype(np.float32)):
+        got = kmeans(key, arr, 3, 10, 2)
+        want = kmeans(key, jnp.asarray(arr, jnp.float32), 3, 10, 2)
+        np.testing.assert_array_equal(got.assignments, want.assignments)
+        np.testing.assert_allclose(got.centroids, want.centroids, rtol=1e-6)
+        assert float(got.inertia) == pytest.approx(float(want.inertia), rel=1e-6)
+    seeds = np.asarray(kmeans_plus_plus(key, x, 3))
+    assert all(np.any(np.all(np.isclose(x, s, rtol=1e-6), 1)) for s in seeds)  # seeds are examples
+    np.testing.assert_allclose(lloyd(x, seeds, 5), np_lloyd(f32(x), f32(seeds), 5), rtol=1e-5, atol=1e-5)
+    assert float(inertia(x, seeds)[0]) == pytest.approx(np_inertia(f32(x), f32(seeds))[0], rel=1e-5)
+    assert float(variance_ratio(x, labels, 3)) == pytest.approx(np_variance_ratio(x, labels), rel=1e-5)
+    assert float(silhouette_score(x, labels, 3)) == pytest.approx(np_silhouette(x, labels), abs=1e-5)
+    np.testing.assert_allclose(class_means(x, labels, 3), [x[labels == c].mean(0) for c in range(3)], rtol=1e-5)
+    # more clusters than distinct points: inertia 0, finite centroids
+    tiny = kmeans(key, np.array([[1.0, 2.0], [3.0, 4.0]]), 3, 5, 2)
+    assert float(tiny.inertia) == 0.0 and np.all(np.isfinite(np.asarray(tiny.centroids)))
+    for kwargs, field in [
+        ({"k": 0}, "k"),
+        ({"k": 2.0}, "k"),
+        ({"k": 2, "n_iters": -1}, "n_iters"),
+        ({"k": 2, "n_restarts": 0}, "n_restarts"),
+    ]:
+        with pytest.raises(ConfigError, match=f"kmeans: {field}"):
+            kmeans(key, x, **kwargs)
+    for bad in (x[0], x[:0]):
+        with pytest.raises(ConfigError, match="kmeans: x"):
+            kmeans(key, bad, 2)

@@ -172,6 +172,25 @@ def test_between_class_basis_and_projection():
     np.testing.assert_allclose(rand.T @ rand, np.eye(K - 1), atol=1e-5)
 
 
+def test_between_class_basis_far_from_the_origin():
+    """Representations with a large common offset (as hidden states often have): the subspace is that
+    of a float64 reference on the same float32 input; the centre is exact to float32 rounding."""
+    rng = np.random.default_rng(2)
+    D = 16
+    labels = np.arange(60) % K
+    x0 = rng.normal(size=(60, D)) + 3.0 * rng.normal(size=(K, D))[labels]
+    basis_fn = jax.jit(pc.between_class_basis, static_argnums=2)
+    for offset in (0.0, 1e3, 1e4, 1e5, 1e6):
+        x = (x0 + offset * (0.5 + rng.random(D))).astype(np.float32).astype(np.float64)
+        means = np.stack([x[labels == k].mean(0) for k in range(K)])
+        _, _, vt = np.linalg.svd(means - means.mean(0), full_matrices=False)
+        basis, center = basis_fn(jnp.asarray(x, jnp.float32), jnp.asarray(labels), K)
+        u = np.asarray(basis, np.float64)
+        np.testing.assert_allclose(u @ u.T, vt[: K - 1].T @ vt[: K - 1], atol=2e-6)  # the same projector
+        spacing = float(np.spacing(np.float32(np.abs(x).max())))
+        np.testing.assert_allclose(np.asarray(center, np.float64), means.mean(0), rtol=0, atol=spacing + 1e-5)
+
+
 def test_layer_cluster_scores_find_planted_clusters():
     rng = np.random.default_rng(1)
     labels = np.arange(90) % K

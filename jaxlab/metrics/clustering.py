@@ -2,7 +2,7 @@
 
 All functions are pure, jit- and vmap-compatible (no Python branches on values); numbers of
 clusters or classes are static Python ints, labels are int arrays in [0, n). Representations are
-x [n_examples, n_features].
+x [n_examples, n_features], JAX or NumPy arrays.
 
 - `kmeans`: Lloyd's algorithm from k-means++ seeds (Arthur & Vassilvitskii 2007), a fixed number
   of iterations, several restarts, the restart of lowest inertia sum_i ||x_i - c_{a_i}||^2 kept.
@@ -11,34 +11,116 @@ x [n_examples, n_features].
 - `silhouette_score` (Rousseeuw 1987) of a labelling, Euclidean distances.
 - `variance_ratio`: between-class over within-class variance.
 
+Precision. Hidden states often share a large common offset m: x_i = m + z_i with |m| >> |z_i|.
+The expansion ||x - c||^2 = |x|^2 + |c|^2 - 2 x.c is then a small difference of numbers ~|m|^2,
+and in float32 it loses everything below eps |m|^2 (at |m| = 1e4 that is ~6 per coordinate: the
+partition is wrong). Every distance and variance here is therefore computed in a centred frame
+(`centred_frame`): x = origin + scale * u, the origin the mean of x refined by a second pass (which
+removes the rounding of the first), the scale a power of two (exact). All quantities
+are invariant to translation, so nothing is lost; results given in coordinates (centroids, class
+means) are mapped back, and squared quantities (inertia) multiplied by scale^2. The expansion is
+used only to compare distances (assignment); sums of squared distances are taken of differences.
+What is left is the rounding of the input itself (eps |m| per coordinate in float32: 0.004 at
+|m| = 1e5, 0.03 at 1e6). Inputs are cast as the other metrics cast them (`jaxlab.metrics._common`:
+float64 under jax x64, float32 otherwise); matrix products use `precision="highest"` (on GPUs the
+default is TF32, with ~1e-3 relative error).
+
 As in Wu & Varshney (2024), ARI and NMI compare k-means clusters of hidden states with task labels.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from jaxlab.errors import ConfigError
+from jaxlab.metrics._common import CONSTANT_RTOL, HIGHEST, as_float, eps, max_abs
+
 
 class KMeansResult(NamedTuple):
     assignments: jax.Array  # [n] int32 cluster of each example
-    centroids: jax.Array  # [k, d]
+    centroids: jax.Array  # [k, d], in the input's coordinates
     inertia: jax.Array  # [] sum of squared distances to the assigned centroid
     init_inertia: jax.Array  # [] inertia of the k-means++ seeds of the kept restart
 
 
-def squared_distances(x_ND: jax.Array, c_KD: jax.Array) -> jax.Array:
-    """||x_i - c_j||^2 [n, k], clipped at 0 (the expansion can round below it)."""
-    d = jnp.sum(x_ND**2, -1)[:, None] + jnp.sum(c_KD**2, -1)[None, :] - 2.0 * x_ND @ c_KD.T
+class Frame(NamedTuple):
+    """x = origin + scale * u: u centred over examples (to rounding), max |u| <= 1."""
+
+    u: jax.Array  # [n, d]
+    origin: jax.Array  # [d]
+    scale: jax.Array  # [] a power of two
+    constant: jax.Array  # [] bool: x has no variation at float resolution
+
+
+def _pow2_at_least(v: jax.Array) -> jax.Array:
+    """The power of two 2^e with v < 2^e <= 2 v (1 for v <= 0): dividing by it is exact."""
+    return jnp.where(v > 0, jnp.ldexp(jnp.ones_like(v), jnp.frexp(v)[1]), jnp.ones_like(v))
+
+
+def centred_frame(x_ND: jax.Array) -> Frame:
+    """The centred frame of x (see the module docstring).
+
+    x is divided by a power of two >= max |x| (no overflow in the sums, exactly), and the origin is
+    its mean refined by a second pass (the mean m1, then m1 plus the mean of x - m1, which removes
+    the rounding error of the first sum); u = (x - origin) / scale, where the subtraction is exact
+    for points near a common offset and scale is a power of two >= max |x - origin| (no underflow in
+    the squares). Points compared with x (centroids) are moved by the same origin and scale, so the
+    frame is the same translation for all of them. As in `jaxlab.metrics._common`, x is flagged
+    constant when the RMS of its centred values is <= CONSTANT_RTOL eps max |x| (variation at the
+    float resolution of x); u is kept as it is (distances stay those of the input; identical rows
+    give u = 0 exactly), and only `variance_ratio` acts on the flag.
+    """
+    x = as_float(x_ND)
+    s1 = _pow2_at_least(max_abs(x))
+    xs = x / s1
+    m1 = jnp.mean(xs, axis=0)
+    origin = m1 + jnp.mean(xs - m1, axis=0)
+    u = xs - origin
+    residual = u - jnp.mean(u, axis=0)  # ~0 already: the origin is within rounding of the mean
+    constant = jnp.sqrt(jnp.mean(residual * residual)) <= CONSTANT_RTOL * eps()
+    s2 = _pow2_at_least(max_abs(u))
+    return Frame(u / s2, origin * s1, s1 * s2, constant)
+
+
+def _to_frame(frame: Frame, c_KD: jax.Array) -> jax.Array:
+    """Points c in the frame's coordinates, (c - origin) / scale."""
+    return (as_float(c_KD) - frame.origin) / frame.scale
+
+
+def _from_frame(frame: Frame, c_KD: jax.Array) -> jax.Array:
+    return frame.origin + frame.scale * c_KD
+
+
+def _expanded_sq(u_ND: jax.Array, v_KD: jax.Array) -> jax.Array:
+    """|u|^2 + |v|^2 - 2 u.v [n, k], clipped at 0; accurate only for centred points (see `centred_frame`)."""
+    d = (
+        jnp.sum(u_ND * u_ND, -1)[:, None]
+        + jnp.sum(v_KD * v_KD, -1)[None, :]
+        - 2.0 * jnp.matmul(u_ND, v_KD.T, precision=HIGHEST)
+    )
     return jnp.maximum(d, 0.0)
 
 
+def squared_distances(x_ND: jax.Array, c_KD: jax.Array) -> jax.Array:
+    """||x_i - c_j||^2 [n, k], by the expansion |x|^2 + |c|^2 - 2 x.c of both point sets taken in
+    the centred frame of x (exact translation invariance; no cancellation of a common offset),
+    clipped at 0 (the expansion can round below it)."""
+    frame = centred_frame(x_ND)
+    return frame.scale**2 * _expanded_sq(frame.u, _to_frame(frame, c_KD))
+
+
 def kmeans_plus_plus(key: jax.Array, x_ND: jax.Array, k: int) -> jax.Array:
-    """k-means++ seeds [k, d]: the first uniform, each next one drawn with probability
-    proportional to its squared distance to the nearest seed so far (uniform when all are 0)."""
+    """k-means++ seeds [k, d] (rows of x): the first uniform, each next one drawn with probability
+    proportional to its squared distance to the nearest seed so far (uniform when all are 0).
+
+    Distances to a seed are taken of differences ||x_i - s||^2, exact under translation.
+    """
+    x_ND = as_float(x_ND)
     n = x_ND.shape[0]
     u = jax.random.uniform(key, (k,))  # one draw per seed, by inverse-CDF sampling below
     first = x_ND[jnp.minimum(jnp.floor(u[0] * n).astype(jnp.int32), n - 1)]
@@ -58,44 +140,80 @@ def kmeans_plus_plus(key: jax.Array, x_ND: jax.Array, k: int) -> jax.Array:
     return centroids
 
 
-def lloyd(x_ND: jax.Array, centroids_KD: jax.Array, n_iters: int) -> jax.Array:
-    """`n_iters` Lloyd steps (assign to the nearest centroid, move each centroid to its mean).
-
-    An empty cluster keeps its centroid, so the inertia never increases.
-    """
+def _lloyd(u_ND: jax.Array, centroids_KD: jax.Array, n_iters: int) -> jax.Array:
+    """Lloyd steps on centred points (`lloyd` in the frame)."""
     k = centroids_KD.shape[0]
 
     def step(_, cents):
-        assign = jnp.argmin(squared_distances(x_ND, cents), -1)
-        onehot = jax.nn.one_hot(assign, k, dtype=x_ND.dtype)  # [n, k]
+        assign = jnp.argmin(_expanded_sq(u_ND, cents), -1)
+        onehot = jax.nn.one_hot(assign, k, dtype=u_ND.dtype)  # [n, k]
         counts = onehot.sum(0)
-        sums = onehot.T @ x_ND
+        sums = jnp.matmul(onehot.T, u_ND, precision=HIGHEST)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], cents)
 
     return jax.lax.fori_loop(0, n_iters, step, centroids_KD)
 
 
+def lloyd(x_ND: jax.Array, centroids_KD: jax.Array, n_iters: int) -> jax.Array:
+    """`n_iters` Lloyd steps (assign to the nearest centroid, move each centroid to its mean).
+
+    An empty cluster keeps its centroid, so the inertia never increases. Computed in the centred
+    frame of x (see the module docstring); the centroids are returned in x's coordinates.
+    """
+    frame = centred_frame(x_ND)
+    return _from_frame(frame, _lloyd(frame.u, _to_frame(frame, centroids_KD), n_iters))
+
+
+def _inertia(u_ND: jax.Array, centroids_KD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`inertia` of centred points: assignment by the expansion, the sum of squared differences."""
+    assign = jnp.argmin(_expanded_sq(u_ND, centroids_KD), -1)
+    return jnp.sum((u_ND - centroids_KD[assign]) ** 2), assign.astype(jnp.int32)
+
+
 def inertia(x_ND: jax.Array, centroids_KD: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of squared distances to the nearest centroid, assignments)."""
-    d = squared_distances(x_ND, centroids_KD)
-    assign = jnp.argmin(d, -1)
-    return jnp.sum(jnp.min(d, -1)), assign.astype(jnp.int32)
+    """(sum_i min_j ||x_i - c_j||^2, assignments argmin_j ||x_i - c_j||^2), in the centred frame of x;
+    the sum is of squared differences x_i - c_{a_i} (no expansion)."""
+    frame = centred_frame(x_ND)
+    value, assign = _inertia(frame.u, _to_frame(frame, centroids_KD))
+    return frame.scale**2 * value, assign
 
 
-def kmeans(key: jax.Array, x_ND: jax.Array, k: int, n_iters: int = 30, n_restarts: int = 4) -> KMeansResult:
-    """k-means with k-means++ seeding, `n_iters` Lloyd iterations, best of `n_restarts` by inertia."""
-    chex.assert_rank(x_ND, 2)
-    x = x_ND.astype(jnp.float32)
+def _check_kmeans(x_ND: jax.Array, k: int, n_iters: int, n_restarts: int) -> None:
+    shape = jnp.shape(x_ND)
+    if len(shape) != 2 or shape[0] < 1:
+        raise ConfigError("kmeans: x", f"needs shape [n_examples >= 1, n_features], got {tuple(shape)}")
+    for field, value, low in (("k", k, 1), ("n_iters", n_iters, 0), ("n_restarts", n_restarts, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"kmeans: {field}", f"must be an int >= {low}, got {value!r}")
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _kmeans(key: jax.Array, x_ND: jax.Array, k: int, n_iters: int, n_restarts: int) -> KMeansResult:
+    frame = centred_frame(x_ND)
+    u = frame.u
 
     def one(key):
-        seeds = kmeans_plus_plus(key, x, k)
-        cents = lloyd(x, seeds, n_iters)
-        value, assign = inertia(x, cents)
-        return assign, cents, value, inertia(x, seeds)[0]
+        seeds = kmeans_plus_plus(key, u, k)
+        cents = _lloyd(u, seeds, n_iters)
+        value, assign = _inertia(u, cents)
+        return assign, cents, value, _inertia(u, seeds)[0]
 
     assign, cents, values, init_values = jax.vmap(one)(jax.random.split(key, n_restarts))
     best = jnp.argmin(values)
-    return KMeansResult(assign[best], cents[best], values[best], init_values[best])
+    s2 = frame.scale**2
+    return KMeansResult(assign[best], _from_frame(frame, cents[best]), s2 * values[best], s2 * init_values[best])
+
+
+def kmeans(key: jax.Array, x_ND: jax.Array, k: int, n_iters: int = 30, n_restarts: int = 4) -> KMeansResult:
+    """k-means with k-means++ seeding, `n_iters` Lloyd iterations, best of `n_restarts` by inertia.
+
+    x is a JAX or NumPy array [n, d]; k, n_iters and n_restarts are static ints (a `ConfigError`
+    names a bad one). The clustering runs in the centred frame of x (see the module docstring), so
+    a common offset changes neither the partition nor the inertia; the centroids are returned in x's
+    coordinates. Eager calls run one compiled program per shape and options.
+    """
+    _check_kmeans(x_ND, k, n_iters, n_restarts)
+    return _kmeans(key, x_ND, k, n_iters, n_restarts)
 
 
 # -- partition comparison --------------------------------------------------------------------------
@@ -148,25 +266,30 @@ def normalized_mutual_info(labels_N: jax.Array, clusters_N: jax.Array, n_labels:
 
 
 # -- geometry of a labelling -----------------------------------------------------------------------
-def pairwise_distances(x_ND: jax.Array) -> jax.Array:
-    """Euclidean distances [n, n], computed on centred data (less cancellation in float32)."""
-    x = x_ND.astype(jnp.float32)
-    x = x - x.mean(0)
-    d2 = squared_distances(x, x)
-    d2 = d2 * (1.0 - jnp.eye(x.shape[0], dtype=d2.dtype))
+def _pairwise_unit(u_ND: jax.Array) -> jax.Array:
+    """Distances [n, n] between centred points, 0 on the diagonal."""
+    d2 = _expanded_sq(u_ND, u_ND) * (1.0 - jnp.eye(u_ND.shape[0], dtype=u_ND.dtype))
     return jnp.sqrt(d2)
+
+
+def pairwise_distances(x_ND: jax.Array) -> jax.Array:
+    """Euclidean distances [n, n], computed in the centred frame of x (no cancellation of a common
+    offset), 0 on the diagonal."""
+    frame = centred_frame(x_ND)
+    return frame.scale * _pairwise_unit(frame.u)
 
 
 def silhouette_score(x_ND: jax.Array, labels_N: jax.Array, n_labels: int) -> jax.Array:
     """Mean over examples of s_i = (b_i - a_i) / max(a_i, b_i), where a_i is the mean distance to
     the other members of i's class and b_i the smallest mean distance to another non-empty class;
     s_i = 0 for a class of one (Rousseeuw 1987, scikit-learn's convention). NaN with < 2 classes.
+    Invariant to translation and scale, so the distances are those of the centred frame.
     """
     chex.assert_rank(x_ND, 2)
-    dist = pairwise_distances(x_ND)
-    onehot = jax.nn.one_hot(labels_N, n_labels, dtype=jnp.float32)  # [n, c]
+    dist = _pairwise_unit(centred_frame(x_ND).u)
+    onehot = jax.nn.one_hot(labels_N, n_labels, dtype=dist.dtype)  # [n, c]
     counts = onehot.sum(0)  # [c]
-    sums = dist @ onehot  # [n, c] sum of distances from i to class c
+    sums = jnp.matmul(dist, onehot, precision=HIGHEST)  # [n, c] sum of distances from i to class c
     own = counts[labels_N]
     a = jnp.take_along_axis(sums, labels_N[:, None], 1)[:, 0] / jnp.maximum(own - 1.0, 1.0)
     means = sums / jnp.maximum(counts, 1.0)
@@ -177,34 +300,44 @@ def silhouette_score(x_ND: jax.Array, labels_N: jax.Array, n_labels: int) -> jax
     return jnp.where(jnp.sum(counts > 0) >= 2, jnp.mean(s), jnp.nan)
 
 
+def _class_means_unit(u_ND: jax.Array, labels_N: jax.Array, n_labels: int) -> tuple[jax.Array, jax.Array]:
+    """(class means [n_labels, d], counts [n_labels]) of points in one frame; 0 for an empty class."""
+    onehot = jax.nn.one_hot(labels_N, n_labels, dtype=u_ND.dtype)
+    counts = onehot.sum(0)
+    return jnp.matmul(onehot.T, u_ND, precision=HIGHEST) / jnp.maximum(counts, 1.0)[:, None], counts
+
+
 def variance_ratio(x_ND: jax.Array, labels_N: jax.Array, n_labels: int) -> jax.Array:
     """Between-class over within-class variance, sum_c n_c ||mu_c - mu||^2 / sum_i ||x_i - mu_{y_i}||^2.
 
-    (The Calinski-Harabasz index without its (n - k) / (k - 1) degrees-of-freedom factor.) NaN when
-    the points do not vary (total variance below 1e-10 of the mean squared norm: float32 round-off),
+    (The Calinski-Harabasz index without its (n - k) / (k - 1) degrees-of-freedom factor.) Invariant
+    to translation and scale, so computed in the centred frame of x (the class means of uncentred
+    float32 data at a large offset carry errors ~eps |offset|, which both variances would absorb).
+    NaN when the points do not vary (x constant at float resolution, as `centred_frame` decides),
     where both variances are round-off and their ratio means nothing.
     """
     chex.assert_rank(x_ND, 2)
-    x = x_ND.astype(jnp.float32)
-    onehot = jax.nn.one_hot(labels_N, n_labels, dtype=jnp.float32)
-    counts = onehot.sum(0)
-    means = (onehot.T @ x) / jnp.maximum(counts, 1.0)[:, None]
-    between = jnp.sum(counts * jnp.sum((means - x.mean(0)) ** 2, -1))
-    within = jnp.sum((x - means[labels_N]) ** 2)
-    total = jnp.sum((x - x.mean(0)) ** 2)
-    varies = total > 1e-10 * jnp.sum(x**2)
-    return jnp.where(varies, between / jnp.maximum(within, 1e-30), jnp.nan)
+    frame = centred_frame(x_ND)
+    u = frame.u
+    means, counts = _class_means_unit(u, labels_N, n_labels)
+    between = jnp.sum(counts * jnp.sum((means - u.mean(0)) ** 2, -1))
+    within = jnp.sum((u - means[labels_N]) ** 2)
+    return jnp.where(frame.constant, jnp.nan, between / jnp.maximum(within, 1e-30))
 
 
 def class_means(x_ND: jax.Array, labels_N: jax.Array, n_labels: int) -> jax.Array:
-    """Mean [n_labels, d] of each class (0 for an empty class)."""
-    onehot = jax.nn.one_hot(labels_N, n_labels, dtype=jnp.float32)
-    return (onehot.T @ x_ND.astype(jnp.float32)) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
+    """Mean [n_labels, d] of each class (0 for an empty class), summed in the centred frame of x and
+    returned in x's coordinates."""
+    frame = centred_frame(x_ND)
+    means, counts = _class_means_unit(frame.u, labels_N, n_labels)
+    return jnp.where(counts[:, None] > 0, _from_frame(frame, means), 0.0)
 
 
 __all__ = [
+    "Frame",
     "KMeansResult",
     "adjusted_rand_index",
+    "centred_frame",
     "class_means",
     "contingency",
     "inertia",

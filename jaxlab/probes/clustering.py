@@ -24,8 +24,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxlab import linalg
 from jaxlab.metrics.clustering import (
     adjusted_rand_index,
+    centred_frame,
     class_means,
     kmeans,
     normalized_mutual_info,
@@ -94,18 +96,24 @@ def layer_cluster_scores(
 # -- the between-task subspace and its ablation ----------------------------------------------------
 def between_class_basis(reps_ND: jax.Array, labels_N: jax.Array, n_classes: int) -> tuple[jax.Array, jax.Array]:
     """(U [D, n_classes - 1] orthonormal basis of span{mu_k - mu}, mu [D]), mu the mean of the class
-    means; directions beyond the span's rank have singular value 0 and are zeroed."""
-    means = class_means(reps_ND, labels_N, n_classes)
+    means; directions beyond the span's rank have singular value 0 and are zeroed.
+
+    The means and their differences are taken in the centred frame of the representations
+    (`centred_frame`: hidden states often share a large offset, and float32 class means at an
+    offset m differ by multiples of eps |m|, which would tilt U); mu is returned in their coordinates.
+    """
+    frame = centred_frame(reps_ND)
+    means = class_means(frame.u, labels_N, n_classes)
     center = means.mean(0)
-    _, s, vt = jnp.linalg.svd(means - center, full_matrices=False)  # vt [K, D] (K <= D)
+    _, s, vt = linalg.svd(means - center)  # vt [K, D] (K <= D)
     rank = n_classes - 1
     keep = s[:rank] > 1e-6 * jnp.maximum(s[0], 1e-30)
-    return vt[:rank].T * keep[None, :], center
+    return vt[:rank].T * keep[None, :], frame.origin + frame.scale * center
 
 
 def random_basis(key: jax.Array, d: int, rank: int) -> jax.Array:
     """A uniformly random orthonormal basis [d, rank] (QR of a Gaussian matrix)."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (d, rank)))
+    q, r = linalg.qr(jax.random.normal(key, (d, rank)))
     return q * jnp.sign(jnp.diagonal(r))[None, :]
 
 
