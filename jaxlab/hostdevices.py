@@ -11,7 +11,8 @@ workload ~1.3x.
 The device count is an XLA flag, read once when JAX starts its CPU backend: `use_cpu_cores()`
 must run before anything asks JAX for devices. The `jaxlab` command calls it first thing; scripts
 that `import jaxlab` call it themselves. `JAXLAB_CPU_DEVICES=N` chooses N (1: one device, XLA's
-default); an `XLA_FLAGS` that already sets `--xla_force_host_platform_device_count` wins.
+default; at most the number of cores); an `XLA_FLAGS` that already sets
+`--xla_force_host_platform_device_count` wins.
 """
 
 from __future__ import annotations
@@ -34,12 +35,22 @@ def cpu_cores() -> int:
 
 
 def requested_devices() -> int:
-    """`JAXLAB_CPU_DEVICES` when set (a positive integer), else the number of cores."""
+    """`JAXLAB_CPU_DEVICES` when set (1 .. the number of cores), else the number of cores.
+
+    More devices than cores is refused: the devices' programs run on XLA's pool of one thread per
+    core, so extra devices only wait for threads (`JAXLAB_CPU_DEVICES=1000` stalled for a minute,
+    then aborted). Tests that want more host devices than cores set
+    `--xla_force_host_platform_device_count` in `XLA_FLAGS` themselves.
+    """
     text = os.environ.get(ENV, "").strip()
+    cores = cpu_cores()
     if not text:
-        return cpu_cores()
+        return cores
+    allowed = f"1..{cores}, the CPU cores this process may use"
     if not text.isdigit() or int(text) < 1:
-        raise ConfigError(ENV, f"must be a positive integer, got {text!r}")
+        raise ConfigError(ENV, f"must be a positive integer, got {text!r}", allowed)
+    if int(text) > cores:
+        raise ConfigError(ENV, f"{text} devices is more than the {cores} CPU cores", allowed)
     return int(text)
 
 

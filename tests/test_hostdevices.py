@@ -50,11 +50,22 @@ def test_too_late_or_one_device_changes_nothing(monkeypatch):
     )
 
 
-@pytest.mark.parametrize("value", ["0", "two", "-1"])
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1000"])
 def test_bad_environment_value_is_a_config_error(monkeypatch, value):
     monkeypatch.setenv(hostdevices.ENV, value)
     with pytest.raises(ConfigError, match=hostdevices.ENV):
         hostdevices.requested_devices()
+
+
+def test_more_devices_than_cores_is_refused(monkeypatch):
+    cores = hostdevices.cpu_cores()
+    monkeypatch.setenv(hostdevices.ENV, str(cores))
+    assert hostdevices.requested_devices() == cores
+    for value in (cores + 1, 1000):
+        monkeypatch.setenv(hostdevices.ENV, str(value))
+        with pytest.raises(ConfigError, match=f"more than the {cores} CPU cores") as err:
+            hostdevices.requested_devices()
+        assert f"1..{cores}" in str(err.value)
 
 
 def test_cli_reports_a_bad_value_with_exit_status_2(tmp_path):
