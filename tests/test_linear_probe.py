@@ -7,6 +7,7 @@ from jaxlab.probes.linear_probe import (
     r2_score,
     ridge_classifier_accuracy,
     ridge_fit,
+    ridge_predict,
     ridge_regression_probe,
 )
 
@@ -50,3 +51,20 @@ def test_probes_recover_linear_structure_and_vmap():
     )
     assert float(chance) < 0.45
     assert float(r2_score(jnp.asarray(y[0]), jnp.asarray(y[0]))) == pytest.approx(1.0)
+
+
+def test_ridge_fit_on_a_rank_deficient_gram_with_a_tiny_ridge_is_finite_and_fits():
+    """Few distinct rows (token embeddings at layer 0) far from the origin and a relative ridge of 1e-6,
+    as model stitching uses: the Gram matrix is singular to rounding, where a Cholesky solve gives NaN."""
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((4, 16)) * 3 + 50.0
+    x = rows[rng.integers(0, 4, 512)].astype(np.float32)
+    y = (x @ rng.standard_normal((16, 5))).astype(np.float32)
+    xc = x.astype(np.float64) - x.mean(0)
+    lam = 1e-6 * np.sum(xc * xc) / 16
+    w, b = ridge_fit(jnp.asarray(x), jnp.asarray(y), lam)
+    assert np.all(np.isfinite(w)) and np.all(np.isfinite(b))
+    w64 = np.linalg.solve(xc.T @ xc + lam * np.eye(16), xc.T @ (y - y.mean(0)))
+    pred64 = xc @ w64 + y.mean(0)
+    pred = np.asarray(ridge_predict(jnp.asarray(x), w, b), np.float64)
+    np.testing.assert_allclose(pred, pred64, atol=1e-3 * np.abs(pred64).max())

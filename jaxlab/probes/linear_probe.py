@@ -3,7 +3,11 @@
 For features X [n, F] and targets Y [n, K], with x-bar and y-bar the training means,
   W = argmin ||(X - x-bar) W - (Y - y-bar)||^2 + lam ||W||^2 = (Xc^T Xc + lam I)^-1 Xc^T Yc,
   b = y-bar - x-bar W.
-When n < F the dual form W = Xc^T (Xc Xc^T + lam I)^-1 Yc gives the same W with an n x n solve.
+When n < F the dual form W = Xc^T (Xc Xc^T + lam I)^-1 Yc gives the same W with an n x n system.
+The system is solved through the eigendecomposition G = V diag(e) V^T of the Gram matrix, with e
+clipped at 0: (G + lam I)^-1 = V diag(1 / (max(e, 0) + lam)) V^T. A Cholesky solve fails (NaN) when
+rounding in forming G exceeds lam, as for the nearly rank-deficient token embeddings stitched at
+layer 0 with a relative ridge of 1e-6; the clipped spectrum keeps every pivot >= lam.
 Classification (as in linear-probe practice, e.g. Alain & Bengio 2016 with a squared loss): fit
 one-hot targets, predict the arg-max. Everything is jit- and vmap-compatible (no Python branches
 on values), so one call probes many runs, layers or checkpoints.
@@ -28,12 +32,16 @@ def ridge_fit(x_NF: jax.Array, y_NK: jax.Array, lam: float | jax.Array = 1e-3) -
     xc, yc = x - x_mean, y - y_mean
     n, f = x.shape
     if n >= f:
-        gram = xc.T @ xc + lam * jnp.eye(f)
-        w = linalg.solve(gram, xc.T @ yc, assume_a="pos")
+        w = _ridge_solve(xc.T @ xc, xc.T @ yc, lam)
     else:
-        gram = xc @ xc.T + lam * jnp.eye(n)
-        w = xc.T @ linalg.solve(gram, yc, assume_a="pos")
+        w = xc.T @ _ridge_solve(xc @ xc.T, yc, lam)
     return w, y_mean - x_mean @ w
+
+
+def _ridge_solve(gram_MM: jax.Array, rhs_MK: jax.Array, lam: float | jax.Array) -> jax.Array:
+    """(G + lam I)^-1 rhs for a symmetric positive semi-definite G, via its clipped spectrum."""
+    e, v = linalg.eigh(gram_MM)
+    return v @ ((v.T @ rhs_MK) / (jnp.maximum(e, 0.0) + lam)[:, None])
 
 
 def ridge_predict(x_NF: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
