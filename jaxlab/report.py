@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxlab import results
+from jaxlab import results, runfiles
 from jaxlab.config import ExperimentConfig
 
 
@@ -54,8 +54,12 @@ class ReportContext:
 
     def save(self, fig: plt.Figure, filename: str) -> str:
         fig.tight_layout()
-        fig.savefig(self.run_dir / filename, dpi=110)
-        plt.close(fig)
+        runfiles.claim(self.run_dir, filename)  # never over a file of the user's
+        kind = Path(filename).suffix[1:] or "png"  # the temporary file's name does not tell matplotlib
+        try:  # atomically, StorageError when the disk refuses (jaxlab.results)
+            results.write_with(self.run_dir / filename, lambda p: fig.savefig(p, format=kind, dpi=110))
+        finally:
+            plt.close(fig)
         return filename
 
 
@@ -175,7 +179,10 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
     sections = [Section("Setup", setup)]
     body = "Final values over the runs that did not diverge.\n\n" + aggregate_table(s["aggregate"])
     if diverged:
-        body += "\n\n**Diverged runs** (frozen at their last finite state, excluded above):\n\n" + table(
+        body += (
+            "\n\n**Diverged runs** (loss not finite, or above `train.diverge_above` x the loss of step 0; "
+            "frozen at their last good state, excluded above):\n\n"
+        ) + table(
             ["run", "seed", "hparams", "diverged at step"],
             [[r["run"], r["seed"], json.dumps(r["hparams"]), r["diverged_at_step"]] for r in diverged],
         )
@@ -205,8 +212,9 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise UserError(f"{run_dir}: no config.json: is it a jaxlab run directory?")
-    cfg = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = results.read_config(run_dir / "config.json")
     ctx = ReportContext(run_dir, cfg, results.load_summary(run_dir), results.load(run_dir))
+    before = runfiles.listing(run_dir)
     exp = get_experiment(cfg.experiment)
     sections = generic_sections(ctx)
     if exp.report is not None:
@@ -217,4 +225,6 @@ def write_report(run_dir: str | Path) -> Path:
         sections.append(Section("Metric definitions", metrics_doc))
     path = run_dir / "report.md"
     results.write_text(path, title + render(sections))
+    # what the sections wrote, also outside ctx.save (figures, caches): jaxlab's, replaced with the run
+    runfiles.record(run_dir, ["report.md", *runfiles.written(run_dir, before)])
     return path

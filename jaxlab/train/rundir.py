@@ -8,16 +8,22 @@ DIR/parts/cross.json                              after_sweep results across gro
 DIR/checkpoints/group-GGGG/layout.json            the run-chunk layout (chunk size, device count)
 DIR/checkpoints/group-GGGG/chunk-KKKK/<index>/    orbax checkpoints after evaluation <index>
 DIR/metrics.parquet, DIR/summary.json             the merge of every part (process 0)
+DIR/report.md, DIR/*.png                          the report (`jaxlab.report`)
+DIR/.jaxlab.lock                                  held by the one writer (`jaxlab.train.lock`)
+DIR/.jaxlab-files.json                            what jaxlab wrote here, and whether the run
+                                                  started (`jaxlab.runfiles`)
+DIR/.jaxlab-replaced/                             the old run, during an --overwrite until the new
+                                                  run has started (`jaxlab.train.replace`)
 ```
 Every file is written under a temporary name and renamed (`jaxlab.results`), orbax checkpoints
 likewise, so a crash at any point leaves whole files: a resume redoes at most one run chunk's
-tail. Parts are per process so that several hosts never write the same file.
+tail. Parts are per process so that several hosts never write the same file. Anything else in
+DIR is the user's: jaxlab never moves or deletes it.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +33,22 @@ import numpy as np
 import pandas as pd
 
 import jaxlab
-from jaxlab import results
+from jaxlab import results, runfiles
 from jaxlab.config import ExperimentConfig
 from jaxlab.errors import UserError
+from jaxlab.runfiles import RUN_DIRS, RUN_FILES, holds_run
 from jaxlab.train.checkpoint import GroupCheckpointer
 
-RUN_FILES = ("config.json", "summary.json", "metrics.parquet", "report.md")
-RUN_DIRS = ("parts", "checkpoints")
+__all__ = [
+    "RUN_DIRS",
+    "RUN_FILES",
+    "RunStore",
+    "build_summary",
+    "check_run_dir",
+    "holds_run",
+    "merge_parts",
+    "part_records",
+]
 
 
 class RunStore:
@@ -201,13 +216,10 @@ def build_summary(
     return summary
 
 
-# -- preparing the directory -----------------------------------------------------------------------
-def holds_run(run_dir: Path) -> bool:
-    return any((run_dir / f).exists() for f in RUN_FILES + RUN_DIRS)
-
-
+# -- checking the directory ------------------------------------------------------------------------
 def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a run unless asked; on resume, insist on the same config. Reads only."""
+    """Refuse to clobber a run unless asked, or to mix a run with the user's files; on resume,
+    insist on the same config. Reads only (`jaxlab.train.replace` calls it under the lock)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: choose one")
     if run_dir.exists() and not run_dir.is_dir():
@@ -226,25 +238,16 @@ def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite:
                 "resume with the same arguments, or use --overwrite to start again"
             )
         return
-    if run_dir.exists() and holds_run(run_dir) and not overwrite:
+    if not run_dir.exists():
+        return
+    if holds_run(run_dir) and not overwrite:
         raise UserError(
             f"--out {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """Make `run_dir` an empty run directory (after `check_run_dir` allowed it)."""
-    if run_dir.exists() and holds_run(run_dir):
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for name in RUN_DIRS:
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        for png in run_dir.glob("*.png"):
-            png.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
-    check_run_dir(run_dir, cfg, resume, overwrite)
-    if not resume:
-        clear_run_dir(run_dir)
+    theirs = runfiles.foreign(run_dir)
+    if theirs:
+        names = ", ".join(n + ("/" if (run_dir / n).is_dir() else "") for n in theirs)
+        raise UserError(
+            f"--out {run_dir}: {names} {'is' if len(theirs) == 1 else 'are'} not jaxlab's (no jaxlab run there "
+            "wrote it) and a run would write there; move it away or choose another --out"
+        )

@@ -1,0 +1,164 @@
+"""The record of what jaxlab wrote into a run directory (`DIR/.jaxlab-files.json`).
+
+A run directory may also hold the user's own files (a directory that holds no run is accepted as
+`--out`). Replacing a run (`--overwrite`) must move and delete only what jaxlab wrote, so jaxlab
+keeps a record: the names of the top-level entries it wrote (config.json, summary.json,
+metrics.parquet, report.md, parts/, checkpoints/, every figure or cache the report wrote), and
+whether the run that wrote them got past its first training interval (`started`). Inside
+`parts/` and `checkpoints/` the names jaxlab writes follow fixed patterns (`JAXLAB_ENTRIES`);
+anything else in them is the user's.
+
+A directory written before this record existed ("legacy": config.json, no record) is read as
+holding RUN_FILES, RUN_DIRS and the figures its report.md shows.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jaxlab import results
+from jaxlab.errors import UserError
+
+MANIFEST = ".jaxlab-files.json"
+RUN_FILES = ("config.json", "summary.json", "metrics.parquet", "report.md")
+RUN_DIRS = ("parts", "checkpoints")
+# what jaxlab writes inside its directories (with the temporary names of `results`' atomic writes)
+JAXLAB_ENTRIES = {
+    "parts": ("part-*", "done-*", "cross.json", ".part-*.tmp", ".done-*.tmp", ".cross.json.*.tmp"),
+    "checkpoints": ("group-*",),
+}
+_FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([^)/\\]+)\)")
+
+
+@dataclass
+class Manifest:
+    """Top-level names jaxlab wrote, and whether their run got past its first training interval."""
+
+    files: set[str] = field(default_factory=set)
+    started: bool = True
+
+
+def read(run_dir: Path) -> Manifest | None:
+    """The record of `run_dir`, inferred for a legacy run directory; None when it holds no run."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            return Manifest(set(data["files"]), bool(data["started"]))
+        except (ValueError, KeyError, TypeError):
+            pass  # damaged: read as legacy (what a run there certainly wrote), never as "nothing"
+    elif not (run_dir / "config.json").is_file():
+        return None
+    files = set(RUN_FILES) | set(RUN_DIRS)
+    report = run_dir / "report.md"
+    if report.is_file():
+        files |= set(_FIGURE_LINK.findall(report.read_text(errors="replace")))
+    return Manifest(files, True)
+
+
+def write(run_dir: Path, manifest: Manifest) -> None:
+    results.write_json(Path(run_dir) / MANIFEST, {"files": sorted(manifest.files), "started": manifest.started})
+
+
+def record(run_dir: Path, names: Iterable[str]) -> None:
+    """Add `names` (top-level entries of `run_dir` jaxlab just wrote) to the record."""
+    manifest = read(run_dir) or Manifest()
+    new = set(names) - manifest.files
+    if new or not (Path(run_dir) / MANIFEST).exists():
+        manifest.files |= new
+        write(run_dir, manifest)
+
+
+def owned(run_dir: Path) -> set[str]:
+    """Top-level names of `run_dir` that jaxlab wrote (whether or not they exist now)."""
+    manifest = read(run_dir)
+    return set() if manifest is None else manifest.files
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether jaxlab wrote a run (or the start of one) into `run_dir`."""
+    return (Path(run_dir) / MANIFEST).exists() or (Path(run_dir) / "config.json").is_file()
+
+
+def foreign(run_dir: Path) -> list[str]:
+    """Entries of `run_dir` with a name a run writes that jaxlab did not write (the user's)."""
+    mine = owned(run_dir)
+    return [n for n in RUN_FILES + RUN_DIRS if n not in mine and (Path(run_dir) / n).exists()]
+
+
+def is_jaxlab_entry(directory: str, name: str) -> bool:
+    """Whether `name` inside jaxlab's directory `directory` (parts, checkpoints) is jaxlab's."""
+    return any(fnmatch.fnmatchcase(name, p) for p in JAXLAB_ENTRIES.get(directory, ()))
+
+
+def jaxlab_children(path: Path) -> list[Path]:
+    """The entries of jaxlab's directory `path` that jaxlab wrote."""
+    return sorted(p for p in path.iterdir() if is_jaxlab_entry(path.name, p.name))
+
+
+def only_jaxlab(path: Path) -> bool:
+    """Whether jaxlab's directory `path` holds nothing but jaxlab's entries."""
+    return all(is_jaxlab_entry(path.name, p.name) for p in path.iterdir())
+
+
+def remove(path: Path) -> None:
+    """Delete the entry `path` that jaxlab wrote; of its directories only jaxlab's entries, then
+    the directory itself if that left it empty."""
+    if path.name in RUN_DIRS and path.is_dir() and not path.is_symlink():
+        for child in jaxlab_children(path):
+            remove_tree(child)
+        if not any(path.iterdir()):
+            path.rmdir()
+    else:
+        remove_tree(path)
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def claim(run_dir: Path, name: str) -> None:
+    """Record that jaxlab is about to write the top-level entry `name` of `run_dir`; refuse
+    (UserError) when that would overwrite something jaxlab did not write. A directory from
+    before the record existed cannot tell and is not checked."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    if (run_dir / MANIFEST).exists() and os.path.lexists(path) and name not in owned(run_dir):
+        raise UserError(
+            f"{path} is not jaxlab's and the report would overwrite it; "
+            f"move it away, then run `jaxlab report {run_dir}`"
+        )
+    record(run_dir, [name])
+
+
+def listing(run_dir: Path) -> dict[str, tuple[bool, int, int, int]]:
+    """(is a directory, inode, mtime, size) of each top-level entry of `run_dir` but jaxlab's own
+    bookkeeping: compared before and after a step, it tells what that step wrote (`written`)."""
+    out = {}
+    for p in Path(run_dir).iterdir():
+        if p.name.startswith(".jaxlab"):
+            continue
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            continue
+        out[p.name] = (p.is_dir() and not p.is_symlink(), st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def written(run_dir: Path, before: Mapping[str, tuple[bool, int, int, int]]) -> list[str]:
+    """Top-level entries of `run_dir` new or rewritten since `before = listing(run_dir)`. A directory
+    that existed before counts as neither (files added inside it are not top-level entries)."""
+    after = listing(run_dir)
+    return sorted(n for n, s in after.items() if n not in before or (not s[0] and before[n] != s))
