@@ -1,4 +1,5 @@
-"""Checkpoints of a chunk of runs with orbax-checkpoint's `CheckpointManager` (`args` API).
+"""Checkpoints of a chunk of runs with orbax-checkpoint's `CheckpointManager` (`args` API),
+fingerprinted so that a damaged one is recognised and skipped on resume.
 
 A checkpoint holds the stacked `TrainState` of every run of one run chunk (params, optimizer
 state, step, data keys, divergence flags) and its metric history so far (the on-device table
@@ -8,33 +9,234 @@ from the process that holds it. Saves are asynchronous (the call returns once th
 copied off the device) and atomic (orbax writes to a temporary directory and renames it when
 complete; leftovers of a killed save are removed when the manager opens), so a killed sweep
 leaves whole checkpoints only.
+
+Whole is not intact: a disk or a copy can still damage a finished checkpoint. So each one gets a
+fingerprint, `fingerprints/<index>.json` beside the step directories:
+
+- `arrays`: per leaf of the saved tree, two sums over its bits read as uint32 words u_i,
+  (sum_i u_i, sum_i (2i + 1) u_i) mod 2^32, computed on the device from the arrays being saved
+  (`fingerprint`). Any single changed byte changes the second sum (it changes one word by
+  d * 256^k, 0 < |d| < 256, k < 4, and 2i + 1 is odd, hence invertible mod 2^32); random larger
+  damage goes unnoticed with probability about 2^-64. The sums are exact integers, so they do not depend
+  on how the arrays are sharded or in which order the devices add them.
+- `files`: the size and CRC-32 of every file of the step directory, so that damaged files are
+  found before orbax reads them (orbax's failures on damaged files differ between versions and
+  file kinds, and its reader threads print tracebacks: `_quiet_reader_threads`).
+
+The fingerprint is written by process 0 once orbax has finished the save (`poll`, called after
+every evaluation interval, and `save`, `wait`, `close`): the file list only exists then, and a
+fingerprint never describes a checkpoint that was never completed. A checkpoint without a
+fingerprint is accepted when orbax restores it without error, unverified: that is a checkpoint
+written before jaxlab kept fingerprints, or one finished within the last interval before the
+sweep was killed (orbax's atomic rename still guarantees it is complete).
+
+`restore` verifies (files, then orbax, then the arrays) and raises `DamagedCheckpoint`;
+`restore_newest` falls back from the newest checkpoint to older ones, moving each damaged one
+into `damaged/<index>-<time>/` (kept for inspection, outside orbax's step directories).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxlab import results
+from jaxlab.train.distributed import agree_min, barrier
+
+FINGERPRINTS = "fingerprints"
+DAMAGED = "damaged"
+
+__all__ = [
+    "DAMAGED",
+    "FINGERPRINTS",
+    "DamagedCheckpoint",
+    "GroupCheckpointer",
+    "Restored",
+    "SaveSchedule",
+    "clock",
+    "fingerprint",
+]
+
+
+def clock() -> float:
+    """Seconds on a monotonic clock (`SaveSchedule` reads it through this name; tests replace it)."""
+    return time.monotonic()
+
+
+class SaveSchedule:
+    """When a chunk saves a checkpoint besides its final state.
+
+    After evaluation interval i: every `every` intervals (i % every == 0; 0: never), and once at
+    least `minutes` have passed since the chunk started or since its last save (0: never), so a
+    killed sweep loses at most about `minutes` of work plus one interval. The clock (`clock`) is
+    read once when the schedule is made and once per `time_due` call.
+    """
+
+    def __init__(self, every: int, minutes: float):
+        self.every, self.minutes = int(every), float(minutes)
+        self.last = self.now = clock()
+
+    def every_due(self, i: int) -> bool:
+        return self.every > 0 and i % self.every == 0
+
+    def time_due(self) -> bool:
+        self.now = clock()
+        return self.minutes > 0 and self.now - self.last >= 60.0 * self.minutes
+
+    def saved(self) -> None:
+        """A checkpoint was saved after the interval of the last `time_due` call."""
+        self.last = self.now
+
+
+# -- fingerprints ----------------------------------------------------------------------------------
+def _words(x: jax.Array) -> jax.Array:
+    """The bits of `x` as a flat uint32 vector (16-bit and 8-bit items widened, 64-bit ones split)."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = x.dtype.itemsize
+    if size == 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    if size in (1, 2):
+        unsigned = jnp.uint8 if size == 1 else jnp.uint16
+        return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
+    if size == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    raise TypeError(f"cannot fingerprint arrays of dtype {x.dtype}")
+
+
+def _leaf_sums(x: jax.Array) -> jax.Array:
+    u = _words(x)
+    weights = 2 * jnp.arange(u.shape[0], dtype=jnp.uint32) + 1
+    return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * weights, dtype=jnp.uint32)])
+
+
+_tree_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
+
+
+def fingerprint(tree: Any) -> dict[str, list[int]]:
+    """{leaf path: [sum_i u_i, sum_i (2i + 1) u_i] mod 2^32} of a pytree of arrays (module docstring).
+
+    Device arrays (sharded, across processes too) are summed where they are; NumPy arrays on the
+    default device. Every process gets the same values.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not flat:
+        return {}
+    sums = jax.device_get(_tree_sums([x for _, x in flat]))
+    return {jax.tree_util.keystr(path): [int(a), int(b)] for (path, _), (a, b) in zip(flat, sums)}
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _file_table(step_dir: Path) -> dict[str, list[int]]:
+    """{path relative to the step directory: [size, CRC-32]} of every file under it."""
+    return {
+        str(p.relative_to(step_dir)): [p.stat().st_size, _crc32(p)] for p in sorted(step_dir.rglob("*")) if p.is_file()
+    }
+
+
+# -- the checkpointer ------------------------------------------------------------------------------
+class DamagedCheckpoint(Exception):
+    """Checkpoint `index` cannot be used: `reason` says why (a file differs from its fingerprint,
+    orbax cannot restore it, or the restored arrays differ from the ones saved)."""
+
+    def __init__(self, index: int, reason: str):
+        self.index, self.reason = index, reason
+        super().__init__(f"checkpoint {index}: {reason}")
+
+
+@dataclass
+class Restored:
+    """The outcome of `restore_newest`: the state and history of checkpoint `index` (None: no
+    usable checkpoint), whether it was verified against a fingerprint, and the damaged
+    checkpoints set aside on the way: (index, reason, where it was moved)."""
+
+    index: int | None
+    state: Any = None
+    history: dict[str, Any] = field(default_factory=dict)
+    verified: bool = False
+    damaged: list[tuple[int, str, Path | None]] = field(default_factory=list)
 
 
 class GroupCheckpointer:
     def __init__(self, directory: Path, keep: int = 2, async_save: bool = True):
+        self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep or None,
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,
         )
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: dict[int, dict[str, list[int]]] = {}  # saves in flight: index -> array sums
 
+    # -- saving ----------------------------------------------------------------------------------
     def save(self, index: int, state: Any, history: dict[str, Any], force: bool = False) -> None:
-        """Save the state after evaluation `index` with the metric history [n_evals, R]."""
-        item = {"state": state, "history": dict(history)}
-        self.manager.save(index, args=ocp.args.Composite(item=ocp.args.StandardSave(item)), force=force)
+        """Save the state after evaluation `index` with the metric history [n_evals, R].
 
+        The fingerprint of the arrays is taken now (before the next interval donates them); it
+        is written once orbax has finished the save.
+        """
+        item = {"state": state, "history": dict(history)}
+        sums = fingerprint(item)
+        if self._pending:  # orbax waits for the previous save before it starts this one anyway
+            self.wait()
+        if self.manager.save(index, args=ocp.args.Composite(item=ocp.args.StandardSave(item)), force=force):
+            self._pending[index] = sums
+
+    def poll(self) -> None:
+        """Write the fingerprints of the saves orbax has finished (does not wait for any)."""
+        if self._pending and not self.manager.is_saving_in_progress():
+            self._write_fingerprints()
+
+    def _write_fingerprints(self) -> None:
+        for index in sorted(self._pending):
+            step_dir = self.directory / str(index)
+            if step_dir.is_dir() and jax.process_index() == 0:
+                record = {"index": index, "arrays": self._pending[index], "files": _file_table(step_dir)}
+                results.write_json(self._fingerprint_path(index), record)
+        self._pending.clear()
+        if jax.process_index() == 0:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Remove the fingerprints of checkpoints orbax has deleted (`keep`)."""
+        have = set(self.manager.all_steps())
+        for path in (self.directory / FINGERPRINTS).glob("*.json"):
+            if path.stem.isdigit() and int(path.stem) not in have and not (self.directory / path.stem).exists():
+                path.unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        """Block until every save has finished and its fingerprint is written."""
+        self.manager.wait_until_finished()
+        if self._pending:
+            self._write_fingerprints()
+
+    def close(self) -> None:
+        self.wait()
+        self.manager.close()
+
+    # -- what there is ---------------------------------------------------------------------------
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
@@ -42,24 +244,156 @@ class GroupCheckpointer:
         """Indices of every kept checkpoint, oldest first."""
         return sorted(self.manager.all_steps())
 
+    def _fingerprint_path(self, index: int) -> Path:
+        return self.directory / FINGERPRINTS / f"{index}.json"
+
+    # -- restoring -------------------------------------------------------------------------------
     def restore(self, index: int, like_state: Any, like_history: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Restore evaluation `index`, shaped (and sharded) like `like_state` and `like_history`.
 
         Leaves given as jax arrays or `ShapeDtypeStruct`s with a sharding come back as arrays with
         that sharding; NumPy leaves come back as NumPy arrays (every process reads all of it).
+        Raises `DamagedCheckpoint` when it does not verify (`restore_verified`).
         """
+        state, history, _ = self.restore_verified(index, like_state, like_history)
+        return state, history
+
+    def restore_verified(
+        self, index: int, like_state: Any, like_history: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any], bool]:
+        """`restore`, and whether a fingerprint verified it (False: it has none; module docstring).
+
+        Order: the files against the fingerprint's file table, orbax's restore, the restored
+        arrays against the fingerprint's sums; the first failure raises `DamagedCheckpoint`.
+        """
+        # every process takes each step (restores and fingerprints are collective): a failure on
+        # one process is agreed on before the next step, so none waits for the others forever
+        problem, record = None, None
+        try:
+            record = self._read_fingerprint(index)
+            if record is not None:
+                self._check_files(index, record.get("files", {}))
+        except DamagedCheckpoint as err:
+            problem = err
+        _agree(index, problem)
         like = {"state": like_state, "history": dict(like_history)}
         abstract = jax.tree_util.tree_map(_abstract, like)
-        restored = self.manager.restore(index, args=ocp.args.Composite(item=ocp.args.StandardRestore(abstract)))
-        item = restored.item
-        return item["state"], dict(item["history"])
+        _quiet_reader_threads()
+        try:
+            restored = self.manager.restore(index, args=ocp.args.Composite(item=ocp.args.StandardRestore(abstract)))
+            item = restored.item
+        except Exception as err:  # any failure to read it back: it is not usable
+            problem = DamagedCheckpoint(index, f"orbax cannot restore it ({_first_line(err)})")
+        _agree(index, problem)
+        if record is not None and "arrays" in record:
+            got = fingerprint(item)
+            bad = sorted(k for k in set(got) | set(record["arrays"]) if got.get(k) != record["arrays"].get(k))
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                raise DamagedCheckpoint(index, f"restored arrays differ from the ones saved: {shown}")
+        return item["state"], dict(item["history"]), record is not None
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def _read_fingerprint(self, index: int) -> dict[str, Any] | None:
+        path = self._fingerprint_path(index)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or record.get("index") != index:
+                raise ValueError("not a fingerprint of this checkpoint")
+            return record
+        except (OSError, ValueError) as err:
+            raise DamagedCheckpoint(index, f"its fingerprint {path} is unreadable ({_first_line(err)})") from None
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+    def _check_files(self, index: int, table: dict[str, list[int]]) -> None:
+        step_dir = self.directory / str(index)
+        for name, (size, crc) in sorted(table.items()):
+            path, shown = step_dir / name, f"its file {index}/{name}"
+            try:
+                if path.stat().st_size != size:
+                    raise DamagedCheckpoint(index, f"{shown} has {path.stat().st_size} bytes, {size} when saved")
+                if _crc32(path) != crc:
+                    raise DamagedCheckpoint(index, f"{shown} differs from the one saved (CRC-32)")
+            except OSError as err:
+                raise DamagedCheckpoint(index, f"{shown} cannot be read ({err.strerror or err})") from None
+
+    def restore_newest(
+        self,
+        like_state: Any,
+        like_history: dict[str, Any],
+        on_damaged: Callable[[int, str, Path | None], None] = lambda index, reason, moved: None,
+    ) -> Restored:
+        """The newest checkpoint that restores and verifies; each newer damaged one is moved
+        aside (`move_aside`) and reported through `on_damaged(index, reason, moved_to)`.
+
+        Every process takes part (restores are collective) and all agree on each verdict
+        (`restore_verified`): a checkpoint counts as damaged when it fails on any process.
+        """
+        out = Restored(index=None)
+        for index in reversed(self.all()):
+            try:
+                out.state, out.history, out.verified = self.restore_verified(index, like_state, like_history)
+                out.index = index
+                return out
+            except DamagedCheckpoint as err:
+                reason = err.reason
+            moved = self.move_aside(index, reason)
+            out.damaged.append((index, reason, moved))
+            on_damaged(index, reason, moved)
+        return out
+
+    def move_aside(self, index: int, reason: str) -> Path | None:
+        """Move checkpoint `index` and its fingerprint to `damaged/<index>-<time>/` (process 0;
+        every process calls this), out of orbax's sight; returns where it went (on process 0)."""
+        target = None
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            target = self.directory / DAMAGED / f"{index}-{stamp}"
+            n = 1
+            while target.exists():
+                n += 1
+                target = self.directory / DAMAGED / f"{index}-{stamp}-{n}"
+            target.mkdir(parents=True)
+            source = self.directory / str(index)
+            if source.exists():
+                shutil.move(str(source), str(target / "checkpoint"))
+            fp = self._fingerprint_path(index)
+            if fp.exists():
+                shutil.move(str(fp), str(target / "fingerprint.json"))
+            (target / "reason.txt").write_text(reason + "\n")
+        barrier(f"jaxlab-damaged-{os.fspath(self.directory)}-{index}")
+        self.manager.reload()
+        return target
+
+
+def _quiet_reader_threads() -> None:
+    """When a restore fails, tensorstore's reads still in flight complete into orbax's closed
+    event loop (during the restore or later, when they are collected), and each prints a
+    traceback ("Event loop is closed") through `sys.unraisablehook`. From the first restore on,
+    this process drops exactly those; anything else reaches the previous hook."""
+    if getattr(sys.unraisablehook, "jaxlab_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        err = unraisable.exc_value
+        if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.jaxlab_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _agree(index: int, problem: DamagedCheckpoint | None) -> None:
+    """Raise on every process when checkpoint `index` failed a check on any of them."""
+    if agree_min(0 if problem is not None else 1) == 0:
+        raise problem or DamagedCheckpoint(index, "it failed to restore or verify on another process")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines() or [""]
+    line = text[0] if len(text[0]) <= 240 else text[0][:240] + "..."
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 def _abstract(x: Any) -> Any:

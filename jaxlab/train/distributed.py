@@ -59,3 +59,18 @@ def agree_min(value: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(np.min(multihost_utils.process_allgather(np.asarray([value], np.int32))))
+
+
+def agree_decision(primary: int, anyone: int) -> tuple[int, int]:
+    """(process 0's `primary`, the largest `anyone` of all processes), the same on every process.
+
+    For decisions every process must take at the same point of the loop (orbax saves are
+    collective): one made on process 0's clock (a checkpoint is due by time), and one any process
+    may raise (it received a stop signal). One collective per call; none in one process.
+    """
+    if jax.process_count() == 1:
+        return int(primary), int(anyone)
+    from jax.experimental import multihost_utils
+
+    rows = np.asarray(multihost_utils.process_allgather(np.asarray([primary, anyone], np.int32))).reshape(-1, 2)
+    return int(rows[0, 0]), int(rows[:, 1].max())
