@@ -3,7 +3,9 @@
 A sweep writes one part per run chunk and process (`parts/part-GGGG-KKKK-PPPPP.parquet` + `.json`,
 see `jaxlab.train.rundir`) as each finishes, then process 0 merges the parts into
 `metrics.parquet` and `summary.json`. Every file is written to a temporary name and renamed, so
-a crash never leaves half a table or half a summary. One long table per sweep, with the same
+a crash never leaves half a table or half a summary; a machine that refuses a write (disk full,
+read-only) raises `StorageError`, and a damaged file read back raises `CorruptFileError`, both
+naming the file (`jaxlab.errors`). One long table per sweep, with the same
 columns whatever the host count, so tables of several sweeps concatenate (`load_many`).
 """
 
@@ -13,49 +15,88 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from jaxlab.errors import UserError
+from jaxlab.config import ExperimentConfig
+from jaxlab.errors import CorruptFileError, StorageError, UserError
 
 BASE_COLUMNS = ("run", "seed", "step", "metric", "value")
 
 
 # -- atomic writes ---------------------------------------------------------------------------------
+# Every writer raises `StorageError` (a `UserError` and an `OSError`) naming the file and the OS's
+# reason when the machine refuses (disk full, read-only, no permission, a file in the way): the
+# CLI prints it as one line with exit status 2; library users can catch it as either.
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def _atomic(path: Path, write) -> None:
+def _blocking_file(path: Path) -> Path | None:
+    """The nearest ancestor of `path` that exists and is not a directory (ENOTDIR's culprit)."""
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """`mkdir -p path`; `StorageError` when it cannot be created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
     try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = _blocking_file(path)
+        detail = f"{blocker} is a file, not a directory" if blocker is not None else None
+        raise StorageError(path, err, "create the directory", detail) from err
+    return path
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None and os.path.lexists(tmp):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # the error that brought us here is the one to report
+
+
+def write_with(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write `path` atomically: `write(tmp)` fills a temporary file beside it, which then replaces
+    `path` in one rename, so readers never see half a file and a failure leaves the old one.
+    `StorageError` when the machine refuses."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
         write(Path(tmp))
         os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        raise StorageError(path, err) from err
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
 
 
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda p: p.write_text(text))
+def write_text(path: str | Path, text: str) -> None:
+    write_with(path, lambda p: p.write_text(text))
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
 
 
-def write_parquet(path: Path, df: pd.DataFrame) -> None:
-    _atomic(path, lambda p: df.to_parquet(p, index=False))
+def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    write_with(path, lambda p: df.to_parquet(p, index=False))
 
 
 def _jsonable(x: Any) -> Any:
@@ -152,16 +193,67 @@ def aggregate_by_point(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 
 
 # -- reading ---------------------------------------------------------------------------------------
+# Readers raise `CorruptFileError` (a `UserError`) naming the file and what is wrong with it when a
+# file is truncated or damaged, and `StorageError` when the machine refuses to read it.
+def read_json(path: str | Path) -> Any:
+    """The JSON document in `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise CorruptFileError(path, "not a text file (damaged?)") from None
+    except OSError as err:
+        raise StorageError(path, err, "read") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno} column {err.colno}"
+        raise CorruptFileError(path, f"truncated or not JSON ({err.msg} at {where})") from None
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    """The table in the parquet file `path`."""
+    path = Path(path)
+    try:
+        return pd.read_parquet(path)
+    except OSError as err:
+        if err.errno is not None:
+            raise StorageError(path, err, "read") from err
+        raise CorruptFileError(path, f"not a parquet file, or a damaged one ({_first_line(err)})") from None
+    except (pa.ArrowException, ValueError) as err:
+        raise CorruptFileError(path, f"not a parquet file, or a damaged one ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def read_config(path: str | Path) -> ExperimentConfig:
+    """The `ExperimentConfig` stored in `path` (a run's `config.json`)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, f"not a jaxlab config (a JSON {type(data).__name__}, not an object)")
+    try:
+        return ExperimentConfig.from_dict(data)
+    except KeyError as err:
+        raise CorruptFileError(path, f"not a jaxlab config (no {err.args[0]!r} field)") from None
+    except UserError as err:
+        raise CorruptFileError(path, f"not a valid jaxlab config: {err}") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CorruptFileError(path, f"not a jaxlab config ({_first_line(err)})") from None
+
+
 def load(run_dir: str | Path) -> pd.DataFrame:
     """The tidy metrics table of a run directory (merged, or its parts while it is running)."""
     run_dir = Path(run_dir)
     table = run_dir / "metrics.parquet"
     if table.exists():
-        return pd.read_parquet(table)
+        return read_parquet(table)
     parts = sorted((run_dir / "parts").glob("part-*.parquet"))
     if not parts:
         raise UserError(f"{run_dir}: no metrics.parquet and no result parts: is it a jaxlab run directory?")
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return pd.concat([read_parquet(p) for p in parts], ignore_index=True)
 
 
 def load_many(run_dirs: Iterable[str | Path], key: str = "sweep") -> pd.DataFrame:
@@ -177,11 +269,21 @@ def load_many(run_dirs: Iterable[str | Path], key: str = "sweep") -> pd.DataFram
     return pd.concat(frames, ignore_index=True)
 
 
+SUMMARY_FIELDS = ("experiment", "n_runs", "runs", "aggregate")
+
+
 def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    """`summary.json` of a finished run directory (`CorruptFileError` if it is not one)."""
     path = Path(run_dir) / "summary.json"
     if not path.exists():
         raise UserError(f"{run_dir}: no summary.json: is it a finished jaxlab run directory?")
-    return json.loads(path.read_text())
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise CorruptFileError(path, f"not a jaxlab summary (a JSON {type(summary).__name__}, not an object)")
+    missing = [k for k in SUMMARY_FIELDS if k not in summary]
+    if missing or not isinstance(summary["runs"], list):
+        raise CorruptFileError(path, f"not a jaxlab summary (missing {', '.join(missing) or 'the runs list'})")
+    return summary
 
 
 def final_values(df: pd.DataFrame, metric: str) -> pd.Series:

@@ -9,8 +9,21 @@ is `advance` (a `fori_loop` over its steps) followed by `evaluate` on a fixed ev
 `train` scans over the chunks; the sweep runner (`jaxlab.train.sweep`) instead calls the jitted
 chunk from the host, which is where progress bars, checkpoints and metric transfers happen.
 
-Divergence isolation: a step whose loss or new parameters are not finite is not applied; the run
-keeps its last finite state from then on and `diverged_at` records the step.
+Divergence isolation: a step is not applied when its loss or its new parameters are not finite, or
+when its loss exceeds the divergence threshold
+
+    loss_t > train.diverge_above * max(first_loss, FIRST_LOSS_FLOOR)
+
+where `first_loss` (`TrainState.first_loss`) is the training loss of step 0: the loss of the first
+training batch at the initial parameters (the `train_loss` recorded at step 0, up to the order of
+micro-batch sums). Learning rates far too large often drive the loss up by tens of orders of
+magnitude while it stays finite (1e31 at lr 1000); the factor catches those runs the finiteness
+test misses, and a factor relative to the run's own start keeps the rule free of loss units. The
+floor (1e-3 nats or squared-error units) keeps a first loss of 0 or nearly 0 from making every
+later rise a "divergence". `train.diverge_above = 0` turns the threshold off (non-finite only);
+config validation allows 0 or a factor > 1, so step 0 never exceeds its own loss. The loss of step
+t is that of the parameters after t steps, so a run that diverges at step t keeps the state after
+exactly t steps (its last good state) from then on, and `diverged_at` records t.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from jaxlab.config import ExperimentConfig
+from jaxlab.config import ExperimentConfig, require_config
 from jaxlab.models import Intervention, Transformer, init_params, scale_weights
 from jaxlab.models.attention import query_index
 from jaxlab.rng import in_rng_scope
@@ -36,6 +49,8 @@ from jaxlab.train.losses import batch_loss, masked_mean, per_position_loss
 from jaxlab.train.microbatch import accumulate, auto_micro_batch, sequence_bytes
 from jaxlab.train.optim import make_optimizer
 from jaxlab.train.runmap import auto_block
+
+FIRST_LOSS_FLOOR = 1e-3  # the smallest first loss the divergence threshold scales (module docstring)
 
 EvalFn = Callable[["Train", chex.ArrayTree, Any], dict[str, jax.Array]]
 EvalDataFn = Callable[["Train"], Any]
@@ -47,7 +62,8 @@ class TrainState:
     params: Any
     opt_state: Any
     data_key: jax.Array  # raw key data (`jax.random.key_data`) of the run's data stream
-    diverged_at: jax.Array  # int32 [], -1 while every step so far was finite
+    diverged_at: jax.Array  # int32 [], -1 while no step so far diverged (see the module docstring)
+    first_loss: jax.Array  # float32 [], the training loss of step 0 (NaN before step 0 ran)
 
 
 def seed_keys(seeds: Sequence[int], impl: str = "threefry2x32") -> jax.Array:
@@ -64,6 +80,10 @@ class Train:
     """The pure training functions of one experiment config (see the module docstring)."""
 
     def __init__(self, cfg: ExperimentConfig, evaluate: EvalFn | None = None, eval_data: EvalDataFn | None = None):
+        require_config(cfg, "make_train(cfg)")
+        for name, fn in (("evaluate", evaluate), ("eval_data", eval_data)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"make_train({name}=...): expected a function or None, got {type(fn).__name__}")
         self.cfg = cfg.resolve()
         self.model = Transformer(self.cfg.model)
         self.spec = task_spec(self.cfg.task)
@@ -165,6 +185,7 @@ class Train:
             opt_state=self.optimizer(hparams).init(params),
             data_key=jax.random.key_data(k_data),
             diverged_at=jnp.int32(-1),
+            first_loss=jnp.float32(jnp.nan),
         )
 
     @in_rng_scope
@@ -196,7 +217,13 @@ class Train:
         )
         updates, opt_state = self._optimizer(hparams).update(grads, state.opt_state, state.params)
         params = state.params + updates
-        healthy = (state.diverged_at < 0) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(params))
+        first_loss = jnp.where(state.step == 0, loss.astype(jnp.float32), state.first_loss)
+        healthy = (
+            (state.diverged_at < 0)
+            & jnp.isfinite(loss)
+            & jnp.all(jnp.isfinite(params))
+            & self.below_threshold(loss, first_loss)
+        )
         keep = lambda new, old: jnp.where(healthy, new, old)
         newly_diverged = (state.diverged_at < 0) & ~healthy
         new_state = TrainState(
@@ -205,8 +232,21 @@ class Train:
             opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state),
             data_key=state.data_key,
             diverged_at=jnp.where(newly_diverged, state.step, state.diverged_at),
+            first_loss=first_loss,
         )
         return new_state, loss
+
+    def below_threshold(self, loss: jax.Array, first_loss: jax.Array) -> jax.Array:
+        """`loss <= train.diverge_above * max(first_loss, FIRST_LOSS_FLOOR)` (True when the factor is 0).
+
+        A NaN `first_loss` (step 0 itself was not finite) leaves the verdict to the finiteness test.
+        """
+        factor = self.cfg.train.diverge_above
+        if not factor:
+            return jnp.bool_(True)
+        reference = jnp.maximum(jnp.nan_to_num(first_loss, nan=jnp.inf), FIRST_LOSS_FLOOR)
+        factor = jnp.float32(min(factor, float(jnp.finfo(jnp.float32).max)))  # larger: never trips
+        return loss.astype(jnp.float32) <= factor * reference
 
     def advance(self, state: TrainState, hparams: Hparams, n_steps: jax.Array | int) -> tuple[TrainState, jax.Array]:
         """`n_steps` optimizer steps; returns the state and the mean finite training loss over them."""
