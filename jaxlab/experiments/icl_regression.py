@@ -34,7 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
+from jaxlab.config import (
+    ExperimentConfig,
+    Inert,
+    ModelConfig,
+    OptimConfig,
+    ProbeConfig,
+    SweepConfig,
+    TrainConfig,
+    inert,
+)
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression_report as _report
 from jaxlab.experiments.base import Experiment, Finalized
@@ -66,6 +75,13 @@ class ICLProbeConfig(ProbeConfig):
     ilwd_tasks: int = 0
     probe_batch_size: int = 250
     ood_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+    # without the GD probes neither the evaluation (`make_evaluate`, `eval_data`) nor `finalize`
+    # reads the other fields
+    INERT: ClassVar[tuple[Inert, ...]] = tuple(
+        inert(name, gd_probes=(False,))
+        for name in ("ridge_lambda", "knn_k", "ilwd_points", "ilwd_tasks", "probe_batch_size", "ood_scales")
+    )
 
     def validate(self) -> None:
         n = self._name

@@ -71,6 +71,10 @@ class Probe(ProbeConfig):
     swap_shift: int = 1
     seed: int = 0
 
+    UNREAD_KEYS: ClassVar[dict[str, str]] = {
+        "train.eval_batch_size": "instruction-clustering evaluates on sets of probe.n_eval sequences"
+    }
+
     def validate(self) -> None:
         n = self._name
         _choice(n("position"), self.position, POSITIONS)

@@ -82,6 +82,13 @@ class DissimilarityProbeConfig(ProbeConfig):
     stitch_fit_batch_size: int = 256
     n_cka: int = 128
 
+    # read once per sweep, from the first program's config, by the analysis across programs
+    # (`_dissimilarity_analysis.analyse`)
+    SWEEP_WIDE: ClassVar[dict[str, str]] = {
+        name: "sets the analysis across the sweep's programs (one value for the whole sweep)"
+        for name in ("stitch_steps", "stitch_lr", "stitch_batch_size", "stitch_fit_batch_size", "n_cka")
+    }
+
     def validate(self) -> None:
         n = self._name
         for name in ("id_shortcut", "ood_shortcut"):

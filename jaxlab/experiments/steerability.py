@@ -82,6 +82,10 @@ class SteerabilityProbe(ProbeConfig):
     steer_threshold: float = 0.2
     n_loss: int = 256
 
+    UNREAD_KEYS: ClassVar[dict[str, str]] = {
+        "train.eval_batch_size": "steerability evaluates on its stimuli (probe.n_pairs, probe.n_steer, probe.n_loss)"
+    }
+
     def validate(self) -> None:
         n = self._name
         for name in ("n_steer", "n_loss"):

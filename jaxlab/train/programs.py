@@ -40,6 +40,8 @@ class Programs:
         self.n_evals = len(train.eval_steps)
         self.n_key_words = n_key_words
         self._traced: dict[int, Any] = {}
+        self._compiled_start: dict[tuple, Any] = {}
+        self._compiled_interval: dict[tuple, Any] = {}
 
     # -- the traced functions -------------------------------------------------------------------
     def start(self, key_data: jax.Array, hparams: dict[str, jax.Array]) -> tuple[TrainState, Any, dict[str, jax.Array]]:
@@ -91,9 +93,20 @@ class Programs:
         return self._traced[size]
 
     def compile_start(self, size: int, hparam_keys: list[str]) -> Any:
-        return self.trace_start(size, hparam_keys).lower().compile()
+        """`start` compiled for `size` runs (cached: the chunker reads its memory analysis first)."""
+        key = (size, tuple(hparam_keys))
+        if key not in self._compiled_start:
+            self._compiled_start[key] = self.trace_start(size, hparam_keys).lower().compile()
+        return self._compiled_start[key]
 
     def compile_interval(self, size: int, hparam_keys: list[str]) -> Any:
+        """`interval` compiled for `size` runs (cached, like `compile_start`)."""
+        key = (size, tuple(hparam_keys))
+        if key not in self._compiled_interval:
+            self._compiled_interval[key] = self._compile_interval(size, hparam_keys)
+        return self._compiled_interval[key]
+
+    def _compile_interval(self, size: int, hparam_keys: list[str]) -> Any:
         p = self.placement
         _, hp = self.abstract_inputs(size, hparam_keys)
         state, eval_data, history = self.trace_start(size, hparam_keys).out_info
