@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from tqdm.auto import tqdm
@@ -40,8 +41,10 @@ class Progress:
         quiet: bool,
         enabled: bool = True,
         file: TextIO | None = None,
+        heartbeat: Callable[[str], None] | None = None,
     ):
         self.name, self.quiet, self.n_groups, self.enabled = name, quiet, n_groups, enabled
+        self.heartbeat = heartbeat  # told of every step of progress (`jaxlab.train.watchdog`)
         self.total = total_run_steps
         self.file = file if file is not None else sys.stderr
         self.done = 0  # run-steps finished, including those skipped on resume
@@ -56,8 +59,14 @@ class Progress:
         where = f"group {group + 1}/{self.n_groups} " if self.n_groups > 1 else ""
         return where + (f"chunk {chunk + 1}/{n_chunks} " if n_chunks > 1 else "")
 
+    def beat(self, what: str) -> None:
+        """Progress that moves no run-steps (a program compiled, a chunk finalized): `what` just finished."""
+        if self.heartbeat is not None:
+            self.heartbeat(what)
+
     def skip(self, run_steps: int) -> None:
         """Work already done (resume): counts towards the total, not towards the rate."""
+        self.beat("skipped finished work")
         self.done += run_steps
         if self.bar is not None:
             self.bar.n += run_steps
@@ -78,6 +87,7 @@ class Progress:
         diverged: int,
     ) -> None:
         """One evaluation interval done: `run_steps` more run-steps; `diverged` in the current chunk."""
+        self.beat(f"{self._where(group, chunk, n_chunks)}step {step}/{steps}".replace("/", " of ", 1))
         now = time.time()
         if self.t_first is None:
             # the first interval includes the program's first launch; rate from its end on
@@ -107,6 +117,7 @@ class Progress:
         )
 
     def chunk_done(self, diverged: int) -> None:
+        self.beat("a run chunk finished")
         self.diverged_before += diverged
 
     def close(self) -> None:

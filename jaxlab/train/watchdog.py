@@ -1,0 +1,203 @@
+"""The stall watchdog: a sweep that stops making progress writes its stacks and exits, instead of hanging.
+
+A compiled program can stop making progress inside native code (a deadlocked thread pool, a
+collective waiting for a process that died), where no Python exception will ever be raised. The
+sweep loop reports progress (`beat`) at every phase boundary: a group compiled, an evaluation
+interval done, a checkpoint written, a run chunk finalized. A background thread checks that a beat
+came within the allowed silence:
+
+    allowed = train.stall_timeout (minutes) + the longest gap between two beats seen so far
+
+(so a sweep whose intervals take an hour each is not stopped after fifteen minutes). When that
+passes, the watchdog writes `stall-<process>.txt` into the run directory (the last beat, every
+Python thread's stack via `faulthandler`, and the native stacks of every thread from `gdb`, or
+`eu-stack`, when one is installed), prints one message saying what to do, and ends the process with
+exit status 3 (`STALL_EXIT`). Checkpoints written so far stay; `--resume` continues from the last
+one. The main thread may be blocked in native code, so the process ends with `os._exit`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from jaxlab import runfiles
+
+STALL_EXIT = 3
+NATIVE_TIMEOUT_S = 120.0
+
+
+def native_stacks(pid: int, timeout: float = NATIVE_TIMEOUT_S) -> str:
+    """Native stacks of every thread of process `pid` from gdb (or eu-stack), or why there are none.
+
+    The tool's output goes to a file, not a pipe: gdb stops every thread of the process it attaches
+    to, the reading thread included, and would block on a full pipe.
+    """
+    commands = []
+    if shutil.which("gdb"):
+        quiet = ["-iex", "set debuginfod enabled off", "-iex", "set auto-load off"]
+        commands.append(["gdb", "-p", str(pid), "-batch", "-nx", *quiet, "-ex", "thread apply all bt"])
+    if shutil.which("eu-stack"):
+        commands.append(["eu-stack", "-p", str(pid)])
+    if not commands:
+        return "(no native stacks: neither gdb nor eu-stack is installed)\n"
+    notes = []
+    for cmd in commands:
+        with tempfile.TemporaryFile("w+") as out:
+            try:
+                done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                notes.append(f"{cmd[0]}: {err}")
+                continue
+            out.seek(0)
+            text = out.read()
+        if "Thread" in text or "TID" in text:
+            return text
+        notes.append(f"{cmd[0]} (exit {done.returncode}): {text.strip()[-500:]}")
+    return "(no native stacks: " + "; ".join(notes) + ")\n"
+
+
+def python_stacks() -> str:
+    """The Python stack of every thread of this process, innermost call last."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        parts.append(f"Thread {names.get(ident, '?')} ({ident}):\n" + "".join(traceback.format_stack(frame)))
+    return "\n".join(parts)
+
+
+class Watchdog:
+    """Watches the beats of one process's sweep (module docstring). Use as a context manager."""
+
+    def __init__(
+        self,
+        stall_minutes: float,
+        report_dir: Path | None,
+        process: int = 0,
+        on_stall: Callable[[str], None] | None = None,
+        poll_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        native: bool = True,
+    ):
+        self.allowed_base = 60.0 * stall_minutes
+        self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.process = process
+        self.on_stall = on_stall if on_stall is not None else _exit_stalled
+        self.clock = clock
+        self.native = native  # also the native stacks (gdb / eu-stack: can take a minute)
+        self.poll_s = poll_s if poll_s is not None else min(10.0, max(0.05, self.allowed_base / 20))
+        self.last = clock()
+        self.last_what = "sweep started"
+        self.longest_gap = 0.0
+        self.fired = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.allowed_base > 0
+
+    def beat(self, what: str) -> None:
+        """Progress: `what` just finished."""
+        with self._lock:
+            now = self.clock()
+            self.longest_gap = max(self.longest_gap, now - self.last)
+            self.last, self.last_what = now, what
+
+    def allowed(self) -> float:
+        """Seconds of silence allowed now."""
+        return self.allowed_base + self.longest_gap
+
+    def silent_for(self) -> float:
+        with self._lock:
+            return self.clock() - self.last
+
+    def check(self) -> bool:
+        """Fire (once) if the silence exceeds what is allowed; True if it fired."""
+        if self.fired or not self.enabled:
+            return False
+        with self._lock:
+            silent = self.clock() - self.last
+            allowed = self.allowed_base + self.longest_gap
+            what = self.last_what
+        if silent <= allowed:
+            return False
+        self.fired = True
+        path = self.write_report(silent, what)
+        where = f"; stacks written to {path}" if path is not None else ""
+        message = (
+            f"no progress for {silent / 60:.1f} min (allowed: train.stall_timeout {self.allowed_base / 60:g} min "
+            f"+ the slowest step seen, {self.longest_gap / 60:.1f} min; last progress: {what}){where}. "
+            "Checkpoints written so far are kept: continue with --resume. If the computation is just slow, "
+            "raise train.stall_timeout (0 turns the watchdog off)"
+        )
+        self.on_stall(message)
+        return True
+
+    def write_report(self, silent: float, what: str) -> Path | None:
+        """Write the stall report (last beat, Python and native stacks) into the run directory, or to
+        stderr without one; returns the file's path (None: stderr)."""
+        if self.report_dir is not None:
+            path = self.report_dir / f"stall-{self.process:05d}.txt"
+            try:
+                self.report_dir.mkdir(parents=True, exist_ok=True)
+                with open(path, "w") as f:
+                    _write_report(f, silent, what, self.native)
+            except OSError:
+                pass
+            else:
+                try:  # jaxlab wrote it: --overwrite may move it aside with the run
+                    runfiles.record(self.report_dir, [path.name])
+                except Exception:
+                    pass  # the report itself is written; the process is about to end
+                return path
+        _write_report(sys.stderr, silent, what, self.native)
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if self.check():
+                return
+
+    def __enter__(self) -> Watchdog:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="jaxlab-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+
+def _write_report(f: TextIO, silent: float, what: str, native: bool) -> None:
+    f.write(
+        f"jaxlab stall report: pid {os.getpid()} on {socket.gethostname()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n"
+        f"no progress for {silent:.0f} s; last progress: {what}\n\n== Python stacks ==\n"
+    )
+    f.write(python_stacks())
+    f.write("\n== native stacks ==\n")
+    f.flush()
+    f.write(native_stacks(os.getpid()) if native else "(not asked for)\n")
+    f.flush()
+
+
+def _exit_stalled(message: str) -> None:
+    print(f"jaxlab: error: {message}", file=sys.stderr, flush=True)
+    os._exit(STALL_EXIT)
+
+
+__all__ = ["NATIVE_TIMEOUT_S", "STALL_EXIT", "Watchdog", "native_stacks", "python_stacks"]

@@ -1,0 +1,128 @@
+"""The stall watchdog: fires only after the allowed silence, writes stacks, and a stalled sweep exits and resumes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from jaxlab.train.watchdog import STALL_EXIT, Watchdog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_fires_after_the_timeout_plus_the_slowest_gap_once(tmp_path):
+    clock, fired = Clock(), []
+    dog = Watchdog(1.0, tmp_path, on_stall=fired.append, clock=clock, native=False)  # 60 s
+    clock.t = 50.0
+    dog.beat("interval 1")  # longest gap 50 s: 110 s of silence allowed from now on
+    clock.t = 50.0 + 109.0
+    assert not dog.check() and fired == []
+    dog.beat("interval 2")
+    assert dog.allowed() == pytest.approx(60.0 + 109.0)
+    clock.t += 169.5
+    assert dog.check()
+    assert not dog.check()  # once
+    assert len(fired) == 1
+    message = fired[0]
+    assert "no progress for 2.8 min" in message and "interval 2" in message
+    assert "train.stall_timeout" in message and "--resume" in message
+    report = (tmp_path / "stall-00000.txt").read_text()
+    assert "last progress: interval 2" in report
+    assert "test_fires_after_the_timeout_plus_the_slowest_gap_once" in report  # this thread's Python stack
+    assert "== native stacks ==\n(not asked for)" in report  # gdb's: in the stalled sweep below
+    assert json.loads((tmp_path / ".jaxlab-files.json").read_text())["files"] == ["stall-00000.txt"]
+
+
+def test_disabled_with_zero_and_silent_without_a_directory(capsys):
+    clock = Clock()
+    off = Watchdog(0.0, None, on_stall=lambda m: pytest.fail(m), clock=clock, native=False)
+    with off:
+        assert off._thread is None
+    clock.t = 1e9
+    assert not off.check()
+    fired = []
+    dog = Watchdog(0.001, None, on_stall=fired.append, clock=clock, native=False)
+    clock.t = 2e9
+    assert dog.check() and fired
+    assert "no progress" in capsys.readouterr().err  # the report goes to stderr
+
+
+def test_background_thread_fires_for_a_blocked_main_thread():
+    fired = threading.Event()
+    with Watchdog(0.002, None, on_stall=lambda m: fired.set(), poll_s=0.02, native=False):  # 0.12 s
+        assert fired.wait(10.0)
+
+
+def test_no_fire_while_beats_keep_coming():
+    fired = []
+    dog = Watchdog(0.01, None, on_stall=fired.append, poll_s=0.01, native=False)  # 0.6 s
+    with dog:
+        for i in range(40):
+            dog.beat(f"step {i}")
+            threading.Event().wait(0.02)
+    assert fired == []
+
+
+STALLED_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from jaxlab.train import progress
+
+    calls = []
+    update = progress.Progress.update
+
+    def stalling_update(self, **kw):
+        update(self, **kw)
+        calls.append(kw["step"])
+        if len(calls) == 3:
+            time.sleep(600)  # a program that never returns, as far as the sweep can tell
+
+    progress.Progress.update = stalling_update
+    from jaxlab.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_stalled_sweep_writes_stacks_exits_3_and_resumes(tmp_path):
+    script = tmp_path / "stall.py"
+    script.write_text(STALLED_RUN)
+    out = tmp_path / "run"
+    args = ["icl-regression", "--preset", "smoke", "--out", str(out), "--quiet"]
+    # 0.25 min of silence beyond the slowest step so far (compiling): far less than the stall's 600 s
+    sets = ["--set", "train.stall_timeout=0.25", "--set", "train.checkpoint_every=1"]
+    run = subprocess.run(
+        [sys.executable, str(script), "run", *args, *sets], capture_output=True, text=True, timeout=240, cwd=tmp_path
+    )
+    assert run.returncode == STALL_EXIT, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("jaxlab: error:")]
+    assert len(errors) == 1 and "no progress" in errors[0] and "--resume" in errors[0], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    report = (out / "stall-00000.txt").read_text()
+    assert "stalling_update" in report and "time.sleep" in report  # where the main thread waits
+    native = report.split("== native stacks ==")[1]  # from gdb or eu-stack where installed, else why not
+    assert "Thread" in native or "no native stacks" in native
+    assert list((out / "checkpoints").rglob("_CHECKPOINT_METADATA"))  # checkpoints kept
+    resumed = subprocess.run(
+        [sys.executable, "-m", "jaxlab", "run", *args, *sets, "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_runs"] >= 1 and all(r["status"] == "ok" for r in summary["runs"])
