@@ -1,19 +1,22 @@
 """The command line: `jaxlab list | run | report | bench`.
 
 Exit status 0 on success, 2 on a user error (one message on stderr, no traceback), 1 on an
-internal error.
+internal error, 130 / 143 when `jaxlab run` was stopped by SIGINT / SIGTERM (after a checkpoint
+of the current state; the message gives the `--resume` command, `jaxlab.interrupt`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxlab.errors import UserError
+from jaxlab.errors import ConfigError, UserError, environment_error
+from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
+from jaxlab.interrupt import Interrupted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,22 +76,45 @@ def build_config(args: argparse.Namespace):
 
     exp = get_experiment(args.experiment)
     cfg = exp.preset(args.preset)
+    set_keys = []
     for item in args.set:
         key, value = parse_assignment(item, "--set")
         cfg = cfg.set(key, value)
-    if args.seeds:
+        set_keys.append(key)
+    if args.seeds is not None:  # `--seeds ''` is refused, not read as "the preset's seeds"
         cfg = with_seeds(cfg, parse_seeds(args.seeds))
     cfg = apply_sweep_args(cfg, args.sweep)
+    refuse_set_and_swept(cfg, set_keys, [parse_assignment(item, "--sweep")[0] for item in args.sweep])
     from jaxlab.train.sweep import plan
 
-    plan(cfg)  # resolves and validates every program of the sweep
+    groups = plan(cfg)  # resolves and validates every program of the sweep
+    inert = [g.cfg.inert_keys() for g in groups]
+    for key in dict.fromkeys(set_keys):
+        if all(key in keys for keys in inert):  # no effect in any program of the sweep
+            print(f"jaxlab: warning: --set {key} changes nothing: {inert[0][key]}", file=sys.stderr)
     return cfg
 
 
-def stored_config(out: Path):
-    from jaxlab.config import ExperimentConfig
+def refuse_set_and_swept(cfg, set_keys: Sequence[str], flag_sweeps: Sequence[str]) -> None:
+    """A key given by `--set` and swept (by `--sweep` or the preset's grid): every point of the
+    sweep would silently override the `--set` value, so refuse and say how to get one value."""
+    grid = dict(cfg.sweep.grid)
+    for key in set_keys:
+        if key not in grid:
+            continue
+        if key in flag_sweeps:
+            raise ConfigError(f"--set {key}", "is also swept by --sweep, whose values replace it; drop one of the two")
+        raise ConfigError(
+            f"--set {key}",
+            f"the preset sweeps it over {list(grid[key])}, which would replace the --set value; "
+            f"to run one value, replace the preset's grid with --sweep {key}=VALUE",
+        )
 
-    return ExperimentConfig.from_dict(json.loads((out / "config.json").read_text()))
+
+def stored_config(out: Path):
+    from jaxlab.results import read_config
+
+    return read_config(out / "config.json")
 
 
 def start_distributed(args: argparse.Namespace) -> None:
@@ -105,7 +131,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if not args.show_config:
         start_distributed(args)
-    given = bool(args.preset or args.set or args.sweep or args.seeds)
+    given = bool(args.preset or args.set or args.sweep or args.seeds is not None)
     if args.resume and args.out and not given and (Path(args.out) / "config.json").exists():
         cfg = stored_config(Path(args.out))
         if cfg.experiment != args.experiment:
@@ -124,21 +150,55 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not args.out:
         raise UserError("--out: required (the directory to write the run to)")
     command = "jaxlab " + " ".join(shlex.quote(a) for a in argv)
-    result = run_sweep(cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=command)
-    s = result.summary
-    n_div = sum(r["status"] != "ok" for r in s["runs"])
     import jax
 
+    try:
+        result = run_sweep(
+            cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=command
+        )
+    except Interrupted as err:
+        if jax.process_index() == 0:
+            if (Path(args.out) / "config.json").exists():
+                then = f"continue with: {resume_command(args)}"
+            else:  # a fresh run stopped before it started leaves nothing (jaxlab.train.replace)
+                then = "nothing of this run was kept; run the same command again to start it"
+            print(f"jaxlab: {err}; {then}", file=sys.stderr)
+        return err.exit_status
+    s = result.summary
+    n_div = sum(r["status"] != "ok" for r in s["runs"])
     if jax.process_index() != 0:
         return 0
     print(f"{s['n_runs']} runs ({n_div} diverged) in {s['wall_s']:.1f} s; report: {Path(args.out) / 'report.md'}")
     return 0
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues the run of `args` (its stored config; the same devices)."""
+    words = ["jaxlab", "run", args.experiment, "--out", args.out, "--resume"]
+    if args.quiet:
+        words.append("--quiet")
+    if args.distributed:
+        words.append("--distributed")
+    for flag, value in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes)):
+        if value is not None:
+            words += [flag, str(value)]
+    if args.process_id is not None:
+        words += ["--process-id", "I"]
+    devices = os.environ.get(CPU_DEVICES_ENV, "").strip()
+    prefix = f"{CPU_DEVICES_ENV}={shlex.quote(devices)} " if devices else ""
+    return prefix + " ".join(shlex.quote(w) for w in words)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from jaxlab.report import write_report
+    from jaxlab.train.lock import RunLock
 
-    print(write_report(args.dir))
+    run_dir = Path(args.dir)
+    if not run_dir.is_dir():
+        print(write_report(run_dir))  # says what is missing
+        return 0
+    with RunLock.acquire(run_dir, f"jaxlab report {shlex.quote(args.dir)}"):  # a writer, like a run
+        print(write_report(run_dir))
     return 0
 
 
@@ -160,6 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return registry()[args.bench].main(args)
     except UserError as err:
         print(f"jaxlab: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # a full disk, a read-only or unreadable path, possibly wrapped by a library (orbax,
+        # matplotlib): the machine's fault, not jaxlab's, so one line and exit 2; others propagate
+        storage = environment_error(err)
+        if storage is None:
+            raise
+        print(f"jaxlab: error: {storage}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jaxlab: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +47,23 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+INT32_MAX = 2**31 - 1  # step counters and seeds travel to the device as int32
+# Every evaluation is a host round trip and a row of the on-device history [n_evals, R] of
+# every metric; presets use at most a few dozen.
+MAX_EVALS = 10_000
+# Seeds x grid points of one sweep: every run's records (summary.json, the metric table, the
+# report) pass through one host process. Split larger studies into several sweeps.
+MAX_RUNS = 100_000
+SEED_LIMIT = 2**32  # PRNG keys hold 32-bit seeds: seed s and s + 2^32 would give the same key
+_EXECUTION = "sets how the sweep runs, not what a run computes"
+
+
+def _int_range(name: str, value: int, lo: int, hi: int, why: str) -> None:
+    """Refuse an integer outside [lo, hi] (values the device or the PRNG cannot hold exactly)."""
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"{value!r} is out of range: {why}", f"integers {lo}..{hi}")
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
@@ -53,16 +71,55 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
         raise ConfigError(name, f"must be {bound}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Inert:
+    """A rule: `field` has no effect on a run while every field named in `when` holds one of its values.
+
+    Each section declares its rules as data (`Section.INERT`, built with `inert`) next to its
+    fields; tests/test_bounds.py builds the training programs and evaluation data with two values
+    of every declared field and checks they are identical (traced values and programs that may
+    differ in form: the same numbers), and that with the condition off they differ, so the table
+    cannot drift from the code that reads the fields.
+    """
+
+    field: str
+    when: tuple[tuple[str, tuple[Any, ...]], ...]
+
+    def holds(self, section: Any) -> bool:
+        return all(getattr(section, name) in values for name, values in self.when)
+
+
+def inert(field_name: str, **when: tuple[Any, ...]) -> Inert:
+    """`inert("momentum", name=("adam", "adamw"))`: momentum has no effect with those optimizers."""
+    return Inert(field_name, tuple(when.items()))
+
+
 class Section:
-    """Mixin for config sections: a name for error messages and field-wise validation."""
+    """Mixin for config sections: a name for error messages and field-wise validation.
+
+    `INERT`: rules for fields that have no effect given the section's other fields (`inert_fields`);
+    `SWEEP_WIDE`: fields that hold one value for the whole sweep (how it runs, or analyses across
+    its programs), field -> why. Neither may be swept: every point would give the same runs.
+    """
 
     section: ClassVar[str] = ""
+    INERT: ClassVar[tuple[Inert, ...]] = ()
+    SWEEP_WIDE: ClassVar[dict[str, str]] = {}
 
     def _name(self, field_name: str) -> str:
         return f"{self.section}.{field_name}"
 
     def validate(self) -> None:  # overridden
         pass
+
+    def inert_fields(self) -> dict[str, str]:
+        """Fields with no effect given this section's other values: field -> why (first rule that holds)."""
+        out: dict[str, str] = {}
+        for rule in self.INERT:
+            if rule.field not in out and rule.holds(self):
+                cond = ", ".join(f"{self._name(k)}={getattr(self, k)!r}" for k, _ in rule.when)
+                out[rule.field] = f"{self._name(rule.field)} has no effect with {cond}"
+        return out
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -100,6 +157,18 @@ class ModelConfig(Section):
     max_len: int | None = None
     init_scale: float = 1.0
     dtype: str = "float32"
+
+    # read by jaxlab.models: the MLP's activation, linear/positional attention's normalization,
+    # the shared block, the embedding or read-in, the learned positions (sinusoidal ones do not
+    # depend on the table's length)
+    INERT: ClassVar[tuple[Inert, ...]] = (
+        inert("activation", d_mlp=(0,)),
+        inert("attn_norm", attention=("softmax",)),
+        inert("tie_layers", n_layers=(1,)),
+        inert("vocab_size", input=("continuous",)),
+        inert("d_input", input=("discrete",)),
+        inert("max_len", pos_encoding=("none", "sinusoidal"), attention=("linear", "softmax")),
+    )
 
     def validate(self) -> None:
         n = self._name
@@ -158,6 +227,16 @@ class OptimConfig(Section):
     schedule: str = "constant"
     warmup_steps: int = 0
 
+    # read by jaxlab.train.optim: sgd has no Adam moments, Adam no momentum, and only the warmup
+    # schedules warm up
+    INERT: ClassVar[tuple[Inert, ...]] = (
+        inert("momentum", name=("adamw", "adam")),
+        inert("b1", name=("sgd",)),
+        inert("b2", name=("sgd",)),
+        inert("eps", name=("sgd",)),
+        inert("warmup_steps", schedule=("constant", "cosine", "linear_decay")),
+    )
+
     def validate(self) -> None:
         n = self._name
         _choice(n("name"), self.name, OPTIMIZERS)
@@ -185,16 +264,38 @@ class TrainConfig(Section):
     n_evals: int = 20
     eval_batch_size: int = 1024
     eval_seed: int = 1_000_003
-    checkpoint_every: int = 0  # in evaluation intervals; 0: by time only (checkpoint_minutes) and at the end
-    checkpoint_minutes: float = 10.0  # also checkpoint once this many minutes passed since the last; 0: off
+    # checkpoints (jaxlab.train.checkpoint.SaveSchedule): after every `checkpoint_every` evaluation
+    # intervals (0: none by count), after the first interval that ends `checkpoint_minutes` or more
+    # after the run chunk started or last saved (0: none by time; a killed run loses at most about
+    # that much work), and always at the end of a chunk and on SIGINT / SIGTERM
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 2.0
     keep_checkpoints: int = 2  # 0: keep every checkpoint (e.g. a log-spaced series)
     prng_impl: str = "threefry2x32"
     max_runs_per_chunk: int = 0
     run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
     run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
     micro_batch: int = 0  # sequences per gradient micro-batch (a divisor of batch_size); 0: automatic
-    diverge_above: float = 1e6  # diverged: a step's loss above this x the run's first loss (0: non-finite only)
+    # diverged: a step's loss is not finite or above diverge_above x max(the loss of step 0, 1e-3)
+    # (jaxlab.train.engine); 0: non-finite only. 0 or a factor > 1.
+    diverge_above: float = 1e6
     stall_timeout: float = 15.0  # minutes with no progress (beyond the slowest interval seen) before the watchdog stops
+
+    # evaluation points come from one schedule's fields only (`eval_steps`)
+    INERT: ClassVar[tuple[Inert, ...]] = (
+        inert("eval_every", eval_schedule=("log",)),
+        inert("n_evals", eval_schedule=("linear",)),
+    )
+    SWEEP_WIDE: ClassVar[dict[str, str]] = {
+        "checkpoint_every": _EXECUTION,
+        "checkpoint_minutes": _EXECUTION,
+        "keep_checkpoints": _EXECUTION,
+        "max_runs_per_chunk": _EXECUTION,
+        "run_layout": _EXECUTION + " (the same numbers up to float summation order)",
+        "run_block": _EXECUTION + " (the same numbers up to float summation order)",
+        "micro_batch": _EXECUTION + " (the same numbers up to float summation order)",
+        "stall_timeout": _EXECUTION,
+    }
 
     def validate(self) -> None:
         n = self._name
@@ -213,6 +314,14 @@ class TrainConfig(Section):
         _positive(n("run_block"), self.run_block, allow_zero=True)
         _positive(n("micro_batch"), self.micro_batch, allow_zero=True)
         _positive(n("diverge_above"), self.diverge_above, allow_zero=True)
+        if 0 < self.diverge_above <= 1:
+            raise ConfigError(
+                n("diverge_above"),
+                f"{self.diverge_above!r} would count step 0 itself as diverged",
+                "0 (non-finite losses only) or a factor > 1",
+            )
+        _int_range(n("eval_seed"), self.eval_seed, 0, INT32_MAX, "it seeds the evaluation PRNG key")
+        _int_range(n("steps"), self.steps, 1, INT32_MAX, "the step counter is an int32 on the device")
         _positive(n("stall_timeout"), self.stall_timeout, allow_zero=True)
         if self.micro_batch and self.batch_size % self.micro_batch:
             raise ConfigError(
@@ -220,18 +329,36 @@ class TrainConfig(Section):
                 f"{self.micro_batch} does not divide batch_size {self.batch_size}",
                 [0, *divisors(self.batch_size)],
             )
+        if self.n_eval_points() > MAX_EVALS:
+            fields = (n("steps"), n("eval_every")) if self.eval_schedule == "linear" else (n("n_evals"),)
+            raise ConfigError(
+                " and ".join(fields),
+                f"{self.n_eval_points()} evaluations (steps={self.steps}, "
+                + (f"eval_every={self.eval_every}" if self.eval_schedule == "linear" else f"n_evals={self.n_evals}")
+                + f"); at most {MAX_EVALS}: each is a host round trip and a row of every run's "
+                "on-device metric history; evaluate less often (a larger train.eval_every, or "
+                "train.eval_schedule=log with train.n_evals)",
+            )
+
+    def n_eval_points(self) -> int:
+        """How many evaluation points `eval_steps` has (an upper bound for `log`), without listing them.
+
+        `linear`: ceil(steps / eval_every) + 1 (steps 0, e, 2e, ... below `steps`, and `steps`).
+        """
+        if self.eval_schedule == "linear":
+            return len(range(0, self.steps, self.eval_every)) + 1
+        return self.n_evals + 1
 
     def eval_steps(self) -> tuple[int, ...]:
         """Steps at which runs are evaluated (always including 0 and `steps`).
 
         `linear`: every `eval_every` steps. `log`: `n_evals` points log-spaced in [1, steps].
+        At most `MAX_EVALS` points (`validate`).
         """
         if self.eval_schedule == "linear":
-            points = set(range(0, self.steps, self.eval_every))
-        else:
-            grid = [round(10**e) for e in _linspace(0.0, math.log10(self.steps), self.n_evals)]
-            points = {0, *grid}
-        points.add(self.steps)
+            return (*range(0, self.steps, self.eval_every), self.steps)
+        grid = [round(10**e) for e in _linspace(0.0, math.log10(self.steps), self.n_evals)]
+        points = {0, self.steps, *grid}
         return tuple(sorted(p for p in points if 0 <= p <= self.steps))
 
 
@@ -243,9 +370,14 @@ def _linspace(a: float, b: float, n: int) -> list[float]:
 
 @dataclass(frozen=True)
 class ProbeConfig(Section):
-    """Experiment-specific evaluation settings. Experiments subclass it with their own fields."""
+    """Experiment-specific evaluation settings. Experiments subclass it with their own fields.
+
+    Besides `INERT` and `SWEEP_WIDE` for its own fields, a subclass declares in `UNREAD_KEYS` the
+    keys of other sections its experiment never reads (`section.field` -> why).
+    """
 
     section: ClassVar[str] = "probe"
+    UNREAD_KEYS: ClassVar[dict[str, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -259,22 +391,56 @@ class SweepConfig(Section):
     def validate(self) -> None:
         if not self.seeds:
             raise ConfigError("sweep.seeds", "needs at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError("sweep.seeds", f"seeds repeat: {list(self.seeds)}")
-        for seed in self.seeds:
-            if seed < 0:
-                raise ConfigError("sweep.seeds", f"seeds must be >= 0, got {seed}")
         keys = [k for k, _ in self.grid]
         if len(set(keys)) != len(keys):
             raise ConfigError("sweep.grid", f"a key is swept twice: {keys}")
+        if self.n_runs > MAX_RUNS:
+            sizes = " x ".join([f"{len(self.seeds)} seeds", *(f"{len(v)} {k}" for k, v in self.grid)])
+            raise ConfigError(
+                "sweep",
+                f"{self.n_runs} runs ({sizes}); at most {MAX_RUNS} runs per sweep: every run's results "
+                "pass through one host process; split the study into several sweeps (--seeds, --sweep)",
+            )
         for key, values in self.grid:
             if not values:
                 raise ConfigError(f"--sweep {key}", "needs at least one value")
+            repeat = _first_repeat(values)
+            if repeat is not None:
+                raise ConfigError(f"--sweep {key}", f"the value {repeat[0]!r} is given twice (identical runs)")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+                raise ConfigError(
+                    "sweep.seeds",
+                    f"{seed!r} is not a PRNG seed: keys hold 32 bits, so seed s and s + 2^32 give the same runs",
+                    f"integers 0..{SEED_LIMIT - 1}",
+                )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("sweep.seeds", f"seeds repeat: {list(self.seeds)}")
+
+    @property
+    def n_runs(self) -> int:
+        """Seeds x grid points: len(seeds) * prod(len(values) per grid key)."""
+        return len(self.seeds) * math.prod(len(v) for _, v in self.grid)
 
     def points(self) -> list[dict[str, Any]]:
         """The hyperparameter points of the grid (one empty point when there is no grid)."""
         keys = [k for k, _ in self.grid]
         return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in self.grid))]
+
+
+def _first_repeat(values: Sequence[Any]) -> tuple[Any] | None:
+    """(v,) for the first value equal to an earlier one (lists compared by their repr), else None."""
+    seen: set[Any] = set()
+    for v in values:
+        try:
+            hash(v)
+            key = (0, v)
+        except TypeError:  # a list value
+            key = (1, repr(v))
+        if key in seen:
+            return (v,)
+        seen.add(key)
+    return None
 
 
 SECTIONS = ("model", "task", "optim", "train", "probe")
@@ -296,6 +462,24 @@ class ExperimentConfig:
     # -- overrides -----------------------------------------------------------------------------
     def valid_keys(self) -> list[str]:
         return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(self, s))]
+
+    def inert_keys(self) -> dict[str, str]:
+        """`section.field` -> why it has no effect here (each section's `INERT` rules).
+
+        Model fields that follow from the task are only known after `resolve()`: call it on a
+        resolved config.
+        """
+        out: dict[str, str] = {}
+        for s in SECTIONS:
+            obj = getattr(self, s)
+            if isinstance(obj, Section):
+                out.update({f"{s}.{k}": why for k, why in obj.inert_fields().items()})
+        out.update({key: f"{key} has no effect: {why}" for key, why in getattr(self.probe, "UNREAD_KEYS", {}).items()})
+        return out
+
+    def sweep_wide_keys(self) -> dict[str, str]:
+        """`section.field` -> why one value serves the whole sweep (each section's `SWEEP_WIDE`)."""
+        return {f"{s}.{k}": why for s in SECTIONS for k, why in getattr(getattr(self, s), "SWEEP_WIDE", {}).items()}
 
     def get(self, key: str) -> Any:
         section, name = self._split(key)
@@ -403,6 +587,21 @@ class ExperimentConfig:
                 grid=tuple((k, tuple(v)) for k, v in data["sweep"]["grid"]),
             ),
         )
+
+
+def require_config(value: Any, where: str) -> ExperimentConfig:
+    """`value` if it is an `ExperimentConfig`, else a TypeError that says what `where` expects.
+
+    Passing something else (None, a dict, a preset function) to a public entry point is a
+    programming error, so a TypeError, but one that names the entry point instead of an
+    AttributeError deep inside it.
+    """
+    if not isinstance(value, ExperimentConfig):
+        raise TypeError(
+            f"{where}: expected a jaxlab.config.ExperimentConfig (e.g. get_experiment('icl-regression')"
+            f".preset('smoke')), got {type(value).__name__}"
+        )
+    return value
 
 
 def _build(cls: type, data: Mapping[str, Any]) -> Any:
@@ -521,23 +720,43 @@ def _type_name(hint: Any) -> str:
 
 # -- seeds and sweeps ----------------------------------------------------------------------------
 def parse_seeds(spec: str) -> tuple[int, ...]:
-    """`N` -> 0..N-1; `3,7,9` -> those; `a:b` -> a..b-1."""
+    """`N` -> 0..N-1; `3,7,9` -> those; `a:b` -> a..b-1.
+
+    Seeds are PRNG seeds in [0, 2^32) (a key holds 32 bits: s and s + 2^32 would be the same
+    run), distinct, at most `MAX_RUNS` of them; counts are checked before any range is listed.
+    """
+    forms = ["N", "3,7,9", "0:64"]
     text = spec.strip()
+    if not text:
+        raise ConfigError("--seeds", "is empty (it would silently mean the preset's seeds)", forms)
     try:
         if ":" in text:
             lo, hi = (int(p) for p in text.split(":"))
-            seeds = tuple(range(lo, hi))
+            bounds = (lo, hi)
         elif "," in text:
-            seeds = tuple(int(p) for p in text.split(",") if p.strip())
+            listed = tuple(int(p) for p in text.split(",") if p.strip())
+            bounds = None
         else:
-            seeds = tuple(range(int(text)))
+            bounds = (0, int(text))
     except ValueError:
-        raise ConfigError("--seeds", f"cannot parse {spec!r}", ["N", "3,7,9", "0:64"]) from None
-    if not seeds:
-        raise ConfigError("--seeds", f"{spec!r} gives no seeds", ["N", "3,7,9", "0:64"])
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError("--seeds", f"{spec!r}: seeds must be distinct and >= 0")
-    return seeds
+        raise ConfigError("--seeds", f"cannot parse {spec!r}", forms) from None
+    if bounds is not None:
+        lo, hi = bounds
+        if hi - lo > MAX_RUNS:
+            raise ConfigError("--seeds", f"{spec!r} gives {hi - lo} seeds; at most {MAX_RUNS} runs per sweep")
+        listed = tuple(range(lo, hi))
+    if not listed:
+        raise ConfigError("--seeds", f"{spec!r} gives no seeds", forms)
+    bad = [s for s in listed if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise ConfigError(
+            "--seeds",
+            f"{spec!r}: {bad[0]} is outside the key range (a key holds 32 bits: s and s + 2^32 give the same run)",
+            f"integers 0..{SEED_LIMIT - 1}",
+        )
+    if len(set(listed)) != len(listed):
+        raise ConfigError("--seeds", f"{spec!r}: seeds must be distinct")
+    return listed
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
@@ -565,11 +784,21 @@ def parse_assignment(text: str, flag: str) -> tuple[str, str]:
 
 
 def apply_sweep_args(cfg: ExperimentConfig, sweeps: Iterable[str]) -> ExperimentConfig:
-    """Add `--sweep key=v1,v2` entries to the grid, parsing and validating each value."""
+    """Add `--sweep key=v1,v2` entries to the grid, parsing and validating each value.
+
+    A `--sweep` of a key the preset's grid already sweeps replaces those values; two `--sweep`
+    flags for one key are refused (the second would silently replace the first).
+    """
     grid = dict(cfg.sweep.grid)
+    given: set[str] = set()
     for item in sweeps:
         key, text = parse_assignment(item, "--sweep")
         section, name = cfg._split(key)
+        if key in given:
+            raise ConfigError(
+                f"--sweep {key}", "is given twice; list every value in one flag", [f"--sweep {key}=v1,v2,v3"]
+            )
+        given.add(key)
         hint = _field_type(type(getattr(cfg, section)), name)
         values = tuple(parse_value(key, v, hint) for v in split_top_level(text))
         for v in values:

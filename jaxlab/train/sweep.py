@@ -9,17 +9,20 @@ they do not fit in memory at once, split into equal run chunks (`jaxlab.train.ch
 one after the other through the same two compiled programs (`jaxlab.train.programs`). For each
 chunk the host loop is: `start` (init, evaluation data, step-0 metrics), then one `interval` per
 evaluation interval (buffers donated; only the median loss and the diverged count come to the
-host), orbax checkpoints every `train.checkpoint_every` intervals and at the end, then the
-experiment's `finalize` and the chunk's result part. The parts are merged into `metrics.parquet`
-and `summary.json` (`jaxlab.train.rundir`). Several processes (`--distributed`) run the same
-loop on their own shards; process 0 merges.
+host), orbax checkpoints every `train.checkpoint_every` intervals, every
+`train.checkpoint_minutes`, at the end and on SIGINT / SIGTERM (`jaxlab.interrupt`), then the
+experiment's `finalize` and the chunk's result part. `--resume` continues each chunk from its
+newest checkpoint that verifies (`jaxlab.train.checkpoint`) on the device count it started on.
+The parts are merged into `metrics.parquet` and `summary.json` (`jaxlab.train.rundir`). Several
+processes (`--distributed`) run the same loop on their own shards; process 0 merges.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,30 +30,34 @@ from typing import Any
 import jax
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from jaxlab import results
+from jaxlab import interrupt, results
 from jaxlab.config import ExperimentConfig
-from jaxlab.errors import UserError
+from jaxlab.errors import ConfigError, UserError
 from jaxlab.experiments import Experiment, Finalized, get_experiment
-from jaxlab.train import chunking
-from jaxlab.train.distributed import agree_min, barrier, is_primary
+from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
+from jaxlab.hostdevices import cpu_cores
+from jaxlab.train import bounds, chunking
+from jaxlab.train.checkpoint import DamagedCheckpoint, GroupCheckpointer, SaveSchedule
+from jaxlab.train.distributed import agree_decision, agree_min, barrier, is_primary
 from jaxlab.train.engine import Train
 from jaxlab.train.hparams import is_traced, stack_hparams
 from jaxlab.train.programs import Programs, key_data
 from jaxlab.train.progress import Progress
+from jaxlab.train.replace import RunAttempt
 from jaxlab.train.rundir import (
     RUN_DIRS,
     RUN_FILES,
     RunStore,
     build_summary,
     check_run_dir,
-    clear_run_dir,
     holds_run,
     merge_parts,
     part_records,
-    prepare_run_dir,
 )
 from jaxlab.train.sharding import Placement, padded_size, run_mesh
+from jaxlab.train.watchdog import Watchdog
 
 __all__ = [
     "RUN_DIRS",
@@ -66,7 +73,6 @@ __all__ = [
     "load_group",
     "merge_parts",
     "plan",
-    "prepare_run_dir",
     "run_group",
     "run_sweep",
     "with_seeds",
@@ -125,8 +131,13 @@ class SweepResult:
 
 
 # -- planning --------------------------------------------------------------------------------------
-def plan(cfg: ExperimentConfig) -> list[Group]:
-    """Split seeds x grid into groups that share one compiled program. Run ids: point-major."""
+def plan(cfg: ExperimentConfig, check: bool = True) -> list[Group]:
+    """Split seeds x grid into groups that share one compiled program. Run ids: point-major.
+
+    `check` (the default): before anything is compiled or written, refuse a sweep over a key
+    that cannot change its runs (`check_sweep_keys`) and a program whose one run cannot fit a
+    device (`bounds.check_fits`); loading a finished run turns it off.
+    """
     points = cfg.sweep.points()
     structural = [k for k, _ in cfg.sweep.grid if not is_traced(k)]
     groups: dict[tuple, Group] = {}
@@ -140,7 +151,34 @@ def plan(cfg: ExperimentConfig) -> list[Group]:
         for seed in cfg.sweep.seeds:
             groups[skey].runs.append(RunInfo(run=run, seed=seed, point=dict(point)))
             run += 1
-    return list(groups.values())
+    out = list(groups.values())
+    if check:
+        check_sweep_keys(cfg, out)
+        budget = chunking.memory_budget()
+        for group in out:
+            bounds.check_fits(group.cfg, group.label, budget)
+    return out
+
+
+def check_sweep_keys(cfg: ExperimentConfig, groups: list[Group]) -> None:
+    """Refuse a grid key whose values would all give the same runs.
+
+    That is a key that holds one value for the whole sweep (a section's `SWEEP_WIDE`: how the
+    sweep runs, or an analysis across its programs) or one with no effect in some program's
+    resolved config (a section's `INERT` rules, the probe config's `UNREAD_KEYS`).
+    """
+    wide = cfg.sweep_wide_keys()
+    for key, _ in cfg.sweep.grid:
+        if key in wide:
+            raise ConfigError(
+                f"--sweep {key}", f"cannot be swept: it {wide[key]}; give one value with --set {key}=VALUE"
+            )
+        for group in groups:
+            why = group.cfg.inert_keys().get(key)
+            if why is not None:
+                others = [f"{k}={v}" for k, v in group.runs[0].point.items() if k != key and not is_traced(k)]
+                where = f" (in the program {', '.join(others)})" if others else ""
+                raise ConfigError(f"--sweep {key}", f"{why}{where}, so every value would give the same runs")
 
 
 # -- a chunk's results -----------------------------------------------------------------------------
@@ -181,6 +219,47 @@ def _concat_outcome(group: Group, train: Train, parts: list[GroupOutcome], compi
 
 
 # -- one group -------------------------------------------------------------------------------------
+def check_resume_devices(layout: dict[str, Any], group: int, placement: Placement) -> None:
+    """Refuse to continue a group on another device count or platform than it started on.
+
+    A run's numbers depend on how its chunk's runs are spread over the devices, not only on the
+    run: with the `scan` layout each device trains its C / D runs in vmapped blocks of the largest
+    divisor of C / D up to `train.run_block`, and the step-0 metrics are one program over the
+    chunk's runs partitioned over the D devices. Other block sizes and loop lengths are other XLA
+    kernels, whose float sums differ in the last bits and then grow with training (measured: the
+    instruction-clustering smoke preset from scratch on 1 and 2 CPU devices differs in 31266 of
+    33386 values, by up to 0.03; with `train.run_block=1` only evaluation metrics differ, by up
+    to 1e-5). Keeping C / D fixed would mean repartitioning checkpoints; so a resume uses the
+    device count and platform of the start, which gives bit-identical results.
+    """
+    started, now = int(layout.get("n_devices", placement.n_devices)), placement.n_devices
+    here = _platform(placement)
+    platform = layout.get("platform", here)  # layouts written before jaxlab recorded it: not checked
+    if started == now and platform == here:
+        return
+    if platform != "cpu":
+        how = f"{started} {platform} devices"
+    elif started <= cpu_cores():
+        how = f"{CPU_DEVICES_ENV}={started} jaxlab run ... --resume"
+    else:  # more devices than this machine's cores: only XLA's own flag still asks for them
+        how = f"XLA_FLAGS=--xla_force_host_platform_device_count={started} jaxlab run ... --resume"
+    raise UserError(
+        f"--resume: group {group} was started on {started} {platform} device(s) and this run has {now} "
+        f"{here} device(s); a run's numbers depend on how runs are spread over the devices, so "
+        f"continuing here would silently change them. Resume with {how}, or start again with --overwrite"
+    )
+
+
+def _notice(message: str) -> None:
+    """One line on stderr, from process 0 only, above the progress bar."""
+    if is_primary():
+        tqdm.write(f"jaxlab: {message}", file=sys.stderr)
+
+
+def _platform(placement: Placement) -> str:
+    return str(placement.mesh.devices.flat[0].platform)
+
+
 class _GroupRun:
     """The state shared by the run chunks of one group (programs, inputs, where to write)."""
 
@@ -200,13 +279,8 @@ class _GroupRun:
         layout = self.store.read_layout(g.index) if (self.store is not None and self.resume) else None
         compile_interval = lambda size: self.programs.compile_interval(size, self.hp_keys)
         if layout is not None:
+            check_resume_devices(layout, g.index, self.placement)
             size = int(layout["chunk_size"])
-            if size % d:
-                raise UserError(
-                    f"--resume: group {g.index} was started with run chunks of {size} runs over "
-                    f"{layout['n_devices']} devices, which {d} devices cannot hold evenly; resume with "
-                    f"{layout['n_devices']} devices (or a divisor of {size}), or use --overwrite"
-                )
             self.chunks, self.interval = chunking.RunChunks(n, size), compile_interval(size)
             self.estimate = layout.get("estimate", {})
         else:
@@ -219,6 +293,8 @@ class _GroupRun:
                 compile_interval,
                 fixed_bytes=0 if max_runs else self.programs.eval_data_bytes(full, self.hp_keys),
                 agree=agree_min,
+                others=lambda size: [self.programs.compile_start(size, self.hp_keys)],
+                drivers=bounds.drivers(g.cfg),
             )
             if self.store is not None and is_primary():
                 self.store.write_layout(
@@ -228,6 +304,7 @@ class _GroupRun:
                         "chunk_size": self.chunks.size,
                         "n_chunks": self.chunks.n_chunks,
                         "n_devices": d,
+                        "platform": _platform(self.placement),
                         "n_processes": jax.process_count(),
                         "estimate": self.estimate,
                     },
@@ -255,14 +332,23 @@ class _GroupRun:
                     self.store.clear_chunk_parts(g.index, k)
                 barrier(f"jaxlab-clear-{g.index}-{k}")
             ckpt = self.store.checkpointer(g.index, k, keep=tcfg.keep_checkpoints)
+        where = f"group {g.index + 1}/{progress.n_groups} chunk {k + 1}/{chunks.n_chunks}"
         try:
             begin = 0
-            if ckpt is not None and self.resume and ckpt.latest() is not None:
-                begin = ckpt.latest()
-                state, history = ckpt.restore(begin, state, history)
+            if ckpt is not None and self.resume:
+                begin, state, history = self._resume(ckpt, state, history, where)
                 progress.skip(n_real * steps[begin])
+            schedule = SaveSchedule(tcfg.checkpoint_every, tcfg.checkpoint_minutes)
             n_div = None
             for i in range(begin + 1, len(steps)):
+                if i == begin + 1:
+                    # asked to stop before this chunk trained (while compiling, restoring or
+                    # finishing the previous chunk): its state is saved already, or is step 0
+                    # (a fresh sweep stopped here is rolled back, `jaxlab.train.replace`)
+                    _, stop = agree_decision(0, interrupt.requested())
+                    if stop:
+                        saved = f"checkpoint saved at step {steps[begin]} of {steps[-1]} ({where})"
+                        raise interrupt.Interrupted(stop, saved if begin else f"before training {where}")
                 gap = steps[i] - steps[i - 1]
                 n = p.put(np.int32(gap), p.replicated)
                 state, history, (loss, n_div) = self.interval(
@@ -279,8 +365,19 @@ class _GroupRun:
                     loss=float(loss),
                     diverged=int(n_div),
                 )
-                if ckpt is not None and tcfg.checkpoint_every and i % tcfg.checkpoint_every == 0 and i < last:
-                    ckpt.save(i, state, history)
+                if ckpt is not None:
+                    ckpt.poll()
+                # every process saves at the same intervals (saves are collective): by time on
+                # process 0's clock, and when any process was asked to stop (`jaxlab.interrupt`)
+                by_time, stop = agree_decision(schedule.time_due(), interrupt.requested())
+                if ckpt is not None and (stop or (i < last and (by_time or schedule.every_due(i)))):
+                    ckpt.save(i, state, history, force=bool(stop))
+                    schedule.saved()
+                if stop:
+                    if ckpt is None:
+                        raise interrupt.Interrupted(stop, f"at step {steps[i]}; nothing saved (no run directory)")
+                    ckpt.wait()
+                    raise interrupt.Interrupted(stop, f"checkpoint saved at step {steps[i]} of {steps[-1]} ({where})")
             if ckpt is not None and begin != last:
                 ckpt.save(last, state, history, force=True)
             out = self._collect(k, state, history, hp, slots, real)
@@ -293,6 +390,29 @@ class _GroupRun:
         if self.store is not None:
             self._write_part(k, out)
         return out
+
+    def _resume(self, ckpt: GroupCheckpointer, state: Any, history: dict, where: str) -> tuple[int, Any, dict]:
+        """(evaluation index, state, history) of the newest usable checkpoint, or of step 0 (the
+        given state) when there is none; says on stderr which, and which were damaged."""
+        steps = self.train.eval_steps
+
+        def damaged(index: int, reason: str, moved: Path | None) -> None:
+            _notice(
+                f"warning: {where}: the checkpoint at step {steps[index]} is damaged ({reason}); "
+                f"kept in {moved}; trying the one before"
+            )
+
+        got = ckpt.restore_newest(state, history, on_damaged=damaged)
+        if got.index is None:
+            why = "no usable checkpoint" if got.damaged else "no checkpoint yet"
+            _notice(f"{'warning: ' if got.damaged else ''}{where}: {why}, starting from step 0")
+            return 0, state, history
+        unverified = "" if got.verified else "; it has no fingerprint to verify it against"
+        _notice(
+            f"{where}: resuming from step {steps[got.index]} of {steps[-1]} "
+            f"(checkpoint after evaluation {got.index} of {len(steps) - 1}{unverified})"
+        )
+        return got.index, got.state, got.history
 
     def _collect(
         self, k: int, state: Any, history: dict, hp: dict, slots: np.ndarray, real: np.ndarray
@@ -374,6 +494,7 @@ def run_group(
     t0 = time.time()
     gr = _GroupRun(exp, group, placement or Placement.default(), store, resume)
     compile_s = gr.compile()
+    progress.beat(f"group {group.index} compiled")
     outs = []
     for k in range(gr.chunks.n_chunks):
         if store is not None and resume and store.chunk_done(group.index, k):
@@ -386,7 +507,7 @@ def run_group(
 
 # -- loading a finished group back -----------------------------------------------------------------
 def _finalized_from_parts(store: RunStore, group: int, chunk: int, runs: list[RunInfo]) -> Finalized:
-    parts = [json.loads(p.read_text()) for p in store.chunk_parts(group, chunk, "json")]
+    parts = [results.read_json(p) for p in store.chunk_parts(group, chunk, "json")]
     if not parts:
         return Finalized()
     entries = {e["run"]: e for p in parts for e in p["runs"]}
@@ -398,7 +519,7 @@ def _finalized_from_parts(store: RunStore, group: int, chunk: int, runs: list[Ru
     history = {}
     names = parts[0].get("history_metrics", [])
     if names:
-        table = pd.concat([pd.read_parquet(p) for p in store.chunk_parts(group, chunk, "parquet")])
+        table = pd.concat([results.read_parquet(p) for p in store.chunk_parts(group, chunk, "parquet")])
         for m in names:
             wide = table[table.metric == m].pivot_table(index="run", columns="step", values="value", dropna=False)
             wide = wide.reindex([r.run for r in runs])
@@ -440,9 +561,15 @@ def _load_chunk(
                 f"{store.run_dir}: group {group.index} chunk {k} has no checkpoint "
                 + (f"{index} (have {have})" if have else "(is the run finished?)")
             )
-        state, hist = ckpt.restore(
-            index, jax.tree_util.tree_map(zeros, like_state), jax.tree_util.tree_map(zeros, like_hist)
-        )
+        try:
+            state, hist = ckpt.restore(
+                index, jax.tree_util.tree_map(zeros, like_state), jax.tree_util.tree_map(zeros, like_hist)
+            )
+        except DamagedCheckpoint as err:
+            raise UserError(
+                f"{store.run_dir}: group {group.index} chunk {k}: the checkpoint at step "
+                f"{train.eval_steps[index]} is damaged ({err.reason})"
+            ) from None
     finally:
         ckpt.close()
     slots, real = chunks.positions(k), chunks.real(k)
@@ -465,8 +592,8 @@ def _load_chunk(
 
 def _group_layout(run_dir: Path, index: int) -> tuple[ExperimentConfig, Group, RunStore, chunking.RunChunks]:
     run_dir = Path(run_dir)
-    cfg = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    groups = plan(cfg)
+    cfg = results.read_config(run_dir / "config.json")
+    groups = plan(cfg, check=False)
     if not 0 <= index < len(groups):
         raise UserError(f"{run_dir} has groups 0..{len(groups) - 1}, not {index}")
     store = RunStore(run_dir)
@@ -518,6 +645,22 @@ def _group_done(store: RunStore, group: Group) -> bool:
     return layout is not None and all(store.chunk_done(group.index, k) for k in range(int(layout["n_chunks"])))
 
 
+class _StartSignal(Progress):
+    """A Progress that calls `on_start` once, after its first update: the end of the sweep's first
+    training interval, when the run is known to start (config valid, programs compiled, memory
+    sufficed)."""
+
+    def __init__(self, *args: Any, on_start: Callable[[], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._on_start = on_start
+
+    def update(self, **kwargs: Any) -> None:
+        super().update(**kwargs)
+        if self._on_start is not None:
+            on_start, self._on_start = self._on_start, None
+            on_start()
+
+
 def run_sweep(
     cfg: ExperimentConfig,
     out_dir: str | Path | None = None,
@@ -535,65 +678,114 @@ def run_sweep(
     Runs are sharded over `placement` (default: a 1-D mesh of every device of every process). In
     a multi-process sweep every process calls this with the same arguments; each writes the
     parts of its runs, process 0 merges them, and `groups` holds this process's runs.
+
+    The run directory (`jaxlab.train.replace`): process 0 locks it for the whole sweep, checks
+    it and, for a fresh run, moves aside what jaxlab wrote there before. The old run is deleted
+    once the first training interval has finished (the run is known to start) and put back if
+    the sweep fails before that; a failed fresh run leaves the directory as it found it.
     """
     t0 = time.time()
     exp = get_experiment(cfg.experiment)
-    groups = plan(cfg)
+    groups = plan(cfg)  # every program's config is valid before the directory is touched
+    options = dict(resume=resume, quiet=quiet, progress=progress, command=command, report=report, placement=placement)
+    if out_dir is None:
+        return _sweep(cfg, exp, groups, None, t0=t0, **options)
+    run_dir = Path(out_dir)
+    attempt = RunAttempt(run_dir, resume=resume, overwrite=overwrite, command=command)
+    with interrupt.stop_on_signals():  # SIGINT / SIGTERM: a checkpoint after the current interval, then stop
+        try:
+            error: BaseException | None = None
+            if is_primary():
+                try:
+                    attempt.begin(lambda: check_run_dir(run_dir, cfg, resume, overwrite))
+                    if not resume:
+                        results.write_text(run_dir / "config.json", cfg.to_json() + "\n")
+                except BaseException as err:
+                    error = err
+            if agree_min(0 if error is not None else 1) == 0:  # every process learns process 0's outcome
+                raise error or UserError(f"--out {run_dir}: process 0 could not prepare it (see its message)")
+            result = _sweep(cfg, exp, groups, run_dir, t0=t0, on_start=attempt.started, **options)
+            attempt.started()  # also a sweep that had nothing left to train
+            return result
+        except BaseException:
+            attempt.abandon()
+            raise
+        finally:
+            attempt.release()
+
+
+def _sweep(
+    cfg: ExperimentConfig,
+    exp: Experiment,
+    groups: list[Group],
+    run_dir: Path | None,
+    *,
+    resume: bool,
+    quiet: bool,
+    progress: bool,
+    command: str | None,
+    report: bool,
+    placement: Placement | None,
+    t0: float,
+    on_start: Callable[[], None] | None = None,
+) -> SweepResult:
+    """`run_sweep` in a prepared (locked, checked) run directory, or none."""
     placement = placement or Placement.default()
     primary = is_primary()
-    run_dir = Path(out_dir) if out_dir is not None else None
-    store = None
-    if run_dir is not None:
-        check_run_dir(run_dir, cfg, resume, overwrite)
-        barrier("jaxlab-run-dir-checked")  # every process checked before process 0 changes anything
-        if primary and not resume:
-            clear_run_dir(run_dir)
-            results.write_text(run_dir / "config.json", cfg.to_json() + "\n")
-        barrier("jaxlab-run-dir-ready")
-        store = RunStore(run_dir)
+    store = RunStore(run_dir) if run_dir is not None else None
 
-    total = sum(len(g.runs) * g.cfg.train.steps for g in groups)
-    bar = Progress(cfg.experiment, total, len(groups), quiet=quiet, enabled=progress and primary)
-    outcomes: list[GroupOutcome] = []
-    skipped: list[int] = []
-    try:
-        for group in groups:
-            if store is not None and resume and _group_done(store, group):
-                bar.skip(len(group.runs) * group.cfg.train.steps)
-                skipped.append(group.index)
-                continue
-            outcomes.append(run_group(exp, group, bar, store, resume=resume, placement=placement))
-    finally:
-        bar.close()
-    barrier("jaxlab-groups-done")
+    with Watchdog(cfg.train.stall_timeout, run_dir, jax.process_index()) as watchdog:
+        total = sum(len(g.runs) * g.cfg.train.steps for g in groups)
+        bar = _StartSignal(
+            cfg.experiment,
+            total,
+            len(groups),
+            quiet=quiet,
+            enabled=progress and primary,
+            on_start=on_start,
+            heartbeat=watchdog.beat,
+        )
+        outcomes: list[GroupOutcome] = []
+        skipped: list[int] = []
+        try:
+            for group in groups:
+                if store is not None and resume and _group_done(store, group):
+                    bar.skip(len(group.runs) * group.cfg.train.steps)
+                    skipped.append(group.index)
+                    continue
+                outcomes.append(run_group(exp, group, bar, store, resume=resume, placement=placement))
+        finally:
+            bar.close()
+        barrier("jaxlab-groups-done")
 
-    cross = None
-    if exp.after_sweep is not None and len(groups) > 1:
-        if run_dir is not None and (skipped or jax.process_count() > 1):
-            # every run of every group (this process may hold only some)
-            full = [load_group(run_dir, g.index) for g in groups]
-        else:
-            full = sorted(outcomes, key=lambda o: o.group.index)
-        cross = exp.after_sweep(full)
-        if run_dir is not None and primary:
-            results.write_json(run_dir / "parts" / "cross.json", {"reference": cross.reference})
+        cross = None
+        if exp.after_sweep is not None and len(groups) > 1:
+            if run_dir is not None and (skipped or jax.process_count() > 1):
+                # every run of every group (this process may hold only some)
+                full = [load_group(run_dir, g.index) for g in groups]
+            else:
+                full = sorted(outcomes, key=lambda o: o.group.index)
+            cross = exp.after_sweep(full)
+            watchdog.beat("the analyses across groups")
+            if run_dir is not None and primary:
+                results.write_json(run_dir / "parts" / "cross.json", {"reference": cross.reference})
 
-    wall_s = time.time() - t0
-    if run_dir is None:
-        parts = [outcome_records(o)[1] for o in outcomes]
-        if cross is not None:
-            parts.append({"label": "", "runs": [], "compile_s": 0.0, "reference": cross.reference})
-        return SweepResult(None, build_summary(cfg, parts, wall_s, command), outcomes)
-    if primary:
-        summary = merge_parts(run_dir, cfg, wall_s, command)
-        if report:
-            from jaxlab.report import write_report
+        wall_s = time.time() - t0
+        if run_dir is None:
+            parts = [outcome_records(o)[1] for o in outcomes]
+            if cross is not None:
+                parts.append({"label": "", "runs": [], "compile_s": 0.0, "reference": cross.reference})
+            return SweepResult(None, build_summary(cfg, parts, wall_s, command), outcomes)
+        if primary:
+            summary = merge_parts(run_dir, cfg, wall_s, command)
+            if report:
+                from jaxlab.report import write_report
 
-            write_report(run_dir)
-    barrier("jaxlab-merged")
-    if not primary:
-        summary = results.load_summary(run_dir)
-    return SweepResult(run_dir, summary, outcomes)
+                write_report(run_dir)
+        barrier("jaxlab-merged")
+        if not primary:
+            summary = results.load_summary(run_dir)
+        return SweepResult(run_dir, summary, outcomes)
 
 
 def with_seeds(cfg: ExperimentConfig, seeds: tuple[int, ...]) -> ExperimentConfig:
