@@ -54,12 +54,29 @@ def requested_devices() -> int:
     return int(text)
 
 
-def _backend_started() -> bool:
-    if "jax" not in sys.modules:
-        return False
-    from jax._src import xla_bridge
+_PROBE = "jax_num_cpu_devices"
 
-    return xla_bridge.backends_are_initialized()
+
+def _backend_started() -> bool:
+    """Whether JAX's backends have started (after which `XLA_FLAGS` no longer changes the devices).
+
+    jax 0.10 has no public query for this (`jax.extend.backend` starts the backends it reports
+    on), so the public config answers: `jax_num_cpu_devices` must be set before the backends
+    start, and JAX raises a RuntimeError when it is changed afterwards. The probe changes it and
+    sets it back; nothing reads it before the start (this runs first thing, in one thread), and
+    jaxlab itself sets the count through `XLA_FLAGS`. Without `jax` in `sys.modules` nothing has
+    started, and nothing is imported here.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return False
+    current = getattr(jax.config, _PROBE)
+    try:
+        jax.config.update(_PROBE, current + 1)
+    except RuntimeError:
+        return True
+    jax.config.update(_PROBE, current)
+    return False
 
 
 def use_cpu_cores(n: int | None = None) -> int | None:

@@ -11,11 +11,13 @@ import jax
 import numpy as np
 import pytest
 
+from jaxlab.bench import train as bench_train
 from jaxlab.bench._reference import ReferenceLoop, sample_one
 from jaxlab.bench._train_workloads import WORKLOADS, flops_per_run_step
 from jaxlab.cli import main
 from jaxlab.tasks import regression
 from jaxlab.train import make_train, seed_keys
+from jaxlab.train.programs import Programs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +57,7 @@ def test_flop_count_is_the_documented_formula():
 
 
 def test_reference_baseline_of_a_token_task_takes_jaxlabs_loss_on_the_sampled_batch():
-    from jaxlab.experiments import get_experiment
+    from jaxlab.registry import get_experiment
     from jaxlab.train import default_hparams
 
     train = make_train(get_experiment("instruction-clustering").preset("smoke"))
@@ -108,3 +110,40 @@ def test_reference_baseline_trains_the_same_model_on_the_same_task(smoke_cfg):
 def test_bad_input_is_a_user_error(argv, field, capsys):
     assert main(["bench", "train", *argv]) == 2
     assert field in capsys.readouterr().err
+
+
+def recording(monkeypatch, name):
+    """Wrap `Programs.<name>` (the engine's program builder) to record its calls and results."""
+    calls = []
+    original = getattr(Programs, name)
+
+    def wrapper(self, size, hparam_keys):
+        compiled = original(self, size, hparam_keys)
+        calls.append({"train": self.train, "size": size, "keys": list(hparam_keys), "compiled": compiled})
+        return compiled
+
+    monkeypatch.setattr(Programs, name, wrapper)
+    return calls
+
+
+def test_benchmark_times_the_programs_jaxlab_run_compiles(monkeypatch):
+    """`jaxlab bench train` builds its sweep with `jaxlab.train.programs.Programs` (what `jaxlab run`
+    compiles), calls that very executable, and records the execution plan."""
+    intervals, starts = recording(monkeypatch, "compile_interval"), recording(monkeypatch, "compile_start")
+    r = bench_train.measure(
+        "lsa-regression", runs=2, steps=3, repeats=1, baselines=(), matmul_size=16, batch_size=8, micro_batch=4
+    )
+    assert [c["size"] for c in intervals] == [2] and [c["size"] for c in starts] == [2]
+    train = intervals[0]["train"]
+    assert train.cfg.train.micro_batch == 4 and train.plan.micro_batch == 4
+    assert r["plan"] == train.plan.as_dict() and r["micro_batch"] == 4 and r["run_steps_per_s"] > 0
+
+    # the timed sweep is the recorded executable: each call advances every run `steps` steps
+    cfg = WORKLOADS["lsa-regression"].config()
+    train = make_train(cfg.with_overrides({"train.batch_size": 8, "train.eval_batch_size": 1}))
+    w = bench_train.TrainBench(train, runs=2, steps=3)
+    assert w.interval is intervals[-1]["compiled"] and intervals[-1]["train"] is train
+    w.sweep()
+    w.sweep()
+    assert np.asarray(w.states[0].step).tolist() == [6, 6]
+    assert np.isfinite(np.asarray(w.histories[0]["train_loss"])[1]).all()

@@ -38,6 +38,19 @@ def test_sets_the_device_count_before_jax_starts():
     assert proc.stdout.split() == ["None", "4"], proc.stderr[-2000:]
 
 
+def test_backend_start_is_detected_without_starting_it():
+    """The public-config probe: False once jax is imported but idle (its setting left as found, the
+    flag still applies), True after the first device query."""
+    code = (
+        "import jax; from jaxlab.hostdevices import _backend_started, use_cpu_cores; "
+        "a = _backend_started(); n = use_cpu_cores(3); "
+        "print(a, n, jax.config.jax_num_cpu_devices, jax.device_count(), _backend_started())"
+    )
+    proc = run(code, env_without_device_flag())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "3", "-1", "3", "True"]
+
+
 def test_too_late_or_one_device_changes_nothing(monkeypatch):
     jax.devices()  # this process's backend has started
     monkeypatch.setenv("XLA_FLAGS", "")

@@ -2,15 +2,19 @@
 the machine's matmul peak, and one-run-at-a-time baselines, all measured in one process.
 
 Measured (all times exclude compilation, which is reported as `compile_s`):
-  sweep       R runs in one program: `Train.advance` over the runs in the run layout of `jaxlab run`
-              (`--run-layout`, `jaxlab.train.runmap`: `vmap`, or `scan` = each device trains its
-              share of the runs one after another; `auto` = scan on CPUs; each run's gradient in
-              micro-batches, `--micro-batch`, `jaxlab.train.microbatch`), split over every device
-              as `jaxlab run` splits them (the `jaxlab` command gives a CPU host one device per
-              core, `jaxlab.hostdevices`), state donated, `--steps` optimizer steps per call (what
-              `jaxlab run` executes between two evaluations); one program for all R runs, or for
-              chunks of C runs called in turn when all runs do not fit in memory
-              (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
+  sweep       R runs in one program: the evaluation-interval program that `jaxlab run` compiles
+              (`jaxlab.train.programs.Programs.interval` on `make_train(cfg)`, imported, not
+              copied): `--steps` optimizer steps of every run, then the engine's evaluation on a
+              one-sequence evaluation batch (`train.eval_batch_size=1`, so the call times
+              training). The execution plan is `jaxlab run`'s (`jaxlab.train.plan`): the run
+              layout (`--run-layout`, `jaxlab.train.runmap`: `vmap`, or `scan` = each device
+              trains its share of the runs one after another; `auto` = scan on CPUs), the run
+              block (`--run-block`) and each run's gradient micro-batch (`--micro-batch`,
+              `jaxlab.train.microbatch`) force `train.*` as `--set` does. The runs are split over
+              every device as `jaxlab run` splits them (the `jaxlab` command gives a CPU host one
+              device per core, `jaxlab.hostdevices`), state and history donated; one program for
+              all R runs, or for chunks of C runs called in turn when all runs do not fit in
+              memory (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
   datagen     the same program without the model, in the same run layout: every step samples the
               same batch shapes from the same sampler and keys (`Train.train_batch`) and only sums
               them.
@@ -23,13 +27,13 @@ Measured (all times exclude compilation, which is reported as `compile_s`):
   peak        a jitted N x N float32 matmul (2 N^3 FLOPs; on a GPU also TF32 and bfloat16): the
               better of one on the first device (all cores) and one on every device at once.
 Baselines run `--baseline-runs` runs on the first device, one run at a time as the published codes
-do (their cost per run-step does not depend on R); rates are
-run-steps (runs x optimizer steps) per second. Model FLOPs are the analytic count of
-`jaxlab.bench._train_workloads`. Each repeat times sweep, datagen, the baselines and the peak back
-to back; reported rates are medians over repeats, and every ratio (utilization, speedups, datagen
-fraction) is the median of the ratios within a repeat, so a machine shared with other jobs biases
-them less than it biases the rates. Every figure is also given per second of this process's CPU
-time (`*_cpu`), which other jobs on the machine disturb less than wall time.
+do (their cost per run-step does not depend on R); rates are run-steps (runs x optimizer steps)
+per second. Model FLOPs are the analytic count of `jaxlab.bench._train_workloads`; the result
+records the execution plan (`plan`). Each repeat times sweep, datagen, the baselines and the peak
+back to back; reported rates are medians over repeats, and every ratio (utilization, speedups,
+datagen fraction) is the median of the ratios within a repeat, so a machine shared with other jobs
+biases them less than it biases the rates. Every figure is also given per second of this
+process's CPU time (`*_cpu`), which other jobs on the machine disturb less than wall time.
 """
 
 from __future__ import annotations
@@ -44,11 +48,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxlab.bench._reference import ReferenceLoop
 from jaxlab.config import PRNG_IMPLS
 from jaxlab.errors import ConfigError
-from jaxlab.train.runmap import RUN_LAYOUTS
+from jaxlab.train.engine import Train, make_train, seed_keys
+from jaxlab.train.hparams import stack_hparams
+from jaxlab.train.programs import Programs, key_data
+from jaxlab.train.runmap import RUN_LAYOUTS, over_runs
+from jaxlab.train.sharding import Placement
 
 NAME = "train"
 HELP = "training throughput (run-steps/s) vs data generation, matmul peak and one-run-at-a-time loops"
@@ -131,8 +142,6 @@ def _baselines(text: str) -> list[str]:
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
-    import jax
-
     with Stopwatch() as t:
         jax.block_until_ready(fn())
     return t.both
@@ -144,11 +153,6 @@ def matmul_peaks(n: int, repeats: int = 3) -> dict[str, float]:
     `*_cpu` entries are FLOP per second of this process's CPU time. With several devices, the
     machine's peak is the better of one matmul on the first device and one matmul on every device
     at once (`*_one_device`, `*_all_devices`): CPU devices share the host's cores."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxlab.train.sharding import Placement
-
     p = Placement.default()
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
@@ -177,79 +181,80 @@ def matmul_peaks(n: int, repeats: int = 3) -> dict[str, float]:
     return peaks
 
 
-class Programs:
-    """The compiled programs of one workload: sweep, datagen, and the baselines.
+class TrainBench:
+    """The timed programs of one workload: the sweep (`jaxlab run`'s own programs), datagen, and
+    the baselines.
 
-    The sweep trains R runs in chunks of C runs (C = R unless `runs_per_chunk` is smaller, as
-    `jaxlab run` does when all runs do not fit in memory, `train.max_runs_per_chunk`): one
-    program compiled for C runs, called on each chunk in turn, `steps` steps per call.
+    The sweep is `jaxlab.train.programs.Programs` built on `make_train(cfg)`, the programs
+    `jaxlab run` compiles: `start` once per chunk, then `interval` timed, `steps` optimizer steps
+    and one evaluation per call. The config's evaluation batch is one sequence
+    (`train.eval_batch_size=1`), so an interval is its training steps (the benchmark measures
+    training); the evaluation is the engine's own (`eval_loss`), not an experiment's metrics.
+    R runs train in chunks of C runs (C = R unless `runs_per_chunk` is smaller, as `jaxlab run`
+    does when all runs do not fit in memory, `train.max_runs_per_chunk`): one program compiled
+    for C runs, called on each chunk in turn. The execution plan (run layout, run block,
+    micro-batch) is `train.plan`, decided once by `make_train`.
     """
 
-    def __init__(
-        self,
-        cfg,
-        runs: int,
-        steps: int,
-        runs_per_chunk: int | None = None,
-        run_layout: str = "vmap",
-        run_block: int | None = None,
-    ):
-        import jax
-        import jax.numpy as jnp
-
-        from jaxlab.train import make_train, seed_keys, stack_hparams
-        from jaxlab.train.runmap import over_runs
-        from jaxlab.train.sharding import Placement
-
-        self.train = train = make_train(cfg)
+    def __init__(self, train: Train, runs: int, steps: int, runs_per_chunk: int | None = None):
+        self.train = train
         self.runs, self.steps = runs, steps
         self.chunk = min(runs_per_chunk or runs, runs)
         if runs % self.chunk:
             raise ConfigError("--runs-per-chunk", f"must divide --runs={runs}, got {self.chunk}")
         # the runs of a chunk are split over every device, as `jaxlab run` splits them
-        p = Placement.default()
+        p = self.placement = Placement.default()
         self.n_devices = p.n_devices
         if self.chunk % p.n_devices:
             field = "--runs-per-chunk" if self.chunk < runs else "--runs"
             raise ConfigError(field, f"must be a multiple of the {p.n_devices} devices, got {self.chunk}")
-        keys = seed_keys(range(runs), cfg.train.prng_impl)
-        hp = {k: jnp.asarray(v) for k, v in stack_hparams(train.cfg, [{}] * runs).items()}
-        C = self.chunk
-        part = lambda tree, c: jax.tree_util.tree_map(lambda x: x[c * C : (c + 1) * C], tree)
-        self.keys = [jax.device_put(part(keys, c), p.runs) for c in range(runs // C)]
-        self.hp = [jax.device_put(part(hp, c), p.runs) for c in range(runs // C)]
-        self.n = jax.device_put(jnp.int32(steps), p.replicated)
+        cfg, C = train.cfg, self.chunk
+        kd = key_data(np.arange(runs), cfg.train.prng_impl)
+        hp = stack_hparams(cfg, [{}] * runs)
+        hp_keys = list(hp)
+        chunks = [slice(c * C, (c + 1) * C) for c in range(runs // C)]
+        self.programs = Programs(train, p, kd.shape[1])
+        self.hp = [p.put_tree({k: v[sl] for k, v in hp.items()}, p.runs) for sl in chunks]
 
         with Stopwatch() as t:
-            init = jax.jit(jax.vmap(train.init), out_shardings=p.runs).lower(self.keys[0], self.hp[0]).compile()
-            self.states = [init(k, h) for k, h in zip(self.keys, self.hp)]
+            start = self.programs.compile_start(C, hp_keys)
+            started = [start(p.put(kd[sl], p.runs), h) for sl, h in zip(chunks, self.hp)]
+            jax.block_until_ready(started)
         self.compile_init = t.both
+        self.states = [state for state, _, _ in started]
+        self.histories = [history for _, _, history in started]
+        self.eval_data = started[0][1]  # the same for every chunk
         with Stopwatch() as t:
-            self.block = run_block or train.run_block()
-            advance = over_runs(train.advance, (0, 0, None), run_layout, p.mesh, self.block)
-            self.sweep_fn = jax.jit(advance, donate_argnums=0).lower(self.states[0], self.hp[0], self.n).compile()
+            self.interval = self.programs.compile_interval(C, hp_keys)
         self.compile = t.both
+        self.n = p.put(np.int32(steps), p.replicated)
+        self.row = p.put(np.int32(min(1, self.programs.n_evals - 1)), p.replicated)
+        self.valid = p.put(np.ones(C, bool), p.runs)
+        plan = train.plan
         with Stopwatch() as t:
-            datagen = over_runs(_datagen(train), (0, None), run_layout, p.mesh, self.block)
+            datagen = over_runs(_datagen(train), (0, None), plan.run_layout, p.mesh, plan.run_block)
             self.datagen_fn = jax.jit(datagen).lower(self.states[0], self.n).compile()
         self.compile_datagen = t.both
 
-        from jaxlab.bench._reference import ReferenceLoop
-
-        self.hp1 = jax.tree_util.tree_map(lambda x: x[0], hp)
+        self.hp1 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
         self.reference = ReferenceLoop(train)
         self.init1 = jax.jit(train.init)
         self.step1 = jax.jit(train.step, donate_argnums=0)
         self.advance1 = jax.jit(train.advance, donate_argnums=0)
+        keys = seed_keys(range(runs), cfg.train.prng_impl)
         self.key1 = lambda i: keys[i]
 
     def sweep(self) -> tuple[float, float]:
+        """One `interval` call per chunk (`steps` steps of every run); (wall, CPU) seconds."""
+
         def call():
-            losses = []
+            out = []
             for c, hp in enumerate(self.hp):
-                self.states[c], loss = self.sweep_fn(self.states[c], hp, self.n)
-                losses.append(loss)
-            return losses
+                self.states[c], self.histories[c], scalars = self.interval(
+                    self.states[c], self.histories[c], hp, self.eval_data, self.n, self.row, self.valid
+                )
+                out.append(scalars)
+            return out
 
         return _timed(call)
 
@@ -262,8 +267,6 @@ class Programs:
 
     def jaxlab_loop(self, n_runs: int) -> tuple[float, float]:
         """Python loops over runs and steps around jaxlab's own jitted step."""
-        import jax
-
         states = [self.init1(self.key1(i), self.hp1) for i in range(n_runs)]
         jax.block_until_ready(states)
         with Stopwatch() as t:
@@ -275,8 +278,6 @@ class Programs:
 
     def single_scan(self, n_runs: int) -> tuple[float, float]:
         """Baseline (b): the scanned `advance` of one run, called once per run."""
-        import jax
-
         states = [self.init1(self.key1(i), self.hp1) for i in range(n_runs)]
         jax.block_until_ready(states)
         with Stopwatch() as t:
@@ -288,8 +289,6 @@ class Programs:
 
 def _datagen(train) -> Callable:
     """(state of one run, n) -> the sum of the batches of n steps: the sampler alone, same keys."""
-    import jax
-    import jax.numpy as jnp
 
     def run(state, n):
         def body(i, acc):
@@ -319,11 +318,8 @@ def measure(
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the result object of `--json`."""
-    import jax
-
     from jaxlab.bench._train_workloads import WORKLOADS, flops_per_run_step
-    from jaxlab.train.runmap import resolve_layout
-    from jaxlab.train.sweep import with_seeds
+    from jaxlab.train.groups import with_seeds
 
     wl = WORKLOADS[workload]
     steps = steps or wl.default_steps
@@ -332,18 +328,23 @@ def measure(
         cfg = cfg.set("train.batch_size", batch_size)
     if micro_batch is not None:
         cfg = cfg.set("train.micro_batch", micro_batch)
+    if run_block is not None:
+        cfg = cfg.set("train.run_block", run_block)
+    # the evaluation closing each interval: one sequence, so that an interval times its training
+    cfg = cfg.with_overrides({"train.run_layout": run_layout, "train.eval_batch_size": 1})
     cfg = with_seeds(cfg, tuple(range(runs)))
     device = jax.devices()[0]
     on_gpu = jax.default_backend() == "gpu"
     matmul_size = matmul_size or (8192 if on_gpu else 2048)
     load_before = os.getloadavg()[0]
 
-    layout = resolve_layout(run_layout)
+    train = make_train(cfg)  # the execution plan, decided once: train.plan
+    layout = train.plan.run_layout
     # A workload's default chunking is for the memory of vmapped runs; scanned runs hold one
     # run's activations at a time.
     chunk = runs_per_chunk or (wl.runs_per_chunk if layout == "vmap" else None)
     log(f"compiling {workload} for {runs} runs ({layout})")
-    prog = Programs(cfg, runs, steps, chunk, layout, run_block)
+    prog = TrainBench(train, runs, steps, chunk)
     k = min(baseline_runs, runs)
     timers = {"loop": prog.loop, "jaxlab-loop": prog.jaxlab_loop, "single-scan": prog.single_scan}
     for name in baselines:  # compile and warm the baselines
@@ -371,8 +372,9 @@ def measure(
         "prng_impl": prng_impl,
         "runs_per_chunk": prog.chunk,
         "run_layout": layout,
-        "run_block": prog.block if layout == "scan" else None,
-        "micro_batch": prog.train.micro_batch(),
+        "run_block": train.plan.run_block if layout == "scan" else None,
+        "micro_batch": train.plan.micro_batch,
+        "plan": train.plan.as_dict(),
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
         "n_devices": prog.n_devices,
     }

@@ -14,12 +14,17 @@ the context tokens only, as in von Oswald et al.), `none`.
 
 Parameters: `w_qkv` [D, 3, H, Dh] (Q, K, V fused so one GEMM computes all three), `w_out` [H, Dh, D],
 and biases `b_qkv` [3, H, Dh], `b_out` [D] when `use_bias`.
+
+How outputs at a few query positions are computed (not what: every choice gives the same numbers up
+to float rounding) is data, `AttentionExecution`: the engine passes the choices of its execution plan
+(`jaxlab.train.plan`); the module itself checks no backend.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import flax.linen as nn
 import jax
@@ -74,20 +79,54 @@ def keys_first_cheaper(n_queries: int, seq_len: int, d_model: int, n_heads: int,
     return keys_first <= weights_to_queries
 
 
-VECTOR_FLOATS = 16  # float32 lanes of one AVX-512 register
+QUERY_PATHS = ("auto", "keys_first", "query_side")
 
 
-def vector_padding(width: int) -> int:
-    """Zero columns that round a token width between 8 and 16 up to 16 floats on a CPU (else 0).
+def vector_padding(width: int, lanes: int = 16) -> int:
+    """Zero columns that round a token width between lanes / 2 and lanes up to `lanes` floats (else 0).
 
-    The query-side path (`_merged_to_queries`) spends its time in batched matrix-vector products
-    over the tokens; XLA:CPU runs them on whole vector registers, so a width of 16 costs no more
-    than 11 and padding the paper's 11-wide tokens makes its training step ~10% faster
-    (benchmarks/results/train.md); 32 for 11 costs 1.5x.
+    `lanes`: float32 lanes of the target's vector registers (16: AVX-512; 0: never pad). The
+    query-side path (`_merged_to_queries`) spends its time in batched matrix-vector products over
+    the tokens; XLA:CPU runs them on whole vector registers, so a width of 16 costs no more than 11
+    and padding the paper's 11-wide tokens makes its training step ~10% faster
+    (benchmarks/results/train.md); 32 for 11 costs 1.5x. The plan decides `lanes` per backend
+    (`jaxlab.train.plan`).
     """
-    if jax.default_backend() != "cpu" or not 8 < width < VECTOR_FLOATS:
+    if not lanes or not lanes // 2 < width < lanes:
         return 0
-    return VECTOR_FLOATS - width
+    return lanes - width
+
+
+@dataclass(frozen=True)
+class AttentionExecution:
+    """How `Attention` computes outputs at a few static query positions (the same numbers either way).
+
+    query_path: `keys_first` projects every token to keys and values and slices the queries;
+        `query_side` moves the key and value weights to the queries (`_weights_to_queries`,
+        `_merged_to_queries`: per query O(T D) instead of O(T D Dh) per key and value); `auto`
+        takes the one with fewer FLOPs (`keys_first_cheaper`) at trace time. Positional attention
+        always goes keys first (its pattern needs the keys' positions).
+    vector_floats: the query-side path pads token widths between vector_floats / 2 and
+        vector_floats up to it (`vector_padding`; 0: no padding).
+
+    The default is what a model needs on any backend; `jaxlab.train.plan.ExecutionPlan.attention`
+    gives the choices of a plan.
+    """
+
+    query_path: str = "auto"
+    vector_floats: int = 0
+
+    def __post_init__(self) -> None:
+        if self.query_path not in QUERY_PATHS:
+            raise ValueError(f"query_path must be one of {', '.join(QUERY_PATHS)}, got {self.query_path!r}")
+        if self.vector_floats < 0:
+            raise ValueError(f"vector_floats must be >= 0, got {self.vector_floats}")
+
+    def query_side(self, n_queries: int, seq_len: int, d_model: int, n_heads: int, head_dim: int) -> bool:
+        """Whether P static queries take the query-side path (`query_path`; `auto`: fewer FLOPs)."""
+        if self.query_path == "auto":
+            return not keys_first_cheaper(n_queries, seq_len, d_model, n_heads, head_dim)
+        return self.query_path == "query_side"
 
 
 def positional_pattern(
@@ -105,6 +144,7 @@ def positional_pattern(
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    execution: AttentionExecution = AttentionExecution()
 
     @nn.compact
     def __call__(
@@ -131,7 +171,7 @@ class Attention(nn.Module):
 
         if queries is not None and not want_pattern:
             index = query_index(queries, T)
-            if pos_TD is None and not keys_first_cheaper(len(queries), T, D, H, Dh):
+            if pos_TD is None and self.execution.query_side(len(queries), T, D, H, Dh):
                 if b_qkv is None:
                     return self._merged_to_queries(x_BTD, index, mask_TT[index], w_qkv, w_out, b_out, out_dims), None
                 z = self._weights_to_queries(x_BTD, index, mask_TT[index], w_qkv, b_qkv)
@@ -212,13 +252,13 @@ class Attention(nn.Module):
         q_p . k_t = x_p W_Q^h (W_K^h)^T x_t = x_p M_QK^h x_t and out_p = sum_h (sum_t a_pt x_t) M_VO^h,
         M_QK^h = W_Q^h (W_K^h)^T, M_VO^h = W_V^h W_O^h [D, D] (restricted to the `out_dims` output
         coordinates). Per query O(H D D) instead of O(H D Dh) twice; for the paper's LSA layer the
-        [B, D] x [D, D] products halve. Token widths between 8 and 16 are zero-padded to 16 on a
-        CPU (`vector_padding`)."""
+        [B, D] x [D, D] products halve. Token widths are zero-padded to whole vector registers
+        (`vector_padding` with `execution.vector_floats`: 16 on a CPU's plan)."""
         cfg = self.cfg
         w_o, b_o = _output_weights(w_out, b_out, out_dims)
         m_qk = jnp.einsum("dhk,ehk->hde", w_qkv[:, 0], w_qkv[:, 1])
         m_vo = jnp.einsum("dhk,hko->hdo", w_qkv[:, 2], w_o)
-        pad = vector_padding(x_BTD.shape[-1])
+        pad = vector_padding(x_BTD.shape[-1], self.execution.vector_floats)
         if pad:  # exact: the zero columns add zeros to every product
             x_BTD = jnp.pad(x_BTD, ((0, 0), (0, 0), (0, pad)))
             m_qk = jnp.pad(m_qk, ((0, 0), (0, pad), (0, pad)))

@@ -13,6 +13,10 @@ Every block records TransformerLens-style intermediates with `sow` in the collec
 blocks.{i}.hook_attn_out, blocks.{i}.hook_resid_mid, blocks.{i}.hook_mlp_out,
 blocks.{i}.hook_resid_post. `__call__` takes a tuple of `Intervention`s, applied at their hook
 before the value is recorded and passed on.
+
+`execution` (`AttentionExecution`) chooses how attention computes outputs at a few positions
+(`outputs_at`), not what: the training engine passes its execution plan's choices
+(`jaxlab.train.plan`); the default suits any backend.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.config import ModelConfig
-from jaxlab.models.attention import Attention, dot, kernel_init, query_index
+from jaxlab.models.attention import Attention, AttentionExecution, dot, kernel_init, query_index
 from jaxlab.models.interventions import Intervention, check_interventions
 from jaxlab.models.layernorm import LayerNorm
 from jaxlab.models.mlp import MLP
@@ -44,9 +48,10 @@ def sinusoidal_table(max_len: int, d_model: int) -> jax.Array:
 
 class Block(nn.Module):
     cfg: ModelConfig
+    execution: AttentionExecution = AttentionExecution()
 
     def setup(self) -> None:
-        self.attn = Attention(self.cfg)
+        self.attn = Attention(self.cfg, self.execution)
         if self.cfg.layernorm:
             self.ln1 = LayerNorm()
         if self.cfg.d_mlp:
@@ -57,6 +62,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     cfg: ModelConfig
+    execution: AttentionExecution = AttentionExecution()
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -67,7 +73,7 @@ class Transformer(nn.Module):
             self.read_in = nn.Dense(cfg.d_model, use_bias=cfg.use_bias, kernel_init=kernel_init(0, 1))
         if cfg.pos_encoding == "learned":
             self.pos_embed = self.param("pos_embed", kernel_init(1, 0), (cfg.max_len, cfg.d_model))
-        self.blocks = [Block(cfg) for _ in range(1 if cfg.tie_layers else cfg.n_layers)]
+        self.blocks = [Block(cfg, self.execution) for _ in range(1 if cfg.tie_layers else cfg.n_layers)]
         if cfg.layernorm:
             self.ln_final = LayerNorm()
         if cfg.readout == "linear":

@@ -9,6 +9,10 @@ is `advance` (a `fori_loop` over its steps) followed by `evaluate` on a fixed ev
 `train` scans over the chunks; the sweep runner (`jaxlab.train.sweep`) instead calls the jitted
 chunk from the host, which is where progress bars, checkpoints and metric transfers happen.
 
+How the step executes (run layout, run block, gradient micro-batch, the attention path and its
+padding) is the execution plan `Train.plan` (`jaxlab.train.plan`), decided once from the config
+and the target backend and given to the model as data; this module checks no backend.
+
 Divergence isolation: a step is not applied when its loss or its new parameters are not finite, or
 when its loss exceeds the divergence threshold
 
@@ -40,15 +44,16 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from jaxlab.config import ExperimentConfig, require_config
+from jaxlab.errors import ConfigError
 from jaxlab.models import Intervention, Transformer, init_params, scale_weights
 from jaxlab.models.attention import query_index
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import Batch, sample, task_module, task_spec
 from jaxlab.train.hparams import Hparams, default_hparams
 from jaxlab.train.losses import batch_loss, masked_mean, per_position_loss
-from jaxlab.train.microbatch import accumulate, auto_micro_batch, sequence_bytes
+from jaxlab.train.microbatch import accumulate, sequence_bytes
 from jaxlab.train.optim import make_optimizer
-from jaxlab.train.runmap import auto_block
+from jaxlab.train.plan import ExecutionPlan, make_plan
 
 FIRST_LOSS_FLOOR = 1e-3  # the smallest first loss the divergence threshold scales (module docstring)
 
@@ -79,13 +84,28 @@ def tree_all_finite(tree: chex.ArrayTree) -> jax.Array:
 class Train:
     """The pure training functions of one experiment config (see the module docstring)."""
 
-    def __init__(self, cfg: ExperimentConfig, evaluate: EvalFn | None = None, eval_data: EvalDataFn | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        evaluate: EvalFn | None = None,
+        eval_data: EvalDataFn | None = None,
+        plan: ExecutionPlan | None = None,
+    ):
         require_config(cfg, "make_train(cfg)")
         for name, fn in (("evaluate", evaluate), ("eval_data", eval_data)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"make_train({name}=...): expected a function or None, got {type(fn).__name__}")
+        if plan is not None and not isinstance(plan, ExecutionPlan):
+            raise TypeError(f"make_train(plan=...): expected an ExecutionPlan or None, got {type(plan).__name__}")
         self.cfg = cfg.resolve()
-        self.model = Transformer(self.cfg.model)
+        self.plan: ExecutionPlan = make_plan(self.cfg) if plan is None else plan
+        if self.plan.batch_size != self.cfg.train.batch_size:
+            raise ConfigError(
+                "plan.batch_size",
+                f"the plan was made for batch_size {self.plan.batch_size}, the config has "
+                f"{self.cfg.train.batch_size} (make the plan from this config: make_plan(cfg))",
+            )
+        self.model = Transformer(self.cfg.model, self.plan.attention())
         self.spec = task_spec(self.cfg.task)
         self.eval_steps: tuple[int, ...] = self.cfg.train.eval_steps()
         self._extra_eval = evaluate
@@ -94,18 +114,12 @@ class Train:
         self.loss_positions: tuple[int, ...] | None = None if positions is None else positions(self.cfg.task)
 
     def run_block(self) -> int:
-        """Runs vmapped together per step of the `scan` run layout (`train.run_block`, 0: automatic)."""
-        return self.cfg.train.run_block or auto_block(self.micro_batch() * self.sequence_bytes())
+        """Runs vmapped together per step of the `scan` run layout (`plan.run_block`)."""
+        return self.plan.run_block
 
     def micro_batch(self) -> int:
-        """Sequences per gradient micro-batch (`train.micro_batch`; 0: automatic, which on a CPU is
-        `auto_micro_batch` and elsewhere the whole batch; `jaxlab.train.microbatch`)."""
-        t = self.cfg.train
-        if t.micro_batch:
-            return t.micro_batch
-        if jax.default_backend() != "cpu":
-            return t.batch_size
-        return auto_micro_batch(t.batch_size, self.spec.seq_len, self.sequence_bytes())
+        """Sequences per gradient micro-batch (`plan.micro_batch`; `jaxlab.train.microbatch`)."""
+        return self.plan.micro_batch
 
     def sequence_bytes(self) -> int:
         """Forward activations of one training sequence (`jaxlab.train.microbatch.sequence_bytes`)."""
@@ -213,7 +227,7 @@ class Train:
             state.params,
             batch,
             self.train_mask(batch),
-            self.micro_batch(),
+            self.plan.micro_batch,
         )
         updates, opt_state = self._optimizer(hparams).update(grads, state.opt_state, state.params)
         params = state.params + updates
@@ -309,11 +323,18 @@ class Train:
         return state, history
 
 
-def make_train(cfg: ExperimentConfig, evaluate: EvalFn | None = None, eval_data: EvalDataFn | None = None) -> Train:
+def make_train(
+    cfg: ExperimentConfig,
+    evaluate: EvalFn | None = None,
+    eval_data: EvalDataFn | None = None,
+    plan: ExecutionPlan | None = None,
+) -> Train:
     """`train = make_train(cfg)`; `train(key, hparams) -> (final_state, history)` for one run.
 
     `evaluate(train, params, eval_batch) -> {metric: scalar}` adds experiment metrics to the
-    evaluations; `eval_data(train) -> pytree` replaces the default evaluation batch. Typical use,
+    evaluations; `eval_data(train) -> pytree` replaces the default evaluation batch. `plan`: how
+    the programs execute (`jaxlab.train.plan`; default `make_plan(cfg)`, for this process's
+    backend), kept as `train.plan`. Typical use,
     S seeds x H learning rates as one program:
 
         train = make_train(cfg)
@@ -323,7 +344,7 @@ def make_train(cfg: ExperimentConfig, evaluate: EvalFn | None = None, eval_data:
         run = jax.jit(jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, 0)))
         states, history = run(keys, hp)                             # history[...]: [S, H, n_evals]
     """
-    return Train(cfg, evaluate, eval_data)
+    return Train(cfg, evaluate, eval_data, plan)
 
 
 def stack_runs(tree: chex.ArrayTree, n: int) -> chex.ArrayTree:

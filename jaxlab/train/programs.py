@@ -6,18 +6,21 @@ with row 0 filled (later rows NaN).
 
 `interval(state, history, hparams, eval_data, n_steps, row, valid) -> (state, history, (loss, n_div))`
 advances every run `n_steps` optimizer steps (`Train.chunk` over the runs in the run layout of
-`jaxlab.train.runmap`, blocks of `Train.run_block()` runs), writes the evaluation into
-row `row` of the history, and returns two replicated scalars for the progress bar: the median
-finite training loss and the number of diverged runs, both over the real (`valid`) runs only.
-The state and the history are donated, so a chunk's memory does not grow with the steps, and
-only the two scalars travel to the host between evaluations: the history is the run's metrics
-subsampled on the device at the evaluation points (`train.eval_every` / `train.n_evals`).
+`jaxlab.train.runmap`, in blocks of runs: both from the execution plan `Train.plan`), writes the
+evaluation into row `row` of the history, and returns two replicated scalars for the progress
+bar: the median finite training loss and the number of diverged runs, both over the real
+(`valid`) runs only. The state and the history are donated, so a chunk's memory does not grow
+with the steps, and only the two scalars travel to the host between evaluations: the history is
+the run's metrics subsampled on the device at the evaluation points (`train.eval_every` /
+`train.n_evals`).
 
 Both are compiled once per group for the chunk size C (`compile_start`, `compile_interval`)
-from abstract shapes, so the memory estimate of `jaxlab.train.chunking` allocates nothing, and
-every chunk reuses the same executables. The per-run code is the engine's, untouched: a run's
-numbers do not depend on the chunk size, the padding or the device count beyond float
-reassociation of different batch shapes.
+from abstract shapes (`start_program` / `start_inputs`, `interval_program` / `interval_inputs`:
+the jitted functions and their inputs, which `jax.export` takes as well), so the memory estimate
+of `jaxlab.train.chunking` allocates nothing, and every chunk reuses the same executables. The
+per-run code is the engine's, untouched: a run's numbers do not depend on the chunk size, the
+padding or the device count beyond float reassociation of different batch shapes. `jaxlab bench
+train` times these same programs.
 """
 
 from __future__ import annotations
@@ -63,11 +66,12 @@ class Programs:
         row: jax.Array,
         valid: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
-        # `Train.chunk` in the run layout (`jaxlab.train.runmap`): on CPUs each device scans its
-        # runs, the training steps in blocks of `Train.run_block()` runs and the evaluation
-        # (large fixed evaluation sets, probes) one run at a time.
-        train, layout, mesh = self.train, self.train.cfg.train.run_layout, self.placement.mesh
-        advance = over_runs(train.advance, (0, 0, None), layout, mesh, train.run_block())
+        # `Train.chunk` in the plan's run layout (`jaxlab.train.runmap`): with `scan` (CPUs) each
+        # device scans its runs, the training steps in blocks of `plan.run_block` runs and the
+        # evaluation (large fixed evaluation sets, probes) one run at a time.
+        train, mesh = self.train, self.placement.mesh
+        layout = train.plan.run_layout
+        advance = over_runs(train.advance, (0, 0, None), layout, mesh, train.plan.run_block)
         evaluate = over_runs(train.evaluate, (0, None), layout, mesh)
         state, train_loss = advance(state, hparams, n_steps)
         metrics = {**evaluate(state.params, eval_data), "train_loss": train_loss}
@@ -84,12 +88,19 @@ class Programs:
         hp = {k: jax.ShapeDtypeStruct((size,), jnp.float32, sharding=p.runs) for k in hparam_keys}
         return kd, hp
 
+    def start_program(self) -> Any:
+        """`start`, jitted with its shardings (the program `compile_start` compiles)."""
+        p = self.placement
+        return jax.jit(self.start, in_shardings=(p.runs, p.runs), out_shardings=(p.runs, p.replicated, p.runs_second))
+
+    def start_inputs(self, size: int, hparam_keys: list[str]) -> tuple[jax.ShapeDtypeStruct, dict]:
+        """Abstract inputs of `start_program` for `size` runs."""
+        return self.abstract_inputs(size, hparam_keys)
+
     def trace_start(self, size: int, hparam_keys: list[str]) -> Any:
         """`start` traced for `size` runs (cached: its output shapes also shape `interval`)."""
         if size not in self._traced:
-            p = self.placement
-            fn = jax.jit(self.start, in_shardings=(p.runs, p.runs), out_shardings=(p.runs, p.replicated, p.runs_second))
-            self._traced[size] = fn.trace(*self.abstract_inputs(size, hparam_keys))
+            self._traced[size] = self.start_program().trace(*self.start_inputs(size, hparam_keys))
         return self._traced[size]
 
     def compile_start(self, size: int, hparam_keys: list[str]) -> Any:
@@ -107,6 +118,20 @@ class Programs:
         return self._compiled_interval[key]
 
     def _compile_interval(self, size: int, hparam_keys: list[str]) -> Any:
+        return self.interval_program().lower(*self.interval_inputs(size, hparam_keys)).compile()
+
+    def interval_program(self) -> Any:
+        """`interval`, jitted with its shardings and donations (the program `compile_interval` compiles)."""
+        p = self.placement
+        return jax.jit(
+            self.interval,
+            in_shardings=(p.runs, p.runs_second, p.runs, p.replicated, p.replicated, p.replicated, p.runs),
+            out_shardings=(p.runs, p.runs_second, p.replicated),
+            donate_argnums=(0, 1),
+        )
+
+    def interval_inputs(self, size: int, hparam_keys: list[str]) -> tuple:
+        """Abstract inputs of `interval_program` for `size` runs (shapes from the traced `start`)."""
         p = self.placement
         _, hp = self.abstract_inputs(size, hparam_keys)
         state, eval_data, history = self.trace_start(size, hparam_keys).out_info
@@ -115,13 +140,7 @@ class Programs:
         )
         scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=p.replicated)
         valid = jax.ShapeDtypeStruct((size,), jnp.bool_, sharding=p.runs)
-        fn = jax.jit(
-            self.interval,
-            in_shardings=(p.runs, p.runs_second, p.runs, p.replicated, p.replicated, p.replicated, p.runs),
-            out_shardings=(p.runs, p.runs_second, p.replicated),
-            donate_argnums=(0, 1),
-        )
-        args = (
+        return (
             with_sharding(state, p.runs),
             with_sharding(history, p.runs_second),
             hp,
@@ -130,7 +149,6 @@ class Programs:
             scalar,
             valid,
         )
-        return fn.lower(*args).compile()
 
     def eval_data_bytes(self, size: int, hparam_keys: list[str]) -> int:
         """Bytes of the evaluation data: memory every chunk needs whatever its size."""

@@ -5,7 +5,8 @@
   scan  `jax.lax.map`: the runs one after another inside the program, in blocks of `block`
         runs vmapped together (block 1: each run with one run's kernels, plain GEMMs with shared
         weights, one run's activations in memory at a time).
-  auto  `scan` on CPUs, `vmap` on GPUs and TPUs (which need the large batched kernels).
+  auto  `scan` on CPUs, `vmap` on GPUs and TPUs (which need the large batched kernels); the
+        execution plan decides it once (`jaxlab.train.plan`) and the engine passes `vmap` or `scan`.
 
 Over several devices (a `jax.sharding.Mesh` with a `runs` axis, `jaxlab.train.sharding`), `vmap`
 leaves the sharded run axis to XLA's SPMD partitioner, and `scan` splits the runs over the devices
@@ -13,10 +14,10 @@ with `jax.shard_map`, each device scanning its own share. On a CPU host with one
 core (`jaxlab.hostdevices`), each core then trains whole runs: for small models this beats
 splitting every small kernel over the cores (benchmarks/results/train.md).
 
-The block (`train.run_block`, 0 = `auto_block`): tiny models spend their step in per-kernel costs
-that a few vmapped runs share, while large activations want one run at a time in the caches.
-`auto_block` vmaps as many runs (at most 8) as keep a block's activations (each run's gradient
-micro-batch, `jaxlab.train.microbatch`) within the same 2 MB work budget.
+The block (`train.run_block`, 0 = `auto_block`, decided by the plan): tiny models spend their step
+in per-kernel costs that a few vmapped runs share, while large activations want one run at a time
+in the caches. `auto_block` vmaps as many runs (at most 8) as keep a block's activations (each
+run's gradient micro-batch, `jaxlab.train.microbatch`) within the same 2 MB work budget.
 
 All give every run the same numbers up to float reassociation (different kernels for the same
 products): a run's function is untouched, only how XLA batches it changes. Measured on the
@@ -36,32 +37,10 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jaxlab.config import RUN_LAYOUTS
 from jaxlab.errors import ConfigError
-from jaxlab.train.microbatch import WORK_BYTES
+from jaxlab.train.plan import MAX_BLOCK, auto_block, resolve_layout
 from jaxlab.train.sharding import RUN_AXIS
 
-__all__ = ["RUN_LAYOUTS", "auto_block", "over_runs", "resolve_layout"]
-
-MAX_BLOCK = 8
-
-
-def auto_block(unit_bytes: int, budget: int = WORK_BYTES) -> int:
-    """Runs per scanned block: as many (<= 8) as keep the block's activations within `budget`,
-    given `unit_bytes` of activations per run and gradient micro-batch (`jaxlab.train.microbatch`).
-
-    Measured on the 2-core CPU with one device per core (benchmarks/results/train.md): the paper
-    LSA step (2 MB per run) is ~15% faster in blocks of 1 than of 8; a run whose micro-batch
-    already fills the budget gets 1.
-    """
-    return int(max(1, min(MAX_BLOCK, budget // max(unit_bytes, 1))))
-
-
-def resolve_layout(layout: str = "auto") -> str:
-    """`vmap` or `scan` for a requested layout (module docstring)."""
-    if layout not in RUN_LAYOUTS:
-        raise ConfigError("train.run_layout", f"unknown run layout {layout!r}", RUN_LAYOUTS)
-    if layout != "auto":
-        return layout
-    return "scan" if jax.default_backend() == "cpu" else "vmap"
+__all__ = ["MAX_BLOCK", "RUN_LAYOUTS", "auto_block", "over_runs", "resolve_layout"]
 
 
 def over_runs(
@@ -72,6 +51,9 @@ def over_runs(
     block: int = 1,
 ) -> Callable[..., Any]:
     """`fn` of one run -> the same function of R runs.
+
+    `layout`: `vmap` or `scan` (an execution plan's `run_layout`); `auto` is resolved for this
+    process's backend (`jaxlab.train.plan.resolve_layout`).
 
     `in_axes[i]` is 0 when positional argument i has a leading run axis and None when it is
     shared by every run (as `jax.vmap`'s `in_axes`); every output gets a leading run axis.
