@@ -23,10 +23,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlab", description="Small-transformer experiments, many runs at once.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,run,report,bench}")
 
-    sub.add_parser("list", help="experiments and their presets")
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py:NAME",
+        help="load an experiment or task defined outside jaxlab (path/to/file.py:NAME or package.module:NAME)",
+    )
+    sub.add_parser("list", help="experiments and their presets", parents=[plugin])
 
-    r = sub.add_parser("run", help="train and probe a sweep of an experiment")
-    r.add_argument("experiment")
+    r = sub.add_parser("run", help="train and probe a sweep of an experiment", parents=[plugin])
+    r.add_argument("experiment", help="a name from `jaxlab list`, or path/to/file.py:NAME / package.module:NAME")
     r.add_argument("--preset", help="preset name (see `jaxlab list`; default: the experiment's default)")
     r.add_argument("--seeds", help="N (seeds 0..N-1), a list 3,7,9, or a range 0:64")
     r.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="grid over a config key")
@@ -47,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--num-processes", type=int, metavar="N", help="number of processes (implies --distributed)")
     d.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (implies --distributed)")
 
-    rep = sub.add_parser("report", help="(re)write report.md and figures of a run directory")
+    rep = sub.add_parser("report", help="(re)write report.md and figures of a run directory", parents=[plugin])
     rep.add_argument("dir")
 
     from jaxlab.bench import registry
@@ -59,20 +67,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_list() -> int:
-    from jaxlab.experiments import registry
+def load_plugins(args: argparse.Namespace) -> None:
+    """Load every `--plugin` (jaxlab.registry.load_plugin), so their names are known."""
+    from jaxlab.registry import load_plugin
 
-    for name, exp in registry().items():
+    for spec in getattr(args, "plugin", []):
+        load_plugin(spec)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from jaxlab.registry import builtin_experiments, experiments
+
+    load_plugins(args)
+    builtin = builtin_experiments()
+    for name, exp in experiments().items():
         presets = ", ".join(f"{p}{' (default)' if p == exp.default_preset else ''}" for p in exp.presets)
-        print(f"{name}\n    {exp.description}\n    presets: {presets}")
+        origin = "" if name in builtin and builtin[name] is exp else "  (plug-in)"
+        print(f"{name}{origin}\n    {exp.description}\n    presets: {presets}")
     return 0
 
 
 def build_config(args: argparse.Namespace):
-    """The experiment config from the preset and the command-line overrides, validated."""
+    """(experiment, config) from the preset and the command-line overrides, validated."""
     from jaxlab.config import apply_sweep_args, parse_assignment, parse_seeds
-    from jaxlab.experiments import get_experiment
-    from jaxlab.train.sweep import with_seeds
+    from jaxlab.registry import get_experiment
+    from jaxlab.train.groups import plan_groups, with_seeds
 
     exp = get_experiment(args.experiment)
     cfg = exp.preset(args.preset)
@@ -85,14 +104,12 @@ def build_config(args: argparse.Namespace):
         cfg = with_seeds(cfg, parse_seeds(args.seeds))
     cfg = apply_sweep_args(cfg, args.sweep)
     refuse_set_and_swept(cfg, set_keys, [parse_assignment(item, "--sweep")[0] for item in args.sweep])
-    from jaxlab.train.sweep import plan
-
-    groups = plan(cfg)  # resolves and validates every program of the sweep
+    groups = plan_groups(cfg)  # resolves and validates every program of the sweep
     inert = [g.cfg.inert_keys() for g in groups]
     for key in dict.fromkeys(set_keys):
         if all(key in keys for keys in inert):  # no effect in any program of the sweep
             print(f"jaxlab: warning: --set {key} changes nothing: {inert[0][key]}", file=sys.stderr)
-    return cfg
+    return exp, cfg
 
 
 def refuse_set_and_swept(cfg, set_keys: Sequence[str], flag_sweeps: Sequence[str]) -> None:
@@ -112,9 +129,10 @@ def refuse_set_and_swept(cfg, set_keys: Sequence[str], flag_sweeps: Sequence[str
 
 
 def stored_config(out: Path):
-    from jaxlab.results import read_config
+    """(experiment, config) of the run in `out`."""
+    from jaxlab.registry import read_run_config
 
-    return read_config(out / "config.json")
+    return read_run_config(out)
 
 
 def start_distributed(args: argparse.Namespace) -> None:
@@ -127,19 +145,24 @@ def start_distributed(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from jaxlab.train.sweep import plan, run_sweep
+    from jaxlab.train.groups import plan_groups
+    from jaxlab.train.sweep import run_sweep
 
+    load_plugins(args)
     if not args.show_config:
         start_distributed(args)
     given = bool(args.preset or args.set or args.sweep or args.seeds is not None)
     if args.resume and args.out and not given and (Path(args.out) / "config.json").exists():
-        cfg = stored_config(Path(args.out))
-        if cfg.experiment != args.experiment:
-            raise UserError(f"--resume: {args.out} holds a {cfg.experiment!r} run, not {args.experiment!r}")
+        from jaxlab.registry import get_experiment
+
+        named = get_experiment(args.experiment)  # a plug-in file is loaded here, before its config is read
+        exp, cfg = stored_config(Path(args.out))
+        if exp is not named:
+            raise UserError(f"--resume: {args.out} holds a {cfg.experiment!r} run, not {named.name!r}")
     else:
-        cfg = build_config(args)
+        exp, cfg = build_config(args)
     if args.show_config:
-        for group in plan(cfg):
+        for group in plan_groups(cfg):
             if group.label:
                 print(f"# program {group.index}: {group.label}")
             for key in group.cfg.valid_keys():
@@ -154,7 +177,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     try:
         result = run_sweep(
-            cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=command
+            exp, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=command
         )
     except Interrupted as err:
         if jax.process_index() == 0:
@@ -193,6 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from jaxlab.report import write_report
     from jaxlab.train.lock import RunLock
 
+    load_plugins(args)
     run_dir = Path(args.dir)
     if not run_dir.is_dir():
         print(write_report(run_dir))  # says what is missing
@@ -207,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
-            return cmd_list()
+            return cmd_list(args)
         from jaxlab.hostdevices import use_cpu_cores
 
         use_cpu_cores()  # before JAX starts its CPU backend

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import numbers
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -269,7 +270,7 @@ class TrainConfig(Section):
     # after the run chunk started or last saved (0: none by time; a killed run loses at most about
     # that much work), and always at the end of a chunk and on SIGINT / SIGTERM
     checkpoint_every: int = 0
-    checkpoint_minutes: float = 2.0
+    checkpoint_minutes: float = 1.0
     keep_checkpoints: int = 2  # 0: keep every checkpoint (e.g. a log-spaced series)
     prng_impl: str = "threefry2x32"
     max_runs_per_chunk: int = 0
@@ -366,6 +367,25 @@ def _linspace(a: float, b: float, n: int) -> list[float]:
     if n == 1:
         return [b]
     return [a + (b - a) * i / (n - 1) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class TaskSection(Section):
+    """The base of every task's `Config` (the task protocol, `jaxlab.tasks`): a class attribute `kind`
+    naming the task, and the module that defines the subclass defines `spec(cfg) -> TaskSpec` and
+    `sample(key, cfg, batch_size) -> Batch`. A task is found from its config alone, so a task
+    defined in a user's file works like jaxlab's own."""
+
+    section: ClassVar[str] = "task"
+    kind: ClassVar[str] = ""
+
+    def module(self) -> types.ModuleType:
+        """The module that defines this task (its `spec` and `sample`)."""
+        return sys.modules[type(self).__module__]
+
+    def spec(self) -> Any:
+        """The task's `TaskSpec`: sequence length, token width or vocabulary, output width, loss."""
+        return self.module().spec(self)
 
 
 @dataclass(frozen=True)
@@ -513,9 +533,7 @@ class ExperimentConfig:
     # -- resolution ----------------------------------------------------------------------------
     def resolve(self) -> ExperimentConfig:
         """Fill the model fields that follow from the task, then check model and task agree."""
-        from jaxlab.tasks import task_spec
-
-        spec = task_spec(self.task)
+        spec = self.task.spec()
         model = self.model
         fill: dict[str, Any] = {}
         if model.max_len is None:
@@ -568,20 +586,22 @@ class ExperimentConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
-        from jaxlab.experiments import get_experiment
-        from jaxlab.tasks import task_config_class
-
-        exp = get_experiment(data["experiment"])
-        probe_cls = exp.probe_class
+    def from_dict(
+        cls, data: Mapping[str, Any], probe_class: type, task_classes: Mapping[str, type]
+    ) -> ExperimentConfig:
+        """The config of `to_dict`'s JSON form, given the experiment's probe class and the task
+        config classes by kind (`Experiment.config_from_dict` and `jaxlab.registry` supply them)."""
+        experiment, preset, kind = data["experiment"], data["preset"], data["task_kind"]
+        if kind not in task_classes:
+            raise ConfigError("task", f"unknown task {kind!r}", sorted(task_classes))
         return cls(
-            experiment=data["experiment"],
-            preset=data["preset"],
+            experiment=experiment,
+            preset=preset,
             model=_build(ModelConfig, data["model"]),
-            task=_build(task_config_class(data["task_kind"]), data["task"]),
+            task=_build(task_classes[kind], data["task"]),
             optim=_build(OptimConfig, data["optim"]),
             train=_build(TrainConfig, data["train"]),
-            probe=_build(probe_cls, data["probe"]),
+            probe=_build(probe_class, data["probe"]),
             sweep=SweepConfig(
                 seeds=tuple(data["sweep"]["seeds"]),
                 grid=tuple((k, tuple(v)) for k, v in data["sweep"]["grid"]),

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from jaxlab.config import ExperimentConfig
 from jaxlab.errors import CorruptFileError, StorageError, UserError
 
 BASE_COLUMNS = ("run", "seed", "step", "metric", "value")
@@ -229,19 +228,23 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def read_config(path: str | Path) -> ExperimentConfig:
-    """The `ExperimentConfig` stored in `path` (a run's `config.json`)."""
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a run's `config.json` (`jaxlab.registry.read_config` makes the config)."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise CorruptFileError(path, f"not a jaxlab config (a JSON {type(data).__name__}, not an object)")
-    try:
-        return ExperimentConfig.from_dict(data)
-    except KeyError as err:
-        raise CorruptFileError(path, f"not a jaxlab config (no {err.args[0]!r} field)") from None
-    except UserError as err:
-        raise CorruptFileError(path, f"not a valid jaxlab config: {err}") from None
-    except (TypeError, ValueError, AttributeError) as err:
-        raise CorruptFileError(path, f"not a jaxlab config ({_first_line(err)})") from None
+    if "experiment" not in data:
+        raise CorruptFileError(path, "not a jaxlab config (no 'experiment' field)")
+    return data
+
+
+def config_error(path: str | Path, err: Exception) -> CorruptFileError:
+    """What a config.json that does not rebuild (`ExperimentConfig.from_dict` raised `err`) is."""
+    if isinstance(err, KeyError):
+        return CorruptFileError(path, f"not a jaxlab config (no {err.args[0]!r} field)")
+    if isinstance(err, UserError):
+        return CorruptFileError(path, f"not a valid jaxlab config: {err}")
+    return CorruptFileError(path, f"not a jaxlab config ({_first_line(err)})")
 
 
 def load(run_dir: str | Path) -> pd.DataFrame:

@@ -25,6 +25,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 @pytest.fixture
 def smoke_cfg():
-    from jaxlab.experiments import get_experiment
+    from jaxlab.registry import get_experiment
 
     return get_experiment("icl-regression").preset("smoke")

@@ -30,12 +30,13 @@ from jaxlab.config import (
     parse_seeds,
 )
 from jaxlab.errors import ConfigError, UserError
-from jaxlab.experiments import get_experiment, registry
 from jaxlab.models import count_params
-from jaxlab.train import bounds, chunking, default_hparams, make_train, plan
+from jaxlab.registry import experiments as registry
+from jaxlab.registry import get_experiment
+from jaxlab.train import bounds, chunking, default_hparams, make_train, plan_groups, with_seeds
+from jaxlab.train.group_run import _GroupRun
 from jaxlab.train.programs import Programs
 from jaxlab.train.sharding import Placement
-from jaxlab.train.sweep import _GroupRun, with_seeds
 
 SMOKE = ["run", "icl-regression", "--preset", "smoke", "--quiet"]
 
@@ -196,7 +197,7 @@ def test_sweep_chunks_by_the_start_program(monkeypatch, smoke_cfg):
     cfg = with_seeds(
         smoke_cfg.with_overrides({"train.eval_batch_size": 4096, "train.run_layout": "scan"}), (0, 1, 2, 3)
     )
-    group = plan(cfg)[0]
+    group = plan_groups(cfg)[0]
     gr = _GroupRun(exp, group, Placement.default(), None, False)
     interval4 = chunking.compiled_bytes(gr.programs.compile_interval(4, gr.hp_keys))
     start4 = chunking.compiled_bytes(gr.programs.compile_start(4, gr.hp_keys))
@@ -266,7 +267,7 @@ def test_seeds_outside_the_key_range_are_refused_everywhere(tmp_path, capsys, sm
     data = json.loads(smoke_cfg.to_json())
     data["sweep"]["seeds"] = [705032704, 5000000000]
     with pytest.raises(ConfigError, match="sweep.seeds"):
-        ExperimentConfig.from_dict(data)
+        get_experiment(data["experiment"]).config_from_dict(data)
     assert with_seeds(smoke_cfg, (np.int64(3), SEED_LIMIT - 1)).sweep.n_runs == 2
 
 
@@ -346,7 +347,7 @@ def test_every_preset_is_a_valid_sweep(monkeypatch):
     monkeypatch.setenv(chunking.BUDGET_ENV, "64G")
     for name, exp in registry().items():
         for preset in exp.presets:
-            assert plan(exp.preset(preset)), (name, preset)
+            assert plan_groups(exp.preset(preset)), (name, preset)
 
 
 # -- the no-effect rules against the code that reads the fields ------------------------------------

@@ -15,18 +15,19 @@ import jax
 import numpy as np
 import pytest
 from _jaxenv import free_port, jax_env
+from _runs import run_cfg
 
 from jaxlab import interrupt, results
 from jaxlab.cli import main
 from jaxlab.errors import UserError
-from jaxlab.experiments import get_experiment
 from jaxlab.hostdevices import cpu_cores
-from jaxlab.train import checkpoint, load_group, run_sweep
-from jaxlab.train import sweep as sweep_module
+from jaxlab.registry import get_experiment, load_run_group, run_checkpoint_indices
+from jaxlab.train import checkpoint, with_seeds
+from jaxlab.train import group_run as group_run_module
 from jaxlab.train.checkpoint import GroupCheckpointer, SaveSchedule, fingerprint
+from jaxlab.train.group_run import check_resume_devices
 from jaxlab.train.progress import Progress
 from jaxlab.train.sharding import Placement
-from jaxlab.train.sweep import check_resume_devices, checkpoint_indices, with_seeds
 
 # 10 evaluation intervals of 20 steps, a checkpoint after every second one, all kept
 SETTINGS = {
@@ -54,7 +55,7 @@ def smoke(settings=SETTINGS):
 
 def assert_same_as_whole(out: Path, whole) -> None:
     """The run directory's final states, history, table and summary equal the uninterrupted sweep's, bit for bit."""
-    again = load_group(out, 0)
+    again = load_run_group(out, 0)
     ref = whole.groups[0]
     for a, b in zip(jax.tree_util.tree_leaves(again.state), jax.tree_util.tree_leaves(ref.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -69,7 +70,7 @@ def assert_same_as_whole(out: Path, whole) -> None:
 @pytest.fixture(scope="module")
 def whole():
     """The uninterrupted sweep."""
-    return run_sweep(smoke(), progress=False)
+    return run_cfg(smoke(), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -179,22 +180,22 @@ def test_checkpoints_by_time_and_by_count_in_a_sweep(tmp_path, monkeypatch, whol
     monkeypatch.setattr(checkpoint, "clock", lambda: float(next(ticks)))
     settings = {**SETTINGS, "train.checkpoint_every": 4, "train.checkpoint_minutes": 2.5}
     out = tmp_path / "run"
-    run_sweep(smoke(settings), out, progress=False)
+    run_cfg(smoke(settings), out, progress=False)
     # time: 60, 120, 180 s -> save after 3 (>= 150 s since the start); 4 by count (resets the
     # time); 7 (180 s after the save at 4); 8 by count; 10 is the final state
-    assert checkpoint_indices(out) == [3, 4, 7, 8, 10]
+    assert run_checkpoint_indices(out) == [3, 4, 7, 8, 10]
     # each has a fingerprint, written once orbax had finished it
     assert sorted(int(p.stem) for p in (chunk_dir(out) / "fingerprints").glob("*.json")) == [3, 4, 7, 8, 10]
     # checkpoints change nothing about the runs
-    np.testing.assert_array_equal(load_group(out).history["eval_loss"], whole.groups[0].history["eval_loss"])
+    np.testing.assert_array_equal(load_run_group(out).history["eval_loss"], whole.groups[0].history["eval_loss"])
 
 
 def test_default_minutes_off_and_count_off_keep_only_the_final_state(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "clock", lambda: 0.0)  # time never passes: no time-based save
     settings = {**SETTINGS, "train.checkpoint_every": 0, "train.checkpoint_minutes": 10.0}
     out = tmp_path / "run"
-    run_sweep(smoke(settings), out, progress=False)
-    assert checkpoint_indices(out) == [10]
+    run_cfg(smoke(settings), out, progress=False)
+    assert run_checkpoint_indices(out) == [10]
 
 
 # -- resume: where from, and damaged checkpoints -----------------------------------------------------
@@ -299,7 +300,7 @@ def test_a_checkpoint_without_fingerprint_is_used_unverified(interrupted, whole,
     with pytest.raises(
         Exception, match=r"the checkpoint at step 200 is damaged \(its file 10/item/d/\w+ differs from the one saved"
     ):
-        load_group(out)
+        load_run_group(out)
 
 
 def test_restore_verifies_and_move_aside_hides_it_from_orbax(interrupted, tmp_path):
@@ -307,7 +308,7 @@ def test_restore_verifies_and_move_aside_hides_it_from_orbax(interrupted, tmp_pa
     damage_silently(out)
     ckpt = GroupCheckpointer(chunk_dir(out), keep=0, async_save=False)
     try:
-        like = load_group(interrupted, checkpoint=7)  # host arrays [R, ...]: shapes for the restore
+        like = load_run_group(interrupted, checkpoint=7)  # host arrays [R, ...]: shapes for the restore
         state = jax.tree_util.tree_map(np.zeros_like, like.state)
         hist = {k: np.zeros(v.T.shape, v.dtype) for k, v in like.history.items()}  # [n_evals, R]
         with pytest.raises(checkpoint.DamagedCheckpoint, match="restored arrays differ from the ones saved"):
@@ -368,19 +369,19 @@ def test_signal_saves_a_checkpoint_and_resume_finishes_bitwise(signum, tmp_path,
 
     notices = resume(out, capsys)
     assert f"resuming from step {20 * index} of 400" in notices[0]
-    assert_same_as_whole(out, run_sweep(smoke(settings), progress=False))
+    assert_same_as_whole(out, run_cfg(smoke(settings), progress=False))
 
 
 def stop_while_compiling(monkeypatch):
     """A stop signal that arrives while the programs compile, before any interval ran."""
-    original = sweep_module._GroupRun.compile
+    original = group_run_module._GroupRun.compile
 
     def compile_then_signal(self):
         seconds = original(self)
         interrupt.request(signal.SIGTERM)
         return seconds
 
-    monkeypatch.setattr(sweep_module._GroupRun, "compile", compile_then_signal)
+    monkeypatch.setattr(group_run_module._GroupRun, "compile", compile_then_signal)
 
 
 def test_a_stop_before_a_fresh_run_trained_keeps_nothing(tmp_path, monkeypatch, capsys):

@@ -3,7 +3,6 @@ import dataclasses
 import pytest
 
 from jaxlab.config import (
-    ExperimentConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
@@ -12,6 +11,7 @@ from jaxlab.config import (
     split_top_level,
 )
 from jaxlab.errors import ConfigError
+from jaxlab.registry import get_experiment
 from jaxlab.tasks import regression
 
 
@@ -100,7 +100,7 @@ def test_resolve_fills_from_task_and_checks(smoke_cfg):
 
 def test_config_roundtrip(smoke_cfg):
     cfg = apply_sweep_args(smoke_cfg, ["optim.lr=1e-3,1e-2"]).resolve()
-    again = ExperimentConfig.from_dict(cfg.to_dict())
+    again = get_experiment(cfg.experiment).config_from_dict(cfg.to_dict())
     assert again == cfg
 
 

@@ -3,11 +3,11 @@
 import jax
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab import results
 from jaxlab.config import apply_sweep_args
-from jaxlab.train import default_hparams, make_train, run_sweep, seed_keys
-from jaxlab.train.sweep import with_seeds
+from jaxlab.train import default_hparams, make_train, seed_keys, with_seeds
 
 LRS = (0.01, 0.02, 0.03, 0.05, 1e9)
 
@@ -18,7 +18,7 @@ def test_lr_grid_largest_rate_diverges_and_is_isolated(smoke_cfg, tmp_path, caps
     cfg = apply_sweep_args(
         plain.with_overrides({"train.max_runs_per_chunk": 4}), [f"optim.lr={','.join(map(str, LRS))}"]
     )
-    res = run_sweep(cfg, tmp_path / "r", quiet=True)
+    res = run_cfg(cfg, tmp_path / "r", quiet=True)
     err = capsys.readouterr().err.splitlines()
 
     runs = res.summary["runs"]

@@ -9,13 +9,14 @@ the unguarded run (`diverge_above = 0`): the first step t with loss_t > factor *
 import jax
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab import results
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
-from jaxlab.train import default_hparams, load_group, make_train, run_sweep, seed_keys
+from jaxlab.registry import load_run_group
+from jaxlab.train import default_hparams, make_train, seed_keys, with_seeds
 from jaxlab.train.engine import FIRST_LOSS_FLOOR
-from jaxlab.train.sweep import with_seeds
 
 pytestmark = pytest.mark.timeout(300)  # the sweeps compile and train: a hang must fail
 
@@ -39,7 +40,7 @@ def step_by_step(cfg, seed, n_steps=N_STEPS):
 
 @pytest.fixture(scope="module")
 def blowup_cfg():
-    from jaxlab.experiments import get_experiment
+    from jaxlab.registry import get_experiment
 
     cfg = get_experiment("icl-regression").preset("smoke")
     return with_seeds(cfg.with_overrides({"optim.lr": 1000.0}), (0, 1))
@@ -88,7 +89,7 @@ def test_sweep_reports_diverged_and_zero_factor_keeps_it_ok(blowup_cfg, tmp_path
     assert summary["n_diverged"] == 2 and summary["aggregate"] == {}  # no run enters the aggregate
     assert "Diverged runs" in (out / "report.md").read_text()
     # the checkpointed state holds the first loss: the step-0 training loss of the history
-    group = load_group(out)
+    group = load_run_group(out)
     step0 = group.history["train_loss"][:, 0]
     np.testing.assert_allclose(group.state.first_loss, step0, rtol=1e-5)
 
@@ -103,8 +104,8 @@ def test_sweep_reports_diverged_and_zero_factor_keeps_it_ok(blowup_cfg, tmp_path
 
 
 def test_normal_run_is_bit_identical_with_and_without_the_threshold(smoke_cfg):
-    guarded = run_sweep(smoke_cfg, progress=False)
-    plain = run_sweep(smoke_cfg.set("train.diverge_above", 0.0), progress=False)
+    guarded = run_cfg(smoke_cfg, progress=False)
+    plain = run_cfg(smoke_cfg.set("train.diverge_above", 0.0), progress=False)
     assert [r["status"] for r in guarded.summary["runs"]] == ["ok"] * len(smoke_cfg.sweep.seeds)
     g, p = guarded.groups[0], plain.groups[0]
     assert sorted(g.history) == sorted(p.history)

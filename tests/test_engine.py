@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab.config import apply_sweep_args
-from jaxlab.train import default_hparams, make_train, plan, run_sweep, seed_keys
-from jaxlab.train.sweep import with_seeds
+from jaxlab.train import default_hparams, make_train, plan_groups, seed_keys, with_seeds
 
 
 def final_by_seed(result, metric="eval_loss"):
@@ -14,8 +14,8 @@ def final_by_seed(result, metric="eval_loss"):
 
 
 def test_seed_alone_equals_seed_in_batch_of_64(smoke_cfg):
-    many = run_sweep(with_seeds(smoke_cfg, tuple(range(64))), progress=False)
-    alone = run_sweep(with_seeds(smoke_cfg, (3,)), progress=False)
+    many = run_cfg(with_seeds(smoke_cfg, tuple(range(64))), progress=False)
+    alone = run_cfg(with_seeds(smoke_cfg, (3,)), progress=False)
     assert final_by_seed(alone)[3] == pytest.approx(final_by_seed(many)[3], rel=1e-3)
     p_many = jax.tree_util.tree_map(lambda x: np.asarray(x)[3], many.groups[0].state.params)
     p_alone = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], alone.groups[0].state.params)
@@ -26,8 +26,8 @@ def test_seed_alone_equals_seed_in_batch_of_64(smoke_cfg):
 
 
 def test_determinism_and_training_progress(smoke_cfg):
-    a = run_sweep(smoke_cfg, progress=False)
-    b = run_sweep(smoke_cfg, progress=False)
+    a = run_cfg(smoke_cfg, progress=False)
+    b = run_cfg(smoke_cfg, progress=False)
     for ha, hb in zip(a.groups[0].history.values(), b.groups[0].history.values()):
         np.testing.assert_array_equal(ha, hb)
     eval_loss = a.groups[0].history["eval_loss"]
@@ -38,22 +38,22 @@ def test_determinism_and_training_progress(smoke_cfg):
 def test_pure_train_function_matches_sweep(smoke_cfg):
     train = make_train(smoke_cfg)
     state, history = jax.jit(train)(seed_keys([1])[0], default_hparams(train.cfg))
-    sweep = run_sweep(with_seeds(smoke_cfg, (1,)), progress=False)
+    sweep = run_cfg(with_seeds(smoke_cfg, (1,)), progress=False)
     np.testing.assert_allclose(history["eval_loss"], sweep.groups[0].history["eval_loss"][0], rtol=1e-5)
     np.testing.assert_array_equal(history["step"], train.eval_steps)
 
 
 def test_traced_hyperparameters_share_one_program_structural_ones_do_not(smoke_cfg):
     cfg = apply_sweep_args(with_seeds(smoke_cfg, (0, 1)), ["optim.lr=1e-3,3e-2", "model.n_layers=1,2"])
-    groups = plan(cfg)
+    groups = plan_groups(cfg)
     assert len(groups) == 2 and all(len(g.runs) == 4 for g in groups)
-    res = run_sweep(cfg, progress=False)
+    res = run_cfg(cfg, progress=False)
     by = {
         (r["seed"], r["hparams"]["optim.lr"], r["hparams"]["model.n_layers"]): r["final"]["eval_loss"]
         for r in res.summary["runs"]
     }
     # the lr=3e-2 run inside the vmapped program equals a run configured with lr=3e-2 alone
-    solo = run_sweep(with_seeds(smoke_cfg.set("optim.lr", 3e-2), (1,)), progress=False)
+    solo = run_cfg(with_seeds(smoke_cfg.set("optim.lr", 3e-2), (1,)), progress=False)
     assert by[(1, 3e-2, 1)] == pytest.approx(final_by_seed(solo)[1], rel=1e-3)
     assert by[(1, 3e-2, 1)] != pytest.approx(by[(1, 1e-3, 1)], rel=1e-2)
 

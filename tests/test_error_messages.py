@@ -15,17 +15,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _runs import run_cfg
 
 from jaxlab import results
 from jaxlab.cli import main
 from jaxlab.config import TrainConfig
 from jaxlab.errors import ConfigError, CorruptFileError, StorageError, UserError, environment_error
-from jaxlab.experiments import get_experiment
+from jaxlab.registry import get_experiment, load_run_group
 from jaxlab.report import write_report
-from jaxlab.train import load_group, make_train, run_sweep
+from jaxlab.train import make_train, with_seeds
 from jaxlab.train import sweep as sweep_module
 from jaxlab.train.chunking import BUDGET_ENV, parse_bytes
-from jaxlab.train.sweep import with_seeds
 
 pytestmark = pytest.mark.timeout(300)  # the sweeps compile and train: a hang must fail
 
@@ -84,7 +84,7 @@ def finished(tmp_path_factory):
     """A finished smoke run directory (copy it before damaging it)."""
     cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), (0,))
     out = tmp_path_factory.mktemp("finished") / "run"
-    run_sweep(cfg, out, progress=False)
+    run_cfg(cfg, out, progress=False)
     return out
 
 
@@ -110,7 +110,7 @@ def test_out_under_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypat
     assert blocker.read_text() == "the user's file\n"
     cfg = get_experiment("icl-regression").preset("smoke")
     with pytest.raises(UserError, match="afile"):
-        run_sweep(cfg, blocker / "sub", progress=False)
+        run_cfg(cfg, blocker / "sub", progress=False)
 
 
 def test_read_only_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
@@ -124,7 +124,7 @@ def test_read_only_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch)
     assert list(out.iterdir()) == []
     cfg = get_experiment("icl-regression").preset("smoke")
     with pytest.raises(UserError, match=os.strerror(errno.EROFS)):
-        run_sweep(cfg, out, progress=False)
+        run_cfg(cfg, out, progress=False)
 
 
 def test_full_disk_during_a_run_then_resume(tmp_path, capsys, monkeypatch):
@@ -231,7 +231,7 @@ def test_truncated_config_in_resume_and_load_group(run_copy, capsys):
     line = error_line(capsys)
     assert str(run_copy / "config.json") in line and "truncated or not JSON" in line
     with pytest.raises(CorruptFileError, match="config.json: truncated or not JSON"):
-        load_group(run_copy)
+        load_run_group(run_copy)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +249,7 @@ def test_truncated_part_json_in_load_group(run_copy):
     part = run_copy / "parts" / "part-0000-0000-00000.json"
     truncate(part)
     with pytest.raises(CorruptFileError) as info:
-        load_group(run_copy)
+        load_run_group(run_copy)
     assert str(info.value).startswith(f"{part}: truncated or not JSON")
 
 

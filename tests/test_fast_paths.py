@@ -5,12 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab.config import ModelConfig
 from jaxlab.models import Transformer, init_params
 from jaxlab.models.attention import keys_first_cheaper, vector_padding
 from jaxlab.tasks import regression, sample
-from jaxlab.train import make_train, run_sweep, seed_keys
+from jaxlab.train import make_train, seed_keys
 
 CASES = [
     dict(attention="linear", mask="context_keys", n_heads=1, use_bias=False, layernorm=False),
@@ -119,8 +120,8 @@ def test_bfloat16_matmuls_agree_with_float32_on_final_loss(smoke_cfg):
     of the loss (measured: up to 7%, benchmarks/results/train.md), while the runs' loss falls 2-2.5x
     during training.
     """
-    f32 = run_sweep(smoke_cfg, progress=False).summary["runs"]
-    bf16 = run_sweep(smoke_cfg.set("model.dtype", "bfloat16"), progress=False).summary["runs"]
+    f32 = run_cfg(smoke_cfg, progress=False).summary["runs"]
+    bf16 = run_cfg(smoke_cfg.set("model.dtype", "bfloat16"), progress=False).summary["runs"]
     for a, b in zip(f32, bf16):
         assert b["status"] == "ok"
         assert b["final"]["eval_loss"] == pytest.approx(a["final"]["eval_loss"], rel=0.10)

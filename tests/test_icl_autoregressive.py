@@ -7,8 +7,8 @@ import pytest
 
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
-from jaxlab.experiments import get_experiment
 from jaxlab.experiments import icl_autoregressive as iar
+from jaxlab.registry import get_experiment
 
 EXP = get_experiment("icl-autoregressive")
 FINAL_KEYS = (

@@ -5,14 +5,15 @@ import json
 import jax
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab import results
 from jaxlab.errors import ConfigError
-from jaxlab.experiments import get_experiment
 from jaxlab.experiments import icl_regression as ir
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes.icl_algorithms import ALGORITHMS
-from jaxlab.train import load_group, plan, run_sweep
+from jaxlab.registry import get_experiment, load_run_group
+from jaxlab.train import plan_groups
 from jaxlab.train.engine import seed_keys
 
 EXP = get_experiment("icl-regression")
@@ -26,7 +27,7 @@ FINAL_KEYS = {
 def probed_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke-probes"
     cfg = EXP.preset("smoke").set("probe.gd_probes", True)
-    return cfg, run_sweep(cfg, out, progress=False)
+    return cfg, run_cfg(cfg, out, progress=False)
 
 
 def test_smoke_with_probes_records_every_metric_and_the_report(probed_run):
@@ -74,7 +75,7 @@ def test_smoke_with_probes_records_every_metric_and_the_report(probed_run):
 def test_the_probes_run_on_a_restored_checkpoint_as_a_library(probed_run):
     """`jaxlab.probes` on a run directory's final checkpoint give the summary's final values."""
     cfg, result = probed_run
-    group = load_group(result.run_dir)
+    group = load_run_group(result.run_dir)
     data = ir.eval_data(group.train)
     probe = jax.vmap(
         lambda p: ge.equivalence_metrics(group.train.apply, p, data["batch"], data["ref"], cfg.task.n_dims, 64),
@@ -119,7 +120,7 @@ def test_every_preset_builds_and_validates():
             assert (cfg.model.attention, cfg.model.mask, cfg.model.init_scale, cfg.optim.clip_norm) == (
                 "linear", "context_keys", 0.002, 0.001,
             )  # fmt: skip
-        groups = plan(cfg.with_overrides({**TINY, "probe.gd_probes": True}))
+        groups = plan_groups(cfg.with_overrides({**TINY, "probe.gd_probes": True}))
         assert len(groups) == {"recurrent": 2, "softmax": 2, "context": 3}.get(name, 1)
         for group in groups:
             g = group.cfg.resolve()
@@ -134,7 +135,7 @@ def test_every_preset_builds_and_validates():
 
 def test_recurrent_preset_probes_trace_with_gd_plus_plus():
     """One preset traced end to end (its first group, K = 2 tied layers): GD++ and interpolation keys."""
-    group = plan(EXP.preset("recurrent").with_overrides({**TINY, "probe.gd_probes": True}))[0]
+    group = plan_groups(EXP.preset("recurrent").with_overrides({**TINY, "probe.gd_probes": True}))[0]
     train = EXP.make_train(group.cfg)
     assert train.cfg.model.n_layers == 2
     state = jax.eval_shape(train.init, seed_keys([0])[0])
@@ -157,7 +158,7 @@ def test_recurrent_preset_probes_trace_with_gd_plus_plus():
 def test_probe_settings_that_cannot_work_are_refused_by_name(key, value, field):
     cfg = EXP.preset("smoke").with_overrides({"probe.gd_probes": True, key: value})
     with pytest.raises(ConfigError, match=field):
-        EXP.make_train(plan(cfg)[0].cfg)
+        EXP.make_train(plan_groups(cfg)[0].cfg)
 
 
 def test_probe_config_validation():

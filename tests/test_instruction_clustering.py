@@ -8,17 +8,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab import results
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import _instruction_clustering_report as icr
-from jaxlab.experiments import get_experiment
 from jaxlab.experiments import instruction_clustering as ic
 from jaxlab.metrics.clustering import variance_ratio
 from jaxlab.models import run_with_cache
 from jaxlab.probes import clustering as pc
-from jaxlab.report import fmt
-from jaxlab.train import run_sweep
+from jaxlab.registry import get_experiment
+from jaxlab.reporting import fmt
+from jaxlab.stats import pearson
 
 K = 3  # three tasks in the smoke preset
 
@@ -28,7 +29,7 @@ def smoke(tmp_path_factory):
     """The smoke preset, its two runs in two run chunks (so per-chunk hooks are exercised)."""
     cfg = get_experiment("instruction-clustering").preset("smoke").set("train.max_runs_per_chunk", "1")
     out = tmp_path_factory.mktemp("ic") / "smoke"
-    res = run_sweep(cfg, out, progress=False)
+    res = run_cfg(cfg, out, progress=False)
     summary = json.loads((out / "summary.json").read_text())
     return cfg, out, res.groups[0], summary
 
@@ -211,8 +212,8 @@ def test_history_summaries_against_numpy():
     onset = ic.first_step_above(values, steps, 0.5)
     assert onset[0] == 10 and np.isnan(onset[1])
     x, y = np.random.default_rng(2).normal(size=(2, 50))
-    assert ic.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
-    assert np.isnan(ic.pearson(np.ones(5), x[:5]))
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert np.isnan(pearson(np.ones(5), x[:5]))
     history = {f"ari_layer_{l}": np.array([[0.0, 0.2 * l, 0.3 * l]]) for l in range(3)}
     history["acc_seen"] = np.array([[0.1, 0.4, 0.8]])
     best, series = ic.best_layer_series(history, 3)

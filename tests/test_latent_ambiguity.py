@@ -10,12 +10,12 @@ import pytest
 from jaxlab.cli import main
 from jaxlab.config import SweepConfig
 from jaxlab.errors import ConfigError
-from jaxlab.experiments import get_experiment
 from jaxlab.experiments import latent_ambiguity as la
 from jaxlab.models import run_with_cache
+from jaxlab.registry import get_experiment, load_run_group
 from jaxlab.tasks import latent
-from jaxlab.train import load_group, plan
-from jaxlab.train.sweep import build_summary
+from jaxlab.train import plan_groups
+from jaxlab.train.rundir import build_summary
 
 EXP = get_experiment("latent-ambiguity")
 
@@ -57,7 +57,7 @@ def test_summary_has_the_issue_keys_and_metrics_match_numpy(smoke_run):
         assert (smoke_run / png).is_file()
 
     # recompute every KL of run 0 from the checkpointed parameters, position by position
-    group = load_group(smoke_run, 0)
+    group = load_run_group(smoke_run, 0)
     train = group.train
     params = jax.tree_util.tree_map(lambda x: x[0], group.state.params)
     data = jax.device_get(jax.jit(train.make_eval_batch)())
@@ -94,14 +94,14 @@ def test_summary_has_the_issue_keys_and_metrics_match_numpy(smoke_run):
 
 def test_languages_are_indexed_by_grid_position_and_summarized_once():
     cfg = EXP.preset("quick")
-    groups = plan(cfg)
+    groups = plan_groups(cfg)
     values = dict(cfg.sweep.grid)["task.ambiguity"]
     assert len(groups) == len(values) * len(dict(cfg.sweep.grid)["model.n_layers"])
     for g in groups:
         assert la.ambiguity_index(g.cfg) == values.index(g.cfg.task.ambiguity)
     # tiny languages keep after_sweep cheap; one outcome per (language, size) pair
     tiny = EXP.preset("smoke").derive("t", sweep=SweepConfig(seeds=(0,), grid=(("task.ambiguity", (0.0, 0.3)),)))
-    outcomes = [types.SimpleNamespace(group=g) for g in plan(tiny)]
+    outcomes = [types.SimpleNamespace(group=g) for g in plan_groups(tiny)]
     cross = la.after_sweep(outcomes).reference
     assert cross["epsilon_a0"] == pytest.approx(0.0, abs=1e-6) and cross["epsilon_a1"] > 0.05
     parts = [{"label": g.group.label, "runs": [], "compile_s": 0.0, "reference": {}} for g in outcomes]

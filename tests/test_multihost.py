@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from _jaxenv import free_port, jax_env
+from _runs import run_cfg
 
 from jaxlab import results
-from jaxlab.experiments import get_experiment
-from jaxlab.train import run_sweep
-from jaxlab.train.sweep import with_seeds
+from jaxlab.registry import get_experiment
+from jaxlab.train import with_seeds
 
 ARGS = ["--preset", "smoke", "--seeds", "0:6", "--set", "train.steps=20", "--set", "train.eval_every=10", "--quiet"]
 
@@ -44,9 +44,7 @@ def test_two_processes_merge_equals_single_process(tmp_path):
 
     # 6 runs, 1 device: the same program as tests/test_sharding.py's reference run (compilation cache)
     cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), tuple(range(6)))
-    single = run_sweep(
-        cfg.with_overrides({"train.steps": 20, "train.eval_every": 10}), tmp_path / "one", progress=False
-    )
+    single = run_cfg(cfg.with_overrides({"train.steps": 20, "train.eval_every": 10}), tmp_path / "one", progress=False)
 
     # each process wrote only its own runs; together they are every run once
     parts = sorted((out / "parts").glob("part-*.json"))

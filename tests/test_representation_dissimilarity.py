@@ -6,13 +6,13 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab.errors import ConfigError
-from jaxlab.experiments import get_experiment
 from jaxlab.experiments._dissimilarity_analysis import asymmetry, pair_values, point_of, representations
 from jaxlab.experiments._dissimilarity_report import asymmetry_verdict
+from jaxlab.registry import get_experiment
 from jaxlab.tasks import modsum
-from jaxlab.train import run_sweep
 
 KEYS = (
     "stitch_penalty_gelu_to_solu_l{l}",
@@ -31,7 +31,7 @@ KEYS = (
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("dissim")
-    result = run_sweep(get_experiment("representation-dissimilarity").preset("smoke"), out, progress=False, quiet=True)
+    result = run_cfg(get_experiment("representation-dissimilarity").preset("smoke"), out, progress=False, quiet=True)
     return result, result.summary["reference"]
 
 

@@ -8,12 +8,12 @@ import sys
 import jax
 import numpy as np
 from _jaxenv import jax_env
+from _runs import run_cfg
 
 from jaxlab import results
 from jaxlab.cli import main
-from jaxlab.experiments import get_experiment
-from jaxlab.train import load_group, run_sweep
-from jaxlab.train.sweep import with_seeds
+from jaxlab.registry import get_experiment, load_run_group
+from jaxlab.train import with_seeds
 
 # 20 evaluation intervals, a checkpoint after every second one: the kill lands between two
 SETTINGS = {"train.steps": 400, "train.eval_every": 20, "train.checkpoint_every": 2, "train.keep_checkpoints": 2}
@@ -60,9 +60,9 @@ def test_sigkill_then_resume_equals_uninterrupted_bitwise(tmp_path, capsys):
     assert steps_after[0] >= 2 * 20 + 20 and steps_after[-1] == 400, steps_after
 
     cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), (0, 1, 2)).with_overrides(SETTINGS)
-    whole = run_sweep(cfg, progress=False)
+    whole = run_cfg(cfg, progress=False)
 
-    again = load_group(out, 0)
+    again = load_run_group(out, 0)
     for a, b in zip(jax.tree_util.tree_leaves(again.state), jax.tree_util.tree_leaves(whole.groups[0].state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for name in ("eval_loss", "train_loss"):

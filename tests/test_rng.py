@@ -8,8 +8,7 @@ import pytest
 from scipy import stats
 
 from jaxlab import rng
-from jaxlab.train import make_train, seed_keys, stack_hparams
-from jaxlab.train.sweep import with_seeds
+from jaxlab.train import make_train, seed_keys, stack_hparams, with_seeds
 
 SHAPES = [(1,), (7,), (10, 3), (2, 1, 3), (64, 11, 10)]
 

@@ -57,7 +57,7 @@ def test_layout_choice_and_bad_input():
 THREE_DEVICES = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from jaxlab.experiments import get_experiment
+from jaxlab.registry import get_experiment
 from jaxlab.train import make_train, seed_keys, stack_hparams
 from jaxlab.train.runmap import over_runs
 from jaxlab.train.sharding import Placement

@@ -10,24 +10,24 @@ import jax
 import numpy as np
 import pytest
 from _jaxenv import jax_env
+from _runs import run_cfg
 
-import jaxlab.train.sweep as sweep
-from jaxlab.experiments import Finalized, get_experiment
-from jaxlab.train import checkpoint_indices, chunking, load_group, run_sweep
+from jaxlab.registry import get_experiment, load_run_group, run_checkpoint_indices
+from jaxlab.train import chunking, run_sweep, with_seeds
 from jaxlab.train.chunking import RunChunks
-from jaxlab.train.sweep import with_seeds
+from jaxlab.train.experiment import Finalized
 
 # 6 runs on 4 devices, at most 4 per chunk: chunks of 4 runs (one per device), the second one
 # holding 2 real runs and 2 copies; each device trains one run at a time.
 FOUR_DEVICES = """
 import json, sys
 import jax, numpy as np
-from jaxlab.experiments import get_experiment
-from jaxlab.train import run_sweep
-from jaxlab.train.sweep import with_seeds
-cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), tuple(range(6)))
+from jaxlab.registry import get_experiment
+from jaxlab.train import run_sweep, with_seeds
+exp = get_experiment("icl-regression")
+cfg = with_seeds(exp.preset("smoke"), tuple(range(6)))
 cfg = cfg.with_overrides({"train.steps": 20, "train.eval_every": 10, "train.max_runs_per_chunk": 4})
-res = run_sweep(cfg, sys.argv[1], progress=False, report=False)
+res = run_sweep(exp, cfg, sys.argv[1], progress=False, report=False)
 g = res.groups[0]
 layout = json.load(open(f"{sys.argv[1]}/checkpoints/group-0000/layout.json"))
 json.dump({
@@ -46,7 +46,7 @@ def small(cfg, n_seeds):
 @pytest.fixture(scope="module")
 def one_device_six_runs(smoke_cfg_module):
     assert jax.device_count() == 1
-    return run_sweep(small(smoke_cfg_module, 6), progress=False)
+    return run_cfg(small(smoke_cfg_module, 6), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +95,11 @@ def test_auto_chunks_under_a_small_memory_budget(tmp_path, monkeypatch, one_devi
     """A budget too small for 5 runs: equal chunks through one program, padding dropped, same numbers;
     the experiment's finalize sees each chunk and its results line up with the runs."""
     exp = dataclasses.replace(get_experiment("icl-regression"), finalize=finalize)
-    monkeypatch.setattr(sweep, "get_experiment", lambda name: exp)
     budget = 600_000  # bytes; 5 vmapped smoke runs need about 0.9 MB of temporaries, 3 runs about 0.55 MB
     monkeypatch.setenv(chunking.BUDGET_ENV, str(budget))
     # the vmap layout: its temporaries grow with the runs (the CPU's default scan layout holds one run's)
     cfg = small(smoke_cfg_module, 5).with_overrides({"train.run_layout": "vmap"})
-    res = run_sweep(cfg, tmp_path / "r", progress=False, report=False)
+    res = run_sweep(exp, cfg, tmp_path / "r", progress=False, report=False)
     layout = json.loads((tmp_path / "r" / "checkpoints" / "group-0000" / "layout.json").read_text())
     est = layout["estimate"]
     assert est["mode"] == "auto" and est["budget_bytes"] == budget and est["bytes_all_runs"] > budget
@@ -127,14 +126,14 @@ def test_auto_chunks_under_a_small_memory_budget(tmp_path, monkeypatch, one_devi
     np.testing.assert_array_equal(curve.to_numpy(), np.stack([np.arange(5), np.arange(5) + 1], axis=1))
 
     # and back from the run directory
-    again = load_group(tmp_path / "r", 0)
+    again = load_run_group(tmp_path / "r", 0)
     assert [r.run for r in again.runs] == list(range(5))
     np.testing.assert_array_equal(again.finalized.per_run["seed_twice"], 2 * np.arange(5))
     np.testing.assert_array_equal(again.finalized.history["seed_curve"][1], got.finalized.history["seed_curve"][1])
     for a, b in zip(jax.tree_util.tree_leaves(again.state), jax.tree_util.tree_leaves(got.state)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(again.history["eval_loss"], got.history["eval_loss"])
-    assert checkpoint_indices(tmp_path / "r", 0) == [2]
+    assert run_checkpoint_indices(tmp_path / "r", 0) == [2]
 
 
 def test_run_chunk_layout():

@@ -8,8 +8,8 @@ import pytest
 from jaxlab import results
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
-from jaxlab.experiments import get_experiment
 from jaxlab.experiments import steerability as S
+from jaxlab.registry import get_experiment
 
 NAMES = ("joy", "anger", "sadness", "fear")
 

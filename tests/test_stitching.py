@@ -6,10 +6,11 @@ The smoke sweep is the one test_engine trains, so its compiled programs come fro
 import jax
 import numpy as np
 import pytest
+from _runs import run_cfg
 
 from jaxlab.errors import ConfigError
 from jaxlab.probes.stitching import StitchConfig, residual_hooks, stitch, stitch_runs
-from jaxlab.train import default_hparams, run_sweep, seed_keys
+from jaxlab.train import default_hparams, seed_keys
 
 STITCH = StitchConfig(steps=60, lr=3e-3, batch_size=64, fit_batch_size=256)
 HOOKS = residual_hooks(1)  # blocks.0.hook_resid_pre (the tokens), blocks.0.hook_resid_post (before the readout)
@@ -18,9 +19,9 @@ PRE, POST = 0, 1
 
 @pytest.fixture(scope="module")
 def stitched():
-    from jaxlab.experiments import get_experiment
+    from jaxlab.registry import get_experiment
 
-    sweep = run_sweep(get_experiment("icl-regression").preset("smoke"), progress=False)  # seeds 0, 1
+    sweep = run_cfg(get_experiment("icl-regression").preset("smoke"), progress=False)  # seeds 0, 1
     train, trained = sweep.groups[0].train, sweep.groups[0].state.params
     untrained = jax.vmap(lambda k: train.init(k, default_hparams(train.cfg)).params)(seed_keys([7]))
     group_a = jax.tree_util.tree_map(lambda t, u: np.concatenate([t, u]), trained, untrained)

@@ -53,15 +53,22 @@ def test_disabled_with_zero_and_silent_without_a_directory(capsys):
     clock.t = 1e9
     assert not off.check()
     fired = []
+    clock.t = 0.0
     dog = Watchdog(0.001, None, on_stall=fired.append, clock=clock, native=False)
-    clock.t = 2e9
+    clock.t = 1.0
+    assert not dog.check()  # not armed before the first beat (the first compilation)
+    dog.beat("group 0 compiled")  # a 1 s gap: 1.06 s of silence allowed
+    clock.t = 2.0
+    assert not dog.check()
+    clock.t = 3.0
     assert dog.check() and fired
     assert "no progress" in capsys.readouterr().err  # the report goes to stderr
 
 
 def test_background_thread_fires_for_a_blocked_main_thread():
     fired = threading.Event()
-    with Watchdog(0.002, None, on_stall=lambda m: fired.set(), poll_s=0.02, native=False):  # 0.12 s
+    with Watchdog(0.002, None, on_stall=lambda m: fired.set(), poll_s=0.02, native=False) as dog:  # 0.12 s
+        dog.beat("armed")
         assert fired.wait(10.0)
 
 

@@ -37,7 +37,7 @@ class Workload:
 
 
 def lsa_regression() -> ExperimentConfig:
-    from jaxlab.experiments import get_experiment
+    from jaxlab.registry import get_experiment
 
     return get_experiment("icl-regression").preset("paper")
 
@@ -70,7 +70,7 @@ def softmax_regression() -> ExperimentConfig:
 
 
 def clustering() -> ExperimentConfig:
-    from jaxlab.experiments import get_experiment
+    from jaxlab.registry import get_experiment
 
     return get_experiment("instruction-clustering").preset("paper")
 

@@ -12,7 +12,7 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxlab.report import Figure, ReportContext, Section, fmt, table
+from jaxlab.reporting import Figure, ReportContext, Section, fmt, table
 
 DIRECTIONS = ("gelu_to_solu", "solu_to_gelu", "gelu_to_gelu", "solu_to_solu")
 _CKA = re.compile(r"^(cka_(?:within|across))\[(?P<tags>[^\]]+)\]_l(?P<i>\d+)_l(?P<j>\d+)$")

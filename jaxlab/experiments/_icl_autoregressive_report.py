@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxlab.report import Figure, ReportContext, Section, fmt, quantile_curves, table
+from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, table
 
 
 def _finals(ctx: ReportContext) -> list[dict[str, Any]]:

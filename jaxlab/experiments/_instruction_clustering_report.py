@@ -10,9 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxlab.experiments.instruction_clustering import pearson
 from jaxlab.probes.clustering import CLUSTER_METRICS
-from jaxlab.report import Figure, ReportContext, Section, fmt, quantile_curves, table
+from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, table
+from jaxlab.stats import pearson
 
 
 def _min(values: np.ndarray) -> str:

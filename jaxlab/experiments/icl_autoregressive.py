@@ -39,11 +39,11 @@ import numpy as np
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import _icl_autoregressive_report as _report
-from jaxlab.experiments.base import Experiment, Finalized
 from jaxlab.probes import autoregressive as pr
 from jaxlab.probes.sensitivity import cosine
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import autoregressive as ar
+from jaxlab.train.experiment import Experiment, Finalized
 
 
 @dataclass(frozen=True)

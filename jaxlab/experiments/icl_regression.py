@@ -46,12 +46,12 @@ from jaxlab.config import (
 )
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression_report as _report
-from jaxlab.experiments.base import Experiment, Finalized
 from jaxlab.models.gd import check_interpolable
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes.icl_algorithms import ALGORITHMS
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import Batch, regression
+from jaxlab.train.experiment import Experiment, Finalized
 
 
 # -- settings --------------------------------------------------------------------------------------

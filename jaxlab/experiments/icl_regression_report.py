@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab.probes.icl_algorithms import ALGORITHMS
-from jaxlab.report import Figure, ReportContext, Section, fmt, quantile_curves, table
+from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, table
 
 # Bars of the issue for the single-layer presets: every run must meet them.
 BAR_MODEL_COS = 0.99

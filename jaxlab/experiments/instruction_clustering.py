@@ -44,13 +44,15 @@ import numpy as np
 
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.config import _positive as positive
-from jaxlab.experiments.base import Experiment, Finalized
+from jaxlab.experiments import _instruction_clustering_report as _report
 from jaxlab.metrics.clustering import class_means
 from jaxlab.models import run_with_cache
 from jaxlab.probes import clustering as pc
 from jaxlab.rng import in_rng_scope, rng_scope
+from jaxlab.stats import pearson
 from jaxlab.tasks import Batch
 from jaxlab.tasks import instructions as task_lib
+from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.losses import accuracy, batch_loss
 
 POSITIONS = ("sep_output", "sep_input", "last_instruction")
@@ -262,15 +264,6 @@ def first_step_above(values_RN: np.ndarray, steps_N: np.ndarray, threshold: floa
     return np.where(above.any(axis=1), np.asarray(steps_N)[first], np.nan).astype(np.float64)
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation of two flat arrays, finite pairs only (NaN when either is constant)."""
-    x, y = np.ravel(x).astype(np.float64), np.ravel(y).astype(np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok] - x[ok].mean(), y[ok] - y[ok].mean()
-    denom = np.sqrt(np.sum(x**2) * np.sum(y**2))
-    return float(np.sum(x * y) / denom) if denom > 0 else float("nan")
-
-
 def best_layer_series(history: Mapping[str, np.ndarray], n_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """(best layer [R] by final ARI, that layer's ARI over the checkpoints [R, n])."""
     ari = np.stack([np.asarray(history[f"ari_layer_{layer}"]) for layer in range(n_layers)], axis=1)  # [R, L, n]
@@ -427,13 +420,6 @@ METRICS = {
 }
 
 
-def report(ctx: Any) -> list:
-    """The experiment's report sections (`jaxlab/experiments/_instruction_clustering_report.py`)."""
-    from jaxlab.experiments._instruction_clustering_report import sections
-
-    return sections(ctx)
-
-
 EXPERIMENT = Experiment(
     name="instruction-clustering",
     description=(
@@ -447,5 +433,5 @@ EXPERIMENT = Experiment(
     eval_data=make_eval_data,
     finalize=finalize,
     from_history=summarize_history,
-    report=report,
+    report=_report.sections,
 )

@@ -67,22 +67,18 @@ import numpy as np
 
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.errors import ConfigError
-from jaxlab.experiments.base import Experiment, Finalized
+from jaxlab.experiments import latent_ambiguity_report as _report
 from jaxlab.models import count_params, run_with_cache
 from jaxlab.probes.linear_probe import r2_score, ridge_fit, ridge_predict
 from jaxlab.rng import rng_scope
 from jaxlab.tasks import latent
 from jaxlab.tasks import latent_bayes as bayes
+from jaxlab.train.experiment import Experiment, Finalized
 
 if TYPE_CHECKING:
-    from jaxlab.report import ReportContext, Section
     from jaxlab.train.engine import EvalFn, Train, TrainState
 
 EVAL_PROMPTS = ("same_intention", "chain")
-
-# Jiang (2023), ICL simulation: the KL of his model to the truth after m = 1 and m = 4
-# demonstrations, by his labelled ambiguity (the transcription of his figure).
-AUTHOR_ICL_KL = {0.0: {1: 0.02, 4: 0.02}, 0.065: {1: 0.219, 4: 0.049}, 0.157: {1: 0.633, 4: 0.095}}
 
 
 @dataclass(frozen=True)
@@ -220,9 +216,9 @@ def language_reference(cfg: ExperimentConfig, a: int) -> dict[str, float]:
 
 
 def _n_programs(cfg: ExperimentConfig) -> int:
-    from jaxlab.train.sweep import plan
+    from jaxlab.train.groups import plan_groups
 
-    return len(plan(cfg, check=False))  # the sweep was checked before it started
+    return len(plan_groups(cfg, check=False))  # the sweep was checked before it started
 
 
 def finalize(train: Train, state: TrainState, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
@@ -392,12 +388,6 @@ METRICS = {
 }
 
 
-def report(ctx: ReportContext) -> list[Section]:
-    from jaxlab.experiments.latent_ambiguity_report import sections
-
-    return sections(ctx)
-
-
 EXPERIMENT = Experiment(
     name="latent-ambiguity",
     description=(
@@ -410,6 +400,6 @@ EXPERIMENT = Experiment(
     make_evaluate=make_evaluate,
     eval_data=make_eval_data,
     finalize=finalize,
-    report=report,
+    report=_report.sections,
     after_sweep=after_sweep,
 )

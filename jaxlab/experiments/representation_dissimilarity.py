@@ -60,12 +60,12 @@ import jax.numpy as jnp
 
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
-from jaxlab.experiments.base import Experiment, Finalized
 from jaxlab.tasks import modsum
+from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.losses import accuracy, per_position_loss
 
 if TYPE_CHECKING:
-    from jaxlab.report import ReportContext, Section
+    from jaxlab.reporting import ReportContext, Section
     from jaxlab.train.engine import EvalFn, Train
 
 

@@ -50,9 +50,10 @@ from jaxlab.config import (
     _positive,
 )
 from jaxlab.errors import ConfigError
-from jaxlab.experiments.base import Experiment
 from jaxlab.probes import steering
+from jaxlab.stats import pearson_rows
 from jaxlab.tasks import concepts
+from jaxlab.train.experiment import Experiment
 
 POSITIONS = steering.POSITIONS
 DIRECTIONS = steering.DIRECTIONS
@@ -277,15 +278,6 @@ def onset_steps(values_RN: np.ndarray, steps_N: np.ndarray, threshold: float) ->
     return np.where(above.any(axis=1), np.asarray(steps_N, np.float64)[first], np.nan)
 
 
-def pearson_rows(x_RN: np.ndarray, y_RN: np.ndarray) -> np.ndarray:
-    """[R] Pearson correlation of each row pair (nan where either row is constant)."""
-    xc = x_RN - x_RN.mean(1, keepdims=True)
-    yc = y_RN - y_RN.mean(1, keepdims=True)
-    den = np.sqrt((xc**2).sum(1) * (yc**2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 1e-12, (xc * yc).sum(1) / den, np.nan)
-
-
 def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) -> dict[str, np.ndarray]:
     probe, L = train.cfg.probe, train.cfg.model.n_layers
     out: dict[str, np.ndarray] = {}
@@ -325,12 +317,12 @@ def checkpoint_directions(run_dir: str | Path, group: int = 0, chunk: int = 4) -
     Returns steps [C], v [C, R, K, L, D] and id_score [C, R, K, L]: one program, vmapped over runs and
     layers, and over checkpoints in chunks of `chunk` (`lax.map(batch_size=...)` bounds the memory).
     """
-    from jaxlab.train.sweep import checkpoint_indices, load_group
+    from jaxlab.train.restore import checkpoint_indices, load_group
 
-    indices = checkpoint_indices(run_dir, group)
+    indices = checkpoint_indices(EXPERIMENT, run_dir, group)
     if not indices:
         raise FileNotFoundError(f"no checkpoints of group {group} in {Path(run_dir) / 'checkpoints'}")
-    series = [load_group(run_dir, group, checkpoint=i) for i in indices]
+    series = [load_group(EXPERIMENT, run_dir, group, checkpoint=i) for i in indices]
     train = series[0].train
     params_CR = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(o.state.params for o in series))
     data = train.make_eval_batch()
@@ -373,7 +365,7 @@ def history_grid(df: Any, name: str, concept: str, n_layers: int) -> tuple[np.nd
 def _heatmap_figure(ctx: Any, name: str, label: str, vmin: float | None, vmax: float | None, cmap: str):
     import matplotlib.pyplot as plt
 
-    from jaxlab.report import Figure
+    from jaxlab.reporting import Figure
 
     names, L = ctx.cfg.task.names, ctx.cfg.model.n_layers
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
@@ -400,7 +392,7 @@ def _heatmap_figure(ctx: Any, name: str, label: str, vmin: float | None, vmax: f
 
 
 def _spread(values: list[float | None]) -> str:
-    from jaxlab.report import fmt
+    from jaxlab.reporting import fmt
 
     arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
     if arr.size == 0:
@@ -413,7 +405,7 @@ def _finals(ctx: Any, key: str) -> list[float | None]:
 
 
 def _onset_section(ctx: Any):
-    from jaxlab.report import Section, table
+    from jaxlab.reporting import Section, table
 
     task, probe = ctx.cfg.task, ctx.cfg.probe
     R = sum(1 for r in ctx.summary["runs"] if r["status"] == "ok")
@@ -461,7 +453,7 @@ def _onset_section(ctx: Any):
 def _corr_section(ctx: Any):
     import matplotlib.pyplot as plt
 
-    from jaxlab.report import Figure, Section, table
+    from jaxlab.reporting import Figure, Section, table
 
     names, L = ctx.cfg.task.names, ctx.cfg.model.n_layers
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
@@ -487,7 +479,7 @@ def _corr_section(ctx: Any):
 def _stability_section(ctx: Any):
     import matplotlib.pyplot as plt
 
-    from jaxlab.report import Figure, Section, fmt, table
+    from jaxlab.reporting import Figure, Section, fmt, table
 
     names, L = ctx.cfg.task.names, ctx.cfg.model.n_layers
     cache = ctx.run_dir / "checkpoint_directions.npz"
@@ -546,7 +538,7 @@ def _median_final(ctx: Any, key: str) -> float:
 
 
 def _paper_section(ctx: Any):
-    from jaxlab.report import Section, fmt
+    from jaxlab.reporting import Section, fmt
 
     task, L = ctx.cfg.task, ctx.cfg.model.n_layers
     names = task.names
@@ -596,7 +588,7 @@ def _paper_section(ctx: Any):
 
 
 def report(ctx: Any) -> list:
-    from jaxlab.report import Section, table
+    from jaxlab.reporting import Section, table
 
     task = ctx.cfg.task
     markers = concepts.marker_table(task)

@@ -18,6 +18,7 @@ float64 under jax x64, float32 otherwise, no NaN on constant inputs, `warning_co
 """
 
 from jaxlab.metrics._common import DegenerateInputWarning, is_constant, reset_warning_counts, warning_counts
+from jaxlab.metrics.by_name import METRICS
 from jaxlab.metrics.cca import cca, pwcca, svcca
 from jaxlab.metrics.cka import linear_cka, rbf_cka
 from jaxlab.metrics.clustering import (
@@ -31,8 +32,6 @@ from jaxlab.metrics.knn import mutual_knn
 from jaxlab.metrics.pairwise import pairwise
 from jaxlab.metrics.procrustes import procrustes_distance
 from jaxlab.metrics.rsa import rsa
-
-METRICS = {f.__name__: f for f in (linear_cka, rbf_cka, cca, svcca, pwcca, procrustes_distance, rsa, mutual_knn)}
 
 __all__ = [
     "METRICS",

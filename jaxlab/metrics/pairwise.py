@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from jaxlab.errors import ConfigError
 from jaxlab.metrics._common import HIGHEST, center, float_dtype, record_warnings, unit_frobenius
+from jaxlab.metrics.by_name import METRICS
 from jaxlab.metrics.cka import debiased_linear_hsic, linear_cka, self_hsic_ok
 
 MEMORY_BYTES = 512 * 2**20
@@ -102,11 +103,9 @@ class _Bound:
 def _resolve(metric: Callable[..., Any] | str) -> tuple[str, _Bound, bool | None]:
     """(name, bound implementation, symmetric or None when unknown)."""
     if isinstance(metric, str):
-        from jaxlab import metrics
-
-        if metric not in metrics.METRICS:
-            raise ConfigError("pairwise: metric", f"unknown metric {metric!r}", sorted(metrics.METRICS))
-        metric = metrics.METRICS[metric]
+        if metric not in METRICS:
+            raise ConfigError("pairwise: metric", f"unknown metric {metric!r}", sorted(METRICS))
+        metric = METRICS[metric]
     kwargs: dict[str, Any] = {}
     base = metric
     if isinstance(metric, functools.partial):

@@ -1,8 +1,11 @@
 """Synthetic tasks, generated on the device.
 
-Each task module defines a frozen `Config` dataclass with a class attribute `kind`, a function
-`spec(cfg) -> TaskSpec` and a pure function `sample(key, cfg, batch_size) -> Batch` that runs
-inside jit/vmap/scan. Modules in this package are discovered by their `Config.kind`.
+A task is a module that defines a frozen `Config(jaxlab.config.TaskSection)` dataclass with a class
+attribute `kind`, a function `spec(cfg) -> TaskSpec` and a pure function
+`sample(key, cfg, batch_size) -> Batch` that runs inside jit/vmap/scan. A config finds its own
+module (`TaskSection.module`), so a task defined in a user's file runs like jaxlab's own; reading a
+config back from JSON needs the class of its `kind`: jaxlab's tasks (the modules of this package)
+and any registered with `register`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,24 @@ from typing import Any
 
 import jax
 
+from jaxlab.config import TaskSection
 from jaxlab.errors import ConfigError
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks.batch import Batch, TaskSpec
 
-__all__ = ["Batch", "TaskSpec", "registry", "sample", "task_config_class", "task_module", "task_spec"]
+__all__ = [
+    "Batch",
+    "TaskSpec",
+    "config_classes",
+    "register",
+    "registry",
+    "sample",
+    "task_config_class",
+    "task_module",
+    "task_spec",
+]
+
+_REGISTERED: dict[str, type] = {}
 
 
 @cache
@@ -37,19 +53,37 @@ def registry() -> dict[str, ModuleType]:
     return found
 
 
+def register(config_class: type) -> type:
+    """Make a task defined outside jaxlab known by its `kind` (for reading configs back from JSON).
+    Returns the class, so it can decorate it."""
+    if not (isinstance(config_class, type) and issubclass(config_class, TaskSection)) or not config_class.kind:
+        raise TypeError(f"register: expected a TaskSection subclass with a `kind`, got {config_class!r}")
+    builtin = registry().get(config_class.kind)
+    if builtin is not None and builtin.Config is not config_class:
+        raise ConfigError("task kind", f"{config_class.kind!r} is one of jaxlab's tasks; choose another name")
+    _REGISTERED[config_class.kind] = config_class
+    return config_class
+
+
+def config_classes() -> dict[str, type]:
+    """kind -> task config class: jaxlab's tasks and the registered ones."""
+    return {**{kind: m.Config for kind, m in registry().items()}, **_REGISTERED}
+
+
 def task_config_class(kind: str) -> type:
-    tasks = registry()
-    if kind not in tasks:
-        raise ConfigError("task", f"unknown task {kind!r}", sorted(tasks))
-    return tasks[kind].Config
+    classes = config_classes()
+    if kind not in classes:
+        raise ConfigError("task", f"unknown task {kind!r}", sorted(classes))
+    return classes[kind]
 
 
-def task_module(cfg: Any) -> ModuleType:
-    return registry()[type(cfg).kind]
+def task_module(cfg: TaskSection) -> ModuleType:
+    """The module that defines the task of `cfg` (its `spec` and `sample`)."""
+    return cfg.module()
 
 
-def task_spec(cfg: Any) -> TaskSpec:
-    return task_module(cfg).spec(cfg)
+def task_spec(cfg: TaskSection) -> TaskSpec:
+    return cfg.spec()
 
 
 @in_rng_scope

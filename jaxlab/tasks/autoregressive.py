@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab import linalg, rng
-from jaxlab.config import Section, _choice, _positive
+from jaxlab.config import TaskSection, _choice, _positive
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
@@ -42,8 +42,7 @@ ENCODINGS = ("augmented", "plain", "repeated")
 
 
 @dataclass(frozen=True)
-class Config(Section):
-    section: ClassVar[str] = "task"
+class Config(TaskSection):
     kind: ClassVar[str] = "autoregressive"
     n_dims: int = 10
     seq_len: int = 20

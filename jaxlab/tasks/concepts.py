@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import Section, _positive
+from jaxlab.config import TaskSection, _positive
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
@@ -51,8 +51,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
 
 @dataclass(frozen=True)
-class Config(Section):
-    section: ClassVar[str] = "task"
+class Config(TaskSection):
     kind: ClassVar[str] = "concepts"
     seq_len: int = 32
     n_base: int = 32

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import Section, _choice, _positive
+from jaxlab.config import TaskSection, _choice, _positive
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
@@ -50,8 +50,7 @@ FIXED, OPTIONAL, ALTERNATIVE = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class Config(Section):
-    section: ClassVar[str] = "task"
+class Config(TaskSection):
     kind: ClassVar[str] = "instructions"
     n_tasks: int = 8
     n_inputs: int = 5

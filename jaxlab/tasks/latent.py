@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import Section, _choice, _positive
+from jaxlab.config import TaskSection, _choice, _positive
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
@@ -52,8 +52,7 @@ CHAIN_MOVES = ("next", "uniform")
 
 
 @dataclass(frozen=True)
-class Config(Section):
-    section: ClassVar[str] = "task"
+class Config(TaskSection):
     kind: ClassVar[str] = "latent"
     n_intentions: int = 6
     letters_per_intention: int = 3

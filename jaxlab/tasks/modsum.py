@@ -30,7 +30,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxlab.config import Section
+from jaxlab.config import TaskSection
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
@@ -38,8 +38,7 @@ ITEM = 3  # tokens per item: a, b, hint
 
 
 @dataclass(frozen=True)
-class Config(Section):
-    section: ClassVar[str] = "task"
+class Config(TaskSection):
     kind: ClassVar[str] = "modsum"
     p: int = 11
     n_items: int = 4

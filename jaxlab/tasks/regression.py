@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab import rng
-from jaxlab.config import Section, _choice, _positive
+from jaxlab.config import TaskSection, _choice, _positive
 from jaxlab.tasks.batch import Batch, TaskSpec
 
 INPUT_DISTS = ("uniform", "normal")
@@ -29,8 +29,7 @@ LAYOUTS = ("paired", "interleaved")
 
 
 @dataclass(frozen=True)
-class Config(Section):
-    section: ClassVar[str] = "task"
+class Config(TaskSection):
     kind: ClassVar[str] = "regression"
     n_dims: int = 10
     n_context: int = 10

@@ -117,8 +117,10 @@ def part_records(
     reference: Mapping[str, float],
     compile_s: float,
     wall_s: float,
+    plan: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The tidy table and the json part of some finished runs (history[m]: [n, n_evals])."""
+    """The tidy table and the json part of some finished runs (history[m]: [n, n_evals]); `plan`: how
+    their program was executed (`ExecutionPlan.as_dict()`)."""
     frames = [results.tidy_rows(runs, steps, history)]
     final_step = int(steps[-1])
     if per_run:
@@ -154,6 +156,7 @@ def part_records(
         "history_metrics": sorted(fin_history),
         "compile_s": compile_s,
         "wall_s": wall_s,
+        "plan": dict(plan) if plan is not None else None,
     }
     return table, part
 
@@ -190,6 +193,15 @@ def combined_reference(parts: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def program_plans(parts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per program (group): its label and how it was executed (`jaxlab.train.plan`)."""
+    seen: dict[int, dict[str, Any]] = {}
+    for p in parts:
+        if "group" in p and p["group"] not in seen:
+            seen[p["group"]] = {"group": p["group"], "label": p.get("label", ""), "plan": p.get("plan")}
+    return [seen[g] for g in sorted(seen)]
+
+
 def build_summary(
     cfg: ExperimentConfig, parts: list[dict[str, Any]], wall_s: float, command: str | None
 ) -> dict[str, Any]:
@@ -210,6 +222,7 @@ def build_summary(
         "aggregate": results.summarize_runs(runs),
         "reference": combined_reference(parts),
         "command": command,
+        "programs": program_plans(parts),
     }
     if cfg.sweep.grid:
         summary["aggregate_by_point"] = results.aggregate_by_point(runs)

@@ -8,7 +8,10 @@ came within the allowed silence:
 
     allowed = train.stall_timeout (minutes) + the longest gap between two beats seen so far
 
-(so a sweep whose intervals take an hour each is not stopped after fifteen minutes). When that
+(so a sweep whose intervals take an hour each is not stopped after fifteen minutes). The watch
+starts with the first beat: how long the first program takes to compile is not known in advance
+(minutes for a large model on a loaded machine), and it is the execution, not the compilation,
+that wedges (XLA:CPU's thread pool, collectives); later compilations count as gaps. When that
 passes, the watchdog writes `stall-<process>.txt` into the run directory (the last beat, every
 Python thread's stack via `faulthandler`, and the native stacks of every thread from `gdb`, or
 `eu-stack`, when one is installed), prints one message saying what to do, and ends the process with
@@ -99,6 +102,7 @@ class Watchdog:
         self.last = clock()
         self.last_what = "sweep started"
         self.longest_gap = 0.0
+        self.armed = False  # from the first beat on (the first program's compilation is not watched)
         self.fired = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -113,7 +117,7 @@ class Watchdog:
         with self._lock:
             now = self.clock()
             self.longest_gap = max(self.longest_gap, now - self.last)
-            self.last, self.last_what = now, what
+            self.last, self.last_what, self.armed = now, what, True
 
     def allowed(self) -> float:
         """Seconds of silence allowed now."""
@@ -125,7 +129,7 @@ class Watchdog:
 
     def check(self) -> bool:
         """Fire (once) if the silence exceeds what is allowed; True if it fired."""
-        if self.fired or not self.enabled:
+        if self.fired or not self.enabled or not self.armed:
             return False
         with self._lock:
             silent = self.clock() - self.last

@@ -1,21 +1,26 @@
-"""What an experiment is: presets, in-training metrics, post-training probes, report sections.
+"""What an experiment is, for the runner: presets, in-training metrics, post-training probes, report sections.
 
-An experiment module defines `EXPERIMENT = Experiment(...)`; the registry finds it by name.
+The protocol lives below the runner (`jaxlab.train.sweep`), which takes an `Experiment` object:
+`run_sweep(experiment, cfg, out_dir)`. jaxlab's own experiments define `EXPERIMENT =
+Experiment(...)` in a module of `jaxlab.experiments`; a user's experiment is the same object in a
+file of their own (docs/extending.md). Names map to experiments in one place, `jaxlab.registry`,
+used by the command line and by report loading only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from jaxlab import tasks
 from jaxlab.config import ExperimentConfig, ProbeConfig
-
-if TYPE_CHECKING:
-    from jaxlab.report import ReportContext, Section
-    from jaxlab.train.engine import EvalFn, Train, TrainState
+from jaxlab.errors import ConfigError
+from jaxlab.reporting import ReportContext, Section
+from jaxlab.train.engine import EvalFn, Train, TrainState, make_train
+from jaxlab.train.plan import ExecutionPlan
 
 
 @dataclass
@@ -59,16 +64,19 @@ class Experiment:
     # sweeps of several programs (e.g. comparing a GeLU group with a SoLU group).
     after_sweep: Callable[[list[Any]], Finalized] | None = None
 
-    def make_train(self, cfg: ExperimentConfig) -> Train:
-        """The experiment's training functions for `cfg` (its metrics and evaluation data included)."""
-        from jaxlab.train.engine import make_train
-
-        return make_train(cfg, self.make_evaluate(cfg), self.eval_data)
+    def make_train(self, cfg: ExperimentConfig, plan: ExecutionPlan | None = None) -> Train:
+        """The experiment's training functions for `cfg` (its metrics and evaluation data included),
+        executed as `plan` says (default: `make_plan(cfg)` for this process's backend)."""
+        return make_train(cfg, self.make_evaluate(cfg), self.eval_data, plan=plan)
 
     def preset(self, name: str | None) -> ExperimentConfig:
-        from jaxlab.errors import ConfigError
-
         name = name or self.default_preset
         if name not in self.presets:
             raise ConfigError("--preset", f"experiment {self.name!r} has no preset {name!r}", sorted(self.presets))
         return self.presets[name]()
+
+    def config_from_dict(self, data: Mapping[str, Any]) -> ExperimentConfig:
+        """A config of this experiment from its JSON form (`ExperimentConfig.to_dict`, config.json)."""
+        if data.get("experiment") != self.name:
+            raise ConfigError("experiment", f"the config is of {data.get('experiment')!r}, not {self.name!r}")
+        return ExperimentConfig.from_dict(data, probe_class=self.probe_class, task_classes=tasks.config_classes())

@@ -1,0 +1,235 @@
+"""The building blocks of report sections, for experiments and the report writer alike.
+
+A report is a list of `Section`s (title, markdown body, `Figure`s) rendered by `jaxlab.report`.
+Experiments build their sections from a `ReportContext` (the run directory, its config, summary and
+tidy metric table) with the helpers here: `fmt` and `table` for markdown, `quantile_curves` and
+`curves_by_point` for per-run curves (median, 10-90% band), and `ReportContext.save` for figures
+(atomic, recorded as jaxlab's, never over a user's file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from jaxlab import results, runfiles
+from jaxlab.config import ExperimentConfig
+from jaxlab.errors import UserError
+
+
+@dataclass
+class Figure:
+    filename: str
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    body: str = ""
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
+class ReportContext:
+    run_dir: Path
+    cfg: ExperimentConfig
+    summary: dict[str, Any]
+    df: pd.DataFrame
+
+    @property
+    def command(self) -> str:
+        return self.summary.get("command") or f"jaxlab run {self.cfg.experiment} --preset {self.cfg.preset}"
+
+    def provenance(self) -> str:
+        return f"Made by `jaxlab report {self.run_dir}` from the run `{self.command}`."
+
+    def save(self, fig: plt.Figure, filename: str) -> str:
+        fig.tight_layout()
+        runfiles.claim(self.run_dir, filename)  # never over a file of the user's
+        kind = Path(filename).suffix[1:] or "png"  # the temporary file's name does not tell matplotlib
+        try:  # atomically, StorageError when the disk refuses (jaxlab.results)
+            results.write_with(self.run_dir / filename, lambda p: fig.savefig(p, format=kind, dpi=110))
+        finally:
+            plt.close(fig)
+        return filename
+
+
+# -- formatting ------------------------------------------------------------------------------------
+def fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        if not math.isfinite(x):
+            return "—"
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.{digits - 1}e}"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def aggregate_table(aggregate: dict[str, dict[str, Any]], metrics: Sequence[str] | None = None) -> str:
+    names = [m for m in (metrics or sorted(aggregate)) if m in aggregate]
+    rows = [
+        [m, *(aggregate[m].get(s) for s in ("mean", "median", "std", "min", "max")), aggregate[m].get("n")]
+        for m in names
+    ]
+    return table(["metric", "mean", "median", "std", "min", "max", "runs"], rows)
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def quantile_curves(
+    ax: plt.Axes,
+    df: pd.DataFrame,
+    metric: str,
+    label: str | None = None,
+    color: str | None = None,
+    show_runs: bool = True,
+) -> None:
+    """Every run faint, the median bold, the 10-90% quantile band shaded."""
+    sub = df[df.metric == metric]
+    if sub.empty:
+        return
+    wide = sub.pivot_table(index="step", columns="run", values="value", aggfunc="last").sort_index()
+    steps = wide.index.to_numpy()
+    values = wide.to_numpy(dtype=np.float64)
+    line = ax.plot(steps, np.nanmedian(values, axis=1), lw=2, label=label or metric, color=color)[0]
+    color = line.get_color()
+    if values.shape[1] > 1:
+        lo, hi = np.nanquantile(values, [0.1, 0.9], axis=1)
+        ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+        if show_runs:
+            ax.plot(steps, values, color=color, alpha=0.15, lw=0.7)
+
+
+def curves_by_point(ax: plt.Axes, df: pd.DataFrame, metric: str, point_cols: Sequence[str]) -> None:
+    if not point_cols:
+        quantile_curves(ax, df, metric)
+        return
+    for key, sub in df.groupby(list(point_cols), dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        quantile_curves(ax, sub, metric, label=", ".join(f"{c}={v}" for c, v in zip(point_cols, key)), show_runs=False)
+
+
+def point_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in results.BASE_COLUMNS]
+
+
+def loss_figure(ctx: ReportContext) -> Figure | None:
+    metrics = [m for m in ("train_loss", "eval_loss") if m in set(ctx.df.metric)]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), squeeze=False)
+    cols = point_columns(ctx.df)
+    for ax, metric in zip(axes[0], metrics):
+        curves_by_point(ax, ctx.df, metric, cols)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(metric)
+        if (ctx.df[ctx.df.metric == metric].value > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(f"{metric}: median, 10-90% band, {ctx.summary['n_runs']} runs")
+        if cols:
+            ax.legend(fontsize=7)
+    name = ctx.save(fig, "loss_curves.png")
+    return Figure(name, f"Loss curves of all runs. {ctx.provenance()}")
+
+
+# -- the report ------------------------------------------------------------------------------------
+def render(sections: Sequence[Section]) -> str:
+    out = []
+    for s in sections:
+        out.append(f"## {s.title}\n")
+        if s.body:
+            out.append(s.body.rstrip() + "\n")
+        for f in s.figures:
+            out.append(f"![{f.filename}]({f.filename})\n\n*{f.caption}*\n")
+    return "\n".join(out)
+
+
+def generic_sections(ctx: ReportContext) -> list[Section]:
+    s = ctx.summary
+    runs = s["runs"]
+    diverged = [r for r in runs if r["status"] != "ok"]
+    setup = (
+        f"- experiment `{s['experiment']}`, preset `{s['preset']}`, {s['n_runs']} runs "
+        f"({len(ctx.cfg.sweep.seeds)} seeds"
+        + (f" x {len(ctx.cfg.sweep.points())} grid points" if ctx.cfg.sweep.grid else "")
+        + ")\n"
+        f"- device `{s['device']}` x {s['n_devices']}, jaxlab {s['jaxlab_version']}\n"
+        f"- wall {fmt(s['wall_s'])} s, of which compilation {fmt(s['compile_s'])} s\n"
+        f"- reproduce: `{ctx.command}`; this report: `jaxlab report {ctx.run_dir}`\n"
+        f"- full config: `config.json`; tidy metrics: `metrics.parquet` (`jaxlab.results.load`)\n"
+    )
+    sections = [Section("Setup", setup)]
+    body = "Final values over the runs that did not diverge.\n\n" + aggregate_table(s["aggregate"])
+    if diverged:
+        body += (
+            "\n\n**Diverged runs** (loss not finite, or above `train.diverge_above` x the loss of step 0; "
+            "frozen at their last good state, excluded above):\n\n"
+        ) + table(
+            ["run", "seed", "hparams", "diverged at step"],
+            [[r["run"], r["seed"], json.dumps(r["hparams"]), r["diverged_at_step"]] for r in diverged],
+        )
+    else:
+        body += "\n\nNo run diverged."
+    sections.append(Section("Final metrics", body))
+    if s.get("aggregate_by_point"):
+        rows = []
+        for entry in s["aggregate_by_point"]:
+            for m, a in entry["aggregate"].items():
+                if m in ("eval_loss", "train_loss"):
+                    rows.append([json.dumps(entry["hparams"]), m, a["mean"], a["median"], a["std"], a["n"]])
+        sections.append(Section("By grid point", table(["point", "metric", "mean", "median", "std", "runs"], rows)))
+    if s.get("reference"):
+        sections.append(Section("Reference values", table(["name", "value"], sorted(s["reference"].items()))))
+    fig = loss_figure(ctx)
+    if fig is not None:
+        sections.append(Section("Training curves", figures=[fig]))
+    return sections
+
+
+def write_report_of(run_dir: str | Path, experiment: Any) -> Path:
+    """(Re)write `run_dir/report.md` and its figures from the files of the run, with `experiment`'s
+    sections (an `Experiment`: its `config_from_dict`, `report`, `description` and `metrics`)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise UserError(f"{run_dir}: no config.json: is it a jaxlab run directory?")
+    data = results.read_config_data(path)
+    try:
+        cfg = experiment.config_from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError, UserError) as err:
+        raise results.config_error(path, err) from None
+    ctx = ReportContext(run_dir, cfg, results.load_summary(run_dir), results.load(run_dir))
+    before = runfiles.listing(run_dir)
+    sections = generic_sections(ctx)
+    if experiment.report is not None:
+        sections += experiment.report(ctx)
+    title = f"# {cfg.experiment} — preset `{cfg.preset}`\n\n{experiment.description}\n\n"
+    metrics_doc = "\n".join(f"- `{k}`: {v}" for k, v in experiment.metrics.items())
+    if metrics_doc:
+        sections.append(Section("Metric definitions", metrics_doc))
+    out = run_dir / "report.md"
+    results.write_text(out, title + render(sections))
+    # what the sections wrote, also outside ctx.save (figures, caches): jaxlab's, replaced with the run
+    runfiles.record(run_dir, ["report.md", *runfiles.written(run_dir, before)])
+    return out
