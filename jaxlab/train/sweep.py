@@ -1,19 +1,10 @@
-"""Run a sweep: seeds x grid points, as few compiled programs as the grid allows, on every device.
+"""Run a sweep: its groups (`jaxlab.train.groups`) one program after another, then the run directory's merge.
 
-Grid keys that only change values (`hparams.TRACED_KEYS`: learning rate, weight decay, betas, init
-scale) vary inside one program, vmapped with the seeds. Keys that change shapes or code (e.g.
-`model.n_heads`, `task.n_context`) split the sweep into groups, one program each, run in turn.
-
-A group's R runs are laid out over a 1-D mesh of all devices (`jaxlab.train.sharding`) and, when
-they do not fit in memory at once, split into equal run chunks (`jaxlab.train.chunking`) trained
-one after the other through the same two compiled programs (`jaxlab.train.programs`). For each
-chunk the host loop is: `start` (init, evaluation data, step-0 metrics), then one `interval` per
-evaluation interval (buffers donated; only the median loss and the diverged count come to the
-host), orbax checkpoints every `train.checkpoint_every` intervals, every
-`train.checkpoint_minutes`, at the end and on SIGINT / SIGTERM (`jaxlab.interrupt`), then the
-experiment's `finalize` and the chunk's result part. `--resume` continues each chunk from its
-newest checkpoint that verifies (`jaxlab.train.checkpoint`) on the device count it started on.
-The parts are merged into `metrics.parquet` and `summary.json` (`jaxlab.train.rundir`). Several
+`run_sweep(experiment, cfg, out_dir)` checks every program's config first, then process 0 locks
+and prepares the run directory (`jaxlab.train.replace`), each group runs (`jaxlab.train.group_run`:
+run chunks, checkpoints, resume) under the stall watchdog and SIGINT/SIGTERM handling, the
+experiment's analyses across groups follow (`after_sweep`), and the parts are merged into
+`metrics.parquet` and `summary.json` (`jaxlab.train.rundir`) and the report written. Several
 processes (`--distributed`) run the same loop on their own shards; process 0 merges.
 """
 
