@@ -1,0 +1,220 @@
+"""Paper claims as data, and verdicts computed from the runs, never written by hand.
+
+An experiment declares its paper's claims (`Claim`): an id, the claim in one sentence, where the
+paper makes it and its number, the statistic that tests it (a function of the finished runs giving
+one value per seed, paired against the control where there is one), the control, and the decision
+`Rule`. jaxlab evaluates every claim on the runs (`evaluate`):
+
+    median of the per-seed values, and its 95% percentile-bootstrap confidence interval over seeds
+    (`BOOTSTRAP_RESAMPLES` resamples of the seeds with replacement, a fixed generator: the same
+    runs give the same interval)
+
+and applies the rule to the interval:
+
+    Above(t)       reproduced if ci_low > t; not_reproduced if ci_high < t; else inconclusive
+    Below(t)       reproduced if ci_high < t; not_reproduced if ci_low > t; else inconclusive
+    Between(a, b)  reproduced if a <= ci_low and ci_high <= b; not_reproduced if the interval misses
+                   [a, b]; else inconclusive
+
+With fewer than `MIN_SEEDS` finite values the verdict is `inconclusive` (the reason says how many
+seeds there are and how many the rule needs). A claim the setup cannot test (the statistic is
+decided by the preset's parameters, the quantity is not measured, a probe is off) is `untested`,
+with the reason its `untested` function gives for the config. Diverged runs are excluded.
+
+`check(entry)` re-derives a stored verdict from its own interval and rule: the mechanical check of a
+summary.json.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VERDICTS = ("reproduced", "not_reproduced", "inconclusive", "untested")
+BOOTSTRAP_RESAMPLES = 4000
+MIN_SEEDS = 5
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The decision rule on the statistic's confidence interval (module docstring)."""
+
+    op: str  # "above" | "below" | "between"
+    low: float = -math.inf
+    high: float = math.inf
+
+    def describe(self) -> str:
+        if self.op == "above":
+            return f"95% CI above {self.low:g}"
+        if self.op == "below":
+            return f"95% CI below {self.high:g}"
+        return f"95% CI within [{self.low:g}, {self.high:g}]"
+
+    def decide(self, ci_low: float, ci_high: float) -> str:
+        """The verdict for an interval [ci_low, ci_high]."""
+        if self.op == "above":
+            return "reproduced" if ci_low > self.low else "not_reproduced" if ci_high < self.low else "inconclusive"
+        if self.op == "below":
+            return "reproduced" if ci_high < self.high else "not_reproduced" if ci_low > self.high else "inconclusive"
+        if self.low <= ci_low and ci_high <= self.high:
+            return "reproduced"
+        if ci_high < self.low or ci_low > self.high:
+            return "not_reproduced"
+        return "inconclusive"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "low": _json_float(self.low), "high": _json_float(self.high)}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Rule:
+        low, high = data.get("low"), data.get("high")
+        return Rule(data["op"], -math.inf if low is None else float(low), math.inf if high is None else float(high))
+
+
+def Above(threshold: float) -> Rule:
+    return Rule("above", low=float(threshold))
+
+
+def Below(threshold: float) -> Rule:
+    return Rule("below", high=float(threshold))
+
+
+def Between(low: float, high: float) -> Rule:
+    if not low <= high:
+        raise ValueError(f"Between: low {low} > high {high}")
+    return Rule("between", low=float(low), high=float(high))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper, tested on the runs (module docstring).
+
+    values(runs) -> [n] per-seed values of the statistic, from the summary's run records (each
+    with `seed`, `hparams`, `status`, `final`) and its `reference` values; NaN entries are dropped.
+    untested(cfg) -> None when this config can test the claim, else the reason it cannot.
+    """
+
+    id: str
+    claim: str
+    paper_ref: str
+    statistic: str
+    control: str
+    rule: Rule
+    values: Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], Sequence[float]]
+    paper_value: float | str | None = None
+    untested: Callable[[Any], str | None] = field(default=lambda cfg: None)
+
+
+def bootstrap_median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(median, ci_low, ci_high): the median of `values` and its percentile-bootstrap interval."""
+    x = np.asarray(values, np.float64)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, x.size, size=(BOOTSTRAP_RESAMPLES, x.size))
+    medians = np.median(x[idx], axis=1)
+    tail = (1.0 - confidence) / 2
+    lo, hi = np.quantile(medians, [tail, 1.0 - tail])
+    return float(np.median(x)), float(lo), float(hi)
+
+
+def evaluate(
+    claims: Sequence[Claim], cfg: Any, runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The `claims` entries of summary.json for these runs (diverged runs excluded)."""
+    ok = [r for r in runs if r.get("status", "ok") == "ok"]
+    out = []
+    for c in claims:
+        entry: dict[str, Any] = {
+            "id": c.id,
+            "claim": c.claim,
+            "paper_ref": c.paper_ref,
+            "paper_value": c.paper_value,
+            "statistic": c.statistic,
+            "control": c.control,
+            "median": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n_seeds": 0,
+            "rule": c.rule.describe(),
+            "rule_spec": c.rule.as_dict(),
+            "verdict": "untested",
+            "reason": "",
+        }
+        why = c.untested(cfg)
+        if why:
+            entry["reason"] = why
+            out.append(entry)
+            continue
+        x = np.asarray(c.values(ok, reference), np.float64).ravel()
+        x = x[np.isfinite(x)]
+        entry["n_seeds"] = int(x.size)
+        if x.size == 0:
+            entry["verdict"], entry["reason"] = "inconclusive", "no finite value of the statistic"
+            out.append(entry)
+            continue
+        median, lo, hi = bootstrap_median_ci(x)
+        entry.update(median=median, ci_low=lo, ci_high=hi)
+        if x.size < MIN_SEEDS:
+            entry["verdict"] = "inconclusive"
+            entry["reason"] = f"{x.size} seeds; a bootstrap interval over seeds needs at least {MIN_SEEDS}"
+        else:
+            entry["verdict"] = c.rule.decide(lo, hi)
+            entry["reason"] = f"median {median:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]; rule: {c.rule.describe()}"
+        out.append(entry)
+    return out
+
+
+def check(entry: Mapping[str, Any]) -> str | None:
+    """None when a stored claim's verdict follows from its own interval and rule, else what is wrong."""
+    verdict = entry.get("verdict")
+    if verdict not in VERDICTS:
+        return f"{entry.get('id')}: unknown verdict {verdict!r}"
+    if verdict == "untested":
+        return None if entry.get("reason") else f"{entry.get('id')}: untested without a reason"
+    if entry.get("ci_low") is None or entry.get("ci_high") is None:
+        return None if verdict == "inconclusive" else f"{entry.get('id')}: {verdict} without an interval"
+    if entry.get("n_seeds", 0) < MIN_SEEDS:
+        return None if verdict == "inconclusive" else f"{entry.get('id')}: {verdict} from {entry['n_seeds']} seeds"
+    want = Rule.from_dict(entry["rule_spec"]).decide(entry["ci_low"], entry["ci_high"])
+    return (
+        None if want == verdict else f"{entry.get('id')}: verdict {verdict!r}, but its interval and rule give {want!r}"
+    )
+
+
+def per_seed(metric: str) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list[float]]:
+    """values(): each run's final `metric` (one run per seed)."""
+    return lambda runs, reference: [float(r["final"].get(metric, math.nan)) for r in runs]
+
+
+def paired_difference(
+    metric: str, control: str
+) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list[float]]:
+    """values(): each run's final `metric` minus its own final `control` (paired within the run)."""
+    return lambda runs, reference: [
+        float(r["final"].get(metric, math.nan)) - float(r["final"].get(control, math.nan)) for r in runs
+    ]
+
+
+def _json_float(x: float) -> float | None:
+    return None if math.isinf(x) else float(x)
+
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "MIN_SEEDS",
+    "VERDICTS",
+    "Above",
+    "Below",
+    "Between",
+    "Claim",
+    "Rule",
+    "bootstrap_median_ci",
+    "check",
+    "evaluate",
+    "paired_difference",
+    "per_seed",
+]

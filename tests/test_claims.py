@@ -1,0 +1,118 @@
+"""Claims as data (jaxlab.claims): bootstrap intervals, decision rules, verdicts, and the mechanical check."""
+
+import math
+
+import numpy as np
+import pytest
+
+from jaxlab.claims import (
+    MIN_SEEDS,
+    Above,
+    Below,
+    Between,
+    Claim,
+    bootstrap_median_ci,
+    check,
+    evaluate,
+    paired_difference,
+    per_seed,
+)
+
+
+def test_bootstrap_interval_holds_the_median_and_covers_the_truth_about_95_percent():
+    x = np.random.default_rng(1).normal(size=25)
+    med, lo, hi = bootstrap_median_ci(x)
+    assert med == np.median(x) and lo <= med <= hi
+    assert bootstrap_median_ci(x) == (med, lo, hi)  # the same runs give the same interval
+    covered = 0
+    for seed in range(300):
+        sample = np.random.default_rng(100 + seed).normal(loc=3.0, size=15)
+        _, lo, hi = bootstrap_median_ci(sample)
+        covered += lo <= 3.0 <= hi
+    assert 0.88 <= covered / 300 <= 0.995  # percentile bootstrap of a median: roughly nominal
+    # more seeds, a narrower interval
+    rng = np.random.default_rng(7)
+    w8 = np.diff(bootstrap_median_ci(rng.normal(size=8))[1:])[0]
+    w200 = np.diff(bootstrap_median_ci(rng.normal(size=200))[1:])[0]
+    assert w200 < w8 / 2
+
+
+@pytest.mark.parametrize(
+    ("rule", "interval", "verdict"),
+    [
+        (Above(0.0), (0.1, 0.3), "reproduced"),
+        (Above(0.0), (-0.3, -0.1), "not_reproduced"),
+        (Above(0.0), (-0.1, 0.2), "inconclusive"),
+        (Above(0.0), (0.0, 0.2), "inconclusive"),  # touching the threshold is not above it
+        (Below(0.01), (0.0, 0.005), "reproduced"),
+        (Below(0.01), (0.02, 0.03), "not_reproduced"),
+        (Below(0.01), (0.005, 0.02), "inconclusive"),
+        (Between(0.99, 1.0), (0.995, 0.999), "reproduced"),
+        (Between(0.99, 1.0), (0.5, 0.7), "not_reproduced"),
+        (Between(0.99, 1.0), (0.98, 0.999), "inconclusive"),
+    ],
+)
+def test_rules_decide_on_the_interval(rule, interval, verdict):
+    assert rule.decide(*interval) == verdict
+
+
+def runs(values, control=None, status=None):
+    out = []
+    for i, v in enumerate(values):
+        final = {"m": v, **({} if control is None else {"c": control[i]})}
+        out.append({"run": i, "seed": i, "status": (status or {}).get(i, "ok"), "final": final})
+    return out
+
+
+PER_SEED_M = per_seed("m")
+
+
+def claim(rule, values=PER_SEED_M, untested=lambda cfg: None):
+    return Claim(
+        id="c1",
+        claim="m is high",
+        paper_ref="Fig. 1",
+        statistic="final m",
+        control="none",
+        rule=rule,
+        values=values,
+        paper_value=0.9,
+        untested=untested,
+    )
+
+
+def test_evaluate_computes_verdicts_from_the_runs():
+    high = runs([0.95, 0.97, 0.96, 0.99, 0.94, 0.98])
+    (e,) = evaluate([claim(Above(0.5))], None, high, {})
+    assert e["verdict"] == "reproduced" and e["n_seeds"] == 6 and e["median"] == pytest.approx(0.965)
+    assert e["ci_low"] > 0.5 and check(e) is None
+    (e,) = evaluate([claim(Above(0.99))], None, high, {})
+    assert e["verdict"] == "not_reproduced" and check(e) is None
+    # diverged runs never enter; NaN values are dropped
+    mixed = runs([0.95, 0.97, 0.1, math.nan, 0.96, 0.99, 0.94], status={2: "diverged"})
+    (e,) = evaluate([claim(Above(0.5))], None, mixed, {})
+    assert e["n_seeds"] == 5 and e["verdict"] == "reproduced"
+
+
+def test_too_few_seeds_or_an_untestable_setup_are_said_so():
+    (e,) = evaluate([claim(Above(0.5))], None, runs([0.9] * (MIN_SEEDS - 1)), {})
+    assert e["verdict"] == "inconclusive" and f"at least {MIN_SEEDS}" in e["reason"]
+    assert e["median"] == 0.9 and check(e) is None
+    why = "the probed position is identical for every sequence"
+    (e,) = evaluate([claim(Above(0.5), untested=lambda cfg: why)], None, runs([0.9] * 8), {})
+    assert e["verdict"] == "untested" and e["reason"] == why and e["median"] is None and check(e) is None
+
+
+def test_paired_difference_against_the_runs_own_control():
+    r = runs([1.0, 1.2, 0.9, 1.1, 1.05], control=[0.5, 0.6, 0.5, 0.4, 0.55])
+    (e,) = evaluate([claim(Above(0.0), values=paired_difference("m", "c"))], None, r, {})
+    assert e["median"] == pytest.approx(np.median([0.5, 0.6, 0.4, 0.7, 0.5])) and e["verdict"] == "reproduced"
+
+
+def test_check_finds_a_verdict_its_own_interval_does_not_support():
+    (e,) = evaluate([claim(Above(0.5))], None, runs([0.95, 0.97, 0.96, 0.99, 0.94]), {})
+    assert check(e) is None
+    assert "give 'reproduced'" in check({**e, "verdict": "not_reproduced"})
+    assert "unknown verdict" in check({**e, "verdict": "yes"})
+    assert "from 3 seeds" in check({**e, "n_seeds": 3})
+    assert "without a reason" in check({**e, "verdict": "untested", "reason": ""})
