@@ -165,6 +165,29 @@ def render(sections: Sequence[Section]) -> str:
     return "\n".join(out)
 
 
+def claims_sections(summary: dict[str, Any]) -> list[Section]:
+    """The Claims table (claim | paper | jaxlab median [95% CI] | control | verdict) and the
+    deviations from the paper's setup: the first sections of every report (`jaxlab.claims`)."""
+    out = []
+    claims = summary.get("claims") or []
+    if claims:
+        rows = []
+        for c in claims:
+            paper = f"{c['paper_ref']}" + (f": {fmt(c['paper_value'])}" if c.get("paper_value") is not None else "")
+            if c.get("median") is None:
+                measured = "—"
+            else:
+                measured = f"{fmt(c['median'])} [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}] (n={c['n_seeds']})"
+            rows.append([c["claim"], paper, f"{c['statistic']}: {measured}", c["control"], f"**{c['verdict']}**"])
+        body = table(["claim", "paper", "jaxlab median [95% CI]", "control", "verdict"], rows)
+        reasons = [f"- `{c['id']}` ({c['verdict']}): {c['reason']}; rule: {c['rule']}" for c in claims]
+        out.append(Section("Claims", body + "\n\n" + "\n".join(reasons)))
+    deviations = summary.get("deviations") or []
+    if deviations:
+        out.append(Section("Deviations from the paper's setup", "\n".join(f"- {d}" for d in deviations)))
+    return out
+
+
 def generic_sections(ctx: ReportContext) -> list[Section]:
     s = ctx.summary
     runs = s["runs"]
@@ -179,7 +202,7 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
         f"- reproduce: `{ctx.command}`; this report: `jaxlab report {ctx.run_dir}`\n"
         f"- full config: `config.json`; tidy metrics: `metrics.parquet` (`jaxlab.results.load`)\n"
     )
-    sections = [Section("Setup", setup)]
+    sections = [*claims_sections(s), Section("Setup", setup)]
     body = "Final values over the runs that did not diverge.\n\n" + aggregate_table(s["aggregate"])
     if diverged:
         body += (

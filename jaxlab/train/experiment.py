@@ -9,13 +9,14 @@ used by the command line and by report loading only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from jaxlab import tasks
+from jaxlab.claims import Claim
 from jaxlab.config import ExperimentConfig, ProbeConfig
 from jaxlab.errors import ConfigError
 from jaxlab.reporting import ReportContext, Section
@@ -63,6 +64,10 @@ class Experiment:
     # (outcomes of every group, in group order) -> experiment-level results across groups, for
     # sweeps of several programs (e.g. comparing a GeLU group with a SoLU group).
     after_sweep: Callable[[list[Any]], Finalized] | None = None
+    # the paper's claims, tested on every sweep's runs; their verdicts go to summary.json (`jaxlab.claims`)
+    claims: Sequence[Claim] = ()
+    # (cfg) -> how this config's setup differs from the paper's, one line each (summary.json, report)
+    deviations: Callable[[ExperimentConfig], Sequence[str]] = lambda cfg: ()
 
     def make_train(self, cfg: ExperimentConfig, plan: ExecutionPlan | None = None) -> Train:
         """The experiment's training functions for `cfg` (its metrics and evaluation data included),

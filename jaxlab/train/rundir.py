@@ -34,6 +34,8 @@ import pandas as pd
 
 import jaxlab
 from jaxlab import results, runfiles
+from jaxlab.claims import Claim
+from jaxlab.claims import evaluate as evaluate_claims
 from jaxlab.config import ExperimentConfig
 from jaxlab.errors import UserError
 from jaxlab.runfiles import RUN_DIRS, RUN_FILES, holds_run
@@ -162,17 +164,24 @@ def part_records(
 
 
 # -- merge -----------------------------------------------------------------------------------------
-def merge_parts(run_dir: Path, cfg: ExperimentConfig, wall_s: float, command: str | None) -> dict[str, Any]:
+def merge_parts(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    wall_s: float,
+    command: str | None,
+    claims: Sequence[Claim] = (),
+    deviations: Sequence[str] = (),
+) -> dict[str, Any]:
     """Merge every part (and the cross-group results) into metrics.parquet and summary.json."""
     parts_dir = Path(run_dir) / "parts"
-    parts = [json.loads(p.read_text()) for p in sorted(parts_dir.glob("part-*.json"))]
+    parts = [results.read_json(p) for p in sorted(parts_dir.glob("part-*.json"))]
     cross = parts_dir / "cross.json"
     if cross.exists():
-        parts.append({"label": "", "runs": [], "compile_s": 0.0, **json.loads(cross.read_text())})
-    tables = [pd.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
+        parts.append({"label": "", "runs": [], "compile_s": 0.0, **results.read_json(cross)})
+    tables = [results.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
     table = pd.concat(tables, ignore_index=True).sort_values("run", kind="stable", ignore_index=True)
     results.write_parquet(Path(run_dir) / "metrics.parquet", table)
-    summary = build_summary(cfg, parts, wall_s, command)
+    summary = build_summary(cfg, parts, wall_s, command, claims, deviations)
     results.write_json(Path(run_dir) / "summary.json", summary)
     return summary
 
@@ -203,8 +212,15 @@ def program_plans(parts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_summary(
-    cfg: ExperimentConfig, parts: list[dict[str, Any]], wall_s: float, command: str | None
+    cfg: ExperimentConfig,
+    parts: list[dict[str, Any]],
+    wall_s: float,
+    command: str | None,
+    claims: Sequence[Claim] = (),
+    deviations: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """summary.json: the runs, their aggregates and reference values, the programs' plans, and the
+    experiment's `claims` evaluated on these runs (`jaxlab.claims`) with its `deviations` from the paper."""
     runs = sorted((r for p in parts for r in p["runs"]), key=lambda r: r["run"])
     device = jax.devices()[0]
     summary = {
@@ -224,6 +240,8 @@ def build_summary(
         "command": command,
         "programs": program_plans(parts),
     }
+    summary["claims"] = evaluate_claims(claims, cfg, runs, summary["reference"])
+    summary["deviations"] = list(deviations)
     if cfg.sweep.grid:
         summary["aggregate_by_point"] = results.aggregate_by_point(runs)
     return summary

@@ -190,9 +190,10 @@ def _sweep(
             parts = [outcome_records(o)[1] for o in outcomes]
             if cross is not None:
                 parts.append({"label": "", "runs": [], "compile_s": 0.0, "reference": cross.reference})
-            return SweepResult(None, build_summary(cfg, parts, wall_s, command), outcomes)
+            summary = build_summary(cfg, parts, wall_s, command, exp.claims, exp.deviations(cfg))
+            return SweepResult(None, summary, outcomes)
         if primary:
-            summary = merge_parts(run_dir, cfg, wall_s, command)
+            summary = merge_parts(run_dir, cfg, wall_s, command, exp.claims, exp.deviations(cfg))
             if report:
                 write_report_of(run_dir, exp)
         barrier("jaxlab-merged")
