@@ -116,3 +116,32 @@ def test_check_finds_a_verdict_its_own_interval_does_not_support():
     assert "unknown verdict" in check({**e, "verdict": "yes"})
     assert "from 3 seeds" in check({**e, "n_seeds": 3})
     assert "without a reason" in check({**e, "verdict": "untested", "reason": ""})
+
+
+@pytest.mark.timeout(600)
+def test_a_sweep_writes_claims_and_deviations_and_the_report_opens_with_them(tmp_path):
+    import dataclasses
+    import json
+
+    from jaxlab.registry import get_experiment
+    from jaxlab.train import run_sweep, with_seeds
+
+    base = get_experiment("icl-regression")
+    claims = [
+        claim(Above(-1.0), values=per_seed("eval_loss")),  # a loss is > -1: reproduced from 5 seeds
+        claim(Below(0.0), values=per_seed("eval_loss"), untested=lambda cfg: "the smoke preset is too short"),
+    ]
+    exp = dataclasses.replace(base, claims=claims, deviations=lambda cfg: [f"{cfg.train.steps} steps, not 5000"])
+    cfg = with_seeds(base.preset("smoke"), tuple(range(5)))
+    result = run_sweep(exp, cfg, tmp_path / "r", progress=False)
+    stored = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert stored["claims"] == result.summary["claims"]
+    first, second = stored["claims"]
+    assert first["verdict"] == "reproduced" and first["n_seeds"] == 5 and check(first) is None
+    finals = [r["final"]["eval_loss"] for r in stored["runs"]]
+    assert first["median"] == pytest.approx(float(np.median(finals)))
+    assert second["verdict"] == "untested" and second["reason"] == "the smoke preset is too short"
+    assert stored["deviations"] == [f"{cfg.train.steps} steps, not 5000"]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert report.index("## Claims") < report.index("## Deviations") < report.index("## Setup")
+    assert "**reproduced**" in report and "**untested**" in report
