@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig
-from jaxlab.tasks import regression
+from jaxlab.registry import get_experiment
+from jaxlab.tasks import regression, task_spec
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,6 @@ class Workload:
 
 
 def lsa_regression() -> ExperimentConfig:
-    from jaxlab.registry import get_experiment
-
     return get_experiment("icl-regression").preset("paper")
 
 
@@ -70,8 +69,6 @@ def softmax_regression() -> ExperimentConfig:
 
 
 def clustering() -> ExperimentConfig:
-    from jaxlab.registry import get_experiment
-
     return get_experiment("instruction-clustering").preset("paper")
 
 
@@ -100,8 +97,6 @@ WORKLOADS: dict[str, Workload] = {
 
 def flops_per_run_step(cfg: ExperimentConfig) -> float:
     """Model FLOPs of one optimizer step of one run (module docstring)."""
-    from jaxlab.tasks import task_spec
-
     cfg = cfg.resolve()
     m = cfg.model
     T, D, F = task_spec(cfg.task).seq_len, m.d_model, m.d_mlp

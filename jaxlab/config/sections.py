@@ -1,0 +1,304 @@
+"""The sections of an experiment's configuration: `model`, `optim`, `train`, and the bases of the
+`task` and `probe` sections (each task and experiment subclasses them), with their allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from jaxlab.config.base import Inert, Section, inert
+from jaxlab.config.checks import INT32_MAX, MAX_EVALS, _choice, _int_range, _positive, divisors
+from jaxlab.errors import ConfigError
+
+ATTENTIONS = ("linear", "softmax", "positional")
+ATTN_NORMS = ("none", "n_keys")
+MASKS = ("causal", "context_keys", "none")
+ACTIVATIONS = ("gelu", "relu", "solu")
+INPUTS = ("continuous", "discrete")
+READ_INS = ("identity", "linear")
+READOUTS = ("linear", "y_block", "neg_y_block")
+POS_ENCODINGS = ("none", "learned", "sinusoidal")
+DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear_decay")
+EVAL_SCHEDULES = ("linear", "log")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+RUN_LAYOUTS = ("auto", "vmap", "scan")  # jaxlab.train.runmap
+_EXECUTION = "sets how the sweep runs, not what a run computes"
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """One transformer family member (see `jaxlab.models.Transformer`).
+
+    Fields left `None` are filled from the task (`d_input`, `d_output`, `vocab_size`, `max_len`) or
+    from the read-in (`d_model` = `d_input` when `read_in="identity"`) by `ExperimentConfig.resolve`.
+    """
+
+    section: ClassVar[str] = "model"
+    n_layers: int = 1
+    n_heads: int = 1
+    d_model: int | None = None
+    d_head: int | None = None
+    attention: str = "softmax"
+    attn_norm: str = "none"
+    mask: str = "causal"
+    tie_layers: bool = False
+    d_mlp: int = 0
+    activation: str = "gelu"
+    layernorm: bool = True
+    use_bias: bool = True
+    input: str = "continuous"
+    d_input: int | None = None
+    vocab_size: int | None = None
+    read_in: str = "linear"
+    readout: str = "linear"
+    d_output: int | None = None
+    pos_encoding: str = "none"
+    max_len: int | None = None
+    init_scale: float = 1.0
+    dtype: str = "float32"
+
+    # read by jaxlab.models: the MLP's activation, linear/positional attention's normalization,
+    # the shared block, the embedding or read-in, the learned positions (sinusoidal ones do not
+    # depend on the table's length)
+    INERT: ClassVar[tuple[Inert, ...]] = (
+        inert("activation", d_mlp=(0,)),
+        inert("attn_norm", attention=("softmax",)),
+        inert("tie_layers", n_layers=(1,)),
+        inert("vocab_size", input=("continuous",)),
+        inert("d_input", input=("discrete",)),
+        inert("max_len", pos_encoding=("none", "sinusoidal"), attention=("linear", "softmax")),
+    )
+
+    def validate(self) -> None:
+        n = self._name
+        _positive(n("n_layers"), self.n_layers)
+        _positive(n("n_heads"), self.n_heads)
+        _choice(n("attention"), self.attention, ATTENTIONS)
+        _choice(n("attn_norm"), self.attn_norm, ATTN_NORMS)
+        _choice(n("mask"), self.mask, MASKS)
+        _positive(n("d_mlp"), self.d_mlp, allow_zero=True)
+        _choice(n("activation"), self.activation, ACTIVATIONS)
+        _choice(n("input"), self.input, INPUTS)
+        _choice(n("read_in"), self.read_in, READ_INS)
+        _choice(n("readout"), self.readout, READOUTS)
+        _choice(n("pos_encoding"), self.pos_encoding, POS_ENCODINGS)
+        _choice(n("dtype"), self.dtype, DTYPES)
+        _positive(n("init_scale"), self.init_scale)
+        for name in ("d_model", "d_head", "d_input", "vocab_size", "d_output", "max_len"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(n(name), value)
+        if self.d_model is not None and self.d_head is None and self.d_model % self.n_heads:
+            raise ConfigError(
+                n("n_heads"),
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "set model.d_head to choose the head width explicitly",
+                divisors(self.d_model),
+            )
+        if self.input == "discrete" and self.read_in == "identity":
+            raise ConfigError(n("read_in"), "discrete inputs need an embedding", ["linear"])
+        if self.read_in == "identity" and None not in (self.d_model, self.d_input):
+            if self.d_model != self.d_input:
+                raise ConfigError(
+                    n("d_model"),
+                    f"read_in='identity' needs d_model == d_input ({self.d_input}), got {self.d_model}",
+                )
+
+    @property
+    def head_dim(self) -> int:
+        assert self.d_model is not None, "resolve the config first"
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    """optax optimizer. `lr`, `weight_decay`, `b1`, `b2` can vary across the runs of one program."""
+
+    section: ClassVar[str] = "optim"
+    name: str = "adamw"
+    lr: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    clip_norm: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+
+    # read by jaxlab.train.optim: sgd has no Adam moments, Adam no momentum, and only the warmup
+    # schedules warm up
+    INERT: ClassVar[tuple[Inert, ...]] = (
+        inert("momentum", name=("adamw", "adam")),
+        inert("b1", name=("sgd",)),
+        inert("b2", name=("sgd",)),
+        inert("eps", name=("sgd",)),
+        inert("warmup_steps", schedule=("constant", "cosine", "linear_decay")),
+    )
+
+    def validate(self) -> None:
+        n = self._name
+        _choice(n("name"), self.name, OPTIMIZERS)
+        _choice(n("schedule"), self.schedule, SCHEDULES)
+        _positive(n("lr"), self.lr)
+        _positive(n("eps"), self.eps)
+        _positive(n("weight_decay"), self.weight_decay, allow_zero=True)
+        _positive(n("clip_norm"), self.clip_norm, allow_zero=True)
+        _positive(n("warmup_steps"), self.warmup_steps, allow_zero=True)
+        for name in ("b1", "b2", "momentum"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(n(name), f"must be in [0, 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    """The step loop. Evaluation points are chunk boundaries: the host sees nothing in between."""
+
+    section: ClassVar[str] = "train"
+    steps: int = 1000
+    batch_size: int = 256
+    eval_every: int = 100
+    eval_schedule: str = "linear"
+    n_evals: int = 20
+    eval_batch_size: int = 1024
+    eval_seed: int = 1_000_003
+    # checkpoints (jaxlab.train.checkpoint.SaveSchedule): after every `checkpoint_every` evaluation
+    # intervals (0: none by count), after the first interval that ends `checkpoint_minutes` or more
+    # after the run chunk started or last saved (0: none by time; a killed run loses at most about
+    # that much work), and always at the end of a chunk and on SIGINT / SIGTERM
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 1.0
+    keep_checkpoints: int = 2  # 0: keep every checkpoint (e.g. a log-spaced series)
+    prng_impl: str = "threefry2x32"
+    max_runs_per_chunk: int = 0
+    run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
+    run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
+    micro_batch: int = 0  # sequences per gradient micro-batch (a divisor of batch_size); 0: automatic
+    # diverged: a step's loss is not finite or above diverge_above x max(the loss of step 0, 1e-3)
+    # (jaxlab.train.engine); 0: non-finite only. 0 or a factor > 1.
+    diverge_above: float = 1e6
+    stall_timeout: float = 15.0  # minutes with no progress (beyond the slowest interval seen) before the watchdog stops
+
+    # evaluation points come from one schedule's fields only (`eval_steps`)
+    INERT: ClassVar[tuple[Inert, ...]] = (
+        inert("eval_every", eval_schedule=("log",)),
+        inert("n_evals", eval_schedule=("linear",)),
+    )
+    SWEEP_WIDE: ClassVar[dict[str, str]] = {
+        "checkpoint_every": _EXECUTION,
+        "checkpoint_minutes": _EXECUTION,
+        "keep_checkpoints": _EXECUTION,
+        "max_runs_per_chunk": _EXECUTION,
+        "run_layout": _EXECUTION + " (the same numbers up to float summation order)",
+        "run_block": _EXECUTION + " (the same numbers up to float summation order)",
+        "micro_batch": _EXECUTION + " (the same numbers up to float summation order)",
+        "stall_timeout": _EXECUTION,
+    }
+
+    def validate(self) -> None:
+        n = self._name
+        _positive(n("steps"), self.steps)
+        _positive(n("batch_size"), self.batch_size)
+        _positive(n("eval_every"), self.eval_every)
+        _choice(n("eval_schedule"), self.eval_schedule, EVAL_SCHEDULES)
+        _positive(n("n_evals"), self.n_evals)
+        _positive(n("eval_batch_size"), self.eval_batch_size)
+        _positive(n("checkpoint_every"), self.checkpoint_every, allow_zero=True)
+        _positive(n("checkpoint_minutes"), self.checkpoint_minutes, allow_zero=True)
+        _positive(n("keep_checkpoints"), self.keep_checkpoints, allow_zero=True)
+        _choice(n("prng_impl"), self.prng_impl, PRNG_IMPLS)
+        _positive(n("max_runs_per_chunk"), self.max_runs_per_chunk, allow_zero=True)
+        _choice(n("run_layout"), self.run_layout, RUN_LAYOUTS)
+        _positive(n("run_block"), self.run_block, allow_zero=True)
+        _positive(n("micro_batch"), self.micro_batch, allow_zero=True)
+        _positive(n("diverge_above"), self.diverge_above, allow_zero=True)
+        if 0 < self.diverge_above <= 1:
+            raise ConfigError(
+                n("diverge_above"),
+                f"{self.diverge_above!r} would count step 0 itself as diverged",
+                "0 (non-finite losses only) or a factor > 1",
+            )
+        _int_range(n("eval_seed"), self.eval_seed, 0, INT32_MAX, "it seeds the evaluation PRNG key")
+        _int_range(n("steps"), self.steps, 1, INT32_MAX, "the step counter is an int32 on the device")
+        _positive(n("stall_timeout"), self.stall_timeout, allow_zero=True)
+        if self.micro_batch and self.batch_size % self.micro_batch:
+            raise ConfigError(
+                n("micro_batch"),
+                f"{self.micro_batch} does not divide batch_size {self.batch_size}",
+                [0, *divisors(self.batch_size)],
+            )
+        if self.n_eval_points() > MAX_EVALS:
+            fields = (n("steps"), n("eval_every")) if self.eval_schedule == "linear" else (n("n_evals"),)
+            raise ConfigError(
+                " and ".join(fields),
+                f"{self.n_eval_points()} evaluations (steps={self.steps}, "
+                + (f"eval_every={self.eval_every}" if self.eval_schedule == "linear" else f"n_evals={self.n_evals}")
+                + f"); at most {MAX_EVALS}: each is a host round trip and a row of every run's "
+                "on-device metric history; evaluate less often (a larger train.eval_every, or "
+                "train.eval_schedule=log with train.n_evals)",
+            )
+
+    def n_eval_points(self) -> int:
+        """How many evaluation points `eval_steps` has (an upper bound for `log`), without listing them.
+
+        `linear`: ceil(steps / eval_every) + 1 (steps 0, e, 2e, ... below `steps`, and `steps`).
+        """
+        if self.eval_schedule == "linear":
+            return len(range(0, self.steps, self.eval_every)) + 1
+        return self.n_evals + 1
+
+    def eval_steps(self) -> tuple[int, ...]:
+        """Steps at which runs are evaluated (always including 0 and `steps`).
+
+        `linear`: every `eval_every` steps. `log`: `n_evals` points log-spaced in [1, steps].
+        At most `MAX_EVALS` points (`validate`).
+        """
+        if self.eval_schedule == "linear":
+            return (*range(0, self.steps, self.eval_every), self.steps)
+        grid = [round(10**e) for e in _linspace(0.0, math.log10(self.steps), self.n_evals)]
+        points = {0, self.steps, *grid}
+        return tuple(sorted(p for p in points if 0 <= p <= self.steps))
+
+
+def _linspace(a: float, b: float, n: int) -> list[float]:
+    if n == 1:
+        return [b]
+    return [a + (b - a) * i / (n - 1) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class TaskSection(Section):
+    """The base of every task's `Config` (the task protocol, `jaxlab.tasks`): a class attribute `kind`
+    naming the task, and the module that defines the subclass defines `spec(cfg) -> TaskSpec` and
+    `sample(key, cfg, batch_size) -> Batch`. A task is found from its config alone, so a task
+    defined in a user's file works like jaxlab's own."""
+
+    section: ClassVar[str] = "task"
+    kind: ClassVar[str] = ""
+
+    def module(self) -> types.ModuleType:
+        """The module that defines this task (its `spec` and `sample`)."""
+        return sys.modules[type(self).__module__]
+
+    def spec(self) -> Any:
+        """The task's `TaskSpec`: sequence length, token width or vocabulary, output width, loss."""
+        return self.module().spec(self)
+
+
+@dataclass(frozen=True)
+class ProbeConfig(Section):
+    """Experiment-specific evaluation settings. Experiments subclass it with their own fields.
+
+    Besides `INERT` and `SWEEP_WIDE` for its own fields, a subclass declares in `UNREAD_KEYS` the
+    keys of other sections its experiment never reads (`section.field` -> why).
+    """
+
+    section: ClassVar[str] = "probe"
+    UNREAD_KEYS: ClassVar[dict[str, str]] = {}
