@@ -2,16 +2,17 @@
 
 A report is a list of `Section`s (title, markdown body, `Figure`s) rendered by `jaxlab.report`.
 Experiments build their sections from a `ReportContext` (the run directory, its config, summary and
-tidy metric table) with the helpers here: `fmt` and `table` for markdown, `quantile_curves` and
-`curves_by_point` for per-run curves (median, 10-90% band), and `ReportContext.save` for figures
-(atomic, recorded as jaxlab's, never over a user's file).
+tidy metric table) with the helpers here: `fmt` and `table` for markdown; `ok_runs`, `finals` (a
+metric's final values over the runs) and `spread` ("median [min, max]") for tables of runs;
+`quantile_curves` and `curves_by_point` for per-run curves (median, 10-90% band); and
+`ReportContext.save` for figures (atomic, recorded as jaxlab's, never over a user's file).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,15 @@ class Section:
 
 @dataclass
 class ReportContext:
+    """What report sections read: the run directory, its config, summary.json and tidy metrics, and
+    the `Experiment` being reported (for sections that reload the run's programs, e.g. to read its
+    checkpoints; `write_report_of` sets it)."""
+
     run_dir: Path
     cfg: ExperimentConfig
     summary: dict[str, Any]
     df: pd.DataFrame
+    experiment: Any = None
 
     @property
     def command(self) -> str:
@@ -94,6 +100,30 @@ def aggregate_table(aggregate: dict[str, dict[str, Any]], metrics: Sequence[str]
         for m in names
     ]
     return table(["metric", "mean", "median", "std", "min", "max", "runs"], rows)
+
+
+def ok_runs(ctx: ReportContext) -> list[dict[str, Any]]:
+    """The summary.json entries of the runs that did not diverge, in order."""
+    return [r for r in ctx.summary["runs"] if r["status"] == "ok"]
+
+
+def finals(ctx: ReportContext, key: str) -> np.ndarray:
+    """[R] float64: the final value of metric `key` of every run that did not diverge (`ok_runs`),
+    NaN where a run has no value (missing or null)."""
+    values = [r["final"].get(key) for r in ok_runs(ctx)]
+    return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
+def spread(values: Iterable[float | None], empty: str = "—") -> str:
+    """ "median [min, max]" of the finite values (None and non-finite ones dropped); the value alone
+    when there is one, `empty` when there is none."""
+    v = np.asarray([np.nan if x is None else x for x in values], np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return empty
+    if v.size == 1:
+        return fmt(float(v[0]))
+    return f"{fmt(float(np.median(v)))} [{fmt(float(v.min()))}, {fmt(float(v.max()))}]"
 
 
 # -- figures ---------------------------------------------------------------------------------------
@@ -242,7 +272,7 @@ def write_report_of(run_dir: str | Path, experiment: Any) -> Path:
         cfg = experiment.config_from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError, UserError) as err:
         raise results.config_error(path, err) from None
-    ctx = ReportContext(run_dir, cfg, results.load_summary(run_dir), results.load(run_dir))
+    ctx = ReportContext(run_dir, cfg, results.load_summary(run_dir), results.load(run_dir), experiment)
     before = runfiles.listing(run_dir)
     sections = generic_sections(ctx)
     if experiment.report is not None:

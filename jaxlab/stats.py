@@ -1,8 +1,11 @@
-"""Statistics of finished runs, on the host (NumPy, float64): correlations across runs and steps.
+"""Statistics of finished runs, on the host (NumPy, float64): correlations and onsets across runs and steps.
 
 One implementation each, shared by the experiments and their reports:
   pearson(x, y)        r of two flat arrays over their finite pairs (NaN when either is constant)
   pearson_rows(x, y)   r of each row pair of [R, N] arrays (NaN for a constant row)
+  onset_steps(v, steps, threshold, strict=...)
+                       per row of [R, N] values, the first step whose value reaches (>=) or, with
+                       strict=True, exceeds (>) the threshold (NaN when none does)
 """
 
 from __future__ import annotations
@@ -33,4 +36,23 @@ def pearson_rows(x_RN: np.ndarray, y_RN: np.ndarray) -> np.ndarray:
     return _r(x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True), 1)
 
 
-__all__ = ["pearson", "pearson_rows"]
+def onset_steps(values_RN: np.ndarray, steps_N: np.ndarray, threshold: float, *, strict: bool) -> np.ndarray:
+    """[R] float64: for each row r, steps[n*] with n* the first n where values[r, n] >= threshold
+    (`strict=False`: the value *reaches* it) or values[r, n] > threshold (`strict=True`: *exceeds*
+    it); NaN where no evaluation does. NaN values never count as reaching the threshold.
+
+    The choice is explicit because a metric's definition says which: an onset "at accuracy above
+    0.5" is strict, one "when separability reaches 0.9" is not; at a value equal to the threshold
+    (e.g. a saturated metric at threshold 1.0) the two differ.
+    """
+    values = np.asarray(values_RN, np.float64)
+    steps = np.asarray(steps_N, np.float64)
+    if values.ndim != 2 or steps.shape != values.shape[1:]:
+        raise ValueError(f"onset_steps: expected values [R, N] and steps [N], got {values.shape} and {steps.shape}")
+    if steps.size == 0:  # no evaluation: no onset (argmax of nothing is undefined)
+        return np.full(values.shape[0], np.nan)
+    hit = values > threshold if strict else values >= threshold
+    return np.where(hit.any(axis=1), steps[np.argmax(hit, axis=1)], np.nan)
+
+
+__all__ = ["onset_steps", "pearson", "pearson_rows"]

@@ -10,7 +10,7 @@ from jaxlab.models import Transformer
 from jaxlab.models.gd import gd_params, lsa_products
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes import icl_algorithms as alg
-from jaxlab.probes.sensitivity import cosine
+from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
 from jaxlab.tasks.batch import Batch
 
 D, N, B, M = 3, 6, 48, 5
@@ -248,7 +248,16 @@ def test_probes_over_64_runs_in_one_vectorized_call(reference):
     assert len({round(float(v), 6) for v in many["model_cos"]}) > 60  # 64 different runs
 
 
-def test_cosine_is_scale_invariant_and_signed():
-    a = np.random.default_rng(0).normal(size=(10, 4))
-    np.testing.assert_allclose(cosine(a, 3.0 * a), 1.0, atol=1e-6)
-    np.testing.assert_allclose(cosine(a, -a), -1.0, atol=1e-6)
+def test_model_cos_is_von_oswalds_cosine_of_the_flattened_sensitivities():
+    """model_cos = mean over tasks of (g / (||g|| + 1e-8)) . (g_GD / (||g_GD|| + 1e-8)), g flattened."""
+    rng = np.random.default_rng(0)
+    sens, gd_sens = rng.normal(size=(10, 2, 4)), rng.normal(size=(10, 2, 4))
+    preds = np.zeros((10, 2))
+    got = ge._gd_comparison(jnp.asarray(preds), jnp.asarray(sens), {"preds": preds, "sens": gd_sens}, "")
+    a, b = sens.reshape(10, -1), gd_sens.reshape(10, -1)
+    na = np.linalg.norm(a, axis=1, keepdims=True) + 1e-8
+    nb = np.linalg.norm(b, axis=1, keepdims=True) + 1e-8
+    assert float(got["model_cos"]) == pytest.approx(np.mean(np.sum(a / na * b / nb, axis=1)), rel=1e-5)
+    same = ge._gd_comparison(jnp.asarray(preds), jnp.asarray(sens), {"preds": preds, "sens": 3.0 * sens}, "")
+    assert float(same["model_cos"]) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(cosine(a, -a, eps=VON_OSWALD_EPS), -1.0, atol=1e-6)

@@ -139,7 +139,7 @@ def test_recurrent_preset_probes_trace_with_gd_plus_plus():
     train = EXP.make_train(group.cfg)
     assert train.cfg.model.n_layers == 2
     state = jax.eval_shape(train.init, seed_keys([0])[0])
-    data = ir.eval_data(train)  # real, tiny: the reference is computed eagerly (and cached)
+    data = ir.eval_data(train)  # real, tiny: the reference is computed eagerly
     metrics = jax.eval_shape(train.evaluate, state.params, data)
     assert FINAL_KEYS <= set(metrics)
     assert {"model_cos_gdpp", "gdpp_loss", "gdpp_gamma"} <= set(metrics)

@@ -3,6 +3,7 @@ history summaries, the pooled correlation, the report) and reused for the probes
 its trained model, recomputed independently; plus the pure helpers."""
 
 import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +13,10 @@ from _runs import run_cfg
 
 from jaxlab import results
 from jaxlab.errors import ConfigError
-from jaxlab.experiments import _instruction_clustering_report as icr
 from jaxlab.experiments import instruction_clustering as ic
+from jaxlab.experiments import instruction_clustering_report as icr
 from jaxlab.metrics.clustering import variance_ratio
-from jaxlab.models import run_with_cache
+from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.probes import clustering as pc
 from jaxlab.registry import get_experiment
 from jaxlab.reporting import fmt
@@ -84,10 +85,10 @@ def test_probes_and_ablations_on_the_trained_model(smoke):
     cfg, _, group, summary = smoke
     train, f = group.train, summary["runs"][0]["final"]
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), group.state.params)
-    seen = ic._ablation_program(train)[1]
+    seen = ic.seen_set(train)
     model, inputs, labels = train.model, seen.inputs, seen.aux["task"]
     n_blocks, pos, T = cfg.model.n_layers, ic.probe_position(cfg), inputs.shape[1]
-    hooks = pc.layer_hooks(n_blocks)
+    hooks = residual_hooks(n_blocks, embeddings=True)
     at_pos, everywhere = pc.position_mask(T, pos), jnp.ones((T,))
 
     @jax.jit
@@ -207,10 +208,17 @@ def test_layer_cluster_scores_find_planted_clusters():
 
 
 def test_history_summaries_against_numpy():
-    steps = np.array([0, 10, 20, 30])
-    values = np.array([[0.1, 0.6, 0.7, 0.9], [0.0, 0.2, 0.4, 0.45]])
-    onset = ic.first_step_above(values, steps, 0.5)
-    assert onset[0] == 10 and np.isnan(onset[1])
+    # onsets are the first steps *above* 0.5 (>, as the metric definitions say): 0.5 itself is not
+    steps = np.array([0, 10, 20])
+    history = {f"ari_layer_{l}": np.array([[0.0, 0.25 * l, 0.3 * l], [0.0, 0.0, 0.1 * l]]) for l in range(3)}
+    history["acc_seen"] = np.array([[0.1, 0.5, 0.8], [0.2, 0.3, 0.4]])
+    train = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(n_layers=2)))
+    per_run = ic.summarize_history(train, history, steps).per_run
+    np.testing.assert_array_equal(per_run["best_layer"], [2, 2])
+    np.testing.assert_array_equal(per_run["ari_onset_step"], [20.0, np.nan])  # 0.5 at step 10, 0.6 at 20
+    np.testing.assert_array_equal(per_run["acc_onset_step"], [20.0, np.nan])
+    ref = np.corrcoef([0.0, 0.5, 0.6], [0.1, 0.5, 0.8])[0, 1]
+    assert per_run["ari_acc_corr"][0] == pytest.approx(ref)
     x, y = np.random.default_rng(2).normal(size=(2, 50))
     assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert np.isnan(pearson(np.ones(5), x[:5]))

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from jaxlab.probes.linear_probe import (
+    linear_predict,
     r2_score,
     ridge_classifier_accuracy,
     ridge_fit,
-    ridge_predict,
     ridge_regression_probe,
 )
 
@@ -66,5 +66,5 @@ def test_ridge_fit_on_a_rank_deficient_gram_with_a_tiny_ridge_is_finite_and_fits
     assert np.all(np.isfinite(w)) and np.all(np.isfinite(b))
     w64 = np.linalg.solve(xc.T @ xc + lam * np.eye(16), xc.T @ (y - y.mean(0)))
     pred64 = xc @ w64 + y.mean(0)
-    pred = np.asarray(ridge_predict(jnp.asarray(x), w, b), np.float64)
+    pred = np.asarray(linear_predict(jnp.asarray(x), w, b), np.float64)
     np.testing.assert_allclose(pred, pred64, atol=1e-3 * np.abs(pred64).max())

@@ -9,8 +9,8 @@ import pytest
 from _runs import run_cfg
 
 from jaxlab.errors import ConfigError
-from jaxlab.experiments._dissimilarity_analysis import asymmetry, pair_values, point_of, representations
-from jaxlab.experiments._dissimilarity_report import asymmetry_verdict
+from jaxlab.experiments.representation_dissimilarity_analysis import asymmetry, pair_values, point_of, representations
+from jaxlab.experiments.representation_dissimilarity_report import asymmetry_verdict
 from jaxlab.registry import get_experiment
 from jaxlab.tasks import modsum
 

@@ -1,6 +1,7 @@
 """The steerability experiment end to end (smoke preset), and its onset/correlation summaries."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from jaxlab import results
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import steerability as S
+from jaxlab.experiments import steerability_report as SR
 from jaxlab.registry import get_experiment
 
 NAMES = ("joy", "anger", "sadness", "fear")
@@ -37,7 +39,7 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
         assert "sep_steer_corr" in final
     df = results.load(smoke_run)
     assert sorted(df.step.unique()) == list(steps)
-    grid_steps, values = S.history_grid(df, "steer_effect", "joy", cfg.model.n_layers)
+    grid_steps, values = SR.history_grid(df, "steer_effect", "joy", cfg.model.n_layers)
     assert list(grid_steps) == list(steps) and values.shape == (2, len(steps), L)
     # the final summaries are recomputed from the table exactly
     for run in summary["runs"]:
@@ -50,7 +52,7 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
     found = np.load(smoke_run / "checkpoint_directions.npz")
     assert list(found["steps"]) == list(steps[1:])
     assert found["v"].shape[:4] == (len(steps) - 1, 2, len(NAMES), L)
-    _, ids = S.history_grid(df, "id_score", "anger", cfg.model.n_layers)
+    _, ids = SR.history_grid(df, "id_score", "anger", cfg.model.n_layers)
     np.testing.assert_allclose(np.moveaxis(found["id_score"][:, :, 1], 0, 1), ids[:, 1:], atol=1e-6)
     report = (smoke_run / "report.md").read_text()
     for name in ("heatmap_id_score.png", "heatmap_steer_effect.png", "sep_vs_steer.png", "direction_stability.png"):
@@ -58,15 +60,38 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
     assert "jaxlab run steerability --preset smoke" in report
 
 
-def test_onsets_and_correlation_match_numpy():
+def test_onsets_reach_the_threshold_and_correlation_matches_numpy():
+    """from_history's onsets count a value equal to the threshold (>=, "reaches"); r per run."""
     steps = np.array([0, 1, 3, 10, 30, 100])
-    vals = np.array([[0.1, 0.2, 0.6, 0.7, 0.9, 0.95], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
-    np.testing.assert_array_equal(S.onset_steps(vals, steps, 0.6), [3.0, np.nan])
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
-    ref = [np.corrcoef(a, b)[0, 1] for a, b in zip(x, y)]
-    np.testing.assert_allclose(S.pearson_rows(x, y), ref, rtol=1e-10)
-    assert np.isnan(S.pearson_rows(np.ones((1, 6)), y[:1])[0])
+    L, names = 2, ("joy", "fear")
+    sep = np.array([[0.1, 0.2, 0.6, 0.9, 0.9, 0.95], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # best layer 0
+    steer = np.array([[0.0, 0.1, 0.1, 0.2, 0.3, 0.3], [0.0, 0.0, 0.0, 0.0, 0.5, 0.5]])
+    history = {}
+    for c in names:
+        for name, v in (("separability", sep), ("steer_effect", steer), ("id_score", sep)):
+            history[f"{name}_{c}_l0"] = v
+            history[f"{name}_{c}_l1"] = v * 0.5
+    cfg = SimpleNamespace(
+        probe=S.SteerabilityProbe(), model=SimpleNamespace(n_layers=L), task=SimpleNamespace(names=names)
+    )
+    out = S.from_history(SimpleNamespace(cfg=cfg), history, steps)
+    np.testing.assert_array_equal(out["sep_onset_step_joy"], [10.0, np.nan])  # 0.9 reaches sep_threshold 0.9
+    np.testing.assert_array_equal(out["steer_onset_step_joy"], [10.0, 30.0])  # 0.2 reaches steer_threshold 0.2
+    ref = np.corrcoef(0.75 * sep[0], 0.75 * steer[0])[0, 1]  # the layer means
+    assert out["sep_steer_corr_joy"][0] == pytest.approx(ref, rel=1e-10)
+    assert np.isnan(out["sep_steer_corr_joy"][1])  # a constant run has no correlation
+    np.testing.assert_allclose(out["separability_fear"], [0.95, 0.0])
+
+
+def test_direction_stability_matches_numpy_cosines():
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(4, 2, 3, 2, 5))  # [C, R, K, L, D]
+    out = SR.direction_stability(v)
+    cos = lambda a, b: np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    np.testing.assert_allclose(out["successive"], cos(v[1:], v[:-1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["to_final"], cos(v, v[-1:]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["to_final"][-1], 1.0, atol=1e-6)
+    assert out["successive"].shape == (3, 2, 3, 2)
 
 
 def test_bad_probe_settings_are_refused(capsys):

@@ -9,11 +9,14 @@ import pytest
 from _runs import run_cfg
 
 from jaxlab.errors import ConfigError
-from jaxlab.probes.stitching import StitchConfig, residual_hooks, stitch, stitch_runs
+from jaxlab.models import residual_hooks
+from jaxlab.probes import stitching
+from jaxlab.probes.stitching import StitchConfig, stitch, stitch_runs
 from jaxlab.train import default_hparams, seed_keys
 
 STITCH = StitchConfig(steps=60, lr=3e-3, batch_size=64, fit_batch_size=256)
-HOOKS = residual_hooks(1)  # blocks.0.hook_resid_pre (the tokens), blocks.0.hook_resid_post (before the readout)
+# blocks.0.hook_resid_pre (the tokens), blocks.0.hook_resid_post (before the readout)
+HOOKS = residual_hooks(1, embeddings=True, name="pre")
 PRE, POST = 0, 1
 
 
@@ -81,9 +84,19 @@ def test_vectorized_over_pairs_and_hooks_equals_one_pair_one_hook(stitched):
     np.testing.assert_allclose(single.weight[0, 0], r.weight[2, 1, POST], rtol=1e-3, atol=1e-4)
 
 
+def test_default_hooks_and_the_compiled_program_is_reused_with_the_same_numbers(stitched):
+    """The default hooks are the stream before each block and after the last; stitching the same
+    shapes again compiles nothing new (the program's static arguments are equal) and repeats the result."""
+    train, group_a, trained, r = stitched
+    compiled = stitching._stitch_program._cache_size()
+    again = stitch_runs(train, group_a, train, trained, cfg=STITCH)
+    assert again.hooks == tuple(HOOKS) == ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post")
+    assert stitching._stitch_program._cache_size() == compiled
+    np.testing.assert_array_equal(again.penalty, r.penalty)
+
+
 def test_bad_hooks_and_settings_are_refused(stitched):
     train, group_a, trained, _ = stitched
-    assert residual_hooks(2) == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
     with pytest.raises(ConfigError, match="stitch.hooks.*allowed: blocks.0.hook_resid_pre"):
         stitch_runs(train, group_a, train, trained, ["blocks.0.attn.hook_pattern"], cfg=STITCH)
     with pytest.raises(ConfigError, match="stitch.init"):

@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, SweepConfig, TrainConfig
+from jaxlab.config import ExperimentConfig, OptimConfig, SweepConfig, TrainConfig
+from jaxlab.models.presets import gpt_model
 from jaxlab.registry import get_experiment
 from jaxlab.tasks import regression, task_spec
 
@@ -42,20 +43,7 @@ def lsa_regression() -> ExperimentConfig:
 
 
 def softmax_regression() -> ExperimentConfig:
-    model = ModelConfig(
-        n_layers=2,
-        n_heads=4,
-        d_model=64,
-        attention="softmax",
-        mask="causal",
-        d_mlp=256,
-        activation="gelu",
-        layernorm=True,
-        use_bias=True,
-        read_in="linear",
-        readout="linear",
-        pos_encoding="learned",
-    )
+    model = gpt_model(n_layers=2, n_heads=4, d_model=64, input="continuous")  # Garg et al.'s GPT-2 shape, scaled
     task = regression.Config(n_dims=20, n_context=40, input_dist="normal", layout="interleaved")
     return ExperimentConfig(
         experiment="icl-regression",

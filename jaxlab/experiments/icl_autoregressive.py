@@ -38,9 +38,10 @@ import numpy as np
 
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
-from jaxlab.experiments import _icl_autoregressive_report as _report
+from jaxlab.experiments import icl_autoregressive_report as _report
+from jaxlab.models.presets import linear_attention_model
 from jaxlab.probes import autoregressive as pr
-from jaxlab.probes.sensitivity import cosine
+from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import autoregressive as ar
 from jaxlab.train.experiment import Experiment, Finalized
@@ -151,7 +152,8 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
         _, sens = pr.last_state_sensitivity(predict, task, batch.inputs)
         _, sens_blocks = pr.last_state_sensitivity(blocks, task, batch.inputs)
         out["block_loss"] = pr.masked_half_mse(blocks(batch.inputs), batch.targets, batch.loss_mask)
-        out["block_model_cos"] = jnp.mean(cosine(sens, sens_blocks))
+        flat = lambda g: g.reshape(g.shape[0], -1)
+        out["block_model_cos"] = jnp.mean(cosine(flat(sens), flat(sens_blocks), eps=VON_OSWALD_EPS))
         if task.w_kind != "haar":
             out["b_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(b, task)))
             out["a_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(a.T, task)))
@@ -201,24 +203,12 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
 
 
 # -- presets ---------------------------------------------------------------------------------------
-def augmented_model(**overrides) -> ModelConfig:
-    base = dict(
-        n_layers=1,
-        n_heads=1,
-        attention="linear",
-        mask="causal",
-        d_mlp=0,
-        layernorm=False,
-        use_bias=False,
-        read_in="identity",
-        readout="y_block",
-        pos_encoding="none",
-        init_scale=0.01,
-    )
-    return ModelConfig(**{**base, **overrides})
+def augmented_model(**overrides: Any) -> ModelConfig:
+    """One linear-attention head, causal, the prediction = the last d coordinates of the stream."""
+    return linear_attention_model(mask="causal", readout="y_block", init_scale=0.01, **overrides)
 
 
-def positional_model(n_heads: int, d_head: int, **overrides) -> ModelConfig:
+def positional_model(n_heads: int, d_head: int, **overrides: Any) -> ModelConfig:
     return augmented_model(attention="positional", n_heads=n_heads, d_head=d_head, **overrides)
 
 
@@ -320,5 +310,5 @@ EXPERIMENT = Experiment(
     make_evaluate=make_evaluate,
     eval_data=eval_data,
     finalize=finalize,
-    report=_report.report,
+    report=_report.sections,
 )

@@ -47,6 +47,7 @@ from jaxlab.config import (
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression_report as _report
 from jaxlab.models.gd import check_interpolable
+from jaxlab.models.presets import linear_attention_model
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes.icl_algorithms import ALGORITHMS
 from jaxlab.rng import in_rng_scope
@@ -163,25 +164,18 @@ def probe_data(train) -> dict[str, Any]:
     return {"batch": batch, "ref": ref}
 
 
-_PROBE_DATA: dict[tuple, dict[str, Any]] = {}
-
-
 def eval_data(train) -> Any:
-    """The evaluation batch, plus the GD/baseline reference when the GD probes are on.
+    """The evaluation batch, plus the GD/baseline reference (`probe_data`) when the GD probes are on.
 
-    The reference is computed once per setup and kept for `finalize` and later programs.
+    Nothing is kept between calls: each computes the reference again from the config (the same
+    arrays every time), once per traced start program and once per `finalize` call (run chunk).
+    The reference's baselines run in NumPy float64 on the host, so it cannot be traced into the
+    program itself (icl-autoregressive's reference, all JAX, is).
     """
     cfg = train.cfg
     if not cfg.probe.gd_probes:
         return train.sample(train.eval_key(), cfg.train.eval_batch_size)
-    t, p = cfg.train, cfg.probe
-    key = (cfg.task, t.eval_seed, t.eval_batch_size, t.prng_impl, n_gd_steps(cfg))
-    key += (p.ridge_lambda, p.knn_k, p.ilwd_points, p.ilwd_tasks)
-    if key not in _PROBE_DATA:
-        if len(_PROBE_DATA) >= 4:
-            _PROBE_DATA.pop(next(iter(_PROBE_DATA)))
-        _PROBE_DATA[key] = probe_data(train)
-    return _PROBE_DATA[key]
+    return probe_data(train)
 
 
 def make_evaluate(cfg: ExperimentConfig):
@@ -253,22 +247,10 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
 
 
 # -- presets ---------------------------------------------------------------------------------------
-def lsa_model(**overrides) -> ModelConfig:
-    """One linear self-attention layer on raw (x, y) tokens, von Oswald et al.'s architecture."""
-    base = dict(
-        n_layers=1,
-        n_heads=1,
-        attention="linear",
-        mask="context_keys",
-        d_mlp=0,
-        layernorm=False,
-        use_bias=False,
-        read_in="identity",
-        readout="neg_y_block",
-        pos_encoding="none",
-        init_scale=0.002,
-    )
-    return ModelConfig(**{**base, **overrides})
+def lsa_model(**overrides: Any) -> ModelConfig:
+    """One linear self-attention layer on raw (x, y) tokens, von Oswald et al.'s architecture: keys
+    and values from the context tokens only, the prediction = minus the y block of the query token."""
+    return linear_attention_model(mask="context_keys", readout="neg_y_block", init_scale=0.002, **overrides)
 
 
 def paper() -> ExperimentConfig:
@@ -385,5 +367,5 @@ EXPERIMENT = Experiment(
     make_evaluate=make_evaluate,
     eval_data=eval_data,
     finalize=finalize,
-    report=_report.report,
+    report=_report.sections,
 )

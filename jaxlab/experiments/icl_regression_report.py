@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab.probes.icl_algorithms import ALGORITHMS
-from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, table
+from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, spread, table
 
 # Bars of the issue for the single-layer presets: every run must meet them.
 BAR_MODEL_COS = 0.99
@@ -75,15 +75,6 @@ CLAIMS: dict[str, list[tuple[str, str, Stat]]] = {
 }
 
 
-def _summary_stat(values: Sequence[float | None]) -> str:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return "—"
-    if v.size == 1:
-        return fmt(float(v[0]))
-    return f"{fmt(float(np.median(v)))} [{fmt(float(v.min()))}, {fmt(float(v.max()))}]"
-
-
 def _ref_value(ref: dict[str, float], name: str, group: str) -> float | None:
     """A reference value of the run, or of the program whose label is part of the group's label."""
     if name in ref:
@@ -109,7 +100,7 @@ def _first_reached(ctx: ReportContext, runs: list[dict[str, Any]]) -> str:
         return ""
     first = df[df.value >= BAR_MODEL_COS].groupby("run").step.min()
     never = len(runs) - len(first)
-    text = f"; first evaluation step with `model_cos` >= {BAR_MODEL_COS}: {_summary_stat(first.tolist())}"
+    text = f"; first evaluation step with `model_cos` >= {BAR_MODEL_COS}: {spread(first.tolist())}"
     return text + (f" ({never} runs never)" if never else "")
 
 
@@ -117,10 +108,7 @@ def comparison_section(ctx: ReportContext) -> Section:
     claims = CLAIMS.get(ctx.cfg.preset, SINGLE_LAYER)
     groups = _groups(ctx.summary["runs"])
     header = ["quantity", "paper reports", *[f"jaxlab: {g}" for g, _ in groups]]
-    rows = [
-        [q, paper, *[_summary_stat([stat(r["final"]) for r in runs]) for _, runs in groups]]
-        for q, paper, stat in claims
-    ]
+    rows = [[q, paper, *[spread([stat(r["final"]) for r in runs]) for _, runs in groups]] for q, paper, stat in claims]
     body = "jaxlab's values are the final values over the runs that did not diverge: median [min, max].\n\n" + table(
         header, rows
     )
@@ -157,8 +145,8 @@ def algorithms_section(ctx: ReportContext) -> Section | None:
     for g, runs in groups:
         for a in names:
             rows.append(
-                [g, a, _ref_value(ref, f"{a}_loss", g), _summary_stat([r["final"].get(f"spd_{a}") for r in runs]),
-                 _summary_stat([r["final"].get(f"ilwd_{a}") for r in runs])]
+                [g, a, _ref_value(ref, f"{a}_loss", g), spread([r["final"].get(f"spd_{a}") for r in runs]),
+                 spread([r["final"].get(f"ilwd_{a}") for r in runs])]
             )  # fmt: skip
     body = (
         "Akyürek et al. (2023) compare in-context learners with learning algorithms by the squared "
@@ -290,14 +278,14 @@ def ood_section(ctx: ReportContext) -> Section | None:
     )
 
 
-def report(ctx: ReportContext) -> list[Section]:
+def sections(ctx: ReportContext) -> list[Section]:
     if "model_cos" not in set(ctx.df.metric):
         return [Section("GD equivalence", "The GD probes were off for this run (probe.gd_probes = false).")]
-    sections = [comparison_section(ctx)]
+    out = [comparison_section(ctx)]
     fig = _curve_figure(ctx)
     if fig is not None:
-        sections.append(Section("GD equivalence over training", figures=[fig]))
+        out.append(Section("GD equivalence over training", figures=[fig]))
     for s in (algorithms_section(ctx), ood_section(ctx)):
         if s is not None:
-            sections.append(s)
-    return sections
+            out.append(s)
+    return out

@@ -34,7 +34,7 @@ grammars, vocabulary and model width were not available to us, so those are our 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,14 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
+from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.config import _positive as positive
-from jaxlab.experiments import _instruction_clustering_report as _report
+from jaxlab.experiments import instruction_clustering_report as _report
 from jaxlab.metrics.clustering import class_means
-from jaxlab.models import run_with_cache
+from jaxlab.models import residual_hooks, run_with_cache
+from jaxlab.models.presets import gpt_model
 from jaxlab.probes import clustering as pc
-from jaxlab.rng import in_rng_scope, rng_scope
-from jaxlab.stats import pearson
+from jaxlab.rng import rng_scope
+from jaxlab.stats import onset_steps, pearson
 from jaxlab.tasks import Batch
 from jaxlab.tasks import instructions as task_lib
 from jaxlab.train.experiment import Experiment, Finalized
@@ -86,29 +87,11 @@ class Probe(ProbeConfig):
 
 
 # -- presets -------------------------------------------------------------------------------------------
-def model(**overrides: Any) -> ModelConfig:
-    """A GPT-2-style block stack: pre-LayerNorm, causal softmax attention, GeLU MLP, learned positions."""
-    base = dict(
-        n_layers=6,
-        n_heads=4,
-        d_model=64,
-        d_mlp=256,
-        attention="softmax",
-        mask="causal",
-        input="discrete",
-        read_in="linear",
-        readout="linear",
-        pos_encoding="learned",
-        layernorm=True,
-    )
-    return ModelConfig(**{**base, **overrides})
-
-
 def quick() -> ExperimentConfig:
     return ExperimentConfig(
         experiment="instruction-clustering",
         preset="quick",
-        model=model(),
+        model=gpt_model(n_layers=6, n_heads=4, d_model=64),
         task=task_lib.Config(
             n_tasks=8,
             n_inputs=5,
@@ -257,13 +240,6 @@ def make_evaluate(cfg: ExperimentConfig):
 
 
 # -- from the history ----------------------------------------------------------------------------------
-def first_step_above(values_RN: np.ndarray, steps_N: np.ndarray, threshold: float) -> np.ndarray:
-    """[R] first step whose value exceeds `threshold` (NaN when none does)."""
-    above = np.asarray(values_RN) > threshold
-    first = np.argmax(above, axis=1)
-    return np.where(above.any(axis=1), np.asarray(steps_N)[first], np.nan).astype(np.float64)
-
-
 def best_layer_series(history: Mapping[str, np.ndarray], n_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """(best layer [R] by final ARI, that layer's ARI over the checkpoints [R, n])."""
     ari = np.stack([np.asarray(history[f"ari_layer_{layer}"]) for layer in range(n_layers)], axis=1)  # [R, L, n]
@@ -278,8 +254,9 @@ def summarize_history(train: Any, history: Mapping[str, np.ndarray], steps: np.n
     per_run = {
         "best_layer": best.astype(np.float64),
         "ari_best_layer": ari_best[:, -1],
-        "ari_onset_step": first_step_above(ari_best, steps, ONSET),
-        "acc_onset_step": first_step_above(acc, steps, ONSET),
+        # onsets "exceed" 0.5 (>), as METRICS defines them
+        "ari_onset_step": onset_steps(ari_best, steps, ONSET, strict=True),
+        "acc_onset_step": onset_steps(acc, steps, ONSET, strict=True),
         "ari_acc_corr": corr,
     }
     # No pooled (all runs) correlation here: this hook sees one run chunk at a time, and a mean of
@@ -307,7 +284,7 @@ def ablation_one_run(train: Any, params: Any, seen: Batch, key: jax.Array) -> di
     pos = probe_position(cfg)
     positions = pc.position_mask(seen.inputs.shape[1], pos)
     everywhere = jnp.ones_like(positions)
-    hooks = pc.layer_hooks(cfg.model.n_layers)
+    hooks = residual_hooks(cfg.model.n_layers, embeddings=True)
     out, cache = run_with_cache(train.model, params, seen.inputs, names=hooks)
     clean = accuracy(out, seen)
     xs = jnp.stack([cache[h] for h in hooks])  # [L, B, T, D]
@@ -350,41 +327,43 @@ def ablation_one_run(train: Any, params: Any, seen: Batch, key: jax.Array) -> di
     return {"acc_clean": clean, "ari": ari, **jax.lax.map(per_layer, jnp.arange(L))}
 
 
-@functools.lru_cache(maxsize=4)
-def _ablation_program(train: Any) -> tuple[Callable[[Any, jax.Array], dict[str, jax.Array]], Batch]:
-    """(the jitted causal checks, vmapped over runs; the seen evaluation set), built once per
-    `Train`: `finalize` runs once per run chunk, and every chunk reuses the same executable."""
+@functools.partial(jax.jit, static_argnums=0)
+def seen_set(train: Any) -> Batch:
+    """The seen evaluation set (as `make_eval_data` draws it), as one compiled program."""
+    return make_eval_data(train)["seen"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def ablation_all_runs(train: Any, params_R: Any, seeds_R: jax.Array, seen: Batch) -> dict[str, jax.Array]:
+    """The causal checks of every run (params and seeds [R]) on the seen set, as one program; the
+    random control bases of run r come from `seeds[r]`. `train` is static (as in `seen_set`): every
+    run chunk of a program reuses one executable (JAX's jit cache); no array is kept between calls.
+    (The seen set is an argument, not drawn inside: as a constant of this program XLA would sum the
+    accuracies in another order.)"""
     with rng_scope():  # the random draws are traced here
-        seen = jax.jit(lambda: make_eval_data(train)["seen"])()
         key = jax.random.fold_in(_probe_key(train.cfg), 1)
 
-    def one(params: Any, seed: jax.Array, seen: Batch) -> dict[str, jax.Array]:
-        return ablation_one_run(train, params, seen, jax.random.fold_in(key, seed))  # random bases per seed
+        def one(params: Any, seed: jax.Array) -> dict[str, jax.Array]:
+            return ablation_one_run(train, params, seen, jax.random.fold_in(key, seed))  # random bases per seed
 
-    program = jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
-    return in_rng_scope(lambda params, seeds: program(params, seeds, seen)), seen
+        return jax.vmap(one)(params_R, seeds_R)
 
 
 def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
-    program, _ = _ablation_program(train)
-    res = program(state.params, jnp.asarray(seeds, jnp.uint32))
+    res = ablation_all_runs(train, state.params, jnp.asarray(seeds, jnp.uint32), seen_set(train))
     res = {k: np.asarray(v) for k, v in jax.device_get(res).items()}
     R, L = res["ari"].shape
     best = np.argmax(res["ari"], axis=1)
-    at_best = lambda v: v[np.arange(R), best]
-    per_run: dict[str, np.ndarray] = {
-        "ablation_acc_drop": at_best(res["ablation"]),
-        "random_ablation_acc_drop": at_best(res["random"]),
-        "position_ablation_acc_drop": at_best(res["position"]),
-        "swap_acc_drop": at_best(res["swap"]),
-        "swap_follow_rate": at_best(res["follow"]),
+    names = {
+        "ablation": "ablation_acc_drop",
+        "random": "random_ablation_acc_drop",
+        "position": "position_ablation_acc_drop",
+        "swap": "swap_acc_drop",
+        "follow": "swap_follow_rate",
     }
+    per_run = {name: res[k][np.arange(R), best] for k, name in names.items()}  # at each run's best layer
     for layer in range(L):
-        per_run[f"ablation_acc_drop_layer_{layer}"] = res["ablation"][:, layer]
-        per_run[f"random_ablation_acc_drop_layer_{layer}"] = res["random"][:, layer]
-        per_run[f"position_ablation_acc_drop_layer_{layer}"] = res["position"][:, layer]
-        per_run[f"swap_acc_drop_layer_{layer}"] = res["swap"][:, layer]
-        per_run[f"swap_follow_rate_layer_{layer}"] = res["follow"][:, layer]
+        per_run.update({f"{name}_layer_{layer}": res[k][:, layer] for k, name in names.items()})
     return Finalized(per_run=per_run)
 
 

@@ -65,15 +65,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
+from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import latent_ambiguity_report as _report
 from jaxlab.models import count_params, run_with_cache
-from jaxlab.probes.linear_probe import r2_score, ridge_fit, ridge_predict
+from jaxlab.models.presets import gpt_model
+from jaxlab.probes.linear_probe import linear_predict, r2_score, ridge_fit
 from jaxlab.rng import rng_scope
 from jaxlab.tasks import latent
 from jaxlab.tasks import latent_bayes as bayes
 from jaxlab.train.experiment import Experiment, Finalized
+from jaxlab.train.groups import plan_groups
 
 if TYPE_CHECKING:
     from jaxlab.train.engine import EvalFn, Train, TrainState
@@ -169,7 +171,7 @@ def posterior_probe(
     half = x.shape[0] // 2
     flat = lambda a: a.reshape(-1, a.shape[-1])
     w, b = ridge_fit(flat(x[:half]), flat(y[:half]), lam)
-    pred = ridge_predict(flat(x[half:]), w, b)
+    pred = linear_predict(flat(x[half:]), w, b)
     y_test = flat(y[half:])
     return jnp.mean(jnp.argmax(pred, -1) == jnp.argmax(y_test, -1)), r2_score(y_test, pred)
 
@@ -216,8 +218,6 @@ def language_reference(cfg: ExperimentConfig, a: int) -> dict[str, float]:
 
 
 def _n_programs(cfg: ExperimentConfig) -> int:
-    from jaxlab.train.groups import plan_groups
-
     return len(plan_groups(cfg, check=False))  # the sweep was checked before it started
 
 
@@ -264,24 +264,6 @@ def after_sweep(outcomes: list[Any]) -> Finalized:
 
 
 # -- presets ---------------------------------------------------------------------------------------
-def char_model(**overrides: Any) -> ModelConfig:
-    """A GPT-style character model (nanoGPT's layout: pre-LN blocks, learned positions, MLP 4 d)."""
-    base = dict(
-        n_layers=2,
-        n_heads=4,
-        d_model=64,
-        attention="softmax",
-        mask="causal",
-        d_mlp=256,
-        activation="gelu",
-        input="discrete",
-        read_in="linear",
-        readout="linear",
-        pos_encoding="learned",
-    )
-    return ModelConfig(**{**base, **overrides})
-
-
 # Constants c whose measured epsilon matches Jiang's labels 0, 0.065 and 0.157 (bisection on
 # `latent_bayes.measured_ambiguity` with 16384 messages: 0.0650 / 0.1570 for 8-letter messages,
 # 0.0648 / 0.1570 for 21-letter ones, standard errors <= 0.0017).
@@ -300,7 +282,7 @@ def paper() -> ExperimentConfig:
     return ExperimentConfig(
         experiment="latent-ambiguity",
         preset="paper",
-        model=char_model(n_layers=3, n_heads=4, d_model=128, d_mlp=512),
+        model=gpt_model(n_layers=3, n_heads=4, d_model=128),  # a character model in nanoGPT's layout
         task=latent.Config(message_len=21, n_messages=6, chain_stay=0.5),
         optim=OptimConfig(
             name="adamw", lr=1e-3, weight_decay=0.0, clip_norm=1.0, schedule="warmup_cosine", warmup_steps=200

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxlab.reporting import Figure, ReportContext, Section, fmt, point_columns, table
+from jaxlab.reporting import Figure, ReportContext, Section, fmt, point_columns, spread, table
 
 _NAME = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:_m(?P<m>\d+)|_pos(?P<pos>\d+))?_a(?P<a>\d+)$")
 
@@ -49,15 +49,6 @@ def size_labels(df: pd.DataFrame, ctx: ReportContext) -> pd.Series:
         m = ctx.cfg.model
         return pd.Series(f"{m.n_layers} layers, d {m.d_model}", index=df.index)
     return df[cols].astype(str).agg(lambda r: ", ".join(f"{c.split('.')[1]}={v}" for c, v in zip(cols, r)), axis=1)
-
-
-def _spread(values: pd.Series) -> str:
-    v = values.to_numpy(dtype=float)
-    if v.size == 0:
-        return "—"
-    if v.size == 1:
-        return fmt(v[0])
-    return f"{fmt(np.median(v))} [{fmt(v.min())}, {fmt(v.max())}]"
 
 
 def _ambiguity_rows(ctx: ReportContext) -> list[int]:
@@ -127,7 +118,7 @@ def icl_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
                 floor = s[(s.base == "bayes_kl_truth") & (s.m == m)].value
                 cells += [
                     author.get(m),
-                    _spread(truth) if len(truth) else "—",
+                    spread(truth) if len(truth) else "—",
                     fmt(floor.median()) if len(floor) else "—",
                 ]
             rows.append(cells)
@@ -206,7 +197,7 @@ def probe_and_position_section(ctx: ReportContext, fin: pd.DataFrame) -> Section
     for (a, size), s in fin[fin.base.str.startswith("posterior_probe")].groupby(["a", "size"]):
         acc = s[s.base == "posterior_probe_acc"].value
         r2 = s[s.base == "posterior_probe_r2"].value
-        rows.append([a, size, _spread(acc), _spread(r2)])
+        rows.append([a, size, spread(acc), spread(r2)])
     body = (
         "Ridge probe from the residual stream to the Bayes posterior over intentions (held-out half of the "
         "evaluation prompts): agreement of the arg-max intention, and R^2 of the posterior.\n\n"
@@ -248,7 +239,7 @@ def bars_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
         fl = s[(s.base == "bayes_kl_truth") & (s.m == last)].value.median()
         decreases = bool(len(t1) and np.all(tl.values < t1.reindex(tl.index).values))
         rows.append(
-            [a, size, _spread(kb), "yes" if len(kb) and kb.max() < BAR_KL_BAYES else "no", _spread(t1), _spread(tl),
+            [a, size, spread(kb), "yes" if len(kb) and kb.max() < BAR_KL_BAYES else "no", spread(t1), spread(tl),
              f"{fmt(f1)} -> {fmt(fl)}", "yes" if decreases else "no"]
         )  # fmt: skip
     header = [

@@ -52,20 +52,23 @@ block l, l = L after the last block):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
+from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
+from jaxlab.experiments import representation_dissimilarity_analysis as _analysis
+from jaxlab.experiments import representation_dissimilarity_report as _report
+from jaxlab.models.presets import gpt_model
 from jaxlab.tasks import modsum
 from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.losses import accuracy, per_position_loss
 
 if TYPE_CHECKING:
-    from jaxlab.reporting import ReportContext, Section
     from jaxlab.train.engine import EvalFn, Train
 
 
@@ -83,7 +86,7 @@ class DissimilarityProbeConfig(ProbeConfig):
     n_cka: int = 128
 
     # read once per sweep, from the first program's config, by the analysis across programs
-    # (`_dissimilarity_analysis.analyse`)
+    # (`representation_dissimilarity_analysis.analyse`)
     SWEEP_WIDE: ClassVar[dict[str, str]] = {
         name: "sets the analysis across the sweep's programs (one value for the whole sweep)"
         for name in ("stitch_steps", "stitch_lr", "stitch_batch_size", "stitch_fit_batch_size", "n_cka")
@@ -105,8 +108,6 @@ class DissimilarityProbeConfig(ProbeConfig):
 
 # -- evaluation ------------------------------------------------------------------------------------
 def _shifted(train: Train, shortcut: float, key: jax.Array, n: int):
-    import dataclasses
-
     return train.sample(key, n, task=dataclasses.replace(train.cfg.task, shortcut=shortcut))
 
 
@@ -131,23 +132,6 @@ def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
 
 
 # -- presets ---------------------------------------------------------------------------------------
-def _model(**overrides: Any) -> ModelConfig:
-    base = dict(
-        n_layers=2,
-        n_heads=4,
-        d_model=64,
-        d_mlp=256,
-        activation="gelu",
-        attention="softmax",
-        mask="causal",
-        input="discrete",
-        read_in="linear",
-        readout="linear",
-        pos_encoding="learned",
-    )
-    return ModelConfig(**{**base, **overrides})
-
-
 def paper() -> ExperimentConfig:
     """Brown et al.'s families, scaled to the synthetic task: GeLU vs SoLU x widths {64, 128, 256} x
     depths {2, 4, 6} x shortcut {0, 1}, 5 seeds each (36 programs); p = 23, 6 items a sequence,
@@ -157,7 +141,7 @@ def paper() -> ExperimentConfig:
     return ExperimentConfig(
         experiment="representation-dissimilarity",
         preset="paper",
-        model=_model(d_mlp=512),
+        model=gpt_model(n_layers=2, n_heads=4, d_model=64, d_mlp=512),
         task=modsum.Config(p=23, n_items=6),
         optim=OptimConfig(name="adamw", lr=2e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_steps=200),
         train=TrainConfig(steps=6000, batch_size=128, eval_schedule="linear", eval_every=500, eval_batch_size=512),
@@ -260,15 +244,7 @@ METRICS = {
 
 
 def after_sweep(outcomes: list[Any]) -> Finalized:
-    from jaxlab.experiments._dissimilarity_analysis import analyse
-
-    return Finalized(reference=analyse(outcomes))
-
-
-def report(ctx: ReportContext) -> list[Section]:
-    from jaxlab.experiments._dissimilarity_report import sections
-
-    return sections(ctx)
+    return Finalized(reference=_analysis.analyse(outcomes))
 
 
 EXPERIMENT = Experiment(
@@ -282,6 +258,6 @@ EXPERIMENT = Experiment(
     metrics=METRICS,
     make_evaluate=make_evaluate,
     eval_data=make_eval_data,
-    report=report,
+    report=_report.sections,
     after_sweep=after_sweep,
 )

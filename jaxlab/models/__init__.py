@@ -2,7 +2,7 @@
 
 from jaxlab.config import ModelConfig
 from jaxlab.models.attention import AttentionExecution
-from jaxlab.models.interventions import Intervention, add_at, hook_names, replace_at
+from jaxlab.models.interventions import Intervention, add_at, hook_names, replace_at, residual_hooks
 from jaxlab.models.transformer import Transformer, count_params, init_params, run_with_cache, scale_weights
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "hook_names",
     "init_params",
     "replace_at",
+    "residual_hooks",
     "run_with_cache",
     "scale_weights",
 ]

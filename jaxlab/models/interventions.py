@@ -65,6 +65,33 @@ def hook_names(cfg: ModelConfig) -> list[str]:
     return names
 
 
+RESIDUAL_NAMES = ("post", "pre")
+
+
+def residual_hooks(n_layers: int, *, embeddings: bool, name: str = "post") -> list[str]:
+    """The hooks of the residual stream's reading points, in depth order.
+
+    Point s = 0 .. n_layers is the stream after s blocks: s = 0 the embeddings
+    (`blocks.0.hook_resid_pre`), s >= 1 the output of block s - 1. `embeddings=False` leaves point 0
+    out (n_layers points), `embeddings=True` keeps it (n_layers + 1 points).
+    A point 0 < s < n_layers has two hooks that record the same array: `name="post"` reads it as
+    `blocks.{s-1}.hook_resid_post` (after the block), `name="pre"` as `blocks.{s}.hook_resid_pre`
+    (before the next). The choice matters to interventions, which act at the named hook; the
+    embeddings are always `blocks.0.hook_resid_pre`, the last point `blocks.{n_layers-1}.hook_resid_post`.
+    """
+    if n_layers < 1:
+        raise ValueError(f"residual_hooks: n_layers must be >= 1, got {n_layers}")
+    if name not in RESIDUAL_NAMES:
+        raise ValueError(f"residual_hooks: name must be one of {', '.join(RESIDUAL_NAMES)}, got {name!r}")
+
+    def hook(s: int) -> str:
+        if s == 0 or (name == "pre" and s < n_layers):
+            return f"blocks.{s}.hook_resid_pre"
+        return f"blocks.{s - 1}.hook_resid_post"
+
+    return [hook(s) for s in range(0 if embeddings else 1, n_layers + 1)]
+
+
 def check_interventions(cfg: ModelConfig, interventions: Sequence[Intervention]) -> None:
     valid = [n for n in hook_names(cfg) if not n.endswith("hook_pattern")]
     for iv in interventions:

@@ -39,8 +39,9 @@ import jax.numpy as jnp
 
 from jaxlab import linalg
 from jaxlab.config import ModelConfig
+from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
 from jaxlab.probes.gd_equivalence import minimize_log_grid
-from jaxlab.probes.sensitivity import cosine, query_sensitivity
+from jaxlab.probes.sensitivity import query_sensitivity
 from jaxlab.tasks import autoregressive as ar
 from jaxlab.tasks.batch import Batch
 
@@ -100,13 +101,14 @@ def equivalence_metrics(
 ) -> dict[str, jax.Array]:
     """eval_loss, gd_loss, preds_diff, model_cos of ONE model (vmap over params for runs)."""
     predict = lambda inputs: apply_fn(params, inputs)
+    flat = lambda g: g.reshape(g.shape[0], -1)  # Jacobians compared as flat vectors
     preds = predict(batch.inputs)
     _, sens = last_state_sensitivity(predict, task, batch.inputs)
     return {
         "eval_loss": masked_half_mse(preds, batch.targets, batch.loss_mask),
         "gd_loss": ref["loss"],
         "preds_diff": jnp.mean(jnp.linalg.norm(preds - ref["preds"], axis=-1)),
-        "model_cos": jnp.mean(cosine(sens, ref["sens"])),
+        "model_cos": jnp.mean(cosine(flat(sens), flat(ref["sens"]), eps=VON_OSWALD_EPS)),
     }
 
 

@@ -2,7 +2,8 @@
 
 Following Wu & Varshney (2024), the representation of a sequence at layer l is its residual stream
 at one position (e.g. the separator before the output): layer 0 is the embedding
-(`blocks.0.hook_resid_pre`), layer l >= 1 the output of block l (`blocks.{l-1}.hook_resid_post`).
+(`blocks.0.hook_resid_pre`), layer l >= 1 the output of block l (`blocks.{l-1}.hook_resid_post`):
+the hooks `jaxlab.models.residual_hooks(n_blocks, embeddings=True)`.
 At every layer the representations are clustered by k-means with k = number of tasks, and the
 clusters are scored against the task labels (ARI, NMI); the silhouette and the between/within
 variance ratio measure the same grouping with the labels themselves.
@@ -34,19 +35,9 @@ from jaxlab.metrics.clustering import (
     silhouette_score,
     variance_ratio,
 )
-from jaxlab.models import Intervention, Transformer, add_at, replace_at, run_with_cache
+from jaxlab.models import Intervention, Transformer, add_at, replace_at, residual_hooks, run_with_cache
 
 CLUSTER_METRICS = ("ari", "nmi", "silhouette", "variance_ratio")
-
-
-def layer_hook(layer: int) -> str:
-    """The hook of layer `layer`: 0 is the embedding, l >= 1 the output of block l."""
-    return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
-
-
-def layer_hooks(n_blocks: int) -> list[str]:
-    """Hooks of layers 0 .. n_blocks (n_blocks + 1 layers)."""
-    return [layer_hook(layer) for layer in range(n_blocks + 1)]
 
 
 def position_mask(seq_len: int, position: int) -> jax.Array:
@@ -58,7 +49,7 @@ def hidden_states(
     model: Transformer, params: chex.ArrayTree, inputs_BT: jax.Array, position: int
 ) -> tuple[jax.Array, jax.Array]:
     """(model outputs [B, T, V], representations [n_blocks + 1, B, D] at `position`)."""
-    hooks = layer_hooks(model.cfg.n_layers)
+    hooks = residual_hooks(model.cfg.n_layers, embeddings=True)
     out, cache = run_with_cache(model, params, inputs_BT, names=hooks)
     return out, jnp.stack([cache[h][:, position] for h in hooks])
 
@@ -129,7 +120,7 @@ def at_layer(
     traced: one compiled forward pass serves every layer (e.g. under `lax.map` over layers)."""
     return tuple(
         make(hook, positions_T * jnp.asarray(i == layer, positions_T.dtype))
-        for i, hook in enumerate(layer_hooks(n_blocks))
+        for i, hook in enumerate(residual_hooks(n_blocks, embeddings=True))
     )
 
 
@@ -184,8 +175,6 @@ __all__: Sequence[str] = [
     "hidden_states",
     "kmeans_ari",
     "layer_cluster_scores",
-    "layer_hook",
-    "layer_hooks",
     "position_mask",
     "project_out",
     "projection_ablation",

@@ -51,8 +51,10 @@ from jaxlab.models.gd import (
     params_from_products,
     product_config,
 )
+from jaxlab.models.transformer import Transformer
 from jaxlab.probes import icl_algorithms as alg
-from jaxlab.probes.sensitivity import cosine, model_query_fn, query_sensitivity, with_query
+from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
+from jaxlab.probes.sensitivity import model_query_fn, query_sensitivity, with_query
 from jaxlab.tasks.batch import Batch
 
 ApplyFn = Callable[[chex.ArrayTree, jax.Array], jax.Array]
@@ -284,9 +286,10 @@ def probe_predictions(
 
 
 def _gd_comparison(preds, sens, gd: dict[str, jax.Array], suffix: str) -> dict[str, jax.Array]:
+    flat = lambda g: g.reshape(g.shape[0], -1)  # Jacobians [B, O, d] compared as flat vectors
     return {
         f"preds_diff{suffix}": jnp.mean(jnp.linalg.norm(preds - gd["preds"], axis=-1)),
-        f"model_cos{suffix}": jnp.mean(cosine(sens, gd["sens"])),
+        f"model_cos{suffix}": jnp.mean(cosine(flat(sens), flat(gd["sens"]), eps=VON_OSWALD_EPS)),
         f"model_diff{suffix}": jnp.mean(jnp.linalg.norm((sens - gd["sens"]).reshape(sens.shape[0], -1), axis=-1)),
     }
 
@@ -326,8 +329,6 @@ def interp_loss(
     `cfg` must be a one-head linear-attention model with shared layer weights (`check_interpolable`);
     GD's layer is the one-step construction with rate `eta` (K tied layers: K steps).
     """
-    from jaxlab.models.transformer import Transformer
-
     check_interpolable(cfg)
     a, b = lsa_products(params, cfg)
     a_gd, b_gd = gd_products(cfg, n_context, eta)

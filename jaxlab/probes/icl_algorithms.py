@@ -85,6 +85,8 @@ def averaging_predict(x: Any, y: Any, q: Any) -> Any:
 
 
 def ridge_predict(x: Any, y: Any, q: Any, lam: float) -> Any:
+    """The ridge algorithm's prediction at q from the context alone (no intercept; module docstring).
+    (Fitting a ridge probe on representations is `linear_probe.ridge_fit` / `linear_predict`.)"""
     _check(x, y, q)
     xp = _xp(x)
     gram = _t(x) @ x + lam * xp.eye(x.shape[-1], dtype=x.dtype)

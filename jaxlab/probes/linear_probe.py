@@ -44,7 +44,9 @@ def _ridge_solve(gram_MM: jax.Array, rhs_MK: jax.Array, lam: float | jax.Array) 
     return v @ ((v.T @ rhs_MK) / (jnp.maximum(e, 0.0) + lam)[:, None])
 
 
-def ridge_predict(x_NF: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+def linear_predict(x_NF: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """x W + b [N, K]: the prediction of a linear map fitted by `ridge_fit`. (Not
+    `icl_algorithms.ridge_predict`, the ridge algorithm's in-context prediction.)"""
     return x_NF.astype(jnp.float32) @ w + b
 
 
@@ -62,7 +64,7 @@ def ridge_regression_probe(
     y_train = y_train.reshape(y_train.shape[0], -1)
     y_test = y_test.reshape(y_test.shape[0], -1)
     w, b = ridge_fit(x_train, y_train, lam)
-    return r2_score(y_test, ridge_predict(x_test, w, b))
+    return r2_score(y_test, linear_predict(x_test, w, b))
 
 
 def ridge_classifier_scores(
@@ -71,7 +73,7 @@ def ridge_classifier_scores(
     """Scores [n_test, n_classes] of the one-hot ridge classifier (arg-max is the prediction)."""
     onehot = jax.nn.one_hot(labels_train, n_classes)
     w, b = ridge_fit(x_train, onehot, lam)
-    return ridge_predict(x_test, w, b)
+    return linear_predict(x_test, w, b)
 
 
 def ridge_classifier_accuracy(

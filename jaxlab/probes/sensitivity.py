@@ -6,7 +6,8 @@ L2 distance) compares the implicit linear models themselves, not only their outp
 
 `query_sensitivity` needs a batched predictor whose prediction for task b depends on x_query[b]
 only (true of a transformer applied to a batch of sequences); it then gets all B Jacobians from
-one vector-Jacobian product per output dimension.
+one vector-Jacobian product per output dimension. Jacobians are compared with `jaxlab.probes.cosine`
+(von Oswald et al.'s form: `eps=VON_OSWALD_EPS`) on their flattened rows.
 """
 
 from __future__ import annotations
@@ -43,13 +44,4 @@ def query_sensitivity(
     return preds_BO, jnp.moveaxis(jac_OBD, 0, 1)
 
 
-def cosine(a_BK: jax.Array, b_BK: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """Row-wise cosine similarity [B] with eps added to each norm, as in von Oswald et al.'s code."""
-    a = a_BK.reshape(a_BK.shape[0], -1)
-    b = b_BK.reshape(b_BK.shape[0], -1)
-    na = jnp.linalg.norm(a, axis=-1, keepdims=True) + eps
-    nb = jnp.linalg.norm(b, axis=-1, keepdims=True) + eps
-    return jnp.sum((a / na) * (b / nb), axis=-1)
-
-
-__all__ = ["cosine", "model_query_fn", "query_sensitivity", "with_query"]
+__all__ = ["model_query_fn", "query_sensitivity", "with_query"]

@@ -23,12 +23,13 @@ Steering effect: on base sequences x_b (concept off), add alpha * s_l * v_l to t
   the change of the next-token probability mass on the concept's marker tokens at the last position.
   delta(0) = 0 exactly (m_0 is the alpha = 0 lane of the same computation). Reported: delta at a
   fixed alpha and the least-squares slope through the origin, sum_a alpha_a delta_a / sum_a alpha_a^2.
-Direction stability: the cosine between two directions (across checkpoints or concepts); the
-  directions are oriented (above), so the signed cosine is meaningful; `sign_invariant=True` gives |cos|.
+Direction stability: the cosine between two directions (across checkpoints or concepts,
+  `jaxlab.probes.cosine`); the directions are oriented (above), so the signed cosine is meaningful.
 
 Layers are residual-stream reading points: layer l is the stream after block l
-(`blocks.{l}.hook_resid_post`, TransformerLens names), l = 0..n_layers-1; `embeddings=True` adds
-the embedding stream (`blocks.0.hook_resid_pre`) in front. Every function works for one model; vmap
+(`blocks.{l}.hook_resid_post`, TransformerLens names), l = 0..n_layers-1, i.e.
+`jaxlab.models.residual_hooks(n_layers, embeddings=False)`; `embeddings=True` there adds the
+embedding stream (`blocks.0.hook_resid_pre`) in front. Every function works for one model; vmap
 over runs and checkpoints (params with leading axes). The layer axis is vmapped inside
 `read_concept`; `steering_deltas` folds its (layer, alpha) grid into the batch, selecting each
 lane's hook with a one-hot weight (pure-data interventions, no Python loop over layers).
@@ -44,24 +45,18 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab import linalg
-from jaxlab.models import Transformer, add_at, run_with_cache
+from jaxlab.models import Transformer, add_at, residual_hooks, run_with_cache
 from jaxlab.probes.linear_probe import ridge_classifier_accuracy
 
 POSITIONS = ("all", "last")
 DIRECTIONS = ("pca", "mean_diff")
 
 
-def residual_hooks(n_layers: int, embeddings: bool = False) -> tuple[str, ...]:
-    """The residual-stream reading points: after each block, optionally the embeddings first."""
-    blocks = tuple(f"blocks.{i}.hook_resid_post" for i in range(n_layers))
-    return ("blocks.0.hook_resid_pre", *blocks) if embeddings else blocks
-
-
 def last_token_states(
     model: Transformer, params: chex.ArrayTree, tokens_NT: jax.Array, hooks: Sequence[str] | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """(states [L, N, D] at the reading points (default: after each block), logits [N, V]), last token only."""
-    hooks = residual_hooks(model.cfg.n_layers) if hooks is None else tuple(hooks)
+    hooks = tuple(residual_hooks(model.cfg.n_layers, embeddings=False) if hooks is None else hooks)
     logits, cache = run_with_cache(model, params, tokens_NT, names=hooks)
     return jnp.stack([cache[h][:, -1] for h in hooks]).astype(jnp.float32), logits[:, -1].astype(jnp.float32)
 
@@ -101,12 +96,6 @@ def separability(
     x_test = jnp.concatenate([on_test_ND, off_test_ND])
     y_test = jnp.concatenate([jnp.ones(on_test_ND.shape[0], jnp.int32), jnp.zeros(off_test_ND.shape[0], jnp.int32)])
     return ridge_classifier_accuracy(x_fit, y_fit, x_test, y_test, 2, lam)
-
-
-def cosine(a: jax.Array, b: jax.Array, sign_invariant: bool = False) -> jax.Array:
-    """a . b / (||a|| ||b||) over the last axis; |.| of it with `sign_invariant`."""
-    c = jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-30)
-    return jnp.abs(c) if sign_invariant else c
 
 
 class Reading(NamedTuple):

@@ -26,11 +26,15 @@ the least-squares init (`init_penalty`) and after training (`penalty`).
 Everything is vmapped: over model pairs (params with a leading pair axis) and over hooks (a traced
 hook index gates one `replace_at` per hook, so all hooks share one compiled program). Every pair
 and hook sees the same training batches. `stitch_runs` builds "every run of group A into every
-run of group B at every residual hook" from two `Train`s in one call.
+run of group B at every residual hook" from two `Train`s in one call. The program is one jitted
+function whose models, hooks, loss, sampler and settings are static arguments: stitching the same
+pair of model shapes again reuses its executable (JAX's jit cache, keyed by those arguments); no
+array is kept between calls.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +46,9 @@ import optax
 from flax import struct
 
 from jaxlab.errors import ConfigError
-from jaxlab.models import Transformer, hook_names, replace_at, run_with_cache
+from jaxlab.models import Transformer, hook_names, replace_at, residual_hooks, run_with_cache
 from jaxlab.probes.linear_probe import ridge_fit
-from jaxlab.rng import in_rng_scope
+from jaxlab.rng import rng_scope
 from jaxlab.tasks import Batch
 from jaxlab.train.losses import batch_loss
 
@@ -90,11 +94,6 @@ class StitchResult:
     weight: jax.Array  # [..., H, d_A, d_B]
     bias: jax.Array  # [..., H, d_B]
     hooks: tuple[str, ...] = struct.field(pytree_node=False, default=())
-
-
-def residual_hooks(n_layers: int) -> list[str]:
-    """The residual stream before every block and after the last: L + 1 hooks."""
-    return [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
 
 def check_hooks(model_a: Transformer, model_b: Transformer, hooks: Sequence[str]) -> None:
@@ -154,18 +153,15 @@ def stitch(
     n_pairs = {x.shape[0] for x in jax.tree_util.tree_leaves((params_a, params_b))}
     if len(n_pairs) != 1:
         raise ConfigError("stitch: params_a, params_b", f"need the same leading pair axis, got sizes {sorted(n_pairs)}")
-    fn = _compiled(model_a, model_b, hooks, loss, sample, cfg)
-    return fn(params_a, params_b, eval_batch, key)
+    static = dict(model_a=model_a, model_b=model_b, hooks=hooks, loss_kind=loss, sample=sample, cfg=cfg)
+    return _stitch_program(params_a, params_b, eval_batch, key, **static)
 
 
-_CACHE: dict[Any, Callable] = {}
-
-
-def _compiled(model_a, model_b, hooks, loss, sample, cfg) -> Callable:
-    cache_key = (model_a.cfg, model_b.cfg, hooks, loss, sample, cfg)
-    if cache_key not in _CACHE:
-        _CACHE[cache_key] = jax.jit(in_rng_scope(_make(model_a, model_b, hooks, loss, sample, cfg)))
-    return _CACHE[cache_key]
+@functools.partial(jax.jit, static_argnames=("model_a", "model_b", "hooks", "loss_kind", "sample", "cfg"))
+def _stitch_program(params_a, params_b, eval_batch, key, *, model_a, model_b, hooks, loss_kind, sample, cfg):
+    """`stitch` as one compiled program (the static arguments choose it)."""
+    with rng_scope():  # the sampler's draws are traced here
+        return _make(model_a, model_b, hooks, loss_kind, sample, cfg)(params_a, params_b, eval_batch, key)
 
 
 def _make(model_a, model_b, hooks, loss_kind, sample, cfg):
@@ -238,14 +234,15 @@ def stitch_runs(
     """Stitch runs of `train_a` (params [Ra]) into runs of `train_b` (params [Rb]) on B's task.
 
     pairs="all": every (a, b) pair, result axes [Ra, Rb, H]; pairs="zip": a_i into b_i, [R, H].
-    hooks default to every residual hook (`residual_hooks`). The penalties are measured on B's
+    hooks default to every residual hook: before each block and after the last
+    (`jaxlab.models.residual_hooks(L, embeddings=True, name="pre")`). The penalties are measured on B's
     evaluation batch (`train_b.make_eval_batch()`); training batches come from B's task sampler.
     Typical use (GeLU group into SoLU group): `stitch_runs(train_gelu, states_gelu.params,
     train_solu, states_solu.params)`.
     """
     if pairs not in ("all", "zip"):
         raise ConfigError("stitch.pairs", f"unknown value {pairs!r}", ["all", "zip"])
-    hooks = residual_hooks(train_b.cfg.model.n_layers) if hooks is None else list(hooks)
+    hooks = residual_hooks(train_b.cfg.model.n_layers, embeddings=True, name="pre") if hooks is None else list(hooks)
     ra = jax.tree_util.tree_leaves(params_a)[0].shape[0]
     rb = jax.tree_util.tree_leaves(params_b)[0].shape[0]
     if pairs == "all":
@@ -277,15 +274,19 @@ def stitch_runs(
 
 @dataclass(frozen=True, eq=False)
 class _Sampler:
-    """B's task sampler as a hashable callable (so compiled stitching programs are reused)."""
+    """B's task sampler as a static argument of the stitching program, equal for equal draws: a
+    `Train`'s samples depend only on its task config and key implementation."""
 
     train: Any
 
     def __call__(self, key: jax.Array, batch_size: int) -> Batch:
         return self.train.sample(key, batch_size)
 
+    def _draws(self) -> tuple[Any, str]:
+        return self.train.cfg.task, self.train.cfg.train.prng_impl
+
     def __hash__(self) -> int:
-        return hash(self.train.cfg.task)
+        return hash(self._draws())
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Sampler) and self.train.cfg.task == other.train.cfg.task
+        return isinstance(other, _Sampler) and self._draws() == other._draws()

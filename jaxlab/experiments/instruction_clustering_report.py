@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab.probes.clustering import CLUSTER_METRICS
-from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, table
+from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, quantile_curves, table
 from jaxlab.stats import pearson
 
 
@@ -23,10 +23,6 @@ def _min(values: np.ndarray) -> str:
 def _layers(df: pd.DataFrame) -> list[int]:
     names = set(df.metric)
     return sorted(int(m.rsplit("_", 1)[1]) for m in names if m.startswith("ari_layer_"))
-
-
-def _final_by_run(summary: Mapping[str, Any], metric: str) -> np.ndarray:
-    return np.asarray([r["final"].get(metric, np.nan) for r in summary["runs"] if r["status"] == "ok"], np.float64)
 
 
 def _mean_std(values: np.ndarray) -> str:
@@ -84,7 +80,7 @@ def ari_acc_pairs(df: pd.DataFrame, summary: Mapping[str, Any]) -> tuple[np.ndar
 
 def _correlation_section(ctx: ReportContext) -> Section:
     ari, acc, run = ari_acc_pairs(ctx.df, ctx.summary)
-    per_run = _final_by_run(ctx.summary, "ari_acc_corr")
+    per_run = finals(ctx, "ari_acc_corr")
     pooled = pearson(ari, acc)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.scatter(ari, acc, c=run, cmap="tab10", s=10, alpha=0.7)
@@ -99,7 +95,7 @@ def _correlation_section(ctx: ReportContext) -> Section:
         + table(
             ["onset", "mean ± std (steps)", "runs reaching it"],
             [
-                [m, _mean_std(_final_by_run(ctx.summary, m)), int(np.isfinite(_final_by_run(ctx.summary, m)).sum())]
+                [m, _mean_std(finals(ctx, m)), int(np.isfinite(finals(ctx, m)).sum())]
                 for m in ("ari_onset_step", "acc_onset_step")
             ],
         )
@@ -111,8 +107,8 @@ def _correlation_section(ctx: ReportContext) -> Section:
 def _layer_table(ctx: ReportContext, layers: list[int]) -> Section:
     rows = []
     for layer in layers:
-        rows.append([layer, *(_mean_std(_final_by_run(ctx.summary, f"{m}_layer_{layer}")) for m in CLUSTER_METRICS)])
-    best = _final_by_run(ctx.summary, "best_layer")
+        rows.append([layer, *(_mean_std(finals(ctx, f"{m}_layer_{layer}")) for m in CLUSTER_METRICS)])
+    best = finals(ctx, "best_layer")
     counts = {int(b): int(np.sum(best == b)) for b in np.unique(best[np.isfinite(best)])}
     body = (
         "Final values, mean ± std over runs (seen evaluation set, probe position "
@@ -125,11 +121,10 @@ def _layer_table(ctx: ReportContext, layers: list[int]) -> Section:
 
 
 def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
-    s = ctx.summary
     rows = []
     for layer in layers:
-        drop = _final_by_run(s, f"ablation_acc_drop_layer_{layer}")
-        rand = _final_by_run(s, f"random_ablation_acc_drop_layer_{layer}")
+        drop = finals(ctx, f"ablation_acc_drop_layer_{layer}")
+        rand = finals(ctx, f"random_ablation_acc_drop_layer_{layer}")
         if drop.size == 0 or not np.isfinite(drop).any():
             continue
         rows.append(
@@ -137,12 +132,12 @@ def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
                 layer,
                 _mean_std(drop),
                 _mean_std(rand),
-                _mean_std(_final_by_run(s, f"position_ablation_acc_drop_layer_{layer}")),
-                _mean_std(_final_by_run(s, f"swap_acc_drop_layer_{layer}")),
-                _mean_std(_final_by_run(s, f"swap_follow_rate_layer_{layer}")),
+                _mean_std(finals(ctx, f"position_ablation_acc_drop_layer_{layer}")),
+                _mean_std(finals(ctx, f"swap_acc_drop_layer_{layer}")),
+                _mean_std(finals(ctx, f"swap_follow_rate_layer_{layer}")),
             ]
         )
-    drop, rand = _final_by_run(s, "ablation_acc_drop"), _final_by_run(s, "random_ablation_acc_drop")
+    drop, rand = finals(ctx, "ablation_acc_drop"), finals(ctx, "random_ablation_acc_drop")
     ratio = float(np.nanmean(drop) / np.nanmean(rand)) if np.nanmean(rand) > 0 else float("inf")
     body = (
         "The residual stream of one layer is changed and the seen accuracy measured again. Cluster ablation: the "
@@ -151,9 +146,9 @@ def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
         "directions of the same rank, likewise; at the position only: the cluster projection at "
         f"`{ctx.cfg.probe.position}` alone; swap: the state there replaced by another task's centroid. At each "
         f"run's best layer: cluster ablation drop {_mean_std(drop)}, random control {_mean_std(rand)} (ratio of "
-        f"means {fmt(ratio, 3)}), at the position only {_mean_std(_final_by_run(s, 'position_ablation_acc_drop'))}, "
-        f"swap drop {_mean_std(_final_by_run(s, 'swap_acc_drop'))}, swapped outputs following the new task "
-        f"{_mean_std(_final_by_run(s, 'swap_follow_rate'))}.\n\n"
+        f"means {fmt(ratio, 3)}), at the position only {_mean_std(finals(ctx, 'position_ablation_acc_drop'))}, "
+        f"swap drop {_mean_std(finals(ctx, 'swap_acc_drop'))}, swapped outputs following the new task "
+        f"{_mean_std(finals(ctx, 'swap_follow_rate'))}.\n\n"
         + table(
             [
                 "layer",
@@ -176,7 +171,7 @@ def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
                 ("swap_acc_drop", "centroid swap"),
             ]
         ):
-            vals = [_final_by_run(s, f"{metric}_layer_{layer}") for layer in ls]
+            vals = [finals(ctx, f"{metric}_layer_{layer}") for layer in ls]
             ax.bar(
                 np.asarray(ls) + (offset - 1) * 0.27,
                 [np.nanmean(v) for v in vals],

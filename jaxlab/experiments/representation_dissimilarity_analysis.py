@@ -18,8 +18,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxlab.metrics import linear_cka, pairwise
-from jaxlab.models import run_with_cache
-from jaxlab.probes.stitching import StitchConfig, residual_hooks, stitch_runs
+from jaxlab.models import residual_hooks, run_with_cache
+from jaxlab.probes.stitching import StitchConfig, stitch_runs
 from jaxlab.tasks import modsum
 
 
@@ -84,7 +84,7 @@ def cka_positions(cfg: Any) -> np.ndarray:
 def representations(outcome: Any, inputs: jax.Array) -> jax.Array:
     """[R, H, N, D]: every run's residual stream at every hook at the answer positions of `inputs`."""
     train = outcome.train
-    hooks = residual_hooks(train.cfg.model.n_layers)
+    hooks = residual_hooks(train.cfg.model.n_layers, embeddings=True, name="pre")  # the stitching hooks
     pos = cka_positions(train.cfg)
 
     def one(params):

@@ -11,24 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, table
+from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, ok_runs, quantile_curves, spread, table
 
 
-def _finals(ctx: ReportContext) -> list[dict[str, Any]]:
-    return [r["final"] for r in ctx.summary["runs"] if r["status"] == "ok"]
-
-
-def _stat(finals: list[dict[str, Any]], key: str) -> tuple[float, float, float]:
-    """(median, min, max) over the runs, NaN when no run has the metric."""
-    vals = np.array([f[key] for f in finals if f.get(key) is not None], np.float64)
-    if vals.size == 0:
-        return (float("nan"),) * 3
-    return float(np.median(vals)), float(vals.min()), float(vals.max())
-
-
-def _spread(finals: list[dict[str, Any]], key: str) -> str:
-    med, lo, hi = _stat(finals, key)
-    return "n/a" if np.isnan(med) else f"{fmt(med)} [{fmt(lo)}, {fmt(hi)}]"
+def _cell(ctx: ReportContext, key: str) -> str:
+    """median [min, max] of a final metric over the runs; n/a where it does not apply to the model."""
+    return spread(finals(ctx, key), empty="n/a")
 
 
 def _by_t(d: dict[str, Any], prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -38,22 +26,22 @@ def _by_t(d: dict[str, Any], prefix: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gd_section(ctx: ReportContext) -> Section:
-    finals = _finals(ctx)
-    ratio = [f["eval_loss"] / f["gd_loss"] for f in finals if f.get("gd_loss")]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = finals(ctx, "eval_loss") / finals(ctx, "gd_loss")
     rows = [
-        ["trained loss / one-step-GD loss", f"{fmt(np.median(ratio))} [{fmt(min(ratio))}, {fmt(max(ratio))}]"],
-        ["eval_loss", _spread(finals, "eval_loss")],
-        ["gd_loss (eta fitted)", _spread(finals, "gd_loss")],
-        ["model_cos (vs fitted GD)", _spread(finals, "model_cos")],
-        ["preds_diff", _spread(finals, "preds_diff")],
-        ["block_loss (B, A read off the model)", _spread(finals, "block_loss")],
-        ["block_model_cos (model vs its B, A read-off)", _spread(finals, "block_model_cos")],
-        ["abs. angle of B's 2x2 blocks (GD: 0)", _spread(finals, "b_block_angle")],
-        ["abs. angle of A^T's 2x2 blocks (GD: 0)", _spread(finals, "a_block_angle")],
-        ["kq share query s_t / key s_{t'-1} (GD: 1)", _spread(finals, "kq_cur_prev")],
-        ["kq share query s_t / key s_t' (backward: 1)", _spread(finals, "kq_cur_cur")],
-        ["vo share value s_t' (GD: 1)", _spread(finals, "vo_cur")],
-        ["vo share value s_{t'-1} (backward: 1)", _spread(finals, "vo_prev")],
+        ["trained loss / one-step-GD loss", spread(ratio, empty="n/a")],
+        ["eval_loss", _cell(ctx, "eval_loss")],
+        ["gd_loss (eta fitted)", _cell(ctx, "gd_loss")],
+        ["model_cos (vs fitted GD)", _cell(ctx, "model_cos")],
+        ["preds_diff", _cell(ctx, "preds_diff")],
+        ["block_loss (B, A read off the model)", _cell(ctx, "block_loss")],
+        ["block_model_cos (model vs its B, A read-off)", _cell(ctx, "block_model_cos")],
+        ["abs. angle of B's 2x2 blocks (GD: 0)", _cell(ctx, "b_block_angle")],
+        ["abs. angle of A^T's 2x2 blocks (GD: 0)", _cell(ctx, "a_block_angle")],
+        ["kq share query s_t / key s_{t'-1} (GD: 1)", _cell(ctx, "kq_cur_prev")],
+        ["kq share query s_t / key s_t' (backward: 1)", _cell(ctx, "kq_cur_cur")],
+        ["vo share value s_t' (GD: 1)", _cell(ctx, "vo_cur")],
+        ["vo share value s_{t'-1} (backward: 1)", _cell(ctx, "vo_prev")],
     ]
     body = (
         "**Paper (Sander et al. 2024, augmented tokens, commuting W):** the trained one-layer linear "
@@ -85,25 +73,24 @@ def gd_section(ctx: ReportContext) -> Section:
 
 
 def structure_section(ctx: ReportContext) -> Section:
-    finals = _finals(ctx)
     rows = [
         [
             "c_offblock_ratio (C = B^T A off the 2x2 blocks)",
             "C block-diagonal (0)",
-            _spread(finals, "c_offblock_ratio"),
+            _cell(ctx, "c_offblock_ratio"),
         ],
         [
             "p_superdiag_mass (positional model)",
             "P concentrates on the last two tokens",
-            _spread(finals, "p_superdiag_mass"),
+            _cell(ctx, "p_superdiag_mass"),
         ],
         [
             "lag1_ratio = a_1 / a_0 of y_hat ~ sum a_k s_{t-k}",
             "-1/2 (y_hat ~ 2 s_t - s_{t-1})",
-            _spread(finals, "lag1_ratio"),
+            _cell(ctx, "lag1_ratio"),
         ],
-        ["head_cos (mean abs. cosine between heads)", "orthogonal heads (0)", _spread(finals, "head_cos")],
-        ["p_top_sv_frac (positional spectrum)", "low-rank positional structure", _spread(finals, "p_top_sv_frac")],
+        ["head_cos (mean abs. cosine between heads)", "orthogonal heads (0)", _cell(ctx, "head_cos")],
+        ["p_top_sv_frac (positional spectrum)", "low-rank positional structure", _cell(ctx, "p_top_sv_frac")],
     ]
     body = (
         "Structure read off the trained weights, next to the paper's claims. The lag ratio theory is for "
@@ -116,10 +103,9 @@ def structure_section(ctx: ReportContext) -> Section:
 
 
 def position_section(ctx: ReportContext) -> Section:
-    finals = _finals(ctx)
     ref = ctx.summary.get("reference", {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for f in finals:
+    for f in (r["final"] for r in ok_runs(ctx)):
         t, v = _by_t(f, "loss_t")
         axes[0].plot(t, v, color="C0", alpha=0.3, lw=0.8)
         t, v = _by_t(f, "w_hat_err_t")
@@ -136,14 +122,14 @@ def position_section(ctx: ReportContext) -> Section:
     name = ctx.save(fig, "by_position.png")
     body = (
         "**Paper:** the model learns W in context, so its error falls with the context length t. "
-        f"Final W_hat error at the last position: {_spread(finals, 'w_hat_rel_err')} "
+        f"Final W_hat error at the last position: {_cell(ctx, 'w_hat_rel_err')} "
         f"(one GD step: {fmt(ref.get('gd_w_hat_rel_err', float('nan')))})."
     )
     caption = f"Loss and in-context W estimation error by position. {ctx.provenance()}"
     return Section("Loss and W estimation vs context length", body, [Figure(name, caption)])
 
 
-def report(ctx: ReportContext) -> list[Section]:
-    if not _finals(ctx):
+def sections(ctx: ReportContext) -> list[Section]:
+    if not ok_runs(ctx):
         return []
     return [gd_section(ctx), structure_section(ctx), position_section(ctx)]
