@@ -15,9 +15,15 @@ and applies the rule to the interval:
     Below(t)       reproduced if ci_high < t; not_reproduced if ci_low > t; else inconclusive
     Between(a, b)  reproduced if a <= ci_low and ci_high <= b; not_reproduced if the interval misses
                    [a, b]; else inconclusive
+    Outside(a, b)  reproduced if the interval misses [a, b] (a difference is there, either sign);
+                   not_reproduced if a <= ci_low and ci_high <= b (equivalent within the band);
+                   else inconclusive
 
 With fewer than `MIN_SEEDS` finite values the verdict is `inconclusive` (the reason says how many
-seeds there are and how many the rule needs). A claim the setup cannot test (the statistic is
+seeds there are and how many the rule needs). An interval that straddles the threshold is
+`inconclusive` too, and the reason estimates the seeds a decision would need, from the interval's
+half-width h, the median's distance to the threshold g and the n seeds: about n (h / g)^2
+(the interval narrows as 1/sqrt(n)). A claim the setup cannot test (the statistic is
 decided by the preset's parameters, the quantity is not measured, a probe is off) is `untested`,
 with the reason its `untested` function gives for the config. Diverged runs are excluded.
 
@@ -38,13 +44,15 @@ VERDICTS = ("reproduced", "not_reproduced", "inconclusive", "untested")
 BOOTSTRAP_RESAMPLES = 4000
 MIN_SEEDS = 5
 CONFIDENCE = 0.95
+# (runs, reference) -> one value per seed (`Claim.values`)
+Values = Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], Sequence[float]]
 
 
 @dataclass(frozen=True)
 class Rule:
     """The decision rule on the statistic's confidence interval (module docstring)."""
 
-    op: str  # "above" | "below" | "between"
+    op: str  # "above" | "below" | "between" | "outside"
     low: float = -math.inf
     high: float = math.inf
 
@@ -53,7 +61,13 @@ class Rule:
             return f"95% CI above {self.low:g}"
         if self.op == "below":
             return f"95% CI below {self.high:g}"
+        if self.op == "outside":
+            return f"95% CI outside [{self.low:g}, {self.high:g}]"
         return f"95% CI within [{self.low:g}, {self.high:g}]"
+
+    def thresholds(self) -> tuple[float, ...]:
+        """The finite thresholds the interval is compared with."""
+        return tuple(t for t in (self.low, self.high) if math.isfinite(t))
 
     def decide(self, ci_low: float, ci_high: float) -> str:
         """The verdict for an interval [ci_low, ci_high]."""
@@ -61,11 +75,11 @@ class Rule:
             return "reproduced" if ci_low > self.low else "not_reproduced" if ci_high < self.low else "inconclusive"
         if self.op == "below":
             return "reproduced" if ci_high < self.high else "not_reproduced" if ci_low > self.high else "inconclusive"
-        if self.low <= ci_low and ci_high <= self.high:
-            return "reproduced"
-        if ci_high < self.low or ci_low > self.high:
-            return "not_reproduced"
-        return "inconclusive"
+        inside = self.low <= ci_low and ci_high <= self.high
+        missed = ci_high < self.low or ci_low > self.high
+        if self.op == "outside":
+            return "reproduced" if missed else "not_reproduced" if inside else "inconclusive"
+        return "reproduced" if inside else "not_reproduced" if missed else "inconclusive"
 
     def as_dict(self) -> dict[str, Any]:
         return {"op": self.op, "low": _json_float(self.low), "high": _json_float(self.high)}
@@ -90,6 +104,25 @@ def Between(low: float, high: float) -> Rule:
     return Rule("between", low=float(low), high=float(high))
 
 
+def Outside(low: float, high: float) -> Rule:
+    """A difference in either direction: the interval must miss the equivalence band [low, high]."""
+    if not low <= high:
+        raise ValueError(f"Outside: low {low} > high {high}")
+    return Rule("outside", low=float(low), high=float(high))
+
+
+def seeds_needed(n: int, median: float, ci_low: float, ci_high: float, rule: Rule) -> int | None:
+    """About how many seeds would make an interval that straddles the rule's nearest threshold
+    decide: n (h / g)^2 with h the half-width and g the median's distance to that threshold
+    (None when the median sits on it)."""
+    gaps = [abs(median - t) for t in rule.thresholds()]
+    gap = min(gaps) if gaps else 0.0
+    if gap == 0.0:
+        return None
+    half = (ci_high - ci_low) / 2
+    return max(n + 1, math.ceil(n * (half / gap) ** 2))
+
+
 @dataclass(frozen=True)
 class Claim:
     """One claim of the paper, tested on the runs (module docstring).
@@ -105,7 +138,7 @@ class Claim:
     statistic: str
     control: str
     rule: Rule
-    values: Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], Sequence[float]]
+    values: Values
     paper_value: float | str | None = None
     untested: Callable[[Any], str | None] = field(default=lambda cfg: None)
 
@@ -163,7 +196,14 @@ def evaluate(
             entry["reason"] = f"{x.size} seeds; a bootstrap interval over seeds needs at least {MIN_SEEDS}"
         else:
             entry["verdict"] = c.rule.decide(lo, hi)
-            entry["reason"] = f"median {median:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]; rule: {c.rule.describe()}"
+            entry["reason"] = f"median {median:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]"
+            if entry["verdict"] == "inconclusive":
+                need = seeds_needed(x.size, median, lo, hi, c.rule)
+                entry["reason"] += (
+                    f"; the interval straddles a threshold: about {need} seeds would decide"
+                    if need is not None
+                    else "; the median sits on the threshold: more seeds would not decide"
+                )
         out.append(entry)
     return out
 
@@ -185,18 +225,41 @@ def check(entry: Mapping[str, Any]) -> str | None:
     )
 
 
-def per_seed(metric: str) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list[float]]:
-    """values(): each run's final `metric` (one run per seed)."""
-    return lambda runs, reference: [float(r["final"].get(metric, math.nan)) for r in runs]
+def final(run: Mapping[str, Any], metric: str) -> float:
+    """A run's final `metric` (NaN when it has none)."""
+    value = run["final"].get(metric)
+    return math.nan if value is None else float(value)
 
 
-def paired_difference(
-    metric: str, control: str
-) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list[float]]:
+def where(runs: Sequence[Mapping[str, Any]], **hparams: Any) -> list[Mapping[str, Any]]:
+    """The runs at these swept values (keys with dots written as `__`: `task__ambiguity=0.5`)."""
+    want = {k.replace("__", "."): v for k, v in hparams.items()}
+    return [r for r in runs if all(r.get("hparams", {}).get(k) == v for k, v in want.items())]
+
+
+def per_seed(metric: str, **hparams: Any) -> Values:
+    """values(): each run's final `metric` (one run per seed), at the swept values `hparams` if given."""
+    return lambda runs, reference: [final(r, metric) for r in where(runs, **hparams)]
+
+
+def paired_difference(metric: str, control: str, **hparams: Any) -> Values:
     """values(): each run's final `metric` minus its own final `control` (paired within the run)."""
-    return lambda runs, reference: [
-        float(r["final"].get(metric, math.nan)) - float(r["final"].get(control, math.nan)) for r in runs
-    ]
+    return lambda runs, reference: [final(r, metric) - final(r, control) for r in where(runs, **hparams)]
+
+
+def paired_across(metric: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> Values:
+    """values(): per seed, final `metric` at swept values `a` minus at swept values `b` (runs paired
+    by seed; a seed missing on either side is dropped). Keys are the dotted config paths."""
+
+    def values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
+        def by_seed(point: Mapping[str, Any]) -> dict[int, float]:
+            hits = [r for r in runs if all(r.get("hparams", {}).get(k) == v for k, v in point.items())]
+            return {int(r["seed"]): final(r, metric) for r in hits}
+
+        left, right = by_seed(a), by_seed(b)
+        return [left[s] - right[s] for s in sorted(left) if s in right]
+
+    return values
 
 
 def _json_float(x: float) -> float | None:
@@ -211,10 +274,16 @@ __all__ = [
     "Below",
     "Between",
     "Claim",
+    "Outside",
     "Rule",
+    "Values",
     "bootstrap_median_ci",
     "check",
     "evaluate",
+    "final",
+    "paired_across",
     "paired_difference",
     "per_seed",
+    "seeds_needed",
+    "where",
 ]

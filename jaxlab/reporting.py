@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab import results, runfiles
+from jaxlab.claims import evaluate as evaluate_claims
 from jaxlab.config import ExperimentConfig
 from jaxlab.errors import UserError
 
@@ -262,7 +263,9 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
 
 def write_report_of(run_dir: str | Path, experiment: Any) -> Path:
     """(Re)write `run_dir/report.md` and its figures from the files of the run, with `experiment`'s
-    sections (an `Experiment`: its `config_from_dict`, `report`, `description` and `metrics`)."""
+    sections (an `Experiment`: its `config_from_dict`, `report`, `description` and `metrics`).
+    The claims' verdicts are evaluated again from the runs in summary.json, with the experiment's
+    claims and deviations as the code declares them now (summary.json is updated if they changed)."""
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.exists():
@@ -272,8 +275,15 @@ def write_report_of(run_dir: str | Path, experiment: Any) -> Path:
         cfg = experiment.config_from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError, UserError) as err:
         raise results.config_error(path, err) from None
-    ctx = ReportContext(run_dir, cfg, results.load_summary(run_dir), results.load(run_dir), experiment)
+    summary = results.load_summary(run_dir)
     before = runfiles.listing(run_dir)
+    # the verdicts follow the experiment's claims as they are now, from the runs on disk
+    claims = evaluate_claims(experiment.claims, cfg, summary["runs"], summary.get("reference", {}))
+    deviations = list(experiment.deviations(cfg))
+    if claims != summary.get("claims") or deviations != summary.get("deviations"):
+        summary["claims"], summary["deviations"] = claims, deviations
+        results.write_json(run_dir / "summary.json", summary)
+    ctx = ReportContext(run_dir, cfg, summary, results.load(run_dir), experiment)
     sections = generic_sections(ctx)
     if experiment.report is not None:
         sections += experiment.report(ctx)

@@ -11,11 +11,15 @@ from jaxlab.claims import (
     Below,
     Between,
     Claim,
+    Outside,
     bootstrap_median_ci,
     check,
     evaluate,
+    paired_across,
     paired_difference,
     per_seed,
+    seeds_needed,
+    where,
 )
 
 
@@ -145,3 +149,37 @@ def test_a_sweep_writes_claims_and_deviations_and_the_report_opens_with_them(tmp
     report = (tmp_path / "r" / "report.md").read_text()
     assert report.index("## Claims") < report.index("## Deviations") < report.index("## Setup")
     assert "**reproduced**" in report and "**untested**" in report
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [
+        ((0.2, 0.5), "reproduced"),
+        ((-0.5, -0.2), "reproduced"),
+        ((-0.05, 0.05), "not_reproduced"),
+        ((0.0, 0.3), "inconclusive"),
+    ],
+)
+def test_outside_rule_is_an_equivalence_test(interval, verdict):
+    assert Outside(-0.1, 0.1).decide(*interval) == verdict
+
+
+def test_an_interval_straddling_the_threshold_says_how_many_seeds_would_decide():
+    # half-width 0.2, median 0.1 above the threshold: about n (0.2 / 0.1)^2 = 4 n seeds
+    assert seeds_needed(8, 0.1, -0.1, 0.3, Above(0.0)) == 32
+    assert seeds_needed(8, 0.0, -0.1, 0.1, Above(0.0)) is None
+    values = np.random.default_rng(3).normal(loc=0.05, scale=1.0, size=6)
+    [entry] = evaluate([claim(Above(0.0))], None, runs(values), {})
+    assert entry["verdict"] == "inconclusive" and "seeds would decide" in entry["reason"]
+
+
+def test_values_at_swept_points_pair_runs_by_seed():
+    rs = [
+        {"run": 0, "seed": 0, "hparams": {"task.a": 1}, "final": {"m": 5.0}},
+        {"run": 1, "seed": 1, "hparams": {"task.a": 1}, "final": {"m": 7.0}},
+        {"run": 2, "seed": 0, "hparams": {"task.a": 2}, "final": {"m": 1.0}},
+        {"run": 3, "seed": 2, "hparams": {"task.a": 2}, "final": {"m": 9.0}},
+    ]
+    assert per_seed("m", task__a=2)(rs, {}) == [1.0, 9.0]
+    assert paired_across("m", {"task.a": 1}, {"task.a": 2})(rs, {}) == [4.0]  # only seed 0 is on both sides
+    assert where(rs, task__a=3) == []
