@@ -20,7 +20,14 @@ Presets:
   ood        the paper model, with the trained model and GD evaluated at input scales alpha in
              [0.5, 2] (x ~ U(-alpha/2, alpha/2)^d; GD keeps the rate fitted at alpha = 1).
 
-Metrics: see `METRICS` (they are also listed in every report).
+Evaluation sets: during training every seed is evaluated on one shared set of
+`train.eval_batch_size` tasks (the engine's evaluation data, key `train.eval_seed`), which GD's
+rate is fitted on. After training, `finalize` evaluates each seed's model and GD (that rate) on a
+fresh set of the same size drawn from the seed (`fresh_eval_keys`), with the standard errors over
+tasks: the claims about losses are read there (`icl_regression_claims`).
+
+Metrics: see `METRICS` (they are also listed in every report). The paper's claims, their
+statistics and rules, and the deviations from the paper's setup: `icl_regression_claims`.
 """
 
 from __future__ import annotations
@@ -46,9 +53,11 @@ from jaxlab.config import (
 )
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression_report as _report
+from jaxlab.experiments.icl_regression_claims import CLAIMS, deviations
 from jaxlab.models.gd import check_interpolable
 from jaxlab.models.presets import linear_attention_model
 from jaxlab.probes import gd_equivalence as ge
+from jaxlab.probes import icl_algorithms as alg
 from jaxlab.probes.icl_algorithms import ALGORITHMS
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import Batch, regression
@@ -211,8 +220,52 @@ def _ood_batches(train, scales: tuple[float, ...]):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
 
 
+FRESH_EVAL_TAG = 0x5EED  # folded into the evaluation key, then the run's seed: the fresh sets
+
+
+def fresh_eval_keys(train, seeds: np.ndarray) -> jax.Array:
+    """[R] keys of the fresh evaluation sets, one per seed (independent of the shared set's key)."""
+    base = jax.random.fold_in(train.eval_key(), FRESH_EVAL_TAG)
+    return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(seeds, jnp.uint32))
+
+
+def _mean_and_se(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The mean over tasks and its standard error, std (ddof 1) / sqrt(n)."""
+    n = x.shape[0]
+    return jnp.mean(x), jnp.std(x, ddof=1) / jnp.sqrt(n)
+
+
+def fresh_losses(train, params_R, keys_R: jax.Array, gd: Mapping[str, Any], pp: Mapping[str, Any]) -> dict:
+    """Per run, on its own fresh set of `train.eval_batch_size` tasks: the model's loss, GD's (and
+    GD++'s) with the rates fitted on the shared set, their standard errors over the tasks and the
+    standard error of the paired model-minus-GD difference. {metric: [R]}."""
+    cfg = train.cfg
+    d, steps = cfg.task.n_dims, n_gd_steps(cfg)
+
+    @in_rng_scope
+    def one(params, key):
+        batch = train.sample(key, cfg.train.eval_batch_size)
+        x, y, xq, yq = ge.split(batch, d)
+        per_task = lambda preds: 0.5 * jnp.sum((preds - yq) ** 2, axis=-1)
+        model = per_task(train.apply(params, batch.inputs)[:, -1])
+        out = {}
+        out["fresh_eval_loss"], out["fresh_eval_loss_se"] = _mean_and_se(model)
+        gd_t = per_task(alg.gd_predict(x, y, xq[:, None], gd["eta"], steps)[:, 0])
+        out["fresh_gd_loss"], out["fresh_gd_loss_se"] = _mean_and_se(gd_t)
+        out["fresh_diff_se"] = _mean_and_se(model - gd_t)[1]
+        if pp:
+            pp_t = per_task(alg.gd_predict(x, y, xq[:, None], pp["eta"], steps, pp["gamma"])[:, 0])
+            out["fresh_gdpp_loss"], out["fresh_gdpp_loss_se"] = _mean_and_se(pp_t)
+            out["fresh_gdpp_diff_se"] = _mean_and_se(model - pp_t)[1]
+        return out
+
+    return jax.jit(jax.vmap(one))(params_R, keys_R)
+
+
 def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
-    """OOD losses of every run and of GD (per input scale), and the fitted reference values."""
+    """OOD losses of every run and of GD (per input scale), the losses on each seed's fresh
+    evaluation set (`fresh_losses`), and the fitted reference values (with the shared set's
+    standard error of GD's loss, `gd_loss_se`)."""
     cfg = train.cfg
     if not cfg.probe.gd_probes:
         return Finalized()
@@ -234,12 +287,20 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
 
     model_AR, gd_A = jax.device_get(ood_losses(state.params, ref["gd"]["eta"])) if scales else (None, None)
     gd, pp, alg_loss = jax.device_get((ref["gd"], ref.get("gdpp", {}), ref["alg_loss"]))
+    fresh = jax.device_get(fresh_losses(train, state.params, fresh_eval_keys(train, seeds), gd, pp))
     R = len(seeds)
-    per_run: dict[str, np.ndarray] = {}
+    per_run: dict[str, np.ndarray] = {name: np.asarray(v, np.float64) for name, v in fresh.items()}
     for i, a in enumerate(scales):
         per_run[f"ood_eval_loss_{scale_tag(a)}"] = np.asarray(model_AR[i])
         per_run[f"ood_gd_loss_{scale_tag(a)}"] = np.full(R, float(gd_A[i]))
-    values = {"gd_lr": float(gd["eta"]), "gd_loss": float(gd["loss"])}
+    # the shared set's own sampling error: GD's per-task losses there
+    yq = np.asarray(data["batch"].targets[:, -1], np.float64)
+    gd_tasks = 0.5 * np.sum((np.asarray(gd["preds"], np.float64) - yq) ** 2, axis=-1)
+    values = {
+        "gd_lr": float(gd["eta"]),
+        "gd_loss": float(gd["loss"]),
+        "gd_loss_se": float(np.std(gd_tasks, ddof=1) / np.sqrt(gd_tasks.size)),
+    }
     if pp:
         values.update(gdpp_lr=float(pp["eta"]), gdpp_gamma=float(pp["gamma"]), gdpp_loss=float(pp["loss"]))
     values.update({f"{name}_loss": float(v) for name, v in alg_loss.items()})
@@ -347,6 +408,11 @@ METRICS = {
     "jointly; models with > 1 layer",
     "*_gdpp": "preds_diff, model_cos, model_diff against GD++",
     "ood_eval_loss_aXXX, ood_gd_loss_aXXX": "final loss of the model / of GD at input scale alpha = XXX/100",
+    "fresh_eval_loss, fresh_gd_loss, fresh_gdpp_loss": "final loss of the model / of GD / of GD++ (rates fitted "
+    "on the shared set) on a fresh set of train.eval_batch_size tasks drawn from the run's seed",
+    "fresh_*_se, fresh_diff_se, fresh_gdpp_diff_se": "standard error over the fresh tasks of those losses and of "
+    "the paired per-task difference model - GD (model - GD++)",
+    "gd_loss_se (reference)": "standard error over the shared evaluation tasks of GD's loss",
 }
 
 EXPERIMENT = Experiment(
@@ -368,4 +434,6 @@ EXPERIMENT = Experiment(
     eval_data=eval_data,
     finalize=finalize,
     report=_report.sections,
+    claims=CLAIMS,
+    deviations=deviations,
 )

@@ -1,0 +1,369 @@
+"""The claims of von Oswald et al. 2023 ("Transformers learn in-context by gradient descent", ICML)
+that icl-regression tests, and how a config's setup differs from theirs.
+
+Where the numbers come from:
+- The paper gives its single-layer results as curves (Sec. 3, Fig. 2: training loss of the trained
+  LSA layer and of GD with the best learning rate, "Preds diff", "Model cos", the interpolated
+  model, the input-scale sweep), not as numbers. Those claims are qualitative: `paper_value` is
+  None and the paper reference says so.
+- The setup the deviations compare with (d = 10, N = 10, x ~ U(-0.5, 0.5)^10, w ~ N(0, I),
+  noiseless; one LSA layer without softmax, LayerNorm, MLP or biases; adamw lr 1e-3, b1 0.9,
+  b2 0.98, clipping 0.001; 2048 fresh tasks per step; 5,000 steps) is the published one as the
+  experiment's `paper` preset documents it (from the paper and the authors' notebooks). `PAPER`
+  below repeats it here, so this module does not import the experiment module.
+
+Tolerances, fixed before any verdict was computed (none is tuned to jaxlab's numbers):
+- LOSS_BAND = 2%: "reaches the loss of" is read as a relative loss difference within +-2%, the bar
+  issue 20 states for the multi-layer counterpart (trained loss within 2% of GD++'s); the same
+  band is used for the interpolated model.
+- COS_BAR = 0.99: the sensitivity cosine (Fig. 2 "Model cos", which approaches 1) above 0.99, the
+  bar of issues 19/20.
+- PREDS_BAR = 0.1: the prediction gap |y_model - y_GD| counts as small when it is under a tenth of
+  GD's own root-mean-square error sqrt(2 gd_loss): an order of magnitude below the error both make.
+- OOD_BAND = 5%: out of the training distribution the prediction is cubic in the input scale, so
+  weight differences invisible at alpha = 1 are amplified; "degrades like GD" is read as a relative
+  loss difference within +-5% at every tested scale.
+
+Evaluation sets. During training every seed is evaluated on ONE shared set of
+`train.eval_batch_size` tasks (the engine's evaluation data, key `train.eval_seed`); issue 19
+found that set's GD loss 2.8 standard errors above the population value. So the loss claims use
+`fresh_*` metrics: after training, each seed's model and GD (with the rate fitted on the shared set)
+are evaluated on a fresh set of the same size drawn from the seed (`icl_regression.finalize`), and
+the statistic is the model-minus-GD difference on the same tasks. The shared set's own sampling
+error (`gd_loss_se`) and each fresh set's (`fresh_gd_loss_se`, `fresh_diff_se`) are reported.
+The sensitivity and prediction claims (`model_cos`, `preds_diff`, `interp_loss`, OOD) are paired
+comparisons on the shared set.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from jaxlab.claims import Above, Below, Between, Claim, Values, final
+
+LOSS_BAND = 0.02
+COS_BAR = 0.99
+PREDS_BAR = 0.1
+OOD_BAND = 0.05
+PAPER_N_CONTEXT = 10
+
+# the published setup (see the module docstring): dotted config key -> value
+PAPER: dict[str, Any] = {
+    "task.n_dims": 10,
+    "task.n_context": PAPER_N_CONTEXT,
+    "task.input_dist": "uniform",
+    "task.input_scale": 1.0,
+    "task.weight_scale": 1.0,
+    "task.noise_std": 0.0,
+    "model.attention": "linear",
+    "model.n_heads": 1,
+    "model.layernorm": False,
+    "model.use_bias": False,
+    "model.d_mlp": 0,
+    "optim.name": "adamw",
+    "optim.lr": 1e-3,
+    "optim.b1": 0.9,
+    "optim.b2": 0.98,
+    "optim.weight_decay": 0.0,
+    "optim.clip_norm": 0.001,
+    "train.batch_size": 2048,
+    "train.steps": 5000,
+}
+
+Run = Mapping[str, Any]
+_OOD = re.compile(r"^ood_eval_loss_a(\d{3})$")
+
+
+# -- config helpers --------------------------------------------------------------------------------
+def config_value(cfg: Any, key: str) -> Any:
+    """The value of dotted config `key` (`"task.n_context"`), or None when the config has no such field."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def swept_values(cfg: Any, key: str) -> tuple[Any, ...]:
+    """The values `key` takes in the sweep: its grid values, else the config's own value."""
+    for k, values in cfg.sweep.grid:
+        if k == key:
+            return tuple(values)
+    return (config_value(cfg, key),)
+
+
+def _probes_off(cfg: Any) -> str | None:
+    if not cfg.probe.gd_probes:
+        return "the GD probes are off (probe.gd_probes = false): nothing is compared with GD"
+    return None
+
+
+def single_layer_untested(cfg: Any) -> str | None:
+    """Why a claim about ONE linear self-attention layer cannot be tested with `cfg` (None: it can)."""
+    if why := _probes_off(cfg):
+        return why
+    if any(n != 1 for n in swept_values(cfg, "model.n_layers")):
+        return "a claim about one layer; this preset trains multi-layer models (the recurrent claims apply)"
+    if cfg.model.attention != "linear":
+        return f"a claim about linear self-attention; this preset trains {cfg.model.attention} attention"
+    return None
+
+
+def recurrent_untested(cfg: Any) -> str | None:
+    """Why a claim about K tied LSA layers (K > 1) cannot be tested with `cfg` (None: it can)."""
+    if why := _probes_off(cfg):
+        return why
+    layers = swept_values(cfg, "model.n_layers")
+    if any(n == 1 for n in layers):
+        return "a claim about K > 1 tied layers; this preset trains one layer (the single-layer claims apply)"
+    if not cfg.model.tie_layers:
+        return "a claim about tied (recurrent) layers; this preset's layers are untied (issue 20 adds untied models)"
+    if cfg.model.attention != "linear":
+        return f"a claim about linear self-attention; this preset trains {cfg.model.attention} attention"
+    return None
+
+
+def interpolation_untested(cfg: Any) -> str | None:
+    if why := single_layer_untested(cfg):
+        return why
+    if cfg.model.n_heads != 1:
+        return "the interpolation needs one linear head (von Oswald et al. App. A.3); this model has more"
+    return None
+
+
+def ood_untested(cfg: Any) -> str | None:
+    if why := single_layer_untested(cfg):
+        return why
+    if not [a for a in cfg.probe.ood_scales if round(a * 100) != 100]:
+        return "no input scale other than alpha = 1 is evaluated (probe.ood_scales)"
+    return None
+
+
+# -- statistics ------------------------------------------------------------------------------------
+def relative_gap(run: Run, metric: str, control: str) -> float:
+    """(final metric - final control) / final control of one run (NaN when either is missing)."""
+    m, c = final(run, metric), final(run, control)
+    return (m - c) / c if c != 0 else math.nan
+
+
+def farthest_from_zero(values: Sequence[float]) -> float:
+    """The value of largest magnitude, with its sign (NaN if any value is NaN or there is none)."""
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values, key=abs)
+
+
+def per_seed_worst(
+    stat: Callable[[Run], float],
+    reduce: Callable[[Sequence[float]], float],
+    keep: Callable[[Run], bool] = lambda r: True,
+) -> Values:
+    """values(): per seed, `stat` of each of that seed's kept runs (one per grid point), reduced to
+    one value by `reduce` (the worst case over the grid: `min` for a lower bar, `max` for an upper
+    one, `farthest_from_zero` for a band around 0). Seeds in increasing order."""
+
+    def values(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
+        by_seed: dict[int, list[float]] = {}
+        for r in runs:
+            if keep(r):
+                by_seed.setdefault(int(r["seed"]), []).append(stat(r))
+        return [float(reduce(v)) for _, v in sorted(by_seed.items())]
+
+    return values
+
+
+def at_paper_context(run: Run) -> bool:
+    """The run is at the paper's N = 10 context points, or N is not swept (a preset's own N)."""
+    return run.get("hparams", {}).get("task.n_context", PAPER_N_CONTEXT) == PAPER_N_CONTEXT
+
+
+def preds_gap(run: Run) -> float:
+    """preds_diff / sqrt(2 gd_loss): the model-GD prediction gap over GD's RMS error."""
+    gd = final(run, "gd_loss")
+    return final(run, "preds_diff") / math.sqrt(2.0 * gd) if gd > 0 else math.nan
+
+
+def ood_gap(run: Run) -> float:
+    """Over the input scales alpha != 1: the relative loss gap (model - GD) / GD of largest magnitude."""
+    gaps = []
+    for key in run["final"]:
+        m = _OOD.match(key)
+        if m and m.group(1) != "100":
+            gaps.append(relative_gap(run, key, f"ood_gd_loss_a{m.group(1)}"))
+    return farthest_from_zero(gaps)
+
+
+# -- the claims ------------------------------------------------------------------------------------
+FRESH_NOTE = "on the seed's own fresh evaluation tasks (fresh_eval_loss, fresh_gd_loss)"
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="one_layer_loss_equals_gd",
+        claim="A trained single linear self-attention layer reaches the loss of one step of gradient "
+        "descent with the best learning rate.",
+        paper_ref="von Oswald et al. 2023, Sec. 3, Fig. 2 left (qualitative: the two loss curves overlap)",
+        statistic=f"per seed, (model loss - GD loss) / GD loss {FRESH_NOTE}; N = 10 where N is swept",
+        control="one GD step from W = 0, learning rate fitted on the shared evaluation set, on the same tasks",
+        rule=Between(-LOSS_BAND, LOSS_BAND),
+        values=per_seed_worst(
+            lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gd_loss"), farthest_from_zero, at_paper_context
+        ),
+        untested=single_layer_untested,
+    ),
+    Claim(
+        id="one_layer_predictions_match_gd",
+        claim="The trained layer's predictions agree with those of one GD step.",
+        paper_ref="von Oswald et al. 2023, Sec. 3, Fig. 2 'Preds diff' (qualitative: falls to near 0)",
+        statistic="per seed, preds_diff / sqrt(2 gd_loss): mean abs(y_model - y_GD) over GD's RMS error, "
+        "shared evaluation set",
+        control="one GD step with the fitted rate, on the same tasks",
+        rule=Below(PREDS_BAR),
+        values=per_seed_worst(preds_gap, max, at_paper_context),
+        untested=single_layer_untested,
+    ),
+    Claim(
+        id="one_layer_sensitivities_match_gd",
+        claim="The trained layer's sensitivity to the query input, d y_hat / d x_query, points the same "
+        "way as one GD step's.",
+        paper_ref="von Oswald et al. 2023, Sec. 3, Fig. 2 'Model cos' (qualitative: approaches 1)",
+        statistic="per seed, model_cos (mean cosine of the sensitivities, shared evaluation set)",
+        control="one GD step with the fitted rate, on the same tasks",
+        rule=Above(COS_BAR),
+        values=per_seed_worst(lambda r: final(r, "model_cos"), min, at_paper_context),
+        untested=single_layer_untested,
+    ),
+    Claim(
+        id="interpolation_keeps_loss",
+        claim="Averaging the trained layer's weight products with the constructed GD weights keeps the "
+        "trained model's loss (the trained weights are the construction up to scale).",
+        paper_ref="von Oswald et al. 2023, Sec. 3 and App. A.3, Fig. 2 'Interpolated' (qualitative)",
+        statistic="per seed, (interp_loss - eval_loss) / eval_loss on the shared evaluation set",
+        control="the trained model's own loss on the same tasks",
+        rule=Between(-LOSS_BAND, LOSS_BAND),
+        values=per_seed_worst(
+            lambda r: relative_gap(r, "interp_loss", "eval_loss"), farthest_from_zero, at_paper_context
+        ),
+        untested=interpolation_untested,
+    ),
+    Claim(
+        id="ood_degrades_like_gd",
+        claim="Out of the training distribution (inputs scaled by alpha at test time) the trained layer's "
+        "loss changes like GD's.",
+        paper_ref="von Oswald et al. 2023, Sec. 3, Fig. 2 right (qualitative: the curves overlap)",
+        statistic="per seed, over the scales alpha != 1 of probe.ood_scales, the relative loss gap "
+        "(model - GD) / GD of largest magnitude (shared evaluation tasks, rescaled)",
+        control="one GD step with the rate fitted at alpha = 1, on the same rescaled tasks",
+        rule=Between(-OOD_BAND, OOD_BAND),
+        values=per_seed_worst(ood_gap, farthest_from_zero, at_paper_context),
+        untested=ood_untested,
+    ),
+    Claim(
+        id="recurrent_matches_gdpp",
+        claim="K tied (recurrent) LSA layers implement K steps of GD++ (GD with the data transformation "
+        "x <- (I - gamma X X^T) x): their sensitivities align with GD++'s.",
+        paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
+        statistic="per seed, the smallest model_cos_gdpp over the swept K",
+        control="K steps of GD++ with (eta, gamma) fitted on the shared evaluation set, on the same tasks",
+        rule=Above(COS_BAR),
+        values=per_seed_worst(lambda r: final(r, "model_cos_gdpp"), min),
+        untested=recurrent_untested,
+    ),
+    Claim(
+        id="recurrent_loss_equals_gdpp",
+        claim="K tied LSA layers reach the loss of K steps of GD++.",
+        paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
+        statistic="per seed, over the swept K, the relative gap (model loss - GD++ loss) / GD++ loss of "
+        "largest magnitude, on the seed's fresh evaluation tasks (fresh_eval_loss, fresh_gdpp_loss)",
+        control="K steps of GD++ with (eta, gamma) fitted on the shared evaluation set, on the same tasks",
+        rule=Between(-LOSS_BAND, LOSS_BAND),
+        values=per_seed_worst(lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gdpp_loss"), farthest_from_zero),
+        untested=recurrent_untested,
+    ),
+    Claim(
+        id="recurrent_beats_gd",
+        claim="K tied LSA layers beat K steps of plain GD (the curvature correction of GD++ pays).",
+        paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
+        statistic="per seed, the largest (model loss - GD loss) / GD loss over the swept K, on the seed's "
+        "fresh evaluation tasks (fresh_eval_loss, fresh_gd_loss)",
+        control="K steps of GD with the rate fitted on the shared evaluation set, on the same tasks",
+        rule=Below(0.0),
+        values=per_seed_worst(lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gd_loss"), max),
+        untested=recurrent_untested,
+    ),
+    Claim(
+        id="deeper_models_match_or_beat_gdpp",
+        claim="Deeper untied LSA models, and softmax attention with MLPs, match or beat the recurrent GD++ solution.",
+        paper_ref="von Oswald et al. 2023, Sec. 4 (qualitative)",
+        statistic="not measured",
+        control="K steps of GD++",
+        rule=Below(0.0),
+        values=lambda runs, reference: [],
+        untested=lambda cfg: (
+            "no preset trains untied multi-layer LSA or softmax attention with an MLP "
+            "(the softmax preset has no MLP); issue 20, deliverable 1, adds them"
+        ),
+    ),
+)
+
+
+# -- deviations ------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def deviations(cfg: Any) -> list[str]:
+    """How `cfg` differs from von Oswald et al.'s setup (`PAPER`), one line each."""
+    out = []
+    for key, paper in PAPER.items():
+        values = swept_values(cfg, key)
+        if any(v != paper for v in values):
+            shown = ", ".join(_fmt(v) for v in values)
+            out.append(f"`{key}` = {shown} (paper: {_fmt(paper)})")
+    layers = swept_values(cfg, "model.n_layers")
+    if any(n != 1 for n in layers):
+        tied = "tied" if cfg.model.tie_layers else "untied"
+        out.append(
+            f"{tied} LSA with K = {', '.join(map(str, layers))} layers (the multi-layer experiments of the "
+            "paper's Sec. 4; their exact training settings are not repeated here: this preset changes "
+            "only the lines listed)"
+        )
+    if cfg.probe.gd_probes:
+        out.append(
+            f"evaluation: the curves and the sensitivity/prediction metrics use ONE shared set of "
+            f"{cfg.train.eval_batch_size} tasks for every seed (key train.eval_seed); the loss claims use a "
+            "fresh set of the same size per seed drawn after training, with GD's rate fitted on the shared set"
+        )
+        out.append(
+            "GD's learning rate (and GD++'s eta, gamma) are fitted by a log-grid line search on the shared "
+            "evaluation set"
+        )
+    else:
+        out.append("the GD probes are off (probe.gd_probes = false): no claim is tested")
+    return out
+
+
+__all__ = [
+    "CLAIMS",
+    "COS_BAR",
+    "LOSS_BAND",
+    "OOD_BAND",
+    "PAPER",
+    "PREDS_BAR",
+    "at_paper_context",
+    "config_value",
+    "deviations",
+    "farthest_from_zero",
+    "interpolation_untested",
+    "ood_gap",
+    "ood_untested",
+    "per_seed_worst",
+    "preds_gap",
+    "recurrent_untested",
+    "relative_gap",
+    "single_layer_untested",
+    "swept_values",
+]
