@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from jaxlab import claims
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_autoregressive as iar
+from jaxlab.experiments import icl_autoregressive_claims as iac
 from jaxlab.registry import get_experiment
 
 EXP = get_experiment("icl-autoregressive")
@@ -20,6 +22,10 @@ FINAL_KEYS = (
     "p_superdiag_mass",
     "w_hat_rel_err",
 )
+CLAIM_FIELDS = {
+    "id", "claim", "paper_ref", "paper_value", "statistic", "control", "median", "ci_low", "ci_high", "n_seeds",
+    "rule", "verdict", "reason",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +64,10 @@ def test_smoke_summary_has_the_issue_keys_and_consistent_values(smoke_run):
         )
     report = (smoke_run / "report.md").read_text()
     assert "## Trained model vs one GD step" in report and "## Learned structure" in report
+    # the PE-only theory value of the lag ratio is not put beside the augmented model
+    lag_row = next(line for line in report.splitlines() if line.startswith("| lag1_ratio = a_1"))
+    assert "no theory value here" in lag_row and "-1/2" not in lag_row
+    assert "**Hypothesis (untested" in report  # the rotated/backward-estimator explanation
     assert (smoke_run / "by_position.png").is_file() and (smoke_run / "gd_comparison.png").is_file()
 
 
@@ -75,3 +85,65 @@ def test_presets_and_bad_settings():
         iar.check_config(cfg.set("probe.w_hat_probes", 2))
     with pytest.raises(ConfigError, match="model.n_layers"):
         iar.check_config(cfg.set("model.n_layers", 2))
+
+
+def test_smoke_summary_has_the_claims_and_deviations(smoke_run):
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    cfg = EXP.preset("smoke")
+    entries = summary["claims"]
+    assert [c["id"] for c in entries] == [c.id for c in iac.CLAIMS]
+    for entry in entries:
+        assert CLAIM_FIELDS <= set(entry), CLAIM_FIELDS - set(entry)
+        assert claims.check(entry) is None
+    by_id = {c["id"]: c for c in entries}
+    for cid in ("augmented_loss_equals_gd", "full_model_predictions_equal_gd"):  # tested, 2 seeds: too few
+        assert by_id[cid]["n_seeds"] == 2 and by_id[cid]["verdict"] == "inconclusive"
+    for cid in ("constrained_optimum_is_gd", "positional_last_two_tokens", "pe_only_recent_weight_falls_with_mu"):
+        assert by_id[cid]["verdict"] == "untested" and by_id[cid]["reason"]
+    runs = summary["runs"]
+    want = [r["final"]["eval_loss"] / r["final"]["gd_loss"] for r in runs]
+    assert by_id["augmented_loss_equals_gd"]["median"] == pytest.approx(np.median(want))
+    devs = summary["deviations"]
+    assert devs and all(isinstance(d, str) and d for d in devs)
+    assert devs == iac.deviations(cfg)
+    assert any("batch 1024" in d and "Adam lr 0.01" in d for d in devs)  # augmented.py's optimizer settings
+
+
+def test_which_presets_test_which_claims():
+    untested = {name: {c.id: c.untested(EXP.preset(name)) for c in iac.CLAIMS} for name in EXP.presets}
+    assert untested["paper"]["augmented_loss_equals_gd"] is None
+    assert untested["paper"]["full_model_predictions_equal_gd"] is None
+    assert untested["augmented-orthogonal"]["augmented_loss_equals_gd"] is None
+    assert "commuting" in untested["augmented-orthogonal"]["full_model_predictions_equal_gd"]
+    assert untested["non-augmented"]["positional_last_two_tokens"] is None
+    assert untested["pe-only"]["pe_only_recent_weight_falls_with_mu"] is None
+    assert "unitary" in untested["pe-only"]["positional_last_two_tokens"]
+    for name in EXP.presets:
+        assert untested[name]["constrained_optimum_is_gd"] and untested[name]["non_augmented_heads_orthogonal"]
+        if name != "pe-only":
+            assert untested[name]["pe_only_recent_weight_falls_with_mu"]
+    assert any("s_0 uniform on the sphere" in d for d in iac.deviations(EXP.preset("augmented-orthogonal")))
+    assert any("pe_only.py" in d for d in iac.deviations(EXP.preset("pe-only")))
+    assert any("64 heads" in d for d in iac.deviations(EXP.preset("non-augmented")))
+
+
+def _record(seed: int, hparams: dict | None = None, **final: float) -> dict:
+    return {"seed": seed, "hparams": hparams or {}, "status": "ok", "final": final}
+
+
+def test_claim_statistics_against_numpy():
+    rng = np.random.default_rng(0)
+    model, gd = rng.uniform(0.2, 0.3, 7), rng.uniform(0.2, 0.3, 7)
+    runs = [_record(s, eval_loss=m, gd_loss=g) for s, (m, g) in enumerate(zip(model, gd))]
+    by_id = {c.id: c for c in iac.CLAIMS}
+    np.testing.assert_allclose(by_id["augmented_loss_equals_gd"].values(runs, {}), model / gd, rtol=1e-12)
+    # PE-only: per seed, the mass at mu = 50 minus at mu = 300 (mu = 100 ignored; seed 6 lacks mu = 300)
+    mass = rng.uniform(0, 1, (7, 3))
+    runs = [
+        _record(s, {"task.mu": mu}, p_superdiag_mass=mass[s, j])
+        for s in range(7)
+        for j, mu in enumerate((50.0, 100.0, 300.0))
+        if not (s == 6 and mu == 300.0)
+    ]
+    got = by_id["pe_only_recent_weight_falls_with_mu"].values(runs, {})
+    np.testing.assert_allclose(got, mass[:6, 0] - mass[:6, 2], rtol=1e-12)
