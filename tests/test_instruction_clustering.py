@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from _runs import run_cfg
 
-from jaxlab import results
+from jaxlab import claims, results
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import instruction_clustering as ic
+from jaxlab.experiments import instruction_clustering_claims as icc
 from jaxlab.experiments import instruction_clustering_report as icr
 from jaxlab.metrics.clustering import variance_ratio
 from jaxlab.models import residual_hooks, run_with_cache
@@ -66,8 +67,15 @@ def test_smoke_run_summary_keys_history_and_report(smoke):
             above = [s for s, v in zip(steps, values) if v > 0.5]
             assert (f[name] == above[0]) if above else f[name] is None or np.isnan(f[name])
         # the causal check at the best layer uses the history's clustering (same k-means key)
-        for m in ("ablation_acc_drop", "random_ablation_acc_drop", "swap_acc_drop"):
+        for m in (
+            "ablation_acc_drop",
+            "random_ablation_acc_drop",
+            "random_position_ablation_acc_drop",
+            "swap_acc_drop",
+        ):
             assert f[m] == f[f"{m}_layer_{best}"]
+        assert -1.0 <= f["random_position_ablation_acc_drop"] <= 1.0
+        assert f["ari_gain"] == pytest.approx(series[-1] - series[0])
     # the pooled correlation covers every checkpoint of both chunks' runs, not a per-chunk mean
     assert "ari_acc_corr_pooled" not in summary["reference"]
     ari, acc, _ = icr.ari_acc_pairs(results.load(out), summary)
@@ -78,6 +86,60 @@ def test_smoke_run_summary_keys_history_and_report(smoke):
     for name in ("clustering_over_training.png", "ari_vs_accuracy.png", "ablation_by_layer.png"):
         assert (out / name).is_file() and f"]({name})" in report
     assert "Causal check" in report and "jaxlab report" in report
+
+
+CLAIM_FIELDS = {
+    "id", "claim", "paper_ref", "paper_value", "statistic", "control", "median", "ci_low", "ci_high", "n_seeds",
+    "rule", "verdict", "reason",
+}  # fmt: skip
+
+
+def test_smoke_summary_has_the_claims_and_deviations(smoke):
+    cfg, _, _, summary = smoke
+    entries = summary["claims"]
+    assert [c["id"] for c in entries] == [c.id for c in icc.CLAIMS]
+    for entry in entries:
+        assert CLAIM_FIELDS <= set(entry), CLAIM_FIELDS - set(entry)
+        assert claims.check(entry) is None
+        assert entry["verdict"] in claims.VERDICTS
+    by_id = {c["id"]: c for c in entries}
+    # the smoke preset probes sep_input (constant at the embedding) and clusters the seen set only
+    assert by_id["deeper_than_embedding"]["verdict"] == "untested"
+    assert by_id["clusters_on_unseen_instructions"]["verdict"] == "untested"
+    assert by_id["clusters_used"]["n_seeds"] == len(cfg.sweep.seeds)  # the new control is read
+    assert by_id["ari_rises_over_training"]["n_seeds"] == len(cfg.sweep.seeds)
+    devs = summary["deviations"]
+    assert devs and all(isinstance(d, str) and d for d in devs)
+    assert devs == icc.deviations(cfg)
+
+
+def _record(seed: int, **final: float) -> dict:
+    return {"seed": seed, "hparams": {}, "status": "ok", "final": final}
+
+
+def test_depth_statistics_against_numpy():
+    rng = np.random.default_rng(4)
+    ari = rng.uniform(-0.1, 1.0, size=(5, 7))  # [runs, layers 0..6]
+    runs = [_record(s, **{f"ari_layer_{l}": float(ari[s, l]) for l in range(7)}, nmi_layer_3=9.0) for s in range(5)]
+    runs.append(_record(5, ari_layer_0=0.3))  # one layer only: no depth to compare
+    np.testing.assert_allclose(icc.last_layer_minus(1)(runs, {})[:5], ari[:, 6] - ari[:, 1])
+    np.testing.assert_allclose(icc.last_layer_minus(0)(runs, {})[:5], ari[:, 6] - ari[:, 0])
+    assert np.isnan(icc.last_layer_minus(1)(runs, {})[5]) and np.isnan(icc.last_layer_minus(0)(runs, {})[5])
+    by_id = {c.id: c for c in icc.CLAIMS}
+    np.testing.assert_allclose(by_id["ari_rises_with_depth"].values(runs, {})[:5], ari[:, 6] - ari[:, 1])
+
+
+def test_clusters_used_statistic_is_paired_against_numpy():
+    rng = np.random.default_rng(5)
+    drop, rand = rng.uniform(0, 0.2, size=(2, 6))
+    runs = [
+        _record(s, position_ablation_acc_drop=float(drop[s]), random_position_ablation_acc_drop=float(rand[s]))
+        for s in range(6)
+    ]
+    claim = {c.id: c for c in icc.CLAIMS}["clusters_used"]
+    np.testing.assert_allclose(claim.values(runs, {}), drop - rand)
+    entry = claims.evaluate([claim], None, runs, {})[0]
+    assert entry["median"] == pytest.approx(np.median(drop - rand)) and entry["n_seeds"] == 6
 
 
 def test_probes_and_ablations_on_the_trained_model(smoke):
@@ -215,6 +277,7 @@ def test_history_summaries_against_numpy():
     train = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(n_layers=2)))
     per_run = ic.summarize_history(train, history, steps).per_run
     np.testing.assert_array_equal(per_run["best_layer"], [2, 2])
+    np.testing.assert_allclose(per_run["ari_gain"], [0.6 - 0.0, 0.2 - 0.0])  # best layer: final - step 0
     np.testing.assert_array_equal(per_run["ari_onset_step"], [20.0, np.nan])  # 0.5 at step 10, 0.6 at 20
     np.testing.assert_array_equal(per_run["acc_onset_step"], [20.0, np.nan])
     ref = np.corrcoef([0.0, 0.5, 0.6], [0.1, 0.5, 0.8])[0, 1]

@@ -11,19 +11,27 @@ evaluation, on fixed evaluation sets:
   `probe.position` is clustered by k-means with k = K and compared with the task labels:
   `ari_layer_{l}`, `nmi_layer_{l}`; the labels' own grouping: `silhouette_layer_{l}`,
   `variance_ratio_layer_{l}`. The default position is the separator that ends the instruction
-  (`sep_input`): its state can only hold what the instruction says. `last_instruction` (the last
-  instruction token) and `sep_output` (the separator before the output, whose state must also
-  carry the input, so at the top it groups by output rather than by task) are the alternatives.
-From the history: `best_layer` (highest final ARI), `ari_onset_step` / `acc_onset_step` (first
-evaluated step with best-layer ARI / seen accuracy above 0.5), `ari_acc_corr` (Pearson correlation
-of best-layer ARI and seen accuracy over the checkpoints of a run; the report also pools every
-checkpoint of every run, from the stored history, so a sweep split into run chunks pools them all).
+  (`sep_input`): its state can only hold what the instruction says. At layer 0 (the embedding) it is
+  one fixed token at one fixed position, the same for every sequence, so layer 0's ARI there is 0
+  by construction (likewise at `sep_output`); a comparison with the embedding needs
+  `last_instruction` (the last instruction token, which varies). `sep_output` (the separator before
+  the output, whose state must also carry the input, so at the top it groups by output rather than
+  by task) is the third choice. ARI is computed on the seen set only: the held-out sets are scored
+  for accuracy, not clustered.
+From the history: `best_layer` (highest final ARI), `ari_gain` (its final minus step-0 ARI),
+`ari_onset_step` / `acc_onset_step` (first evaluated step with best-layer ARI / seen accuracy above
+0.5), `ari_acc_corr` (Pearson correlation of best-layer ARI and seen accuracy over the checkpoints
+of a run; the report also pools every checkpoint of every run, from the stored history, so a sweep
+split into run chunks pools them all).
 After training, the causal check at each layer (and at the best layer):
 projecting the between-task directions found at the probed position out of the layer's residual
 stream at every position (`ablation_acc_drop`) against random directions of the same rank
 (`random_ablation_acc_drop`); the same projection at the probed position alone
-(`position_ablation_acc_drop`); replacing the probed state by another task's centroid
-(`swap_acc_drop`, `swap_follow_rate`).
+(`position_ablation_acc_drop`) against random directions there (`random_position_ablation_acc_drop`);
+replacing the probed state by another task's centroid (`swap_acc_drop`, `swap_follow_rate`).
+
+The paper's claims, each with its statistic, control and rule, and this setup's deviations from the
+paper are in `instruction_clustering_claims`; the verdicts are computed from the runs.
 
 Presets. `quick` (the default) and `smoke` are CPU sizes. `paper` follows the setup as the issue
 describes it (5 shared inputs per task function, M regular-grammar instruction distributions per
@@ -45,6 +53,7 @@ import numpy as np
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.config import _positive as positive
 from jaxlab.experiments import instruction_clustering_report as _report
+from jaxlab.experiments.instruction_clustering_claims import CLAIMS, deviations
 from jaxlab.metrics.clustering import class_means
 from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.models.presets import gpt_model
@@ -254,6 +263,9 @@ def summarize_history(train: Any, history: Mapping[str, np.ndarray], steps: np.n
     per_run = {
         "best_layer": best.astype(np.float64),
         "ari_best_layer": ari_best[:, -1],
+        # the rise over training: the best layer's final ARI minus its ARI at the first evaluation
+        # (step 0, the initialized network)
+        "ari_gain": ari_best[:, -1] - ari_best[:, 0],
         # onsets "exceed" 0.5 (>), as METRICS defines them
         "ari_onset_step": onset_steps(ari_best, steps, ONSET, strict=True),
         "acc_onset_step": onset_steps(acc, steps, ONSET, strict=True),
@@ -274,7 +286,8 @@ def ablation_one_run(train: Any, params: Any, seen: Batch, key: jax.Array) -> di
     when the residual stream of the layer is projected off U at every position, about each
     position's mean over the set (x_t <- x_t - U U^T (x_t - mean_b x_t)); `random`: the same for
     random orthonormal bases of the same rank (mean over `probe.n_random`); `position`: the cluster
-    projection at the probed position only; `swap`: the state at the probed position replaced by
+    projection at the probed position only; `random_position`: the random bases there only (the
+    control of `position`); `swap`: the state at the probed position replaced by
     the centroid of task k + swap_shift; `follow`: how often the first output token is then that
     task's. Also the clean accuracy and the ARIs [L] that choose the best layer.
     """
@@ -310,16 +323,19 @@ def ablation_one_run(train: Any, params: Any, seen: Batch, key: jax.Array) -> di
             out = pc.projection_ablation(train.model, params, seen.inputs, layer, x, basis, center_TD, where)
             return accuracy(out, seen)
 
-        # one vmapped forward pass: the cluster basis everywhere, the random ones everywhere, the
-        # cluster basis at the probed position only
-        all_bases = jnp.concatenate([bases[layer][None], rand[layer], bases[layer][None]])
-        where = jnp.stack([everywhere] * (1 + probe.n_random) + [positions])
+        # one vmapped forward pass: the cluster basis and the random ones everywhere, then the same
+        # bases at the probed position only
+        n = 1 + probe.n_random
+        pair = jnp.concatenate([bases[layer][None], rand[layer]])
+        all_bases = jnp.concatenate([pair, pair])
+        where = jnp.stack([everywhere] * n + [positions] * n)
         acc = jax.vmap(ablated_acc)(all_bases, where)
         logits = pc.centroid_swap(train.model, params, seen.inputs, layer, centroids[layer], swapped, positions)
         return {
             "ablation": clean - acc[0],
-            "random": clean - jnp.mean(acc[1:-1]),
-            "position": clean - acc[-1],
+            "random": clean - jnp.mean(acc[1:n]),
+            "position": clean - acc[n],
+            "random_position": clean - jnp.mean(acc[n + 1 :]),
             "swap": clean - accuracy(logits, seen),
             "follow": jnp.mean(jnp.argmax(logits[:, first], -1) == swap_targets),
         }
@@ -358,6 +374,7 @@ def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarr
         "ablation": "ablation_acc_drop",
         "random": "random_ablation_acc_drop",
         "position": "position_ablation_acc_drop",
+        "random_position": "random_position_ablation_acc_drop",
         "swap": "swap_acc_drop",
         "follow": "swap_follow_rate",
     }
@@ -382,6 +399,7 @@ METRICS = {
     "variance_ratio_layer_{l}": "between-task over within-task variance of the layer-l hidden states",
     "best_layer": "the layer with the highest final ARI (ties: the shallowest)",
     "ari_best_layer": "final ARI at the best layer",
+    "ari_gain": "final ARI at the best layer minus that layer's ARI at the first evaluation (step 0)",
     "ari_onset_step": "first evaluated step at which the best layer's ARI exceeds 0.5 (none: missing)",
     "acc_onset_step": "first evaluated step at which acc_seen exceeds 0.5 (none: missing)",
     "ari_acc_corr": "Pearson correlation of the best layer's ARI and acc_seen over the run's checkpoints "
@@ -392,6 +410,8 @@ METRICS = {
     "random_ablation_acc_drop": "the same for random orthonormal directions of the same rank (mean over "
     "probe.n_random draws)",
     "position_ablation_acc_drop": "the cluster projection at probe.position only",
+    "random_position_ablation_acc_drop": "the random projections (same rank, mean over probe.n_random draws) at "
+    "probe.position only: the control of position_ablation_acc_drop",
     "swap_acc_drop": "acc_seen minus the accuracy with the hidden state at the best layer and probe.position "
     "replaced by the centroid of task (k + probe.swap_shift) mod n_tasks",
     "swap_follow_rate": "fraction of first output tokens that then equal the swapped-in task's output",
@@ -413,4 +433,6 @@ EXPERIMENT = Experiment(
     finalize=finalize,
     from_history=summarize_history,
     report=_report.sections,
+    claims=CLAIMS,
+    deviations=deviations,
 )

@@ -1,0 +1,198 @@
+"""The claims of Wu & Varshney, "Transformer-based Causal Language Models Perform Clustering"
+(arXiv 2402.12151, 2024; NAACL 2025 Findings), as instruction-clustering tests them, and how a
+config's setup differs from the paper's.
+
+Where the claims come from. The paper trains a 6-layer causal transformer from scratch on synthetic
+instruction-following data (tasks = input->output mappings sharing their inputs, each named by
+instructions drawn from several regular-expression distributions), runs k-means on hidden states
+and scores the clusters against task identity with the adjusted Rand index (ARI), per layer, over
+training, on a training and a validation set. Its findings (abstract and the ARI-over-training
+figure): task clusters form in the hidden space and sharpen during training until they saturate;
+deeper layers cluster more than the embedding layer (layer 0), which stays flat; the clustering
+"assists the model in handling unseen instances". We could not read the paper's per-layer ARI
+values from its text or a released code base, so every `paper_value` is None (qualitative).
+
+Thresholds, fixed before any jaxlab number was compared with them:
+- differences that the paper says are positive (a rise over training, a rise with depth) use
+  `Above(0)`: the 95% interval of the per-seed difference must exclude 0 on the claimed side;
+- `clusters_form`: final ARI above 0.5, half-way from chance (0: ARI is chance-adjusted, so shuffled
+  labels score 0 in expectation) to a perfect partition; the experiment's own onset threshold;
+- `ari_tracks_accuracy`: Pearson r above 0.5, the conventional bound of a large correlation;
+- `clusters_used`: removing the cluster subspace at the probed position costs more than 0.02 of the
+  accuracy beyond a random subspace of the same rank. A task code that the model reads there would
+  cost up to 1 - 1/n_tasks when removed; 0.02 (two points, five sequences of the quick preset's
+  256) is above the resolution of one evaluation sequence and far below that.
+
+The layer-0 (embedding) state at a separator position (`sep_input`, `sep_output`) is one fixed
+token at one fixed position for every sequence, so its ARI is 0 by construction: a claim against
+the embedding is untested there, and the depth claim compares the last block with the first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jaxlab.claims import Above, Claim, Values, final, paired_difference, per_seed
+from jaxlab.config import ExperimentConfig
+
+PAPER = "Wu & Varshney 2024"
+# probe positions whose token and position are the same in every sequence (left-padded template)
+CONSTANT_AT_EMBEDDING = ("sep_input", "sep_output")
+FORM_THRESHOLD = 0.5
+CORR_THRESHOLD = 0.5
+USED_THRESHOLD = 0.02
+
+
+def ari_layers(run: Mapping[str, Any]) -> list[int]:
+    """The layers (0 = embedding) whose final ARI the run records, ascending."""
+    return sorted(int(k.rsplit("_", 1)[1]) for k in run["final"] if k.startswith("ari_layer_"))
+
+
+def last_layer_minus(layer: int) -> Values:
+    """values(): per run, the final ARI of its deepest layer minus that of `layer` (NaN without both)."""
+
+    def values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
+        out = []
+        for r in runs:
+            layers = ari_layers(r)
+            if not layers or layers[-1] <= layer or layer not in layers:
+                out.append(math.nan)
+                continue
+            out.append(final(r, f"ari_layer_{layers[-1]}") - final(r, f"ari_layer_{layer}"))
+        return out
+
+    return values
+
+
+def _embedding_constant(cfg: ExperimentConfig) -> str | None:
+    if cfg.probe.position in CONSTANT_AT_EMBEDDING:
+        return (
+            f"the state probed at `{cfg.probe.position}` is one fixed token at one fixed position in every "
+            "sequence, so the embedding layer's ARI there is 0 by construction"
+        )
+    return None
+
+
+def _one_block(cfg: ExperimentConfig) -> str | None:
+    if cfg.model.n_layers < 2:
+        return f"a {cfg.model.n_layers}-block model has no depth to compare"
+    return None
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="clusters_form",
+        claim="By the end of training, k-means on the hidden states recovers the task partition.",
+        paper_ref=f"{PAPER}, abstract and ARI-over-training figure (training set)",
+        paper_value=None,
+        statistic="final ARI, best layer",
+        control="shuffled task labels: ARI 0 in expectation (chance-adjusted); the best of the layers "
+        "is slightly above 0 under that null",
+        rule=Above(FORM_THRESHOLD),
+        values=per_seed("ari_best_layer"),
+    ),
+    Claim(
+        id="ari_rises_over_training",
+        claim="Task clustering sharpens during training: ARI rises from initialization.",
+        paper_ref=f"{PAPER}, ARI-over-training figure (training set)",
+        paper_value=None,
+        statistic="final minus step-0 ARI, best layer",
+        control="the same layer of the same run at initialization (step 0), paired per seed",
+        rule=Above(0.0),
+        values=per_seed("ari_gain"),
+    ),
+    Claim(
+        id="ari_rises_with_depth",
+        claim="Deeper layers cluster by task more than shallow ones.",
+        paper_ref=f"{PAPER}, ARI-over-training figure (layers 0-5)",
+        paper_value=None,
+        statistic="final ARI, last block minus first block",
+        control="the first block's output at the same position, same run (not the embedding: identical "
+        "for every sequence at a separator)",
+        rule=Above(0.0),
+        values=last_layer_minus(1),
+        untested=_one_block,
+    ),
+    Claim(
+        id="deeper_than_embedding",
+        claim="The last layer clusters by task more than the embedding layer, which stays flat.",
+        paper_ref=f"{PAPER}, ARI-over-training figure (layer 0 flat)",
+        paper_value=None,
+        statistic="final ARI, last layer minus embedding",
+        control="the embedding layer (layer 0) at the same position, same run",
+        rule=Above(0.0),
+        values=last_layer_minus(0),
+        untested=_embedding_constant,
+    ),
+    Claim(
+        id="clusters_on_unseen_instructions",
+        claim="The clusters extend to a validation set and to unseen instructions of the same tasks.",
+        paper_ref=f"{PAPER}, ARI-over-training figure (validation set); abstract (unseen instances)",
+        paper_value=None,
+        statistic="final ARI on unseen instructions, best layer",
+        control="shuffled task labels (ARI 0 in expectation)",
+        rule=Above(FORM_THRESHOLD),
+        values=per_seed("ari_unseen_distributions"),
+        untested=lambda cfg: (
+            "ARI is computed on the training-distribution evaluation set only (seen grammars, training "
+            "strings); the held-out string and held-out grammar sets are scored for accuracy, not clustered"
+        ),
+    ),
+    Claim(
+        id="ari_tracks_accuracy",
+        claim="Clustering develops together with the ability to follow the instructions.",
+        paper_ref=f"{PAPER}, ARI and accuracy over training",
+        paper_value=None,
+        statistic="Pearson r (checkpoints) of best-layer ARI and seen accuracy",
+        control="none removes the shared trend: both rise over training, so a common trend alone makes r positive",
+        rule=Above(CORR_THRESHOLD),
+        values=per_seed("ari_acc_corr"),
+    ),
+    Claim(
+        id="clusters_used",
+        claim="The model uses the task clusters: removing them where they are read changes its outputs.",
+        paper_ref=f"{PAPER}, abstract ('assists the model in handling unseen instances'); the paper's "
+        "support is correlational, the intervention is jaxlab's test",
+        paper_value=None,
+        statistic="accuracy drop, cluster subspace minus random subspace at the probed position (best layer)",
+        control="a random subspace of the same rank (n_tasks - 1) projected out at the same position and "
+        "layer, paired per seed",
+        rule=Above(USED_THRESHOLD),
+        values=paired_difference("position_ablation_acc_drop", "random_position_ablation_acc_drop"),
+    ),
+)
+
+
+def deviations(cfg: ExperimentConfig) -> list[str]:
+    """How this config's setup differs from Wu & Varshney's, one line each."""
+    m, t, p, tr = cfg.model, cfg.task, cfg.probe, cfg.train
+    out = [
+        f"Model: {m.n_layers}-block causal transformer, d_model {m.d_model}, {m.n_heads} heads, trained from "
+        f"scratch for {tr.steps} steps at batch {tr.batch_size}, {len(cfg.sweep.seeds)} seeds; the paper trains "
+        "a 6-layer causal transformer from scratch (its width, vocabulary and training length are not "
+        "reproduced here).",
+        f"Tasks: {t.n_tasks} random lookup tables from {t.n_inputs} shared input tokens to {t.output_len}-token "
+        f"outputs over {t.n_output_tokens} output tokens; the paper's task functions are mappings of five "
+        "inputs each (its dataset figure), not random tables of this size.",
+        f"Instructions: {t.n_distributions} seen and {t.n_unseen_distributions} held-out grammars per task, "
+        f"templates of {t.template_len} slots ({t.n_optional} optional, {t.n_alternative} alternatives of "
+        f"{t.alt_width} tokens), task keywords with probability {t.keyword_prob}; the paper draws instructions "
+        "from several regular expressions per task.",
+        f"Probe: hidden states at `{p.position}` only, every layer (0 = embedding); k-means with k = n_tasks, "
+        f"k-means++, best of {p.kmeans_restarts} restarts, {p.kmeans_iters} iterations.",
+        f"ARI on the training-distribution evaluation set only ({p.n_eval} sequences, tasks balanced); the paper "
+        "also reports it on a validation set. The held-out string and grammar sets give accuracy only.",
+        "Causal test (projection of the between-task subspace against a random subspace of the same rank, and "
+        "the centroid swap) is jaxlab's addition; the paper reports no intervention.",
+    ]
+    if p.position in CONSTANT_AT_EMBEDDING:
+        out.append(
+            f"At `{p.position}` the embedding-layer state is the same for every sequence: layer 0's ARI is 0 by "
+            "construction, so depth is tested as the last block against the first."
+        )
+    return out
+
+
+__all__ = ["CLAIMS", "CONSTANT_AT_EMBEDDING", "ari_layers", "deviations", "last_layer_minus"]
