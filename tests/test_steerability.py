@@ -6,10 +6,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jaxlab import results
+from jaxlab import claims, results
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import steerability as S
+from jaxlab.experiments import steerability_claims as SC
 from jaxlab.experiments import steerability_report as SR
 from jaxlab.registry import get_experiment
 
@@ -60,6 +61,85 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
     assert "jaxlab run steerability --preset smoke" in report
 
 
+CLAIM_FIELDS = {
+    "id", "claim", "paper_ref", "paper_value", "statistic", "control", "median", "ci_low", "ci_high", "n_seeds",
+    "rule", "verdict", "reason",
+}  # fmt: skip
+
+
+def test_smoke_summary_has_the_claims_and_deviations(smoke_run):
+    cfg = get_experiment("steerability").preset("smoke")
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    entries = summary["claims"]
+    assert [c["id"] for c in entries] == [c.id for c in SC.CLAIMS]
+    for entry in entries:
+        assert CLAIM_FIELDS <= set(entry), CLAIM_FIELDS - set(entry)
+        assert claims.check(entry) is None
+    by_id = {c["id"]: c for c in entries}
+    # decided by the preset: fear is rare, sadness weaker than anger; the loss under steering is not measured
+    for name in ("rare_concept_later", "close_concepts_distinct_sep_onsets", "early_steering_hurts"):
+        assert by_id[name]["verdict"] == "untested" and by_id[name]["reason"]
+    for name in (
+        "steerability_emerges_mid_training",
+        "separability_rises",
+        "separability_correlates_with_steerability",
+    ):
+        assert by_id[name]["n_seeds"] == len(cfg.sweep.seeds)  # the per-run statistics are written
+    for run in summary["runs"]:  # null where neither concept of a pair reaches its threshold in 40 steps
+        keys = ("close_pair_steer_onset_gap", "close_pair_sep_onset_gap", "rare_steer_onset_gap")
+        assert set(keys) <= set(run["final"])
+    devs = summary["deviations"]
+    assert devs and all(isinstance(d, str) and d for d in devs)
+    assert devs == SC.deviations(cfg) and any("Amber" in d for d in devs)
+
+
+def test_claim_statistics_of_from_history_match_numpy():
+    """The per-run statistics of the claims, from a hand-made history, against NumPy."""
+    steps = np.array([0, 1, 3, 10, 30, 100])
+    names, L = ("joy", "anger", "sadness", "fear"), 1
+    steer = {  # [R=2, n]; steer_threshold 0.2
+        "joy": [[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], [0.0, 0.0, 0.0, 0.3, 0.4, 0.5]],
+        "anger": [[0.0, 0.0, 0.0, 0.0, 0.3, 0.5], [0.0, 0.0, 0.0, 0.3, 0.4, 0.5]],
+        "sadness": [[0.0, 0.0, 0.0, 0.0, 0.0, 0.1], [0.0, 0.0, 0.3, 0.3, 0.4, 0.5]],
+        "fear": [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]],
+    }
+    sep = {c: np.linspace(0.5, 0.6 + 0.1 * k, 6)[None].repeat(2, 0) for k, c in enumerate(names)}
+    history = {}
+    for c in names:
+        history[f"steer_effect_{c}_l0"] = np.asarray(steer[c])
+        history[f"separability_{c}_l0"] = sep[c]
+        history[f"id_score_{c}_l0"] = sep[c]
+    task = SimpleNamespace(names=names, freqs=(0.4, 0.25, 0.25, 0.05), close_pair=(1, 2))
+    cfg = SimpleNamespace(
+        probe=S.SteerabilityProbe(), model=SimpleNamespace(n_layers=L), task=task, train=SimpleNamespace(steps=100)
+    )
+    out = S.from_history(SimpleNamespace(cfg=cfg), history, steps)
+    n = len(steps)
+
+    def onset_index(row):  # the first evaluation whose value reaches 0.2, else one past the last
+        hits = np.flatnonzero(np.asarray(row) >= 0.2)
+        return hits[0] if hits.size else np.nan
+
+    idx = {c: np.array([onset_index(r) for r in steer[c]]) for c in names}
+    # joy, anger, sadness are the common concepts (fear is rare): median of onset / 100, never = 1.0
+    frac = np.stack(
+        [np.where(np.isnan(idx[c]), 1.0, steps[np.nan_to_num(idx[c]).astype(int)] / 100) for c in names[:3]]
+    )
+    np.testing.assert_allclose(out["steer_onset_frac_common"], np.median(frac, axis=0))
+    np.testing.assert_allclose(out["steer_onset_frac_common"], [0.3, 0.1])
+    np.testing.assert_allclose(out["close_pair_steer_onset_gap"], [4 - n, 3 - 2])  # sadness never in run 0
+    np.testing.assert_array_equal(out["rare_steer_onset_gap"], [n - 2, n - 3])  # fear never
+    np.testing.assert_array_equal(out["close_pair_sep_onset_gap"], [np.nan, np.nan])  # neither reaches 0.9
+    gains = np.mean([sep[c][:, -1] - sep[c][:, 0] for c in names], axis=0)
+    np.testing.assert_allclose(out["separability_gain"], gains)
+    # the helpers themselves
+    np.testing.assert_array_equal(
+        SC.censored_gap(np.array([1.0, np.nan, np.nan]), np.array([3.0, 2.0, np.nan]), 5), [-2.0, 3.0, np.nan]
+    )
+    assert SC.rare_concepts(task) == (3,) and SC.common_concepts(task) == (0, 1, 2)
+    assert SC.rare_concepts(SimpleNamespace(names=("a", "b"), freqs=(0.2, 0.2))) == ()
+
+
 def test_onsets_reach_the_threshold_and_correlation_matches_numpy():
     """from_history's onsets count a value equal to the threshold (>=, "reaches"); r per run."""
     steps = np.array([0, 1, 3, 10, 30, 100])
@@ -71,8 +151,9 @@ def test_onsets_reach_the_threshold_and_correlation_matches_numpy():
         for name, v in (("separability", sep), ("steer_effect", steer), ("id_score", sep)):
             history[f"{name}_{c}_l0"] = v
             history[f"{name}_{c}_l1"] = v * 0.5
+    task = SimpleNamespace(names=names, freqs=(0.4, 0.05), close_pair=())
     cfg = SimpleNamespace(
-        probe=S.SteerabilityProbe(), model=SimpleNamespace(n_layers=L), task=SimpleNamespace(names=names)
+        probe=S.SteerabilityProbe(), model=SimpleNamespace(n_layers=L), task=task, train=SimpleNamespace(steps=100)
     )
     out = S.from_history(SimpleNamespace(cfg=cfg), history, steps)
     np.testing.assert_array_equal(out["sep_onset_step_joy"], [10.0, np.nan])  # 0.9 reaches sep_threshold 0.9

@@ -1,15 +1,18 @@
 """steerability: when do concept directions become readable and steerable during training?
 
-She et al. (2025), "How Does Controllability Emerge In Language Models During Pretraining?", read
-concept directions from Pythia/OLMo checkpoints with an "Intervention Detector" (last-token hidden
-states of paired stimuli, PCA of their differences) and find that linear steerability (adding
-alpha * v to the residual stream moves generations toward the concept) emerges at intermediate
-training stages, at different times for related concepts (anger vs sadness), and that linear
-separability grows with training and correlates with steerability.
+She et al. (2025), "How Does Controllability Emerge In Language Models During Pretraining?" (the
+LLM360 team at MBZUAI), read concept directions from the released pretraining checkpoint series of
+LLM360's Amber and CrystalCoder models with an "Intervention Detector" (last-token hidden states of
+paired stimuli, PCA of their differences) and find that linear steerability (adding alpha * v to
+the residual stream moves generations toward the concept) emerges at intermediate training stages,
+at different stages for related concepts (anger vs sadness), and that linear separability grows
+with training and correlates with steerability.
 
 Here: a 4-6 block causal softmax transformer learns the `concepts` language (jaxlab.tasks.concepts:
 a Markov chain plus four latent "emotions" that prefer their own marker tokens; joy frequent,
-fear rare, anger and sadness a close pair sharing two markers, sadness weaker). Many seeds train
+fear rare, anger and sadness a close pair sharing two markers, sadness weaker: the preset sets
+which concept has more evidence, so an onset order that follows frequency or strength is an input,
+not a finding; `steerability_claims` says which claims that leaves untested). Many seeds train
 as one program; evaluations (and orbax checkpoints, every one kept) are log-spaced in steps. At
 every evaluation, on device and vmapped over runs, `jaxlab.probes.steering` reads each concept at
 every residual layer (ID score, explained variance, separability) and steers with the direction
@@ -24,7 +27,9 @@ Metrics (c: concept name, l: residual layer 0..n_layers-1, the stream after bloc
   best-layer separability / steering effect reaches probe.sep_threshold / probe.steer_threshold;
   null if never), id_score_{c}, separability_{c}, steer_effect_{c} (best layer, last evaluation),
   sep_steer_corr_{c} (Pearson correlation over evaluations of the layer-mean separability and the
-  layer-mean steering effect) and sep_steer_corr (its mean over concepts).
+  layer-mean steering effect) and sep_steer_corr (its mean over concepts); for the claims:
+  separability_gain, steer_onset_frac_common, close_pair_{steer,sep}_onset_gap, rare_steer_onset_gap
+  (METRICS defines them).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from jaxlab.config import (
     _positive,
 )
 from jaxlab.errors import ConfigError
+from jaxlab.experiments import steerability_claims as claims
 from jaxlab.experiments import steerability_report as _report
 from jaxlab.models import residual_hooks
 from jaxlab.models.presets import gpt_model
@@ -139,9 +145,10 @@ def quick() -> ExperimentConfig:
 def paper() -> ExperimentConfig:
     """The largest setup here (an accelerator's worth): 6 blocks, d_model 64, 16 seeds, 10k steps.
 
-    She et al. probe public Pythia/OLMo checkpoint series of natural-language models; this keeps
-    their method (log-spaced checkpoints, last-token ID reader over >= 256 pairs, residual steering)
-    on the synthetic language, at the size of the issue's model family.
+    She et al. probe the released pretraining checkpoint series of LLM360's 7B models (Amber,
+    CrystalCoder); this keeps their method (a checkpoint series, last-token ID reader over >= 256
+    pairs, residual steering) on the synthetic language, with log-spaced checkpoints, at a size a
+    single accelerator trains.
     """
     overrides = {
         "train.steps": 10_000,
@@ -260,24 +267,44 @@ def layer_series(history: dict[str, np.ndarray], name: str, concept: str, n_laye
 
 
 def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) -> dict[str, np.ndarray]:
-    probe, L = train.cfg.probe, train.cfg.model.n_layers
+    cfg = train.cfg
+    probe, task, L = cfg.probe, cfg.task, cfg.model.n_layers
     out: dict[str, np.ndarray] = {}
-    corrs = []
-    for c in train.cfg.task.names:
+    corrs, gains = [], []
+    index = np.arange(len(steps), dtype=np.float64)  # onsets counted in evaluations, for the claims
+    sep_index, steer_index = {}, {}
+    for c in task.names:
         sep = layer_series(history, "separability", c, L)
         steer = layer_series(history, "steer_effect", c, L)
         ids = layer_series(history, "id_score", c, L)
         # onsets "reach" their thresholds (>=), as METRICS defines them
         out[f"sep_onset_step_{c}"] = onset_steps(sep.max(-1), steps, probe.sep_threshold, strict=False)
         out[f"steer_onset_step_{c}"] = onset_steps(steer.max(-1), steps, probe.steer_threshold, strict=False)
+        sep_index[c] = onset_steps(sep.max(-1), index, probe.sep_threshold, strict=False)
+        steer_index[c] = onset_steps(steer.max(-1), index, probe.steer_threshold, strict=False)
         out[f"separability_{c}"] = sep[:, -1].max(-1)
         out[f"steer_effect_{c}"] = steer[:, -1].max(-1)
         out[f"id_score_{c}"] = ids[:, -1].max(-1)
         out[f"sep_steer_corr_{c}"] = pearson_rows(sep.mean(-1), steer.mean(-1))
         corrs.append(out[f"sep_steer_corr_{c}"])
+        gains.append(sep[:, -1].max(-1) - sep[:, 0].max(-1))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a run with no finite correlation: NaN
         out["sep_steer_corr"] = np.nanmean(np.stack(corrs), axis=0)
+    # the per-run statistics of the claims (steerability_claims)
+    out["separability_gain"] = np.mean(np.stack(gains), axis=0)
+    common = [task.names[k] for k in claims.common_concepts(task)]
+    out["steer_onset_frac_common"] = claims.onset_fraction(
+        np.stack([out[f"steer_onset_step_{c}"] for c in common]), cfg.train.steps
+    )
+    if task.close_pair:
+        a, b = (task.names[k] for k in task.close_pair)
+        out["close_pair_steer_onset_gap"] = claims.censored_gap(steer_index[a], steer_index[b], len(steps))
+        out["close_pair_sep_onset_gap"] = claims.censored_gap(sep_index[a], sep_index[b], len(steps))
+    rare = claims.rare_concepts(task)
+    if rare:
+        a, b = task.names[rare[0]], task.names[int(np.argmax(task.freqs))]
+        out["rare_steer_onset_gap"] = claims.censored_gap(steer_index[a], steer_index[b], len(steps))
     return out
 
 
@@ -299,6 +326,14 @@ METRICS = {
     "id_score_{c}, separability_{c}, steer_effect_{c}": "max over layers at the last evaluation",
     "sep_steer_corr_{c}": "Pearson r over evaluations of layer-mean separability and layer-mean steer_effect",
     "sep_steer_corr": "mean of sep_steer_corr_{c} over concepts",
+    "separability_gain": "best-layer separability at the last minus the first evaluation (step 0), mean over concepts",
+    "steer_onset_frac_common": "steer_onset_step_{c} / train.steps, median over the concepts that are not the rare "
+    "one (lowest frequency); a concept that never reaches the threshold counts as 1.0",
+    "close_pair_steer_onset_gap": "steering onset of the close pair's first concept minus its second's, in "
+    "evaluations (never reached: one past the last evaluation; NaN if neither reaches it)",
+    "close_pair_sep_onset_gap": "the same for the separability onsets",
+    "rare_steer_onset_gap": "steering onset of the rarest concept minus the most frequent one's, in evaluations "
+    "(likewise censored)",
 }
 
 
@@ -315,4 +350,6 @@ EXPERIMENT = Experiment(
     from_history=from_history,
     report=_report.sections,
     metrics=METRICS,
+    claims=claims.CLAIMS,
+    deviations=claims.deviations,
 )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxlab.experiments import steerability_claims as claims
 from jaxlab.probes import steering
 from jaxlab.probes.cosine import cosine
 from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, ok_runs, spread, table
@@ -232,27 +233,41 @@ def _paper_section(ctx: ReportContext) -> Section:
     names = task.names
     total = ctx.cfg.train.steps
     onsets = {c: _median_final(ctx, f"steer_onset_step_{c}") for c in names}
-    freq_order = sorted(range(len(names)), key=lambda k: task.freqs[k])
-    rare, frequent = names[freq_order[0]], names[freq_order[-1]]
     lines = [
-        "She et al. (2025) report, for Pythia/OLMo checkpoints: (1) linear steerability emerges at intermediate "
-        "training stages; (2) closely related concepts (anger, sadness) become steerable at different times; "
-        "(3) linear separability grows with training and correlates with steerability. Measured here:",
+        "She et al. (2025; the LLM360 team at MBZUAI) apply their Intervention Detector to the released "
+        "pretraining checkpoint series of LLM360's Amber and CrystalCoder models and report, qualitatively: (1) "
+        "linear steerability emerges at intermediate training stages; (2) closely related concepts (anger, "
+        "sadness) become steerable at distinct stages; (3) linear separability grows with training and correlates "
+        "with steerability. The Claims table at the top tests each against a control with a rule; the medians "
+        "over runs below describe the run:",
         "",
         "- (1) median steerability onset (step of "
         + fmt(total)
         + "): "
         + ", ".join(f"{c} {fmt(onsets[c])}" for c in names)
-        + f"; the rare concept ({rare}, freq {task.freqs[freq_order[0]]}) vs the frequent one ({frequent}, freq "
-        f"{task.freqs[freq_order[-1]]}): {fmt(onsets[rare])} vs {fmt(onsets[frequent])}.",
+        + ".",
     ]
-    if task.close_pair:
-        a, b = (names[i] for i in task.close_pair)
+    rare = claims.rare_concepts(task)
+    if rare:
         lines.append(
-            f"- (2) close pair {a} / {b} (shared markers; strengths {task.strengths[task.close_pair[0]]} / "
-            f"{task.strengths[task.close_pair[1]]}): steerability onsets {fmt(onsets[a])} / {fmt(onsets[b])}, "
+            "- The rare concept ("
+            + ", ".join(f"{names[k]}, frequency {task.freqs[k]}" for k in rare)
+            + ") gets less evidence because the preset makes it rare: an onset later than the others' follows "
+            "from that input of the setup and is not a finding."
+        )
+    if task.close_pair:
+        i, j = task.close_pair
+        a, b = names[i], names[j]
+        lines.append(
+            f"- (2) close pair {a} / {b} (shared markers; frequencies {task.freqs[i]} / {task.freqs[j]}, strengths "
+            f"{task.strengths[i]} / {task.strengths[j]}): steerability onsets {fmt(onsets[a])} / {fmt(onsets[b])}, "
             f"separability onsets {fmt(_median_final(ctx, f'sep_onset_step_{a}'))} / "
-            f"{fmt(_median_final(ctx, f'sep_onset_step_{b}'))}."
+            f"{fmt(_median_final(ctx, f'sep_onset_step_{b}'))}"
+            + (
+                "; the preset gives the pair different strengths, which alone can separate their separability onsets."
+                if task.strengths[i] != task.strengths[j]
+                else "."
+            )
         )
     first_last = []
     for c in names:
@@ -262,7 +277,8 @@ def _paper_section(ctx: ReportContext) -> Section:
     lines.append(
         "- (3) best-layer separability, first -> last checkpoint (median): "
         + ", ".join(first_last)
-        + f"; sep_steer_corr (median over runs) {fmt(_median_final(ctx, 'sep_steer_corr'))}."
+        + f"; sep_steer_corr (median over runs) {fmt(_median_final(ctx, 'sep_steer_corr'))}, which a shared "
+        "rise over training alone makes positive."
     )
     lines += [
         "",
