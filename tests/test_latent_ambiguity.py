@@ -7,10 +7,12 @@ import jax
 import numpy as np
 import pytest
 
+from jaxlab.claims import check
 from jaxlab.cli import main
 from jaxlab.config import SweepConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import latent_ambiguity as la
+from jaxlab.experiments import latent_ambiguity_claims as lac
 from jaxlab.models import run_with_cache
 from jaxlab.registry import get_experiment, load_run_group
 from jaxlab.tasks import latent
@@ -117,3 +119,86 @@ def test_bad_probe_settings_name_the_field():
     with pytest.raises(ConfigError, match="probe.eval_prompts"):
         cfg.set("probe.eval_prompts", "mixed")
     assert latent.Config().seq_len == 6 * 22  # Jiang's 21-letter messages, 6 per sequence
+
+
+CLAIM_FIELDS = {
+    "id", "claim", "paper_ref", "paper_value", "statistic", "control", "median", "ci_low", "ci_high",
+    "n_seeds", "rule", "verdict", "reason",
+}  # fmt: skip
+
+
+def test_smoke_summary_has_claims_and_deviations(smoke_run):
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    entries = summary["claims"]
+    assert [e["id"] for e in entries] == [c.id for c in lac.CLAIMS]
+    for entry in entries:
+        assert CLAIM_FIELDS <= set(entry), CLAIM_FIELDS - set(entry)
+        assert check(entry) is None, check(entry)
+    by_id = {e["id"]: e for e in entries}
+    # smoke: one language (nothing to order), two seeds (too few for a verdict)
+    assert by_id["icl_lower_with_less_ambiguity"]["verdict"] == "untested"
+    for key in ("icl_error_falls_with_examples", "model_matches_bayes"):
+        assert by_id[key]["n_seeds"] == 2 and by_id[key]["verdict"] == "inconclusive"
+    deviations = summary["deviations"]
+    assert deviations and all(isinstance(d, str) and d for d in deviations)
+    report = (smoke_run / "report.md").read_text()
+    assert report.index("## Claims") < report.index("## In-context learning")
+    assert "not comparable" in report
+
+
+def _records():
+    """Hand-made run records: 2 model sizes x 3 languages (c = 0, 0.01, 0.02) x 3 seeds, M = 4."""
+    rng = np.random.default_rng(0)
+    runs, run = [], 0
+    for layers in (1, 2):
+        for a, c in enumerate((0.0, 0.01, 0.02)):
+            for seed in (0, 1, 2):
+                final = {}
+                for m in range(4):
+                    for name in ("kl_truth", "bayes_kl_truth", "kl_bayes"):
+                        final[f"{name}_m{m}_a{a}"] = float(rng.uniform(0.0, 0.3))
+                hp = {"task.ambiguity": c, "model.n_layers": layers}
+                runs.append({"run": run, "seed": seed, "hparams": hp, "status": "ok", "final": final})
+                run += 1
+    reference = {f"ambiguity_a{a}": c for a, c in enumerate((0.0, 0.01, 0.02))}
+    return runs, reference
+
+
+def test_claim_statistics_against_numpy():
+    runs, reference = _records()
+    # [seed, language, m] arrays at the largest model (2 layers)
+    big = [r for r in runs if r["hparams"]["model.n_layers"] == 2]
+
+    def cube(name):
+        out = np.zeros((3, 3, 4))
+        for r in big:
+            a = [0.0, 0.01, 0.02].index(r["hparams"]["task.ambiguity"])
+            for m in range(4):
+                out[r["seed"], a, m] = r["final"][f"{name}_m{m}_a{a}"]
+        return out
+
+    truth, floor, kl_bayes = cube("kl_truth"), cube("bayes_kl_truth"), cube("kl_bayes")
+    fall = (truth[:, 1:, 1] - truth[:, 1:, 3]).min(1)  # ambiguous languages only, m = 1 minus m = 3
+    np.testing.assert_allclose(lac.icl_fall_values(runs, reference), fall)
+    np.testing.assert_allclose(
+        lac.icl_fall_values(runs, reference, "bayes_kl_truth"), (floor[:, 1:, 1] - floor[:, 1:, 3]).min(1)
+    )
+    order = np.diff(truth[:, :, 3], axis=1).min(1)  # languages already sorted by ambiguity
+    np.testing.assert_allclose(lac.ambiguity_order_values(runs, reference), order)
+    np.testing.assert_allclose(lac.bayes_gap_values(runs, reference), kl_bayes[:, :, 3].max(1))
+    # a seed missing one language is compared over the languages it has; one language alone gives NaN
+    some = [r for r in runs if not (r["seed"] == 0 and r["hparams"]["task.ambiguity"] == 0.01)]
+    got = lac.ambiguity_order_values(some, reference)
+    np.testing.assert_allclose(got[0], truth[0, 2, 3] - truth[0, 0, 3])
+    alone = [r for r in big if r["hparams"]["task.ambiguity"] == 0.02]
+    assert np.isnan(lac.ambiguity_order_values(alone, reference)).all()
+
+
+def test_claims_on_a_config_without_a_grid_read_the_runs_language():
+    cfg = EXP.preset("smoke")
+    assert lac._untested_order(cfg) and lac._untested_fall(cfg) is None
+    assert lac._untested_fall(cfg.set("task.ambiguity", 0.0))
+    quick = EXP.preset("quick")
+    assert all(c.untested(quick) is None for c in lac.CLAIMS)
+    assert any("Jiang's have 21" in d for d in lac.deviations(quick))
+    assert not any("Jiang's have 21" in d for d in lac.deviations(EXP.preset("paper")))
