@@ -6,7 +6,10 @@ CKA: (1) stitching a SoLU model's lower layers into a GeLU model costs more than
 asymmetry: GeLU representations look more useful); (2) stitching localizes to layers a
 generalization difference that in-distribution accuracy does not show; (3) representations of
 wider / better-trained models improve weaker ones when stitched in ("more is better"); (4) CKA
-matrices across width and depth show block structure.
+matrices across width and depth show block structure. Those are the paper's findings; whether this
+setup reproduces them is computed, not written: the claims, their statistics, controls and rules
+are in `representation_dissimilarity_claims`, their verdicts in summary.json and the report's
+Claims table.
 
 Setting here: the `modsum` task (`jaxlab.tasks.modsum`: y = (a + b) mod p, with a spurious hint
 token that names y with probability `task.shortcut`). The sweep grid is `model.activation` x
@@ -27,10 +30,16 @@ block l, l = L after the last block):
   stitch_penalty_solu_to_gelu_l{l}   the reverse; both at the reference point, families only
   stitch_penalty_gelu_to_gelu_l{l}, stitch_penalty_solu_to_solu_l{l}: across seeds (i != j)
   (each with _std: the standard deviation over pairs)
+  stitch_penalty_{x}_to_{y}_l{l}_seed{s}  the mean penalty over the sender runs into the receiver
+                                     run of seed s (same family: the receiver's own run left out);
+                                     the claims' per-seed values (`representation_dissimilarity_claims`)
   asymmetry_index                    mean over model pairs (GeLU i, SoLU j) and layers l = 1..L of
                                      penalty(SoLU j -> GeLU i) - penalty(GeLU i -> SoLU j);
-                                     > 0: GeLU's representations are the more useful (the paper's
-                                     finding). _std / _n: spread over the pairs, asymmetry_index_l{l}
+                                     > 0 is the direction the paper reports. It does not subtract
+                                     the receivers' same-family penalties (GeLU -> GeLU differs from
+                                     SoLU -> SoLU), so a receiver that is harder to stitch into
+                                     moves it; the claim `solu_gelu_asymmetry` subtracts them.
+                                     _std / _n: spread over the pairs, asymmetry_index_l{l}
   stitch[{tagA}->{tagB}]_l{l}        the same penalties at every (width, depth) point
   cka_within_mean                    linear CKA between the same layer (l = 1..L) of different
                                      seeds of one family, mean over families, points and layers
@@ -43,7 +52,10 @@ block l, l = L after the last block):
   id_acc_group_b, ood_acc_group_b    shortcut (largest task.shortcut); group B: without (mean over seeds)
   gen_penalty_a_to_b_l{l}            stitching A's stream into B (on B's shortcut-free task)
   gen_penalty_b_to_a_l{l}, gen_penalty_b_to_b_l{l} (B across seeds: the baseline)
+  gen_penalty_{a_to_b,b_to_a,b_to_b}_l{l}_seed{s}  per receiver seed, as for stitch_penalty_*
   generalization_gap_layer           argmax_l of gen_penalty_a_to_b_l{l} - gen_penalty_b_to_b_l{l}
+                                     (a description: with task.shortcut = 1 group A need not use
+                                     the operands and every hook past the embeddings is at chance)
   more_{narrow|wide}_{to}_{...}      "more is better": GeLU families of the smallest and largest
                                      width at the reference depth; the lower half of the blocks of
                                      one stitched (at blocks.{L // 2}.hook_resid_pre) into the
@@ -62,6 +74,7 @@ import jax.numpy as jnp
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import representation_dissimilarity_analysis as _analysis
+from jaxlab.experiments import representation_dissimilarity_claims as _claims
 from jaxlab.experiments import representation_dissimilarity_report as _report
 from jaxlab.models.presets import gpt_model
 from jaxlab.tasks import modsum
@@ -235,7 +248,10 @@ METRICS = {
     "stitch_penalty_{x}_to_{y}_l{l}": (
         "stitched loss - receiver's loss (nats), family x's stream at hook l into family y, mean over model pairs"
     ),
-    "asymmetry_index": "penalty(SoLU -> GeLU) - penalty(GeLU -> SoLU), mean over model pairs and layers 1..L (nats)",
+    "asymmetry_index": (
+        "penalty(SoLU -> GeLU) - penalty(GeLU -> SoLU), mean over model pairs and layers 1..L (nats); "
+        "no same-family baseline subtracted"
+    ),
     "cka_within_mean": "linear CKA of the same layer across seeds within a family (layers 1..L)",
     "cka_gelu_solu_mean": "linear CKA of the same layer between GeLU and SoLU runs (layers 1..L)",
     "generalization_gap_layer": "hook l where stitching group A into group B costs most beyond the B-B baseline",
@@ -260,4 +276,6 @@ EXPERIMENT = Experiment(
     eval_data=make_eval_data,
     report=_report.sections,
     after_sweep=after_sweep,
+    claims=_claims.CLAIMS,
+    deviations=_claims.deviations,
 )

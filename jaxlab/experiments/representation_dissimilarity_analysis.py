@@ -66,6 +66,31 @@ def pair_values(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
     return pen_RRH[keep]
 
 
+def receiver_means(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
+    """[Rb, H]: for every receiver run j of group b, the mean penalty over the sender runs i of group a
+    (i != j when a group is stitched into itself; non-finite penalties left out; NaN where a receiver
+    has no sender)."""
+    ra, rb = pen_RRH.shape[:2]
+    keep = (~np.eye(ra, rb, dtype=bool) if same else np.ones((ra, rb), bool))[..., None] & np.isfinite(pen_RRH)
+    n = keep.sum(0)
+    total = np.where(keep, pen_RRH, 0.0).sum(0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def _per_receiver(out: dict[str, float], name: str, pen_RRH: np.ndarray, same: bool, seeds: Sequence[int]) -> None:
+    """`{name}_l{l}_seed{s}`: the mean penalty into receiver seed s at hook l (`receiver_means`)."""
+    means = receiver_means(pen_RRH, same)
+    for j, seed in enumerate(seeds):
+        for layer in range(means.shape[1]):
+            if np.isfinite(means[j, layer]):
+                out[f"{name}_l{layer}_seed{int(seed)}"] = float(means[j, layer])
+
+
+def seeds_of(outcome: Any) -> list[int]:
+    """The seeds of a group's runs, in the order of its state's run axis."""
+    return [int(r.seed) for r in outcome.runs] if outcome.runs else [int(s) for s in outcome.group.seeds]
+
+
 def _layer_stats(out: dict[str, float], name: str, vals_PH: np.ndarray) -> None:
     for layer in range(vals_PH.shape[1]):
         out[f"{name}_l{layer}"] = float(vals_PH[:, layer].mean())
@@ -182,7 +207,9 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
     names = {(g, s): "gelu_to_solu", (s, g): "solu_to_gelu", (g, g): "gelu_to_gelu", (s, s): "solu_to_solu"}
     for (a, b), short in names.items():
         if (a, b) in results:
-            _layer_stats(out, f"stitch_penalty_{short}", pair_values(results[(a, b)]["penalty"], a == b))
+            pen = results[(a, b)]["penalty"]
+            _layer_stats(out, f"stitch_penalty_{short}", pair_values(pen, a == b))
+            _per_receiver(out, f"stitch_penalty_{short}", pen, a == b, seeds_of(by_point[b]))
     if (g, s) in results and (s, g) in results:
         asym = asymmetry(results[(g, s)]["penalty"], results[(s, g)]["penalty"])  # [Rg, Rs, H]
         per_pair = asym[..., 1:].mean(-1).ravel()
@@ -203,10 +230,13 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
         ba = pair_values(results[(gb, ga)]["penalty"], False)
         _layer_stats(out, "gen_penalty_a_to_b", ab)
         _layer_stats(out, "gen_penalty_b_to_a", ba)
+        _per_receiver(out, "gen_penalty_a_to_b", results[(ga, gb)]["penalty"], False, seeds_of(by_point[gb]))
+        _per_receiver(out, "gen_penalty_b_to_a", results[(gb, ga)]["penalty"], False, seeds_of(by_point[ga]))
         excess = ab.mean(0)
         if (gb, gb) in results:
             bb = pair_values(results[(gb, gb)]["penalty"], True)
             _layer_stats(out, "gen_penalty_b_to_b", bb)
+            _per_receiver(out, "gen_penalty_b_to_b", results[(gb, gb)]["penalty"], True, seeds_of(by_point[gb]))
             excess = excess - bb.mean(0)
         out["generalization_gap_layer"] = float(np.argmax(excess))
 

@@ -1,8 +1,10 @@
-"""Report sections of representation-dissimilarity: stitching curves and asymmetry verdict,
-generalization localization, more-is-better, CKA heatmaps.
+"""Report sections of representation-dissimilarity: stitching penalties against each receiver's
+same-family baseline, generalization stitching per hook, more-is-better, CKA heatmaps.
 
 Everything is read from summary.json's `reference` (written by `after_sweep`); "± x" is the
-standard deviation over model pairs (stitching) or seeds (accuracy).
+standard deviation over model pairs (stitching) or seeds (accuracy); "median [95% CI]" is over
+receiver seeds. The verdicts are computed from the claims (`representation_dissimilarity_claims`)
+and stand in the Claims table at the top of the report; these sections describe the numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 
+from jaxlab.claims import bootstrap_median_ci
+from jaxlab.experiments import representation_dissimilarity_claims as _claims
 from jaxlab.reporting import Figure, ReportContext, Section, fmt, table
 
 DIRECTIONS = ("gelu_to_solu", "solu_to_gelu", "gelu_to_gelu", "solu_to_solu")
@@ -31,28 +35,62 @@ def _curve(ref: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def asymmetry_verdict(ref: dict) -> str:
-    """One plain sentence: does penalty(SoLU -> GeLU) > penalty(GeLU -> SoLU) hold, beyond the spread?"""
+def interval(values: list[float]) -> str:
+    """ "median [95% CI] (n=k)" over seeds (`jaxlab.claims.bootstrap_median_ci`); the value alone for one."""
+    v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
+    if v.size == 0:
+        return "—"
+    if v.size == 1:
+        return f"{fmt(float(v[0]))} (n=1)"
+    median, lo, hi = bootstrap_median_ci(v)
+    return f"{fmt(median)} [{fmt(lo)}, {fmt(hi)}] (n={v.size})"
+
+
+def _by_hook(per_seed: dict[int, dict[int, float]]) -> dict[int, list[float]]:
+    """{hook: [value of every seed]} from {seed: {hook: value}}."""
+    out: dict[int, list[float]] = {}
+    for hooks in per_seed.values():
+        for h, v in hooks.items():
+            out.setdefault(h, []).append(v)
+    return dict(sorted(out.items()))
+
+
+def asymmetry_summary(ref: dict) -> str:
+    """The raw asymmetry index in numbers, with what it leaves out (no verdict: the Claims table has it)."""
     if "asymmetry_index" not in ref:
-        return "The asymmetry was not measured (the sweep needs both activations without the shortcut)."
+        return "The raw asymmetry index was not measured (the sweep needs both activations without the shortcut)."
     a, sd, n = ref["asymmetry_index"], ref["asymmetry_index_std"], int(ref["asymmetry_index_n"])
-    se = sd / np.sqrt(max(n, 1))
     frac = ref.get("asymmetry_index_frac_positive", 0.0)
-    head = (
-        f"asymmetry_index = {fmt(a)} nats (std over {n} model pairs {fmt(sd)}, s.e. {fmt(se)}; "
-        f"{round(frac * n)} of {n} pairs > 0)"
-    )
-    if a > 2 * se and a > 0:
-        return head + ": the paper's asymmetry REPRODUCES here (SoLU -> GeLU costs more than GeLU -> SoLU)."
-    if a < -2 * se:
-        return head + ": the asymmetry is REVERSED here (GeLU -> SoLU costs more), unlike the paper."
     return (
-        head + ": NO asymmetry beyond the seed spread (|index| < 2 s.e.); the paper's finding does not reproduce here."
+        f"Raw asymmetry_index = {fmt(a)} nats (mean of penalty(SoLU -> GeLU) - penalty(GeLU -> SoLU) over "
+        f"{n} model pairs and hooks 1..L; std over pairs {fmt(sd)}; {round(frac * n)} of {n} pairs > 0). It "
+        "does not subtract the receivers' same-family penalties, so a family that is harder to stitch into "
+        "(a larger same-family penalty) moves it whatever the other family's representations are; the claim "
+        "`solu_gelu_asymmetry` subtracts them (the table above; its verdict is in the Claims table)."
     )
+
+
+def _excess_rows(ref: dict) -> tuple[list[list[str]], bool]:
+    """Rows (hook, excess into GeLU, excess into SoLU, difference) and whether they are per seed."""
+    into_gelu = _claims.receiver_excess(ref, "stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu")
+    into_solu = _claims.receiver_excess(ref, "stitch_penalty_gelu_to_solu", "stitch_penalty_solu_to_solu")
+    if into_gelu and into_solu:
+        g, s_, d = _by_hook(into_gelu), _by_hook(into_solu), _by_hook(_claims.asymmetry_by_hook(ref))
+        return [[str(h), interval(g[h]), interval(s_.get(h, [])), interval(d.get(h, []))] for h in g], True
+    rows = []
+    for h in _layers(ref, "stitch_penalty_solu_to_gelu"):
+        try:
+            eg = ref[f"stitch_penalty_solu_to_gelu_l{h}"] - ref[f"stitch_penalty_gelu_to_gelu_l{h}"]
+            es = ref[f"stitch_penalty_gelu_to_solu_l{h}"] - ref[f"stitch_penalty_solu_to_solu_l{h}"]
+        except KeyError:
+            continue
+        rows.append([str(h), fmt(eg), fmt(es), fmt(eg - es)])
+    return rows, False
 
 
 def stitching_section(ctx: ReportContext) -> Section:
     ref = ctx.summary.get("reference", {})
+    probe = ctx.cfg.probe
     fig, ax = plt.subplots(figsize=(6, 3.6))
     rows = []
     for d in DIRECTIONS:
@@ -65,15 +103,28 @@ def stitching_section(ctx: ReportContext) -> Section:
     ax.set_ylabel("stitching penalty (nats)")
     ax.legend(fontsize=8)
     n_h = max((len(r) - 1 for r in rows), default=0)
+    excess, per_seed = _excess_rows(ref)
+    how = (
+        "median [95% bootstrap CI] over receiver seeds (senders averaged into each receiver run)"
+        if per_seed
+        else "differences of the means over model pairs: this summary has no per-seed penalties (it was "
+        "written before they were stored), so no interval"
+    )
     body = (
-        "Affine stitching (least-squares init, then Adam on the receiver's task loss) of every run's "
+        "Affine stitching (least-squares init, then "
+        f"{probe.stitch_steps} Adam steps at lr {fmt(probe.stitch_lr)} on the receiver's task loss) of every run's "
         "residual stream at hook l into every run of the other family, at the reference point "
         f"(width {fmt(ref.get('ref_width'))}, depth {fmt(ref.get('ref_depth'))}); same-family rows pair "
-        "different seeds only. Mean ± std over model pairs.\n\n"
+        "different seeds only. Mean ± std over model pairs (nats).\n\n"
         + table(["A -> B"] + [f"l={l}" for l in range(n_h)], rows)
-        + "\n\n**Verdict.** "
-        + asymmetry_verdict(ref)
-        + " Brown et al. report that stitching SoLU into GeLU is costlier than the reverse."
+        + "\n\nCross-family excess over the receiver's same-family penalty, per hook: into GeLU = "
+        "pen(SoLU -> GeLU) - pen(GeLU -> GeLU), into SoLU = pen(GeLU -> SoLU) - pen(SoLU -> SoLU), and their "
+        f"difference (> 0 is the paper's direction); {how}.\n\n"
+        + table(["hook", "excess into GeLU", "excess into SoLU", "difference"], excess)
+        + "\n\n"
+        + asymmetry_summary(ref)
+        + " The stitch runs for a fixed number of steps: how much the penalties move with that budget is in "
+        "the deviations."
     )
     figs = [Figure(ctx.save(fig, "stitching_penalty.png"), "Stitching penalty per hook. " + ctx.provenance())]
     return Section("Stitching: GeLU vs SoLU", body, figs)
@@ -103,15 +154,33 @@ def generalization_section(ctx: ReportContext) -> Section | None:
     ax.legend(fontsize=8)
     id_gap = abs(ref["id_acc_group_a"] - ref["id_acc_group_b"])
     ood_gap = abs(ref["ood_acc_group_a"] - ref["ood_acc_group_b"])
+    chance = float(np.log(ctx.cfg.task.p))
+    per_seed = _by_hook(_claims.generalization_by_hook(ref))
+    rows = []
+    for h in _layers(ref, "gen_penalty_a_to_b"):
+        ab, bb = ref.get(f"gen_penalty_a_to_b_l{h}"), ref.get(f"gen_penalty_b_to_b_l{h}")
+        rows.append([str(h), fmt(ab), fmt(bb), interval(per_seed[h]) if h in per_seed else "—"])
+    shortcuts = sorted(float(v) for v in dict(ctx.cfg.sweep.grid).get("task.shortcut", (ctx.cfg.task.shortcut,)))
+    caveat = (
+        f" Group A was trained with task.shortcut = {fmt(shortcuts[-1])}: the hint always names the answer, "
+        "nothing makes A use the operands, and an A -> B penalty near the chance loss means B gets no usable "
+        "operand information from A's stream at that hook. A contrast between hooks then compares chance with "
+        "chance (the localization claim is untested for this preset)."
+        if shortcuts and shortcuts[-1] >= 1.0
+        else ""
+    )
     body = (
         "Group A (GeLU, trained on data where the hint token names the answer) and group B (trained with "
         "the hint randomized) on the in-distribution test set (hint holds) and the shifted one (hint is "
         "noise). Accuracy at the answer positions, mean ± std over seeds:\n\n"
         + table(["group", "ID acc", "OOD acc"], acc)
         + f"\n\nID gap {fmt(100 * id_gap, 3)} points, OOD gap {fmt(100 * ood_gap, 3)} points. Stitching A's stream "
-        "into B (on B's shortcut-free task) per hook localizes where A stops carrying what B needs; the "
-        f"largest excess over the B -> B seed baseline is at hook l = {int(ref['generalization_gap_layer'])}. "
-        "ID accuracy alone does not separate the groups."
+        "into B (on B's shortcut-free task) per hook, against B's other seeds stitched into B (means over model "
+        "pairs, nats); the excess per receiver seed of B is median [95% bootstrap CI]. The chance loss of the "
+        f"task is ln p = {fmt(chance)} nats.\n\n"
+        + table(["hook", "A -> B", "B -> B", "excess A -> B over B -> B"], rows)
+        + "\n\nThe localization claim compares the excess between the last hook and hook 1 (Claims table)."
+        + caveat
     )
     return Section(
         "Generalization localization",
