@@ -22,8 +22,8 @@ and applies the rule to the interval:
 With fewer than `MIN_SEEDS` finite values the verdict is `inconclusive` (the reason says how many
 seeds there are and how many the rule needs). An interval that straddles the threshold is
 `inconclusive` too, and the reason estimates the seeds a decision would need, from the interval's
-half-width h, the median's distance to the threshold g and the n seeds: about n (h / g)^2
-(the interval narrows as 1/sqrt(n)). A claim the setup cannot test (the statistic is
+extent h on the threshold's side of the median, the median's distance to the threshold g and the
+n seeds: about n (h / g)^2 (the interval narrows as 1/sqrt(n)). A claim the setup cannot test (the statistic is
 decided by the preset's parameters, the quantity is not measured, a probe is off) is `untested`,
 with the reason its `untested` function gives for the config. Diverged runs are excluded.
 
@@ -112,15 +112,18 @@ def Outside(low: float, high: float) -> Rule:
 
 
 def seeds_needed(n: int, median: float, ci_low: float, ci_high: float, rule: Rule) -> int | None:
-    """About how many seeds would make an interval that straddles the rule's nearest threshold
-    decide: n (h / g)^2 with h the half-width and g the median's distance to that threshold
-    (None when the median sits on it)."""
-    gaps = [abs(median - t) for t in rule.thresholds()]
-    gap = min(gaps) if gaps else 0.0
+    """About how many seeds would make an interval that straddles the rule's nearest threshold t
+    decide: n (h / g)^2, with g = |median - t| and h the interval's extent on t's side of the median
+    (median - ci_low when t is below it, ci_high - median when above); None when the median sits on t."""
+    thresholds = rule.thresholds()
+    if not thresholds:
+        return None
+    t = min(thresholds, key=lambda x: abs(median - x))
+    gap = abs(median - t)
     if gap == 0.0:
         return None
-    half = (ci_high - ci_low) / 2
-    return max(n + 1, math.ceil(n * (half / gap) ** 2))
+    half = median - ci_low if t < median else ci_high - median
+    return max(n + 1, math.ceil(round(n * (half / gap) ** 2, 9)))  # round: 0.1 - -0.2 is not 0.3 in floats
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,8 @@ def test_an_interval_straddling_the_threshold_says_how_many_seeds_would_decide()
     # half-width 0.2, median 0.1 above the threshold: about n (0.2 / 0.1)^2 = 4 n seeds
     assert seeds_needed(8, 0.1, -0.1, 0.3, Above(0.0)) == 32
     assert seeds_needed(8, 0.0, -0.1, 0.1, Above(0.0)) is None
+    # an asymmetric interval: the extent on the threshold's side counts (0.3 below the median 0.1)
+    assert seeds_needed(8, 0.1, -0.2, 0.12, Above(0.0)) == 72
     values = np.random.default_rng(3).normal(loc=0.05, scale=1.0, size=6)
     [entry] = evaluate([claim(Above(0.0))], None, runs(values), {})
     assert entry["verdict"] == "inconclusive" and "seeds would decide" in entry["reason"]
