@@ -25,7 +25,9 @@ seeds there are and how many the rule needs). An interval that straddles the thr
 extent h on the threshold's side of the median, the median's distance to the threshold g and the
 n seeds: about n (h / g)^2 (the interval narrows as 1/sqrt(n)). A claim the setup cannot test (the statistic is
 decided by the preset's parameters, the quantity is not measured, a probe is off) is `untested`,
-with the reason its `untested` function gives for the config. Diverged runs are excluded.
+with the reason its `untested` function gives for the config. Diverged runs are excluded from the
+run records a claim reads (an experiment's cross-run `reference` values are its own: a claim that
+reads them says how they treat diverged runs).
 
 `check(entry)` re-derives a stored verdict from its own interval and rule: the mechanical check of a
 summary.json.
@@ -132,6 +134,12 @@ class Claim:
 
     values(runs) -> [n] per-seed values of the statistic, from the summary's run records (each
     with `seed`, `hparams`, `status`, `final`) and its `reference` values; NaN entries are dropped.
+    A values function that finds the runs unfit for the claim raises `NotApplicable(reason)`: the
+    claim is then `untested` with that reason.
+    interval(runs, reference) -> (estimate, ci_low, ci_high, n_units), when the units of the
+    statistic are not independent per-seed values (e.g. penalties of model pairs that share models:
+    `model_bootstrap`); it replaces `values` and the bootstrap over seeds, and `n_units` plays the
+    part of the number of seeds.
     untested(cfg) -> None when this config can test the claim, else the reason it cannot.
     """
 
@@ -144,6 +152,34 @@ class Claim:
     values: Values
     paper_value: float | str | None = None
     untested: Callable[[Any], str | None] = field(default=lambda cfg: None)
+    interval: Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], tuple[float, float, float, int]] | None = None
+
+
+class NotApplicable(Exception):
+    """Raised by a claim's `values` or `interval` when these runs cannot test it (the message says why)."""
+
+
+def model_bootstrap(
+    statistic: Callable[[Mapping[str, np.ndarray]], float], sizes: Mapping[str, int], confidence: float = CONFIDENCE
+) -> tuple[float, float, float, int]:
+    """(estimate, ci_low, ci_high, n): a statistic of groups of models, with a percentile interval
+    from resampling the models of every group independently (with replacement).
+
+    statistic({group: [n_group] model indices}) -> float is evaluated at the identity indices for the
+    estimate and at `BOOTSTRAP_RESAMPLES` resamples (a fixed generator) for the interval. Resampling
+    models rather than model pairs keeps every model's contribution together, as a sender and as a
+    receiver alike, so pairs that share a model are not counted as independent. n is the smallest
+    group's size (the count the `MIN_SEEDS` rule applies to).
+    """
+    rng = np.random.default_rng(0)
+    estimate = float(statistic({g: np.arange(n) for g, n in sizes.items()}))
+    draws = np.array(
+        [statistic({g: rng.integers(0, n, size=n) for g, n in sizes.items()}) for _ in range(BOOTSTRAP_RESAMPLES)]
+    )
+    draws = draws[np.isfinite(draws)]
+    tail = (1.0 - confidence) / 2
+    lo, hi = np.quantile(draws, [tail, 1.0 - tail]) if draws.size else (math.nan, math.nan)
+    return estimate, float(lo), float(hi), int(min(sizes.values()))
 
 
 def bootstrap_median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -185,23 +221,35 @@ def evaluate(
             entry["reason"] = why
             out.append(entry)
             continue
-        x = np.asarray(c.values(ok, reference), np.float64).ravel()
-        x = x[np.isfinite(x)]
-        entry["n_seeds"] = int(x.size)
-        if x.size == 0:
+        try:
+            if c.interval is not None:
+                median, lo, hi, n = c.interval(ok, reference)
+                finite = all(math.isfinite(v) for v in (median, lo, hi))
+                n = int(n) if finite else 0
+            else:
+                x = np.asarray(c.values(ok, reference), np.float64).ravel()
+                x = x[np.isfinite(x)]
+                n = int(x.size)
+                if n:
+                    median, lo, hi = bootstrap_median_ci(x)
+        except NotApplicable as err:
+            entry["reason"] = str(err)
+            out.append(entry)
+            continue
+        entry["n_seeds"] = n
+        if n == 0:
             entry["verdict"], entry["reason"] = "inconclusive", "no finite value of the statistic"
             out.append(entry)
             continue
-        median, lo, hi = bootstrap_median_ci(x)
         entry.update(median=median, ci_low=lo, ci_high=hi)
-        if x.size < MIN_SEEDS:
+        if n < MIN_SEEDS:
             entry["verdict"] = "inconclusive"
-            entry["reason"] = f"{x.size} seeds; a bootstrap interval over seeds needs at least {MIN_SEEDS}"
+            entry["reason"] = f"{n} seeds; a bootstrap interval over seeds needs at least {MIN_SEEDS}"
         else:
             entry["verdict"] = c.rule.decide(lo, hi)
             entry["reason"] = f"median {median:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]"
             if entry["verdict"] == "inconclusive":
-                need = seeds_needed(x.size, median, lo, hi, c.rule)
+                need = seeds_needed(n, median, lo, hi, c.rule)
                 entry["reason"] += (
                     f"; the interval straddles a threshold: about {need} seeds would decide"
                     if need is not None
@@ -240,14 +288,25 @@ def where(runs: Sequence[Mapping[str, Any]], **hparams: Any) -> list[Mapping[str
     return [r for r in runs if all(r.get("hparams", {}).get(k) == v for k, v in want.items())]
 
 
+def one_per_seed(runs: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """`runs`, checked to hold one run per seed (else `NotApplicable`: the points of a sweep are not
+    seeds, and a claim must say which point it reads)."""
+    seeds = [r.get("seed") for r in runs]
+    if len(set(seeds)) < len(seeds):
+        raise NotApplicable(
+            "several runs per seed (a swept grid): this claim reads one run per seed and does not say which point"
+        )
+    return runs
+
+
 def per_seed(metric: str, **hparams: Any) -> Values:
     """values(): each run's final `metric` (one run per seed), at the swept values `hparams` if given."""
-    return lambda runs, reference: [final(r, metric) for r in where(runs, **hparams)]
+    return lambda runs, reference: [final(r, metric) for r in one_per_seed(where(runs, **hparams))]
 
 
 def paired_difference(metric: str, control: str, **hparams: Any) -> Values:
     """values(): each run's final `metric` minus its own final `control` (paired within the run)."""
-    return lambda runs, reference: [final(r, metric) - final(r, control) for r in where(runs, **hparams)]
+    return lambda runs, reference: [final(r, metric) - final(r, control) for r in one_per_seed(where(runs, **hparams))]
 
 
 def paired_across(metric: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> Values:
@@ -256,7 +315,7 @@ def paired_across(metric: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> Va
 
     def values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
         def by_seed(point: Mapping[str, Any]) -> dict[int, float]:
-            hits = [r for r in runs if all(r.get("hparams", {}).get(k) == v for k, v in point.items())]
+            hits = one_per_seed([r for r in runs if all(r.get("hparams", {}).get(k) == v for k, v in point.items())])
             return {int(r["seed"]): final(r, metric) for r in hits}
 
         left, right = by_seed(a), by_seed(b)
@@ -277,6 +336,7 @@ __all__ = [
     "Below",
     "Between",
     "Claim",
+    "NotApplicable",
     "Outside",
     "Rule",
     "Values",
@@ -284,6 +344,8 @@ __all__ = [
     "check",
     "evaluate",
     "final",
+    "model_bootstrap",
+    "one_per_seed",
     "paired_across",
     "paired_difference",
     "per_seed",

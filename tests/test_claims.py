@@ -11,10 +11,12 @@ from jaxlab.claims import (
     Below,
     Between,
     Claim,
+    NotApplicable,
     Outside,
     bootstrap_median_ci,
     check,
     evaluate,
+    model_bootstrap,
     paired_across,
     paired_difference,
     per_seed,
@@ -185,3 +187,64 @@ def test_values_at_swept_points_pair_runs_by_seed():
     assert per_seed("m", task__a=2)(rs, {}) == [1.0, 9.0]
     assert paired_across("m", {"task.a": 1}, {"task.a": 2})(rs, {}) == [4.0]  # only seed 0 is on both sides
     assert where(rs, task__a=3) == []
+
+
+def test_several_runs_per_seed_make_a_per_seed_claim_untested_not_pooled():
+    rs = [
+        {"run": 0, "seed": 0, "hparams": {"optim.lr": 1e-3}, "final": {"m": 1.0}},
+        {"run": 1, "seed": 0, "hparams": {"optim.lr": 1e-2}, "final": {"m": 2.0}},
+    ]
+    with pytest.raises(NotApplicable):
+        per_seed("m")(rs, {})
+    [entry] = evaluate([claim(Above(0.0))], None, rs, {})
+    assert entry["verdict"] == "untested" and "several runs per seed" in entry["reason"]
+    assert check(entry) is None
+    assert per_seed("m", optim__lr=1e-2)(rs, {}) == [2.0]  # one point named: one run per seed again
+
+
+def test_model_bootstrap_resamples_models_not_pairs():
+    # penalty of sender i into receiver j for 6 models of one family: a model effect (row) dominates
+    rng = np.random.default_rng(0)
+    n = 6
+    effect = rng.normal(size=n)
+    pen = effect[:, None] + 0.01 * rng.normal(size=(n, n))
+
+    def stat(idx):
+        i = idx["a"]
+        sub = pen[np.ix_(i, i)]
+        off = i[:, None] != i[None, :]
+        return float(sub[off].mean()) if off.any() else float("nan")
+
+    est, lo, hi, units = model_bootstrap(stat, {"a": n})
+    off = ~np.eye(n, dtype=bool)
+    assert units == n and est == pytest.approx(pen[off].mean())
+    # the same resampling written out directly
+    draws = []
+    g = np.random.default_rng(0)
+    for _ in range(4000):
+        i = g.integers(0, n, size=n)
+        draws.append(stat({"a": i}))
+    draws = np.array(draws)
+    draws = draws[np.isfinite(draws)]
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])))
+    # pairs treated as independent units would give a far narrower interval than the models allow
+    _, plo, phi = bootstrap_median_ci(pen[off])
+    assert (hi - lo) > 2 * (phi - plo)
+
+
+def test_a_claim_with_its_own_interval_is_decided_on_it():
+    c = Claim(
+        id="c2",
+        claim="x",
+        paper_ref="-",
+        statistic="s",
+        control="-",
+        rule=Above(0.0),
+        values=lambda runs, ref: [],
+        interval=lambda runs, ref: (0.5, 0.2, 0.8, 6),
+    )
+    [entry] = evaluate([c], None, [], {})
+    assert (entry["median"], entry["ci_low"], entry["ci_high"], entry["n_seeds"]) == (0.5, 0.2, 0.8, 6)
+    assert entry["verdict"] == "reproduced" and check(entry) is None
+    few = Claim(**{**c.__dict__, "interval": lambda runs, ref: (0.5, 0.2, 0.8, 3)})
+    assert evaluate([few], None, [], {})[0]["verdict"] == "inconclusive"

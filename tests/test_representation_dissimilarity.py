@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from _runs import run_cfg
 
-from jaxlab.claims import check
+from jaxlab.claims import NotApplicable, check
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import representation_dissimilarity_claims as rdc
 from jaxlab.experiments.representation_dissimilarity_analysis import (
     asymmetry,
     pair_values,
     point_of,
-    receiver_means,
     representations,
 )
 from jaxlab.experiments.representation_dissimilarity_report import asymmetry_summary
@@ -101,13 +100,6 @@ def test_helpers_against_numpy():
     # the raw index is described, never judged: the verdict is the claim's
     text = asymmetry_summary({"asymmetry_index": 1.0, "asymmetry_index_std": 0.1, "asymmetry_index_n": 4})
     assert "same-family" in text and "reproduc" not in text.lower()
-    # receiver means: mean over senders, the receiver's own run left out within a family
-    pen = rng.normal(size=(3, 3, 2))
-    want = np.array([[np.mean([pen[i, j, h] for i in range(3) if i != j]) for h in range(2)] for j in range(3)])
-    np.testing.assert_allclose(receiver_means(pen, True), want)
-    np.testing.assert_allclose(receiver_means(pen[:2], False), pen[:2].mean(0))
-    pen[0, 1, 0] = np.nan  # a non-finite penalty is left out, not counted as 0
-    np.testing.assert_allclose(receiver_means(pen, True)[1, 0], pen[2, 1, 0])
     with pytest.raises(ConfigError, match="probe.stitch_steps"):
         cfg = get_experiment("representation-dissimilarity").preset("smoke")
         cfg.with_overrides({"probe.stitch_steps": -1}).probe.validate()
@@ -155,51 +147,77 @@ def test_smoke_summary_has_claims_deviations_and_per_seed_penalties(sweep):
         assert CLAIM_FIELDS <= set(entry), CLAIM_FIELDS - set(entry)
         assert check(entry) is None, check(entry)
     by_id = {e["id"]: e for e in entries}
-    assert by_id["solu_gelu_asymmetry"]["n_seeds"] == 2  # one value per receiver seed
+    assert by_id["solu_gelu_asymmetry"]["n_seeds"] == 2  # models per family (the bootstrap's units)
     assert by_id["stitching_localizes_generalization"]["verdict"] == "untested"  # shortcut 1, one block
     assert by_id["cka_block_structure"]["verdict"] == "untested"
     assert summary["deviations"] and all(isinstance(d, str) and d for d in summary["deviations"])
-    # the per-receiver-seed penalties average back to the means over model pairs
+    # the per-pair penalties average back to the means over model pairs; no model into itself
     L = result.groups[0].train.cfg.model.n_layers
     seeds = result.groups[0].group.cfg.sweep.seeds
-    for name in ("stitch_penalty_gelu_to_solu", "stitch_penalty_solu_to_solu", "gen_penalty_a_to_b"):
+    for name, same in (("stitch_penalty_gelu_to_solu", False), ("stitch_penalty_solu_to_solu", True)):
         for layer in range(L + 1):
-            per = [ref[f"{name}_l{layer}_seed{s}"] for s in seeds]
+            pairs = [(i, j) for i in seeds for j in seeds if not (same and i == j)]
+            per = [ref[f"{name}_l{layer}_from{i}_to{j}"] for i, j in pairs]
             np.testing.assert_allclose(np.mean(per), ref[f"{name}_l{layer}"], rtol=1e-5, atol=1e-7)
+    assert not any(f"stitch_penalty_solu_to_solu_l0_from{i}_to{i}" in ref for i in seeds)
     report = (result.run_dir / "report.md").read_text()
     assert report.index("## Claims") < report.index("## Stitching: GeLU vs SoLU")
     assert "REPRODUCES" not in report and "excess into GeLU" in report
 
 
 def _reference(seeds, H, rng):
-    """Reference keys `{name}_l{h}_seed{s}` of random per-receiver penalties, plus keys to ignore."""
+    """Reference keys `{name}_l{h}_from{i}_to{j}` of random penalties [senders, receivers, H] (a model is
+    never stitched into itself), plus keys to ignore."""
     names = (
         "stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu", "stitch_penalty_gelu_to_solu",
         "stitch_penalty_solu_to_solu", "gen_penalty_a_to_b", "gen_penalty_b_to_b",
     )  # fmt: skip
-    values = {n: rng.uniform(0.0, 1.0, size=(len(seeds), H)) for n in names}
-    ref = {f"{n}_l{h}_seed{s}": float(values[n][i, h]) for n in names for i, s in enumerate(seeds) for h in range(H)}
-    ref.update({f"{n}_l{h}": 9.0 for n in names for h in range(H)} | {"stitch[x->y]_l1": 9.0, "ref_depth": 3.0})
+    n = len(seeds)
+    values = {name: rng.uniform(0.0, 1.0, size=(n, n, H)) for name in names}
+    ref = {}
+    for name in names:
+        same = name.endswith(("gelu_to_gelu", "solu_to_solu", "b_to_b"))
+        for a, i in enumerate(seeds):
+            for b, j in enumerate(seeds):
+                if not (same and a == b):
+                    ref.update({f"{name}_l{h}_from{i}_to{j}": float(values[name][a, b, h]) for h in range(H)})
+    ref.update({f"{name}_l{h}": 9.0 for name in names for h in range(H)} | {"stitch[x->y]_l1": 9.0, "ref_depth": 3.0})
     return ref, values
+
+
+def _off_diagonal_mean(m):
+    return m[~np.eye(m.shape[0], dtype=bool)].mean()
 
 
 def test_claim_statistics_against_numpy():
     rng = np.random.default_rng(1)
-    seeds, H = (3, 7, 11), 4  # hooks 0..3: a 3-block model
+    seeds, H = (3, 7, 11, 12, 20), 4  # hooks 0..3: a 3-block model
     ref, v = _reference(seeds, H, rng)
-    into_gelu = v["stitch_penalty_solu_to_gelu"] - v["stitch_penalty_gelu_to_gelu"]
-    into_solu = v["stitch_penalty_gelu_to_solu"] - v["stitch_penalty_solu_to_solu"]
-    want = (into_gelu - into_solu)[:, 1:].mean(1)  # hooks past the embeddings
-    np.testing.assert_allclose(rdc.asymmetry_values([], ref), want)
-    excess = v["gen_penalty_a_to_b"] - v["gen_penalty_b_to_b"]
-    np.testing.assert_allclose(rdc.localization_values([], ref), excess[:, 3] - excess[:, 1])
-    # a seed without its same-family baseline has no value; one hook past the embeddings gives NaN
-    del ref["stitch_penalty_gelu_to_gelu_l1_seed7"], ref["stitch_penalty_gelu_to_gelu_l2_seed7"]
-    del ref["stitch_penalty_gelu_to_gelu_l3_seed7"], ref["stitch_penalty_gelu_to_gelu_l0_seed7"]
-    np.testing.assert_allclose(rdc.asymmetry_values([], ref), want[[0, 2]])
+
+    def excess(cross, same, h):
+        return v[cross][:, :, h].mean() - _off_diagonal_mean(v[same][:, :, h])
+
+    want = np.mean(
+        [
+            excess("stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu", h)
+            - excess("stitch_penalty_gelu_to_solu", "stitch_penalty_solu_to_solu", h)
+            for h in (1, 2, 3)  # hooks past the embeddings
+        ]
+    )
+    est, lo, hi, n = rdc.asymmetry_interval([], ref)
+    assert n == 5 and est == pytest.approx(want) and lo <= est <= hi
+    loc = excess("gen_penalty_a_to_b", "gen_penalty_b_to_b", 3) - excess("gen_penalty_a_to_b", "gen_penalty_b_to_b", 1)
+    est, lo, hi, n = rdc.localization_interval([], ref)
+    assert n == 5 and est == pytest.approx(loc) and lo <= est <= hi
+    # a model drawn twice in a resample does not pair with its copy
+    same = rdc.same_mean(np.arange(9.0).reshape(3, 3), np.array([0, 0, 2]))
+    assert same == pytest.approx(np.mean([2.0, 2.0, 6.0, 6.0]))
+    # a summary without per-pair keys, or one hook past the embeddings: untested, not a number
+    with pytest.raises(NotApplicable):
+        rdc.asymmetry_interval([], {"asymmetry_index": 0.5})
     one_block = {k: x for k, x in ref.items() if "_l2_" not in k and "_l3_" not in k}
-    assert np.isnan(rdc.localization_values([], one_block)).all()
-    assert rdc.asymmetry_values([], {"asymmetry_index": 0.5}) == []  # a summary without per-seed keys
+    with pytest.raises(NotApplicable):
+        rdc.localization_interval([], one_block)
 
 
 def test_which_presets_can_test_which_claim():

@@ -66,24 +66,18 @@ def pair_values(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
     return pen_RRH[keep]
 
 
-def receiver_means(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
-    """[Rb, H]: for every receiver run j of group b, the mean penalty over the sender runs i of group a
-    (i != j when a group is stitched into itself; non-finite penalties left out; NaN where a receiver
-    has no sender)."""
-    ra, rb = pen_RRH.shape[:2]
-    keep = (~np.eye(ra, rb, dtype=bool) if same else np.ones((ra, rb), bool))[..., None] & np.isfinite(pen_RRH)
-    n = keep.sum(0)
-    total = np.where(keep, pen_RRH, 0.0).sum(0)
-    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
-
-
-def _per_receiver(out: dict[str, float], name: str, pen_RRH: np.ndarray, same: bool, seeds: Sequence[int]) -> None:
-    """`{name}_l{l}_seed{s}`: the mean penalty into receiver seed s at hook l (`receiver_means`)."""
-    means = receiver_means(pen_RRH, same)
-    for j, seed in enumerate(seeds):
-        for layer in range(means.shape[1]):
-            if np.isfinite(means[j, layer]):
-                out[f"{name}_l{layer}_seed{int(seed)}"] = float(means[j, layer])
+def _per_pair(
+    out: dict[str, float], name: str, pen_RRH: np.ndarray, senders: Sequence[int], receivers: Sequence[int], same: bool
+) -> None:
+    """`{name}_l{l}_from{i}_to{j}`: the penalty of sender seed i into receiver seed j at hook l, for
+    every finite entry (a run stitched into itself left out): the claims resample models, not pairs
+    (`representation_dissimilarity_claims`)."""
+    for a, i in enumerate(senders):
+        for b, j in enumerate(receivers):
+            if not (same and a == b):
+                for layer in range(pen_RRH.shape[2]):
+                    if np.isfinite(pen_RRH[a, b, layer]):
+                        out[f"{name}_l{layer}_from{int(i)}_to{int(j)}"] = float(pen_RRH[a, b, layer])
 
 
 def seeds_of(outcome: Any) -> list[int]:
@@ -209,7 +203,7 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
         if (a, b) in results:
             pen = results[(a, b)]["penalty"]
             _layer_stats(out, f"stitch_penalty_{short}", pair_values(pen, a == b))
-            _per_receiver(out, f"stitch_penalty_{short}", pen, a == b, seeds_of(by_point[b]))
+            _per_pair(out, f"stitch_penalty_{short}", pen, seeds_of(by_point[a]), seeds_of(by_point[b]), a == b)
     if (g, s) in results and (s, g) in results:
         asym = asymmetry(results[(g, s)]["penalty"], results[(s, g)]["penalty"])  # [Rg, Rs, H]
         per_pair = asym[..., 1:].mean(-1).ravel()
@@ -230,13 +224,14 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
         ba = pair_values(results[(gb, ga)]["penalty"], False)
         _layer_stats(out, "gen_penalty_a_to_b", ab)
         _layer_stats(out, "gen_penalty_b_to_a", ba)
-        _per_receiver(out, "gen_penalty_a_to_b", results[(ga, gb)]["penalty"], False, seeds_of(by_point[gb]))
-        _per_receiver(out, "gen_penalty_b_to_a", results[(gb, ga)]["penalty"], False, seeds_of(by_point[ga]))
+        sa, sb = seeds_of(by_point[ga]), seeds_of(by_point[gb])
+        _per_pair(out, "gen_penalty_a_to_b", results[(ga, gb)]["penalty"], sa, sb, False)
+        _per_pair(out, "gen_penalty_b_to_a", results[(gb, ga)]["penalty"], sb, sa, False)
         excess = ab.mean(0)
         if (gb, gb) in results:
             bb = pair_values(results[(gb, gb)]["penalty"], True)
             _layer_stats(out, "gen_penalty_b_to_b", bb)
-            _per_receiver(out, "gen_penalty_b_to_b", results[(gb, gb)]["penalty"], True, seeds_of(by_point[gb]))
+            _per_pair(out, "gen_penalty_b_to_b", results[(gb, gb)]["penalty"], sb, sb, True)
             excess = excess - bb.mean(0)
         out["generalization_gap_layer"] = float(np.argmax(excess))
 

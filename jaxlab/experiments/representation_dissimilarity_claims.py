@@ -9,18 +9,20 @@ in-distribution test performance does not show; (iii) how features vary with wid
 (CKA block structure). The paper gives these as figures on real language models, not as numbers
 that a synthetic task could match: every `paper_value` is None (qualitative).
 
-The statistics are computed from per-receiver-seed stitching penalties that the experiment's
+The statistics are computed from the stitching penalty of every model pair, which the experiment's
 analysis across programs writes to summary.json's `reference`
-(`representation_dissimilarity_analysis`, keys `{name}_l{l}_seed{s}`: the mean penalty over the
-sender runs into the receiver run of seed s at hook l; same-family names leave the receiver's own
-run out):
+(`representation_dissimilarity_analysis`, keys `{name}_l{l}_from{i}_to{j}`: sender seed i into
+receiver seed j at hook l; a model is never stitched into itself):
 
-  stitch_penalty_{x}_to_{y}_l{l}_seed{s}   family x into family y at the reference point
-  gen_penalty_a_to_b_l{l}_seed{s}          the shortcut-trained group A into the clean group B
-  gen_penalty_b_to_b_l{l}_seed{s}          B's other seeds into B (the baseline)
+  stitch_penalty_{x}_to_{y}_l{l}_from{i}_to{j}   family x into family y at the reference point
+  gen_penalty_a_to_b_l{l}_from{i}_to{j}          the shortcut-trained group A into the clean group B
+  gen_penalty_b_to_b_l{l}_from{i}_to{j}          B's models into each other (the baseline)
 
+Model pairs share models (every GeLU model is a receiver of every SoLU model and a sender to every
+SoLU model), so they are not independent units: the interval resamples the models of each group
+(`jaxlab.claims.model_bootstrap`), and the count the 5-seed rule applies to is the smallest group.
 A run directory written before these keys existed has only the means over model pairs; its
-stitching claims have no per-seed value and are `inconclusive` ("no finite value").
+stitching claims are `untested` (no per-pair penalties).
 
 Thresholds (fixed before any verdict was computed):
   asymmetry        0: the paper states a direction, not a size.
@@ -35,74 +37,140 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from jaxlab.claims import MIN_SEEDS, Above, Claim, Outside
+from jaxlab.claims import MIN_SEEDS, Above, Claim, NotApplicable, Outside, model_bootstrap
 from jaxlab.config import ExperimentConfig
 
-_SEED_KEY = re.compile(r"^(?P<name>[a-z_]+)_l(?P<l>\d+)_seed(?P<seed>-?\d+)$")
+_PAIR_KEY = re.compile(r"^(?P<name>[a-z_]+)_l(?P<l>\d+)_from(?P<i>-?\d+)_to(?P<j>-?\d+)$")
 LOCALIZATION_MIN_EFFECT = 0.1  # nats (module docstring)
 
 
-# -- per-receiver-seed values from the reference ------------------------------------------------------
-def per_receiver(reference: Mapping[str, Any], name: str) -> dict[int, dict[int, float]]:
-    """{seed: {hook: value}} of the reference keys `{name}_l{hook}_seed{seed}` (finite values only)."""
-    out: dict[int, dict[int, float]] = {}
+# -- penalties of model pairs, and intervals that resample models -----------------------------------
+def pair_penalties(reference: Mapping[str, Any], name: str) -> dict[int, dict[tuple[int, int], float]]:
+    """{hook: {(sender seed, receiver seed): penalty}} from the reference keys `{name}_l{l}_from{i}_to{j}`
+    (finite values only)."""
+    out: dict[int, dict[tuple[int, int], float]] = {}
     for key, value in reference.items():
-        m = _SEED_KEY.match(key)
+        m = _PAIR_KEY.match(key)
         if m and m.group("name") == name and value is not None and math.isfinite(float(value)):
-            out.setdefault(int(m.group("seed")), {})[int(m.group("l"))] = float(value)
+            out.setdefault(int(m.group("l")), {})[(int(m.group("i")), int(m.group("j")))] = float(value)
     return out
 
 
-def receiver_excess(reference: Mapping[str, Any], cross: str, same: str) -> dict[int, dict[int, float]]:
-    """{seed: {hook: penalty(cross into the receiver) - penalty(same family into it)}}: the cross-family
-    (or cross-group) excess over the receiver's own baseline, for the seeds and hooks both have."""
-    a, b = per_receiver(reference, cross), per_receiver(reference, same)
-    return {s: {h: a[s][h] - b[s][h] for h in a[s] if h in b[s]} for s in a if s in b}
+def family_seeds(reference: Mapping[str, Any], same: str) -> list[int]:
+    """The seeds of a family, read off its same-family pairs `same` (senders and receivers alike)."""
+    return sorted({s for pairs in pair_penalties(reference, same).values() for pair in pairs for s in pair})
 
 
-def asymmetry_by_hook(reference: Mapping[str, Any]) -> dict[int, dict[int, float]]:
-    """{seed: {hook: [pen(SoLU -> GeLU) - pen(GeLU -> GeLU)] - [pen(GeLU -> SoLU) - pen(SoLU -> SoLU)]}}
-    with the receiver of seed s on both sides (GeLU run s, SoLU run s), senders averaged. > 0: SoLU's
-    stream costs GeLU receivers more, beyond their same-family baseline, than GeLU's stream costs
-    SoLU receivers beyond theirs (the paper's direction)."""
-    into_gelu = receiver_excess(reference, "stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu")
-    into_solu = receiver_excess(reference, "stitch_penalty_gelu_to_solu", "stitch_penalty_solu_to_solu")
+def _matrix(pairs: Mapping[tuple[int, int], float], senders: Sequence[int], receivers: Sequence[int]) -> np.ndarray:
+    """[senders, receivers] penalties, NaN where a pair is missing."""
+    out = np.full((len(senders), len(receivers)), np.nan)
+    for a, i in enumerate(senders):
+        for b, j in enumerate(receivers):
+            out[a, b] = pairs.get((i, j), np.nan)
+    return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def cross_mean(pen: np.ndarray, senders: np.ndarray, receivers: np.ndarray) -> float:
+    """Mean penalty over every (sender, receiver) of the (resampled) model indices."""
+    return _nanmean(pen[np.ix_(senders, receivers)])
+
+
+def same_mean(pen: np.ndarray, models: np.ndarray) -> float:
+    """Mean penalty over the pairs of (resampled) model indices of one family, without a model
+    stitched into itself (a model drawn twice does not pair with its copy)."""
+    return _nanmean(pen[np.ix_(models, models)][models[:, None] != models[None, :]])
+
+
+@dataclass(frozen=True)
+class Excess:
+    """pen(cross into the receivers) - pen(same family into them) at one hook, as a function of
+    resampled model indices of the sender group and the receiver group."""
+
+    cross: np.ndarray  # [n_senders, n_receivers]
+    same: np.ndarray  # [n_receivers, n_receivers]
+    sender: str
+    receiver: str
+
+    def __call__(self, idx: Mapping[str, np.ndarray]) -> float:
+        return cross_mean(self.cross, idx[self.sender], idx[self.receiver]) - same_mean(self.same, idx[self.receiver])
+
+
+def excess_by_hook(
+    reference: Mapping[str, Any],
+    cross: str,
+    same: str,
+    sender: tuple[str, Sequence[int]],
+    receiver: tuple[str, Sequence[int]],
+) -> dict[int, Excess]:
+    """{hook: Excess} for the pairs `cross` (sender group -> receiver group) against `same` (the
+    receiver group into itself); `sender` and `receiver` are (group name, its seeds in index order)."""
+    cross_p, same_p = pair_penalties(reference, cross), pair_penalties(reference, same)
+    (sname, sseeds), (rname, rseeds) = sender, receiver
     return {
-        s: {h: into_gelu[s][h] - into_solu[s][h] for h in into_gelu[s] if h in into_solu[s]}
-        for s in sorted(into_gelu)
-        if s in into_solu
+        h: Excess(_matrix(cross_p[h], sseeds, rseeds), _matrix(same_p[h], rseeds, rseeds), sname, rname)
+        for h in sorted(cross_p)
+        if h in same_p
     }
 
 
-def asymmetry_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
-    """Claim `solu_gelu_asymmetry`: per receiver seed, `asymmetry_by_hook` averaged over the hooks
-    l >= 1 (hook 0, the embeddings, is mapped exactly by the least-squares start)."""
-    out = []
-    for hooks in asymmetry_by_hook(reference).values():
-        vals = [v for h, v in hooks.items() if h >= 1]
-        out.append(float(np.mean(vals)) if vals else math.nan)
-    return out
+def asymmetry_parts(reference: Mapping[str, Any]) -> tuple[dict[int, Excess], dict[int, Excess], dict[str, int]]:
+    """Excess into GeLU (SoLU senders, GeLU's own baseline) and into SoLU (GeLU senders, SoLU's own
+    baseline), per hook, and the family sizes (seeds read off the same-family pairs)."""
+    gelu = ("gelu", family_seeds(reference, "stitch_penalty_gelu_to_gelu"))
+    solu = ("solu", family_seeds(reference, "stitch_penalty_solu_to_solu"))
+    into_gelu = excess_by_hook(reference, "stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu", solu, gelu)
+    into_solu = excess_by_hook(reference, "stitch_penalty_gelu_to_solu", "stitch_penalty_solu_to_solu", gelu, solu)
+    return into_gelu, into_solu, {"gelu": len(gelu[1]), "solu": len(solu[1])}
 
 
-def generalization_by_hook(reference: Mapping[str, Any]) -> dict[int, dict[int, float]]:
-    """{seed: {hook: pen(A -> B) - pen(B -> B)}}: group A's stream into B's run of seed s, beyond B's
-    other seeds into the same run."""
-    return receiver_excess(reference, "gen_penalty_a_to_b", "gen_penalty_b_to_b")
+def localization_parts(reference: Mapping[str, Any]) -> tuple[dict[int, Excess], dict[str, int]]:
+    """Excess of group A (shortcut-trained) into group B over B's own baseline, per hook, and the
+    group sizes (A's seeds are the senders of A -> B; A is not stitched into itself)."""
+    a = ("a", sorted({i for pairs in pair_penalties(reference, "gen_penalty_a_to_b").values() for i, _ in pairs}))
+    b = ("b", family_seeds(reference, "gen_penalty_b_to_b"))
+    parts = excess_by_hook(reference, "gen_penalty_a_to_b", "gen_penalty_b_to_b", a, b)
+    return parts, {"a": len(a[1]), "b": len(b[1])}
 
 
-def localization_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
-    """Claim `stitching_localizes_generalization`: per receiver seed of group B, the excess
-    (`generalization_by_hook`) at the last hook L minus that at hook 1 (NaN with fewer than two
-    hooks past the embeddings)."""
-    out = []
-    for hooks in generalization_by_hook(reference).values():
-        past = sorted(h for h in hooks if h >= 1)
-        out.append(hooks[past[-1]] - hooks[past[0]] if len(past) >= 2 else math.nan)
-    return out
+def _require(sizes: Mapping[str, int], hooks: Sequence[int], need: int) -> None:
+    if len(hooks) < need or min(sizes.values(), default=0) < 2:
+        raise NotApplicable(
+            "no per-pair stitching penalties in this run's summary (written before they were stored), too few "
+            "hooks, or a group with fewer than two seeds"
+        )
+
+
+def asymmetry_interval(
+    runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]
+) -> tuple[float, float, float, int]:
+    """Claim `solu_gelu_asymmetry`: mean over hooks l >= 1 of [excess into GeLU] - [excess into SoLU],
+    with the interval of `jaxlab.claims.model_bootstrap` over the GeLU and the SoLU models."""
+    into_gelu, into_solu, sizes = asymmetry_parts(reference)
+    hooks = [h for h in into_gelu if h >= 1 and h in into_solu]
+    _require(sizes, hooks, 1)
+    return model_bootstrap(lambda idx: float(np.mean([into_gelu[h](idx) - into_solu[h](idx) for h in hooks])), sizes)
+
+
+def localization_interval(
+    runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]
+) -> tuple[float, float, float, int]:
+    """Claim `stitching_localizes_generalization`: excess(L) - excess(1), excess(l) = pen(A -> B) -
+    pen(B -> B) at hook l, with the interval of `model_bootstrap` over the A and the B models."""
+    parts, sizes = localization_parts(reference)
+    past = sorted(h for h in parts if h >= 1)
+    _require(sizes, past, 2)
+    first, last = parts[past[0]], parts[past[-1]]
+    return model_bootstrap(lambda idx: last(idx) - first(idx), sizes)
 
 
 # -- what a config can test ---------------------------------------------------------------------------
@@ -161,15 +229,17 @@ CLAIMS: tuple[Claim, ...] = (
         ),
         paper_ref="Brown et al. 2023, abstract insight (i), the SoLU/GeLU stitching experiments (qualitative)",
         statistic=(
-            "per receiver seed s, mean over hooks l >= 1 of [pen(SoLU -> GeLU_s) - pen(GeLU -> GeLU_s)] - "
-            "[pen(GeLU -> SoLU_s) - pen(SoLU -> SoLU_s)] (nats; senders averaged, reference point)"
+            "mean over hooks l >= 1 of [pen(SoLU -> GeLU) - pen(GeLU -> GeLU)] - [pen(GeLU -> SoLU) - "
+            "pen(SoLU -> SoLU)], each a mean over model pairs (nats, reference point); interval: bootstrap "
+            "over the GeLU and the SoLU models (not pairs, which share models)"
         ),
         control=(
-            "each receiver's same-family penalty: the other seeds of its own family stitched into it at the "
-            "same hook with the same stitch budget"
+            "each receiver family's same-family penalty: its models stitched into each other at the same hook "
+            "with the same stitch budget"
         ),
         rule=Above(0.0),
-        values=asymmetry_values,
+        values=lambda runs, reference: [],
+        interval=asymmetry_interval,
         untested=_untested_asymmetry,
     ),
     Claim(
@@ -181,12 +251,14 @@ CLAIMS: tuple[Claim, ...] = (
         ),
         paper_ref="Brown et al. 2023, abstract insight (ii), the generalization-strategy experiments (qualitative)",
         statistic=(
-            "per receiver seed s of group B, excess(L) - excess(1) with excess(l) = pen(A -> B_s) - "
-            "pen(B -> B_s) at hook l (nats; A: shortcut-trained GeLU, B: clean GeLU, reference point)"
+            "excess(L) - excess(1) with excess(l) = pen(A -> B) - pen(B -> B) at hook l, means over model "
+            "pairs (nats; A: shortcut-trained GeLU, B: clean GeLU, reference point); interval: bootstrap over "
+            "the A and the B models"
         ),
-        control="B's same-group penalty (its other seeds stitched into B_s at the same hook)",
+        control="B's same-group penalty (B's models stitched into each other at the same hook)",
         rule=Outside(-LOCALIZATION_MIN_EFFECT, LOCALIZATION_MIN_EFFECT),
-        values=localization_values,
+        values=lambda runs, reference: [],
+        interval=localization_interval,
         untested=_untested_localization,
     ),
     Claim(
@@ -241,7 +313,8 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
         )
     if n_seeds < MIN_SEEDS:
         out.append(
-            f"{n_seeds} seeds per family: one value per receiver seed, fewer than the {MIN_SEEDS} a verdict needs"
+            f"{n_seeds} seeds per family: the interval resamples models, and a verdict needs at least {MIN_SEEDS} "
+            "models per family"
         )
     if max(int(d) for d in depths) < 4:
         out.append(f"depth at most {max(int(d) for d in depths)} block(s): no depth axis for CKA block structure")
@@ -251,11 +324,15 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
 __all__ = [
     "CLAIMS",
     "LOCALIZATION_MIN_EFFECT",
-    "asymmetry_by_hook",
-    "asymmetry_values",
+    "Excess",
+    "asymmetry_interval",
+    "asymmetry_parts",
+    "cross_mean",
     "deviations",
-    "generalization_by_hook",
-    "localization_values",
-    "per_receiver",
-    "receiver_excess",
+    "excess_by_hook",
+    "family_seeds",
+    "localization_interval",
+    "localization_parts",
+    "pair_penalties",
+    "same_mean",
 ]

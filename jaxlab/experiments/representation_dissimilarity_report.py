@@ -10,11 +10,12 @@ and stand in the Claims table at the top of the report; these sections describe 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxlab.claims import bootstrap_median_ci
+from jaxlab.claims import model_bootstrap
 from jaxlab.experiments import representation_dissimilarity_claims as _claims
 from jaxlab.reporting import Figure, ReportContext, Section, fmt, table
 
@@ -35,24 +36,10 @@ def _curve(ref: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def interval(values: list[float]) -> str:
-    """ "median [95% CI] (n=k)" over seeds (`jaxlab.claims.bootstrap_median_ci`); the value alone for one."""
-    v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
-    if v.size == 0:
-        return "—"
-    if v.size == 1:
-        return f"{fmt(float(v[0]))} (n=1)"
-    median, lo, hi = bootstrap_median_ci(v)
-    return f"{fmt(median)} [{fmt(lo)}, {fmt(hi)}] (n={v.size})"
-
-
-def _by_hook(per_seed: dict[int, dict[int, float]]) -> dict[int, list[float]]:
-    """{hook: [value of every seed]} from {seed: {hook: value}}."""
-    out: dict[int, list[float]] = {}
-    for hooks in per_seed.values():
-        for h, v in hooks.items():
-            out.setdefault(h, []).append(v)
-    return dict(sorted(out.items()))
+def interval(statistic: Any, sizes: dict[str, int]) -> str:
+    """ "estimate [95% CI]" of a statistic of resampled model indices (`jaxlab.claims.model_bootstrap`)."""
+    est, lo, hi, _ = model_bootstrap(statistic, sizes)
+    return f"{fmt(est)} [{fmt(lo)}, {fmt(hi)}]"
 
 
 def asymmetry_summary(ref: dict) -> str:
@@ -71,12 +58,15 @@ def asymmetry_summary(ref: dict) -> str:
 
 
 def _excess_rows(ref: dict) -> tuple[list[list[str]], bool]:
-    """Rows (hook, excess into GeLU, excess into SoLU, difference) and whether they are per seed."""
-    into_gelu = _claims.receiver_excess(ref, "stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu")
-    into_solu = _claims.receiver_excess(ref, "stitch_penalty_gelu_to_solu", "stitch_penalty_solu_to_solu")
-    if into_gelu and into_solu:
-        g, s_, d = _by_hook(into_gelu), _by_hook(into_solu), _by_hook(_claims.asymmetry_by_hook(ref))
-        return [[str(h), interval(g[h]), interval(s_.get(h, [])), interval(d.get(h, []))] for h in g], True
+    """Rows (hook, excess into GeLU, excess into SoLU, difference) and whether they have intervals."""
+    into_gelu, into_solu, sizes = _claims.asymmetry_parts(ref)
+    if into_gelu and into_solu and min(sizes.values()) >= 2:
+        rows = []
+        for h in (h for h in into_gelu if h in into_solu):
+            g, s_ = into_gelu[h], into_solu[h]
+            diff = interval(lambda idx, g=g, s_=s_: g(idx) - s_(idx), sizes)
+            rows.append([str(h), interval(g, sizes), interval(s_, sizes), diff])
+        return rows, True
     rows = []
     for h in _layers(ref, "stitch_penalty_solu_to_gelu"):
         try:
@@ -105,9 +95,9 @@ def stitching_section(ctx: ReportContext) -> Section:
     n_h = max((len(r) - 1 for r in rows), default=0)
     excess, per_seed = _excess_rows(ref)
     how = (
-        "median [95% bootstrap CI] over receiver seeds (senders averaged into each receiver run)"
+        "means over model pairs [95% bootstrap CI over the models of each family, which pairs share]"
         if per_seed
-        else "differences of the means over model pairs: this summary has no per-seed penalties (it was "
+        else "differences of the means over model pairs: this summary has no per-pair penalties (it was "
         "written before they were stored), so no interval"
     )
     body = (
@@ -155,11 +145,12 @@ def generalization_section(ctx: ReportContext) -> Section | None:
     id_gap = abs(ref["id_acc_group_a"] - ref["id_acc_group_b"])
     ood_gap = abs(ref["ood_acc_group_a"] - ref["ood_acc_group_b"])
     chance = float(np.log(ctx.cfg.task.p))
-    per_seed = _by_hook(_claims.generalization_by_hook(ref))
+    parts, sizes = _claims.localization_parts(ref)
     rows = []
     for h in _layers(ref, "gen_penalty_a_to_b"):
         ab, bb = ref.get(f"gen_penalty_a_to_b_l{h}"), ref.get(f"gen_penalty_b_to_b_l{h}")
-        rows.append([str(h), fmt(ab), fmt(bb), interval(per_seed[h]) if h in per_seed else "—"])
+        excess = interval(parts[h], sizes) if h in parts and min(sizes.values()) >= 2 else "—"
+        rows.append([str(h), fmt(ab), fmt(bb), excess])
     shortcuts = sorted(float(v) for v in dict(ctx.cfg.sweep.grid).get("task.shortcut", (ctx.cfg.task.shortcut,)))
     caveat = (
         f" Group A was trained with task.shortcut = {fmt(shortcuts[-1])}: the hint always names the answer, "
@@ -176,7 +167,7 @@ def generalization_section(ctx: ReportContext) -> Section | None:
         + table(["group", "ID acc", "OOD acc"], acc)
         + f"\n\nID gap {fmt(100 * id_gap, 3)} points, OOD gap {fmt(100 * ood_gap, 3)} points. Stitching A's stream "
         "into B (on B's shortcut-free task) per hook, against B's other seeds stitched into B (means over model "
-        "pairs, nats); the excess per receiver seed of B is median [95% bootstrap CI]. The chance loss of the "
+        "pairs, nats); the excess with its 95% bootstrap CI over the A and B models. The chance loss of the "
         f"task is ln p = {fmt(chance)} nats.\n\n"
         + table(["hook", "A -> B", "B -> B", "excess A -> B over B -> B"], rows)
         + "\n\nThe localization claim compares the excess between the last hook and hook 1 (Claims table)."
