@@ -147,3 +147,16 @@ def test_claim_statistics_against_numpy():
     ]
     got = by_id["pe_only_recent_weight_falls_with_mu"].values(runs, {})
     np.testing.assert_allclose(got, mass[:6, 0] - mass[:6, 2], rtol=1e-12)
+
+
+def test_deviations_and_paper_values_say_what_the_papers_p_is():
+    """The non-augmented preset tests orthogonal.py's claim (Fig. 3), and the paper's P is signed while
+    jaxlab's is a softmax; the PE-only paper value is labelled as a different quantity."""
+    devs = iac.deviations(EXP.preset("non-augmented"))
+    assert any("orthogonal.py's (Fig. 3)" in d for d in devs)
+    assert any("signed" in d and "softmax" in d for d in devs)
+    assert not any("orthogonal.py's" in d for d in iac.deviations(EXP.preset("augmented-orthogonal")))
+    assert any("signed" in d for d in iac.deviations(EXP.preset("pe-only")))
+    by_id = {c.id: c for c in iac.CLAIMS}
+    assert "different quantity" in by_id["pe_only_recent_weight_falls_with_mu"].paper_value
+    assert "signed" in by_id["positional_last_two_tokens"].paper_value

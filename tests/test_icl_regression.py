@@ -9,6 +9,7 @@ import pytest
 from _runs import run_cfg
 
 from jaxlab import claims, results
+from jaxlab.config import SweepConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression as ir
 from jaxlab.experiments import icl_regression_claims as irc
@@ -306,3 +307,61 @@ def test_probe_config_validation():
         cfg.set("probe.ridge_lambda", "0")
     assert cfg.set("probe.ood_scales", "0.5,1.25").probe.ood_scales == (0.5, 1.25)
     assert [ir.scale_tag(a) for a in (0.5, 1.0, 2.0, 1.25)] == ["a050", "a100", "a200", "a125"]
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_multi_layer_deviations_list_every_setting_changed_from_the_paper_preset():
+    """The deviations say a multi-layer preset "changes only the lines listed": every config value that
+    differs from the paper preset (bar the preset's name, its sweep and the layers the line describes)
+    is a `PAPER` key, listed."""
+    paper = _flat(EXP.preset("paper").to_dict())
+    assert irc.PAPER["model.init_scale"] == EXP.preset("paper").model.init_scale
+    for name in sorted(EXP.presets):
+        cfg = EXP.preset(name)
+        if all(n == 1 for n in irc.swept_values(cfg, "model.n_layers")):
+            continue
+        changed = {
+            k for k, v in _flat(cfg.to_dict()).items()
+            if paper.get(k) != v and not k.startswith("sweep.") and k not in ("preset", "model.tie_layers")
+        }  # fmt: skip
+        devs = irc.deviations(cfg)
+        assert changed and changed <= set(irc.PAPER), changed - set(irc.PAPER)
+        for key in changed:
+            assert any(d.startswith(f"`{key}` = ") for d in devs), key
+    assert any(
+        d.startswith("`model.init_scale` = 0.001 (paper: 0.002)") for d in irc.deviations(EXP.preset("recurrent"))
+    )
+
+
+def test_softmax_head_claims_pair_the_seeds_across_head_counts():
+    """The notebook's softmax remark: 1 head's fresh relative gap minus 2 heads', per seed; at 2 heads
+    the relative gap and model_cos. Seeds missing at one head count are dropped from the pairing."""
+    rng = np.random.default_rng(2)
+    model, gd, cos = rng.uniform(0.2, 0.3, (6, 2)), rng.uniform(0.2, 0.22, (6, 2)), rng.uniform(0.9, 1, (6, 2))
+    runs = [
+        _record(s, {"model.n_heads": h}, fresh_eval_loss=model[s, i], fresh_gd_loss=gd[s, i], model_cos=cos[s, i])
+        for s in range(6) for i, h in enumerate((1, 2)) if not (s == 5 and h == 1)
+    ]  # fmt: skip
+    by_id = {c.id: c for c in irc.CLAIMS}
+    rel = (model - gd) / gd
+    np.testing.assert_allclose(by_id["softmax_one_head_short_of_two"].values(runs, {}), (rel[:, 0] - rel[:, 1])[:5])
+    np.testing.assert_allclose(by_id["softmax_two_heads_loss_equals_gd"].values(runs, {}), rel[:, 1], rtol=1e-12)
+    np.testing.assert_allclose(by_id["softmax_two_heads_sensitivities_match_gd"].values(runs, {}), cos[:, 1])
+    # the softmax preset tests them; the linear presets do not, and say where they are tested
+    for cid in ("softmax_one_head_short_of_two", "softmax_two_heads_loss_equals_gd",
+                "softmax_two_heads_sensitivities_match_gd"):  # fmt: skip
+        assert by_id[cid].untested(EXP.preset("softmax")) is None
+        assert by_id[cid].paper_value is None and "constructed_token_setup.ipynb" in by_id[cid].paper_ref
+        for name in ("paper", "recurrent", "context", "ood"):
+            assert "softmax preset" in by_id[cid].untested(EXP.preset(name))
+    one_head = EXP.preset("softmax").derive("one-head", sweep=SweepConfig(seeds=(0, 1)))  # n_heads 1, not swept
+    assert "model.n_heads" in by_id["softmax_one_head_short_of_two"].untested(one_head)

@@ -366,7 +366,8 @@ def recurrent() -> ExperimentConfig:
 
 
 def softmax() -> ExperimentConfig:
-    """Softmax attention, 1 vs 2 heads of width 11 (the authors' notebook: 2 heads are needed)."""
+    """Softmax attention, 1 vs 2 heads of width 11: the remark of the authors' notebook
+    constructed_token_setup.ipynb that softmax needs at least 2 heads (claims `softmax_*`)."""
     overrides = {"model.attention": "softmax", "model.d_head": 11}
     return paper().derive(
         "softmax", overrides, sweep=SweepConfig(seeds=tuple(range(8)), grid=(("model.n_heads", (1, 2)),))

@@ -24,11 +24,21 @@ summary["reference"]["ambiguity_a{a}"]. `last` is the last scored message (n_mes
 
 Thresholds (fixed before any verdict was computed):
   falls with m, lower with less ambiguity   0: Jiang's claims are directions.
-  close to Bayes                            0.05 nats: the experiment's bar since it was written
-      ("KL to the Bayes predictor at m = 5 below 0.05 nats for every ambiguity level"); it is about
-      twice the residual KL of Jiang's own model on his unambiguous language (0.021-0.024 nats, where
-      the exact Bayes predictor's KL under his metric is ~0), and a third of his smallest reported
-      fall from m = 1 to m = 4 (0.17 nats at eps 0.065).
+  close to Bayes                            0.05 nats: the experiment's pre-existing bar, set by its
+      original issue (issue 8, before the experiment was written or run: "for every ambiguity level,
+      the model's KL to the Bayes predictor at m = 5 is below 0.05 nats"), kept unchanged. It is not
+      derived from Jiang's numbers: his KL (first letter of the next message, against his chain's
+      prediction) is another quantity, not comparable with KL(Bayes, model).
+
+Controls. The two claims on the model's in-context error (falls with m, lower with less ambiguity)
+are decided on the model's own KL to the truth: no control enters their statistic or rule. That
+KL is the Bayes floor bayes_kl_truth plus the model's excess over Bayes, so the language alone can
+make them pass: where the exact Bayes predictor's own KL falls with m (the quick preset's chain,
+stay 0.9: floors 0.030 -> 0.011 and 0.057 -> 0.012 nats, m = 1 -> 5, measured with
+`latent_bayes`; `latent_ambiguity` module docstring) or grows with ambiguity, a model that merely
+tracks Bayes reproduces them. The Bayes predictor's own values are reported beside them (summary
+final metrics bayes_kl_truth_m{m}_a{a}; the report's Bars table, column "Bayes floor"), as a
+reference, not a control; the claim that the model IS Bayesian is `model_matches_bayes`.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from typing import Any
 from jaxlab.claims import Above, Below, Claim
 from jaxlab.config import ExperimentConfig
 
-BAYES_TOLERANCE = 0.05  # nats (module docstring)
+BAYES_TOLERANCE = 0.05  # nats: the bar of the experiment's original issue (module docstring)
 # Jiang's in-context-learning KL for m = 1..4 prompts, by his labelled ambiguity (plot/plot3.py)
 JIANG_ICL_KL = {
     0.0: (0.02346811, 0.02404568, 0.02116136, 0.02196647),
@@ -199,8 +209,10 @@ CLAIMS: tuple[Claim, ...] = (
             "(nats; jaxlab's all-letter KL(truth, model), last = n_messages - 1)"
         ),
         control=(
-            "the exact Bayes predictor's own fall on the same prompts, bayes_kl_truth_m1 - bayes_kl_truth_m{last} "
-            "(what Bayesian inference over intentions gives)"
+            "none computed: the rule reads the model's fall alone. Reference, not used by the rule: the exact "
+            "Bayes predictor's own fall on the same prompts, bayes_kl_truth_m1 - bayes_kl_truth_m{last} (Bars "
+            "table; under the quick preset's chain, stay 0.9, it is 0.030 -> 0.011 and 0.057 -> 0.012 nats), "
+            "so a model that tracks Bayes passes from the language alone"
         ),
         rule=Above(0.0),
         values=icl_fall_values,
@@ -219,8 +231,9 @@ CLAIMS: tuple[Claim, ...] = (
             "adjacent pairs of kl_truth_m{last}(more ambiguous) - kl_truth_m{last}(less ambiguous) (nats)"
         ),
         control=(
-            "the same difference for the exact Bayes predictor (bayes_kl_truth_m{last}): the part the languages' "
-            "own ambiguity explains"
+            "none computed: the rule reads the model's KL alone. Reference, not used by the rule: the exact "
+            "Bayes predictor's own KL at the same m (bayes_kl_truth_m{last}, Bars table), which grows with the "
+            "language's ambiguity too, so a model that tracks Bayes passes from the languages alone"
         ),
         rule=Above(0.0),
         values=ambiguity_order_values,
@@ -238,8 +251,8 @@ CLAIMS: tuple[Claim, ...] = (
             "after the last demonstration (nats)"
         ),
         control=(
-            "the Bayes predictor's own KL to the truth at the same m (bayes_kl_truth_m{last}): the floor no "
-            "predictor beats on average"
+            "the exact Bayes predictor itself (the statistic is the model's KL from it, computed on the same "
+            "prompts); the tolerance is the experiment's original bar (issue 8), not a measured baseline"
         ),
         rule=Below(BAYES_TOLERANCE),
         values=bayes_gap_values,
