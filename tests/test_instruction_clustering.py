@@ -63,6 +63,10 @@ def test_smoke_run_summary_keys_history_and_report(smoke):
         series = hist[f"ari_layer_{best}"][i]
         best_series.append(series)
         assert f["ari_acc_corr"] == pytest.approx(np.corrcoef(series, hist["acc_seen"][i])[0, 1], abs=1e-6)
+        diff_ref = np.corrcoef(np.diff(series), np.diff(hist["acc_seen"][i]))[0, 1] if np.ptp(series) > 0 else np.nan
+        np.testing.assert_allclose(
+            f["ari_acc_diff_corr"] if f["ari_acc_diff_corr"] is not None else np.nan, diff_ref, atol=1e-6
+        )
         for name, values in (("ari_onset_step", series), ("acc_onset_step", hist["acc_seen"][i])):
             above = [s for s, v in zip(steps, values) if v > 0.5]
             assert (f[name] == above[0]) if above else f[name] is None or np.isnan(f[name])
@@ -76,6 +80,12 @@ def test_smoke_run_summary_keys_history_and_report(smoke):
             assert f[m] == f[f"{m}_layer_{best}"]
         assert -1.0 <= f["random_position_ablation_acc_drop"] <= 1.0
         assert f["ari_gain"] == pytest.approx(series[-1] - series[0])
+        # clusters_used: at sep_input of a 2-block model only block 1 can test it (the embedding there is
+        # constant; after the last block only the unscored separator's own prediction changes: drop 0)
+        assert f["test_layer"] == 1
+        for m in ("position_ablation_acc_drop", "random_position_ablation_acc_drop"):
+            assert f[f"{m}_test_layer"] == f[f"{m}_layer_1"]
+            assert f[f"{m}_layer_{L - 1}"] == 0.0
     # the pooled correlation covers every checkpoint of both chunks' runs, not a per-chunk mean
     assert "ari_acc_corr_pooled" not in summary["reference"]
     ari, acc, _ = icr.ari_acc_pairs(results.load(out), summary)
@@ -107,6 +117,10 @@ def test_smoke_summary_has_the_claims_and_deviations(smoke):
     assert by_id["deeper_than_embedding"]["verdict"] == "untested"
     assert by_id["clusters_on_unseen_instructions"]["verdict"] == "untested"
     assert by_id["clusters_used"]["n_seeds"] == len(cfg.sweep.seeds)  # the new control is read
+    assert (
+        by_id["ari_tracks_accuracy"]["verdict"] != "untested"
+        and "differences" in by_id["ari_tracks_accuracy"]["statistic"]
+    )
     assert by_id["ari_rises_over_training"]["n_seeds"] == len(cfg.sweep.seeds)
     devs = summary["deviations"]
     assert devs and all(isinstance(d, str) and d for d in devs)
@@ -133,13 +147,68 @@ def test_clusters_used_statistic_is_paired_against_numpy():
     rng = np.random.default_rng(5)
     drop, rand = rng.uniform(0, 0.2, size=(2, 6))
     runs = [
-        _record(s, position_ablation_acc_drop=float(drop[s]), random_position_ablation_acc_drop=float(rand[s]))
+        _record(
+            s,
+            position_ablation_acc_drop_test_layer=float(drop[s]),
+            random_position_ablation_acc_drop_test_layer=float(rand[s]),
+            position_ablation_acc_drop=9.0,  # the best layer's pair is not the claim's
+            random_position_ablation_acc_drop=0.0,
+        )
         for s in range(6)
     ]
     claim = {c.id: c for c in icc.CLAIMS}["clusters_used"]
     np.testing.assert_allclose(claim.values(runs, {}), drop - rand)
-    entry = claims.evaluate([claim], None, runs, {})[0]
+    cfg = get_experiment("instruction-clustering").preset("smoke")
+    entry = claims.evaluate([claim], cfg, runs, {})[0]
     assert entry["median"] == pytest.approx(np.median(drop - rand)) and entry["n_seeds"] == 6
+
+
+def test_test_layer_choice_against_numpy():
+    """The clusters_used layer: the best final ARI among the layers where a projection at the probed
+    position can change a scored prediction (hand-made ARIs)."""
+    cfg = get_experiment("instruction-clustering").preset("smoke")  # 2 blocks: layers 0, 1, 2
+    seq = lambda position: cfg.set("probe.position", position)
+    assert icc.ablation_test_layers(cfg) == (1,)  # sep_input: not the constant embedding, not after the last block
+    assert icc.ablation_test_layers(seq("sep_output")) == (1, 2)  # its own prediction (y_1) is scored
+    assert icc.ablation_test_layers(seq("last_instruction")) == (0, 1)
+    one_block = cfg.set("model.n_layers", "1")
+    assert icc.ablation_test_layers(one_block) == ()
+    by_id = {c.id: c for c in icc.CLAIMS}
+    assert by_id["clusters_used"].untested(cfg) is None and "last block" in by_id["clusters_used"].untested(one_block)
+    # the loss scores nothing at sep_input and the first output at sep_output (what the choice assumes)
+    seen = ic.make_eval_data(SimpleNamespace(cfg=cfg, eval_key=lambda: jax.random.key(0)))["seen"]
+    mask = np.asarray(seen.loss_mask)
+    assert not mask[:, ic.probe_position(cfg)].any() and mask[:, ic.probe_position(seq("sep_output"))].all()
+    ari = np.array([[0.0, 0.3, 0.9], [0.0, 0.8, 0.2], [0.5, np.nan, 0.1]])
+    want = [[c[np.argmax(np.nan_to_num(row[list(c)], nan=-np.inf))] for row in ari] for c in ((1,), (1, 2), (0, 1))]
+    np.testing.assert_array_equal(ic.select_test_layer(ari, (1,)), want[0])
+    np.testing.assert_array_equal(ic.select_test_layer(ari, (1, 2)), [2, 1, 2])
+    np.testing.assert_array_equal(ic.select_test_layer(ari, (1, 2)), want[1])
+    np.testing.assert_array_equal(ic.select_test_layer(ari, (0, 1)), want[2])
+    assert np.isnan(ic.select_test_layer(ari, ())).all()
+
+
+def test_diff_corr_against_numpy_and_removes_a_shared_trend():
+    """ari_acc_diff_corr: r of the first differences (hand-made series)."""
+    steps = np.arange(6) * 10
+    history = {f"ari_layer_{l}": np.array([[0.0, 0.1, 0.5, 0.6, 0.9, 0.95]]) * l for l in range(2)}
+    history["acc_seen"] = np.array([[0.1, 0.3, 0.4, 0.8, 0.85, 0.9]])
+    train = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(n_layers=1)))
+    per_run = ic.summarize_history(train, history, steps).per_run
+    ref = np.corrcoef(np.diff(history["ari_layer_1"][0]), np.diff(history["acc_seen"][0]))[0, 1]
+    assert per_run["ari_acc_diff_corr"][0] == pytest.approx(ref)
+    assert per_run["ari_acc_corr"][0] == pytest.approx(
+        np.corrcoef(history["ari_layer_1"][0], history["acc_seen"][0])[0, 1]
+    )
+    # two independent noises on one shared trend: r of the series near 1, of the differences near 0
+    t = np.linspace(0, 1, 400)
+    x, y = t + 0.02 * np.random.default_rng(0).normal(size=(2, 400))
+    assert pearson(x, y) > 0.95 and abs(ic.diff_corr(x, y)) < 0.2
+    assert ic.diff_corr(x, y) == pytest.approx(np.corrcoef(np.diff(x), np.diff(y))[0, 1])
+    assert np.isnan(ic.diff_corr(x[:3], y[:3]))  # two differences: r would be +-1 by construction
+    cfg = get_experiment("instruction-clustering").preset("smoke")
+    claim = {c.id: c for c in icc.CLAIMS}["ari_tracks_accuracy"]
+    assert claim.untested(cfg) is None and "differences" in claim.untested(cfg.set("train.steps", "20"))
 
 
 def test_probes_and_ablations_on_the_trained_model(smoke):

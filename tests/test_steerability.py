@@ -77,10 +77,17 @@ def test_smoke_summary_has_the_claims_and_deviations(smoke_run):
         assert claims.check(entry) is None
     by_id = {c["id"]: c for c in entries}
     # decided by the preset: fear is rare, sadness weaker than anger; the loss under steering is not measured
-    for name in ("rare_concept_later", "close_concepts_distinct_sep_onsets", "early_steering_hurts"):
-        assert by_id[name]["verdict"] == "untested" and by_id[name]["reason"]
     for name in (
-        "steerability_emerges_mid_training",
+        "rare_concept_later",
+        "close_concepts_distinct_steer_onsets",
+        "close_concepts_distinct_sep_onsets",
+        "early_steering_hurts",
+    ):
+        assert by_id[name]["verdict"] == "untested" and by_id[name]["reason"]
+    assert "strength" in by_id["close_concepts_distinct_steer_onsets"]["reason"]
+    for name in (
+        "steerability_emerges_after_first_tenth",
+        "steerability_emerges_before_last_tenth",
         "separability_rises",
         "separability_correlates_with_steerability",
     ):
@@ -121,12 +128,20 @@ def test_claim_statistics_of_from_history_match_numpy():
         return hits[0] if hits.size else np.nan
 
     idx = {c: np.array([onset_index(r) for r in steer[c]]) for c in names}
-    # joy, anger, sadness are the common concepts (fear is rare): median of onset / 100, never = 1.0
-    frac = np.stack(
-        [np.where(np.isnan(idx[c]), 1.0, steps[np.nan_to_num(idx[c]).astype(int)] / 100) for c in names[:3]]
-    )
-    np.testing.assert_allclose(out["steer_onset_frac_common"], np.median(frac, axis=0))
-    np.testing.assert_allclose(out["steer_onset_frac_common"], [0.3, 0.1])
+    # joy, anger, sadness are the common concepts (fear is rare): the onset interval (previous evaluation,
+    # onset evaluation] / 100, median over them; never reached: (last evaluation, 1.0]
+    at, before = [], []
+    for c in names[:3]:
+        at.append([1.0 if np.isnan(i) else steps[int(i)] / 100 for i in idx[c]])
+        before.append([steps[-1] / 100 if np.isnan(i) else (steps[int(i) - 1] / 100 if i > 0 else 0.0) for i in idx[c]])
+    np.testing.assert_allclose(out["steer_onset_frac_at_common"], np.median(at, axis=0))
+    np.testing.assert_allclose(out["steer_onset_frac_before_common"], np.median(before, axis=0))
+    np.testing.assert_allclose(out["steer_onset_frac_at_common"], [0.3, 0.1])
+    np.testing.assert_allclose(out["steer_onset_frac_before_common"], [0.1, 0.03])
+    # an onset at the first evaluation: lower end 0; never: (last evaluation, 1.0]
+    low, high = SC.onset_interval(np.array([[0.0], [np.nan], [2.0]]), np.array([0, 10, 16]), 20)
+    np.testing.assert_allclose(low, [np.median([0.0, 0.8, 0.5])])
+    np.testing.assert_allclose(high, [np.median([0.0, 1.0, 0.8])])
     np.testing.assert_allclose(out["close_pair_steer_onset_gap"], [4 - n, 3 - 2])  # sadness never in run 0
     np.testing.assert_array_equal(out["rare_steer_onset_gap"], [n - 2, n - 3])  # fear never
     np.testing.assert_array_equal(out["close_pair_sep_onset_gap"], [np.nan, np.nan])  # neither reaches 0.9
@@ -161,7 +176,29 @@ def test_onsets_reach_the_threshold_and_correlation_matches_numpy():
     ref = np.corrcoef(0.75 * sep[0], 0.75 * steer[0])[0, 1]  # the layer means
     assert out["sep_steer_corr_joy"][0] == pytest.approx(ref, rel=1e-10)
     assert np.isnan(out["sep_steer_corr_joy"][1])  # a constant run has no correlation
+    # the claim's statistic: r of the first differences over the evaluations
+    ref = np.corrcoef(np.diff(0.75 * sep[0]), np.diff(0.75 * steer[0]))[0, 1]
+    assert out["sep_steer_diff_corr_joy"][0] == pytest.approx(ref, rel=1e-10)
+    assert np.isnan(out["sep_steer_diff_corr_joy"][1])
+    np.testing.assert_allclose(out["sep_steer_diff_corr"], [ref, np.nan])  # mean over concepts, NaN left out
+    short = S.diff_corr_rows(sep[:, :3], steer[:, :3])  # two differences: r would be +-1 by construction
+    assert np.isnan(short).all()
     np.testing.assert_allclose(out["separability_fear"], [0.95, 0.0])
+
+
+def test_untested_reasons_follow_the_config():
+    cfg = get_experiment("steerability").preset("smoke")
+    by_id = {c.id: c for c in SC.CLAIMS}
+    steer, sep = by_id["close_concepts_distinct_steer_onsets"], by_id["close_concepts_distinct_sep_onsets"]
+    assert "strength" in steer.untested(cfg) and "strength" in sep.untested(cfg)
+    task = cfg.task
+    i, j = task.close_pair
+    same = list(task.strengths)
+    same[j] = same[i]
+    equal = cfg.set("task.strengths", ",".join(map(str, same)))
+    assert steer.untested(equal) is None and sep.untested(equal) is None
+    corr = by_id["separability_correlates_with_steerability"]
+    assert corr.untested(cfg) is None and "differences" in corr.untested(cfg.set("train.n_evals", "2"))
 
 
 def test_direction_stability_matches_numpy_cosines():

@@ -22,13 +22,17 @@ From the history: `best_layer` (highest final ARI), `ari_gain` (its final minus 
 `ari_onset_step` / `acc_onset_step` (first evaluated step with best-layer ARI / seen accuracy above
 0.5), `ari_acc_corr` (Pearson correlation of best-layer ARI and seen accuracy over the checkpoints
 of a run; the report also pools every checkpoint of every run, from the stored history, so a sweep
-split into run chunks pools them all).
+split into run chunks pools them all), `ari_acc_diff_corr` (the same correlation of the two series'
+first differences over the checkpoints: a trend both share is removed; the claim's statistic).
 After training, the causal check at each layer (and at the best layer):
 projecting the between-task directions found at the probed position out of the layer's residual
 stream at every position (`ablation_acc_drop`) against random directions of the same rank
 (`random_ablation_acc_drop`); the same projection at the probed position alone
 (`position_ablation_acc_drop`) against random directions there (`random_position_ablation_acc_drop`);
 replacing the probed state by another task's centroid (`swap_acc_drop`, `swap_follow_rate`).
+The `clusters_used` claim reads the position-only pair at `test_layer` (`*_test_layer`): the best
+layer among those where the projection can change a scored prediction
+(`instruction_clustering_claims.ablation_test_layers`).
 
 The paper's claims, each with its statistic, control and rule, and this setup's deviations from the
 paper are in `instruction_clustering_claims`; the verdicts are computed from the runs.
@@ -53,7 +57,7 @@ import numpy as np
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.config import _positive as positive
 from jaxlab.experiments import instruction_clustering_report as _report
-from jaxlab.experiments.instruction_clustering_claims import CLAIMS, deviations
+from jaxlab.experiments.instruction_clustering_claims import CLAIMS, MIN_DIFFS, ablation_test_layers, deviations
 from jaxlab.metrics.clustering import class_means
 from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.models.presets import gpt_model
@@ -256,10 +260,20 @@ def best_layer_series(history: Mapping[str, np.ndarray], n_layers: int) -> tuple
     return best, ari[np.arange(ari.shape[0]), best]
 
 
+def diff_corr(x_N: np.ndarray, y_N: np.ndarray) -> float:
+    """Pearson r of the first differences x[n+1] - x[n], y[n+1] - y[n] over the pairs where both are
+    finite; NaN with fewer than `MIN_DIFFS` such pairs (the r of two points is +-1 by construction)."""
+    dx, dy = np.diff(np.asarray(x_N, np.float64)), np.diff(np.asarray(y_N, np.float64))
+    ok = np.isfinite(dx) & np.isfinite(dy)
+    return pearson(dx[ok], dy[ok]) if ok.sum() >= MIN_DIFFS else float("nan")
+
+
 def summarize_history(train: Any, history: Mapping[str, np.ndarray], steps: np.ndarray) -> Finalized:
+    """The per-run summaries of a run chunk's evaluation history (METRICS defines them)."""
     best, ari_best = best_layer_series(history, n_hidden_layers(train.cfg))
     acc = np.asarray(history["acc_seen"])
     corr = np.array([pearson(a, b) for a, b in zip(ari_best, acc)])
+    diff_corrs = np.array([diff_corr(a, b) for a, b in zip(ari_best, acc)])
     per_run = {
         "best_layer": best.astype(np.float64),
         "ari_best_layer": ari_best[:, -1],
@@ -270,6 +284,8 @@ def summarize_history(train: Any, history: Mapping[str, np.ndarray], steps: np.n
         "ari_onset_step": onset_steps(ari_best, steps, ONSET, strict=True),
         "acc_onset_step": onset_steps(acc, steps, ONSET, strict=True),
         "ari_acc_corr": corr,
+        # the claim's statistic: a trend both series share does not make it positive
+        "ari_acc_diff_corr": diff_corrs,
     }
     # No pooled (all runs) correlation here: this hook sees one run chunk at a time, and a mean of
     # per-chunk correlations is not the pooled one. The report pools every run's checkpoints.
@@ -365,11 +381,24 @@ def ablation_all_runs(train: Any, params_R: Any, seeds_R: jax.Array, seen: Batch
         return jax.vmap(one)(params_R, seeds_R)
 
 
+def select_test_layer(ari_RL: np.ndarray, candidates: tuple[int, ...]) -> np.ndarray:
+    """[R] float: per run, the layer of highest final ARI among `candidates` (ties: the shallowest);
+    NaN for every run when there is no candidate."""
+    ari = np.asarray(ari_RL, np.float64)
+    if not candidates:
+        return np.full(ari.shape[0], np.nan)
+    cand = np.asarray(candidates, np.int64)
+    return cand[np.argmax(np.nan_to_num(ari[:, cand], nan=-np.inf), axis=1)].astype(np.float64)
+
+
 def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
+    """The causal checks of a run chunk (METRICS defines them), at each run's best layer, its
+    `test_layer` and every layer."""
     res = ablation_all_runs(train, state.params, jnp.asarray(seeds, jnp.uint32), seen_set(train))
     res = {k: np.asarray(v) for k, v in jax.device_get(res).items()}
     R, L = res["ari"].shape
     best = np.argmax(res["ari"], axis=1)
+    tested = select_test_layer(res["ari"], ablation_test_layers(train.cfg))
     names = {
         "ablation": "ablation_acc_drop",
         "random": "random_ablation_acc_drop",
@@ -379,6 +408,12 @@ def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarr
         "follow": "swap_follow_rate",
     }
     per_run = {name: res[k][np.arange(R), best] for k, name in names.items()}  # at each run's best layer
+    # the clusters_used test: the best layer where the projection at the position can change a scored output
+    per_run["test_layer"] = tested
+    have = np.isfinite(tested)
+    at = np.where(have, tested, 0).astype(np.int64)
+    for k in ("position", "random_position"):
+        per_run[f"{names[k]}_test_layer"] = np.where(have, res[k][np.arange(R), at], np.nan)
     for layer in range(L):
         per_run.update({f"{name}_layer_{layer}": res[k][:, layer] for k, name in names.items()})
     return Finalized(per_run=per_run)
@@ -404,6 +439,9 @@ METRICS = {
     "acc_onset_step": "first evaluated step at which acc_seen exceeds 0.5 (none: missing)",
     "ari_acc_corr": "Pearson correlation of the best layer's ARI and acc_seen over the run's checkpoints "
     "(the report also gives the correlation pooled over every checkpoint of every run)",
+    "ari_acc_diff_corr": "Pearson r over the run's checkpoints n of the first differences dA_n = ARI_{n+1} - "
+    "ARI_n (best layer) and dY_n = acc_seen_{n+1} - acc_seen_n: sum (dA - mean dA)(dY - mean dY) / "
+    "sqrt(sum (dA - mean dA)^2 sum (dY - mean dY)^2); NaN with fewer than 3 differences",
     "ablation_acc_drop": "acc_seen minus the accuracy when the between-task directions (span of the centred "
     "task means at probe.position, rank n_tasks - 1) are projected out of the residual stream of the best layer "
     "at every position (about each position's mean over the evaluation set)",
@@ -416,6 +454,11 @@ METRICS = {
     "replaced by the centroid of task (k + probe.swap_shift) mod n_tasks",
     "swap_follow_rate": "fraction of first output tokens that then equal the swapped-in task's output",
     "*_layer_{l} (ablations)": "the ablation metrics at layer l instead of the best layer",
+    "test_layer": "argmax of the final ARI over the layers where a projection at probe.position can change a "
+    "scored prediction and the probed state varies (instruction_clustering_claims.ablation_test_layers: not the "
+    "last block unless probe.position's own prediction is scored; not the embedding at a separator)",
+    "position_ablation_acc_drop_test_layer": "position_ablation_acc_drop_layer_{l} at l = test_layer",
+    "random_position_ablation_acc_drop_test_layer": "random_position_ablation_acc_drop_layer_{l} at l = test_layer",
 }
 
 

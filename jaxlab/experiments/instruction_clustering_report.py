@@ -92,7 +92,10 @@ def _correlation_section(ctx: ReportContext) -> Section:
     body = (
         "Pearson correlation between the best layer's ARI and the seen accuracy: per run over its checkpoints "
         f"`ari_acc_corr` = {_mean_std(per_run)} (mean ± std over runs, min {_min(per_run)}); "
-        f"pooled over all {ari.size} (checkpoint, run) pairs r = {fmt(pooled, 3)}.\n\n"
+        f"pooled over all {ari.size} (checkpoint, run) pairs r = {fmt(pooled, 3)}. Both series rise over "
+        "training, so a shared trend alone makes these positive; the `ari_tracks_accuracy` claim uses the r of "
+        "their first differences over the checkpoints, `ari_acc_diff_corr` = "
+        f"{_mean_std(finals(ctx, 'ari_acc_diff_corr'))}.\n\n"
         + table(
             ["onset", "mean ± std (steps)", "runs reaching it"],
             [
@@ -150,7 +153,11 @@ def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
         "swap: the state there replaced by another task's centroid (a follow rate at the rate at which two "
         "tasks' outputs coincide means the outputs did not change). The projection everywhere acts at every "
         "position, the instruction tokens included, so its drop does not localize the clusters at the probed "
-        "position; the `clusters_used` claim uses the position-only pair. At each run's best "
+        "position; the `clusters_used` claim uses the position-only pair, at each run's best layer among those "
+        "where it can change a scored prediction (`test_layer`: after the last block the projection changes only "
+        "the probed position's own prediction, unscored unless it is `sep_output`): drop "
+        f"{_mean_std(finals(ctx, 'position_ablation_acc_drop_test_layer'))}, random there "
+        f"{_mean_std(finals(ctx, 'random_position_ablation_acc_drop_test_layer'))}. At each run's best "
         f"layer: cluster ablation drop {_mean_std(drop)}, random control {_mean_std(rand)} (ratio of means "
         f"{fmt(ratio, 3)}), at the position only {_mean_std(finals(ctx, 'position_ablation_acc_drop'))}, random "
         f"there {_mean_std(finals(ctx, 'random_position_ablation_acc_drop'))}, swap drop "

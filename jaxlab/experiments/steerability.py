@@ -28,8 +28,10 @@ Metrics (c: concept name, l: residual layer 0..n_layers-1, the stream after bloc
   null if never), id_score_{c}, separability_{c}, steer_effect_{c} (best layer, last evaluation),
   sep_steer_corr_{c} (Pearson correlation over evaluations of the layer-mean separability and the
   layer-mean steering effect) and sep_steer_corr (its mean over concepts); for the claims:
-  separability_gain, steer_onset_frac_common, close_pair_{steer,sep}_onset_gap, rare_steer_onset_gap
-  (METRICS defines them).
+  sep_steer_diff_corr_{c} / sep_steer_diff_corr (the same correlation of the first differences over
+  the evaluations: a trend both share is removed), separability_gain, steer_onset_frac_before_common
+  / steer_onset_frac_at_common (the onset interval's ends), close_pair_{steer,sep}_onset_gap,
+  rare_steer_onset_gap (METRICS defines them).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from jaxlab.models import residual_hooks
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes import steering
 from jaxlab.probes.cosine import cosine
-from jaxlab.stats import onset_steps, pearson_rows
+from jaxlab.stats import onset_steps, pearson, pearson_rows
 from jaxlab.tasks import concepts
 from jaxlab.train.experiment import Experiment
 
@@ -266,11 +268,23 @@ def layer_series(history: dict[str, np.ndarray], name: str, concept: str, n_laye
     return np.stack([np.asarray(history[f"{name}_{concept}_l{l}"], np.float64) for l in range(n_layers)], -1)
 
 
+def diff_corr_rows(x_RN: np.ndarray, y_RN: np.ndarray) -> np.ndarray:
+    """[R] Pearson r of each row pair's first differences (x[n+1] - x[n], y[n+1] - y[n]) over the pairs
+    where both are finite; NaN with fewer than `MIN_DIFFS` such pairs (the r of two points is +-1)."""
+    dx, dy = np.diff(np.asarray(x_RN, np.float64), axis=1), np.diff(np.asarray(y_RN, np.float64), axis=1)
+    out = []
+    for a, b in zip(dx, dy):
+        ok = np.isfinite(a) & np.isfinite(b)
+        out.append(pearson(a[ok], b[ok]) if ok.sum() >= claims.MIN_DIFFS else np.nan)
+    return np.asarray(out, np.float64).reshape(dx.shape[0])
+
+
 def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-run finals of a run chunk's evaluation history (METRICS defines them)."""
     cfg = train.cfg
     probe, task, L = cfg.probe, cfg.task, cfg.model.n_layers
     out: dict[str, np.ndarray] = {}
-    corrs, gains = [], []
+    corrs, diff_corrs, gains = [], [], []
     index = np.arange(len(steps), dtype=np.float64)  # onsets counted in evaluations, for the claims
     sep_index, steer_index = {}, {}
     for c in task.names:
@@ -287,15 +301,18 @@ def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) 
         out[f"id_score_{c}"] = ids[:, -1].max(-1)
         out[f"sep_steer_corr_{c}"] = pearson_rows(sep.mean(-1), steer.mean(-1))
         corrs.append(out[f"sep_steer_corr_{c}"])
+        out[f"sep_steer_diff_corr_{c}"] = diff_corr_rows(sep.mean(-1), steer.mean(-1))
+        diff_corrs.append(out[f"sep_steer_diff_corr_{c}"])
         gains.append(sep[:, -1].max(-1) - sep[:, 0].max(-1))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a run with no finite correlation: NaN
         out["sep_steer_corr"] = np.nanmean(np.stack(corrs), axis=0)
+        out["sep_steer_diff_corr"] = np.nanmean(np.stack(diff_corrs), axis=0)
     # the per-run statistics of the claims (steerability_claims)
     out["separability_gain"] = np.mean(np.stack(gains), axis=0)
     common = [task.names[k] for k in claims.common_concepts(task)]
-    out["steer_onset_frac_common"] = claims.onset_fraction(
-        np.stack([out[f"steer_onset_step_{c}"] for c in common]), cfg.train.steps
+    out["steer_onset_frac_before_common"], out["steer_onset_frac_at_common"] = claims.onset_interval(
+        np.stack([steer_index[c] for c in common]), steps, cfg.train.steps
     )
     if task.close_pair:
         a, b = (task.names[k] for k in task.close_pair)
@@ -327,8 +344,16 @@ METRICS = {
     "sep_steer_corr_{c}": "Pearson r over evaluations of layer-mean separability and layer-mean steer_effect",
     "sep_steer_corr": "mean of sep_steer_corr_{c} over concepts",
     "separability_gain": "best-layer separability at the last minus the first evaluation (step 0), mean over concepts",
-    "steer_onset_frac_common": "steer_onset_step_{c} / train.steps, median over the concepts that are not the rare "
-    "one (lowest frequency); a concept that never reaches the threshold counts as 1.0",
+    "sep_steer_diff_corr_{c}": "Pearson r over the evaluations n of the first differences dS_n = S_{n+1} - S_n "
+    "(layer-mean separability) and dE_n = E_{n+1} - E_n (layer-mean steer_effect): sum (dS - mean dS)(dE - mean "
+    "dE) / sqrt(sum (dS - mean dS)^2 sum (dE - mean dE)^2); NaN with fewer than 3 finite differences",
+    "sep_steer_diff_corr": "mean of sep_steer_diff_corr_{c} over concepts (NaN ones left out)",
+    "steer_onset_frac_before_common": "lower end of the steering onset interval: step of the evaluation before "
+    "steer_onset_step_{c} (the last one below probe.steer_threshold) / train.steps, median over the concepts that "
+    "are not the rare one (lowest frequency); onset at the first evaluation: 0; never reached: the last "
+    "evaluation's step / train.steps",
+    "steer_onset_frac_at_common": "upper end: steer_onset_step_{c} / train.steps, median over the same concepts; "
+    "never reached: 1.0",
     "close_pair_steer_onset_gap": "steering onset of the close pair's first concept minus its second's, in "
     "evaluations (never reached: one past the last evaluation; NaN if neither reaches it)",
     "close_pair_sep_onset_gap": "the same for the separability onsets",

@@ -14,23 +14,39 @@ paper states these qualitatively (heatmaps and curves over checkpoints); we quot
 it, so every `paper_value` is None.
 
 Thresholds, fixed before any jaxlab number was compared with them:
-- `steerability_emerges_mid_training`: the onset, as a fraction of the training steps (the paper's
-  checkpoint axis is linear in tokens), within [0.1, 0.9]: neither in the first tenth of training
-  (that is "from the start") nor in the last tenth ("at the end"). "Intermediate" is the paper's
-  word; the band is our reading of it;
+- "steerability emerges at intermediate stages" is two claims: not in the first tenth of training
+  (that is "from the start") and not in the last tenth ("at the end"); "intermediate" is the
+  paper's word, the band [0.1, 0.9] of the training steps our reading of it (the paper's
+  checkpoint axis is linear in tokens). A concept's steering onset is only known to lie in the
+  interval (last evaluation below the threshold, first evaluation at or above it]; on a log-spaced
+  grid that interval is wide (quick's grid has checkpoints at 96, 159, 263, 437 of 2000 steps:
+  the interval (159, 263] straddles 0.1), and recording its upper end biases the onset late.
+  Each claim therefore uses the end that is conservative for it:
+  `steerability_emerges_after_first_tenth` the lower end, `Above(0.1)`;
+  `steerability_emerges_before_last_tenth` the upper end, `Below(0.9)` (median over the non-rare
+  concepts; an onset at the first evaluation has lower end 0; a concept never steerable has lower
+  end the last evaluation and upper end 1.0);
 - onset differences are counted in evaluations (the index of the onset checkpoint), with the
   equivalence band of one evaluation interval, `Outside(-1, 1)`: onsets at the same or adjacent
   checkpoints are not told apart by the evaluation grid, so such a difference is `not_reproduced`;
   a concept that never reaches its threshold is censored one evaluation past the last;
 - `separability_rises`: `Above(0)`, the interval of the per-seed gain must exclude 0;
-- `separability_correlates_with_steerability`: Pearson r above 0.5, the conventional bound of a
-  large correlation.
+- `separability_correlates_with_steerability`: the Pearson r, over a run's checkpoints, of the
+  first differences of layer-mean separability and layer-mean steering effect, mean over concepts
+  (`sep_steer_diff_corr`), `Above(0)`. The r of the series themselves cannot fail: both rise over
+  training, and a common trend alone makes it positive. The first differences over the log-spaced
+  checkpoints are changes per equal step in log(step), so a trend shared as a linear function of
+  log(step) is removed (it becomes a constant, which r ignores); what is left asks whether the two
+  move in the same checkpoint intervals. The claim is a direction, so the rule is the sign, 0. A
+  shared non-linear trend (both rising in the same few intervals) still pushes r above 0: that is
+  the claim's reading, not a control. Needs at least `MIN_DIFFS` + 1 evaluations (the r of two
+  differences is +-1 by construction); fewer: `untested`.
 
 What the preset decides is not a measurement. The concept language sets each concept's frequency
 and strength by hand: the rare concept's later onset follows from its frequency, and a difference
-between the close pair's separability onsets follows from their different strengths (the weaker
-concept's separability ceiling sits near the threshold). Those claims are `untested` when the
-config makes them so.
+within the close pair follows from their different strengths (the weaker concept gets less evidence
+per occurrence, which favours a later steering onset, and its separability ceiling sits near the
+threshold). Those claims are `untested` when the config makes them so.
 """
 
 from __future__ import annotations
@@ -40,14 +56,14 @@ from typing import Any
 
 import numpy as np
 
-from jaxlab.claims import Above, Between, Claim, Outside, per_seed
+from jaxlab.claims import Above, Below, Claim, Outside, per_seed
 from jaxlab.config import ExperimentConfig
 from jaxlab.tasks.concepts import ConceptsConfig
 
 PAPER = "She et al. 2025"
 MID_BAND = (0.1, 0.9)
 ONSET_BAND = 1.0  # evaluations
-CORR_THRESHOLD = 0.5
+MIN_DIFFS = 3  # first differences a correlation over checkpoints needs (r of two points is +-1)
 
 
 # -- which concepts the preset makes special (used by `steerability.from_history` too) --------------
@@ -74,11 +90,19 @@ def censored_gap(a_R: np.ndarray, b_R: np.ndarray, n_evals: int) -> np.ndarray:
     return np.where(np.isnan(a) & np.isnan(b), np.nan, gap)
 
 
-def onset_fraction(onset_steps_KR: np.ndarray, total_steps: int) -> np.ndarray:
-    """[R] median over concepts of onset step / total steps; a concept that never reaches its
-    threshold (NaN) counts as 1.0 (not within training)."""
-    frac = np.asarray(onset_steps_KR, np.float64) / float(total_steps)
-    return np.median(np.where(np.isnan(frac), 1.0, frac), axis=0)
+def onset_interval(onset_index_KR: np.ndarray, steps: np.ndarray, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """([R] lower, [R] upper): the steering onset's interval (step of the last evaluation below the
+    threshold, step of the first at or above it], as fractions of `total_steps`, median over the
+    concepts (rows of `onset_index_KR`: the index of the onset evaluation, NaN when never reached).
+    An onset at the first evaluation has lower end 0; a concept that never reaches the threshold has
+    lower end the last evaluation's step and upper end 1.0 (not within training)."""
+    idx = np.asarray(onset_index_KR, np.float64)
+    frac = np.asarray(steps, np.float64) / float(total_steps)
+    never = np.isnan(idx)
+    i = np.where(never, 0, idx).astype(np.int64)
+    upper = np.where(never, 1.0, frac[i])
+    lower = np.where(never, frac[-1], np.where(i > 0, frac[np.maximum(i - 1, 0)], 0.0))
+    return np.median(lower, axis=0), np.median(upper, axis=0)
 
 
 # -- untested reasons --------------------------------------------------------------------------------
@@ -87,7 +111,7 @@ def _pair(cfg: ExperimentConfig) -> tuple[int, int] | None:
     return (int(pair[0]), int(pair[1])) if pair else None
 
 
-def _close_pair_steer_untested(cfg: ExperimentConfig) -> str | None:
+def _close_pair_untested(cfg: ExperimentConfig) -> str | None:
     pair, t = _pair(cfg), cfg.task
     if pair is None:
         return "the concept language has no close pair (task.close_pair is empty)"
@@ -97,20 +121,23 @@ def _close_pair_steer_untested(cfg: ExperimentConfig) -> str | None:
             f"{t.names[a]} and {t.names[b]} differ in frequency ({t.freqs[a]} vs {t.freqs[b]}), which the preset "
             "sets: an onset difference would be an input, not a measurement"
         )
+    if t.strengths[a] != t.strengths[b]:
+        weak = a if t.strengths[a] < t.strengths[b] else b
+        return (
+            f"{t.names[b]}'s strength {t.strengths[b]} against {t.names[a]}'s {t.strengths[a]} is set by the preset: "
+            f"the weaker {t.names[weak]} gives less evidence per occurrence, which favours a later steering onset "
+            "and sets its separability ceiling (hence whether and when it reaches "
+            f"probe.sep_threshold={cfg.probe.sep_threshold}); an onset difference would be an input, not a measurement"
+        )
     return None
 
 
-def _close_pair_sep_untested(cfg: ExperimentConfig) -> str | None:
-    why = _close_pair_steer_untested(cfg)
-    if why:
-        return why
-    t = cfg.task
-    a, b = _pair(cfg)
-    if t.strengths[a] != t.strengths[b]:
+def _too_few_evaluations(cfg: ExperimentConfig) -> str | None:
+    n = len(cfg.train.eval_steps())
+    if n < MIN_DIFFS + 1:
         return (
-            f"{t.names[b]}'s strength {t.strengths[b]} against {t.names[a]}'s {t.strengths[a]} is set by the preset; "
-            "it sets the weaker concept's separability ceiling, hence whether and when it reaches "
-            f"probe.sep_threshold={cfg.probe.sep_threshold}"
+            f"{n} evaluations give {n - 1} first differences; a correlation of differences needs at least {MIN_DIFFS} "
+            "(the r of two points is +-1 by construction)"
         )
     return None
 
@@ -133,15 +160,31 @@ def _no_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim(
-        id="steerability_emerges_mid_training",
-        claim="Linear steerability emerges at intermediate stages of training.",
+        id="steerability_emerges_after_first_tenth",
+        claim="Linear steerability emerges at intermediate stages of training: not from the start (not in the "
+        "first tenth of training).",
         paper_ref=f"{PAPER}, abstract; steerability over checkpoints (Amber, CrystalCoder)",
         paper_value=None,
-        statistic="steering onset / training steps, median over the non-rare concepts",
-        control="none: the band [0.1, 0.9] of training separates 'from the start' and 'at the end' from "
-        "'intermediate'; a concept never steerable counts as 1.0",
-        rule=Between(*MID_BAND),
-        values=per_seed("steer_onset_frac_common"),
+        statistic="lower end of the steering onset interval: step of the last evaluation below the threshold / "
+        "training steps, median over the non-rare concepts (steer_onset_frac_before_common)",
+        control="none: the band edge 0.1 of training separates 'from the start' from 'intermediate'; the lower "
+        "end of the interval is the earliest the crossing can be, so the evaluation grid cannot push it past 0.1",
+        rule=Above(MID_BAND[0]),
+        values=per_seed("steer_onset_frac_before_common"),
+    ),
+    Claim(
+        id="steerability_emerges_before_last_tenth",
+        claim="Linear steerability emerges at intermediate stages of training: not at the end (before the last "
+        "tenth of training).",
+        paper_ref=f"{PAPER}, abstract; steerability over checkpoints (Amber, CrystalCoder)",
+        paper_value=None,
+        statistic="upper end of the steering onset interval: step of the first evaluation at or above the "
+        "threshold / training steps, median over the non-rare concepts (steer_onset_frac_at_common); a concept "
+        "never steerable counts as 1.0",
+        control="none: the band edge 0.9 of training separates 'intermediate' from 'at the end'; the upper end "
+        "of the interval is the latest the crossing can be",
+        rule=Below(MID_BAND[1]),
+        values=per_seed("steer_onset_frac_at_common"),
     ),
     Claim(
         id="close_concepts_distinct_steer_onsets",
@@ -149,11 +192,10 @@ CLAIMS: tuple[Claim, ...] = (
         paper_ref=f"{PAPER}, abstract; anger vs sadness over checkpoints",
         paper_value=None,
         statistic="steering onset of the close pair, first minus second (evaluations)",
-        control="equivalence band of one evaluation interval (same or adjacent checkpoints); a strength "
-        "difference within the pair (see the deviations) favours a difference",
+        control="equivalence band of one evaluation interval (same or adjacent checkpoints)",
         rule=Outside(-ONSET_BAND, ONSET_BAND),
         values=per_seed("close_pair_steer_onset_gap"),
-        untested=_close_pair_steer_untested,
+        untested=_close_pair_untested,
     ),
     Claim(
         id="close_concepts_distinct_sep_onsets",
@@ -164,7 +206,7 @@ CLAIMS: tuple[Claim, ...] = (
         control="equivalence band of one evaluation interval",
         rule=Outside(-ONSET_BAND, ONSET_BAND),
         values=per_seed("close_pair_sep_onset_gap"),
-        untested=_close_pair_sep_untested,
+        untested=_close_pair_untested,
     ),
     Claim(
         id="rare_concept_later",
@@ -193,10 +235,13 @@ CLAIMS: tuple[Claim, ...] = (
         claim="Linear separability strongly correlates with the emergence of linear steerability.",
         paper_ref=f"{PAPER}, abstract",
         paper_value=None,
-        statistic="Pearson r (checkpoints) of layer-mean separability and steering effect, mean over concepts",
-        control="none removes the shared trend: both rise over training, so a common trend alone makes r positive",
-        rule=Above(CORR_THRESHOLD),
-        values=per_seed("sep_steer_corr"),
+        statistic="Pearson r over a run's checkpoints of the first differences of layer-mean separability and "
+        "layer-mean steering effect, mean over concepts (sep_steer_diff_corr)",
+        control="differencing removes a trend linear in log(step) that both series share (the r of the series "
+        "themselves is positive from a common trend alone); a shared rise in the same intervals still counts",
+        rule=Above(0.0),
+        values=per_seed("sep_steer_diff_corr"),
+        untested=_too_few_evaluations,
     ),
     Claim(
         id="early_steering_hurts",
@@ -224,7 +269,10 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
         f"strengths {list(t.strengths)} set by the preset; the paper: natural-language pretraining data, emotion "
         "stimuli in natural language.",
         f"Checkpoints: {len(tr.eval_steps())} evaluations, {tr.eval_schedule}-spaced in steps; the paper's "
-        "checkpoint series is spaced in tokens. Onsets are counted in evaluations.",
+        "checkpoint series is spaced in tokens. Onset differences are counted in evaluations.",
+        f"Onsets as a fraction of training are in raw optimizer steps over train.steps ({tr.steps}): they depend on "
+        "the training length, and a concept's onset is only known to lie between two checkpoints, so the "
+        "mid-training claims test the lower end of that interval against 0.1 and the upper end against 0.9.",
         f"Steering is scored as the probability mass moved onto the concept's marker tokens at the next position "
         f"(alpha {p.alpha_eval} x the layer's RMS norm, at {p.positions} positions), not as the concept's rate in "
         "sampled generations.",
@@ -239,7 +287,7 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
         out.append(
             f"Close pair {t.names[a]} / {t.names[b]}: share {t.n_shared} of {t.n_markers} markers, frequencies "
             f"{t.freqs[a]} / {t.freqs[b]}, strengths {t.strengths[a]} / {t.strengths[b]} (set by the preset; a "
-            "strength difference alone can make their separability onsets differ)."
+            "strength difference alone can make their onsets differ)."
         )
     rare = rare_concepts(t)
     if rare:
@@ -253,9 +301,10 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
 __all__ = [
     "CLAIMS",
     "MID_BAND",
+    "MIN_DIFFS",
     "censored_gap",
     "common_concepts",
     "deviations",
-    "onset_fraction",
+    "onset_interval",
     "rare_concepts",
 ]
