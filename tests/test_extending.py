@@ -52,6 +52,9 @@ def test_the_command_lines_of_the_page_run_a_plugin_experiment(user_dir):
     assert all(r["status"] == "ok" and "bayes_gap" in r["final"] for r in summary["runs"])
     report = (run / "report.md").read_text()
     assert "Against the Bayes-optimal predictor" in report and "bayes_gap" in report
+    [claim] = summary["claims"]  # 2 seeds: computed, but too few for a verdict
+    assert claim["id"] == "reaches_bayes" and claim["n_seeds"] == 2 and claim["verdict"] == "inconclusive"
+    assert report.index("## Claims") < report.index("## Deviations from the paper's setup") < report.index("## Setup")
     # a resume names the plug-in again and finds the stored task by its kind
     resume = ["jaxlab", "run", "context_mean.py:EXPERIMENT", "--out", "runs/context-mean", "--resume"]
     done = subprocess.run(resume, cwd=user_dir, env=env(), capture_output=True, text=True, timeout=500)
