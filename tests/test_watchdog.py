@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxlab.train.watchdog import STALL_EXIT, Watchdog
+from jaxlab.train.watchdog import STALL_EXIT, Watchdog, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,6 +63,27 @@ def test_disabled_with_zero_and_silent_without_a_directory(capsys):
     clock.t = 3.0
     assert dog.check() and fired
     assert "no progress" in capsys.readouterr().err  # the report goes to stderr
+
+
+def test_progress_from_inside_an_experiment_beats_the_running_sweeps_watchdog():
+    # an experiment's long analysis (e.g. training stitches across programs) reports its own progress
+    progress("outside any sweep: a no-op")
+    clock = Clock()
+    outer = Watchdog(1.0, None, on_stall=lambda m: pytest.fail(m), clock=clock, native=False)
+    inner = Watchdog(1.0, None, on_stall=lambda m: pytest.fail(m), clock=clock, native=False)
+    with outer:
+        clock.t = 30.0
+        progress("stitching job 1 of 9")
+        assert outer.last == 30.0 and outer.last_what == "stitching job 1 of 9" and outer.armed
+        with inner:  # the innermost sweep gets the beat
+            clock.t = 40.0
+            progress("job 2")
+            assert (inner.last, outer.last) == (40.0, 30.0)
+        clock.t = 50.0
+        progress("job 3")
+        assert outer.last == 50.0
+    progress("after the sweep: a no-op again")
+    assert outer.last == 50.0
 
 
 def test_background_thread_fires_for_a_blocked_main_thread():

@@ -21,6 +21,7 @@ from jaxlab.metrics import linear_cka, pairwise
 from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.probes.stitching import StitchConfig, stitch_runs
 from jaxlab.tasks import modsum
+from jaxlab.train.watchdog import progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +191,9 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
         jobs.append((f"stitch[{gb.tag}->{ga.tag}]", gb, ga))
 
     results: dict[tuple[Point, Point], dict[str, np.ndarray]] = {}
-    for name, a, b in tqdm(jobs, desc="stitching", leave=False, disable=None):
+    for k, (name, a, b) in enumerate(tqdm(jobs, desc="stitching", leave=False, disable=None)):
         res = stitch_pair(by_point[a], by_point[b], scfg)
+        progress(f"stitching job {k + 1} of {len(jobs)} ({name})")
         results[(a, b)] = res
         _layer_stats(out, name, pair_values(res["penalty"], a == b))
         _layer_stats(out, name + "_init", pair_values(res["init_penalty"], a == b))

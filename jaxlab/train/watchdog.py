@@ -8,7 +8,10 @@ came within the allowed silence:
 
     allowed = train.stall_timeout (minutes) + the longest gap between two beats seen so far
 
-(so a sweep whose intervals take an hour each is not stopped after fifteen minutes). The watch
+(so a sweep whose intervals take an hour each is not stopped after fifteen minutes). Work that runs
+outside the sweep loop's phases, e.g. an experiment's analysis across programs that trains many
+stitches, reports its own progress with `progress(what)`, which beats the watchdog of the sweep
+running in this process (none: a no-op). The watch
 starts with the first beat: how long the first program takes to compile is not known in advance
 (minutes for a large model on a loaded machine), and it is the execution, not the compilation,
 that wedges (XLA:CPU's thread pool, collectives); later compilations count as gaps. When that
@@ -38,6 +41,14 @@ from jaxlab import runfiles
 
 STALL_EXIT = 3
 NATIVE_TIMEOUT_S = 120.0
+_ACTIVE: list[Watchdog] = []  # the watchdogs entered in this process, innermost last
+
+
+def progress(what: str) -> None:
+    """Report progress to the watchdog of the sweep running in this process (a no-op outside one):
+    for long work inside an experiment's hooks, between the sweep loop's own beats."""
+    if _ACTIVE:
+        _ACTIVE[-1].beat(what)
 
 
 def native_stacks(pid: int, timeout: float = NATIVE_TIMEOUT_S) -> str:
@@ -178,9 +189,12 @@ class Watchdog:
         if self.enabled:
             self._thread = threading.Thread(target=self._run, name="jaxlab-watchdog", daemon=True)
             self._thread.start()
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
