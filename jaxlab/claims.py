@@ -153,6 +153,9 @@ class Claim:
     paper_value: float | str | None = None
     untested: Callable[[Any], str | None] = field(default=lambda cfg: None)
     interval: Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], tuple[float, float, float, int]] | None = None
+    # said instead of the seeds-needed estimate when the verdict is inconclusive (e.g. for a value
+    # known only up to an interval, where a finer measurement, not more seeds, would decide)
+    undecided: str | None = None
 
 
 class NotApplicable(Exception):
@@ -248,7 +251,9 @@ def evaluate(
         else:
             entry["verdict"] = c.rule.decide(lo, hi)
             entry["reason"] = f"median {median:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]"
-            if entry["verdict"] == "inconclusive":
+            if entry["verdict"] == "inconclusive" and c.undecided:
+                entry["reason"] += f"; {c.undecided}"
+            elif entry["verdict"] == "inconclusive":
                 need = seeds_needed(n, median, lo, hi, c.rule)
                 entry["reason"] += (
                     f"; the interval straddles a threshold: about {need} seeds would decide"
@@ -286,6 +291,29 @@ def where(runs: Sequence[Mapping[str, Any]], **hparams: Any) -> list[Mapping[str
     """The runs at these swept values (keys with dots written as `__`: `task__ambiguity=0.5`)."""
     want = {k.replace("__", "."): v for k, v in hparams.items()}
     return [r for r in runs if all(r.get("hparams", {}).get(k) == v for k, v in want.items())]
+
+
+def bracketed(
+    lower: str, upper: str, **hparams: Any
+) -> Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], tuple[float, float, float, int]]:
+    """interval(): a per-seed value known only to lie in [final `lower`, final `upper`] (e.g. an onset
+    between two checkpoints). The estimate is the median of the midpoints; the interval runs from the
+    lower bootstrap bound of the lower ends to the upper bound of the upper ends, so a rule decides
+    only when the whole bracket is on one side of its threshold (the grid cannot push a verdict)."""
+
+    def interval(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> tuple[float, float, float, int]:
+        picked = one_per_seed(where(runs, **hparams))
+        lo_x = np.array([final(r, lower) for r in picked])
+        hi_x = np.array([final(r, upper) for r in picked])
+        ok = np.isfinite(lo_x) & np.isfinite(hi_x)
+        if not ok.any():
+            return math.nan, math.nan, math.nan, 0
+        lo_x, hi_x = lo_x[ok], hi_x[ok]
+        ci_low = bootstrap_median_ci(lo_x)[1]
+        ci_high = bootstrap_median_ci(hi_x)[2]
+        return float(np.median((lo_x + hi_x) / 2)), ci_low, ci_high, int(ok.sum())
+
+    return interval
 
 
 def one_per_seed(runs: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
@@ -341,6 +369,7 @@ __all__ = [
     "Rule",
     "Values",
     "bootstrap_median_ci",
+    "bracketed",
     "check",
     "evaluate",
     "final",

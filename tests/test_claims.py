@@ -14,6 +14,7 @@ from jaxlab.claims import (
     NotApplicable,
     Outside,
     bootstrap_median_ci,
+    bracketed,
     check,
     evaluate,
     model_bootstrap,
@@ -248,3 +249,25 @@ def test_a_claim_with_its_own_interval_is_decided_on_it():
     assert entry["verdict"] == "reproduced" and check(entry) is None
     few = Claim(**{**c.__dict__, "interval": lambda runs, ref: (0.5, 0.2, 0.8, 3)})
     assert evaluate([few], None, [], {})[0]["verdict"] == "inconclusive"
+
+
+def test_a_bracketed_value_decides_only_when_the_whole_bracket_clears_the_threshold():
+    def rs(lows, highs):
+        return [{"run": i, "seed": i, "final": {"lo": a, "hi": b}} for i, (a, b) in enumerate(zip(lows, highs))]
+
+    interval = bracketed("lo", "hi")
+    straddling = rs([0.08] * 6, [0.13] * 6)  # an onset between checkpoints at 8% and 13% of training
+    est, lo, hi, n = interval(straddling, {})
+    assert (est, lo, hi, n) == (pytest.approx(0.105), 0.08, 0.13, 6)
+    c = Claim(
+        id="c3", claim="x", paper_ref="-", statistic="s", control="-", rule=Above(0.1),
+        values=lambda runs, ref: [], interval=interval, undecided="a finer grid would decide",
+    )  # fmt: skip
+    [entry] = evaluate([c], None, straddling, {})
+    assert entry["verdict"] == "inconclusive" and entry["reason"].endswith("a finer grid would decide")
+    assert evaluate([c], None, rs([0.2] * 6, [0.3] * 6), {})[0]["verdict"] == "reproduced"
+    assert evaluate([c], None, rs([0.01] * 6, [0.05] * 6), {})[0]["verdict"] == "not_reproduced"
+    # the interval comes from the lower ends' lower bound and the upper ends' upper bound
+    lows, highs = np.linspace(0.1, 0.2, 7), np.linspace(0.3, 0.5, 7)
+    _, lo, hi, _ = interval(rs(lows, highs), {})
+    assert lo == bootstrap_median_ci(lows)[1] and hi == bootstrap_median_ci(highs)[2]

@@ -21,11 +21,13 @@ Thresholds, fixed before any jaxlab number was compared with them:
   interval (last evaluation below the threshold, first evaluation at or above it]; on a log-spaced
   grid that interval is wide (quick's grid has checkpoints at 96, 159, 263, 437 of 2000 steps:
   the interval (159, 263] straddles 0.1), and recording its upper end biases the onset late.
-  Each claim therefore uses the end that is conservative for it:
-  `steerability_emerges_after_first_tenth` the lower end, `Above(0.1)`;
-  `steerability_emerges_before_last_tenth` the upper end, `Below(0.9)` (median over the non-rare
-  concepts; an onset at the first evaluation has lower end 0; a concept never steerable has lower
-  end the last evaluation and upper end 1.0);
+  Both claims therefore read the whole bracket (`jaxlab.claims.bracketed`: the interval runs from
+  the bootstrap lower bound of the lower ends to the upper bound of the upper ends), so a verdict
+  is reached only when every part of the bracket is on one side of the band edge:
+  `steerability_emerges_after_first_tenth` `Above(0.1)`, `steerability_emerges_before_last_tenth`
+  `Below(0.9)` (median over the non-rare concepts; an onset at the first evaluation has lower end 0;
+  a concept never steerable has lower end the last evaluation and upper end 1.0). A bracket that
+  straddles the edge is `inconclusive`: a finer evaluation grid, not more seeds, would decide;
 - onset differences are counted in evaluations (the index of the onset checkpoint), with the
   equivalence band of one evaluation interval, `Outside(-1, 1)`: onsets at the same or adjacent
   checkpoints are not told apart by the evaluation grid, so such a difference is `not_reproduced`;
@@ -56,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlab.claims import Above, Below, Claim, Outside, per_seed
+from jaxlab.claims import Above, Below, Claim, Outside, bracketed, per_seed
 from jaxlab.config import ExperimentConfig
 from jaxlab.tasks.concepts import ConceptsConfig
 
@@ -158,6 +160,11 @@ def _no_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) 
     return []
 
 
+GRID_NOTE = (
+    "the onset brackets straddle the band edge: a finer evaluation grid (train.eval_every, or more "
+    "log-spaced evaluations), not more seeds, would decide"
+)
+
 CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="steerability_emerges_after_first_tenth",
@@ -165,12 +172,15 @@ CLAIMS: tuple[Claim, ...] = (
         "first tenth of training).",
         paper_ref=f"{PAPER}, abstract; steerability over checkpoints (Amber, CrystalCoder)",
         paper_value=None,
-        statistic="lower end of the steering onset interval: step of the last evaluation below the threshold / "
-        "training steps, median over the non-rare concepts (steer_onset_frac_before_common)",
-        control="none: the band edge 0.1 of training separates 'from the start' from 'intermediate'; the lower "
-        "end of the interval is the earliest the crossing can be, so the evaluation grid cannot push it past 0.1",
+        statistic="steering onset as a fraction of training, bracketed by the last evaluation below the threshold "
+        "and the first at or above it (steer_onset_frac_before_common, steer_onset_frac_at_common; median over the "
+        "non-rare concepts); estimate: median midpoint; interval: lower ends' lower bound to upper ends' upper bound",
+        control="none: the band edge 0.1 of training separates 'from the start' from 'intermediate'; the whole "
+        "bracket must clear it, so the evaluation grid cannot push a verdict",
         rule=Above(MID_BAND[0]),
-        values=per_seed("steer_onset_frac_before_common"),
+        values=lambda runs, reference: [],
+        interval=bracketed("steer_onset_frac_before_common", "steer_onset_frac_at_common"),
+        undecided=GRID_NOTE,
     ),
     Claim(
         id="steerability_emerges_before_last_tenth",
@@ -178,13 +188,14 @@ CLAIMS: tuple[Claim, ...] = (
         "tenth of training).",
         paper_ref=f"{PAPER}, abstract; steerability over checkpoints (Amber, CrystalCoder)",
         paper_value=None,
-        statistic="upper end of the steering onset interval: step of the first evaluation at or above the "
-        "threshold / training steps, median over the non-rare concepts (steer_onset_frac_at_common); a concept "
-        "never steerable counts as 1.0",
-        control="none: the band edge 0.9 of training separates 'intermediate' from 'at the end'; the upper end "
-        "of the interval is the latest the crossing can be",
+        statistic="steering onset as a fraction of training, bracketed as for the claim above (a concept never "
+        "steerable: upper end 1.0)",
+        control="none: the band edge 0.9 of training separates 'intermediate' from 'at the end'; the whole "
+        "bracket must clear it",
         rule=Below(MID_BAND[1]),
-        values=per_seed("steer_onset_frac_at_common"),
+        values=lambda runs, reference: [],
+        interval=bracketed("steer_onset_frac_before_common", "steer_onset_frac_at_common"),
+        undecided=GRID_NOTE,
     ),
     Claim(
         id="close_concepts_distinct_steer_onsets",
