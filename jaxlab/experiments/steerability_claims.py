@@ -283,7 +283,7 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
         "checkpoint series is spaced in tokens. Onset differences are counted in evaluations.",
         f"Onsets as a fraction of training are in raw optimizer steps over train.steps ({tr.steps}): they depend on "
         "the training length, and a concept's onset is only known to lie between two checkpoints, so the "
-        "mid-training claims test the lower end of that interval against 0.1 and the upper end against 0.9.",
+        "mid-training claims decide only when the whole bracket is on one side of 0.1 (or 0.9).",
         f"Steering is scored as the probability mass moved onto the concept's marker tokens at the next position "
         f"(alpha {p.alpha_eval} x the layer's RMS norm, at {p.positions} positions), not as the concept's rate in "
         "sampled generations.",
