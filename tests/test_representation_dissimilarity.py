@@ -2,6 +2,7 @@
 shared run; its cross-program analyses against NumPy recomputations and invariances."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -10,6 +11,7 @@ from _runs import run_cfg
 
 from jaxlab.claims import NotApplicable, check
 from jaxlab.errors import ConfigError
+from jaxlab.experiments import representation_dissimilarity_analysis as rda
 from jaxlab.experiments import representation_dissimilarity_claims as rdc
 from jaxlab.experiments.representation_dissimilarity_analysis import (
     asymmetry,
@@ -236,3 +238,20 @@ def test_which_presets_can_test_which_claim():
     assert by_id["stitching_localizes_generalization"].untested(partial) is None
     assert "too few" in by_id["cka_block_structure"].untested(quick)
     assert any("0.19 / 0.035 / 0.023" in d for d in rdc.deviations(quick))
+
+
+def test_per_pair_penalties_leave_out_self_pairs_and_diverged_runs():
+    def group(seeds, diverged_at):
+        return SimpleNamespace(runs=[], group=SimpleNamespace(seeds=seeds), diverged_at=np.asarray(diverged_at))
+
+    a, b = group((0, 1, 2), [-1, 40, -1]), group((0, 1, 2), [-1, -1, -1])  # run of seed 1 of A diverged
+    pen = np.arange(3 * 3 * 2, dtype=float).reshape(3, 3, 2)
+    out: dict = {}
+    rda._per_pair(out, "x", pen, a, b, same=False)
+    assert {k for k in out if k.startswith("x_l0")} == {f"x_l0_from{i}_to{j}" for i in (0, 2) for j in (0, 1, 2)}
+    assert out["x_l1_from2_to1"] == pen[2, 1, 1]
+    out = {}
+    rda._per_pair(out, "y", pen, b, b, same=True)
+    assert {k for k in out if k.startswith("y_l0")} == {
+        f"y_l0_from{i}_to{j}" for i in range(3) for j in range(3) if i != j
+    }

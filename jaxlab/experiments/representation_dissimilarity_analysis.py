@@ -67,18 +67,26 @@ def pair_values(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
     return pen_RRH[keep]
 
 
-def _per_pair(
-    out: dict[str, float], name: str, pen_RRH: np.ndarray, senders: Sequence[int], receivers: Sequence[int], same: bool
-) -> None:
+def _per_pair(out: dict[str, float], name: str, pen_RRH: np.ndarray, senders: Any, receivers: Any, same: bool) -> None:
     """`{name}_l{l}_from{i}_to{j}`: the penalty of sender seed i into receiver seed j at hook l, for
-    every finite entry (a run stitched into itself left out): the claims resample models, not pairs
-    (`representation_dissimilarity_claims`)."""
-    for a, i in enumerate(senders):
-        for b, j in enumerate(receivers):
-            if not (same and a == b):
-                for layer in range(pen_RRH.shape[2]):
-                    if np.isfinite(pen_RRH[a, b, layer]):
-                        out[f"{name}_l{layer}_from{int(i)}_to{int(j)}"] = float(pen_RRH[a, b, layer])
+    every finite entry; a run stitched into itself and a run that diverged are left out (the claims
+    read these keys, and resample models, not pairs: `representation_dissimilarity_claims`)."""
+    s_seeds, s_ok = seeds_of(senders), ok_runs(senders)
+    r_seeds, r_ok = seeds_of(receivers), ok_runs(receivers)
+    for a, i in enumerate(s_seeds):
+        for b, j in enumerate(r_seeds):
+            if (same and a == b) or not (s_ok[a] and r_ok[b]):
+                continue
+            for layer in range(pen_RRH.shape[2]):
+                if np.isfinite(pen_RRH[a, b, layer]):
+                    out[f"{name}_l{layer}_from{int(i)}_to{int(j)}"] = float(pen_RRH[a, b, layer])
+
+
+def ok_runs(outcome: Any) -> np.ndarray:
+    """[R] whether each run of a group finished without diverging."""
+    n = len(seeds_of(outcome))
+    div = outcome.diverged_at
+    return np.ones(n, bool) if div is None else np.asarray(div).reshape(-1)[:n] < 0
 
 
 def seeds_of(outcome: Any) -> list[int]:
@@ -205,7 +213,7 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
         if (a, b) in results:
             pen = results[(a, b)]["penalty"]
             _layer_stats(out, f"stitch_penalty_{short}", pair_values(pen, a == b))
-            _per_pair(out, f"stitch_penalty_{short}", pen, seeds_of(by_point[a]), seeds_of(by_point[b]), a == b)
+            _per_pair(out, f"stitch_penalty_{short}", pen, by_point[a], by_point[b], a == b)
     if (g, s) in results and (s, g) in results:
         asym = asymmetry(results[(g, s)]["penalty"], results[(s, g)]["penalty"])  # [Rg, Rs, H]
         per_pair = asym[..., 1:].mean(-1).ravel()
@@ -226,7 +234,7 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
         ba = pair_values(results[(gb, ga)]["penalty"], False)
         _layer_stats(out, "gen_penalty_a_to_b", ab)
         _layer_stats(out, "gen_penalty_b_to_a", ba)
-        sa, sb = seeds_of(by_point[ga]), seeds_of(by_point[gb])
+        sa, sb = by_point[ga], by_point[gb]
         _per_pair(out, "gen_penalty_a_to_b", results[(ga, gb)]["penalty"], sa, sb, False)
         _per_pair(out, "gen_penalty_b_to_a", results[(gb, ga)]["penalty"], sb, sa, False)
         excess = ab.mean(0)
