@@ -1,0 +1,58 @@
+"""The reproductions' verdict tables are generated from their summary.json, and every stored verdict
+follows from its own interval and rule (jaxlab.reproductions, jaxlab.claims.check)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jaxlab import reproductions
+from jaxlab.claims import VERDICTS, check
+from jaxlab.registry import builtin_experiments
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "reproductions"
+FIELDS = {"id", "claim", "paper_ref", "paper_value", "statistic", "control", "median", "ci_low", "ci_high"}
+FIELDS |= {"n_seeds", "rule", "verdict", "reason"}
+
+
+def test_every_experiment_has_a_reproduction_whose_verdicts_follow_from_its_intervals():
+    summaries = reproductions.load(DOCS)
+    assert {s["experiment"] for s in summaries.values()} == set(builtin_experiments())
+    for name, s in summaries.items():
+        assert s["claims"], f"{name}: no claims"
+        assert s["deviations"] and all(isinstance(d, str) for d in s["deviations"]), name
+        for c in s["claims"]:
+            assert FIELDS <= set(c), (name, FIELDS - set(c))
+            assert c["verdict"] in VERDICTS and check(c) is None, (name, c["id"], check(c))
+            if c["verdict"] == "reproduced":  # said directly too: the interval is on the claimed side
+                assert c["ci_low"] is not None and c["n_seeds"] >= 5
+
+
+@pytest.mark.parametrize(("path", "prefix", "with_runs"), reproductions.TARGETS)
+def test_readme_tables_are_the_ones_the_summaries_generate(path, prefix, with_runs):
+    assert reproductions.matches(ROOT / path, DOCS, prefix, with_runs), "run `python -m jaxlab.reproductions`"
+
+
+def test_a_hand_edited_verdict_is_refused(tmp_path):
+    name = "icl-regression"
+    shutil.copytree(DOCS / name, tmp_path / name)
+    path = tmp_path / name / "summary.json"
+    s = json.loads(path.read_text())
+    decided = next(c for c in s["claims"] if c["verdict"] in ("not_reproduced", "inconclusive", "reproduced"))
+    decided["verdict"] = "reproduced" if decided["verdict"] != "reproduced" else "not_reproduced"
+    path.write_text(json.dumps(s))
+    with pytest.raises(ValueError, match="inconsistent"):
+        reproductions.block(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{reproductions.BEGIN}\nold\n{reproductions.END}\ntail\n")
+    assert not reproductions.matches(readme, DOCS)
+    reproductions.update(readme, DOCS)
+    assert reproductions.matches(readme, DOCS) and readme.read_text().startswith("intro\n")
+
+
+def test_every_reproduction_report_opens_with_its_claims_then_its_deviations():
+    for name in reproductions.load(DOCS):
+        headings = [line for line in (DOCS / name / "report.md").read_text().splitlines() if line.startswith("## ")]
+        assert headings[:2] == ["## Claims", "## Deviations from the paper's setup"], (name, headings[:3])
