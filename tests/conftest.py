@@ -6,6 +6,7 @@ with default flags.
 """
 
 import os
+import signal
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -17,6 +18,12 @@ if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 
 import jax
 import pytest
+
+# A suite started in the background (`nohup`, `cmd &` in a script) inherits SIGINT ignored, and so
+# would every process it starts; the signal tests need the default disposition (a Python handler,
+# which a child process gets back as the default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
