@@ -3,6 +3,9 @@
 One implementation each, shared by the experiments and their reports:
   pearson(x, y)        r of two flat arrays over their finite pairs (NaN when either is constant)
   pearson_rows(x, y)   r of each row pair of [R, N] arrays (NaN for a constant row)
+  diff_corr(x, y)      r of the first differences x[n+1] - x[n], y[n+1] - y[n] (a trend shared
+                       linearly in n removed); NaN with fewer than MIN_DIFFS finite pairs
+  diff_corr_rows(x, y) the same for each row pair of [R, N] arrays
   onset_steps(v, steps, threshold, strict=...)
                        per row of [R, N] values, the first step whose value reaches (>=) or, with
                        strict=True, exceeds (>) the threshold (NaN when none does)
@@ -36,6 +39,33 @@ def pearson_rows(x_RN: np.ndarray, y_RN: np.ndarray) -> np.ndarray:
     return _r(x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True), 1)
 
 
+MIN_DIFFS = 3  # first differences a correlation over checkpoints needs (the r of two points is +-1)
+
+
+def diff_corr(x_N: np.ndarray, y_N: np.ndarray) -> float:
+    """Pearson r of the first differences x[n+1] - x[n], y[n+1] - y[n] over the pairs where both are
+    finite; NaN with fewer than `MIN_DIFFS` such pairs (the r of two points is +-1 by construction)."""
+    dx, dy = np.diff(np.asarray(x_N, np.float64)), np.diff(np.asarray(y_N, np.float64))
+    ok = np.isfinite(dx) & np.isfinite(dy)
+    return pearson(dx[ok], dy[ok]) if ok.sum() >= MIN_DIFFS else float("nan")
+
+
+def diff_corr_rows(x_RN: np.ndarray, y_RN: np.ndarray) -> np.ndarray:
+    """[R] `diff_corr` of each row pair of x, y [R, N]."""
+    x, y = np.asarray(x_RN, np.float64), np.asarray(y_RN, np.float64)
+    return np.array([diff_corr(a, b) for a, b in zip(x, y)], np.float64).reshape(x.shape[0])
+
+
+def too_few_differences(n_evals: int) -> str | None:
+    """Why a `diff_corr` over `n_evals` evaluations cannot test a claim, or None when it can."""
+    if n_evals < MIN_DIFFS + 1:
+        return (
+            f"{n_evals} evaluations give {n_evals - 1} first differences; a correlation of differences needs "
+            f"at least {MIN_DIFFS} (the r of two points is +-1 by construction)"
+        )
+    return None
+
+
 def onset_steps(values_RN: np.ndarray, steps_N: np.ndarray, threshold: float, *, strict: bool) -> np.ndarray:
     """[R] float64: for each row r, steps[n*] with n* the first n where values[r, n] >= threshold
     (`strict=False`: the value *reaches* it) or values[r, n] > threshold (`strict=True`: *exceeds*
@@ -55,4 +85,4 @@ def onset_steps(values_RN: np.ndarray, steps_N: np.ndarray, threshold: float, *,
     return np.where(hit.any(axis=1), steps[np.argmax(hit, axis=1)], np.nan)
 
 
-__all__ = ["onset_steps", "pearson", "pearson_rows"]
+__all__ = ["MIN_DIFFS", "diff_corr", "diff_corr_rows", "onset_steps", "pearson", "pearson_rows", "too_few_differences"]

@@ -57,13 +57,13 @@ import numpy as np
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.config import _positive as positive
 from jaxlab.experiments import instruction_clustering_report as _report
-from jaxlab.experiments.instruction_clustering_claims import CLAIMS, MIN_DIFFS, ablation_test_layers, deviations
+from jaxlab.experiments.instruction_clustering_claims import CLAIMS, ablation_test_layers, deviations
 from jaxlab.metrics.clustering import class_means
 from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes import clustering as pc
 from jaxlab.rng import rng_scope
-from jaxlab.stats import onset_steps, pearson
+from jaxlab.stats import diff_corr, onset_steps, pearson
 from jaxlab.tasks import Batch
 from jaxlab.tasks import instructions as task_lib
 from jaxlab.train.experiment import Experiment, Finalized
@@ -258,14 +258,6 @@ def best_layer_series(history: Mapping[str, np.ndarray], n_layers: int) -> tuple
     ari = np.stack([np.asarray(history[f"ari_layer_{layer}"]) for layer in range(n_layers)], axis=1)  # [R, L, n]
     best = np.argmax(np.nan_to_num(ari[:, :, -1], nan=-np.inf), axis=1)
     return best, ari[np.arange(ari.shape[0]), best]
-
-
-def diff_corr(x_N: np.ndarray, y_N: np.ndarray) -> float:
-    """Pearson r of the first differences x[n+1] - x[n], y[n+1] - y[n] over the pairs where both are
-    finite; NaN with fewer than `MIN_DIFFS` such pairs (the r of two points is +-1 by construction)."""
-    dx, dy = np.diff(np.asarray(x_N, np.float64)), np.diff(np.asarray(y_N, np.float64))
-    ok = np.isfinite(dx) & np.isfinite(dy)
-    return pearson(dx[ok], dy[ok]) if ok.sum() >= MIN_DIFFS else float("nan")
 
 
 def summarize_history(train: Any, history: Mapping[str, np.ndarray], steps: np.ndarray) -> Finalized:

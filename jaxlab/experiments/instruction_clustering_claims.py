@@ -26,7 +26,7 @@ Thresholds, fixed before any jaxlab number was compared with them:
   becomes a constant, which r ignores); what is left asks whether the two move in the same
   checkpoint intervals. The claim is a direction ("develops together"), so the rule is the sign,
   0. A shared non-linear trend (both saturating in the same intervals) still pushes r above 0:
-  that is the claim's reading, not a control. Needs at least `MIN_DIFFS` + 1 evaluations (the r
+  that is the claim's reading, not a control. Needs at least `jaxlab.stats.MIN_DIFFS` + 1 evaluations (the r
   of two differences is +-1 by construction); fewer: `untested`;
 - `clusters_used`: removing the cluster subspace at the probed position costs more than 0.02 of the
   accuracy beyond a random subspace of the same rank. Accuracy is the fraction of output tokens
@@ -55,6 +55,7 @@ from typing import Any
 
 from jaxlab.claims import Above, Claim, Values, final, paired_difference, per_seed
 from jaxlab.config import ExperimentConfig
+from jaxlab.stats import too_few_differences
 from jaxlab.tasks import instructions as task_lib
 
 PAPER = "Wu & Varshney 2024"
@@ -62,7 +63,6 @@ PAPER = "Wu & Varshney 2024"
 CONSTANT_AT_EMBEDDING = ("sep_input", "sep_output")
 FORM_THRESHOLD = 0.5
 USED_THRESHOLD = 0.02
-MIN_DIFFS = 3  # first differences a correlation over checkpoints needs (r of two points is +-1)
 
 
 def ari_layers(run: Mapping[str, Any]) -> list[int]:
@@ -112,13 +112,7 @@ def _no_test_layer(cfg: ExperimentConfig) -> str | None:
 
 
 def _too_few_evaluations(cfg: ExperimentConfig) -> str | None:
-    n = len(cfg.train.eval_steps())
-    if n < MIN_DIFFS + 1:
-        return (
-            f"{n} evaluations give {n - 1} first differences; a correlation of differences needs at least {MIN_DIFFS} "
-            "(the r of two points is +-1 by construction)"
-        )
-    return None
+    return too_few_differences(len(cfg.train.eval_steps()))
 
 
 def _embedding_constant(cfg: ExperimentConfig) -> str | None:
@@ -268,7 +262,6 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
 __all__ = [
     "CLAIMS",
     "CONSTANT_AT_EMBEDDING",
-    "MIN_DIFFS",
     "ablation_test_layers",
     "ari_layers",
     "deviations",

@@ -62,7 +62,7 @@ from jaxlab.models import residual_hooks
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes import steering
 from jaxlab.probes.cosine import cosine
-from jaxlab.stats import onset_steps, pearson, pearson_rows
+from jaxlab.stats import diff_corr_rows, onset_steps, pearson_rows
 from jaxlab.tasks import concepts
 from jaxlab.train.experiment import Experiment
 
@@ -266,17 +266,6 @@ def make_evaluate(cfg: ExperimentConfig):
 def layer_series(history: dict[str, np.ndarray], name: str, concept: str, n_layers: int) -> np.ndarray:
     """[R, n_evals, L] values of `{name}_{concept}_l{l}`."""
     return np.stack([np.asarray(history[f"{name}_{concept}_l{l}"], np.float64) for l in range(n_layers)], -1)
-
-
-def diff_corr_rows(x_RN: np.ndarray, y_RN: np.ndarray) -> np.ndarray:
-    """[R] Pearson r of each row pair's first differences (x[n+1] - x[n], y[n+1] - y[n]) over the pairs
-    where both are finite; NaN with fewer than `MIN_DIFFS` such pairs (the r of two points is +-1)."""
-    dx, dy = np.diff(np.asarray(x_RN, np.float64), axis=1), np.diff(np.asarray(y_RN, np.float64), axis=1)
-    out = []
-    for a, b in zip(dx, dy):
-        ok = np.isfinite(a) & np.isfinite(b)
-        out.append(pearson(a[ok], b[ok]) if ok.sum() >= claims.MIN_DIFFS else np.nan)
-    return np.asarray(out, np.float64).reshape(dx.shape[0])
 
 
 def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) -> dict[str, np.ndarray]:

@@ -41,7 +41,7 @@ Thresholds, fixed before any jaxlab number was compared with them:
   log(step) is removed (it becomes a constant, which r ignores); what is left asks whether the two
   move in the same checkpoint intervals. The claim is a direction, so the rule is the sign, 0. A
   shared non-linear trend (both rising in the same few intervals) still pushes r above 0: that is
-  the claim's reading, not a control. Needs at least `MIN_DIFFS` + 1 evaluations (the r of two
+  the claim's reading, not a control. Needs at least `jaxlab.stats.MIN_DIFFS` + 1 evaluations (the r of two
   differences is +-1 by construction); fewer: `untested`.
 
 What the preset decides is not a measurement. The concept language sets each concept's frequency
@@ -60,12 +60,12 @@ import numpy as np
 
 from jaxlab.claims import Above, Below, Claim, Outside, bracketed, per_seed
 from jaxlab.config import ExperimentConfig
+from jaxlab.stats import too_few_differences
 from jaxlab.tasks.concepts import ConceptsConfig
 
 PAPER = "She et al. 2025"
 MID_BAND = (0.1, 0.9)
 ONSET_BAND = 1.0  # evaluations
-MIN_DIFFS = 3  # first differences a correlation over checkpoints needs (r of two points is +-1)
 
 
 # -- which concepts the preset makes special (used by `steerability.from_history` too) --------------
@@ -135,13 +135,7 @@ def _close_pair_untested(cfg: ExperimentConfig) -> str | None:
 
 
 def _too_few_evaluations(cfg: ExperimentConfig) -> str | None:
-    n = len(cfg.train.eval_steps())
-    if n < MIN_DIFFS + 1:
-        return (
-            f"{n} evaluations give {n - 1} first differences; a correlation of differences needs at least {MIN_DIFFS} "
-            "(the r of two points is +-1 by construction)"
-        )
-    return None
+    return too_few_differences(len(cfg.train.eval_steps()))
 
 
 def _rare_untested(cfg: ExperimentConfig) -> str | None:
@@ -312,7 +306,6 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
 __all__ = [
     "CLAIMS",
     "MID_BAND",
-    "MIN_DIFFS",
     "censored_gap",
     "common_concepts",
     "deviations",
