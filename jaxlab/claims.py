@@ -132,7 +132,8 @@ def seeds_needed(n: int, median: float, ci_low: float, ci_high: float, rule: Rul
 class Claim:
     """One claim of the paper, tested on the runs (module docstring).
 
-    values(runs) -> [n] per-seed values of the statistic, from the summary's run records (each
+    values(runs) -> [n] per-seed values of the statistic (not needed with `interval`, or for a claim
+    that is always untested), from the summary's run records (each
     with `seed`, `hparams`, `status`, `final`) and its `reference` values; NaN entries are dropped.
     A values function that finds the runs unfit for the claim raises `NotApplicable(reason)`: the
     claim is then `untested` with that reason.
@@ -149,7 +150,7 @@ class Claim:
     statistic: str
     control: str
     rule: Rule
-    values: Values
+    values: Values = lambda runs, reference: ()  # none given: `interval` says it, or the claim is untested
     paper_value: float | str | None = None
     untested: Callable[[Any], str | None] = field(default=lambda cfg: None)
     interval: Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], tuple[float, float, float, int]] | None = None

@@ -241,7 +241,6 @@ def test_a_claim_with_its_own_interval_is_decided_on_it():
         statistic="s",
         control="-",
         rule=Above(0.0),
-        values=lambda runs, ref: [],
         interval=lambda runs, ref: (0.5, 0.2, 0.8, 6),
     )
     [entry] = evaluate([c], None, [], {})
@@ -260,8 +259,7 @@ def test_a_bracketed_value_decides_only_when_the_whole_bracket_clears_the_thresh
     est, lo, hi, n = interval(straddling, {})
     assert (est, lo, hi, n) == (pytest.approx(0.105), 0.08, 0.13, 6)
     c = Claim(
-        id="c3", claim="x", paper_ref="-", statistic="s", control="-", rule=Above(0.1),
-        values=lambda runs, ref: [], interval=interval, undecided="a finer grid would decide",
+        id="c3", claim="x", paper_ref="-", statistic="s", control="-", rule=Above(0.1), interval=interval, undecided="a finer grid would decide",
     )  # fmt: skip
     [entry] = evaluate([c], None, straddling, {})
     assert entry["verdict"] == "inconclusive" and entry["reason"].endswith("a finer grid would decide")

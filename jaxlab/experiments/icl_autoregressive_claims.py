@@ -161,7 +161,6 @@ CLAIMS: tuple[Claim, ...] = (
         statistic="not measured",
         control="one GD step",
         rule=Above(COS_BAR),
-        values=lambda runs, reference: [],
         untested=lambda cfg: (
             "jaxlab trains the full linear-attention parametrization, whose equal-loss optima "
             "include non-GD ones; the constrained (A, B, P) model is issue 21, deliverable 1a"
@@ -207,7 +206,6 @@ CLAIMS: tuple[Claim, ...] = (
         statistic="not measured (head_cos is reported)",
         control="—",
         rule=Above(0.0),
-        values=lambda runs, reference: [],
         untested=lambda cfg: (
             "the theorem is about the diagonal multi-head parametrization at its optimum; "
             "jaxlab trains full heads (head_cos is reported, not judged); the 64-head setting of Fig. 7 "

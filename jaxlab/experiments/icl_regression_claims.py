@@ -404,7 +404,6 @@ CLAIMS: tuple[Claim, ...] = (
         statistic="not measured",
         control="K steps of GD++",
         rule=Below(0.0),
-        values=lambda runs, reference: [],
         untested=lambda cfg: (
             "no preset trains untied multi-layer LSA or softmax attention with an MLP "
             "(the softmax preset has no MLP); issue 20, deliverable 1, adds them"

@@ -238,7 +238,6 @@ CLAIMS: tuple[Claim, ...] = (
             "with the same stitch budget"
         ),
         rule=Above(0.0),
-        values=lambda runs, reference: [],
         interval=asymmetry_interval,
         untested=_untested_asymmetry,
     ),
@@ -257,7 +256,6 @@ CLAIMS: tuple[Claim, ...] = (
         ),
         control="B's same-group penalty (B's models stitched into each other at the same hook)",
         rule=Outside(-LOCALIZATION_MIN_EFFECT, LOCALIZATION_MIN_EFFECT),
-        values=lambda runs, reference: [],
         interval=localization_interval,
         untested=_untested_localization,
     ),
@@ -270,7 +268,6 @@ CLAIMS: tuple[Claim, ...] = (
         statistic="per run, within-block minus across-block CKA (not computed)",
         control="the same contrast for layers at the same distance in depth outside a block",
         rule=Above(0.0),
-        values=lambda runs, reference: [],
         untested=_untested_cka_blocks,
     ),
 )

@@ -172,7 +172,6 @@ CLAIMS: tuple[Claim, ...] = (
         control="none: the band edge 0.1 of training separates 'from the start' from 'intermediate'; the whole "
         "bracket must clear it, so the evaluation grid cannot push a verdict",
         rule=Above(MID_BAND[0]),
-        values=lambda runs, reference: [],
         interval=bracketed("steer_onset_frac_before_common", "steer_onset_frac_at_common"),
         undecided=GRID_NOTE,
     ),
@@ -187,7 +186,6 @@ CLAIMS: tuple[Claim, ...] = (
         control="none: the band edge 0.9 of training separates 'intermediate' from 'at the end'; the whole "
         "bracket must clear it",
         rule=Below(MID_BAND[1]),
-        values=lambda runs, reference: [],
         interval=bracketed("steer_onset_frac_before_common", "steer_onset_frac_at_common"),
         undecided=GRID_NOTE,
     ),
