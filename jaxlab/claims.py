@@ -29,8 +29,18 @@ with the reason its `untested` function gives for the config. Diverged runs are 
 run records a claim reads (an experiment's cross-run `reference` values are its own: a claim that
 reads them says how they treat diverged runs).
 
-`check(entry)` re-derives a stored verdict from its own interval and rule: the mechanical check of a
-summary.json.
+The seed bootstrap does not see the evaluation set's own sampling error where every seed is scored
+on the same evaluation data (the engine's set, key `train.eval_seed`): an error of that set is
+common to all seeds. So the engine also scores every run's final parameters on a replicate set, of
+the same size and drawn the same way from another key (`REPLICATE_PREFIX` metrics,
+`jaxlab.train.replicate`), and every claim whose statistic reads only metrics that have a replicate
+is evaluated again on it (`replicate` in the entry). A decisive verdict that the replicate set does
+not give as well becomes `inconclusive`: the evaluation set, not the models, would decide it. A
+statistic that reads a metric without a replicate (computed after training or from the history,
+e.g. on fresh per-seed sets or from onsets) says which (`replicate_note`).
+
+`check(entry)` re-derives a stored verdict from its own interval, rule and replicate: the mechanical
+check of a summary.json.
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ VERDICTS = ("reproduced", "not_reproduced", "inconclusive", "untested")
 BOOTSTRAP_RESAMPLES = 4000
 MIN_SEEDS = 5
 CONFIDENCE = 0.95
+# final metrics on the replicate evaluation set are named REPLICATE_PREFIX + metric
+REPLICATE_PREFIX = "replicate_"
 # (runs, reference) -> one value per seed (`Claim.values`)
 Values = Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], Sequence[float]]
 
@@ -197,6 +209,77 @@ def bootstrap_median_ci(values: Sequence[float], confidence: float = CONFIDENCE)
     return float(np.median(x)), float(lo), float(hi)
 
 
+def _statistic(c: Claim, runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> tuple[float, ...]:
+    """(median, ci_low, ci_high, n) of claim `c` on `runs` (n = 0: no finite value); may raise NotApplicable."""
+    if c.interval is not None:
+        median, lo, hi, n = c.interval(runs, reference)
+        finite = all(math.isfinite(v) for v in (median, lo, hi))
+        return (float(median), float(lo), float(hi), int(n)) if finite else (math.nan, math.nan, math.nan, 0)
+    x = np.asarray(c.values(runs, reference), np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return math.nan, math.nan, math.nan, 0
+    return (*bootstrap_median_ci(x), int(x.size))
+
+
+def _decide(c: Claim, median: float, lo: float, hi: float, n: int) -> str:
+    return "inconclusive" if n < MIN_SEEDS else c.rule.decide(lo, hi)
+
+
+class _ReadsFinal(dict):
+    """A run's final metrics, each replaced by its replicate-set value where it has one, which
+    records the metrics read that have none."""
+
+    def __init__(self, final_metrics: Mapping[str, Any], without: set[str]):
+        replicated = {
+            k: final_metrics.get(REPLICATE_PREFIX + k, v)
+            for k, v in final_metrics.items()
+            if not k.startswith(REPLICATE_PREFIX)
+        }
+        super().__init__(replicated)
+        self._has = {k for k in replicated if REPLICATE_PREFIX + k in final_metrics}
+        self._without = without
+
+    def _read(self, key: Any) -> None:
+        if key not in self._has:
+            self._without.add(str(key))
+
+    def __getitem__(self, key: Any) -> Any:
+        self._read(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._read(key)
+        return super().get(key, default)
+
+
+def on_replicate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
+    """(the runs with their final metrics taken from the replicate evaluation set, the set that
+    collects the names of metrics read that have no replicate value)."""
+    without: set[str] = set()
+    return [{**r, "final": _ReadsFinal(r.get("final", {}), without)} for r in runs], without
+
+
+def _replicate(
+    c: Claim, runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
+    """(the claim's statistic and verdict on the replicate evaluation set, or None; a note)."""
+    if not any(k.startswith(REPLICATE_PREFIX) for r in runs for k in r.get("final", {})):
+        return None, "these runs have no replicate evaluation set"
+    replicate_runs, without = on_replicate(runs)
+    try:
+        median, lo, hi, n = _statistic(c, replicate_runs, reference)
+    except NotApplicable as err:
+        return None, str(err)
+    if without:
+        names = ", ".join(sorted(without)[:4]) + (", ..." if len(without) > 4 else "")
+        return None, f"not re-evaluated: the statistic reads {names}, which the replicate set does not score"
+    if n == 0:
+        return None, "no finite value on the replicate evaluation set"
+    verdict = _decide(c, median, lo, hi, n)
+    return {"median": median, "ci_low": lo, "ci_high": hi, "n_seeds": n, "verdict": verdict}, ""
+
+
 def evaluate(
     claims: Sequence[Claim], cfg: Any, runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
@@ -219,6 +302,8 @@ def evaluate(
             "rule_spec": c.rule.as_dict(),
             "verdict": "untested",
             "reason": "",
+            "replicate": None,
+            "replicate_note": "",
         }
         why = c.untested(cfg)
         if why:
@@ -226,16 +311,7 @@ def evaluate(
             out.append(entry)
             continue
         try:
-            if c.interval is not None:
-                median, lo, hi, n = c.interval(ok, reference)
-                finite = all(math.isfinite(v) for v in (median, lo, hi))
-                n = int(n) if finite else 0
-            else:
-                x = np.asarray(c.values(ok, reference), np.float64).ravel()
-                x = x[np.isfinite(x)]
-                n = int(x.size)
-                if n:
-                    median, lo, hi = bootstrap_median_ci(x)
+            median, lo, hi, n = _statistic(c, ok, reference)
         except NotApplicable as err:
             entry["reason"] = str(err)
             out.append(entry)
@@ -246,27 +322,37 @@ def evaluate(
             out.append(entry)
             continue
         entry.update(median=median, ci_low=lo, ci_high=hi)
+        entry["replicate"], entry["replicate_note"] = _replicate(c, ok, reference)
         if n < MIN_SEEDS:
             entry["verdict"] = "inconclusive"
             entry["reason"] = f"{n} seeds; a bootstrap interval over seeds needs at least {MIN_SEEDS}"
-        else:
-            entry["verdict"] = c.rule.decide(lo, hi)
-            entry["reason"] = f"median {median:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]"
-            if entry["verdict"] == "inconclusive" and c.undecided:
-                entry["reason"] += f"; {c.undecided}"
-            elif entry["verdict"] == "inconclusive":
-                need = seeds_needed(n, median, lo, hi, c.rule)
-                entry["reason"] += (
-                    f"; the interval straddles a threshold: about {need} seeds would decide"
-                    if need is not None
-                    else "; the median sits on the threshold: more seeds would not decide"
-                )
+            out.append(entry)
+            continue
+        entry["verdict"] = c.rule.decide(lo, hi)
+        entry["reason"] = f"median {median:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]"
+        rep = entry["replicate"]
+        if entry["verdict"] != "inconclusive" and rep is not None and rep["verdict"] != entry["verdict"]:
+            entry["reason"] += (
+                f"; {entry['verdict']} on the shared evaluation set but {rep['verdict']} on a replicate set of the "
+                f"same size (median {rep['median']:.4g}, 95% CI [{rep['ci_low']:.4g}, {rep['ci_high']:.4g}]): the "
+                "evaluation set's sampling error decides; a larger evaluation set would"
+            )
+            entry["verdict"] = "inconclusive"
+        elif entry["verdict"] == "inconclusive" and c.undecided:
+            entry["reason"] += f"; {c.undecided}"
+        elif entry["verdict"] == "inconclusive":
+            need = seeds_needed(n, median, lo, hi, c.rule)
+            entry["reason"] += (
+                f"; the interval straddles a threshold: about {need} seeds would decide"
+                if need is not None
+                else "; the median sits on the threshold: more seeds would not decide"
+            )
         out.append(entry)
     return out
 
 
 def check(entry: Mapping[str, Any]) -> str | None:
-    """None when a stored claim's verdict follows from its own interval and rule, else what is wrong."""
+    """None when a stored claim's verdict follows from its own interval, rule and replicate, else what is wrong."""
     verdict = entry.get("verdict")
     if verdict not in VERDICTS:
         return f"{entry.get('id')}: unknown verdict {verdict!r}"
@@ -276,9 +362,17 @@ def check(entry: Mapping[str, Any]) -> str | None:
         return None if verdict == "inconclusive" else f"{entry.get('id')}: {verdict} without an interval"
     if entry.get("n_seeds", 0) < MIN_SEEDS:
         return None if verdict == "inconclusive" else f"{entry.get('id')}: {verdict} from {entry['n_seeds']} seeds"
-    want = Rule.from_dict(entry["rule_spec"]).decide(entry["ci_low"], entry["ci_high"])
+    rule = Rule.from_dict(entry["rule_spec"])
+    want = rule.decide(entry["ci_low"], entry["ci_high"])
+    rep = entry.get("replicate")
+    if rep is not None and want != "inconclusive":
+        on_replicate_set = "inconclusive" if rep["n_seeds"] < MIN_SEEDS else rule.decide(rep["ci_low"], rep["ci_high"])
+        if on_replicate_set != want:
+            want = "inconclusive"
     return (
-        None if want == verdict else f"{entry.get('id')}: verdict {verdict!r}, but its interval and rule give {want!r}"
+        None
+        if want == verdict
+        else f"{entry.get('id')}: verdict {verdict!r}, but its interval, rule and replicate give {want!r}"
     )
 
 
@@ -360,6 +454,7 @@ def _json_float(x: float) -> float | None:
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "MIN_SEEDS",
+    "REPLICATE_PREFIX",
     "VERDICTS",
     "Above",
     "Below",
@@ -375,6 +470,7 @@ __all__ = [
     "evaluate",
     "final",
     "model_bootstrap",
+    "on_replicate",
     "one_per_seed",
     "paired_across",
     "paired_difference",

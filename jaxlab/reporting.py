@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab import results, runfiles
+from jaxlab.claims import REPLICATE_PREFIX
 from jaxlab.claims import evaluate as evaluate_claims
 from jaxlab.config import ExperimentConfig
 from jaxlab.errors import UserError
@@ -211,12 +212,53 @@ def claims_sections(summary: dict[str, Any]) -> list[Section]:
                 measured = f"{fmt(c['median'])} [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}] (n={c['n_seeds']})"
             rows.append([c["claim"], paper, f"{c['statistic']}: {measured}", c["control"], f"**{c['verdict']}**"])
         body = table(["claim", "paper", "jaxlab median [95% CI]", "control", "verdict"], rows)
-        reasons = [f"- `{c['id']}` ({c['verdict']}): {c['reason']}; rule: {c['rule']}" for c in claims]
+        reasons = [
+            f"- `{c['id']}` ({c['verdict']}): {c['reason']}; rule: {c['rule']}{replicate_text(c)}" for c in claims
+        ]
         out.append(Section("Claims", body + "\n\n" + "\n".join(reasons)))
     deviations = summary.get("deviations") or []
     if deviations:
         out.append(Section("Deviations from the paper's setup", "\n".join(f"- {d}" for d in deviations)))
     return out
+
+
+def replicate_text(claim: dict[str, Any]) -> str:
+    """The claim's statistic on the replicate evaluation set, or why it has none (empty for untested
+    claims and for summaries written before jaxlab scored a replicate set)."""
+    rep = claim.get("replicate")
+    if rep is not None:
+        return (
+            f"; on a replicate evaluation set of the same size: median {fmt(rep['median'])}, 95% CI "
+            f"[{fmt(rep['ci_low'])}, {fmt(rep['ci_high'])}] ({rep['verdict']})"
+        )
+    note = claim.get("replicate_note")
+    return f"; replicate evaluation set: {note}" if note and claim.get("median") is not None else ""
+
+
+def evaluation_set_section(summary: dict[str, Any]) -> Section | None:
+    """Each final metric on the shared evaluation set beside the same metric on the replicate set
+    (`jaxlab.train.replicate`): the sampling error of the evaluation set itself, which is common to
+    every seed and so not in a bootstrap over seeds."""
+    runs = [r for r in summary["runs"] if r["status"] == "ok"]
+    names = sorted({k[len(REPLICATE_PREFIX) :] for r in runs for k in r["final"] if k.startswith(REPLICATE_PREFIX)})
+    rows = []
+    for m in names:
+        pairs = np.array(
+            [[r["final"].get(m, math.nan), r["final"].get(REPLICATE_PREFIX + m, math.nan)] for r in runs], np.float64
+        )
+        pairs = pairs[np.all(np.isfinite(pairs), axis=1)]
+        if pairs.size:
+            shared, replicate = np.median(pairs, axis=0)
+            rows.append([m, shared, replicate, float(np.median(np.abs(pairs[:, 1] - pairs[:, 0]))), len(pairs)])
+    if not rows:
+        return None
+    body = (
+        "Every run's final parameters scored on the shared evaluation set (key `train.eval_seed`, the "
+        "same for every seed) and on a replicate set of the same size drawn the same way from another "
+        "key (`jaxlab.train.replicate`). Their difference is the evaluation set's own sampling error, "
+        "which a bootstrap over seeds cannot see; claims are evaluated on both (Claims above).\n\n"
+    ) + table(["metric", "median, shared set", "median, replicate set", "median abs(difference)", "runs"], rows)
+    return Section("Evaluation-set sampling error", body)
 
 
 def generic_sections(ctx: ReportContext) -> list[Section]:
@@ -234,7 +276,8 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
         f"- full config: `config.json`; tidy metrics: `metrics.parquet` (`jaxlab.results.load`)\n"
     )
     sections = [*claims_sections(s), Section("Setup", setup)]
-    body = "Final values over the runs that did not diverge.\n\n" + aggregate_table(s["aggregate"])
+    own = [m for m in sorted(s["aggregate"]) if not m.startswith(REPLICATE_PREFIX)]
+    body = "Final values over the runs that did not diverge.\n\n" + aggregate_table(s["aggregate"], own)
     if diverged:
         body += (
             "\n\n**Diverged runs** (loss not finite, or above `train.diverge_above` x the loss of step 0; "
@@ -246,6 +289,9 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
     else:
         body += "\n\nNo run diverged."
     sections.append(Section("Final metrics", body))
+    replicate = evaluation_set_section(s)
+    if replicate is not None:
+        sections.append(replicate)
     if s.get("aggregate_by_point"):
         rows = []
         for entry in s["aggregate_by_point"]:

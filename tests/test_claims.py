@@ -1,12 +1,16 @@
 """Claims as data (jaxlab.claims): bootstrap intervals, decision rules, verdicts, and the mechanical check."""
 
+import dataclasses
+import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
 from jaxlab.claims import (
     MIN_SEEDS,
+    REPLICATE_PREFIX,
     Above,
     Below,
     Between,
@@ -24,6 +28,9 @@ from jaxlab.claims import (
     seeds_needed,
     where,
 )
+from jaxlab.registry import get_experiment
+from jaxlab.train import run_sweep, with_seeds
+from jaxlab.train.replicate import replicate_config
 
 
 def test_bootstrap_interval_holds_the_median_and_covers_the_truth_about_95_percent():
@@ -125,14 +132,41 @@ def test_check_finds_a_verdict_its_own_interval_does_not_support():
     assert "without a reason" in check({**e, "verdict": "untested", "reason": ""})
 
 
+def with_replicate(rs, replicate):
+    """The runs with final metric m also scored on a replicate evaluation set (values `replicate`)."""
+    return [{**r, "final": {**r["final"], REPLICATE_PREFIX + "m": v}} for r, v in zip(rs, replicate, strict=True)]
+
+
+def test_a_claim_is_evaluated_again_on_the_replicate_evaluation_set():
+    rs = with_replicate(runs([0.95, 0.97, 0.96, 0.99, 0.94]), [0.91, 0.93, 0.92, 0.90, 0.94])
+    (e,) = evaluate([claim(Above(0.5))], None, rs, {})
+    rep = e["replicate"]
+    assert e["verdict"] == "reproduced" and rep["verdict"] == "reproduced" and check(e) is None
+    assert rep["median"] == pytest.approx(0.92) and rep["n_seeds"] == 5 and rep["ci_low"] <= 0.92 <= rep["ci_high"]
+    # the paired difference reads the replicate of m and the control c, which has none: not re-evaluated
+    rs = [{**r, "final": {**r["final"], "c": 0.1}} for r in rs]
+    (e,) = evaluate([claim(Above(0.0), values=paired_difference("m", "c"))], None, rs, {})
+    assert e["replicate"] is None and "reads c," in e["replicate_note"] and e["verdict"] == "reproduced"
+    # runs without replicate metrics (summaries written before jaxlab scored one) say so
+    (e,) = evaluate([claim(Above(0.5))], None, runs([0.95] * 5), {})
+    assert e["replicate"] is None and "no replicate" in e["replicate_note"]
+
+
+def test_a_verdict_the_replicate_set_does_not_give_is_inconclusive():
+    # every seed above 0.95 on the shared set, every seed below it on the replicate set: the
+    # evaluation set, not the models, decides
+    rs = with_replicate(runs([0.96, 0.97, 0.965, 0.98, 0.975]), [0.93, 0.94, 0.935, 0.92, 0.945])
+    (e,) = evaluate([claim(Above(0.95))], None, rs, {})
+    assert e["ci_low"] > 0.95 and e["replicate"]["verdict"] == "not_reproduced"
+    assert e["verdict"] == "inconclusive" and "evaluation set's sampling error decides" in e["reason"]
+    assert check(e) is None
+    assert "give 'inconclusive'" in check({**e, "verdict": "reproduced"})
+    # the check re-derives the replicate's verdict from its interval too
+    assert check({**e, "replicate": {**e["replicate"], "ci_low": 0.951, "ci_high": 0.99}}) is not None
+
+
 @pytest.mark.timeout(600)
 def test_a_sweep_writes_claims_and_deviations_and_the_report_opens_with_them(tmp_path):
-    import dataclasses
-    import json
-
-    from jaxlab.registry import get_experiment
-    from jaxlab.train import run_sweep, with_seeds
-
     base = get_experiment("icl-regression")
     claims = [
         claim(Above(-1.0), values=per_seed("eval_loss")),  # a loss is > -1: reproduced from 5 seeds
@@ -152,6 +186,19 @@ def test_a_sweep_writes_claims_and_deviations_and_the_report_opens_with_them(tmp
     report = (tmp_path / "r" / "report.md").read_text()
     assert report.index("## Claims") < report.index("## Deviations") < report.index("## Setup")
     assert "**reproduced**" in report and "**untested**" in report
+    # the replicate evaluation set: every run's final parameters scored again, by the engine's own
+    # evaluate on data drawn from the replicate key, independently of the shared set
+    rt = exp.make_train(replicate_config(cfg))
+    data = rt.make_eval_batch()
+    params = result.groups[0].state.params
+    for i, r in enumerate(stored["runs"]):
+        one = jax.tree_util.tree_map(lambda x, i=i: x[i], params)
+        expected = float(rt.evaluate(one, data)["eval_loss"])
+        assert r["final"][REPLICATE_PREFIX + "eval_loss"] == pytest.approx(expected, rel=1e-5)
+        assert r["final"][REPLICATE_PREFIX + "eval_loss"] != r["final"]["eval_loss"]
+    replicated = [r["final"][REPLICATE_PREFIX + "eval_loss"] for r in stored["runs"]]
+    assert first["replicate"]["median"] == pytest.approx(float(np.median(replicated)))
+    assert "## Evaluation-set sampling error" in report
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,9 @@ def test_run_writes_the_documented_layout(smoke_run):
     df = results.load(smoke_run)
     assert list(df.columns) == ["run", "seed", "step", "metric", "value"]
     assert sorted(df.step.unique()) == [0, 20, 40, 60, 80]
-    assert set(df.metric) == {"train_loss", "eval_loss"}
+    # the final loss on the replicate evaluation set (jaxlab.train.replicate) sits at the last step only
+    assert set(df.metric) == {"train_loss", "eval_loss", "replicate_eval_loss"}
+    assert sorted(df[df.metric == "replicate_eval_loss"].step.unique()) == [80]
     last = results.final_values(df, "eval_loss")
     assert last.to_dict() == pytest.approx({r["run"]: r["final"]["eval_loss"] for r in summary["runs"]})
     report = (smoke_run / "report.md").read_text()

@@ -36,6 +36,7 @@ from jaxlab.train.hparams import stack_hparams
 from jaxlab.train.outcomes import GroupOutcome, concat_outcome, outcome_records, select_finalized
 from jaxlab.train.programs import Programs, key_data
 from jaxlab.train.progress import Progress
+from jaxlab.train.replicate import copy_tree, replicate_config, replicate_row
 from jaxlab.train.restore import load_chunk
 from jaxlab.train.rundir import (
     RunStore,
@@ -114,6 +115,8 @@ class _GroupRun:
         self.hp_keys = list(self.hp_all)
         self.kd_all = key_data(group.seeds, cfg.train.prng_impl)
         self.programs = Programs(self.train, placement, self.kd_all.shape[1])
+        self.replicate_train = exp.make_train(replicate_config(cfg), plan=self.train.plan)
+        self.replicate_data: Any = None
 
     def compile(self) -> float:
         """Choose the run-chunk layout and compile the two programs for it; returns seconds."""
@@ -225,7 +228,8 @@ class _GroupRun:
                     raise interrupt.Interrupted(stop, f"checkpoint saved at step {steps[i]} of {steps[-1]} ({where})")
             if ckpt is not None and begin != last:
                 ckpt.save(last, state, history, force=True)
-            out = self._collect(k, state, history, hp, slots, real)
+            replicate = self._replicate(state, history, hp, valid)
+            out = self._collect(k, state, history, hp, slots, real, replicate)
         finally:
             if ckpt is not None:
                 ckpt.close()  # the final checkpoint is complete before the part says the chunk is done
@@ -259,10 +263,31 @@ class _GroupRun:
         )
         return got.index, got.state, got.history
 
+    def _replicate(self, state: Any, history: dict, hp: dict, valid: jax.Array) -> dict[str, jax.Array]:
+        """The chunk's history with its last row re-evaluated on the replicate evaluation set: the
+        compiled `interval` with zero optimizer steps, on copies of the state and history
+        (`jaxlab.train.replicate`)."""
+        p = self.placement
+        if self.replicate_data is None:
+            self.replicate_data = jax.jit(self.replicate_train.make_eval_batch, out_shardings=p.replicated)()
+        state_copy, history_copy = copy_tree((state, history), (p.runs, p.runs_second))
+        zero = p.put(np.int32(0), p.replicated)
+        last = p.put(np.int32(len(self.train.eval_steps) - 1), p.replicated)
+        _, history_copy, _ = self.interval(state_copy, history_copy, hp, self.replicate_data, zero, last, valid)
+        return history_copy
+
     def _collect(
-        self, k: int, state: Any, history: dict, hp: dict, slots: np.ndarray, real: np.ndarray
+        self,
+        k: int,
+        state: Any,
+        history: dict,
+        hp: dict,
+        slots: np.ndarray,
+        real: np.ndarray,
+        replicate: dict | None = None,
     ) -> GroupOutcome:
-        """This process's real runs of the chunk, on the host, with the experiment's finalize."""
+        """This process's real runs of the chunk, on the host, with the experiment's finalize (and
+        the final metrics on the replicate evaluation set, from `_replicate`'s history)."""
         g, p = self.group, self.placement
         local, state_local = p.local_tree(state)
         keep = real[local]
@@ -286,6 +311,9 @@ class _GroupRun:
                 fin.reference.update(extra.reference)
             else:
                 fin.per_run.update(extra)
+        if replicate is not None:
+            last = len(self.train.eval_steps) - 1
+            fin.per_run.update(replicate_row({m: p.local(h, axis=1)[1][:, keep] for m, h in replicate.items()}, last))
         state_host = jax.tree_util.tree_map(lambda x: np.asarray(x)[keep], state_local)
         return GroupOutcome(
             group=g,
