@@ -13,9 +13,11 @@ from jaxlab.config import SweepConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression as ir
 from jaxlab.experiments import icl_regression_claims as irc
+from jaxlab.models.gd import gd_products
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes.icl_algorithms import ALGORITHMS
 from jaxlab.registry import get_experiment, load_run_group
+from jaxlab.reporting import spread
 from jaxlab.train import plan_groups
 from jaxlab.train.engine import seed_keys
 
@@ -74,8 +76,21 @@ def test_smoke_with_probes_records_every_metric_and_the_report(probed_run):
     assert report.index("## Claims") < report.index("## Deviations from the paper's setup") < report.index("## Setup")
     assert "all runs: first evaluation step with `model_cos` >= 0.99" in report
     assert "Evaluation sets." in report and "standard error over its tasks" in report
-    for png in ("gd_equivalence.png", "algorithms.png", "ood.png"):
+    for png in ("gd_equivalence.png", "algorithms.png", "ood.png", "weights.png"):
         assert (run_dir / png).is_file() and f"({png})" in report
+    # the weights section: cosines of the trained products with the construction's, from the raw
+    # parameters in NumPy (A = W_q W_k^T, B = W_v W_out of the one head), signed to agree on A
+    a_gd, b_gd = (np.asarray(m, np.float64).ravel() for m in gd_products(cfg.resolve().model, n, eta))
+    attn = result.groups[0].state.params["blocks_0"]["attn"]
+    w_qkv, w_out = np.asarray(attn["w_qkv"], np.float64), np.asarray(attn["w_out"], np.float64)
+    cos_a, cos_b = [], []
+    for i in range(len(summary["runs"])):
+        a = (w_qkv[i, :, 0, 0] @ w_qkv[i, :, 1, 0].T).ravel()
+        b = (w_qkv[i, :, 2, 0] @ w_out[i, 0]).ravel()
+        ca = a @ a_gd / np.linalg.norm(a) / np.linalg.norm(a_gd)
+        cos_a.append(abs(ca))
+        cos_b.append(np.sign(ca) * (b @ b_gd) / np.linalg.norm(b) / np.linalg.norm(b_gd))
+    assert f"W_KQ {spread(cos_a)}, W_PV {spread(cos_b)}" in report
     assert json.loads((run_dir / "config.json").read_text())["probe"]["gd_probes"] is True
 
 
@@ -129,8 +144,10 @@ def test_smoke_summary_has_the_claims_and_deviations(probed_run):
                 "interpolation_keeps_loss", "ood_degrades_like_gd"):  # fmt: skip
         # one layer, 2 seeds: tested, and too few seeds to decide
         assert by_id[cid]["n_seeds"] == 2 and by_id[cid]["verdict"] == "inconclusive", by_id[cid]
-    for cid in ("recurrent_matches_gdpp", "recurrent_loss_equals_gdpp", "recurrent_beats_gd"):
-        assert by_id[cid]["verdict"] == "untested" and "one layer" in by_id[cid]["reason"]
+    for k in irc.RECURRENT_K:
+        for cid in (f"recurrent_matches_gdpp_k{k}", f"recurrent_loss_equals_gdpp_k{k}", f"recurrent_beats_gd_k{k}",
+                    f"untied_matches_or_beats_gdpp_k{k}"):  # fmt: skip
+            assert by_id[cid]["verdict"] == "untested" and "one layer" in by_id[cid]["reason"]
     devs = summary["deviations"]
     assert devs and all(isinstance(d, str) and d for d in devs)
     assert devs == irc.deviations(cfg)
@@ -142,8 +159,13 @@ def test_which_presets_test_which_claims():
     untested = lambda name, cid: {c.id: c for c in irc.CLAIMS}[cid].untested(EXP.preset(name))
     for name in ("paper", "quick", "ood", "context"):
         assert untested(name, "one_layer_loss_equals_gd") is None
-        assert untested(name, "recurrent_matches_gdpp") is not None
-    assert untested("recurrent", "recurrent_loss_equals_gdpp") is None
+        assert untested(name, "recurrent_matches_gdpp_k2") is not None
+        assert untested(name, "untied_matches_or_beats_gdpp_k2") is not None
+    for k in (2, 3):
+        assert untested("recurrent", f"recurrent_loss_equals_gdpp_k{k}") is None
+        assert untested("deep", f"untied_matches_or_beats_gdpp_k{k}") is None
+        assert "`deep` preset" in untested("recurrent", f"untied_matches_or_beats_gdpp_k{k}")
+        assert "`recurrent` preset" in untested("deep", f"recurrent_matches_gdpp_k{k}")
     assert "multi-layer" in untested("recurrent", "one_layer_sensitivities_match_gd")
     assert "softmax" in untested("softmax", "one_layer_loss_equals_gd")
     assert "probe.gd_probes" in untested("smoke", "one_layer_loss_equals_gd")
@@ -187,7 +209,7 @@ def test_single_layer_statistics_against_numpy():
     np.testing.assert_allclose(by_id["ood_degrades_like_gd"].values(ood, {}), want, rtol=1e-12)
 
 
-def test_recurrent_statistics_take_the_worst_k_per_seed():
+def test_multi_layer_statistics_read_each_k_per_seed():
     rng = np.random.default_rng(1)
     cos, model, pp, gd = (rng.uniform(0.5, 1.0, (5, 2)) for _ in range(4))
     runs = [
@@ -196,11 +218,12 @@ def test_recurrent_statistics_take_the_worst_k_per_seed():
         for s in range(5) for i, k in enumerate((2, 3))
     ]  # fmt: skip
     by_id = {c.id: c for c in irc.CLAIMS}
-    np.testing.assert_allclose(by_id["recurrent_matches_gdpp"].values(runs, {}), cos.min(axis=1))
-    rel = (model - pp) / pp
-    want = rel[np.arange(5), np.argmax(np.abs(rel), axis=1)]
-    np.testing.assert_allclose(by_id["recurrent_loss_equals_gdpp"].values(runs, {}), want, rtol=1e-12)
-    np.testing.assert_allclose(by_id["recurrent_beats_gd"].values(runs, {}), ((model - gd) / gd).max(axis=1))
+    for i, k in enumerate((2, 3)):
+        np.testing.assert_allclose(by_id[f"recurrent_matches_gdpp_k{k}"].values(runs, {}), cos[:, i])
+        rel_pp, rel_gd = (model[:, i] - pp[:, i]) / pp[:, i], (model[:, i] - gd[:, i]) / gd[:, i]
+        np.testing.assert_allclose(by_id[f"recurrent_loss_equals_gdpp_k{k}"].values(runs, {}), rel_pp, rtol=1e-12)
+        np.testing.assert_allclose(by_id[f"untied_matches_or_beats_gdpp_k{k}"].values(runs, {}), rel_pp, rtol=1e-12)
+        np.testing.assert_allclose(by_id[f"recurrent_beats_gd_k{k}"].values(runs, {}), rel_gd, rtol=1e-12)
     assert math.isnan(irc.farthest_from_zero([0.1, math.nan])) and irc.farthest_from_zero([0.1, -0.3]) == -0.3
 
 
@@ -253,11 +276,12 @@ def test_every_preset_builds_and_validates():
                 "linear", "context_keys", 0.002, 0.001,
             )  # fmt: skip
         groups = plan_groups(cfg.with_overrides({**TINY, "probe.gd_probes": True}))
-        assert len(groups) == {"recurrent": 2, "softmax": 2, "context": 3}.get(name, 1)
+        assert len(groups) == {"recurrent": 2, "deep": 2, "softmax": 2, "context": 3}.get(name, 1)
         for group in groups:
             g = group.cfg.resolve()
             ir.check_probe_config(g)
-            assert ir.interpolable(g) == (g.model.attention == "linear" and g.model.n_heads == 1)
+            one_block = g.model.n_layers == 1 or g.model.tie_layers  # the construction has one W_KQ, W_PV
+            assert ir.interpolable(g) == (g.model.attention == "linear" and g.model.n_heads == 1 and one_block)
             assert ir.n_gd_steps(g) == g.model.n_layers
         if name == "context":
             assert sorted(gr.cfg.task.n_context for gr in groups) == [10, 25, 50]

@@ -14,7 +14,8 @@ Presets:
              steps; 8 seeds; evaluation on 10,000 tasks every 250 steps.
   quick      the paper's setup, shorter (`make demo`, under 2 minutes on a 2-core CPU).
   smoke      seconds, for tests; training only (probe.gd_probes = false).
-  recurrent  K = 2, 3 tied LSA layers vs K-step GD and GD++ (von Oswald et al. Sec. 3).
+  recurrent  K = 2, 3 tied LSA layers vs K-step GD and GD++ (von Oswald et al. Sec. 4, Fig. 3).
+  deep       K = 2, 3 untied LSA layers vs K-step GD and GD++ (the recurrent preset, untied).
   softmax    softmax attention with 1 and 2 heads (d_head 11) vs GD.
   context    context length N in {10, 25, 50}.
   ood        the paper model, with the trained model and GD evaluated at input scales alpha in
@@ -365,6 +366,15 @@ def recurrent() -> ExperimentConfig:
     )
 
 
+def deep() -> ExperimentConfig:
+    """K untied LSA layers (K = 2, 3) vs K-step GD and GD++ (von Oswald et al., Sec. 4: deeper untied
+    models match or beat the recurrent GD++ solution); the `recurrent` preset's settings, untied."""
+    overrides = {"model.tie_layers": False, "model.init_scale": 0.001, "optim.clip_norm": 10.0}
+    return paper().derive(
+        "deep", overrides, sweep=SweepConfig(seeds=tuple(range(8)), grid=(("model.n_layers", (2, 3)),))
+    )
+
+
 def softmax() -> ExperimentConfig:
     """Softmax attention, 1 vs 2 heads of width 11: the remark of the authors' notebook
     constructed_token_setup.ipynb that softmax needs at least 2 heads (claims `softmax_*`)."""
@@ -425,6 +435,7 @@ EXPERIMENT = Experiment(
         "quick": quick,
         "paper": paper,
         "recurrent": recurrent,
+        "deep": deep,
         "softmax": softmax,
         "context": context,
         "ood": ood,

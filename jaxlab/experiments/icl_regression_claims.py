@@ -54,7 +54,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jaxlab.claims import Above, Below, Between, Claim, Values, final, where
+from jaxlab.claims import Above, Below, Between, Claim, Values, final, one_per_seed, where
 
 LOSS_BAND = 0.02
 COS_BAR = 0.99
@@ -126,18 +126,33 @@ def single_layer_untested(cfg: Any) -> str | None:
     return None
 
 
-def recurrent_untested(cfg: Any) -> str | None:
-    """Why a claim about K tied LSA layers (K > 1) cannot be tested with `cfg` (None: it can)."""
+def _multi_layer_untested(cfg: Any, k: int, tied: bool) -> str | None:
+    """Why a claim about K = `k` linear self-attention layers, tied or untied, cannot be tested with
+    `cfg` (None: it can)."""
     if why := _probes_off(cfg):
         return why
+    kind = "tied (recurrent)" if tied else "untied"
     layers = swept_values(cfg, "model.n_layers")
-    if any(n == 1 for n in layers):
-        return "a claim about K > 1 tied layers; this preset trains one layer (the single-layer claims apply)"
-    if not cfg.model.tie_layers:
-        return "a claim about tied (recurrent) layers; this preset's layers are untied (issue 20 adds untied models)"
+    if all(n == 1 for n in layers):
+        return f"a claim about K = {k} {kind} layers; this preset trains one layer (the single-layer claims apply)"
+    if k not in layers:
+        return f"a claim about K = {k} layers; this preset trains K = {', '.join(map(str, layers))}"
+    if bool(cfg.model.tie_layers) != tied:
+        other = "the `recurrent` preset trains tied ones" if tied else "the `deep` preset trains untied ones"
+        return f"a claim about {kind} layers; this preset's layers are {'untied' if tied else 'tied'} ({other})"
     if cfg.model.attention != "linear":
         return f"a claim about linear self-attention; this preset trains {cfg.model.attention} attention"
     return None
+
+
+def recurrent_untested(cfg: Any, k: int) -> str | None:
+    """Why a claim about K = `k` tied LSA layers cannot be tested with `cfg` (None: it can)."""
+    return _multi_layer_untested(cfg, k, tied=True)
+
+
+def untied_untested(cfg: Any, k: int) -> str | None:
+    """Why a claim about K = `k` untied LSA layers cannot be tested with `cfg` (None: it can)."""
+    return _multi_layer_untested(cfg, k, tied=False)
 
 
 SOFTMAX_HEADS = (1, 2)  # the head counts the notebook's remark compares
@@ -268,6 +283,77 @@ NOTEBOOK_REF = (
 )
 FRESH_NOTE = "on the seed's own fresh evaluation tasks (fresh_eval_loss, fresh_gd_loss)"
 
+
+RECURRENT_K = (2, 3)  # the layer counts of the `recurrent` and `deep` presets (von Oswald et al. Fig. 3)
+_GDPP_CONTROL = "K steps of GD++ with (eta, gamma) fitted on the shared evaluation set, on the same tasks"
+
+
+def at_layers(k: int, stat: Callable[[Run], float]) -> Values:
+    """values(): per seed (increasing), `stat` of its run at model.n_layers = `k` (the runs of one
+    grid point: one per seed)."""
+
+    def values(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
+        picked = sorted(where(runs, model__n_layers=k), key=lambda r: int(r["seed"]))
+        return [stat(r) for r in one_per_seed(picked)]
+
+    return values
+
+
+def recurrent_claims(k: int) -> tuple[Claim, ...]:
+    """The three claims about K = `k` tied LSA layers vs K steps of GD++ and of GD."""
+    untested = lambda cfg: recurrent_untested(cfg, k)
+    return (
+        Claim(
+            id=f"recurrent_matches_gdpp_k{k}",
+            claim=f"{k} tied (recurrent) LSA layers implement {k} steps of GD++ (GD with the data "
+            "transformation x <- (I - gamma X X^T) x): their sensitivities align with GD++'s.",
+            paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
+            statistic=f"per seed, model_cos_gdpp at K = {k} (shared evaluation set)",
+            control=_GDPP_CONTROL,
+            rule=Above(COS_BAR),
+            values=at_layers(k, lambda r: final(r, "model_cos_gdpp")),
+            untested=untested,
+        ),
+        Claim(
+            id=f"recurrent_loss_equals_gdpp_k{k}",
+            claim=f"{k} tied LSA layers reach the loss of {k} steps of GD++.",
+            paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
+            statistic=f"per seed, at K = {k}, (model loss - GD++ loss) / GD++ loss on the seed's fresh "
+            "evaluation tasks (fresh_eval_loss, fresh_gdpp_loss)",
+            control=_GDPP_CONTROL,
+            rule=Between(-LOSS_BAND, LOSS_BAND),
+            values=at_layers(k, lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gdpp_loss")),
+            untested=untested,
+        ),
+        Claim(
+            id=f"recurrent_beats_gd_k{k}",
+            claim=f"{k} tied LSA layers beat {k} steps of plain GD (the curvature correction of GD++ pays).",
+            paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
+            statistic=f"per seed, at K = {k}, (model loss - GD loss) / GD loss on the seed's fresh evaluation "
+            "tasks (fresh_eval_loss, fresh_gd_loss)",
+            control=f"{k} steps of GD with the rate fitted on the shared evaluation set, on the same tasks",
+            rule=Below(0.0),
+            values=at_layers(k, lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gd_loss")),
+            untested=untested,
+        ),
+    )
+
+
+def deeper_claim(k: int) -> Claim:
+    """K = `k` untied LSA layers match or beat K steps of GD++ (loss at most LOSS_BAND above it)."""
+    return Claim(
+        id=f"untied_matches_or_beats_gdpp_k{k}",
+        claim=f"{k} untied LSA layers match or beat {k} steps of GD++ (the recurrent solution).",
+        paper_ref="von Oswald et al. 2023, Sec. 4 (qualitative)",
+        statistic=f"per seed, at K = {k}, (model loss - GD++ loss) / GD++ loss on the seed's fresh evaluation "
+        "tasks (fresh_eval_loss, fresh_gdpp_loss)",
+        control=_GDPP_CONTROL,
+        rule=Below(LOSS_BAND),
+        values=at_layers(k, lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gdpp_loss")),
+        untested=lambda cfg: untied_untested(cfg, k),
+    )
+
+
 CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="one_layer_loss_equals_gd",
@@ -329,39 +415,7 @@ CLAIMS: tuple[Claim, ...] = (
         values=per_seed_worst(ood_gap, farthest_from_zero, at_paper_context),
         untested=ood_untested,
     ),
-    Claim(
-        id="recurrent_matches_gdpp",
-        claim="K tied (recurrent) LSA layers implement K steps of GD++ (GD with the data transformation "
-        "x <- (I - gamma X X^T) x): their sensitivities align with GD++'s.",
-        paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
-        statistic="per seed, the smallest model_cos_gdpp over the swept K",
-        control="K steps of GD++ with (eta, gamma) fitted on the shared evaluation set, on the same tasks",
-        rule=Above(COS_BAR),
-        values=per_seed_worst(lambda r: final(r, "model_cos_gdpp"), min),
-        untested=recurrent_untested,
-    ),
-    Claim(
-        id="recurrent_loss_equals_gdpp",
-        claim="K tied LSA layers reach the loss of K steps of GD++.",
-        paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
-        statistic="per seed, over the swept K, the relative gap (model loss - GD++ loss) / GD++ loss of "
-        "largest magnitude, on the seed's fresh evaluation tasks (fresh_eval_loss, fresh_gdpp_loss)",
-        control="K steps of GD++ with (eta, gamma) fitted on the shared evaluation set, on the same tasks",
-        rule=Between(-LOSS_BAND, LOSS_BAND),
-        values=per_seed_worst(lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gdpp_loss"), farthest_from_zero),
-        untested=recurrent_untested,
-    ),
-    Claim(
-        id="recurrent_beats_gd",
-        claim="K tied LSA layers beat K steps of plain GD (the curvature correction of GD++ pays).",
-        paper_ref="von Oswald et al. 2023, Sec. 4, Fig. 3 (qualitative)",
-        statistic="per seed, the largest (model loss - GD loss) / GD loss over the swept K, on the seed's "
-        "fresh evaluation tasks (fresh_eval_loss, fresh_gd_loss)",
-        control="K steps of GD with the rate fitted on the shared evaluation set, on the same tasks",
-        rule=Below(0.0),
-        values=per_seed_worst(lambda r: relative_gap(r, "fresh_eval_loss", "fresh_gd_loss"), max),
-        untested=recurrent_untested,
-    ),
+    *(claim for k in RECURRENT_K for claim in recurrent_claims(k)),
     Claim(
         id="softmax_one_head_short_of_two",
         claim="With softmax attention one head is not enough: a single softmax layer with 1 head is further "
@@ -397,17 +451,15 @@ CLAIMS: tuple[Claim, ...] = (
         values=at_heads(2, lambda r: final(r, "model_cos")),
         untested=lambda cfg: softmax_heads_untested(cfg, (2,)),
     ),
+    *(deeper_claim(k) for k in RECURRENT_K),
     Claim(
-        id="deeper_models_match_or_beat_gdpp",
-        claim="Deeper untied LSA models, and softmax attention with MLPs, match or beat the recurrent GD++ solution.",
+        id="softmax_mlp_matches_or_beats_gdpp",
+        claim="Softmax attention with MLPs matches or beats the recurrent GD++ solution.",
         paper_ref="von Oswald et al. 2023, Sec. 4 (qualitative)",
         statistic="not measured",
         control="K steps of GD++",
-        rule=Below(0.0),
-        untested=lambda cfg: (
-            "no preset trains untied multi-layer LSA or softmax attention with an MLP "
-            "(the softmax preset has no MLP); issue 20, deliverable 1, adds them"
-        ),
+        rule=Below(LOSS_BAND),
+        untested=lambda cfg: "no preset trains multi-layer softmax attention with MLPs (issue 20, deliverable 1)",
     ),
 )
 
@@ -456,10 +508,13 @@ __all__ = [
     "OOD_BAND",
     "PAPER",
     "PREDS_BAR",
+    "RECURRENT_K",
     "SOFTMAX_HEADS",
     "at_heads",
+    "at_layers",
     "at_paper_context",
     "config_value",
+    "deeper_claim",
     "deviations",
     "farthest_from_zero",
     "fresh_gap",
@@ -469,9 +524,11 @@ __all__ = [
     "ood_untested",
     "per_seed_worst",
     "preds_gap",
+    "recurrent_claims",
     "recurrent_untested",
     "relative_gap",
     "single_layer_untested",
     "softmax_heads_untested",
     "swept_values",
+    "untied_untested",
 ]
