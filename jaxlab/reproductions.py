@@ -23,6 +23,9 @@ BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 ORDER = (
     "icl-regression",
     "icl-regression-recurrent",
+    "icl-regression-deep",
+    "icl-regression-depth",
+    "icl-regression-depth-noisy",
     "icl-autoregressive",
     "icl-autoregressive-non-augmented",
     "icl-autoregressive-pe-only",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-run the reproductions (six experiments; more than one preset where a paper's claims need it) and regenerate docs/reproductions/ (reports, figures, summary.json)
 # and the verdict tables of README.md and docs/reproductions/README.md, which come from the
-# summaries alone (`python -m jaxlab.reproductions`). About 40 minutes on a quiet 2-core CPU.
+# summaries alone (`python -m jaxlab.reproductions`). About 2 hours on a quiet 2-core CPU.
 #   bash scripts/reproduce.sh [OUT]     # runs go to OUT (default runs/reproductions)
 #   ONLY="steerability latent-ambiguity" bash scripts/reproduce.sh   # a subset
 set -euo pipefail
@@ -13,6 +13,9 @@ PY=${PY:-.venv/bin/python}
 declare -A ARGS=(
   [icl-regression]="icl-regression --preset paper --seeds 8"
   [icl-regression-recurrent]="icl-regression --preset recurrent --seeds 8"
+  [icl-regression-deep]="icl-regression --preset deep --seeds 8"
+  [icl-regression-depth]="icl-regression --preset depth"
+  [icl-regression-depth-noisy]="icl-regression --preset depth-noisy"
   [icl-autoregressive]="icl-autoregressive --preset augmented-commuting --seeds 8"
   [icl-autoregressive-non-augmented]="icl-autoregressive --preset non-augmented --seeds 8"
   [icl-autoregressive-pe-only]="icl-autoregressive --preset pe-only --seeds 8"
@@ -21,7 +24,7 @@ declare -A ARGS=(
   [latent-ambiguity]="latent-ambiguity --preset quick --seeds 5"
   [representation-dissimilarity]="representation-dissimilarity --preset quick --seeds 5"
 )
-NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only instruction-clustering steerability latent-ambiguity representation-dissimilarity}
+NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only instruction-clustering steerability latent-ambiguity representation-dissimilarity}
 mkdir -p "$OUT"
 for name in $NAMES; do
   start=$(date +%s)

@@ -261,3 +261,17 @@ def test_model_cos_is_von_oswalds_cosine_of_the_flattened_sensitivities():
     same = ge._gd_comparison(jnp.asarray(preds), jnp.asarray(sens), {"preds": preds, "sens": 3.0 * sens}, "")
     assert float(same["model_cos"]) == pytest.approx(1.0, abs=1e-6)
     np.testing.assert_allclose(cosine(a, -a, eps=VON_OSWALD_EPS), -1.0, atol=1e-6)
+
+
+def test_a_k_step_reference_also_compares_with_one_gd_step_at_its_own_rate():
+    batch = make_batch(3, b=256)
+    ref = ge.make_reference(batch, D, n_steps=2, ridge_lambda=0.3)
+    x, y, xq, yq = np_split(batch)
+    # one GD step from W = 0: y_hat = eta * a, a = (1/N) sum_i y_i x_i . x_q; its optimal rate in closed form
+    a = np.einsum("bn,bnd,bd->b", y[..., 0], x, xq) / N
+    eta_star = (a * yq[:, 0]).sum() / (a * a).sum()
+    assert float(ref[ge.ONE_STEP_GD]["eta"]) == pytest.approx(eta_star, rel=1e-3)
+    np.testing.assert_allclose(ref["alg_preds"][ge.ONE_STEP_GD][:, 0], eta_star * a, rtol=2e-3, atol=1e-6)
+    # the K-step `gd` is a different predictor; a one-step reference has no gd1
+    assert np.abs(ref["alg_preds"]["gd"] - ref["alg_preds"][ge.ONE_STEP_GD]).max() > 1e-3
+    assert ge.ONE_STEP_GD not in ge.make_reference(batch, D, n_steps=1)["alg_preds"]

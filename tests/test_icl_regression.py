@@ -259,7 +259,11 @@ def test_every_preset_builds_and_validates():
     for name in sorted(EXP.presets):
         cfg = EXP.preset(name)
         assert cfg.preset == name and cfg.experiment == "icl-regression"
-        if name != "smoke":
+        if name in ("depth", "depth-noisy"):  # Akyürek et al.'s setup: d = 8, x ~ N(0, I), N = 2d
+            t = cfg.task
+            assert (t.n_dims, t.input_dist, t.n_context, cfg.model.attention) == (8, "normal", 16, "softmax")
+            assert cfg.probe.ridge_matched and cfg.model.d_mlp > 0
+        elif name != "smoke":
             t = cfg.task
             published = (10, "uniform", 1.0, 1.0, 0.0)
             assert (t.n_dims, t.input_dist, t.input_scale, t.weight_scale, t.noise_std) == published
@@ -276,7 +280,9 @@ def test_every_preset_builds_and_validates():
                 "linear", "context_keys", 0.002, 0.001,
             )  # fmt: skip
         groups = plan_groups(cfg.with_overrides({**TINY, "probe.gd_probes": True}))
-        assert len(groups) == {"recurrent": 2, "deep": 2, "softmax": 2, "context": 3}.get(name, 1)
+        assert len(groups) == {"recurrent": 2, "deep": 2, "softmax": 2, "context": 3, "depth": 4, "depth-noisy": 2}.get(
+            name, 1
+        )
         for group in groups:
             g = group.cfg.resolve()
             ir.check_probe_config(g)
@@ -351,8 +357,8 @@ def test_multi_layer_deviations_list_every_setting_changed_from_the_paper_preset
     assert irc.PAPER["model.init_scale"] == EXP.preset("paper").model.init_scale
     for name in sorted(EXP.presets):
         cfg = EXP.preset(name)
-        if all(n == 1 for n in irc.swept_values(cfg, "model.n_layers")):
-            continue
+        if all(n == 1 for n in irc.swept_values(cfg, "model.n_layers")) or cfg.model.attention != "linear":
+            continue  # (the depth presets follow Akyürek et al., and their deviations say so)
         changed = {
             k for k, v in _flat(cfg.to_dict()).items()
             if paper.get(k) != v and not k.startswith("sweep.") and k not in ("preset", "model.tie_layers")
@@ -389,3 +395,40 @@ def test_softmax_head_claims_pair_the_seeds_across_head_counts():
             assert "softmax preset" in by_id[cid].untested(EXP.preset(name))
     one_head = EXP.preset("softmax").derive("one-head", sweep=SweepConfig(seeds=(0, 1)))  # n_heads 1, not swept
     assert "model.n_heads" in by_id["softmax_one_head_short_of_two"].untested(one_head)
+
+
+def test_the_noise_matched_ridge_is_the_posterior_mean_rate():
+    cfg = EXP.preset("depth-noisy")
+    assert cfg.probe.ridge_matched and ir.ridge_lambda(cfg) == pytest.approx(0.5**2 / 1.0**2)
+    scaled = cfg.with_overrides({"task.weight_scale": 2.0})
+    assert ir.ridge_lambda(scaled) == pytest.approx(0.25 / 4.0)
+    assert ir.ridge_lambda(EXP.preset("depth")) == ir.RIDGE_FLOOR  # noiseless: OLS up to rounding
+    assert ir.ridge_lambda(EXP.preset("paper")) == EXP.preset("paper").probe.ridge_lambda
+
+
+def test_depth_claims_compare_algorithms_at_the_shallowest_and_deepest_model():
+    rng = np.random.default_rng(4)
+    spd = {a: rng.uniform(0.1, 1.0, (5, 4)) for a in ("gd", "gd1", "ridge", "ols", "knn", "averaging")}
+    runs = []
+    for s in range(5):
+        for i, k in enumerate((1, 2, 4, 8)):
+            final = {f"spd_{a}": v[s, i] for a, v in spd.items() if not (a == "gd1" and k == 1)}
+            runs.append(_record(s, {"model.n_layers": k}, **final))
+    by_id = {c.id: c for c in irc.CLAIMS}
+    shallow = spd["gd"][:, 0] - np.minimum(spd["ridge"][:, 0], spd["ols"][:, 0])
+    np.testing.assert_allclose(by_id["shallow_model_closest_to_gd"].values(runs, {}), shallow)
+    deep = np.minimum(spd["ridge"][:, 3], spd["ols"][:, 3]) - np.minimum(spd["gd"][:, 3], spd["gd1"][:, 3])
+    np.testing.assert_allclose(by_id["deep_model_closest_to_ridge_or_ols"].values(runs, {}), deep)
+    others = np.min([spd[a][:, 3] for a in ("gd", "gd1", "ols", "knn", "averaging")], axis=0)
+    np.testing.assert_allclose(
+        by_id["noisy_deep_model_closest_to_matched_ridge"].values(runs, {}), spd["ridge"][:, 3] - others
+    )
+    untested = lambda name, cid: by_id[cid].untested(EXP.preset(name))
+    assert untested("depth", "shallow_model_closest_to_gd") is None
+    assert untested("depth", "noisy_deep_model_closest_to_matched_ridge") is not None
+    assert untested("depth-noisy", "noisy_deep_model_closest_to_matched_ridge") is None
+    assert "noiseless" in untested("depth-noisy", "deep_model_closest_to_ridge_or_ols")
+    for name in ("paper", "recurrent", "softmax"):
+        assert untested(name, "shallow_model_closest_to_gd") is not None
+    assert untested("depth", "softmax_mlp_matches_or_beats_gdpp") is None
+    assert untested("softmax", "softmax_mlp_matches_or_beats_gdpp") is not None

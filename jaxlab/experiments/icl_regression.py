@@ -16,6 +16,9 @@ Presets:
   smoke      seconds, for tests; training only (probe.gd_probes = false).
   recurrent  K = 2, 3 tied LSA layers vs K-step GD and GD++ (von Oswald et al. Sec. 4, Fig. 3).
   deep       K = 2, 3 untied LSA layers vs K-step GD and GD++ (the recurrent preset, untied).
+  depth      Akyürek et al.'s depth transition: softmax transformers of 1, 2, 4, 8 layers vs GD
+             (1 and K steps), noise-matched ridge, OLS, 3-NN, averaging (noiseless labels).
+  depth-noisy  the same at 1 and 8 layers with label noise (std 0.5).
   softmax    softmax attention with 1 and 2 heads (d_head 11) vs GD.
   context    context length N in {10, 25, 50}.
   ood        the paper model, with the trained model and GD evaluated at input scales alpha in
@@ -56,7 +59,7 @@ from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression_report as _report
 from jaxlab.experiments.icl_regression_claims import CLAIMS, deviations
 from jaxlab.models.gd import check_interpolable
-from jaxlab.models.presets import linear_attention_model
+from jaxlab.models.presets import gpt_model, linear_attention_model
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes import icl_algorithms as alg
 from jaxlab.probes.icl_algorithms import ALGORITHMS
@@ -72,6 +75,10 @@ class ICLProbeConfig(ProbeConfig):
 
     gd_probes: compare with GD and the other algorithms at every evaluation (false: losses only).
     ridge_lambda: the ridge baseline's lambda. knn_k: neighbours of the kNN baseline.
+    ridge_matched: the ridge baseline uses the Bayes-optimal lambda of the task instead,
+        noise_std^2 / weight_scale^2 (the posterior mean of w ~ N(0, weight_scale^2 I) under
+        Gaussian label noise; Akyürek et al.'s "noise-matched" ridge), floored at RIDGE_FLOOR
+        (min-norm OLS up to rounding when the labels are noiseless).
     ilwd_points: probe inputs per task for the implicit linear weight difference (>= task.n_dims).
     ilwd_tasks: evaluation tasks used for ILWD (0: all of them).
     probe_batch_size: tasks evaluated at a time for ILWD (memory bound).
@@ -81,6 +88,7 @@ class ICLProbeConfig(ProbeConfig):
     section: ClassVar[str] = "probe"
     gd_probes: bool = True
     ridge_lambda: float = 0.1
+    ridge_matched: bool = False
     knn_k: int = 3
     ilwd_points: int = 20
     ilwd_tasks: int = 0
@@ -89,10 +97,15 @@ class ICLProbeConfig(ProbeConfig):
 
     # without the GD probes neither the evaluation (`make_evaluate`, `eval_data`) nor `finalize`
     # reads the other fields
-    INERT: ClassVar[tuple[Inert, ...]] = tuple(
-        inert(name, gd_probes=(False,))
-        for name in ("ridge_lambda", "knn_k", "ilwd_points", "ilwd_tasks", "probe_batch_size", "ood_scales")
-    )
+    INERT: ClassVar[tuple[Inert, ...]] = (
+        *(
+            inert(name, gd_probes=(False,))
+            for name in (
+                "ridge_lambda", "ridge_matched", "knn_k", "ilwd_points", "ilwd_tasks", "probe_batch_size", "ood_scales"
+            )
+        ),
+        inert("ridge_lambda", ridge_matched=(True,)),
+    )  # fmt: skip
 
     def validate(self) -> None:
         n = self._name
@@ -111,6 +124,19 @@ class ICLProbeConfig(ProbeConfig):
 def scale_tag(alpha: float) -> str:
     """Metric-name suffix of an input scale: 0.5 -> a050, 2.0 -> a200."""
     return f"a{round(alpha * 100):03d}"
+
+
+RIDGE_FLOOR = 1e-6
+
+
+def ridge_lambda(cfg: ExperimentConfig) -> float:
+    """The ridge baseline's lambda: probe.ridge_lambda, or with probe.ridge_matched the Bayes-optimal
+    max(noise_std^2 / weight_scale^2, RIDGE_FLOOR)."""
+    if not cfg.probe.ridge_matched:
+        return float(cfg.probe.ridge_lambda)
+    task = cfg.task
+    scale = task.weight_scale**2
+    return max(task.noise_std**2 / scale, RIDGE_FLOOR) if scale > 0 else RIDGE_FLOOR
 
 
 def n_gd_steps(cfg: ExperimentConfig) -> int:
@@ -168,7 +194,7 @@ def probe_data(train) -> dict[str, Any]:
         cfg.task.n_dims,
         n_gd_steps(cfg),
         x_probe_BMD=x_probe,
-        ridge_lambda=cfg.probe.ridge_lambda,
+        ridge_lambda=ridge_lambda(cfg),
         knn_k=cfg.probe.knn_k,
     )
     return {"batch": batch, "ref": ref}
@@ -375,6 +401,38 @@ def deep() -> ExperimentConfig:
     )
 
 
+DEPTHS = (1, 2, 4, 8)  # the `depth` preset's layer counts
+DEPTH_NOISE = 0.5  # `depth-noisy`: label noise std (variance 1/4 of the weights' variance)
+
+
+def depth() -> ExperimentConfig:
+    """Akyürek et al. 2023's depth transition: GPT-style softmax transformers (pre-LayerNorm, GeLU
+    MLP, d_model 32, 4 heads) of 1, 2, 4, 8 layers on paired (x, y) tokens, d = 8, N = 16,
+    x ~ N(0, I), w ~ N(0, I), noiseless; each compared by SPD and ILWD with GD (one step and K
+    steps), ridge with the noise-matched lambda (OLS here), OLS, 3-NN and averaging. Sizes fit a
+    2-core CPU; the paper's models are larger (deviations)."""
+    return ExperimentConfig(
+        experiment="icl-regression",
+        preset="depth",
+        model=gpt_model(n_layers=1, n_heads=4, d_model=32, input="continuous", pos_encoding="none"),
+        task=regression.Config(n_dims=8, n_context=16, input_dist="normal", input_scale=1.0, weight_scale=1.0),
+        optim=OptimConfig(name="adamw", lr=1e-3, b1=0.9, b2=0.999, weight_decay=0.0, clip_norm=1.0),
+        train=TrainConfig(steps=3000, batch_size=64, eval_every=500, eval_batch_size=1000),
+        probe=ICLProbeConfig(ridge_matched=True, ilwd_tasks=100, ood_scales=(1.0,)),
+        sweep=SweepConfig(seeds=tuple(range(5)), grid=(("model.n_layers", DEPTHS),)),
+    )
+
+
+def depth_noisy() -> ExperimentConfig:
+    """The `depth` preset at 1 and 8 layers with label noise std 0.5: ridge with the noise-matched
+    lambda = 0.25 is the Bayes-optimal predictor (Akyürek et al.: the deep model matches it best)."""
+    return depth().derive(
+        "depth-noisy",
+        {"task.noise_std": DEPTH_NOISE},
+        sweep=SweepConfig(seeds=tuple(range(5)), grid=(("model.n_layers", (DEPTHS[0], DEPTHS[-1])),)),
+    )
+
+
 def softmax() -> ExperimentConfig:
     """Softmax attention, 1 vs 2 heads of width 11: the remark of the authors' notebook
     constructed_token_setup.ipynb that softmax needs at least 2 heads (claims `softmax_*`)."""
@@ -418,6 +476,8 @@ METRICS = {
     "gdpp_loss, gdpp_lr, gdpp_gamma": "GD++ (K steps, x_j <- (I - gamma X X^T) x_j each step) with (eta, gamma) fitted "
     "jointly; models with > 1 layer",
     "*_gdpp": "preds_diff, model_cos, model_diff against GD++",
+    "spd_gd1, ilwd_gd1": "the same against ONE GD step with its own fitted rate (models with > 1 layer; `gd` is "
+    "K steps)",
     "ood_eval_loss_aXXX, ood_gd_loss_aXXX": "final loss of the model / of GD at input scale alpha = XXX/100",
     "fresh_eval_loss, fresh_gd_loss, fresh_gdpp_loss": "final loss of the model / of GD / of GD++ (rates fitted "
     "on the shared set) on a fresh set of train.eval_batch_size tasks drawn from the run's seed",
@@ -436,6 +496,8 @@ EXPERIMENT = Experiment(
         "paper": paper,
         "recurrent": recurrent,
         "deep": deep,
+        "depth": depth,
+        "depth-noisy": depth_noisy,
         "softmax": softmax,
         "context": context,
         "ood": ood,

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab.models.gd import gd_products, lsa_products
+from jaxlab.probes.gd_equivalence import ONE_STEP_GD
 from jaxlab.probes.icl_algorithms import ALGORITHMS
 from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, spread, table
 from jaxlab.train.restore import load_group
@@ -214,7 +215,7 @@ def gamma_text(ref: dict[str, float]) -> str:
 
 def algorithms_section(ctx: ReportContext) -> Section | None:
     groups = _groups(ctx.summary["runs"])
-    names = [a for a in ALGORITHMS if any(f"spd_{a}" in r["final"] for _, runs in groups for r in runs)]
+    names = [a for a in (*ALGORITHMS, ONE_STEP_GD) if any(f"spd_{a}" in r["final"] for _, runs in groups for r in runs)]
     if not names:
         return None
     ref = ctx.summary.get("reference", {})
@@ -231,9 +232,10 @@ def algorithms_section(ctx: ReportContext) -> Section | None:
         "that small models sit closest to one GD step and large ones to OLS (noiseless data). jaxlab's "
         "expectation, which no claim tests: von Oswald et al.'s single LSA layer is closest to `gd`. "
         "`gd` is the fitted "
-        "K-step GD, `averaging` is one GD step with eta = 1, `ridge` uses probe.ridge_lambda, `knn` "
-        "k = probe.knn_k. Final values, median [min, max] over runs.\n\n"
-        + table(["runs", "algorithm", "algorithm's own loss", "spd", "ilwd"], rows)
+        "K-step GD (K = the number of layers), `gd1` one GD step with its own fitted rate (K > 1 only), "
+        "`averaging` one GD step with eta = 1, `ridge` uses probe.ridge_lambda (with probe.ridge_matched the "
+        "noise-matched noise_std^2 / weight_scale^2), `knn` k = probe.knn_k. Final values, median [min, max] "
+        "over runs.\n\n" + table(["runs", "algorithm", "algorithm's own loss", "spd", "ilwd"], rows)
     )
     figs = [f for f in [_akyurek_figure(ctx, names)] if f is not None]
     return Section("Comparison with other learning algorithms (Akyürek et al. 2023)", body, figs)

@@ -28,6 +28,7 @@ Metrics (means over the tasks of the evaluation set; y_hat, g = d y_hat / d x_q 
                 w_hat(f) is the least-squares fit of f's predictions at M fresh probe inputs that
                 share the task's context (on the first `ilwd_tasks` tasks)
   *_gdpp        the same GD comparisons against GD++ (n_steps > 1)
+  spd_gd1, ilwd_gd1   against ONE GD step with its own fitted rate (n_steps > 1; `gd` is K steps)
 `interp_loss(...)` is the loss of von Oswald et al.'s interpolated model (Appendix A.3).
 """
 
@@ -61,6 +62,11 @@ ApplyFn = Callable[[chex.ArrayTree, jax.Array], jax.Array]
 
 
 # -- losses and the line search --------------------------------------------------------------------
+# the one-step GD compared with as well when the model has K > 1 layers (its own fitted rate):
+# metrics spd_gd1, ilwd_gd1, reference gd1_loss
+ONE_STEP_GD = "gd1"
+
+
 def half_mse(preds_BO: jax.Array, targets_BO: jax.Array) -> jax.Array:
     """0.5 * squared error summed over outputs, mean over tasks (jaxlab's `mse`, von Oswald's loss)."""
     return 0.5 * jnp.mean(jnp.sum((preds_BO - targets_BO) ** 2, axis=-1))
@@ -213,6 +219,9 @@ def fit_gd_reference(batch: Batch, n_dims: int, n_steps: int, gd_plus_plus: bool
     eta, loss = fit_gd_lr(x, y, xq, yq, n_steps)
     preds, sens = _gd_at_queries(x, y, xq, eta, n_steps)
     out = {"gd": {"eta": eta, "gamma": jnp.float32(0.0), "loss": loss, "preds": preds, "sens": sens}}
+    if n_steps > 1:  # one GD step beside the K-step GD (Akyuerek et al. compare with both)
+        eta1, loss1 = fit_gd_lr(x, y, xq, yq, 1)
+        out[ONE_STEP_GD] = {"eta": eta1, "loss": loss1}
     if gd_plus_plus:
         eta_pp, gamma_pp, loss_pp = fit_gd_plus_plus(x, y, xq, yq, n_steps, eta)
         preds_pp, sens_pp = _gd_at_queries(x, y, xq, eta_pp, n_steps, gamma_pp)
@@ -250,6 +259,9 @@ def make_reference(
         name: alg.predictor(name, eta=eta, n_steps=n_steps, ridge_lambda=ridge_lambda, knn_k=knn_k)
         for name in algorithms
     }
+    if ONE_STEP_GD in ref and "gd" in algorithms:
+        eta1 = float(ref[ONE_STEP_GD]["eta"])
+        predictors[ONE_STEP_GD] = alg.predictor("gd", eta=eta1, n_steps=1, ridge_lambda=ridge_lambda, knn_k=knn_k)
     preds = {n: p(x, y, xq[:, None])[:, 0] for n, p in predictors.items()}
     f32 = lambda a: np.asarray(a, np.float32)
     ref["alg_preds"] = {n: f32(p) for n, p in preds.items()}
