@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxlab import __version__
 from jaxlab.errors import ConfigError, UserError, environment_error
 from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
 from jaxlab.interrupt import Interrupted
@@ -21,6 +22,7 @@ from jaxlab.interrupt import Interrupted
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxlab", description="Small-transformer experiments, many runs at once.")
+    p.add_argument("--version", action="version", version=f"jaxlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,run,report,bench}")
 
     plugin = argparse.ArgumentParser(add_help=False)
@@ -39,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", help="N (seeds 0..N-1), a list 3,7,9, or a range 0:64")
     r.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="grid over a config key")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    r.add_argument("--out", help="output directory")
+    r.add_argument("--out", metavar="DIR", help="output directory (required, except with --show-config)")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")

@@ -7,6 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
+import jaxlab
 from jaxlab import results
 from jaxlab.cli import main
 
@@ -135,3 +136,12 @@ def test_console_entry_point_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "optim.name: unknown value 'lion' (allowed: adamw, adam, sgd)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_version_and_the_help_say_what_jaxlab_is_and_needs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"jaxlab {jaxlab.__version__}"
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--out DIR" in capsys.readouterr().out.replace("\n", " ")
