@@ -18,6 +18,7 @@ from jaxlab import __version__
 from jaxlab.errors import ConfigError, UserError, environment_error
 from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
 from jaxlab.interrupt import Interrupted
+from jaxlab.trackers import TRACKERS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     r.add_argument("--quiet", action="store_true", help="one log line per chunk instead of a progress bar")
+    r.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        choices=TRACKERS,
+        help="also write every evaluation to a tracker as the sweep runs (tensorboard: DIR/tensorboard/)",
+    )
     r.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     d = r.add_argument_group(
         "several hosts",
@@ -179,7 +187,14 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     try:
         result = run_sweep(
-            exp, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=command
+            exp,
+            cfg,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+            command=command,
+            log=args.log,
         )
     except Interrupted as err:
         if jax.process_index() == 0:

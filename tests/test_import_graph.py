@@ -25,7 +25,7 @@ LAYERS = [
         "jaxlab.hostdevices",
     },
     {"jaxlab.config"},
-    {"jaxlab.results", "jaxlab.runfiles", "jaxlab.models", "jaxlab.tasks", "jaxlab.metrics"},
+    {"jaxlab.results", "jaxlab.runfiles", "jaxlab.trackers", "jaxlab.models", "jaxlab.tasks", "jaxlab.metrics"},
     {"jaxlab.reporting"},
     {"jaxlab.train"},
     {"jaxlab.probes"},

@@ -27,6 +27,7 @@ from jaxlab import interrupt
 from jaxlab.errors import UserError
 from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
 from jaxlab.hostdevices import cpu_cores
+from jaxlab.trackers import Tracker, write_row
 from jaxlab.train import bounds, chunking
 from jaxlab.train.checkpoint import GroupCheckpointer, SaveSchedule
 from jaxlab.train.distributed import agree_decision, agree_min, barrier, is_primary
@@ -107,8 +108,18 @@ def _platform(placement: Placement) -> str:
 class _GroupRun:
     """The state shared by the run chunks of one group (programs, inputs, where to write)."""
 
-    def __init__(self, exp: Experiment, group: Group, placement: Placement, store: RunStore | None, resume: bool):
+    def __init__(
+        self,
+        exp: Experiment,
+        group: Group,
+        placement: Placement,
+        store: RunStore | None,
+        resume: bool,
+        trackers: list[Tracker] | None = None,
+    ):
         self.exp, self.group, self.placement, self.store, self.resume = exp, group, placement, store, resume
+        self.trackers = trackers or []
+        self._row_of: Any = None
         cfg = group.cfg
         self.train = exp.make_train(cfg)
         self.hp_all = stack_hparams(cfg, [r.point for r in group.runs])
@@ -186,6 +197,8 @@ class _GroupRun:
             if ckpt is not None and self.resume:
                 begin, state, history = self._resume(ckpt, state, history, where)
                 progress.skip(n_real * steps[begin])
+            if begin == 0:
+                self._track(history, 0, slots, real)
             schedule = SaveSchedule(tcfg.checkpoint_every, tcfg.checkpoint_minutes)
             n_div = None
             for i in range(begin + 1, len(steps)):
@@ -202,6 +215,7 @@ class _GroupRun:
                 state, history, (loss, n_div) = self.interval(
                     state, history, hp, eval_data, n, p.put(np.int32(i), p.replicated), valid
                 )
+                self._track(history, i, slots, real)
                 progress.update(
                     group=g.index,
                     chunk=k,
@@ -262,6 +276,21 @@ class _GroupRun:
             f"(checkpoint after evaluation {got.index} of {len(steps) - 1}{unverified})"
         )
         return got.index, got.state, got.history
+
+    def _track(self, history: dict, i: int, slots: np.ndarray, real: np.ndarray) -> None:
+        """Hand the trackers row `i` of the history: this process's real runs at evaluation step i
+        (the row is sliced on the device, so the history itself stays donatable)."""
+        if not self.trackers:
+            return
+        p = self.placement
+        if self._row_of is None:
+            self._row_of = jax.jit(lambda h, i: {m: v[i] for m, v in h.items()}, out_shardings=p.runs)
+        row = self._row_of(history, p.put(np.int32(i), p.replicated))
+        local = {m: p.local(v) for m, v in row.items()}
+        pos = next(iter(local.values()))[0]
+        keep = real[pos]
+        runs = [self.group.runs[j].run for j in slots[pos[keep]]]
+        write_row(self.trackers, runs, int(self.train.eval_steps[i]), {m: v[keep] for m, (_, v) in local.items()})
 
     def _replicate(self, state: Any, history: dict, hp: dict, valid: jax.Array) -> dict[str, jax.Array]:
         """The chunk's history with its last row re-evaluated on the replicate evaluation set: the
@@ -342,10 +371,12 @@ def run_group(
     store: RunStore | None = None,
     resume: bool = False,
     placement: Placement | None = None,
+    trackers: list[Tracker] | None = None,
 ) -> GroupOutcome:
-    """Train every run of `group` (run chunk by run chunk); returns final states, history and probes."""
+    """Train every run of `group` (run chunk by run chunk); returns final states, history and probes.
+    `trackers` get every evaluation of every run as it is made (`jaxlab.trackers`)."""
     t0 = time.time()
-    gr = _GroupRun(exp, group, placement or Placement.default(), store, resume)
+    gr = _GroupRun(exp, group, placement or Placement.default(), store, resume, trackers)
     compile_s = gr.compile()
     progress.beat(f"group {group.index} compiled")
     outs = []

@@ -11,7 +11,7 @@ processes (`--distributed`) run the same loop on their own shards; process 0 mer
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from jaxlab import interrupt, results
 from jaxlab.config import ExperimentConfig, require_config
 from jaxlab.errors import ConfigError, UserError
 from jaxlab.reporting import write_report_of
+from jaxlab.trackers import check_trackers, close_all, open_trackers
 from jaxlab.train.distributed import agree_min, barrier, is_primary
 from jaxlab.train.experiment import Experiment
 from jaxlab.train.group_run import run_group
@@ -73,9 +74,11 @@ def run_sweep(
     command: str | None = None,
     report: bool = True,
     placement: Placement | None = None,
+    log: Sequence[str] = (),
 ) -> SweepResult:
     """Train and probe every run of `cfg.sweep` of `experiment`; write the run directory when `out_dir`
-    is given. (`jaxlab.registry.get_experiment(name)` finds an experiment by name.)
+    is given. (`jaxlab.registry.get_experiment(name)` finds an experiment by name.) `log`: trackers
+    (`jaxlab.trackers.TRACKERS`, e.g. "tensorboard") that get every evaluation as it is made.
 
     Runs are sharded over `placement` (default: a 1-D mesh of every device of every process). In
     a multi-process sweep every process calls this with the same arguments; each writes the
@@ -89,7 +92,10 @@ def run_sweep(
     t0 = time.time()
     exp = _require_experiment(experiment, cfg)
     groups = plan_groups(cfg)  # every program's config is valid before the directory is touched
-    options = dict(resume=resume, quiet=quiet, progress=progress, command=command, report=report, placement=placement)
+    options = dict(
+        resume=resume, quiet=quiet, progress=progress, command=command, report=report, placement=placement, log=log
+    )
+    check_trackers(log, None if out_dir is None else Path(out_dir))  # before anything is written
     if out_dir is None:
         return _sweep(cfg, exp, groups, None, t0=t0, **options)
     run_dir = Path(out_dir)
@@ -142,12 +148,14 @@ def _sweep(
     report: bool,
     placement: Placement | None,
     t0: float,
+    log: Sequence[str] = (),
     on_start: Callable[[], None] | None = None,
 ) -> SweepResult:
     """`run_sweep` in a prepared (locked, checked) run directory, or none."""
     placement = placement or Placement.default()
     primary = is_primary()
     store = RunStore(run_dir) if run_dir is not None else None
+    trackers = open_trackers(log, run_dir, primary)
 
     with Watchdog(cfg.train.stall_timeout, run_dir, jax.process_index()) as watchdog:
         total = sum(len(g.runs) * g.cfg.train.steps for g in groups)
@@ -168,9 +176,12 @@ def _sweep(
                     bar.skip(len(group.runs) * group.cfg.train.steps)
                     skipped.append(group.index)
                     continue
-                outcomes.append(run_group(exp, group, bar, store, resume=resume, placement=placement))
+                outcomes.append(
+                    run_group(exp, group, bar, store, resume=resume, placement=placement, trackers=trackers)
+                )
         finally:
             bar.close()
+            close_all(trackers)
         barrier("jaxlab-groups-done")
 
         cross = None
