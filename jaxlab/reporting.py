@@ -163,7 +163,14 @@ def curves_by_point(ax: plt.Axes, df: pd.DataFrame, metric: str, point_cols: Seq
 
 
 def point_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c not in results.BASE_COLUMNS]
+    """The columns of a tidy table that tell its grid points apart: config columns whose value
+    differs between runs (the run-level columns, and `--set` values shared by every run, aside)."""
+    fixed = set(results.BASE_COLUMNS) | set(results.RUN_COLUMNS)
+    candidates = [c for c in df.columns if c not in fixed]
+    if not candidates:
+        return []
+    per_run = df.groupby("run")[candidates].first()
+    return [c for c in candidates if per_run[c].nunique(dropna=False) > 1]
 
 
 def loss_figure(ctx: ReportContext) -> Figure | None:

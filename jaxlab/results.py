@@ -26,6 +26,25 @@ import pyarrow as pa
 from jaxlab.errors import CorruptFileError, StorageError, UserError
 
 BASE_COLUMNS = ("run", "seed", "step", "metric", "value")
+# what metrics.parquet says of each row's run besides its seed (`with_run_columns`)
+RUN_COLUMNS = ("experiment", "preset", "status", "diverged_at_step")
+RUNS_TABLE = "runs.parquet"
+
+
+def column(key: str) -> str:
+    """The table column of a dotted config key, a name SQL engines take unquoted: `optim.lr` ->
+    `optim__lr` (section and field joined by two underscores)."""
+    return key.replace(".", "__")
+
+
+def config_key(name: str) -> str:
+    """The dotted config key of a column (`column`'s inverse; a dotted name is returned as it is)."""
+    return name.replace("__", ".", 1) if "." not in name else name
+
+
+def _cell(value: Any) -> Any:
+    """A config value as a table cell: scalars as they are, anything else as its JSON text."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(_jsonable(value))
 
 
 # -- atomic writes ---------------------------------------------------------------------------------
@@ -142,12 +161,54 @@ def tidy_rows(
 
 
 def add_point_columns(df: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The swept values of each row's run as columns (`column` names) between seed and step."""
     keys = sorted({k for r in runs for k in r.get("point", {})})
     by_run = {r["run"]: r.get("point", {}) for r in runs}
     for k in keys:
-        df[k] = df["run"].map(lambda run, k=k: by_run[run].get(k))
-    ordered = ["run", "seed", *keys, "step", "metric", "value"]
+        df[column(k)] = df["run"].map(lambda run, k=k: by_run[run].get(k))
+    ordered = ["run", "seed", *map(column, keys), "step", "metric", "value"]
     return df[ordered]
+
+
+def with_run_columns(
+    table: pd.DataFrame,
+    experiment: str,
+    preset: str,
+    runs: Sequence[Mapping[str, Any]],
+    overrides: Mapping[str, Any],
+) -> pd.DataFrame:
+    """metrics.parquet's columns: experiment, preset, run, seed, status, diverged_at_step, the config
+    values set on top of the preset (`overrides`, dotted key -> value; the same for every run), the
+    swept values, then step, metric, value. `runs`: summary.json's run records."""
+    by_run = {r["run"]: r for r in runs}
+    out = table.copy()
+    out.insert(0, "experiment", experiment)
+    out.insert(1, "preset", preset)
+    status = out["run"].map(lambda r: by_run[r]["status"] if r in by_run else None)
+    diverged = out["run"].map(lambda r: by_run[r].get("diverged_at_step") if r in by_run else None)
+    out.insert(out.columns.get_loc("seed") + 1, "status", status)
+    out.insert(out.columns.get_loc("status") + 1, "diverged_at_step", pd.array(diverged, dtype="Int64"))
+    at = out.columns.get_loc("diverged_at_step") + 1
+    for i, (key, value) in enumerate(sorted(overrides.items())):
+        if column(key) not in out.columns:
+            out.insert(at + i, column(key), _cell(value))
+    return out
+
+
+def runs_table(
+    runs: Sequence[Mapping[str, Any]], config_of: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+) -> pd.DataFrame:
+    """runs.parquet: one row per run with its seed, status, diverged_at_step and EVERY config value
+    (`config_of(run)`: dotted key -> value, the swept values included), under `column` names."""
+    rows = []
+    for r in runs:
+        row = {"run": r["run"], "seed": r["seed"], "status": r["status"], "diverged_at_step": r.get("diverged_at_step")}
+        row.update({column(k): _cell(v) for k, v in config_of(r).items()})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if "diverged_at_step" in df:
+        df["diverged_at_step"] = pd.array(df["diverged_at_step"], dtype="Int64")
+    return df
 
 
 def aggregate(values: Iterable[float]) -> dict[str, float | None]:
@@ -261,14 +322,23 @@ def load(run_dir: str | Path) -> pd.DataFrame:
 
 def load_many(run_dirs: Iterable[str | Path], key: str = "sweep") -> pd.DataFrame:
     """The tables of several run directories, one below the other, with a column `key` naming
-    each directory (its name); hyperparameter columns missing from a sweep are left empty."""
-    frames = []
-    for d in run_dirs:
-        df = load(d)
-        df.insert(0, key, Path(d).name)
-        frames.append(df)
+    each directory (its name). A config column that one directory's table has (a value set or
+    swept there) and another's lacks (the preset's value there) is filled from the other's
+    runs.parquet, so every row carries every config value any of the tables shows."""
+    dirs = [Path(d) for d in run_dirs]
+    frames = [load(d) for d in dirs]
     if not frames:
         raise UserError("load_many: no run directories given")
+    shown = {c for f in frames for c in f.columns if "__" in c}
+    for d, df in zip(dirs, frames):
+        missing = sorted(shown - set(df.columns))
+        table = d / RUNS_TABLE
+        if missing and table.exists():
+            runs = read_parquet(table).set_index("run")
+            for c in missing:
+                if c in runs.columns:
+                    df[c] = df["run"].map(runs[c])
+        df.insert(0, key, d.name)
     return pd.concat(frames, ignore_index=True)
 
 

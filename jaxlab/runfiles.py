@@ -3,7 +3,7 @@
 A run directory may also hold the user's own files (a directory that holds no run is accepted as
 `--out`). Replacing a run (`--overwrite`) must move and delete only what jaxlab wrote, so jaxlab
 keeps a record: the names of the top-level entries it wrote (config.json, summary.json,
-metrics.parquet, report.md, parts/, checkpoints/, every figure or cache the report wrote), and
+metrics.parquet, runs.parquet, report.md, parts/, checkpoints/, every figure or cache the report wrote), and
 whether the run that wrote them got past its first training interval (`started`). Inside
 `parts/` and `checkpoints/` the names jaxlab writes follow fixed patterns (`JAXLAB_ENTRIES`);
 anything else in them is the user's.
@@ -27,7 +27,7 @@ from jaxlab import results
 from jaxlab.errors import UserError
 
 MANIFEST = ".jaxlab-files.json"
-RUN_FILES = ("config.json", "summary.json", "metrics.parquet", "report.md")
+RUN_FILES = ("config.json", "summary.json", "metrics.parquet", "runs.parquet", "report.md")
 RUN_DIRS = ("parts", "checkpoints")
 # what jaxlab writes inside its directories (with the temporary names of `results`' atomic writes)
 JAXLAB_ENTRIES = {

@@ -393,6 +393,7 @@ RULE_CASES = {
         ("icl-regression", {"train.eval_schedule": "log", "train.steps": 10}),
     ),
     "probe.ridge_lambda": (("icl-regression", {}), (0.1, 0.5), None),
+    "probe.ridge_matched": (("icl-regression", {}), (False, True), None),
     "probe.knn_k": (("icl-regression", {}), (1, 2), None),
     "probe.ilwd_points": (("icl-regression", {}), (6, 9), None),
     "probe.ilwd_tasks": (("icl-regression", {}), (0, 4), None),

@@ -25,7 +25,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_run_writes_the_documented_layout(smoke_run):
-    for name in ("config.json", "summary.json", "metrics.parquet", "report.md", "loss_curves.png"):
+    for name in ("config.json", "summary.json", "metrics.parquet", "runs.parquet", "report.md", "loss_curves.png"):
         assert (smoke_run / name).is_file(), name
     assert any((smoke_run / "checkpoints").rglob("*")), "no checkpoint written"
     summary = json.loads((smoke_run / "summary.json").read_text())
@@ -37,7 +37,15 @@ def test_run_writes_the_documented_layout(smoke_run):
     assert set(summary["aggregate"]["eval_loss"]) >= {"mean", "median", "std", "min", "max"}
 
     df = results.load(smoke_run)
-    assert list(df.columns) == ["run", "seed", "step", "metric", "value"]
+    assert list(df.columns) == [
+        "experiment", "preset", "run", "seed", "status", "diverged_at_step", "step", "metric", "value",
+    ]  # fmt: skip
+    assert set(df.experiment) == {"icl-regression"} and set(df.preset) == {"smoke"} and set(df.status) == {"ok"}
+    assert df.diverged_at_step.isna().all()
+    runs = pd.read_parquet(smoke_run / "runs.parquet")
+    assert list(runs.run) == [0, 1] and list(runs.seed) == [0, 1]
+    cfg = json.loads((smoke_run / "config.json").read_text())
+    assert runs.model__n_layers.tolist() == [cfg["model"]["n_layers"]] * 2 and (runs.train__steps == 80).all()
     assert sorted(df.step.unique()) == [0, 20, 40, 60, 80]
     # the final loss on the replicate evaluation set (jaxlab.train.replicate) sits at the last step only
     assert set(df.metric) == {"train_loss", "eval_loss", "replicate_eval_loss"}
@@ -73,9 +81,28 @@ def test_sweep_over_traced_key_adds_columns_and_points(tmp_path):
     args = ["run", "icl-regression", "--preset", "smoke", "--seeds", "0:2", "--sweep", "optim.lr=0.01,0.03"]
     assert main([*args, "--set", "train.steps=40", "--out", str(out), "--quiet"]) == 0
     df = results.load(out)
-    assert "optim.lr" in df.columns and set(df["optim.lr"]) == {0.01, 0.03}
+    assert "optim__lr" in df.columns and set(df["optim__lr"]) == {0.01, 0.03}
+    # a --set value is a column of every row (a preset's own values are in runs.parquet)
+    assert "train__steps" in df.columns and set(df["train__steps"]) == {40}
     summary = results.load_summary(out)
     assert summary["n_runs"] == 4 and len(summary["aggregate_by_point"]) == 2
+
+
+def test_two_run_directories_group_by_a_set_value_in_one_sql_query(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    for layers in (2, 3):
+        args = ["run", "icl-regression", "--preset", "smoke", "--set", f"model.n_layers={layers}"]
+        assert main([*args, "--set", "model.tie_layers=true", "--out", str(tmp_path / f"l{layers}"), "--quiet"]) == 0
+    files = [str(tmp_path / f"l{layers}" / "metrics.parquet") for layers in (2, 3)]
+    query = (
+        "SELECT model__n_layers, count(DISTINCT run) AS runs, avg(value) AS loss FROM read_parquet($files) "
+        "WHERE metric = 'eval_loss' AND step = 80 GROUP BY model__n_layers ORDER BY model__n_layers"
+    )
+    got = duckdb.execute(query, {"files": files}).fetchall()
+    assert [(row[0], row[1]) for row in got] == [(2, 2), (3, 2)]
+    for layers, (_, _, loss) in zip((2, 3), got):
+        want = results.load(tmp_path / f"l{layers}").query("metric == 'eval_loss' and step == 80").value.mean()
+        assert loss == pytest.approx(want)
 
 
 def test_overwrite_replaces(tmp_path):

@@ -62,8 +62,14 @@ def test_merge_of_chunks_and_processes(tmp_path, smoke_cfg):
 def test_load_many_concatenates_sweeps(tmp_path, smoke_cfg):
     for name, runs in (("a", [0, 1]), ("b", [0, 1, 2, 3])):
         write_parts(tmp_path / name, {(0, 0): runs}, ref={(0, 0): 0.0})
-        merge_parts(tmp_path / name, smoke_cfg, 1.0, None)
+        # sweep a set train.eval_batch_size on top of its preset; sweep b kept the preset's value
+        overrides = {"train.eval_batch_size": 7} if name == "a" else {}
+        merge_parts(tmp_path / name, smoke_cfg, 1.0, None, overrides=overrides)
+    assert "train__eval_batch_size" not in results.load(tmp_path / "b").columns
     df = results.load_many([tmp_path / "a", tmp_path / "b"])
-    assert list(df.columns[:2]) == ["sweep", "run"]
+    assert list(df.columns[:3]) == ["sweep", "experiment", "preset"]
+    # b's rows get b's own value from its runs.parquet, not an empty cell
+    by_sweep = df.groupby("sweep").train__eval_batch_size.unique().to_dict()
+    assert list(by_sweep["a"]) == [7] and list(by_sweep["b"]) == [smoke_cfg.train.eval_batch_size]
     assert df.groupby("sweep").run.nunique().to_dict() == {"a": 2, "b": 4}
     assert len(df) == len(results.load(tmp_path / "a")) + len(results.load(tmp_path / "b"))

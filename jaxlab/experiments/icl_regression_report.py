@@ -22,7 +22,7 @@ import pandas as pd
 from jaxlab.models.gd import gd_products, lsa_products
 from jaxlab.probes.gd_equivalence import ONE_STEP_GD
 from jaxlab.probes.icl_algorithms import ALGORITHMS
-from jaxlab.reporting import Figure, ReportContext, Section, fmt, quantile_curves, spread, table
+from jaxlab.reporting import Figure, ReportContext, Section, fmt, point_columns, quantile_curves, spread, table
 from jaxlab.train.restore import load_group
 
 # the sensitivity cosine marked on the curves (the claims' bar, `icl_regression_claims.COS_BAR`)
@@ -242,7 +242,7 @@ def algorithms_section(ctx: ReportContext) -> Section | None:
 
 
 def _point_frames(ctx: ReportContext) -> list[tuple[str, pd.DataFrame]]:
-    cols = [c for c in ctx.df.columns if c not in ("run", "seed", "step", "metric", "value")]
+    cols = point_columns(ctx.df)
     if not cols:
         return [("", ctx.df)]
     out = []

@@ -14,6 +14,7 @@ import pandas as pd
 
 from jaxlab.experiments.latent_ambiguity_claims import BAYES_TOLERANCE, JIANG_ICL_KL
 from jaxlab.reporting import Figure, ReportContext, Section, fmt, point_columns, spread, table
+from jaxlab.results import config_key
 
 _NAME = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:_m(?P<m>\d+)|_pos(?P<pos>\d+))?_a(?P<a>\d+)$")
 
@@ -37,7 +38,7 @@ def final_frame(ctx: ReportContext) -> pd.DataFrame:
 
 
 def size_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in point_columns(df) if c.startswith("model.")]
+    return [c for c in point_columns(df) if c.startswith(("model__", "model."))]
 
 
 def size_labels(df: pd.DataFrame, ctx: ReportContext) -> pd.Series:
@@ -45,7 +46,8 @@ def size_labels(df: pd.DataFrame, ctx: ReportContext) -> pd.Series:
     if not cols:
         m = ctx.cfg.model
         return pd.Series(f"{m.n_layers} layers, d {m.d_model}", index=df.index)
-    return df[cols].astype(str).agg(lambda r: ", ".join(f"{c.split('.')[1]}={v}" for c, v in zip(cols, r)), axis=1)
+    name = lambda c: config_key(c).split(".", 1)[1]
+    return df[cols].astype(str).agg(lambda r: ", ".join(f"{name(c)}={v}" for c, v in zip(cols, r)), axis=1)
 
 
 def _ambiguity_rows(ctx: ReportContext) -> list[int]:

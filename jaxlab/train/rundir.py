@@ -171,8 +171,11 @@ def merge_parts(
     command: str | None,
     claims: Sequence[Claim] = (),
     deviations: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Merge every part (and the cross-group results) into metrics.parquet and summary.json."""
+    """Merge every part (and the cross-group results) into metrics.parquet, runs.parquet and
+    summary.json. `overrides`: the config values set on top of the preset (dotted key -> value),
+    written as columns of every row of metrics.parquet (`results.with_run_columns`)."""
     parts_dir = Path(run_dir) / "parts"
     parts = [results.read_json(p) for p in sorted(parts_dir.glob("part-*.json"))]
     cross = parts_dir / "cross.json"
@@ -180,8 +183,14 @@ def merge_parts(
         parts.append({"label": "", "runs": [], "compile_s": 0.0, **results.read_json(cross)})
     tables = [results.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
     table = pd.concat(tables, ignore_index=True).sort_values("run", kind="stable", ignore_index=True)
-    results.write_parquet(Path(run_dir) / "metrics.parquet", table)
     summary = build_summary(cfg, parts, wall_s, command, claims, deviations)
+    runs = summary["runs"]
+    table = results.with_run_columns(table, cfg.experiment, cfg.preset, runs, overrides or {})
+    results.write_parquet(Path(run_dir) / "metrics.parquet", table)
+    every_key = {k: cfg.get(k) for k in cfg.valid_keys()}
+    results.write_parquet(
+        Path(run_dir) / results.RUNS_TABLE, results.runs_table(runs, lambda r: {**every_key, **r["hparams"]})
+    )
     results.write_json(Path(run_dir) / "summary.json", summary)
     return summary
 

@@ -122,6 +122,18 @@ def run_sweep(
             attempt.release()
 
 
+def preset_overrides(exp: Experiment, cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config values that differ from `cfg.preset`'s (the swept keys aside): what `--set` changed.
+    Empty for a config whose preset the experiment does not have."""
+    try:
+        base = exp.preset(cfg.preset)
+    except UserError:
+        return {}
+    swept = {k for k, _ in cfg.sweep.grid}
+    keys = [k for k in cfg.valid_keys() if k not in swept]
+    return {k: cfg.get(k) for k in keys if k in base.valid_keys() and base.get(k) != cfg.get(k)}
+
+
 def _require_experiment(experiment: Any, cfg: Any) -> Experiment:
     """`experiment`, checked against `cfg` (TypeError for the old `run_sweep(cfg, out)` call)."""
     if not isinstance(experiment, Experiment):
@@ -204,7 +216,8 @@ def _sweep(
             summary = build_summary(cfg, parts, wall_s, command, exp.claims, exp.deviations(cfg))
             return SweepResult(None, summary, outcomes)
         if primary:
-            summary = merge_parts(run_dir, cfg, wall_s, command, exp.claims, exp.deviations(cfg))
+            overrides = preset_overrides(exp, cfg)
+            summary = merge_parts(run_dir, cfg, wall_s, command, exp.claims, exp.deviations(cfg), overrides)
             if report:
                 write_report_of(run_dir, exp)
         barrier("jaxlab-merged")
