@@ -92,16 +92,17 @@ def test_two_run_directories_group_by_a_set_value_in_one_sql_query(tmp_path):
     duckdb = pytest.importorskip("duckdb")
     for layers in (2, 3):
         args = ["run", "icl-regression", "--preset", "smoke", "--set", f"model.n_layers={layers}"]
-        assert main([*args, "--set", "model.tie_layers=true", "--out", str(tmp_path / f"l{layers}"), "--quiet"]) == 0
+        short = ["--set", "train.steps=20", "--set", "train.eval_every=10"]
+        assert main([*args, *short, "--out", str(tmp_path / f"l{layers}"), "--quiet"]) == 0
     files = [str(tmp_path / f"l{layers}" / "metrics.parquet") for layers in (2, 3)]
     query = (
         "SELECT model__n_layers, count(DISTINCT run) AS runs, avg(value) AS loss FROM read_parquet($files) "
-        "WHERE metric = 'eval_loss' AND step = 80 GROUP BY model__n_layers ORDER BY model__n_layers"
+        "WHERE metric = 'eval_loss' AND step = 20 GROUP BY model__n_layers ORDER BY model__n_layers"
     )
     got = duckdb.execute(query, {"files": files}).fetchall()
     assert [(row[0], row[1]) for row in got] == [(2, 2), (3, 2)]
     for layers, (_, _, loss) in zip((2, 3), got):
-        want = results.load(tmp_path / f"l{layers}").query("metric == 'eval_loss' and step == 80").value.mean()
+        want = results.load(tmp_path / f"l{layers}").query("metric == 'eval_loss' and step == 20").value.mean()
         assert loss == pytest.approx(want)
 
 
