@@ -12,6 +12,7 @@ import pytest
 from _runs import run_cfg
 
 from jaxlab import claims, results
+from jaxlab.claims import REPLICATE_PREFIX, evaluate
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import instruction_clustering as ic
 from jaxlab.experiments import instruction_clustering_claims as icc
@@ -367,3 +368,27 @@ def test_probe_config_errors():
     assert err.value.field == "probe.position" and "sep_output" in str(err.value)
     with pytest.raises(ConfigError, match="probe.n_eval"):
         cfg.set("probe.n_eval", "0")
+
+
+def test_clusters_form_reads_the_best_layer_from_the_per_layer_finals():
+    """The same value as `ari_best_layer` (max final ARI over the layers, NaN ignored), read from the
+    per-layer finals so that the replicate evaluation set re-evaluates it, layer choice included."""
+    rng = np.random.default_rng(0)
+    ari = rng.uniform(0.6, 1.0, (6, 4))
+    ari[0, 2] = np.nan
+    rep = rng.uniform(0.0, 0.45, (6, 4))
+    runs = []
+    for s in range(6):
+        final = {f"ari_layer_{layer}": ari[s, layer] for layer in range(4)}
+        final.update({f"{REPLICATE_PREFIX}ari_layer_{layer}": rep[s, layer] for layer in range(4)})
+        runs.append({"run": s, "seed": s, "status": "ok", "hparams": {}, "final": final})
+    np.testing.assert_allclose([icc.best_final_ari(r) for r in runs], np.nanmax(ari, axis=1))
+    (entry,) = [
+        c
+        for c in evaluate(icc.CLAIMS, get_experiment("instruction-clustering").preset("quick"), runs, {})
+        if c["id"] == "clusters_form"
+    ]
+    assert entry["median"] == pytest.approx(np.median(np.nanmax(ari, axis=1)))
+    assert entry["replicate"]["median"] == pytest.approx(np.median(rep.max(axis=1)))
+    # every seed above 0.5 on the shared set, below it on the replicate set: the set decides
+    assert entry["verdict"] == "inconclusive" and entry["replicate"]["verdict"] == "not_reproduced"
