@@ -222,8 +222,9 @@ def _statistic(c: Claim, runs: Sequence[Mapping[str, Any]], reference: Mapping[s
     return (*bootstrap_median_ci(x), int(x.size))
 
 
-def _decide(c: Claim, median: float, lo: float, hi: float, n: int) -> str:
-    return "inconclusive" if n < MIN_SEEDS else c.rule.decide(lo, hi)
+def _decide(rule: Rule, lo: float, hi: float, n: int) -> str:
+    """The verdict of an interval from n seeds: `inconclusive` below MIN_SEEDS, else the rule's."""
+    return "inconclusive" if n < MIN_SEEDS else rule.decide(lo, hi)
 
 
 class _ReadsFinal(dict):
@@ -276,7 +277,7 @@ def _replicate(
         return None, f"not re-evaluated: the statistic reads {names}, which the replicate set does not score"
     if n == 0:
         return None, "no finite value on the replicate evaluation set"
-    verdict = _decide(c, median, lo, hi, n)
+    verdict = _decide(c.rule, lo, hi, n)
     return {"median": median, "ci_low": lo, "ci_high": hi, "n_seeds": n, "verdict": verdict}, ""
 
 
@@ -366,8 +367,7 @@ def check(entry: Mapping[str, Any]) -> str | None:
     want = rule.decide(entry["ci_low"], entry["ci_high"])
     rep = entry.get("replicate")
     if rep is not None and want != "inconclusive":
-        on_replicate_set = "inconclusive" if rep["n_seeds"] < MIN_SEEDS else rule.decide(rep["ci_low"], rep["ci_high"])
-        if on_replicate_set != want:
+        if _decide(rule, rep["ci_low"], rep["ci_high"], rep["n_seeds"]) != want:
             want = "inconclusive"
     return (
         None

@@ -63,10 +63,6 @@ class TensorBoard:
             if math.isfinite(value):
                 writer.add_scalar(name, float(value), global_step=int(step))
 
-    def flush(self) -> None:
-        for writer in self._writers.values():
-            writer.flush()
-
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()

@@ -130,8 +130,8 @@ def preset_overrides(exp: Experiment, cfg: ExperimentConfig) -> dict[str, Any]:
     except UserError:
         return {}
     swept = {k for k, _ in cfg.sweep.grid}
-    keys = [k for k in cfg.valid_keys() if k not in swept]
-    return {k: cfg.get(k) for k in keys if k in base.valid_keys() and base.get(k) != cfg.get(k)}
+    shared = set(base.valid_keys()) - swept
+    return {k: cfg.get(k) for k in cfg.valid_keys() if k in shared and base.get(k) != cfg.get(k)}
 
 
 def _require_experiment(experiment: Any, cfg: Any) -> Experiment:
