@@ -1,16 +1,19 @@
 """Test settings: CPU, fast compilation, a persistent compilation cache shared by the tests.
 
-Tests use small shapes and `smoke` presets; XLA's backend optimization is turned down because
-compiling, not running, dominates such tests. Timing comparisons run in their own subprocesses
-with default flags.
+Tests use small shapes and `smoke` presets, so compiling, not running, dominates them: the XLA
+flags in `_jaxenv.FAST_COMPILE_FLAGS` turn the backend's optimization down and select the classic CPU
+fusion emitters (they change code generation, not what a program computes). Timing comparisons run
+in their own subprocesses with default flags.
 """
 
 import os
 import signal
 from pathlib import Path
 
+from _jaxenv import FAST_COMPILE_FLAGS
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *FAST_COMPILE_FLAGS]).strip()
 # One host device unless a test asks for more (in a subprocess): `jaxlab.cli.main`, called in
 # process by the CLI tests, would otherwise give the test process one device per core.
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:

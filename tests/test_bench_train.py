@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _jaxenv import default_flags
 
 from jaxlab.bench import train as bench_train
 from jaxlab.bench._reference import ReferenceLoop, sample_one
@@ -25,8 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_vectorized_sweep_is_faster_than_the_per_run_loop():
     """Fails when the vectorized sweep is not faster than one-run-at-a-time training (same process)."""
     env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
-    env["XLA_FLAGS"] = flags  # conftest turns backend optimization down; timings need the defaults
+    env["XLA_FLAGS"] = default_flags(env.get("XLA_FLAGS", ""))  # timings need XLA's default compilation
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "jaxlab", "bench", "train", "--workload", "lsa-regression", "--runs", "8",
            "--steps", "5", "--batch-size", "64", "--repeats", "3", "--baselines", "loop", "--baseline-runs", "2",
