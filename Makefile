@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxlab-installed
 
-.PHONY: demo test lint format install clean bench
+.PHONY: demo test lint format install clean bench docs
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "jaxlab needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -36,5 +36,16 @@ TEST_WORKERS ?= auto
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
+# The API reference, generated from the docstrings by pdoc (the `docs` extra): docs/api/index.html
+# (git-ignored; rebuilt from scratch each time).
+DOCS_STAMP := $(VENV)/.jaxlab-docs-installed
+$(DOCS_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/api
+	$(PY) scripts/api_docs.py docs/api
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/api

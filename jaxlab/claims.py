@@ -71,6 +71,7 @@ class Rule:
     high: float = math.inf
 
     def describe(self) -> str:
+        """The rule in words, as the report's Claims table shows it: `95% CI above 0.5`, `95% CI within [a, b]`, ..."""
         if self.op == "above":
             return f"95% CI above {self.low:g}"
         if self.op == "below":
@@ -96,23 +97,29 @@ class Rule:
         return "reproduced" if inside else "not_reproduced" if missed else "inconclusive"
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (infinite bounds as null); `from_dict` reads it back."""
         return {"op": self.op, "low": _json_float(self.low), "high": _json_float(self.high)}
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> Rule:
+        """The rule of `as_dict`'s JSON form (a null bound is infinite)."""
         low, high = data.get("low"), data.get("high")
         return Rule(data["op"], -math.inf if low is None else float(low), math.inf if high is None else float(high))
 
 
 def Above(threshold: float) -> Rule:
+    """Reproduced when the whole interval lies above `threshold`, not reproduced when it lies below."""
     return Rule("above", low=float(threshold))
 
 
 def Below(threshold: float) -> Rule:
+    """Reproduced when the whole interval lies below `threshold`, not reproduced when it lies above."""
     return Rule("below", high=float(threshold))
 
 
 def Between(low: float, high: float) -> Rule:
+    """Reproduced when the interval lies within [low, high], not reproduced when it misses it (ValueError if low >
+    high)."""
     if not low <= high:
         raise ValueError(f"Between: low {low} > high {high}")
     return Rule("between", low=float(low), high=float(high))

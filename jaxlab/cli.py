@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxlab import __version__
+from jaxlab._version import __version__
 from jaxlab.errors import ConfigError, UserError, environment_error
 from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
 from jaxlab.interrupt import Interrupted
@@ -86,6 +86,7 @@ def load_plugins(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """`jaxlab list`: every known experiment (plug-ins after `--plugin`), its description and presets; 0."""
     from jaxlab.registry import builtin_experiments, experiments
 
     load_plugins(args)
@@ -155,6 +156,9 @@ def start_distributed(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`jaxlab run`: print the config (`--show-config`), or run the sweep into `--out` (fresh, `--resume`
+    or `--overwrite`) and print its summary line. 0, or the exit status of a stopping signal.
+    """
     from jaxlab.train.groups import plan_groups
     from jaxlab.train.sweep import run_sweep
 
@@ -172,13 +176,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         exp, cfg = build_config(args)
     if args.show_config:
-        for group in plan_groups(cfg):
-            if group.label:
-                print(f"# program {group.index}: {group.label}")
-            for key in group.cfg.valid_keys():
-                print(f"{key} = {group.cfg.get(key)!r}")
-        print(f"sweep.seeds = {list(cfg.sweep.seeds)}")
-        print(f"sweep.grid = {[(k, list(v)) for k, v in cfg.sweep.grid]}")
+        print(show_config(cfg, plan_groups(cfg)))
         return 0
     if not args.out:
         raise UserError("--out: required (the directory to write the run to)")
@@ -212,6 +210,41 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+# column widths of `show_config`: wider types and values push their line's comment to the right
+_TYPE_WIDTH, _VALUE_WIDTH = 17, 20
+
+
+def show_config(cfg, groups) -> str:
+    """The text of `--show-config`: every key of every program (`groups`, from `plan_groups(cfg)`),
+    then the sweep's, one per line as `key: type = value  # meaning; one of: allowed values`
+    (`ExperimentConfig.describe`), in aligned columns."""
+    blocks = [(f"# program {g.index}: {g.label}" if g.label else None, g.cfg.describe()) for g in groups]
+    blocks.append((None, cfg.describe(("sweep",))))
+    docs = [d for _, block in blocks for d in block]
+    key_w = max(len(d.key) for d in docs) + 1
+    type_w = min(max(len(d.type) for d in docs), _TYPE_WIDTH)
+    value_w = min(max(len(_value_text(d)) for d in docs), _VALUE_WIDTH)
+    lines = []
+    for header, block in blocks:
+        if header:
+            lines.append(header)
+        for d in block:
+            meaning = d.meaning or "(no description: add one to the section's FIELD_DOCS)"
+            if d.choices is not None:
+                meaning += "; one of: " + ", ".join(str(c) for c in d.choices)
+            head = f"{d.key + ':':<{key_w}} {d.type:<{type_w}} = {_value_text(d):<{value_w}}"
+            lines.append(f"{head}  # {meaning}")
+    return "\n".join(lines)
+
+
+def _value_text(doc) -> str:
+    if doc.key == "sweep.seeds":
+        return str(list(doc.value))
+    if doc.key == "sweep.grid":
+        return str([(k, list(v)) for k, v in doc.value])
+    return repr(doc.value)
+
+
 def resume_command(args: argparse.Namespace) -> str:
     """The command that continues the run of `args` (its stored config; the same devices)."""
     words = ["jaxlab", "run", args.experiment, "--out", args.out, "--resume"]
@@ -230,6 +263,7 @@ def resume_command(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """`jaxlab report DIR`: rewrite the run directory's report.md and figures (holding its lock); 0."""
     from jaxlab.report import write_report
     from jaxlab.train.lock import RunLock
 
@@ -244,6 +278,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse `argv` (default `sys.argv[1:]`), run the command, return the exit status
+    (0 success, 2 a user or environment error, reported in one line, 130 on Ctrl-C).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:

@@ -38,6 +38,7 @@ class Interrupted(Exception):
 
 
 def signal_name(signum: int) -> str:
+    """The signal's name (`SIGINT`), or `signal N` for a number Python does not name."""
     try:
         return signal.Signals(signum).name
     except ValueError:

@@ -33,12 +33,16 @@ from jaxlab.errors import UserError
 
 @dataclass
 class Figure:
+    """A figure of the report: its file in the run directory and its caption."""
+
     filename: str
     caption: str
 
 
 @dataclass
 class Section:
+    """A section of report.md: a title, a markdown body and figures (`render` writes it)."""
+
     title: str
     body: str = ""
     figures: list[Figure] = field(default_factory=list)
@@ -58,12 +62,17 @@ class ReportContext:
 
     @property
     def command(self) -> str:
+        """The command that made the run (summary.json's `command`, else `jaxlab run EXPERIMENT --preset PRESET`)."""
         return self.summary.get("command") or f"jaxlab run {self.cfg.experiment} --preset {self.cfg.preset}"
 
     def provenance(self) -> str:
+        """One sentence for captions: the `jaxlab report` command and the run's command."""
         return f"Made by `jaxlab report {self.run_dir}` from the run `{self.command}`."
 
     def save(self, fig: plt.Figure, filename: str) -> str:
+        """Save `fig` as `filename` in the run directory (atomically; never over a file of the user's) and
+        close it; returns `filename`.
+        """
         fig.tight_layout()
         runfiles.claim(self.run_dir, filename)  # never over a file of the user's
         kind = Path(filename).suffix[1:] or "png"  # the temporary file's name does not tell matplotlib
@@ -76,6 +85,8 @@ class ReportContext:
 
 # -- formatting ------------------------------------------------------------------------------------
 def fmt(x: Any, digits: int = 4) -> str:
+    """A value for a table: integers as they are, floats to `digits` significant digits (scientific below 1e-3 or from
+    1e5), None and non-finite as —."""
     if x is None:
         return "—"
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
@@ -90,12 +101,15 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table of `header` and `rows` (cells through `fmt`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def aggregate_table(aggregate: dict[str, dict[str, Any]], metrics: Sequence[str] | None = None) -> str:
+    """The markdown table of summary.json's `aggregate` (mean, median, std, min, max, runs) for `metrics` (default:
+    all, sorted)."""
     names = [m for m in (metrics or sorted(aggregate)) if m in aggregate]
     rows = [
         [m, *(aggregate[m].get(s) for s in ("mean", "median", "std", "min", "max")), aggregate[m].get("n")]
@@ -154,6 +168,8 @@ def quantile_curves(
 
 
 def curves_by_point(ax: plt.Axes, df: pd.DataFrame, metric: str, point_cols: Sequence[str]) -> None:
+    """`quantile_curves` of `metric` on `ax`, one curve per grid point of `point_cols` (all runs together without
+    them)."""
     if not point_cols:
         quantile_curves(ax, df, metric)
         return
@@ -174,6 +190,8 @@ def point_columns(df: pd.DataFrame) -> list[str]:
 
 
 def loss_figure(ctx: ReportContext) -> Figure | None:
+    """The training and evaluation loss curves of all runs, by grid point (`loss_curves.png`); None without loss
+    metrics."""
     metrics = [m for m in ("train_loss", "eval_loss") if m in set(ctx.df.metric)]
     if not metrics:
         return None
@@ -194,6 +212,7 @@ def loss_figure(ctx: ReportContext) -> Figure | None:
 
 # -- the report ------------------------------------------------------------------------------------
 def render(sections: Sequence[Section]) -> str:
+    """The markdown of `sections`: a `##` title, the body and the figures with their captions, each."""
     out = []
     for s in sections:
         out.append(f"## {s.title}\n")
@@ -269,6 +288,8 @@ def evaluation_set_section(summary: dict[str, Any]) -> Section | None:
 
 
 def generic_sections(ctx: ReportContext) -> list[Section]:
+    """The sections every report has: claims, setup, final metrics (and diverged runs), the evaluation-set error, grid
+    points, reference values, training curves."""
     s = ctx.summary
     runs = s["runs"]
     diverged = [r for r in runs if r["status"] != "ok"]

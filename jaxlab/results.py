@@ -106,14 +106,17 @@ def write_with(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (`write_with`)."""
     write_with(path, lambda p: p.write_text(text))
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON to `path` atomically (NumPy values made JSON-able)."""
     write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
 
 
 def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    """Write `df` (without its index) as Parquet to `path` atomically."""
     write_with(path, lambda p: df.to_parquet(p, index=False))
 
 
@@ -212,6 +215,7 @@ def runs_table(
 
 
 def aggregate(values: Iterable[float]) -> dict[str, float | None]:
+    """mean, median, std, min, max and n of the finite values among `values` (all None, n = 0, when there are none)."""
     arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if arr.size == 0:
         return {"mean": None, "median": None, "std": None, "min": None, "max": None, "n": 0}

@@ -42,6 +42,8 @@ _MAX_COUNT = 2**32 - 2  # jax switches to a blocked layout beyond this many word
 
 
 def rng_scope() -> contextlib.AbstractContextManager:
+    """A context in which random draws are traced with threefry's non-partitionable layout
+    (`jax.threefry_partitionable(False)`), jaxlab's convention."""
     return jax.threefry_partitionable(False)
 
 
@@ -74,6 +76,7 @@ def threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array) -> 
 
 
 def is_threefry(key: jax.Array) -> bool:
+    """Whether `key` is a threefry2x32 key (the keys this module's fast kernels serve)."""
     return str(jax.random.key_impl(key)) == "threefry2x32"
 
 

@@ -65,6 +65,7 @@ def read(run_dir: Path) -> Manifest | None:
 
 
 def write(run_dir: Path, manifest: Manifest) -> None:
+    """Write `manifest` as the record of `run_dir` (`MANIFEST`, atomically)."""
     results.write_json(Path(run_dir) / MANIFEST, {"files": sorted(manifest.files), "started": manifest.started})
 
 
@@ -122,6 +123,7 @@ def remove(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
+    """Remove `path`: a directory with everything in it, or a file or symbolic link (nothing when it does not exist)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:

@@ -32,6 +32,8 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 class Tracker(Protocol):
+    """What `--log` writes every evaluation to: per-run scalars at a step, then a close."""
+
     def write(self, run: int, step: int, scalars: Mapping[str, float]) -> None:
         """Record the finite `scalars` of jaxlab run `run` at optimizer step `step`."""
 
@@ -49,6 +51,8 @@ class TensorBoard:
         self._writers: dict[int, Any] = {}
 
     def write(self, run: int, step: int, scalars: Mapping[str, float]) -> None:
+        """Add the finite `scalars` of run `run` at `step` to its event file (`run-NNNNN/`, opened at its first
+        write)."""
         writer = self._writers.get(run)
         if writer is None:
             # a unique, time-ordered suffix: a second attempt within the same second as the first
@@ -64,6 +68,7 @@ class TensorBoard:
                 writer.add_scalar(name, float(value), global_step=int(step))
 
     def close(self) -> None:
+        """Close every run's writer (flushing its events)."""
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
@@ -116,6 +121,7 @@ def write_row(trackers: Sequence[Tracker], runs: Sequence[int], step: int, row: 
 
 
 def close_all(trackers: Sequence[Tracker]) -> None:
+    """Close every tracker of `trackers`."""
     for t in trackers:
         t.close()
 

@@ -10,6 +10,7 @@ the same numbers), and with the rule's condition off they do not.
 
 import dataclasses
 import json
+import re
 from types import SimpleNamespace
 
 import jax
@@ -294,7 +295,7 @@ def test_a_key_swept_twice_or_set_and_swept_is_refused(tmp_path, capsys, smoke_c
     msg = refused(capsys, [*recurrent, "--set", "model.n_layers=4"], tmp_path / "o")
     assert "[2, 3]" in msg and "--sweep model.n_layers=VALUE" in msg
     assert main([*recurrent, "--sweep", "model.n_layers=4", "--show-config"]) == 0
-    assert "sweep.grid = [('model.n_layers', [4])]" in capsys.readouterr().out
+    assert re.search(r"^sweep\.grid:.* = \[\('model\.n_layers', \[4\]\)\]\s+# ", capsys.readouterr().out, re.M)
     msg = refused(capsys, [*SMOKE, "--sweep", "optim.lr=0.01,0.02,0.01"], tmp_path / "o")
     assert "0.01 is given twice" in msg
 

@@ -45,8 +45,23 @@ def chunk_dir(out: Path) -> Path:
     return out / "checkpoints" / "group-0000" / "chunk-0000"
 
 
-def kept(out: Path) -> list[int]:
-    return sorted(int(p.name) for p in chunk_dir(out).iterdir() if p.name.isdigit())
+def step_dir(out: Path, index: int, every: int = 20) -> Path:
+    """The directory of the checkpoint after evaluation `index`: it is named by its step."""
+    return chunk_dir(out) / str(every * index)
+
+
+def kept(out: Path, every: int = 20) -> list[int]:
+    """Evaluation indices of the kept checkpoints (their directories are named by step)."""
+    names = sorted(int(p.name) for p in chunk_dir(out).iterdir() if p.name.isdigit())
+    assert all(n % every == 0 for n in names), names
+    return [n // every for n in names]
+
+
+def fingerprint_file(out: Path, index: int, every: int = 20) -> Path:
+    return chunk_dir(out) / "fingerprints" / f"{every * index}.json"
+
+
+STEPS = range(0, 201, 20)  # SETTINGS' evaluation steps: checkpoint names on disk
 
 
 def smoke(settings=SETTINGS):
@@ -185,7 +200,8 @@ def test_checkpoints_by_time_and_by_count_in_a_sweep(tmp_path, monkeypatch, whol
     # time); 7 (180 s after the save at 4); 8 by count; 10 is the final state
     assert run_checkpoint_indices(out) == [3, 4, 7, 8, 10]
     # each has a fingerprint, written once orbax had finished it
-    assert sorted(int(p.stem) for p in (chunk_dir(out) / "fingerprints").glob("*.json")) == [3, 4, 7, 8, 10]
+    fingerprints = sorted(int(p.stem) for p in (chunk_dir(out) / "fingerprints").glob("*.json"))
+    assert fingerprints == [60, 80, 140, 160, 200]  # named by step, like the checkpoints
     # checkpoints change nothing about the runs
     np.testing.assert_array_equal(load_run_group(out).history["eval_loss"], whole.groups[0].history["eval_loss"])
 
@@ -207,7 +223,7 @@ def flip_byte(path: Path) -> None:
 
 def data_file(out: Path, index: int) -> Path:
     """The array data orbax reads back (OCDBT's data file of the checkpoint's item)."""
-    (path,) = (chunk_dir(out) / str(index) / "item" / "d").iterdir()
+    (path,) = (step_dir(out, index) / "item" / "d").iterdir()
     return path
 
 
@@ -217,7 +233,7 @@ def damage_flip(out: Path) -> None:
 
 def damage_flip_without_fingerprint(out: Path) -> None:
     """A flipped byte in a checkpoint with no fingerprint: orbax's own checks must refuse it."""
-    (chunk_dir(out) / "fingerprints" / "7.json").unlink()
+    fingerprint_file(out, 7).unlink()
     flip_byte(data_file(out, 7))
 
 
@@ -227,13 +243,13 @@ def damage_truncate(out: Path) -> None:
 
 
 def damage_metadata(out: Path) -> None:
-    (chunk_dir(out) / "7" / "item" / "_METADATA").write_text("}{ not json")
+    (step_dir(out, 7) / "item" / "_METADATA").write_text("}{ not json")
 
 
 def damage_silently(out: Path) -> None:
     """Arrays that restore without error but differ from those saved (as a flipped byte of an
     uncompressed array would): orbax reads the files, only the array fingerprint can tell."""
-    path = chunk_dir(out) / "fingerprints" / "7.json"
+    path = fingerprint_file(out, 7)
     record = json.loads(path.read_text())
     del record["files"]
     key = next(k for k in record["arrays"] if "params" in k)
@@ -256,7 +272,7 @@ def test_resume_skips_a_damaged_latest_checkpoint(damage, interrupted, whole, tm
     )
     # kept for inspection, out of orbax's step directories, with its fingerprint and the reason
     (aside,) = (chunk_dir(out) / "damaged").iterdir()
-    assert aside.name.startswith("7-") and str(aside) in notices[0]
+    assert aside.name.startswith("140-") and str(aside) in notices[0]  # named by step
     assert (aside / "checkpoint" / "item").is_dir()
     assert (aside / "fingerprint.json").exists() == (damage is not damage_flip_without_fingerprint)
     assert (aside / "reason.txt").read_text().strip() in notices[0]
@@ -267,7 +283,7 @@ def test_resume_skips_a_damaged_latest_checkpoint(damage, interrupted, whole, tm
 def test_resume_with_no_usable_checkpoint_starts_from_step_0(interrupted, whole, tmp_path, capsys):
     out = copy_of(interrupted, tmp_path)
     for index in kept(out):
-        (chunk_dir(out) / str(index) / "item" / "_METADATA").write_text("garbage")
+        (step_dir(out, index) / "item" / "_METADATA").write_text("garbage")
     notices = resume(out, capsys)
     assert sum("is damaged" in n for n in notices) == 4, notices
     assert "jaxlab: warning: group 1/1 chunk 1/1: no usable checkpoint, starting from step 0" in notices
@@ -278,7 +294,7 @@ def test_resume_with_no_usable_checkpoint_starts_from_step_0(interrupted, whole,
 def test_resume_without_checkpoints_says_it_starts_from_step_0(interrupted, whole, tmp_path, capsys):
     out = copy_of(interrupted, tmp_path)
     for index in kept(out):
-        shutil.rmtree(chunk_dir(out) / str(index))
+        shutil.rmtree(step_dir(out, index))
     notices = resume(out, capsys)
     assert notices[0] == "jaxlab: group 1/1 chunk 1/1: no checkpoint yet, starting from step 0", notices
     assert_same_as_whole(out, whole)
@@ -287,7 +303,7 @@ def test_resume_without_checkpoints_says_it_starts_from_step_0(interrupted, whol
 def test_a_checkpoint_without_fingerprint_is_used_unverified(interrupted, whole, tmp_path, capsys):
     # a sweep killed just after orbax finished a save, before the fingerprint was written
     out = copy_of(interrupted, tmp_path)
-    (chunk_dir(out) / "fingerprints" / "7.json").unlink()
+    fingerprint_file(out, 7).unlink()
     notices = resume(out, capsys)
     assert notices[0] == (
         "jaxlab: group 1/1 chunk 1/1: resuming from step 140 of 200 (checkpoint after evaluation 7 of 10; "
@@ -298,7 +314,7 @@ def test_a_checkpoint_without_fingerprint_is_used_unverified(interrupted, whole,
     # the final checkpoint of a finished run is verified when it is loaded: damage is an error
     flip_byte(data_file(out, 10))
     with pytest.raises(
-        Exception, match=r"the checkpoint at step 200 is damaged \(its file 10/item/d/\w+ differs from the one saved"
+        Exception, match=r"the checkpoint at step 200 is damaged \(its file 200/item/d/\w+ differs from the one saved"
     ):
         load_run_group(out)
 
@@ -306,7 +322,7 @@ def test_a_checkpoint_without_fingerprint_is_used_unverified(interrupted, whole,
 def test_restore_verifies_and_move_aside_hides_it_from_orbax(interrupted, tmp_path):
     out = copy_of(interrupted, tmp_path)
     damage_silently(out)
-    ckpt = GroupCheckpointer(chunk_dir(out), keep=0, async_save=False)
+    ckpt = GroupCheckpointer(chunk_dir(out), keep=0, async_save=False, steps=STEPS)
     try:
         like = load_run_group(interrupted, checkpoint=7)  # host arrays [R, ...]: shapes for the restore
         state = jax.tree_util.tree_map(np.zeros_like, like.state)
@@ -317,11 +333,11 @@ def test_restore_verifies_and_move_aside_hides_it_from_orbax(interrupted, tmp_pa
         assert verified
         moved = ckpt.move_aside(7, "test")
         assert ckpt.all() == [2, 4, 6] and ckpt.latest() == 6
-        assert (moved / "checkpoint").is_dir() and not (chunk_dir(out) / "7").exists()
+        assert (moved / "checkpoint").is_dir() and not step_dir(out, 7).exists()
     finally:
         ckpt.close()
     # a new manager on the directory ignores `damaged/` and `fingerprints/`
-    again = GroupCheckpointer(chunk_dir(out), keep=0, async_save=False)
+    again = GroupCheckpointer(chunk_dir(out), keep=0, async_save=False, steps=STEPS)
     try:
         assert again.all() == [2, 4, 6]
     finally:
@@ -364,7 +380,7 @@ def test_signal_saves_a_checkpoint_and_resume_finishes_bitwise(signum, tmp_path,
     assert last[0].endswith(f"continue with: jaxlab run icl-regression --out {shlex.quote(str(out))} --resume --quiet")
     (index,) = kept(out)  # the signal's checkpoint only (no periodic ones): a step > 0, before the end
     assert 5 <= index < 20 and f"saved at step {20 * index} of 400" in last[0]
-    assert (chunk_dir(out) / "fingerprints" / f"{index}.json").exists()
+    assert fingerprint_file(out, index).exists()
     assert not (out / "summary.json").exists() and not (out / ".jaxlab.lock").exists()
 
     notices = resume(out, capsys)

@@ -1,6 +1,7 @@
 """The command line end to end: files, schema, errors (exit 2, no traceback), nothing lost."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -120,7 +121,8 @@ def test_list_and_show_config(capsys):
     assert "icl-regression" in capsys.readouterr().out
     assert main(["run", "icl-regression", "--preset", "paper", "--set", "model.n_layers=2", "--show-config"]) == 0
     out = capsys.readouterr().out
-    assert "model.n_layers = 2" in out and "train.batch_size = 2048" in out and "model.d_model = 11" in out
+    for key, value in (("model.n_layers", "2"), ("train.batch_size", "2048"), ("model.d_model", "11")):
+        assert re.search(rf"^{re.escape(key)}:\s+\S.*? = {value}\s+# ", out, re.M), key
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@
 import re
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -29,3 +30,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path, monkeypatch)
     assert out.shape == steered.shape and not np.allclose(out[:, -1], steered[:, -1])
     np.testing.assert_allclose(out[:, :-1], steered[:, :-1], rtol=1e-5, atol=1e-6)  # only the last token moved
     assert namespace["cka_RLRL"].shape == (3, 2, 3, 2)
+    # jaxlab.load and plain orbax read the same final parameters of the sweep's runs
+    assert len(namespace["ok"]) == len(namespace["result"].summary["runs"])
+    loaded, restored = namespace["params"], namespace["tree"]["state"]["params"]
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)

@@ -11,6 +11,7 @@ from types import ModuleType
 
 @cache
 def registry() -> dict[str, ModuleType]:
+    """Benchmark name -> module, for every module of this package that defines `NAME` and `main`."""
     found = {}
     for info in pkgutil.iter_modules(__path__):
         if info.name.startswith("_"):

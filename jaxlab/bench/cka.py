@@ -38,6 +38,7 @@ HELP = "linear CKA over all pairs of runs x layers: FLOP/s vs the same-process m
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `jaxlab bench cka`: workload sizes, repeats, the reference matmul, `--json`."""
     p.add_argument("--runs", type=int, default=64, help="runs (default 64)")
     p.add_argument("--layers", type=int, default=6, help="layers per run (default 6)")
     p.add_argument("--examples", type=int, default=1024, help="examples per representation (default 1024)")
@@ -87,6 +88,7 @@ def numpy_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def device_name() -> str:
+    """The first JAX device, as reported: `cpu (N cores)` or `platform: device kind`."""
     import jax
 
     dev = jax.devices()[0]
@@ -100,6 +102,10 @@ def _log(args: argparse.Namespace, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """The measurement (see the module docstring): a dict of medians, rates, speedups and the raw times.
+
+    Checks the arguments first (ConfigError); logs progress to stderr.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    """`jaxlab bench cka`: run the benchmark and print the result (one JSON object with `--json`); 0."""
     result = run(args)
     if args.json:
         print(json.dumps(result))

@@ -36,6 +36,7 @@ HELP = "one matrix per LAPACK call (jaxlab.linalg) vs XLA's batched call, on one
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `jaxlab bench lapack`: `--repeats` and `--json`."""
     p.add_argument("--repeats", type=int, default=7, help="timed repeats (medians are reported; default 7)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -94,6 +95,7 @@ def measure(repeats: int) -> dict[str, dict[str, float]]:
 
 
 def main(args: argparse.Namespace) -> int:
+    """`jaxlab bench lapack`: measure every workload and print the table (or one JSON object); 0."""
     if args.repeats < 1:
         raise ConfigError("--repeats", f"must be >= 1, got {args.repeats}")
     result = {

@@ -25,6 +25,8 @@ HELP = "peak memory (RSS) of a large sweep (default: 10,000 smoke runs) in a fre
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `jaxlab bench memory`: the sweep (experiment, preset, runs, `--set`), the memory
+    budget, `--out`, `--json`."""
     p.add_argument("--experiment", default="icl-regression")
     p.add_argument("--preset", default="smoke")
     p.add_argument("--runs", type=int, default=10_000, help="number of seeds (runs)")
@@ -46,6 +48,9 @@ def _mem_total_gb() -> float:
 
 
 def measure(args: argparse.Namespace, out: Path) -> dict:
+    """Run the sweep in a child process writing to `out`; its command, exit status, peak RSS (GiB),
+    machine, and (when it succeeded) its size, times and run-chunk layout read back from `out`.
+    """
     cmd = [sys.executable, "-m", "jaxlab", "run", args.experiment, "--preset", args.preset]
     cmd += ["--seeds", f"0:{args.runs}", "--out", str(out), "--overwrite", "--quiet"]
     for item in args.set:
@@ -91,6 +96,8 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    """`jaxlab bench memory`: measure (in a temporary directory unless `--out`) and print; 0 when the
+    sweep succeeded, else 1."""
     if args.out:
         result = measure(args, Path(args.out))
     else:

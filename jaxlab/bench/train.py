@@ -68,6 +68,7 @@ BASELINES = ("loop", "jaxlab-loop", "single-scan")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `jaxlab bench train`: workload, runs, steps, repeats, baselines, dtype, layout and `--json`."""
     p.add_argument("--workload", default="lsa-regression", help=f"one of {', '.join(WORKLOADS)}")
     p.add_argument("--runs", type=int, default=64, help="runs trained as one program (default 64)")
     p.add_argument("--steps", type=int, help="optimizer steps per timed call (default: per workload)")
@@ -284,6 +285,7 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """`jaxlab bench train`: check the arguments, `measure` and print the result (`format_result`, or JSON); 0."""
     _check(args)
     log = (lambda s: None) if args.json else (lambda s: print(f"[jaxlab bench train] {s}", file=sys.stderr, flush=True))
     result = measure(

@@ -11,14 +11,14 @@ The package, lowest first (each module imports only those above it in this list)
   base        `Section` (the base of every section) and the `Inert` rules
   sections    `ModelConfig`, `OptimConfig`, `TrainConfig`, `TaskSection`, `ProbeConfig`, their choices
   sweep       `SweepConfig`: seeds x grid
-  experiment  `ExperimentConfig`: overrides, resolution, the JSON form; `require_config`
+  experiment  `ExperimentConfig`: overrides, resolution, the JSON form, `describe` (`KeyDoc`); `require_config`
   flags       the command line's `--seeds`, `--set` and `--sweep`
 Every name is imported from here (`from jaxlab.config import ModelConfig`).
 """
 
 from jaxlab.config.base import Inert, Section, inert
 from jaxlab.config.checks import INT32_MAX, MAX_EVALS, MAX_RUNS, SEED_LIMIT, _choice, _positive, divisors
-from jaxlab.config.experiment import SECTIONS, ExperimentConfig, require_config
+from jaxlab.config.experiment import SECTIONS, ExperimentConfig, KeyDoc, require_config
 from jaxlab.config.flags import apply_sweep_args, parse_assignment, parse_seeds, split_top_level
 from jaxlab.config.sections import (
     ACTIVATIONS,
@@ -42,7 +42,7 @@ from jaxlab.config.sections import (
     TrainConfig,
 )
 from jaxlab.config.sweep import SweepConfig
-from jaxlab.config.values import parse_value
+from jaxlab.config.values import parse_value, type_text
 
 __all__ = [
     "ACTIVATIONS",
@@ -66,6 +66,7 @@ __all__ = [
     "SEED_LIMIT",
     "ExperimentConfig",
     "Inert",
+    "KeyDoc",
     "ModelConfig",
     "OptimConfig",
     "ProbeConfig",
@@ -83,4 +84,5 @@ __all__ = [
     "parse_value",
     "require_config",
     "split_top_level",
+    "type_text",
 ]

@@ -8,17 +8,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from jaxlab.config.base import Section
 from jaxlab.config.sections import MASKS, READOUTS, ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 from jaxlab.config.sweep import SweepConfig
-from jaxlab.config.values import _field_type, parse_value
+from jaxlab.config.values import _field_type, parse_value, type_text
 from jaxlab.errors import ConfigError
 
 SECTIONS = ("model", "task", "optim", "train", "probe")
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One `section.field` key of a config as `jaxlab run --show-config` lists it (`ExperimentConfig.describe`).
+
+    `type`: the field's annotation as text; `meaning`: the section's `FIELD_DOCS` entry ("" when it
+    has none); `choices`: the values validation allows, when it restricts the field to a list.
+    """
+
+    key: str
+    type: str
+    value: Any
+    meaning: str
+    choices: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class ExperimentConfig:
 
     # -- overrides -----------------------------------------------------------------------------
     def valid_keys(self) -> list[str]:
+        """Every `section.field` key that `get`, `set` and the command line's `--set` / `--sweep` accept."""
         return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(self, s))]
 
     def inert_keys(self) -> dict[str, str]:
@@ -52,11 +68,26 @@ class ExperimentConfig:
         out.update({key: f"{key} has no effect: {why}" for key, why in getattr(self.probe, "UNREAD_KEYS", {}).items()})
         return out
 
+    def describe(self, sections: Sequence[str] = SECTIONS) -> list[KeyDoc]:
+        """Every field of `sections` (any of `SECTIONS` and "sweep") with its type, value, meaning
+        and allowed values, in `valid_keys` order."""
+        out = []
+        for s in sections:
+            obj = getattr(self, s)
+            cls = type(obj)
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(obj):
+                doc = cls.field_doc(f.name) if isinstance(obj, Section) else ""
+                choices = cls.field_choices(f.name) if isinstance(obj, Section) else None
+                out.append(KeyDoc(f"{s}.{f.name}", type_text(hints[f.name]), getattr(obj, f.name), doc, choices))
+        return out
+
     def sweep_wide_keys(self) -> dict[str, str]:
         """`section.field` -> why one value serves the whole sweep (each section's `SWEEP_WIDE`)."""
         return {f"{s}.{k}": why for s in SECTIONS for k, why in getattr(getattr(self, s), "SWEEP_WIDE", {}).items()}
 
     def get(self, key: str) -> Any:
+        """The value of `section.field` (ConfigError for an unknown key)."""
         section, name = self._split(key)
         return getattr(getattr(self, section), name)
 
@@ -69,6 +100,7 @@ class ExperimentConfig:
         return dataclasses.replace(self, **{section: dataclasses.replace(obj, **{name: value})})
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
+        """A copy with every `section.field` -> value of `overrides` applied in order (`set`)."""
         cfg = self
         for key, value in overrides.items():
             cfg = cfg.set(key, value)
@@ -115,6 +147,8 @@ class ExperimentConfig:
         return cfg
 
     def check_compatible(self, spec: Any) -> None:
+        """Raise `ConfigError` when the model cannot read the task of `spec` (its `TaskSpec`):
+        positions, token width, vocabulary, a y-block readout wider than the stream, the mask."""
         m = self.model
         if m.max_len is not None and m.max_len < spec.seq_len:
             raise ConfigError("model.max_len", f"shorter than the task's sequences ({spec.seq_len} tokens)")
@@ -129,6 +163,8 @@ class ExperimentConfig:
 
     # -- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form of config.json: every section's fields, the task's kind, the probe's class
+        name and the sweep (`from_dict` reads it back)."""
         out: dict[str, Any] = {"experiment": self.experiment, "preset": self.preset}
         for s in SECTIONS:
             out[s] = dataclasses.asdict(getattr(self, s))
@@ -138,6 +174,7 @@ class ExperimentConfig:
         return out
 
     def to_json(self) -> str:
+        """`to_dict` as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod

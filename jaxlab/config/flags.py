@@ -69,6 +69,7 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
 
 
 def parse_assignment(text: str, flag: str) -> tuple[str, str]:
+    """`key=value` -> (key, value), both stripped; ConfigError naming `flag` without a `=` or a key."""
     key, eq, value = text.partition("=")
     if not eq or not key.strip():
         raise ConfigError(flag, f"expected key=value, got {text!r}")

@@ -66,6 +66,42 @@ class ModelConfig(Section):
     # read by jaxlab.models: the MLP's activation, linear/positional attention's normalization,
     # the shared block, the embedding or read-in, the learned positions (sinusoidal ones do not
     # depend on the table's length)
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_layers": "transformer blocks (attention, then an MLP when d_mlp > 0)",
+        "n_heads": "attention heads per block",
+        "d_model": "width of the residual stream (None: d_input, with read_in='identity' only)",
+        "d_head": "width of each attention head (None: d_model // n_heads)",
+        "attention": "linear (no softmax), softmax, or positional (scores gated by a softmax over positions)",
+        "attn_norm": "linear / positional attention: n_keys divides the scores by the number of keys the query sees",
+        "mask": "keys a query sees: causal (t' <= t), context_keys (t' < T - 1, the context only), none (all)",
+        "tie_layers": "every block uses the same parameters (a recurrent model)",
+        "d_mlp": "hidden width of each block's MLP (0: no MLP, attention only)",
+        "activation": "the MLP's activation (solu: x * softmax(x), then a LayerNorm)",
+        "layernorm": "pre-norm LayerNorm before attention and MLP, and a final one before the readout",
+        "use_bias": "biases in attention, MLP, read-in and readout",
+        "input": "tokens are continuous vectors or discrete ids (read by an embedding)",
+        "d_input": "width of continuous input tokens (None: from the task)",
+        "vocab_size": "number of token ids of discrete inputs (None: from the task)",
+        "read_in": "continuous tokens enter through a linear map to d_model, or as they are (identity)",
+        "readout": "outputs: a linear map, the last d_output coordinates of the stream (y_block), or minus them",
+        "d_output": "width of the outputs (None: from the task)",
+        "pos_encoding": "position encoding added to the embedded tokens (learned: a trained table)",
+        "max_len": "longest sequence, the length of the position tables (None: the task's sequence length)",
+        "init_scale": "weight matrices (not biases or norms) start with variance init_scale / fan_in",
+        "dtype": "dtype of the matmul inputs (products accumulate in float32)",
+    }
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "attention": ATTENTIONS,
+        "attn_norm": ATTN_NORMS,
+        "mask": MASKS,
+        "activation": ACTIVATIONS,
+        "input": INPUTS,
+        "read_in": READ_INS,
+        "readout": READOUTS,
+        "pos_encoding": POS_ENCODINGS,
+        "dtype": DTYPES,
+    }
+
     INERT: ClassVar[tuple[Inert, ...]] = (
         inert("activation", d_mlp=(0,)),
         inert("attn_norm", attention=("softmax",)),
@@ -112,6 +148,7 @@ class ModelConfig(Section):
 
     @property
     def head_dim(self) -> int:
+        """Width of each head: `d_head`, or d_model // n_heads when it is None (a resolved config only)."""
         assert self.d_model is not None, "resolve the config first"
         return self.d_head if self.d_head is not None else self.d_model // self.n_heads
 
@@ -131,6 +168,20 @@ class OptimConfig(Section):
     clip_norm: float = 0.0
     schedule: str = "constant"
     warmup_steps: int = 0
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "name": "optimizer: adamw (decoupled weight decay), or adam / sgd (weight decay added to the gradient)",
+        "lr": "peak learning rate (the schedule multiplies it)",
+        "b1": "Adam's first-moment decay rate",
+        "b2": "Adam's second-moment decay rate",
+        "eps": "Adam's epsilon in the update's denominator",
+        "weight_decay": "weight-decay coefficient (0: none)",
+        "momentum": "SGD momentum (0: plain SGD)",
+        "clip_norm": "clip the gradients to this global norm first (0: no clipping)",
+        "schedule": "learning-rate shape over train.steps (warmup_*: a linear warmup of warmup_steps first)",
+        "warmup_steps": "steps of the linear warmup of the warmup_* schedules",
+    }
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"name": OPTIMIZERS, "schedule": SCHEDULES}
 
     # read by jaxlab.train.optim: sgd has no Adam moments, Adam no momentum, and only the warmup
     # schedules warm up
@@ -185,6 +236,31 @@ class TrainConfig(Section):
     # (jaxlab.train.engine); 0: non-finite only. 0 or a factor > 1.
     diverge_above: float = 1e6
     stall_timeout: float = 15.0  # minutes with no progress (beyond the slowest interval seen) before the watchdog stops
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "steps": "training steps of every run",
+        "batch_size": "training sequences per step, fresh from the task every step",
+        "eval_every": "steps between evaluations (eval_schedule='linear')",
+        "eval_schedule": "evaluate every eval_every steps (linear) or at n_evals log-spaced steps (log)",
+        "n_evals": "log-spaced evaluation points in [1, steps] (eval_schedule='log')",
+        "eval_batch_size": "sequences of the fixed evaluation set, the same for every run",
+        "eval_seed": "seed of the evaluation set's PRNG key",
+        "checkpoint_every": "save a checkpoint after every this many evaluation intervals (0: not by count)",
+        "checkpoint_minutes": "also save after an interval ending this long (minutes) after the last save (0: off)",
+        "keep_checkpoints": "how many of the newest checkpoints are kept (0: every one)",
+        "prng_impl": "JAX PRNG implementation of the runs' keys",
+        "max_runs_per_chunk": "runs trained at once, rounded down to a multiple of the devices (0: all that fit)",
+        "run_layout": "how a program holds its runs: vmap, scan (blocks one after another), auto (scan on CPUs)",
+        "run_block": "runs vmapped together in each step of the scan layout (0: automatic)",
+        "micro_batch": "sequences per gradient micro-batch, a divisor of batch_size (0: automatic)",
+        "diverge_above": "a run diverges at a loss above this factor x max(step-0 loss, 1e-3) (0: non-finite only)",
+        "stall_timeout": "minutes without progress (beyond the slowest interval) before the watchdog stops (0: off)",
+    }
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "eval_schedule": EVAL_SCHEDULES,
+        "prng_impl": PRNG_IMPLS,
+        "run_layout": RUN_LAYOUTS,
+    }
 
     # evaluation points come from one schedule's fields only (`eval_steps`)
     INERT: ClassVar[tuple[Inert, ...]] = (

@@ -22,6 +22,11 @@ class SweepConfig(Section):
     seeds: tuple[int, ...] = (0,)
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "seeds": "PRNG seeds: every point of the grid trains one run per seed (--seeds)",
+        "grid": "(key, values) pairs; the runs are the seeds x every combination of the values (--sweep)",
+    }
+
     def validate(self) -> None:
         if not self.seeds:
             raise ConfigError("sweep.seeds", "needs at least one seed")

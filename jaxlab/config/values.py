@@ -98,6 +98,13 @@ def _is_instance(value: Any, hint: Any) -> bool:
     return True
 
 
+def type_text(hint: Any) -> str:
+    """A field's annotation as text: `int`, `int | None`, `tuple[float, ...]`."""
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 

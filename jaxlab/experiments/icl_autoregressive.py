@@ -69,6 +69,12 @@ class ARProbeConfig(ProbeConfig):
     w_hat_probes: int = 0  # 0: 2 * n_dims
     max_positions: int = 26
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "w_hat_tasks": "evaluation tasks used to decode W_hat (0: all)",
+        "w_hat_probes": "probe states per task and position for W_hat (>= task.n_dims; 0: 2 * n_dims)",
+        "max_positions": "positions t at which loss_t and W_hat are reported (evenly spaced, the last included)",
+    }
+
     def validate(self) -> None:
         n = self._name
         for name in ("w_hat_tasks", "w_hat_probes"):
@@ -81,6 +87,10 @@ class ARProbeConfig(ProbeConfig):
 
 
 def check_config(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError unless the probes can read the config: the autoregressive task, a one-layer
+    attention-only model without biases or LayerNorm, identity read-in, `y_block` readout, and
+    `probe.w_hat_probes` 0 or >= task.n_dims.
+    """
     if not isinstance(cfg.task, ar.Config):
         raise ConfigError("task", "icl-autoregressive needs the autoregressive task", ["autoregressive"])
     m = cfg.model
@@ -101,6 +111,7 @@ def positions(cfg: ExperimentConfig) -> tuple[int, ...]:
 
 
 def is_positional(cfg: ExperimentConfig) -> bool:
+    """Whether the model uses positional attention (`model.attention='positional'`)."""
     return cfg.model.attention == "positional"
 
 
@@ -118,6 +129,10 @@ def eval_data(train) -> dict[str, Any]:
 
 
 def make_evaluate(cfg: ExperimentConfig):
+    """The on-device evaluation of `cfg` (checked by `check_config`): the model-vs-GD equivalence
+    metrics, the fitted GD eta, the off-block ratio of C = B^T A, the positional superdiagonal mass
+    (NaN without positional attention) and, with several heads, the mean |cos| between heads.
+    """
     check_config(cfg)
     task = cfg.task
     positional = is_positional(cfg)
@@ -217,10 +232,12 @@ def augmented_model(**overrides: Any) -> ModelConfig:
 
 
 def positional_model(n_heads: int, d_head: int, **overrides: Any) -> ModelConfig:
+    """`augmented_model` with positional attention and `n_heads` heads of width `d_head`."""
     return augmented_model(attention="positional", n_heads=n_heads, d_head=d_head, **overrides)
 
 
 def augmented_commuting() -> ExperimentConfig:
+    """The paper's setting: d = 10, T = 20, commuting W, s_0 = ones / sqrt(d), augmented tokens; 8 seeds."""
     return ExperimentConfig(
         experiment="icl-autoregressive",
         preset="augmented-commuting",
@@ -234,14 +251,17 @@ def augmented_commuting() -> ExperimentConfig:
 
 
 def paper() -> ExperimentConfig:
+    """`augmented-commuting` under the name `paper`."""
     return augmented_commuting().derive("paper")
 
 
 def quick() -> ExperimentConfig:
+    """`augmented-commuting` with 800 steps (evaluated every 100)."""
     return augmented_commuting().derive("quick", {"train.steps": 800, "train.eval_every": 100})
 
 
 def smoke() -> ExperimentConfig:
+    """Seconds on a CPU, for tests: d = 4, T = 5, 20 steps, 2 seeds."""
     overrides = {
         "task.n_dims": 4,
         "task.seq_len": 5,
@@ -255,11 +275,14 @@ def smoke() -> ExperimentConfig:
 
 
 def augmented_orthogonal() -> ExperimentConfig:
+    """d = 5, T = 50, Haar-orthogonal (non-commuting) W, s_0 on the sphere, augmented tokens."""
     task = ar.Config(n_dims=5, seq_len=50, w_kind="haar", s0="sphere", encoding="augmented")
     return augmented_commuting().derive("augmented-orthogonal", task=task)
 
 
 def pe_only() -> ExperimentConfig:
+    """d = 1 complex (2 real), unitary W with mu in {50, 100, 200, 300} (one program each), T = 30, repeated tokens, 4
+    positional heads."""
     task = ar.Config(n_dims=2, seq_len=30, w_kind="unitary", mu=100.0, s0="sphere", encoding="repeated")
     return augmented_commuting().derive(
         "pe-only",
@@ -270,6 +293,7 @@ def pe_only() -> ExperimentConfig:
 
 
 def non_augmented() -> ExperimentConfig:
+    """d = 10 commuting W, T = 20, repeated tokens (s_t, s_t), 4 positional heads of width 20."""
     task = ar.Config(n_dims=10, seq_len=20, w_kind="commuting", s0="fixed", encoding="repeated")
     return augmented_commuting().derive("non-augmented", model=positional_model(4, 20), task=task)
 

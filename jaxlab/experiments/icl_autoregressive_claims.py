@@ -87,6 +87,7 @@ def augmented_untested(cfg: Any) -> str | None:
 
 
 def commuting_augmented_untested(cfg: Any) -> str | None:
+    """Why a claim about one GD step on augmented tokens with commuting W cannot be tested with `cfg` (None: it can)."""
     if why := augmented_untested(cfg):
         return why
     if cfg.task.w_kind != "commuting":
@@ -111,6 +112,8 @@ def two_token_untested(cfg: Any) -> str | None:
 
 
 def pe_only_untested(cfg: Any) -> str | None:
+    """Why a claim about the PE-only setting cannot be tested with `cfg`: it needs positional attention, unitary W and
+    runs at mu = 50 and 300 (None: it can)."""
     if not is_positional(cfg) or cfg.task.w_kind != "unitary":
         return "a claim about the PE-only setting (unitary lambda = exp(i theta / mu)); this preset is another"
     mus = [v for k, v in cfg.sweep.grid if k == "task.mu"]

@@ -26,6 +26,8 @@ def _by_t(d: dict[str, Any], prefix: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gd_section(ctx: ReportContext) -> Section:
+    """Report section: the trained model against the fitted one-step GD (table of final metrics and the curves
+    `gd_comparison.png`)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = finals(ctx, "eval_loss") / finals(ctx, "gd_loss")
     rows = [
@@ -81,6 +83,8 @@ def is_pe_only(ctx: ReportContext) -> bool:
 
 
 def structure_section(ctx: ReportContext) -> Section:
+    """Report section: structure read off the trained weights (C off-block ratio, positional mass, lag fit, head
+    cosines) beside the paper's."""
     # the extrapolation s_{t+1} ~ 2 s_t - s_{t-1} (lag ratio -1/2) is a slow-rotation limit: shown
     # beside the PE-only setting only; other models have no theory value for the lag fit
     lag_theory = "-1/2 (slow rotations: y_hat ~ 2 s_t - s_{t-1})" if is_pe_only(ctx) else "— (no theory value here)"
@@ -118,6 +122,7 @@ def structure_section(ctx: ReportContext) -> Section:
 
 
 def position_section(ctx: ReportContext) -> Section:
+    """Report section: loss and W_hat error by position, runs against one GD step (`by_position.png`)."""
     ref = ctx.summary.get("reference", {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for f in (r["final"] for r in ok_runs(ctx)):
@@ -145,6 +150,7 @@ def position_section(ctx: ReportContext) -> Section:
 
 
 def sections(ctx: ReportContext) -> list[Section]:
+    """The experiment's report sections (`Experiment.report`); none when no run finished ok."""
     if not ok_runs(ctx):
         return []
     return [gd_section(ctx), structure_section(ctx), position_section(ctx)]

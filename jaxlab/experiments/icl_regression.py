@@ -107,6 +107,17 @@ class ICLProbeConfig(ProbeConfig):
         inert("ridge_lambda", ridge_matched=(True,)),
     )  # fmt: skip
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "gd_probes": "compare with GD and the other algorithms at every evaluation (false: losses only)",
+        "ridge_lambda": "lambda of the ridge-regression baseline",
+        "ridge_matched": "the ridge baseline uses the Bayes-optimal lambda noise_std^2 / weight_scale^2 instead",
+        "knn_k": "neighbours of the kNN baseline (<= task.n_context)",
+        "ilwd_points": "probe inputs per task for the implicit linear weight difference (>= task.n_dims)",
+        "ilwd_tasks": "evaluation tasks used for the ILWD (0: all of them)",
+        "probe_batch_size": "tasks evaluated at a time for the ILWD (bounds memory)",
+        "ood_scales": "input scales at which the final models and GD are evaluated",
+    }
+
     def validate(self) -> None:
         n = self._name
         if not self.ridge_lambda > 0:
@@ -145,6 +156,8 @@ def n_gd_steps(cfg: ExperimentConfig) -> int:
 
 
 def interpolable(cfg: ExperimentConfig) -> bool:
+    """Whether the model can be interpolated with GD's weights (`jaxlab.models.gd.check_interpolable`: one linear
+    head, tied layers, no biases)."""
     try:
         check_interpolable(cfg.model)
     except ConfigError:
@@ -153,6 +166,8 @@ def interpolable(cfg: ExperimentConfig) -> bool:
 
 
 def check_probe_config(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError unless the GD probes can read `cfg`: paired regression tokens, `probe.knn_k` <=
+    task.n_context, `probe.ilwd_points` >= task.n_dims."""
     task, probe = cfg.task, cfg.probe
     if not isinstance(task, regression.Config) or task.layout != "paired":
         raise ConfigError("task.layout", "the GD probes need paired regression tokens (x_i, y_i)", ["paired"])
@@ -215,6 +230,10 @@ def eval_data(train) -> Any:
 
 
 def make_evaluate(cfg: ExperimentConfig):
+    """The on-device evaluation with the GD probes on (None when `probe.gd_probes` is off): GD's loss and
+    rate, the equivalence metrics (`gd_equivalence.equivalence_metrics`), the interpolation loss for
+    an interpolable model, and GD++'s loss, rate and gamma when the reference has them.
+    """
     if not cfg.probe.gd_probes:
         return None
     check_probe_config(cfg)
@@ -342,6 +361,7 @@ def lsa_model(**overrides: Any) -> ModelConfig:
 
 
 def paper() -> ExperimentConfig:
+    """von Oswald et al.'s setup: one LSA layer, d = 10, N = 10, 5000 steps of batch 2048, 8 seeds."""
     return ExperimentConfig(
         experiment="icl-regression",
         preset="paper",

@@ -194,6 +194,8 @@ def softmax_heads_untested(cfg: Any, heads: Sequence[int] = SOFTMAX_HEADS) -> st
 
 
 def interpolation_untested(cfg: Any) -> str | None:
+    """Why the interpolation claim cannot be tested with `cfg`: it needs what `single_layer_untested` checks and one
+    head (None: it can)."""
     if why := single_layer_untested(cfg):
         return why
     if cfg.model.n_heads != 1:
@@ -202,6 +204,8 @@ def interpolation_untested(cfg: Any) -> str | None:
 
 
 def ood_untested(cfg: Any) -> str | None:
+    """Why the out-of-distribution claim cannot be tested with `cfg`: the single-layer conditions and an input scale
+    other than 1 in `probe.ood_scales` (None: it can)."""
     if why := single_layer_untested(cfg):
         return why
     if not [a for a in cfg.probe.ood_scales if round(a * 100) != 100]:

@@ -169,6 +169,8 @@ def evaluation_sets_text(summary: dict[str, Any]) -> str:
 
 
 def comparison_section(ctx: ReportContext) -> Section:
+    """Report section: the final values of the preset's claims' quantities per group beside what the papers show, the
+    evaluation sets and the fitted references."""
     claims = CLAIMS.get(ctx.cfg.preset, SINGLE_LAYER)
     groups = _groups(ctx.summary["runs"])
     header = ["quantity", "what the paper shows", *[f"jaxlab: {g}" for g, _ in groups]]
@@ -214,6 +216,8 @@ def gamma_text(ref: dict[str, float]) -> str:
 
 
 def algorithms_section(ctx: ReportContext) -> Section | None:
+    """Report section: SPD and ILWD to GD, one-step GD, averaging, ridge and kNN (Akyürek et al.); None when no run
+    measured them."""
     groups = _groups(ctx.summary["runs"])
     names = [a for a in (*ALGORITHMS, ONE_STEP_GD) if any(f"spd_{a}" in r["final"] for _, runs in groups for r in runs)]
     if not names:
@@ -314,6 +318,7 @@ _OOD = re.compile(r"^ood_(eval|gd)_loss_a(\d{3})$")
 
 
 def ood_section(ctx: ReportContext) -> Section | None:
+    """Report section: loss against the input scale alpha, the trained models and GD; None without `ood_*` metrics."""
     df = ctx.df[ctx.df.metric.str.startswith("ood_")]
     if df.empty:
         return None
@@ -418,6 +423,7 @@ def weights_section(ctx: ReportContext) -> Section | None:
 
 
 def sections(ctx: ReportContext) -> list[Section]:
+    """The experiment's report sections (`Experiment.report`): one note when the GD probes were off."""
     if "model_cos" not in set(ctx.df.metric):
         return [Section("GD equivalence", "The GD probes were off for this run (probe.gd_probes = false).")]
     out = [comparison_section(ctx)]

@@ -91,6 +91,17 @@ class Probe(ProbeConfig):
         "train.eval_batch_size": "instruction-clustering evaluates on sets of probe.n_eval sequences"
     }
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "position": "clustered state: separator before the output / after the instruction, or last instruction token",
+        "n_eval": "sequences in each evaluation set (seen, unseen strings, unseen distributions)",
+        "kmeans_iters": "k-means iterations",
+        "kmeans_restarts": "k-means restarts (the best clustering counts)",
+        "n_random": "random-direction controls per ablation (their mean is reported)",
+        "swap_shift": "swap control: the probed state becomes the centroid of task (k + swap_shift) mod n_tasks",
+        "seed": "seed of the probes' PRNG key (k-means, random control directions)",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"position": POSITIONS}
+
     def validate(self) -> None:
         n = self._name
         _choice(n("position"), self.position, POSITIONS)
@@ -101,6 +112,7 @@ class Probe(ProbeConfig):
 
 # -- presets -------------------------------------------------------------------------------------------
 def quick() -> ExperimentConfig:
+    """The default: 6 blocks of width 64 (4 heads), 8 tasks of 4 + 2 grammars, 300 steps, 8 seeds; CPU minutes."""
     return ExperimentConfig(
         experiment="instruction-clustering",
         preset="quick",
@@ -160,6 +172,8 @@ def smoke() -> ExperimentConfig:
 
 
 def paper() -> ExperimentConfig:
+    """The issue's setup at GPT-2-like proportions: `quick` with width 256 (8 heads), 16 tasks of 8 + 4 grammars and
+    longer training."""
     overrides = {
         "model.d_model": 256,
         "model.n_heads": 8,
@@ -185,6 +199,7 @@ def paper() -> ExperimentConfig:
 
 # -- evaluation ----------------------------------------------------------------------------------------
 def n_hidden_layers(cfg: ExperimentConfig) -> int:
+    """Hidden-state layers probed: the embedding and the output of every block (n_layers + 1)."""
     return cfg.model.n_layers + 1
 
 
@@ -212,6 +227,7 @@ def make_eval_data(train: Any) -> dict[str, Batch]:
 
 
 def probe_position(cfg: ExperimentConfig) -> int:
+    """The model-input position of `probe.position` (`instructions.positions`)."""
     return task_lib.positions(cfg.task)[cfg.probe.position]
 
 
@@ -226,6 +242,10 @@ def stacked_eval(data: Mapping[str, Batch]) -> tuple[jax.Array, list[tuple[str, 
 
 
 def make_evaluate(cfg: ExperimentConfig):
+    """The on-device evaluation: accuracy on every evaluation set, the seen set's loss, and per layer
+    the k-means ARI / NMI of the probed hidden states against the task labels, with the labels'
+    silhouette and variance ratio (`probes.clustering.layer_cluster_scores`).
+    """
     probe, K = cfg.probe, cfg.task.n_tasks
 
     def evaluate(train: Any, params: Any, data: Mapping[str, Batch]) -> dict[str, jax.Array]:

@@ -223,6 +223,8 @@ def paper_note(position: str) -> str:
 
 
 def sections(ctx: ReportContext) -> list[Section]:
+    """The experiment's report sections (`Experiment.report`): clustering over training, the ARI-accuracy correlation,
+    the per-layer table and the ablations; none without clustering metrics."""
     layers = _layers(ctx.df)
     if not layers:
         return []

@@ -103,6 +103,14 @@ class LatentProbeConfig(ProbeConfig):
     ridge_lam: float = 1e-2
     n_epsilon: int = 4096
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "eval_prompts": "evaluation prompts: M messages of one intention (same_intention), or like training (chain)",
+        "probe_layer": "block whose output the posterior probe reads (negative: counted from the end)",
+        "ridge_lam": "ridge penalty of the posterior probe",
+        "n_epsilon": "messages sampled to measure Jiang's epsilon",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"eval_prompts": EVAL_PROMPTS}
+
     def validate(self) -> None:
         n = self._name
         _choice(n("eval_prompts"), self.eval_prompts, EVAL_PROMPTS)
@@ -191,6 +199,10 @@ def _masked_means(values_NT: jax.Array, masks_ST: np.ndarray) -> jax.Array:
 
 
 def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
+    """The on-device evaluation of this program's language `a`: the model's KL to the Bayes predictive and to
+    the truth per message m, the Bayes floor, the mean KL over letter positions, the posterior probe's
+    accuracy and R^2, and the evaluation loss (metric names in the module docstring).
+    """
     a = ambiguity_index(cfg)
     by_message, _ = _letter_masks(cfg.task)
     letters = by_message.sum(0)

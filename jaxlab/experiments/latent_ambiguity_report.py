@@ -38,10 +38,13 @@ def final_frame(ctx: ReportContext) -> pd.DataFrame:
 
 
 def size_columns(df: pd.DataFrame) -> list[str]:
+    """The swept model columns of `df` (`model.*` grid keys): what tells the model sizes apart."""
     return [c for c in point_columns(df) if c.startswith(("model__", "model."))]
 
 
 def size_labels(df: pd.DataFrame, ctx: ReportContext) -> pd.Series:
+    """A model-size label per row of `df`: its swept model keys (`n_layers=2, d_model=64`), or the config's size when
+    none is swept."""
     cols = size_columns(df)
     if not cols:
         m = ctx.cfg.model
@@ -56,6 +59,8 @@ def _ambiguity_rows(ctx: ReportContext) -> list[int]:
 
 
 def languages_section(ctx: ReportContext) -> Section:
+    """Report section: every language trained on, its ambiguity constants and its measured epsilon (± standard error),
+    Jiang's label where calibrated."""
     ref = ctx.summary.get("reference", {})
     L, M = ctx.cfg.task.message_len, ctx.cfg.task.n_messages
     rows = []
@@ -78,6 +83,8 @@ def languages_section(ctx: ReportContext) -> Section:
 
 
 def icl_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
+    """Report section: the ICL curves, KL against the number of demonstrations m per ambiguity (`icl_curves.png`),
+    beside Jiang's reported values."""
     per_m = fin.dropna(subset=["m"])
     if per_m.empty:
         return Section("In-context learning", "No per-message metrics recorded.")
@@ -148,6 +155,7 @@ def icl_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
 
 
 def emergence_section(ctx: ReportContext) -> Section:
+    """Report section: `kl_bayes_mean` over training by model size and ambiguity (`emergence.png`)."""
     df = ctx.df
     mean = df[df.metric.str.match(r"kl_bayes_mean_a\d+$")].copy()
     if mean.empty:
@@ -202,6 +210,8 @@ def _by_size(ax, ctx: ReportContext, mean: pd.DataFrame) -> None:
 
 
 def probe_and_position_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
+    """Report section: the posterior probe's accuracy and R^2 per grid point, and the KLs by letter position
+    (`kl_by_position.png`)."""
     rows = []
     for (a, size), s in fin[fin.base.str.startswith("posterior_probe")].groupby(["a", "size"]):
         acc = s[s.base == "posterior_probe_acc"].value
@@ -235,6 +245,8 @@ def probe_and_position_section(ctx: ReportContext, fin: pd.DataFrame) -> Section
 
 
 def bars_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
+    """Report section: the descriptive bars per grid point (KL to Bayes below the bar, KL to the truth decreasing in
+    m, the Bayes floor)."""
     per_m = fin.dropna(subset=["m"])
     if per_m.empty:
         return Section("Bars", "No per-message metrics recorded.")
@@ -263,6 +275,7 @@ def bars_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
 
 
 def sections(ctx: ReportContext) -> list[Section]:
+    """The experiment's report sections (`Experiment.report`)."""
     fin = final_frame(ctx)
     return [
         languages_section(ctx),

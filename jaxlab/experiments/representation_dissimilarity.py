@@ -105,6 +105,16 @@ class DissimilarityProbeConfig(ProbeConfig):
         for name in ("stitch_steps", "stitch_lr", "stitch_batch_size", "stitch_fit_batch_size", "n_cka")
     }
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "id_shortcut": "probability that the hint names the answer in the in-distribution test set",
+        "ood_shortcut": "the same probability in the shifted (OOD) test set",
+        "stitch_steps": "Adam steps that train each stitching layer",
+        "stitch_lr": "learning rate of the stitching layers",
+        "stitch_batch_size": "sequences per stitching training step",
+        "stitch_fit_batch_size": "sequences of the least-squares initialization of the stitching layers",
+        "n_cka": "shortcut-free sequences whose representations CKA compares",
+    }
+
     def validate(self) -> None:
         n = self._name
         for name in ("id_shortcut", "ood_shortcut"):
@@ -132,6 +142,9 @@ def make_eval_data(train: Train) -> dict[str, Any]:
 
 
 def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
+    """The on-device evaluation: loss and accuracy at the answer positions on the ID and the OOD test sets (`id_*`,
+    `ood_*`)."""
+
     def evaluate(train: Train, params: Any, data: dict[str, Any]) -> dict[str, jax.Array]:
         out: dict[str, jax.Array] = {}
         for split, batch in data.items():
@@ -260,6 +273,8 @@ METRICS = {
 
 
 def after_sweep(outcomes: list[Any]) -> Finalized:
+    """The analysis across the sweep's programs (`representation_dissimilarity_analysis.analyse`) as experiment-level
+    references."""
     return Finalized(reference=_analysis.analyse(outcomes))
 
 

@@ -26,6 +26,9 @@ from jaxlab.train.watchdog import progress
 
 @dataclasses.dataclass(frozen=True)
 class Point:
+    """A point of the sweep grid: the MLP activation, the task's shortcut, the model width (d_model) and depth
+    (n_layers)."""
+
     activation: str
     shortcut: float
     width: int
@@ -33,15 +36,18 @@ class Point:
 
     @property
     def tag(self) -> str:
+        """The group tag `{activation}_w{width}_d{depth}_s{shortcut}`."""
         return f"{self.activation}_w{self.width}_d{self.depth}_s{self.shortcut:g}"
 
 
 def point_of(outcome: Any) -> Point:
+    """The grid point of a group's outcome (from its config)."""
     cfg = outcome.group.cfg
     return Point(cfg.model.activation, float(cfg.task.shortcut), int(cfg.model.d_model), int(cfg.model.n_layers))
 
 
 def stitch_config(probe: Any) -> StitchConfig:
+    """The `StitchConfig` of the probe section's `stitch_*` fields (its other settings at their defaults)."""
     return StitchConfig(
         steps=probe.stitch_steps,
         lr=probe.stitch_lr,
@@ -106,6 +112,7 @@ def asymmetry(gs_RRH: np.ndarray, sg_RRH: np.ndarray) -> np.ndarray:
 
 
 def cka_positions(cfg: Any) -> np.ndarray:
+    """The answer positions of the modsum task (`modsum.loss_positions`), where CKA reads the representations."""
     return np.asarray(modsum.loss_positions(cfg.task))
 
 

@@ -102,6 +102,8 @@ class Excess:
     receiver: str
 
     def __call__(self, idx: Mapping[str, np.ndarray]) -> float:
+        """The excess for the resampled model indices `idx` (group name -> indices): cross mean minus same-family
+        mean."""
         return cross_mean(self.cross, idx[self.sender], idx[self.receiver]) - same_mean(self.same, idx[self.receiver])
 
 

@@ -79,6 +79,8 @@ def _excess_rows(ref: dict) -> tuple[list[list[str]], bool]:
 
 
 def stitching_section(ctx: ReportContext) -> Section:
+    """Report section: the stitching penalty per hook, GeLU and SoLU into each other and into their own family
+    (`stitching_penalty.png`), and the asymmetry."""
     ref = ctx.summary.get("reference", {})
     probe = ctx.cfg.probe
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -121,6 +123,8 @@ def stitching_section(ctx: ReportContext) -> Section:
 
 
 def generalization_section(ctx: ReportContext) -> Section | None:
+    """Report section: the groups trained with and without the shortcut, their ID / OOD accuracy and the stitching
+    penalties between them; None without them."""
     ref = ctx.summary.get("reference", {})
     if "generalization_gap_layer" not in ref:
         return None
@@ -186,6 +190,8 @@ def generalization_section(ctx: ReportContext) -> Section | None:
 
 
 def more_section(ctx: ReportContext) -> Section | None:
+    """Report section: the narrow and wide GeLU families stitched into each other ('more is better'); None without
+    them."""
     ref = ctx.summary.get("reference", {})
     if "more_loss_wide" not in ref:
         return None
@@ -208,6 +214,7 @@ def more_section(ctx: ReportContext) -> Section | None:
 
 
 def cka_section(ctx: ReportContext) -> Section | None:
+    """Report section: the layer x layer linear CKA matrices (`cka_heatmaps.png`); None without CKA values."""
     ref = ctx.summary.get("reference", {})
     mats: dict[tuple[str, str], dict[tuple[int, int], float]] = {}
     for k, v in ref.items():
@@ -245,6 +252,7 @@ def cka_section(ctx: ReportContext) -> Section | None:
 
 
 def sections(ctx: ReportContext) -> list[Section]:
+    """The experiment's report sections (`Experiment.report`): stitching, then those the sweep's grid allows."""
     out = [stitching_section(ctx)]
     for make in (generalization_section, more_section, cka_section):
         sec = make(ctx)

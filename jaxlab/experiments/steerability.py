@@ -98,6 +98,21 @@ class SteerabilityProbe(ProbeConfig):
         "train.eval_batch_size": "steerability evaluates on its stimuli (probe.n_pairs, probe.n_steer, probe.n_loss)"
     }
 
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_pairs": "stimulus pairs (concept on / off) per concept",
+        "fit_fraction": "fraction of the pairs that fit the directions and the ridge probe; the rest score them",
+        "n_steer": "base sequences (every concept off) that are steered",
+        "ridge_lam": "ridge penalty of the separability probe",
+        "alphas": "steering strengths, in units of the layer's last-token RMS norm",
+        "alpha_eval": "the strength whose steering effect is reported (one of alphas)",
+        "positions": "steer at every position (all) or at the last one",
+        "direction": "the steering direction: the PCA direction or the difference of means",
+        "sep_threshold": "best-layer separability that marks a concept's separability onset",
+        "steer_threshold": "best-layer steering effect that marks a concept's steering onset",
+        "n_loss": "sequences of the evaluation-loss batch",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"positions": POSITIONS, "direction": DIRECTIONS}
+
     def validate(self) -> None:
         n = self._name
         for name in ("n_steer", "n_loss"):
@@ -237,6 +252,11 @@ def probe_one_concept(
 
 
 def make_evaluate(cfg: ExperimentConfig):
+    """The on-device evaluation: the evaluation loss, and per concept and residual layer the readings
+    (ID scores, explained variance, separability), the steering effect and slope, the concept gap,
+    and the cosines between concepts' PCA directions (`probe_one_concept`; metric names in the
+    module docstring).
+    """
     names = cfg.task.names
 
     def evaluate(train: Any, params: chex.ArrayTree, data: dict[str, Any]) -> dict[str, jax.Array]:

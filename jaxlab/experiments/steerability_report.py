@@ -303,6 +303,8 @@ def _paper_section(ctx: ReportContext) -> Section:
 
 
 def sections(ctx: ReportContext) -> list[Section]:
+    """The experiment's report sections (`Experiment.report`): the concept language, the readability and steerability
+    heatmaps, onsets, correlations, direction stability and the paper's findings."""
     task = ctx.cfg.task
     markers = concepts.marker_table(task)
     rows = [[c, task.freqs[k], task.strengths[k], " ".join(map(str, markers[k]))] for k, c in enumerate(task.names)]

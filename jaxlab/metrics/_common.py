@@ -53,6 +53,7 @@ def warning_counts() -> dict[str, int]:
 
 
 def reset_warning_counts() -> None:
+    """Forget the degenerate-input events counted so far (`warning_counts` starts again from zero)."""
     with _LOCK:
         _COUNTS.clear()
 

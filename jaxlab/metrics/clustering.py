@@ -42,6 +42,8 @@ from jaxlab.metrics._common import CONSTANT_RTOL, HIGHEST, as_float, eps, max_ab
 
 
 class KMeansResult(NamedTuple):
+    """The result of `kmeans`: the kept restart's assignments and centroids, its inertia, and its seeds' inertia."""
+
     assignments: jax.Array  # [n] int32 cluster of each example
     centroids: jax.Array  # [k, d], in the input's coordinates
     inertia: jax.Array  # [] sum of squared distances to the assigned centroid

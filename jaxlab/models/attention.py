@@ -143,6 +143,9 @@ def positional_pattern(
 
 
 class Attention(nn.Module):
+    """Multi-head attention of one block, configured by `ModelConfig` (module docstring); `execution` chooses how
+    outputs at a few query positions are computed."""
+
     cfg: ModelConfig
     execution: AttentionExecution = AttentionExecution()
 

@@ -25,6 +25,11 @@ MODES = ("add", "replace")
 
 @struct.dataclass
 class Intervention:
+    """A change of the residual stream at one hook, as data (a pytree: `value` and `positions` are its
+    leaves, so interventions vmap). `mode` "add" or "replace"; shapes and formulas in the module
+    docstring.
+    """
+
     hook: str = struct.field(pytree_node=False)
     value: jax.Array
     positions: jax.Array
@@ -35,6 +40,7 @@ class Intervention:
             raise ValueError(f"Intervention.mode: unknown value {self.mode!r} (allowed: {', '.join(MODES)})")
 
     def apply(self, x_BTD: jax.Array) -> jax.Array:
+        """The intervened stream: `x_BTD` with `value` added (mode add) or substituted (mode replace) at `positions`."""
         pos = jnp.asarray(self.positions)
         pos_BT1 = pos[..., None]
         value = jnp.asarray(self.value, x_BTD.dtype)
@@ -93,6 +99,8 @@ def residual_hooks(n_layers: int, *, embeddings: bool, name: str = "post") -> li
 
 
 def check_interventions(cfg: ModelConfig, interventions: Sequence[Intervention]) -> None:
+    """ValueError unless every intervention names a hook this model records (any of `hook_names` but the attention
+    patterns)."""
     valid = [n for n in hook_names(cfg) if not n.endswith("hook_pattern")]
     for iv in interventions:
         if iv.hook not in valid:

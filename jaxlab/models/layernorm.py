@@ -19,6 +19,8 @@ EPS = 1e-6
 
 @jax.custom_vjp
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+    """xhat * scale + bias over the last axis, xhat = (x - mean) / sqrt(var + 1e-6), with the hand-written backward
+    pass."""
     return _forward(x, scale, bias)[0]
 
 
@@ -48,6 +50,7 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., D] normalized over its last axis, with learned `scale` [D] (init 1) and `bias` [D] (init 0)."""
         D = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (D,))
         bias = self.param("bias", nn.initializers.zeros, (D,))

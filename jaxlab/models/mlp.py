@@ -20,6 +20,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        """x [B, T, D] -> W_out act(W_in x + b_in) + b_out [B, T, D], hidden width `d_mlp` (biases with `use_bias`)."""
         cfg = self.cfg
         D, F = x_BTD.shape[-1], cfg.d_mlp
         w_in = self.param("w_in", kernel_init(0, 1), (D, F))

@@ -61,6 +61,11 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    """The transformer family member of `cfg` (a resolved `ModelConfig`; see the module docstring):
+    read-in or embedding, positions, `n_layers` blocks (shared with `tie_layers`), final norm, readout.
+    `execution` chooses how outputs at a few positions are computed, not what.
+    """
+
     cfg: ModelConfig
     execution: AttentionExecution = AttentionExecution()
 
@@ -130,6 +135,8 @@ class Transformer(nn.Module):
         return cfg.readout in ("y_block", "neg_y_block") and not cfg.d_mlp and not cfg.layernorm
 
     def embed_tokens(self, inputs: jax.Array) -> jax.Array:
+        """The residual stream entering block 0: inputs [B, T, d_input] (read in) or ids [B, T] (embedded), plus the
+        positional encoding -> [B, T, d_model]."""
         cfg = self.cfg
         if cfg.input == "discrete":
             chex.assert_rank(inputs, 2)
@@ -146,6 +153,8 @@ class Transformer(nn.Module):
         return x
 
     def read_out(self, x_BTD: jax.Array) -> jax.Array:
+        """Outputs of the final stream x [B, T, d_model]: the linear unembedding, or the last `d_output` coordinates
+        of x (negated for `neg_y_block`)."""
         cfg = self.cfg
         if cfg.readout == "linear":
             return self.unembed(x_BTD)
@@ -207,6 +216,7 @@ def run_with_cache(
 
 
 def count_params(params: chex.ArrayTree) -> int:
+    """The number of scalars in a parameter tree."""
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 

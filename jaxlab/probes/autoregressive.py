@@ -170,6 +170,7 @@ def offblock_ratio(c_DD: jax.Array, task: ar.Config) -> jax.Array:
 
 
 def c_offblock_ratio(params: chex.ArrayTree, task: ar.Config) -> jax.Array:
+    """`offblock_ratio` of C = B^T A, the block products of the model (`block_products`): 0 when C is block-diagonal."""
     b, a = block_products(params, task)
     return offblock_ratio(b.T @ a, task)
 

@@ -80,6 +80,7 @@ def gd_predict(x: Any, y: Any, q: Any, eta: Any, n_steps: int = 1, gamma: Any = 
 
 
 def averaging_predict(x: Any, y: Any, q: Any) -> Any:
+    """Averaging: predictions q W^T [..., M, O] with W = (1/N) sum_i y_i x_i^T (one GD step with eta = 1)."""
     _check(x, y, q)
     return q @ (_t(x) @ y / x.shape[-2])
 
@@ -94,11 +95,14 @@ def ridge_predict(x: Any, y: Any, q: Any, lam: float) -> Any:
 
 
 def ols_predict(x: Any, y: Any, q: Any) -> Any:
+    """OLS: predictions q W^T [..., M, O] with W = Y^T pinv(X)^T, the minimum-norm least-squares fit of the context."""
     _check(x, y, q)
     return q @ (_pinv(x) @ y)
 
 
 def knn_predict(x: Any, y: Any, q: Any, k: int = 3) -> Any:
+    """k nearest neighbours: the mean y of the k context inputs nearest to each query (Euclidean); ValueError unless 1
+    <= k <= N."""
     _check(x, y, q)
     if not 1 <= k <= x.shape[-2]:
         raise ValueError(f"knn: k must be in [1, N={x.shape[-2]}], got {k}")

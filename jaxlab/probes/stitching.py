@@ -97,6 +97,7 @@ class StitchResult:
 
 
 def check_hooks(model_a: Transformer, model_b: Transformer, hooks: Sequence[str]) -> None:
+    """ConfigError unless `hooks` is non-empty and each is a residual-stream hook (`STREAM_HOOKS`) of both models."""
     allowed = [h for h in hook_names(model_b.cfg) if h.rsplit(".", 1)[-1] in STREAM_HOOKS]
     in_a = set(hook_names(model_a.cfg))
     if not hooks:

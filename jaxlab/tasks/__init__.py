@@ -71,6 +71,8 @@ def config_classes() -> dict[str, type]:
 
 
 def task_config_class(kind: str) -> type:
+    """The config class of the task `kind` (jaxlab's or a registered one); ConfigError naming the known kinds
+    otherwise."""
     classes = config_classes()
     if kind not in classes:
         raise ConfigError("task", f"unknown task {kind!r}", sorted(classes))
@@ -83,6 +85,7 @@ def task_module(cfg: TaskSection) -> ModuleType:
 
 
 def task_spec(cfg: TaskSection) -> TaskSpec:
+    """The `TaskSpec` of the task described by `cfg` (`cfg.spec()`)."""
     return cfg.spec()
 
 

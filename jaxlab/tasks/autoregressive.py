@@ -43,6 +43,9 @@ ENCODINGS = ("augmented", "plain", "repeated")
 
 @dataclass(frozen=True)
 class Config(TaskSection):
+    """The `task` section of in-context autoregressive sequences s_{t+1} = W s_t (`kind = "autoregressive"`; module
+    docstring)."""
+
     kind: ClassVar[str] = "autoregressive"
     n_dims: int = 10
     seq_len: int = 20
@@ -53,6 +56,19 @@ class Config(TaskSection):
     s0: str = "fixed"
     noise_std: float = 0.0
     encoding: str = "augmented"
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_dims": "dimension d of the states s_t (even for commuting and unitary W)",
+        "seq_len": "tokens T per sequence; the target at t is s_{t+1}",
+        "w_kind": "each sequence's W: commuting (2x2 rotations), haar (Haar orthogonal), unitary (angles theta / mu)",
+        "conjugate": "commuting / unitary W in one fixed random basis P shared by all sequences (W = P R P^T)",
+        "basis_seed": "seed of the fixed basis P (with conjugate)",
+        "mu": "unitary W: rotation angles theta / mu with theta ~ U(0, 2 pi)",
+        "s0": "the first state: ones / sqrt(d) (fixed) or uniform on the sphere",
+        "noise_std": "tokens are noisy observations s_t + noise_std * eps_t (0: clean)",
+        "encoding": "tokens: plain s_t, augmented (s_t, s_{t-1}, 0), or repeated (s_t, s_t)",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"w_kind": W_KINDS, "s0": S0_KINDS, "encoding": ENCODINGS}
 
     def validate(self) -> None:
         n = self._name
@@ -73,6 +89,7 @@ class Config(TaskSection):
 
 
 def spec(cfg: Config) -> TaskSpec:
+    """The `TaskSpec`: `seq_len` tokens of width d (plain), 3d (augmented) or 2d (repeated), d outputs, mse loss."""
     width = {"plain": 1, "augmented": 3, "repeated": 2}[cfg.encoding] * cfg.n_dims
     return TaskSpec(kind=cfg.kind, seq_len=cfg.seq_len, output_dim=cfg.n_dims, loss="mse", token_dim=width)
 

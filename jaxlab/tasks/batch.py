@@ -26,10 +26,12 @@ class Batch:
 
     @property
     def batch_size(self) -> int:
+        """B, the number of sequences."""
         return self.inputs.shape[0]
 
     @property
     def seq_len(self) -> int:
+        """T, the number of positions per sequence."""
         return self.inputs.shape[1]
 
 

@@ -52,6 +52,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
 @dataclass(frozen=True)
 class Config(TaskSection):
+    """The `task` section of the concept language (`kind = "concepts"`; module docstring)."""
+
     kind: ClassVar[str] = "concepts"
     seq_len: int = 32
     n_base: int = 32
@@ -64,6 +66,20 @@ class Config(TaskSection):
     n_shared: int = 2
     background: float = 0.01
     world_seed: int = 0
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "seq_len": "tokens T per sequence (next-token targets)",
+        "n_base": "base tokens of the underlying Markov chain",
+        "branching": "successors of each base token in the chain's fixed random table",
+        "names": "the concepts' names, one per concept",
+        "freqs": "per concept, the probability that it is on in a sequence",
+        "strengths": "per concept, the probability that a position shows one of its markers while it is on",
+        "n_markers": "marker tokens per concept",
+        "close_pair": "two concept indices that share n_shared markers (empty: no pair)",
+        "n_shared": "markers the close pair shares",
+        "background": "probability that a position shows a marker of a uniform concept, whatever is on",
+        "world_seed": "seed of the base chain's successor table",
+    }
 
     def validate(self) -> None:
         n = self._name
@@ -104,6 +120,7 @@ class Config(TaskSection):
 
     @property
     def n_concepts(self) -> int:
+        """K, the number of concepts (one per name)."""
         return len(self.names)
 
 
@@ -132,6 +149,7 @@ def marker_table(cfg: Config) -> np.ndarray:
 
 
 def vocab_size(cfg: Config) -> int:
+    """Base tokens plus every marker token: one more than the largest marker id."""
     return int(marker_table(cfg).max()) + 1
 
 
@@ -151,6 +169,7 @@ def successor_table(cfg: Config) -> jax.Array:
 
 
 def spec(cfg: Config) -> TaskSpec:
+    """The `TaskSpec`: `seq_len` token ids, next-token cross-entropy over the vocabulary (`vocab_size`)."""
     V = vocab_size(cfg)
     return TaskSpec(kind=cfg.kind, seq_len=cfg.seq_len, output_dim=V, loss="xent", vocab_size=V)
 

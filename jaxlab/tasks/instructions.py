@@ -51,6 +51,8 @@ FIXED, OPTIONAL, ALTERNATIVE = 0, 1, 2
 
 @dataclass(frozen=True)
 class Config(TaskSection):
+    """The `task` section of the instruction-following task (`kind = "instructions"`; module docstring)."""
+
     kind: ClassVar[str] = "instructions"
     n_tasks: int = 8
     n_inputs: int = 5
@@ -67,6 +69,24 @@ class Config(TaskSection):
     keyword_prob: float = 0.4
     heldout_frac: float = 0.2
     world_seed: int = 0
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_tasks": "K tasks, each a fixed random map from the inputs to output sequences",
+        "n_inputs": "input tokens, shared by all tasks",
+        "n_output_tokens": "output tokens the answers are made of",
+        "output_len": "output tokens per answer",
+        "keywords_per_task": "keyword tokens each task owns",
+        "n_fillers": "filler tokens, shared by all tasks",
+        "n_distributions": "instruction distributions (small grammars) per task seen in training",
+        "n_unseen_distributions": "further distributions per task, held out of training",
+        "template_len": "slots of an instruction template (instructions are left-padded to it)",
+        "n_optional": "optional slots per template (a token or nothing)",
+        "n_alternative": "alternative slots per template (one of alt_width tokens)",
+        "alt_width": "tokens an alternative slot chooses from",
+        "keyword_prob": "probability that a fixed or alternative slot takes a task keyword rather than a filler",
+        "heldout_frac": "fraction of the strings of each seen distribution held out of training",
+        "world_seed": "seed of the world: task functions, templates, held-out strings",
+    }
 
     def validate(self) -> None:
         n = self._name
@@ -117,6 +137,7 @@ def strings_per_distribution(cfg: Config) -> int:
 
 
 def heldout_count(cfg: Config) -> int:
+    """Strings held out of each seen distribution: round(heldout_frac * `strings_per_distribution`)."""
     return round(cfg.heldout_frac * strings_per_distribution(cfg))
 
 
@@ -154,6 +175,7 @@ def seq_len(cfg: Config) -> int:
 
 
 def spec(cfg: Config) -> TaskSpec:
+    """The `TaskSpec`: `seq_len(cfg)` token ids from the whole vocabulary (`vocab_layout`), cross-entropy over it."""
     size = vocab_layout(cfg)["size"]
     return TaskSpec(kind=cfg.kind, seq_len=seq_len(cfg), output_dim=size, loss="xent", vocab_size=size)
 

@@ -53,6 +53,8 @@ CHAIN_MOVES = ("next", "uniform")
 
 @dataclass(frozen=True)
 class Config(TaskSection):
+    """The `task` section of a latent-intention language (`kind = "latent"`; module docstring)."""
+
     kind: ClassVar[str] = "latent"
     n_intentions: int = 6
     letters_per_intention: int = 3
@@ -63,6 +65,19 @@ class Config(TaskSection):
     ambiguity: float = 0.0
     first_letter_ambiguity: float | None = None
     language_seed: int = 0
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_intentions": "K latent intentions",
+        "letters_per_intention": "letters l each intention owns (V = K l letters)",
+        "message_len": "letters L per message",
+        "n_messages": "messages M per sequence, each preceded by a delimiter",
+        "chain_stay": "probability that the next message keeps the current intention",
+        "chain_move": "otherwise the intention moves to the next one (next) or to any other evenly (uniform)",
+        "ambiguity": "c, added to every transition probability before the rows are renormalized (0: unambiguous)",
+        "first_letter_ambiguity": "the same constant for a message's first letter (None: ambiguity)",
+        "language_seed": "seed of the random transition blocks of the language",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"chain_move": CHAIN_MOVES}
 
     def validate(self) -> None:
         n = self._name
@@ -81,18 +96,22 @@ class Config(TaskSection):
 
     @property
     def n_letters(self) -> int:
+        """V = n_intentions * letters_per_intention letters."""
         return self.n_intentions * self.letters_per_intention
 
     @property
     def delimiter(self) -> int:
+        """The delimiter's token id, V (after the letters)."""
         return self.n_letters
 
     @property
     def vocab_size(self) -> int:
+        """V + 1: the letters and the delimiter."""
         return self.n_letters + 1
 
     @property
     def seq_len(self) -> int:
+        """T = n_messages (message_len + 1): the input positions of a sequence."""
         return self.n_messages * (self.message_len + 1)
 
 
@@ -150,6 +169,7 @@ def language(cfg: Config) -> Language:
 
 
 def spec(cfg: Config) -> TaskSpec:
+    """The `TaskSpec`: T token ids from a vocabulary of V + 1, cross-entropy over V + 1 classes."""
     return TaskSpec(
         kind=cfg.kind, seq_len=cfg.seq_len, output_dim=cfg.vocab_size, loss="xent", vocab_size=cfg.vocab_size
     )
@@ -180,6 +200,7 @@ def _cdf(p: np.ndarray) -> jax.Array:
 
 
 def cdfs(cfg: Config) -> Cdfs:
+    """The language's distributions (`language`) as cumulative distributions on the device, for inverse-CDF sampling."""
     return Cdfs(*(_cdf(a) for a in language(cfg)))
 
 

@@ -39,10 +39,18 @@ ITEM = 3  # tokens per item: a, b, hint
 
 @dataclass(frozen=True)
 class Config(TaskSection):
+    """The `task` section of modular addition with a hint token (`kind = "modsum"`; module docstring)."""
+
     kind: ClassVar[str] = "modsum"
     p: int = 11
     n_items: int = 4
     shortcut: float = 0.0
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "p": "the modulus: y = (a + b) mod p; 2p token ids (numbers and hints)",
+        "n_items": "items (a, b, hint) per sequence",
+        "shortcut": "probability that an item's hint names its answer (else the hint is uniform noise)",
+    }
 
     def validate(self) -> None:
         n = self._name
@@ -58,10 +66,12 @@ ModsumConfig = Config
 
 
 def vocab_size(cfg: Config) -> int:
+    """2p: the number tokens 0..p-1 and the hint tokens p..2p-1."""
     return 2 * cfg.p
 
 
 def spec(cfg: Config) -> TaskSpec:
+    """The `TaskSpec`: 3 n_items token ids from a vocabulary of 2p, cross-entropy over 2p classes."""
     V = vocab_size(cfg)
     return TaskSpec(kind=cfg.kind, seq_len=ITEM * cfg.n_items, output_dim=V, loss="xent", vocab_size=V)
 

@@ -30,6 +30,9 @@ LAYOUTS = ("paired", "interleaved")
 
 @dataclass(frozen=True)
 class Config(TaskSection):
+    """The `task` section of in-context linear regression (`kind = "regression"`; the module docstring has the
+    distribution and the token layouts)."""
+
     kind: ClassVar[str] = "regression"
     n_dims: int = 10
     n_context: int = 10
@@ -39,6 +42,18 @@ class Config(TaskSection):
     weight_scale: float = 1.0
     noise_std: float = 0.0
     layout: str = "paired"
+
+    FIELD_DOCS: ClassVar[dict[str, str]] = {
+        "n_dims": "dimension d of the inputs x_i",
+        "n_context": "in-context examples (x_i, y_i) per sequence",
+        "d_out": "outputs per example: y_i = W x_i with W of shape [d_out, d]",
+        "input_dist": "x_i ~ U(-s/2, s/2)^d (uniform) or N(0, s^2 I) (normal), s = input_scale",
+        "input_scale": "s, the scale of the inputs",
+        "weight_scale": "each sequence's W ~ N(0, weight_scale^2 I)",
+        "noise_std": "standard deviation of the Gaussian noise added to every y_i",
+        "layout": "tokens: paired (x_i, y_i) then a query (x_q, 0), or interleaved x_1, y_1, ..., x_N, y_N",
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"input_dist": INPUT_DISTS, "layout": LAYOUTS}
 
     def validate(self) -> None:
         n = self._name
@@ -56,6 +71,7 @@ RegressionConfig = Config
 
 
 def spec(cfg: Config) -> TaskSpec:
+    """The `TaskSpec`: N + 1 tokens (paired) or 2N (interleaved) of width n_dims + d_out, d_out outputs, mse loss."""
     seq_len = cfg.n_context + 1 if cfg.layout == "paired" else 2 * cfg.n_context
     return TaskSpec(kind=cfg.kind, seq_len=seq_len, output_dim=cfg.d_out, loss="mse", token_dim=cfg.n_dims + cfg.d_out)
 

@@ -1,17 +1,19 @@
 """Checkpoints of a chunk of runs with orbax-checkpoint's `CheckpointManager` (`args` API),
 fingerprinted so that a damaged one is recognised and skipped on resume.
 
-A checkpoint holds the stacked `TrainState` of every run of one run chunk (params, optimizer
-state, step, data keys, divergence flags) and its metric history so far (the on-device table
-[n_evals, runs], rows not yet reached are NaN), keyed by the index of the last completed
-evaluation. Arrays may be sharded over the run mesh, across processes: orbax writes each shard
-from the process that holds it. Saves are asynchronous (the call returns once the arrays are
-copied off the device) and atomic (orbax writes to a temporary directory and renames it when
-complete; leftovers of a killed save are removed when the manager opens), so a killed sweep
-leaves whole checkpoints only.
+A checkpoint holds the stacked `TrainState` of every run of one run chunk (params, optimizer state,
+step, data keys, divergence flags) and its metric history so far (the on-device table [n_evals,
+runs], rows not yet reached are NaN), taken after an evaluation. The checkpointer's callers name a
+checkpoint by the index of that evaluation; on disk it is named by its training step (`<step>/`;
+`steps` gives the step of each evaluation index; `steps=None`: by the index, as in run directories
+written before checkpoints were named by step). Arrays may be sharded over the run mesh, across
+processes: orbax writes each shard from the process that holds it. Saves are asynchronous (the call
+returns once the arrays are copied off the device) and atomic (orbax writes to a temporary directory
+and renames it when complete; leftovers of a killed save are removed when the manager opens), so a
+killed sweep leaves whole checkpoints only.
 
 Whole is not intact: a disk or a copy can still damage a finished checkpoint. So each one gets a
-fingerprint, `fingerprints/<index>.json` beside the step directories:
+fingerprint, `fingerprints/<step>.json` beside the step directories:
 
 - `arrays`: per leaf of the saved tree, two sums over its bits read as uint32 words u_i,
   (sum_i u_i, sum_i (2i + 1) u_i) mod 2^32, computed on the device from the arrays being saved
@@ -32,7 +34,16 @@ sweep was killed (orbax's atomic rename still guarantees it is complete).
 
 `restore` verifies (files, then orbax, then the arrays) and raises `DamagedCheckpoint`;
 `restore_newest` falls back from the newest checkpoint to older ones, moving each damaged one
-into `damaged/<index>-<time>/` (kept for inspection, outside orbax's step directories).
+into `damaged/<step>-<time>/` (kept for inspection, outside orbax's step directories).
+
+A checkpoint restores with plain orbax in any process, whatever device count saved it (the arrays
+come back as NumPy arrays, stacked over the chunk's runs):
+
+    ckptr = ocp.StandardCheckpointer()
+    tree = ckptr.restore(path, jax.tree.map(lambda m: np.empty(m.shape, m.dtype), ckptr.metadata(path).item_metadata))
+
+with `path = DIR/checkpoints/group-GGGG/chunk-KKKK/<step>/item`; `tree["state"]` is the `TrainState`
+as a dict (`params`, `opt_state`, ...), `tree["history"]` the metric table.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ import shutil
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,9 +101,11 @@ class SaveSchedule:
         self.last = self.now = clock()
 
     def every_due(self, i: int) -> bool:
+        """Whether the count rule saves after interval `i`."""
         return self.every > 0 and i % self.every == 0
 
     def time_due(self) -> bool:
+        """Whether the time rule saves now (reads the clock)."""
         self.now = clock()
         return self.minutes > 0 and self.now - self.last >= 60.0 * self.minutes
 
@@ -179,8 +192,16 @@ class Restored:
 
 
 class GroupCheckpointer:
-    def __init__(self, directory: Path, keep: int = 2, async_save: bool = True):
+    """The checkpoints of one run chunk: save, list, verify and restore them (module docstring).
+
+    Callers name checkpoints by evaluation index; `steps[index]` is the name on disk (the training
+    step; None: the index itself, the layout of older run directories).
+    """
+
+    def __init__(self, directory: Path, keep: int = 2, async_save: bool = True, steps: Sequence[int] | None = None):
         self.directory = Path(directory).absolute()
+        self.steps = None if steps is None else [int(s) for s in steps]
+        self._index_of = None if steps is None else {s: i for i, s in enumerate(self.steps)}
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep or None,
             enable_async_checkpointing=async_save,
@@ -201,7 +222,8 @@ class GroupCheckpointer:
         sums = fingerprint(item)
         if self._pending:  # orbax waits for the previous save before it starts this one anyway
             self.wait()
-        if self.manager.save(index, args=ocp.args.Composite(item=ocp.args.StandardSave(item)), force=force):
+        args = ocp.args.Composite(item=ocp.args.StandardSave(item))
+        if self.manager.save(self.name(index), args=args, force=force):
             self._pending[index] = sums
 
     def poll(self) -> None:
@@ -211,9 +233,9 @@ class GroupCheckpointer:
 
     def _write_fingerprints(self) -> None:
         for index in sorted(self._pending):
-            step_dir = self.directory / str(index)
+            step_dir = self.directory / str(self.name(index))
             if step_dir.is_dir() and jax.process_index() == 0:
-                record = {"index": index, "arrays": self._pending[index], "files": _file_table(step_dir)}
+                record = {"step": self.name(index), "arrays": self._pending[index], "files": _file_table(step_dir)}
                 results.write_json(self._fingerprint_path(index), record)
         self._pending.clear()
         if jax.process_index() == 0:
@@ -233,19 +255,30 @@ class GroupCheckpointer:
             self._write_fingerprints()
 
     def close(self) -> None:
+        """Wait for every save and its fingerprint, then close orbax's manager."""
         self.wait()
         self.manager.close()
 
     # -- what there is ---------------------------------------------------------------------------
+    def name(self, index: int) -> int:
+        """The on-disk name of checkpoint `index`: its step (or the index itself, `steps=None`)."""
+        return index if self.steps is None else self.steps[index]
+
     def latest(self) -> int | None:
-        return self.manager.latest_step()
+        """The evaluation index of the newest kept checkpoint (None: there is none)."""
+        have = self.all()
+        return have[-1] if have else None
 
     def all(self) -> list[int]:
-        """Indices of every kept checkpoint, oldest first."""
-        return sorted(self.manager.all_steps())
+        """Evaluation indices of every kept checkpoint, oldest first (directories whose name is not
+        a step of this run's evaluation schedule are not its checkpoints, and are left alone)."""
+        names = self.manager.all_steps()
+        if self._index_of is None:
+            return sorted(names)
+        return sorted(self._index_of[n] for n in names if n in self._index_of)
 
     def _fingerprint_path(self, index: int) -> Path:
-        return self.directory / FINGERPRINTS / f"{index}.json"
+        return self.directory / FINGERPRINTS / f"{self.name(index)}.json"
 
     # -- restoring -------------------------------------------------------------------------------
     def restore(self, index: int, like_state: Any, like_history: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -280,7 +313,8 @@ class GroupCheckpointer:
         abstract = jax.tree_util.tree_map(_abstract, like)
         _quiet_reader_threads()
         try:
-            restored = self.manager.restore(index, args=ocp.args.Composite(item=ocp.args.StandardRestore(abstract)))
+            args = ocp.args.Composite(item=ocp.args.StandardRestore(abstract))
+            restored = self.manager.restore(self.name(index), args=args)
             item = restored.item
         except Exception as err:  # any failure to read it back: it is not usable
             problem = DamagedCheckpoint(index, f"orbax cannot restore it ({_first_line(err)})")
@@ -299,16 +333,17 @@ class GroupCheckpointer:
             return None
         try:
             record = json.loads(path.read_text())
-            if not isinstance(record, dict) or record.get("index") != index:
+            # "index": fingerprints written before checkpoints were named by step
+            if not isinstance(record, dict) or record.get("step", record.get("index")) != self.name(index):
                 raise ValueError("not a fingerprint of this checkpoint")
             return record
         except (OSError, ValueError) as err:
             raise DamagedCheckpoint(index, f"its fingerprint {path} is unreadable ({_first_line(err)})") from None
 
     def _check_files(self, index: int, table: dict[str, list[int]]) -> None:
-        step_dir = self.directory / str(index)
+        step_dir = self.directory / str(self.name(index))
         for name, (size, crc) in sorted(table.items()):
-            path, shown = step_dir / name, f"its file {index}/{name}"
+            path, shown = step_dir / name, f"its file {self.name(index)}/{name}"
             try:
                 if path.stat().st_size != size:
                     raise DamagedCheckpoint(index, f"{shown} has {path.stat().st_size} bytes, {size} when saved")
@@ -348,13 +383,14 @@ class GroupCheckpointer:
         target = None
         if jax.process_index() == 0:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            target = self.directory / DAMAGED / f"{index}-{stamp}"
+            name = self.name(index)
+            target = self.directory / DAMAGED / f"{name}-{stamp}"
             n = 1
             while target.exists():
                 n += 1
-                target = self.directory / DAMAGED / f"{index}-{stamp}-{n}"
+                target = self.directory / DAMAGED / f"{name}-{stamp}-{n}"
             target.mkdir(parents=True)
-            source = self.directory / str(index)
+            source = self.directory / str(name)
             if source.exists():
                 shutil.move(str(source), str(target / "checkpoint"))
             fp = self._fingerprint_path(index)

@@ -50,6 +50,7 @@ class RunChunks:
 
     @property
     def n_chunks(self) -> int:
+        """K = ceil(n_runs / size) chunks (at least one)."""
         return max(1, math.ceil(self.n_runs / self.size))
 
     def positions(self, k: int) -> np.ndarray:
@@ -58,6 +59,7 @@ class RunChunks:
         return np.minimum(slots, self.n_runs - 1)
 
     def n_real(self, k: int) -> int:
+        """The real (not padding) runs of chunk k."""
         return int(min(self.size, self.n_runs - k * self.size))
 
     def real(self, k: int) -> np.ndarray:
@@ -65,6 +67,7 @@ class RunChunks:
         return np.arange(self.size) < self.n_real(k)
 
     def to_dict(self) -> dict[str, int]:
+        """The JSON form: n_runs, size and n_chunks."""
         return {"n_runs": self.n_runs, "size": self.size, "n_chunks": self.n_chunks}
 
 

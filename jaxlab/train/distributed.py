@@ -41,6 +41,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 def is_primary() -> bool:
+    """Whether this is process 0 (`jax.process_index() == 0`), the process that merges the result parts."""
     return jax.process_index() == 0
 
 

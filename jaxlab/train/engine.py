@@ -63,6 +63,9 @@ EvalDataFn = Callable[["Train"], Any]
 
 @struct.dataclass
 class TrainState:
+    """One run's training state (a pytree; with a leading run axis [R] inside a program): step, parameters, optimizer
+    state, data key, divergence step and step-0 loss."""
+
     step: jax.Array  # int32 []
     params: Any
     opt_state: Any
@@ -77,6 +80,7 @@ def seed_keys(seeds: Sequence[int], impl: str = "threefry2x32") -> jax.Array:
 
 
 def tree_all_finite(tree: chex.ArrayTree) -> jax.Array:
+    """A boolean []: every element of every leaf of `tree` is finite (True for an empty tree)."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
@@ -128,9 +132,11 @@ class Train:
 
     # -- model ---------------------------------------------------------------------------------
     def apply(self, params: chex.ArrayTree, inputs: jax.Array, interventions: Sequence[Intervention] = ()) -> jax.Array:
+        """The model's outputs for `inputs` under `params`, with `interventions` applied at their hooks."""
         return self.model.apply({"params": params}, inputs, tuple(interventions))
 
     def loss(self, params: chex.ArrayTree, batch: Batch) -> jax.Array:
+        """The task's loss (`spec.loss`) of the model's outputs on `batch`, over its loss mask."""
         return batch_loss(self.spec.loss, self.apply(params, batch.inputs), batch)
 
     def train_loss(self, params: chex.ArrayTree, batch: Batch) -> jax.Array:
@@ -156,6 +162,8 @@ class Train:
 
     @in_rng_scope
     def sample(self, key: jax.Array, batch_size: int, task: Any = None) -> Batch:
+        """`batch_size` sequences from the config's task (or `task`), drawn with `key` (one draw per run for rbg
+        keys)."""
         task = self.cfg.task if task is None else task
         return self._per_run(lambda k: sample(k, task, batch_size))(key)
 
@@ -188,6 +196,8 @@ class Train:
     # -- one run -------------------------------------------------------------------------------
     @in_rng_scope
     def init(self, key: jax.Array, hparams: Hparams | None = None) -> TrainState:
+        """A run's initial state from `key`: parameters (weights scaled by `model.init_scale` of `hparams`), optimizer
+        state, and the key of its data stream."""
         hparams = default_hparams(self.cfg) if hparams is None else hparams
         k_init, k_data = jax.random.split(key)
         example = self.sample(k_data, 1).inputs
@@ -204,6 +214,7 @@ class Train:
 
     @in_rng_scope
     def train_batch(self, state: TrainState) -> Batch:
+        """The training batch of `state`'s step: drawn from the run's data key folded with the step."""
         return self.sample(jax.random.fold_in(self._key(state.data_key), state.step), self.cfg.train.batch_size)
 
     def step(self, state: TrainState, hparams: Hparams) -> tuple[TrainState, jax.Array]:
@@ -277,6 +288,7 @@ class Train:
         return state.replace(params=unravel(state.params)), jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
     def eval_key(self) -> jax.Array:
+        """The key of the fixed evaluation data: `train.eval_seed` with `train.prng_impl`."""
         return jax.random.key(self.cfg.train.eval_seed, impl=self.cfg.train.prng_impl)
 
     def make_eval_batch(self) -> Any:
@@ -348,8 +360,10 @@ def make_train(
 
 
 def stack_runs(tree: chex.ArrayTree, n: int) -> chex.ArrayTree:
+    """Every leaf of `tree` repeated along a new leading run axis of length n."""
     return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
 
 
 def host(tree: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+    """The arrays of `tree` fetched to the host as NumPy arrays (one `device_get`)."""
     return {k: np.asarray(v) for k, v in jax.device_get(dict(tree)).items()}

@@ -40,6 +40,12 @@ class Finalized:
 
 @dataclass(frozen=True)
 class Experiment:
+    """An experiment, for the runner: its name, description and presets, the probe section's class,
+    and the hooks the runner calls (each commented at its field): on-device evaluation and its data,
+    post-training probes (`finalize`, `from_history`), report sections, the analysis across programs
+    (`after_sweep`), the paper's claims and the setup's deviations from the paper.
+    """
+
     name: str
     description: str
     presets: Mapping[str, Callable[[], ExperimentConfig]]
@@ -75,6 +81,7 @@ class Experiment:
         return make_train(cfg, self.make_evaluate(cfg), self.eval_data, plan=plan)
 
     def preset(self, name: str | None) -> ExperimentConfig:
+        """The config of preset `name` (the default preset when None); ConfigError naming the presets otherwise."""
         name = name or self.default_preset
         if name not in self.presets:
             raise ConfigError("--preset", f"experiment {self.name!r} has no preset {name!r}", sorted(self.presets))

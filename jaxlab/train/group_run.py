@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,7 @@ from jaxlab.train.programs import Programs, key_data
 from jaxlab.train.progress import Progress
 from jaxlab.train.replicate import copy_tree, replicate_config, replicate_row
 from jaxlab.train.restore import load_chunk
-from jaxlab.train.rundir import (
-    RunStore,
-)
+from jaxlab.train.rundir import RunStore, checkpoint_steps
 from jaxlab.train.sharding import Placement, padded_size
 
 
@@ -128,6 +127,7 @@ class _GroupRun:
         self.programs = Programs(self.train, placement, self.kd_all.shape[1])
         self.replicate_train = exp.make_train(replicate_config(cfg), plan=self.train.plan)
         self.replicate_data: Any = None
+        self.checkpoint_steps: Sequence[int] | None = self.train.eval_steps  # names on disk; `compile` decides
 
     def compile(self) -> float:
         """Choose the run-chunk layout and compile the two programs for it; returns seconds."""
@@ -141,7 +141,9 @@ class _GroupRun:
             size = int(layout["chunk_size"])
             self.chunks, self.interval = chunking.RunChunks(n, size), compile_interval(size)
             self.estimate = layout.get("estimate", {})
+            self.checkpoint_steps = checkpoint_steps(layout, self.train.eval_steps)
         else:
+            self.checkpoint_steps = self.train.eval_steps
             max_runs = g.cfg.train.max_runs_per_chunk
             full = padded_size(n, d)
             self.chunks, self.interval, self.estimate = chunking.choose(
@@ -166,6 +168,7 @@ class _GroupRun:
                         "plan": self.train.plan.as_dict(),
                         "n_processes": jax.process_count(),
                         "estimate": self.estimate,
+                        "checkpoint_names": "step",
                     },
                 )
         self.start = self.programs.compile_start(self.chunks.size, self.hp_keys)
@@ -190,7 +193,7 @@ class _GroupRun:
                 if is_primary():
                     self.store.clear_chunk_parts(g.index, k)
                 barrier(f"jaxlab-clear-{g.index}-{k}")
-            ckpt = self.store.checkpointer(g.index, k, keep=tcfg.keep_checkpoints)
+            ckpt = self.store.checkpointer(g.index, k, keep=tcfg.keep_checkpoints, steps=self.checkpoint_steps)
         where = f"group {g.index + 1}/{progress.n_groups} chunk {k + 1}/{chunks.n_chunks}"
         try:
             begin = 0
@@ -383,7 +386,9 @@ def run_group(
     for k in range(gr.chunks.n_chunks):
         if store is not None and resume and store.chunk_done(group.index, k):
             progress.skip(gr.chunks.n_real(k) * group.cfg.train.steps)
-            outs.append(load_chunk(store, group, gr.train, gr.chunks, k, gr.placement, local=True))
+            outs.append(
+                load_chunk(store, group, gr.train, gr.chunks, k, gr.placement, local=True, names=gr.checkpoint_steps)
+            )
             continue
         outs.append(gr.run_chunk(k, progress, compile_s))
     return concat_outcome(group, gr.train, outs, compile_s, t0)

@@ -22,16 +22,22 @@ from jaxlab.train.hparams import is_traced
 
 @dataclass(frozen=True)
 class RunInfo:
+    """One run of a sweep: its id (point-major over the sweep), its seed and its grid point (`key` -> value)."""
+
     run: int
     seed: int
     point: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form: run, seed and point."""
         return {"run": self.run, "seed": self.seed, "point": self.point}
 
 
 @dataclass
 class Group:
+    """The runs of a sweep that share one compiled program: its index, its resolved config (structural grid values
+    set), its runs and a label naming those values."""
+
     index: int
     cfg: ExperimentConfig
     runs: list[RunInfo]
@@ -39,6 +45,7 @@ class Group:
 
     @property
     def seeds(self) -> np.ndarray:
+        """The seeds of the group's runs, in run order."""
         return np.asarray([r.seed for r in self.runs])
 
 
@@ -94,4 +101,5 @@ def check_sweep_keys(cfg: ExperimentConfig, groups: list[Group]) -> None:
 
 
 def with_seeds(cfg: ExperimentConfig, seeds: tuple[int, ...]) -> ExperimentConfig:
+    """A copy of `cfg` whose sweep has the given seeds."""
     return dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, seeds=seeds))

@@ -20,6 +20,7 @@ Hparams = dict[str, jax.Array]
 
 
 def is_traced(key: str) -> bool:
+    """Whether `key` is one of `TRACED_KEYS`, which may differ between the runs of one program."""
     return key in TRACED_KEYS
 
 

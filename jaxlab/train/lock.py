@@ -35,12 +35,15 @@ _TAKEOVER_STALE_S = 60.0  # a take-over holds its guard for microseconds; older 
 
 @dataclass(frozen=True)
 class LockOwner:
+    """Who holds a run directory's lock: process id, host, when it took the lock, and its command."""
+
     pid: int
     host: str
     since: float  # time.time() when the lock was taken
     command: str
 
     def describe(self) -> str:
+        """The owner in words: `pid N@host, since YYYY-MM-DD HH:MM:SS (command)`."""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"pid {self.pid}@{self.host}, since {when}" + (f" ({self.command})" if self.command else "")
 

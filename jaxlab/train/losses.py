@@ -24,10 +24,12 @@ def per_position_loss(kind: str, outputs: jax.Array, targets: jax.Array) -> jax.
 
 
 def masked_mean(values_BT: jax.Array, mask_BT: jax.Array) -> jax.Array:
+    """sum(values * mask) / max(sum(mask), 1): the mean over the masked positions ([B, T] each)."""
     return jnp.sum(values_BT * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
 
 
 def batch_loss(kind: str, outputs: jax.Array, batch: Batch) -> jax.Array:
+    """The mean loss of `kind` (`per_position_loss`: mse or xent) over the positions of `batch.loss_mask`."""
     return masked_mean(per_position_loss(kind, outputs, batch.targets), batch.loss_mask)
 
 

@@ -41,6 +41,10 @@ def schedule_shape(cfg: OptimConfig, total_steps: int) -> Callable[[jax.Array], 
 def make_optimizer(
     cfg: OptimConfig, total_steps: int, hparams: Mapping[str, jax.Array]
 ) -> optax.GradientTransformation:
+    """The optax optimizer of `cfg` (module docstring) over `total_steps` steps, its learning rate the
+    schedule times `hparams["optim.lr"]` and its weight decay and Adam betas taken from `hparams`
+    (traced values, so they can differ between vmapped runs).
+    """
     shape = schedule_shape(cfg, total_steps)
     peak = hparams["optim.lr"]
 

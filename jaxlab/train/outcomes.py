@@ -43,11 +43,16 @@ class GroupOutcome:
 
 @dataclass
 class SweepResult:
+    """What `run_sweep` returns: the run directory (None when nothing was written), the summary.json dict and every
+    group's outcome."""
+
     run_dir: Path | None
     summary: dict[str, Any]
     groups: list[GroupOutcome] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
+        """The run's tidy metric table (`jaxlab.results.load` of the run directory); ValueError when the sweep wrote
+        none."""
         if self.run_dir is None:
             raise ValueError("run_sweep(..., out_dir=None) keeps no table; use .groups")
         return results.load(self.run_dir)
@@ -55,6 +60,7 @@ class SweepResult:
 
 # -- a chunk's results -----------------------------------------------------------------------------
 def select_finalized(fin: Finalized, rows: np.ndarray) -> Finalized:
+    """The rows `rows` of every per-run and history array of `fin` (references kept, as floats)."""
     return Finalized(
         per_run={k: np.asarray(v)[rows] for k, v in fin.per_run.items()},
         history={k: (np.asarray(s), np.asarray(v)[rows]) for k, (s, v) in fin.history.items()},

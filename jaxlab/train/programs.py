@@ -37,6 +37,9 @@ from jaxlab.train.sharding import Placement
 
 
 class Programs:
+    """The `start` and `interval` programs of one group's run chunks, traced and compiled once per chunk size (module
+    docstring)."""
+
     def __init__(self, train: Train, placement: Placement, n_key_words: int):
         self.train = train
         self.placement = placement
@@ -48,6 +51,8 @@ class Programs:
 
     # -- the traced functions -------------------------------------------------------------------
     def start(self, key_data: jax.Array, hparams: dict[str, jax.Array]) -> tuple[TrainState, Any, dict[str, jax.Array]]:
+        """Initialise the chunk's runs from their key data and hyperparameters: (state [C], evaluation data, history
+        with row 0 filled)."""
         train = self.train
         keys = jax.random.wrap_key_data(key_data, impl=train.cfg.train.prng_impl)
         state = jax.vmap(train.init)(keys, hparams)
@@ -66,6 +71,8 @@ class Programs:
         row: jax.Array,
         valid: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
+        """Advance every run `n_steps` steps, write the evaluation into history row `row`; also the median finite
+        training loss and the number of diverged runs among the `valid` ones."""
         # `Train.chunk` in the plan's run layout (`jaxlab.train.runmap`): with `scan` (CPUs) each
         # device scans its runs, the training steps in blocks of `plan.run_block` runs and the
         # evaluation (large fixed evaluation sets, probes) one run at a time.
@@ -83,6 +90,8 @@ class Programs:
 
     # -- abstract inputs and compilation ---------------------------------------------------------
     def abstract_inputs(self, size: int, hparam_keys: list[str]) -> tuple[jax.ShapeDtypeStruct, dict]:
+        """Abstract (shape, dtype, sharding) key data [size, n_key_words] and hyperparameters [size] of a chunk of
+        `size` runs."""
         p = self.placement
         kd = jax.ShapeDtypeStruct((size, self.n_key_words), jnp.uint32, sharding=p.runs)
         hp = {k: jax.ShapeDtypeStruct((size,), jnp.float32, sharding=p.runs) for k in hparam_keys}

@@ -33,6 +33,9 @@ def _rate(x: float) -> str:
 
 
 class Progress:
+    """The progress report of one sweep (module docstring): a bar, or log lines when `quiet`; silent when not
+    `enabled`."""
+
     def __init__(
         self,
         name: str,
@@ -117,9 +120,11 @@ class Progress:
         )
 
     def chunk_done(self, diverged: int) -> None:
+        """A run chunk finished with `diverged` diverged runs (added to the count shown from now on)."""
         self.beat("a run chunk finished")
         self.diverged_before += diverged
 
     def close(self) -> None:
+        """Close the bar (nothing in quiet mode)."""
         if self.bar is not None:
             self.bar.close()

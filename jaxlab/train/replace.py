@@ -93,6 +93,7 @@ class RunAttempt:
             self.created = []
 
     def release(self) -> None:
+        """Release the run directory's lock, when this attempt holds it (again: nothing)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -8,6 +8,7 @@ the evaluation indices at which every run chunk has a checkpoint.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -25,9 +26,7 @@ from jaxlab.train.groups import Group, RunInfo, plan_groups
 from jaxlab.train.hparams import stack_hparams
 from jaxlab.train.outcomes import GroupOutcome, concat_outcome
 from jaxlab.train.programs import Programs, key_data
-from jaxlab.train.rundir import (
-    RunStore,
-)
+from jaxlab.train.rundir import RunStore, checkpoint_steps
 from jaxlab.train.sharding import Placement, run_mesh
 
 
@@ -68,24 +67,27 @@ def load_chunk(
     placement: Placement,
     local: bool,
     checkpoint: int | None = None,
+    names: Sequence[int] | None = None,
 ) -> GroupOutcome:
     """A run chunk from its checkpoint (default: the final one) and its result parts, on the host.
 
-    local: only the runs this process holds under `placement` (a resumed multi-process sweep);
-    otherwise all of them.
+    checkpoint: an evaluation index; local: only the runs this process holds under `placement` (a
+    resumed multi-process sweep), otherwise all of them; names: the checkpoints' names on disk
+    (`rundir.checkpoint_steps`).
     """
     one = Placement(run_mesh(jax.local_devices()[:1]))  # shapes only: any chunk size
     programs = Programs(train, one, key_data(group.seeds[:1], group.cfg.train.prng_impl).shape[1])
     like_state, _, like_hist = programs.trace_start(chunks.size, list(stack_hparams(group.cfg, [{}]))).out_info
     zeros = lambda x: np.zeros(x.shape, x.dtype)
-    ckpt = store.checkpointer(group.index, k, keep=0, async_save=False)
+    ckpt = store.checkpointer(group.index, k, keep=0, steps=names, async_save=False)
     try:
         index = ckpt.latest() if checkpoint is None else checkpoint
         if index is None or index not in ckpt.all():
-            have = ckpt.all()
+            have = [train.eval_steps[i] for i in ckpt.all()]
+            asked = "" if index is None else f"at step {train.eval_steps[index]} "
             raise UserError(
                 f"{store.run_dir}: group {group.index} chunk {k} has no checkpoint "
-                + (f"{index} (have {have})" if have else "(is the run finished?)")
+                + (f"{asked}(have steps {have})" if have else "(is the run finished?)")
             )
         try:
             state, hist = ckpt.restore(
@@ -118,7 +120,7 @@ def load_chunk(
 
 def _group_layout(
     experiment: Experiment, run_dir: Path, index: int
-) -> tuple[ExperimentConfig, Group, RunStore, chunking.RunChunks]:
+) -> tuple[ExperimentConfig, Group, RunStore, chunking.RunChunks, Sequence[int] | None]:
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     data = results.read_config_data(path)
@@ -133,7 +135,9 @@ def _group_layout(
     layout = store.read_layout(index)
     if layout is None:
         raise UserError(f"{run_dir}: group {index} has no checkpoint (was it started?)")
-    return cfg, groups[index], store, chunking.RunChunks(len(groups[index].runs), int(layout["chunk_size"]))
+    group = groups[index]
+    names = checkpoint_steps(layout, group.cfg.train.eval_steps())
+    return cfg, group, store, chunking.RunChunks(len(group.runs), int(layout["chunk_size"])), names
 
 
 def checkpoint_indices(experiment: Experiment, run_dir: str | Path, index: int = 0) -> list[int]:
@@ -141,10 +145,10 @@ def checkpoint_indices(experiment: Experiment, run_dir: str | Path, index: int =
 
     The step of index i is `load_group(...).train.eval_steps[i]`.
     """
-    _, group, store, chunks = _group_layout(experiment, Path(run_dir), index)
+    _, group, store, chunks, names = _group_layout(experiment, Path(run_dir), index)
     common: set[int] | None = None
     for k in range(chunks.n_chunks):
-        ckpt = store.checkpointer(group.index, k, keep=0, async_save=False)
+        ckpt = store.checkpointer(group.index, k, keep=0, steps=names, async_save=False)
         try:
             have = set(ckpt.all())
         finally:
@@ -163,11 +167,11 @@ def load_group(
     the group's runs) feed any probe, exactly as `run_sweep` had them.
     """
     t0 = time.time()
-    _, group, store, chunks = _group_layout(experiment, Path(run_dir), index)
+    _, group, store, chunks, names = _group_layout(experiment, Path(run_dir), index)
     train = experiment.make_train(group.cfg)
     placement = Placement.default()
     outs = [
-        load_chunk(store, group, train, chunks, k, placement, local=False, checkpoint=checkpoint)
+        load_chunk(store, group, train, chunks, k, placement, local=False, checkpoint=checkpoint, names=names)
         for k in range(chunks.n_chunks)
     ]
     return concat_outcome(group, train, outs, 0.0, t0)

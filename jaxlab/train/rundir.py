@@ -6,7 +6,7 @@ DIR/parts/part-GGGG-KKKK-PPPPP.{parquet,json}     results of group G, run chunk 
 DIR/parts/done-GGGG-KKKK.json                     run chunk K of group G finished on every process
 DIR/parts/cross.json                              after_sweep results across groups
 DIR/checkpoints/group-GGGG/layout.json            the run-chunk layout (chunk size, device count)
-DIR/checkpoints/group-GGGG/chunk-KKKK/<index>/    orbax checkpoints after evaluation <index>
+DIR/checkpoints/group-GGGG/chunk-KKKK/<step>/     orbax checkpoints at training step <step>
 DIR/metrics.parquet, DIR/summary.json             the merge of every part (process 0)
 DIR/report.md, DIR/*.png                          the report (`jaxlab.report`)
 DIR/.jaxlab.lock                                  held by the one writer (`jaxlab.train.lock`)
@@ -32,8 +32,8 @@ import jax
 import numpy as np
 import pandas as pd
 
-import jaxlab
 from jaxlab import results, runfiles
+from jaxlab._version import __version__
 from jaxlab.claims import Claim
 from jaxlab.claims import evaluate as evaluate_claims
 from jaxlab.config import ExperimentConfig
@@ -47,10 +47,18 @@ __all__ = [
     "RunStore",
     "build_summary",
     "check_run_dir",
+    "checkpoint_steps",
     "holds_run",
     "merge_parts",
     "part_records",
 ]
+
+
+def checkpoint_steps(layout: Mapping[str, Any], eval_steps: Sequence[int]) -> Sequence[int] | None:
+    """How a group's checkpoints are named on disk: by step (`eval_steps`; the layout says
+    "checkpoint_names": "step"), or by evaluation index (None: run directories written before
+    checkpoints were named by step)."""
+    return eval_steps if layout.get("checkpoint_names") == "step" else None
 
 
 class RunStore:
@@ -62,38 +70,52 @@ class RunStore:
 
     # -- checkpoints and layout ------------------------------------------------------------------
     def group_dir(self, group: int) -> Path:
+        """DIR/checkpoints/group-GGGG: the group's checkpoints and layout.json."""
         return self.run_dir / "checkpoints" / f"group-{group:04d}"
 
-    def checkpointer(self, group: int, chunk: int, keep: int, async_save: bool = True) -> GroupCheckpointer:
-        return GroupCheckpointer(self.group_dir(group) / f"chunk-{chunk:04d}", keep=keep, async_save=async_save)
+    def checkpointer(
+        self, group: int, chunk: int, keep: int, steps: Sequence[int] | None, async_save: bool = True
+    ) -> GroupCheckpointer:
+        """The checkpointer of run chunk `chunk` of group `group`; `steps` names its checkpoints on
+        disk (`checkpoint_steps`)."""
+        directory = self.group_dir(group) / f"chunk-{chunk:04d}"
+        return GroupCheckpointer(directory, keep=keep, async_save=async_save, steps=steps)
 
     def read_layout(self, group: int) -> dict[str, Any] | None:
+        """The group's layout.json (chunk size, devices, plan, checkpoint names), None before it is written."""
         path = self.group_dir(group) / "layout.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def write_layout(self, group: int, layout: Mapping[str, Any]) -> None:
+        """Write the group's layout.json (process 0)."""
         results.write_json(self.group_dir(group) / "layout.json", layout)
 
     # -- parts -----------------------------------------------------------------------------------
     def part_path(self, group: int, chunk: int, suffix: str, process: int | None = None) -> Path:
+        """DIR/parts/part-GGGG-KKKK-PPPPP.<suffix> of a process (default: this one)."""
         process = self.process if process is None else process
         return self.run_dir / "parts" / f"part-{group:04d}-{chunk:04d}-{process:05d}.{suffix}"
 
     def chunk_parts(self, group: int, chunk: int, suffix: str) -> list[Path]:
+        """Every process's part files of a run chunk with this suffix, in process order."""
         return sorted((self.run_dir / "parts").glob(f"part-{group:04d}-{chunk:04d}-*.{suffix}"))
 
     def done_path(self, group: int, chunk: int) -> Path:
+        """DIR/parts/done-GGGG-KKKK.json: written once the chunk finished on every process."""
         return self.run_dir / "parts" / f"done-{group:04d}-{chunk:04d}.json"
 
     def chunk_done(self, group: int, chunk: int) -> bool:
+        """Whether the run chunk finished on every process (its done file exists)."""
         return self.done_path(group, chunk).exists()
 
     def write_part(self, group: int, chunk: int, table: pd.DataFrame, part: Mapping[str, Any]) -> None:
+        """Write this process's results of a run chunk: its metric table, then its JSON part."""
         # the table first: a json part is the sign that its table is complete
         results.write_parquet(self.part_path(group, chunk, "parquet"), table)
         results.write_json(self.part_path(group, chunk, "json"), part)
 
     def mark_done(self, group: int, chunk: int, n_processes: int) -> None:
+        """Write the done file of a run chunk (process 0, after every process wrote its part)."""
         results.write_json(self.done_path(group, chunk), {"group": group, "chunk": chunk, "processes": n_processes})
 
     def clear_chunk_parts(self, group: int, chunk: int) -> None:
@@ -235,7 +257,7 @@ def build_summary(
     summary = {
         "experiment": cfg.experiment,
         "preset": cfg.preset,
-        "jaxlab_version": jaxlab.__version__,
+        "jaxlab_version": __version__,
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
         "n_devices": jax.device_count(),
         "n_processes": jax.process_count(),

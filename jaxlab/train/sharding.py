@@ -46,10 +46,12 @@ class Placement:
 
     @classmethod
     def default(cls) -> Placement:
+        """The placement over every device of every process (`run_mesh()`)."""
         return cls(run_mesh())
 
     @property
     def n_devices(self) -> int:
+        """The devices of the mesh."""
         return self.mesh.devices.size
 
     @property
@@ -64,6 +66,7 @@ class Placement:
 
     @property
     def replicated(self) -> NamedSharding:
+        """The sharding of an array every device holds in full."""
         return NamedSharding(self.mesh, PartitionSpec())
 
     def put(self, x: Any, sharding: NamedSharding) -> jax.Array:
@@ -72,6 +75,7 @@ class Placement:
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     def put_tree(self, tree: Any, sharding: NamedSharding) -> Any:
+        """Every leaf of `tree` (held in full by every process) as a global array with `sharding` (`put`)."""
         return jax.tree_util.tree_map(lambda x: self.put(x, sharding), tree)
 
     def local(self, x: jax.Array, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

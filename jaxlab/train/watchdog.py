@@ -121,6 +121,7 @@ class Watchdog:
 
     @property
     def enabled(self) -> bool:
+        """Whether the watchdog watches at all (`train.stall_timeout` > 0)."""
         return self.allowed_base > 0
 
     def beat(self, what: str) -> None:
@@ -135,6 +136,7 @@ class Watchdog:
         return self.allowed_base + self.longest_gap
 
     def silent_for(self) -> float:
+        """Seconds since the last beat."""
         with self._lock:
             return self.clock() - self.last
 
