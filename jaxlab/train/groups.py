@@ -9,6 +9,7 @@ scale) vary inside one program, vmapped with the seeds. Keys that change shapes 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,6 @@ def check_sweep_keys(cfg: ExperimentConfig, groups: list[Group]) -> None:
                 raise ConfigError(f"--sweep {key}", f"{why}{where}, so every value would give the same runs")
 
 
-def with_seeds(cfg: ExperimentConfig, seeds: tuple[int, ...]) -> ExperimentConfig:
-    """A copy of `cfg` whose sweep has the given seeds."""
-    return dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, seeds=seeds))
+def with_seeds(cfg: ExperimentConfig, seeds: Iterable[int]) -> ExperimentConfig:
+    """A copy of `cfg` whose sweep has the given seeds (any iterable of ints: `range(8)`, a list)."""
+    return dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, seeds=tuple(int(s) for s in seeds)))
