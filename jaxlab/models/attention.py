@@ -18,12 +18,19 @@ and biases `b_qkv` [3, H, Dh], `b_out` [D] when `use_bias`.
 How outputs at a few query positions are computed (not what: every choice gives the same numbers up
 to float rounding) is data, `AttentionExecution`: the engine passes the choices of its execution plan
 (`jaxlab.train.plan`); the module itself checks no backend.
+
+Hook points (`jaxlab.models.hooks`): {prefix}.hook_q, hook_k, hook_v [B, T, H, Dh] (biases included),
+hook_attn_scores [B, H, T, T] (softmax: q . k / sqrt(Dh) with masked entries at the float32 minimum;
+linear and positional: q . k unscaled and unmasked), hook_pattern [B, H, T, T], hook_z [B, T, H, Dh]
+(before W_O). They exist on the explicit path only (`Attention._explicit`), which runs while
+`intermediates` is mutable or an intervention names one of them; otherwise the fast paths
+(q (K^T V), `softmax_attention`, the query-side products) run as they are.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import flax.linen as nn
@@ -32,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.config import ModelConfig
+from jaxlab.models.hooks import active, record
+from jaxlab.models.interventions import Intervention
 from jaxlab.models.softmax_attention import softmax_attention
 
 
@@ -153,13 +162,16 @@ class Attention(nn.Module):
     def __call__(
         self,
         x_BTD: jax.Array,
-        want_pattern: bool = False,
         queries: Sequence[int] | None = None,
         out_dims: int | None = None,
-    ) -> tuple[jax.Array, jax.Array | None]:
+        prefix: str = "attn",
+        interventions: Sequence[Intervention] = (),
+    ) -> jax.Array:
         """Attention output [B, T, D] (or [B, P, D] at the static query positions `queries`: keys
-        and values still come from every token), and the pattern [B, H, T, T] when asked for.
-        `out_dims`: only the last `out_dims` coordinates of the output (a read-out that needs no more)."""
+        and values still come from every token). `out_dims`: only the last `out_dims` coordinates of
+        the output (a read-out that needs no more). `prefix` names the hook points (`blocks.0.attn`:
+        `blocks.0.attn.hook_q`, ...); while `intermediates` is mutable or an intervention names one of
+        them, the explicit path (`_explicit`) computes every point and `queries` is ignored."""
         cfg = self.cfg
         D, H, Dh = x_BTD.shape[-1], cfg.n_heads, cfg.head_dim
         T = x_BTD.shape[1]
@@ -171,33 +183,32 @@ class Attention(nn.Module):
         pos_TD = None
         if cfg.attention == "positional":
             pos_TD = self.param("pos_embed", kernel_init(1, 0), (cfg.max_len, D))[:T]
+        if active(self, prefix, interventions):
+            hook = lambda name, a: record(self, f"{prefix}.{name}", a, interventions)
+            z = self._explicit(x_BTD, mask_TT, w_qkv, b_qkv, pos_TD, hook)
+            return self._project_out(z, w_out, b_out, out_dims)
 
-        if queries is not None and not want_pattern:
+        if queries is not None:
             index = query_index(queries, T)
             if pos_TD is None and self.execution.query_side(len(queries), T, D, H, Dh):
                 if b_qkv is None:
-                    return self._merged_to_queries(x_BTD, index, mask_TT[index], w_qkv, w_out, b_out, out_dims), None
+                    return self._merged_to_queries(x_BTD, index, mask_TT[index], w_qkv, w_out, b_out, out_dims)
                 z = self._weights_to_queries(x_BTD, index, mask_TT[index], w_qkv, b_qkv)
-                return self._project_out(z, w_out, b_out, out_dims), None
+                return self._project_out(z, w_out, b_out, out_dims)
         else:
             index = None
 
-        # [B, T, 3, H, Dh] is the GEMM's own output layout: no transposed copy of Q, K and V.
-        qkv = dot("btd,dshk->btshk", x_BTD, w_qkv, cfg.dtype)
-        if b_qkv is not None:
-            qkv = qkv + b_qkv
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = self._qkv(x_BTD, w_qkv, b_qkv)
         if index is not None:
             q, mask_TT = q[:, index], mask_TT[index]
 
-        pattern = None
-        if cfg.attention == "linear" and cfg.mask == "context_keys" and not want_pattern:
+        if cfg.attention == "linear" and cfg.mask == "context_keys":
             # Associate as q (K^T V): no T x T matrix, O(T Dh^2) instead of O(T^2 Dh).
             kv_BHKJ = dot("bthk,bthj->bhkj", k[:, :-1], v[:, :-1], cfg.dtype)
             z = dot("bqhk,bhkj->bqhj", q, kv_BHKJ, cfg.dtype)
             if cfg.attn_norm == "n_keys":
                 z = z / (T - 1)
-        elif cfg.attention == "softmax" and cfg.dtype == "float32" and not want_pattern:
+        elif cfg.attention == "softmax" and cfg.dtype == "float32":
             # no pattern to record: the hand-written backward pass (`softmax_attention`)
             z = softmax_attention(q / jnp.sqrt(jnp.float32(Dh)), k, v, mask_TT)
         else:
@@ -205,20 +216,59 @@ class Attention(nn.Module):
             if pos_TD is not None:
                 pattern = pattern * positional_pattern(pos_TD, w_qkv, mask_TT, index)[None]
             z = dot("bhqt,bthk->bqhk", pattern, v, cfg.dtype)
-        return self._project_out(z, w_out, b_out, out_dims), pattern
+        return self._project_out(z, w_out, b_out, out_dims)
 
-    def _pattern(self, scores_BHQT: jax.Array, mask_QT: jax.Array, head_dim: int) -> jax.Array:
+    def _qkv(self, x_BTD: jax.Array, w_qkv: jax.Array, b_qkv: jax.Array | None) -> tuple[jax.Array, ...]:
+        """q, k, v [B, T, H, Dh] = x W_{Q,K,V} + b_{Q,K,V}."""
+        # [B, T, 3, H, Dh] is the GEMM's own output layout: no transposed copy of Q, K and V.
+        qkv = dot("btd,dshk->btshk", x_BTD, w_qkv, self.cfg.dtype)
+        if b_qkv is not None:
+            qkv = qkv + b_qkv
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def _explicit(
+        self,
+        x_BTD: jax.Array,
+        mask_TT: jax.Array,
+        w_qkv: jax.Array,
+        b_qkv: jax.Array | None,
+        pos_TD: jax.Array | None,
+        hook: Callable[[str, jax.Array], jax.Array],
+    ) -> jax.Array:
+        """z [B, T, H, Dh] through every hook point, in order: hook_q, hook_k, hook_v [B, T, H, Dh],
+        hook_attn_scores (`_scores`), hook_pattern [B, H, T, T] (`_normalize`, times the positional
+        softmax for positional attention), hook_z = pattern v."""
+        cfg = self.cfg
+        q, k, v = (hook(name, a) for name, a in zip(("hook_q", "hook_k", "hook_v"), self._qkv(x_BTD, w_qkv, b_qkv)))
+        scores = hook("hook_attn_scores", self._scores(dot("bqhk,bthk->bhqt", q, k, cfg.dtype), mask_TT, cfg.head_dim))
+        pattern = self._normalize(scores, mask_TT)
+        if pos_TD is not None:
+            pattern = pattern * positional_pattern(pos_TD, w_qkv, mask_TT)[None]
+        pattern = hook("hook_pattern", pattern)
+        return hook("hook_z", dot("bhqt,bthk->bqhk", pattern, v, cfg.dtype))
+
+    def _scores(self, qk_BHQT: jax.Array, mask_QT: jax.Array, head_dim: int) -> jax.Array:
+        """softmax: q . k / sqrt(Dh), masked entries at the float32 minimum; linear and positional: q . k as it is."""
+        if self.cfg.attention == "softmax":
+            scores = qk_BHQT / jnp.sqrt(jnp.float32(head_dim))
+            return jnp.where(mask_QT, scores, jnp.finfo(scores.dtype).min)
+        return qk_BHQT
+
+    def _normalize(self, scores_BHQT: jax.Array, mask_QT: jax.Array) -> jax.Array:
+        """The pattern of `_scores`: softmax over the keys; linear and positional: the scores, 0 where
+        masked, divided by the number of keys with `attn_norm="n_keys"`."""
         cfg = self.cfg
         if cfg.attention == "softmax":
-            scores = scores_BHQT / jnp.sqrt(jnp.float32(head_dim))
-            scores = jnp.where(mask_QT, scores, jnp.finfo(scores.dtype).min)
-            return jax.nn.softmax(scores, axis=-1)
+            return jax.nn.softmax(scores_BHQT, axis=-1)
         if cfg.attention in ("linear", "positional"):
             pattern = jnp.where(mask_QT, scores_BHQT, 0.0)
             if cfg.attn_norm == "n_keys":
                 pattern = pattern / jnp.maximum(mask_QT.sum(-1), 1)[:, None]
             return pattern
         raise ValueError(f"unknown attention {cfg.attention!r}")
+
+    def _pattern(self, scores_BHQT: jax.Array, mask_QT: jax.Array, head_dim: int) -> jax.Array:
+        return self._normalize(self._scores(scores_BHQT, mask_QT, head_dim), mask_QT)
 
     def _weights_to_queries(
         self, x_BTD: jax.Array, index: slice | np.ndarray, mask_PT: jax.Array, w_qkv: jax.Array, b_qkv: jax.Array | None

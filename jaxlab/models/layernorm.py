@@ -10,9 +10,14 @@ Parameters are named as `flax.linen.LayerNorm`'s (`scale`, `bias`), epsilon 1e-6
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxlab.models.hooks import COLLECTION, record
+from jaxlab.models.interventions import Intervention
 
 EPS = 1e-6
 
@@ -45,13 +50,31 @@ def _bwd(res, dy):
 layer_norm.defvjp(_forward, _bwd)
 
 
+def scale_of(x: jax.Array) -> jax.Array:
+    """The per-token scale sqrt(var(x) + eps) [..., 1] over the last axis (TransformerLens's `hook_scale`)."""
+    xc = x - jnp.mean(x, axis=-1, keepdims=True)
+    return jnp.sqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + EPS)
+
+
 class LayerNorm(nn.Module):
-    """`flax.linen.LayerNorm` (same parameters) computed by `layer_norm`."""
+    """`flax.linen.LayerNorm` (same parameters) computed by `layer_norm`, with the hook point
+    `{prefix}.hook_scale` [..., 1] (`scale_of`).
+
+    Recorded only, the output still comes from `layer_norm` (the same numbers); an intervention at
+    the point takes the explicit path y = (x - mean) / hook_scale * scale + bias (plain autodiff).
+    """
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., D] normalized over its last axis, with learned `scale` [D] (init 1) and `bias` [D] (init 0)."""
+    def __call__(self, x: jax.Array, prefix: str = "ln", interventions: Sequence[Intervention] = ()) -> jax.Array:
+        """x [..., D] normalized over its last axis, with learned `scale` [D] (init 1) and `bias` [D] (init 0);
+        `prefix` names the hook point (`blocks.0.ln1`: `blocks.0.ln1.hook_scale`)."""
         D = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (D,))
         bias = self.param("bias", nn.initializers.zeros, (D,))
-        return layer_norm(x, scale, bias)
+        name = f"{prefix}.hook_scale"
+        if not any(iv.hook == name for iv in interventions):
+            if self.is_mutable_collection(COLLECTION):
+                record(self, name, scale_of(x), ())
+            return layer_norm(x, scale, bias)
+        xc = x - jnp.mean(x, axis=-1, keepdims=True)
+        return xc / record(self, name, scale_of(x), interventions) * scale + bias

@@ -8,11 +8,31 @@ ids (embedding); the readout is a linear map (`linear`), or the last `d_output` 
 residual stream (`y_block`), negated (`neg_y_block`, von Oswald et al.'s convention: the GD
 construction writes -y_hat into the query token's y entry).
 
-Every block records TransformerLens-style intermediates with `sow` in the collection
-`intermediates`: blocks.{i}.hook_resid_pre, blocks.{i}.attn.hook_pattern [B, H, T, T],
-blocks.{i}.hook_attn_out, blocks.{i}.hook_resid_mid, blocks.{i}.hook_mlp_out,
-blocks.{i}.hook_resid_post. `__call__` takes a tuple of `Intervention`s, applied at their hook
-before the value is recorded and passed on.
+Hook points: the model records TransformerLens's points (`jaxlab.models.hooks`: hook_embed,
+hook_pos_embed, blocks.{i}.hook_resid_pre, blocks.{i}.ln1.hook_scale, blocks.{i}.attn.hook_q/k/v,
+hook_attn_scores, hook_pattern, hook_z, blocks.{i}.hook_attn_out, hook_resid_mid, ln2.hook_scale,
+mlp.hook_pre/hook_mid/hook_post, hook_mlp_out, hook_resid_post, ln_final.hook_scale; the list of a
+config is `hook_names(cfg)`) with `sow` in the collection `intermediates`, and `__call__` takes a
+tuple of `Intervention`s (`jaxlab.models.interventions`), applied at their point before the value is
+recorded and passed on. `run_with_cache` returns an `ActivationCache` keyed by the flat names.
+Without recording and without interventions at attention, LayerNorm or MLP points, every fast path
+(`outputs_at`, query-side attention, `softmax_attention`, the q (K^T V) linear path, `layer_norm`)
+computes what it computed before hooks existed.
+
+Parameters keep their Flax paths; `param_path` / `params_at` resolve TransformerLens module paths:
+
+  TransformerLens path     params path
+  embed                    embed (ids: `embedding` [vocab, D]) or read_in (continuous: `kernel`, `bias`)
+  pos_embed                pos_embed [max_len, D] (learned positions; an array, not a subtree)
+  blocks.{i}               blocks_{i} (tie_layers: blocks_0 for every i)
+  blocks.{i}.ln1, .ln2     blocks_{i}/ln1, ln2 (`scale`, `bias`)
+  blocks.{i}.attn          blocks_{i}/attn (`w_qkv` [D, 3, H, Dh], `w_out` [H, Dh, D], `b_qkv`, `b_out`,
+                           and `pos_embed` for positional attention)
+  blocks.{i}.mlp           blocks_{i}/mlp (`w_in`, `b_in`, `w_out`, `b_out`, and `ln_solu` for solu)
+  ln_final                 ln_final
+  unembed                  unembed (`kernel`, `bias`; linear readout only)
+
+and any further parts name keys below (`blocks.0.attn.w_qkv`).
 
 `execution` (`AttentionExecution`) chooses how attention computes outputs at a few positions
 (`outputs_at`), not what: the training engine passes its execution plan's choices
@@ -31,6 +51,8 @@ import jax.numpy as jnp
 
 from jaxlab.config import ModelConfig
 from jaxlab.models.attention import Attention, AttentionExecution, dot, kernel_init, query_index
+from jaxlab.models.cache import ActivationCache
+from jaxlab.models.hooks import active, flatten_intermediates, hook_names, record
 from jaxlab.models.interventions import Intervention, check_interventions
 from jaxlab.models.layernorm import LayerNorm
 from jaxlab.models.mlp import MLP
@@ -100,10 +122,10 @@ class Transformer(nn.Module):
         """
         cfg = self.cfg
         check_interventions(cfg, interventions)
-        x = self.embed_tokens(inputs)
-        want_pattern = self.is_mutable_collection("intermediates")
+        x = self.embed_tokens(inputs, interventions)
+        recording = self.is_mutable_collection("intermediates")
         # Hooks and interventions see whole sequences: with either, compute them and slice.
-        partial = outputs_at is not None and not want_pattern and not interventions
+        partial = outputs_at is not None and not recording and not interventions
         for i in range(cfg.n_layers):
             blk = self.blocks[0 if cfg.tie_layers else i]
             name = f"blocks.{i}"
@@ -111,9 +133,8 @@ class Transformer(nn.Module):
             # The y-block read-out of a last block without MLP or norms reads d_output coordinates only.
             out_dims = cfg.d_output if queries is not None and self._reads_y_block_only() else None
             x = self._hook(f"{name}.hook_resid_pre", x, interventions)
-            a, pattern = blk.attn(blk.ln1(x) if cfg.layernorm else x, want_pattern, queries, out_dims)
-            if pattern is not None:
-                self.sow("intermediates", f"{name}.attn.hook_pattern", pattern)
+            h = blk.ln1(x, f"{name}.ln1", interventions) if cfg.layernorm else x
+            a = blk.attn(h, queries, out_dims, f"{name}.attn", interventions)
             if queries is not None:
                 x = x[:, query_index(queries, x.shape[1])]
             if out_dims is not None:
@@ -121,22 +142,23 @@ class Transformer(nn.Module):
             x = x + self._hook(f"{name}.hook_attn_out", a, interventions)
             if cfg.d_mlp:
                 x = self._hook(f"{name}.hook_resid_mid", x, interventions)
-                m = blk.mlp(blk.ln2(x) if cfg.layernorm else x)
+                h = blk.ln2(x, f"{name}.ln2", interventions) if cfg.layernorm else x
+                m = blk.mlp(h, f"{name}.mlp", interventions)
                 x = x + self._hook(f"{name}.hook_mlp_out", m, interventions)
             x = self._hook(f"{name}.hook_resid_post", x, interventions)
         if outputs_at is not None and not partial:
             x = x[:, query_index(tuple(outputs_at), x.shape[1])]
         if cfg.layernorm:
-            x = self.ln_final(x)
+            x = self.ln_final(x, "ln_final", interventions)
         return self.read_out(x)
 
     def _reads_y_block_only(self) -> bool:
         cfg = self.cfg
         return cfg.readout in ("y_block", "neg_y_block") and not cfg.d_mlp and not cfg.layernorm
 
-    def embed_tokens(self, inputs: jax.Array) -> jax.Array:
+    def embed_tokens(self, inputs: jax.Array, interventions: Sequence[Intervention] = ()) -> jax.Array:
         """The residual stream entering block 0: inputs [B, T, d_input] (read in) or ids [B, T] (embedded), plus the
-        positional encoding -> [B, T, d_model]."""
+        positional encoding -> [B, T, d_model]; the two terms are the points hook_embed and hook_pos_embed."""
         cfg = self.cfg
         if cfg.input == "discrete":
             chex.assert_rank(inputs, 2)
@@ -145,12 +167,17 @@ class Transformer(nn.Module):
             chex.assert_rank(inputs, 3)
             chex.assert_axis_dimension(inputs, 2, cfg.d_input)
             x = self.read_in(inputs) if cfg.read_in == "linear" else inputs.astype(jnp.float32)
+        x = self._hook("hook_embed", x, interventions)
         T = x.shape[1]
         if cfg.pos_encoding == "learned":
-            x = x + self.pos_embed[:T]
+            pe_TD = self.pos_embed[:T]
         elif cfg.pos_encoding == "sinusoidal":
-            x = x + sinusoidal_table(cfg.max_len, cfg.d_model)[:T]
-        return x
+            pe_TD = sinusoidal_table(cfg.max_len, cfg.d_model)[:T]
+        else:
+            return x
+        if active(self, "hook_pos_embed", interventions):  # recorded per sequence, as TransformerLens: [B, T, D]
+            return x + self._hook("hook_pos_embed", jnp.broadcast_to(pe_TD, x.shape), interventions)
+        return x + pe_TD
 
     def read_out(self, x_BTD: jax.Array) -> jax.Array:
         """Outputs of the final stream x [B, T, d_model]: the linear unembedding, or the last `d_output` coordinates
@@ -161,12 +188,15 @@ class Transformer(nn.Module):
         y = x_BTD[..., -cfg.d_output :]
         return -y if cfg.readout == "neg_y_block" else y
 
+    def unembed_stream(self, x: jax.Array) -> jax.Array:
+        """Outputs of any residual stream x [..., T, d_model]: the final LayerNorm (with `layernorm`, its
+        statistics per token) then `read_out` (the logit lens; `logit_lens`)."""
+        if self.cfg.layernorm:
+            x = self.ln_final(x, "ln_final")
+        return self.read_out(x)
+
     def _hook(self, name: str, x: jax.Array, interventions: Sequence[Intervention]) -> jax.Array:
-        for iv in interventions:
-            if iv.hook == name:
-                x = iv.apply(x)
-        self.sow("intermediates", name, x)
-        return x
+        return record(self, name, x, interventions)
 
 
 def _is_weight(path: tuple) -> bool:
@@ -199,20 +229,64 @@ def run_with_cache(
     inputs: jax.Array,
     names: Sequence[str] | None = None,
     interventions: Sequence[Intervention] = (),
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(outputs, {hook name: activation}) for the requested hooks (all when `names` is None).
+) -> tuple[jax.Array, ActivationCache]:
+    """(outputs, ActivationCache {hook name: activation}) for the requested hooks (all of
+    `hook_names(model.cfg)` when `names` is None), in forward order.
 
-    Under jit, intermediates that are not returned are removed by dead-code elimination, so asking
-    for few hooks costs no more than the forward pass.
+    Recording selects the explicit attention path (every point is computed). Under jit,
+    intermediates that are not returned are removed by dead-code elimination, so asking for few
+    hooks costs no more than that forward pass.
     """
-    out, state = model.apply({"params": params}, inputs, interventions, mutable=["intermediates"])
-    cache = {k: v[-1] for k, v in state["intermediates"].items()}
-    if names is not None:
-        missing = [n for n in names if n not in cache]
-        if missing:
-            raise ValueError(f"unknown hooks {missing} (allowed: {', '.join(sorted(cache))})")
-        cache = {n: cache[n] for n in names}
-    return out, cache
+    allowed = hook_names(model.cfg)
+    missing = [n for n in names or () if n not in allowed]
+    if missing:
+        raise ValueError(f"unknown hooks {missing} (allowed: {', '.join(allowed)})")
+    out, state = model.apply({"params": params}, inputs, tuple(interventions), mutable=["intermediates"])
+    flat = flatten_intermediates(state["intermediates"])
+    wanted = allowed if names is None else names
+    return out, ActivationCache({n: flat[n] for n in wanted}, model.cfg.n_layers, tuple(allowed))
+
+
+def logit_lens(
+    model: Transformer, params: chex.ArrayTree, cache: ActivationCache, layer: int | None = None, incl_mid: bool = False
+) -> jax.Array:
+    """The logit lens: outputs [n, B, T, d_output] of every accumulated residual
+    (`cache.accumulated_resid(layer, incl_mid)`, [n, B, T, D]) read out as the final stream is: the
+    final LayerNorm (with `layernorm`, each stream normalized by its own statistics) and the readout.
+    The last entry (layer None) is the model's output."""
+    resid_NBTD = cache.accumulated_resid(layer, incl_mid)
+    chex.assert_rank(resid_NBTD, 4)
+    return model.apply({"params": params}, resid_NBTD, method=Transformer.unembed_stream)
+
+
+def param_path(name: str, cfg: ModelConfig | None = None) -> tuple[str, ...]:
+    """The params-tree keys of the TransformerLens module path `name` (module docstring's table):
+    `blocks.{i}` -> `blocks_{i}` (`blocks_0` for every i with `cfg.tie_layers`), `embed` -> `read_in` for
+    a continuous `cfg`, every other part as it is. With `cfg` the block index is checked."""
+    parts = name.split(".") if name else []
+    if parts[:1] == ["blocks"] and len(parts) > 1 and parts[1].isdigit():
+        i = int(parts[1])
+        if cfg is not None and not 0 <= i < cfg.n_layers:
+            raise ValueError(f"param_path: {name!r}: block {i} of a model with {cfg.n_layers} blocks")
+        parts = [f"blocks_{0 if cfg is not None and cfg.tie_layers else i}", *parts[2:]]
+    elif parts[:1] == ["embed"] and cfg is not None and cfg.input != "discrete":
+        parts = ["read_in", *parts[1:]]
+    return tuple(parts)
+
+
+def params_at(params: chex.ArrayTree, name: str, cfg: ModelConfig | None = None) -> chex.ArrayTree:
+    """The params subtree (or array) at the TransformerLens module path `name` (`blocks.0.attn`:
+    `params["blocks_0"]["attn"]`; `param_path`). Pass `cfg` for models with tied layers (every
+    blocks.{i} is the shared `blocks_0`); KeyError naming the keys there when the path is absent."""
+    path, node = param_path(name, cfg), params
+    for depth, key in enumerate(path):
+        if not hasattr(node, "keys") or key not in node:
+            where = "/".join(path[:depth]) or "the top level"
+            have = ", ".join(node.keys()) if hasattr(node, "keys") else "an array"
+            hint = " (tied layers share blocks_0: pass cfg)" if key.startswith("blocks_") else ""
+            raise KeyError(f"params_at({name!r}): no {key!r} at {where}{hint} (there: {have})")
+        node = node[key]
+    return node
 
 
 def count_params(params: chex.ArrayTree) -> int:
@@ -220,4 +294,15 @@ def count_params(params: chex.ArrayTree) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
-__all__ = ["Transformer", "count_params", "dot", "init_params", "run_with_cache", "scale_weights", "sinusoidal_table"]
+__all__ = [
+    "Transformer",
+    "count_params",
+    "dot",
+    "init_params",
+    "logit_lens",
+    "param_path",
+    "params_at",
+    "run_with_cache",
+    "scale_weights",
+    "sinusoidal_table",
+]
