@@ -103,4 +103,4 @@ def check_sweep_keys(cfg: ExperimentConfig, groups: list[Group]) -> None:
 
 def with_seeds(cfg: ExperimentConfig, seeds: Iterable[int]) -> ExperimentConfig:
     """A copy of `cfg` whose sweep has the given seeds (any iterable of ints: `range(8)`, a list)."""
-    return dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, seeds=tuple(int(s) for s in seeds)))
+    return dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, seeds=tuple(seeds)))  # validated there
