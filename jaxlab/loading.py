@@ -41,7 +41,7 @@ from jaxlab.train.experiment import Experiment
 from jaxlab.train.groups import Group, plan_groups
 from jaxlab.train.outcomes import GroupOutcome
 from jaxlab.train.restore import checkpoint_indices
-from jaxlab.train.rundir import RunStore, checkpoint_steps
+from jaxlab.train.rundir import RunStore, named_by_step
 
 __all__ = ["Sweep", "load"]
 
@@ -158,16 +158,17 @@ class Sweep:
         """The absolute path of a checkpoint's item, for plain orbax (`jaxlab.train.checkpoint`):
         `DIR/checkpoints/group-GGGG/chunk-KKKK/<step>/item` (step None: the last one)."""
         g = self.group(group)
-        steps = self.steps(g.index)
-        step = steps[-1] if step is None and steps else step
-        if step not in steps:
-            raise UserError(f"group {g.index} has no checkpoint at step {step} (have steps {steps})")
+        if step is None:
+            have = self.steps(g.index)
+            if not have:
+                raise UserError(f"group {g.index} has no checkpoint")
+            step = have[-1]
+        index = self._index(g, step)  # checks that there is one at `step`
         chunk_dir = self.run_dir.absolute() / "checkpoints" / f"group-{g.index:04d}" / f"chunk-{chunk:04d}"
         if not chunk_dir.is_dir():
             raise UserError(f"group {g.index} has no run chunk {chunk}")
-        named_by_step = checkpoint_steps(RunStore(self.run_dir).read_layout(g.index) or {}, []) is not None
-        name = step if named_by_step else self._index(g, step)  # older run directories: by index
-        return chunk_dir / str(name) / "item"
+        by_step = named_by_step(RunStore(self.run_dir).read_layout(g.index) or {})
+        return chunk_dir / str(step if by_step else index) / "item"  # older run directories: by index
 
     def outcome(self, step: int | None = None, group: int | None = None) -> GroupOutcome:
         """Everything `run_sweep` had in memory for the group at `step` (None: the end): `train`,

@@ -127,7 +127,7 @@ class _GroupRun:
         self.programs = Programs(self.train, placement, self.kd_all.shape[1])
         self.replicate_train = exp.make_train(replicate_config(cfg), plan=self.train.plan)
         self.replicate_data: Any = None
-        self.checkpoint_steps: Sequence[int] | None = self.train.eval_steps  # names on disk; `compile` decides
+        self.checkpoint_steps: Sequence[int] | None = self.train.eval_steps  # names on disk (resume: its layout)
 
     def compile(self) -> float:
         """Choose the run-chunk layout and compile the two programs for it; returns seconds."""
@@ -143,7 +143,6 @@ class _GroupRun:
             self.estimate = layout.get("estimate", {})
             self.checkpoint_steps = checkpoint_steps(layout, self.train.eval_steps)
         else:
-            self.checkpoint_steps = self.train.eval_steps
             max_runs = g.cfg.train.max_runs_per_chunk
             full = padded_size(n, d)
             self.chunks, self.interval, self.estimate = chunking.choose(

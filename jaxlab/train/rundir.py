@@ -50,15 +50,21 @@ __all__ = [
     "checkpoint_steps",
     "holds_run",
     "merge_parts",
+    "named_by_step",
     "part_records",
 ]
 
 
+def named_by_step(layout: Mapping[str, Any]) -> bool:
+    """Whether a group's checkpoints are named by step on disk (its layout says "checkpoint_names":
+    "step"); run directories written before that name them by evaluation index."""
+    return layout.get("checkpoint_names") == "step"
+
+
 def checkpoint_steps(layout: Mapping[str, Any], eval_steps: Sequence[int]) -> Sequence[int] | None:
-    """How a group's checkpoints are named on disk: by step (`eval_steps`; the layout says
-    "checkpoint_names": "step"), or by evaluation index (None: run directories written before
-    checkpoints were named by step)."""
-    return eval_steps if layout.get("checkpoint_names") == "step" else None
+    """The names of a group's checkpoints on disk: `eval_steps` (`named_by_step`), or None (by
+    evaluation index)."""
+    return eval_steps if named_by_step(layout) else None
 
 
 class RunStore:
