@@ -36,7 +36,7 @@ from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.groups import Group
 from jaxlab.train.hparams import stack_hparams
 from jaxlab.train.outcomes import GroupOutcome, concat_outcome, outcome_records, select_finalized
-from jaxlab.train.programs import Programs, key_data
+from jaxlab.train.programs import Programs, first_row, key_data
 from jaxlab.train.progress import Progress
 from jaxlab.train.replicate import copy_tree, replicate_config, replicate_row
 from jaxlab.train.restore import load_chunk
@@ -200,6 +200,7 @@ class _GroupRun:
                 begin, state, history = self._resume(ckpt, state, history, where)
                 progress.skip(n_real * steps[begin])
             if begin == 0:
+                state, history = first_row(self.interval, p, state, history, hp, eval_data, valid)
                 self._track(history, 0, slots, real)
             schedule = SaveSchedule(tcfg.checkpoint_every, tcfg.checkpoint_minutes)
             n_div = None

@@ -2,7 +2,8 @@
 
 `start(key_data [C, k], hparams [C]) -> (state [C], eval_data, history)` initialises C runs,
 builds the (replicated) evaluation data and the on-device metric history {metric: [n_evals, C]}
-with row 0 filled (later rows NaN).
+(NaN but the first training batch's loss); `first_row` then evaluates row 0 with `interval` and
+zero steps, so the evaluation (for most experiments the larger part of the code) is compiled once.
 
 `interval(state, history, hparams, eval_data, n_steps, row, valid) -> (state, history, (loss, n_div))`
 advances every run `n_steps` optimizer steps (`Train.chunk` over the runs in the run layout of
@@ -57,8 +58,12 @@ class Programs:
         keys = jax.random.wrap_key_data(key_data, impl=train.cfg.train.prng_impl)
         state = jax.vmap(train.init)(keys, hparams)
         eval_data = train.make_eval_batch()
-        first = jax.vmap(train.initial_metrics, in_axes=(0, None))(state, eval_data)
-        history = {k: jnp.full((self.n_evals, *v.shape), jnp.nan, v.dtype).at[0].set(v) for k, v in first.items()}
+        # the metrics' shapes only: row 0 is evaluated by `interval` with zero steps (`first_row`),
+        # so the evaluation, usually the larger part of a program, is compiled once per group
+        shapes = jax.eval_shape(jax.vmap(train.evaluate, in_axes=(0, None)), state.params, eval_data)
+        history = {k: jnp.full((self.n_evals, *v.shape), jnp.nan, v.dtype) for k, v in shapes.items()}
+        first_loss = jax.vmap(lambda st: train.train_loss(st.params, train.train_batch(st)))(state)
+        history["train_loss"] = jnp.full((self.n_evals, *first_loss.shape), jnp.nan).at[0].set(first_loss)
         return state, eval_data, history
 
     def interval(
@@ -72,7 +77,8 @@ class Programs:
         valid: jax.Array,
     ) -> tuple[TrainState, dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
         """Advance every run `n_steps` steps, write the evaluation into history row `row`; also the median finite
-        training loss and the number of diverged runs among the `valid` ones."""
+        training loss and the number of diverged runs among the `valid` ones. With zero steps the row's training
+        loss is kept (row 0: the first training batch's, from `start`)."""
         # `Train.chunk` in the plan's run layout (`jaxlab.train.runmap`): with `scan` (CPUs) each
         # device scans its runs, the training steps in blocks of `plan.run_block` runs and the
         # evaluation (large fixed evaluation sets, probes) one run at a time.
@@ -81,6 +87,7 @@ class Programs:
         advance = over_runs(train.advance, (0, 0, None), layout, mesh, train.plan.run_block)
         evaluate = over_runs(train.evaluate, (0, None), layout, mesh)
         state, train_loss = advance(state, hparams, n_steps)
+        train_loss = jnp.where(n_steps > 0, train_loss, history["train_loss"][row])
         metrics = {**evaluate(state.params, eval_data), "train_loss": train_loss}
         history = {k: h.at[row].set(metrics[k]) for k, h in history.items()}
         loss = metrics["train_loss"]
@@ -163,6 +170,15 @@ class Programs:
         """Bytes of the evaluation data: memory every chunk needs whatever its size."""
         _, eval_data, _ = self.trace_start(size, hparam_keys).out_info
         return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(eval_data)))
+
+
+def first_row(
+    interval: Any, placement: Placement, state: TrainState, history: dict, hparams: dict, eval_data: Any, valid: Any
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Row 0 of a fresh chunk's history: the compiled `interval` with zero steps (the state is unchanged)."""
+    zero = placement.put(np.int32(0), placement.replicated)
+    state, history, _ = interval(state, history, hparams, eval_data, zero, zero, valid)
+    return state, history
 
 
 def key_data(seeds: np.ndarray, impl: str) -> np.ndarray:
