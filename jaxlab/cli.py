@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         choices=TRACKERS,
-        help="also write every evaluation to a tracker as the sweep runs (tensorboard: DIR/tensorboard/)",
+        help="also write every evaluation to a tracker as the sweep runs (tensorboard: DIR/tensorboard/; "
+        "wandb: DIR/wandb/, offline unless WANDB_MODE says otherwise)",
     )
     r.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     d = r.add_argument_group(

@@ -122,6 +122,15 @@ def run_sweep(
             attempt.release()
 
 
+def tracker_configs(cfg: ExperimentConfig, groups: Sequence[Group]) -> dict[int, dict[str, Any]]:
+    """{run: its experiment, preset, group, seed and grid values}: what a tracker records about each run."""
+    return {
+        r.run: {"experiment": cfg.experiment, "preset": cfg.preset, "group": g.index, "seed": r.seed, **r.point}
+        for g in groups
+        for r in g.runs
+    }
+
+
 def preset_overrides(exp: Experiment, cfg: ExperimentConfig) -> dict[str, Any]:
     """The config values that differ from `cfg.preset`'s (the swept keys aside): what `--set` changed.
     Empty for a config whose preset the experiment does not have."""
@@ -167,7 +176,7 @@ def _sweep(
     placement = placement or Placement.default()
     primary = is_primary()
     store = RunStore(run_dir) if run_dir is not None else None
-    trackers = open_trackers(log, run_dir, primary)
+    trackers = open_trackers(log, run_dir, primary, tracker_configs(cfg, groups))
 
     with Watchdog(cfg.train.stall_timeout, run_dir, jax.process_index()) as watchdog:
         total = sum(len(g.runs) * g.cfg.train.steps for g in groups)
