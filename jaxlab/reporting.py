@@ -182,7 +182,7 @@ def point_columns(df: pd.DataFrame) -> list[str]:
     """The columns of a tidy table that tell its grid points apart: config columns whose value
     differs between runs (the run-level columns, and `--set` values shared by every run, aside)."""
     fixed = set(results.BASE_COLUMNS) | set(results.RUN_COLUMNS)
-    candidates = [c for c in df.columns if c not in fixed]
+    candidates = [c for c in df.columns if c not in fixed and "__" in c]  # config columns, not metric parameters
     if not candidates:
         return []
     per_run = df.groupby("run")[candidates].first()

@@ -1,4 +1,11 @@
-"""Tidy results: `metrics.parquet` (run, seed, <hparams>, step, metric, value), `summary.json`, `load`.
+"""Tidy results: `metrics.parquet` (run, seed, <hparams>, step, metric, <metric parameters>, value), `summary.json`,
+`load`.
+
+Config values are columns named `section__field` (`column`). A metric measured at a parameter
+(a loss at input scale alpha, an error after n examples) is named `name[key=value,...]`
+(`metric_name`) where it is produced and in summary.json; the tidy tables split it into the
+metric `name` and one column per parameter key (`alpha`, `n`), empty for the other metrics, so a
+query filters and groups by the parameter instead of parsing names.
 
 A sweep writes one part per run chunk and process (`parts/part-GGGG-KKKK-PPPPP.parquet` + `.json`,
 see `jaxlab.train.rundir`) as each finishes, then process 0 merges the parts into
@@ -14,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +43,70 @@ def column(key: str) -> str:
     """The table column of a dotted config key, a name SQL engines take unquoted: `optim.lr` ->
     `optim__lr` (section and field joined by two underscores)."""
     return key.replace(".", "__")
+
+
+_METRIC_PARAMS = re.compile(r"^(?P<name>[^\[\]=,]+)\[(?P<params>[^\[\]]+)\]$")
+_PARAM_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _param_key(key: str, name: str) -> str:
+    if not _PARAM_KEY.match(key) or "__" in key or key in BASE_COLUMNS or key in RUN_COLUMNS:
+        raise ValueError(
+            f"metric {name!r}: parameter key {key!r} must be lower-case letters, digits and single "
+            f"underscores, and not one of the table's own columns ({', '.join(BASE_COLUMNS + RUN_COLUMNS)})"
+        )
+    return key
+
+
+def metric_name(name: str, **params: float | int | str) -> str:
+    """The name of metric `name` measured at `params`: `metric_name("ood_eval_loss", alpha=0.5)` ->
+    `ood_eval_loss[alpha=0.5]`; the tidy tables split it back (`split_metric`)."""
+    if not params:
+        return name
+    parts = []
+    for key, value in params.items():
+        _param_key(key, name)
+        text = repr(float(value)) if isinstance(value, float) else str(value)
+        if any(c in text for c in "[],="):
+            raise ValueError(f"metric {name!r}: parameter {key}={text!r} may not contain [ ] , =")
+        parts.append(f"{key}={text}")
+    return f"{name}[{','.join(parts)}]"
+
+
+def split_metric(name: str) -> tuple[str, dict[str, float | str]]:
+    """(`name`, {key: value}) of a `metric_name`; values that read as numbers are floats. A plain name has no
+    parameters."""
+    m = _METRIC_PARAMS.match(name)
+    if m is None:
+        return name, {}
+    params: dict[str, float | str] = {}
+    for item in m.group("params").split(","):
+        key, _, text = item.partition("=")
+        try:
+            value: float | str = float(text)
+        except ValueError:
+            value = text
+        params[_param_key(key.strip(), name)] = value
+    return m.group("name"), params
+
+
+def split_metric_column(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with parameterized metric names (`metric_name`) split into the metric and one column per parameter
+    key, placed after `metric` (empty where a metric has no such parameter). Unchanged without any."""
+    if "metric" not in df.columns or df.empty:
+        return df
+    split = {m: split_metric(m) for m in pd.unique(df["metric"])}
+    keys = list(dict.fromkeys(k for _, params in split.values() for k in params))
+    if not keys:
+        return df
+    out = df.copy()
+    out["metric"] = out["metric"].map(lambda m: split[m][0])
+    at = out.columns.get_loc("metric") + 1
+    for i, key in enumerate(keys):
+        values = df["metric"].map(lambda m, key=key: split[m][1].get(key))
+        numeric = all(isinstance(v, float) for _, p in split.values() for k, v in p.items() if k == key)
+        out.insert(at + i, key, values.astype("float64") if numeric else values.astype("string"))
+    return out
 
 
 def config_key(name: str) -> str:
@@ -160,7 +232,7 @@ def tidy_rows(
             )
         )
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(BASE_COLUMNS))
-    return add_point_columns(df, runs)
+    return split_metric_column(add_point_columns(df, runs))
 
 
 def add_point_columns(df: pd.DataFrame, runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

@@ -73,3 +73,40 @@ def test_load_many_concatenates_sweeps(tmp_path, smoke_cfg):
     assert list(by_sweep["a"]) == [7] and list(by_sweep["b"]) == [smoke_cfg.train.eval_batch_size]
     assert df.groupby("sweep").run.nunique().to_dict() == {"a": 2, "b": 4}
     assert len(df) == len(results.load(tmp_path / "a")) + len(results.load(tmp_path / "b"))
+
+
+def test_metric_parameters_round_trip_and_refuse_bad_keys():
+    name = results.metric_name("nse", algorithm="least_squares", n=3)
+    assert name == "nse[algorithm=least_squares,n=3]"
+    assert results.split_metric(name) == ("nse", {"algorithm": "least_squares", "n": 3.0})
+    assert results.split_metric(results.metric_name("loss", alpha=0.333)) == ("loss", {"alpha": 0.333})
+    assert results.split_metric("eval_loss") == ("eval_loss", {})
+    assert results.metric_name("eval_loss") == "eval_loss"
+    for bad in ({"step": 1}, {"Alpha": 1.0}, {"optim__lr": 1.0}, {"status": "x"}):
+        with pytest.raises(ValueError, match="parameter key"):
+            results.metric_name("loss", **bad)
+    with pytest.raises(ValueError, match="may not contain"):
+        results.metric_name("loss", who="a,b")
+
+
+def test_parameterized_metrics_become_columns_of_the_tidy_table_and_a_sql_query(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    runs = [{"run": r, "seed": r, "point": {}} for r in range(3)]
+    alphas = (0.5, 1.0, 2.0)
+    history = {"eval_loss": np.arange(6.0).reshape(3, 2)}
+    history.update({results.metric_name("ood_loss", alpha=a): np.full((3, 1), 10 * a) + np.arange(3)[:, None]
+                    for a in alphas})  # fmt: skip
+    df = results.tidy_rows(runs, [0, 100], history)
+    assert list(df.columns) == ["run", "seed", "step", "metric", "alpha", "value"]
+    assert set(df.metric) == {"eval_loss", "ood_loss"} and df[df.metric == "eval_loss"].alpha.isna().all()
+    # independent: every (run, alpha) value where the name says it is
+    for a in alphas:
+        for r in range(3):
+            row = df[(df.metric == "ood_loss") & (df.alpha == a) & (df.run == r)]
+            assert row.value.tolist() == [10 * a + r]
+    path = tmp_path / "metrics.parquet"
+    results.write_parquet(path, df)
+    got = duckdb.sql(
+        f"SELECT alpha, median(value) AS m FROM '{path}' WHERE metric = 'ood_loss' GROUP BY alpha ORDER BY alpha"
+    ).fetchall()
+    assert got == [(0.5, 6.0), (1.0, 11.0), (2.0, 21.0)]

@@ -37,6 +37,7 @@ statistics and rules, and the deviations from the paper's setup: `icl_regression
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,7 +58,7 @@ from jaxlab.config import (
 )
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression_report as _report
-from jaxlab.experiments.icl_regression_claims import CLAIMS, deviations
+from jaxlab.experiments.icl_regression_claims import CLAIMS, deviations, ood_metric
 from jaxlab.models.gd import check_interpolable
 from jaxlab.models.presets import gpt_model, linear_attention_model
 from jaxlab.probes import gd_equivalence as ge
@@ -128,13 +129,8 @@ class ICLProbeConfig(ProbeConfig):
         if self.ilwd_tasks < 0:
             raise ConfigError(n("ilwd_tasks"), f"must be >= 0 (0: all tasks), got {self.ilwd_tasks!r}")
         for a in self.ood_scales:
-            if not (isinstance(a, (int, float)) and a > 0 and abs(round(a * 100) - a * 100) < 1e-6):
-                raise ConfigError(n("ood_scales"), f"scales must be > 0 and multiples of 0.01, got {a!r}")
-
-
-def scale_tag(alpha: float) -> str:
-    """Metric-name suffix of an input scale: 0.5 -> a050, 2.0 -> a200."""
-    return f"a{round(alpha * 100):03d}"
+            if not (isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a > 0):
+                raise ConfigError(n("ood_scales"), f"scales must be finite and > 0, got {a!r}")
 
 
 RIDGE_FLOOR = 1e-6
@@ -337,8 +333,8 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
     R = len(seeds)
     per_run: dict[str, np.ndarray] = {name: np.asarray(v, np.float64) for name, v in fresh.items()}
     for i, a in enumerate(scales):
-        per_run[f"ood_eval_loss_{scale_tag(a)}"] = np.asarray(model_AR[i])
-        per_run[f"ood_gd_loss_{scale_tag(a)}"] = np.full(R, float(gd_A[i]))
+        per_run[ood_metric("eval", a)] = np.asarray(model_AR[i])
+        per_run[ood_metric("gd", a)] = np.full(R, float(gd_A[i]))
     # the shared set's own sampling error: GD's per-task losses there
     yq = np.asarray(data["batch"].targets[:, -1], np.float64)
     gd_tasks = 0.5 * np.sum((np.asarray(gd["preds"], np.float64) - yq) ** 2, axis=-1)
@@ -498,7 +494,8 @@ METRICS = {
     "*_gdpp": "preds_diff, model_cos, model_diff against GD++",
     "spd_gd1, ilwd_gd1": "the same against ONE GD step with its own fitted rate (models with > 1 layer; `gd` is "
     "K steps)",
-    "ood_eval_loss_aXXX, ood_gd_loss_aXXX": "final loss of the model / of GD at input scale alpha = XXX/100",
+    "ood_eval_loss[alpha=A], ood_gd_loss[alpha=A]": "final loss of the model / of GD at input scale alpha = A "
+    "(tidy tables: metric ood_eval_loss / ood_gd_loss, column alpha)",
     "fresh_eval_loss, fresh_gd_loss, fresh_gdpp_loss": "final loss of the model / of GD / of GD++ (rates fitted "
     "on the shared set) on a fresh set of train.eval_batch_size tasks drawn from the run's seed",
     "fresh_*_se, fresh_diff_se, fresh_gdpp_diff_se": "standard error over the fresh tasks of those losses and of "

@@ -69,6 +69,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jaxlab.claims import Above, Below, Between, Claim, Values, final, one_per_seed, where
+from jaxlab.results import metric_name, split_metric
 
 LOSS_BAND = 0.02
 COS_BAR = 0.99
@@ -101,7 +102,22 @@ PAPER: dict[str, Any] = {
 }
 
 Run = Mapping[str, Any]
-_OOD = re.compile(r"^ood_eval_loss_a(\d{3})$")
+_LEGACY_OOD = re.compile(r"^ood_(eval|gd)_loss_a(\d{3})$")  # run directories written before metric parameters
+
+
+def ood_metric(who: str, alpha: float) -> str:
+    """The name of the out-of-distribution loss of `who` ("eval": the model, "gd": GD) at input scale `alpha`:
+    `ood_eval_loss[alpha=0.5]` (the tidy tables split it into the metric and an `alpha` column)."""
+    return metric_name(f"ood_{who}_loss", alpha=float(alpha))
+
+
+def parse_ood(name: str) -> tuple[str, float] | None:
+    """(who, alpha) of an `ood_metric` name (or of the older `ood_eval_loss_a050` form); None for other metrics."""
+    base, params = split_metric(name)
+    if base in ("ood_eval_loss", "ood_gd_loss") and isinstance(params.get("alpha"), float):
+        return base[4:-5], params["alpha"]
+    m = _LEGACY_OOD.match(name)
+    return (m.group(1), int(m.group(2)) / 100.0) if m else None
 
 
 # -- config helpers --------------------------------------------------------------------------------
@@ -259,11 +275,16 @@ def preds_gap(run: Run) -> float:
 
 def ood_gap(run: Run) -> float:
     """Over the input scales alpha != 1: the relative loss gap (model - GD) / GD of largest magnitude."""
-    gaps = []
+    names: dict[tuple[str, float], str] = {}
     for key in run["final"]:
-        m = _OOD.match(key)
-        if m and m.group(1) != "100":
-            gaps.append(relative_gap(run, key, f"ood_gd_loss_a{m.group(1)}"))
+        parsed = parse_ood(key)
+        if parsed is not None:
+            names[parsed] = key
+    gaps = [
+        relative_gap(run, key, names[("gd", alpha)])
+        for (who, alpha), key in names.items()
+        if who == "eval" and abs(alpha - 1.0) > 1e-9 and ("gd", alpha) in names
+    ]
     return farthest_from_zero(gaps)
 
 

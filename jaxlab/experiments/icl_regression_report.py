@@ -10,7 +10,6 @@ written here: the Claims table at the top of every report carries them (`icl_reg
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from jaxlab.experiments.icl_regression_claims import parse_ood
 from jaxlab.models.gd import gd_products, lsa_products
 from jaxlab.probes.gd_equivalence import ONE_STEP_GD
 from jaxlab.probes.icl_algorithms import ALGORITHMS
@@ -314,9 +314,6 @@ def _akyurek_figure(ctx: ReportContext, names: Sequence[str]) -> Figure | None:
     )
 
 
-_OOD = re.compile(r"^ood_(eval|gd)_loss_a(\d{3})$")
-
-
 def ood_section(ctx: ReportContext) -> Section | None:
     """Report section: loss against the input scale alpha, the trained models and GD; None without `ood_*` metrics."""
     df = ctx.df[ctx.df.metric.str.startswith("ood_")]
@@ -327,8 +324,11 @@ def ood_section(ctx: ReportContext) -> Section | None:
     rows = []
     for (label, sub), ax in zip(frames, axes[0]):
         sub = sub[sub.metric.str.startswith("ood_")]
-        parsed = sub.metric.str.extract(_OOD)
-        sub = sub.assign(who=parsed[0], alpha=parsed[1].astype(float) / 100.0)
+        if "alpha" in sub.columns and sub["alpha"].notna().all():  # metric ood_eval_loss, column alpha
+            sub = sub.assign(who=sub.metric.str[4:-5], alpha=sub["alpha"].astype(float))
+        else:  # a run directory from before metric parameters: ood_eval_loss_a050
+            parsed = [parse_ood(m) for m in sub.metric]
+            sub = sub.assign(who=[p[0] for p in parsed], alpha=[p[1] for p in parsed])
         model = sub[sub.who == "eval"].pivot_table(index="alpha", columns="run", values="value")
         gd = sub[sub.who == "gd"].groupby("alpha").value.median()
         alphas = model.index.to_numpy()

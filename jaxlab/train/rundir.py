@@ -158,6 +158,7 @@ def part_records(
     for name, (h_steps, values) in fin_history.items():
         frames.append(results.tidy_rows(runs, h_steps, {name: values}))
     table = pd.concat(frames, ignore_index=True)
+    table = table[[c for c in table.columns if c != "value"] + ["value"]]  # metric parameters before the value
 
     entries = []
     for i, r in enumerate(runs):
