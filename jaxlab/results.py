@@ -74,19 +74,21 @@ def metric_name(name: str, **params: float | int | str) -> str:
 
 
 def split_metric(name: str) -> tuple[str, dict[str, float | str]]:
-    """(`name`, {key: value}) of a `metric_name`; values that read as numbers are floats. A plain name has no
-    parameters."""
+    """(`name`, {key: value}) of a `metric_name`; values that read as numbers are floats. Any other name (no
+    brackets, or brackets that are not `key=value` items with valid keys) is a plain name without parameters."""
     m = _METRIC_PARAMS.match(name)
     if m is None:
         return name, {}
     params: dict[str, float | str] = {}
     for item in m.group("params").split(","):
-        key, _, text = item.partition("=")
+        key, eq, text = item.partition("=")
+        if not eq or not _PARAM_KEY.match(key) or "__" in key or key in BASE_COLUMNS or key in RUN_COLUMNS:
+            return name, {}
         try:
             value: float | str = float(text)
         except ValueError:
             value = text
-        params[_param_key(key.strip(), name)] = value
+        params[key] = value
     return m.group("name"), params
 
 

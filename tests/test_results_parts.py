@@ -81,6 +81,8 @@ def test_metric_parameters_round_trip_and_refuse_bad_keys():
     assert results.split_metric(name) == ("nse", {"algorithm": "least_squares", "n": 3.0})
     assert results.split_metric(results.metric_name("loss", alpha=0.333)) == ("loss", {"alpha": 0.333})
     assert results.split_metric("eval_loss") == ("eval_loss", {})
+    for plain in ("stitch[gelu->solu]", "cka_within[gelu]_l0_l1", "x[step=1]", "x[a=1,b]"):  # not parameters
+        assert results.split_metric(plain) == (plain, {})
     assert results.metric_name("eval_loss") == "eval_loss"
     for bad in ({"step": 1}, {"Alpha": 1.0}, {"optim__lr": 1.0}, {"status": "x"}):
         with pytest.raises(ValueError, match="parameter key"):
