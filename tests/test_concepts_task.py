@@ -106,6 +106,7 @@ def test_sampling_is_pure_and_vmappable():
         ("freqs", (0.5, 0.5), "task.freqs"),
         ("strengths", (0.5, 0.5, 0.2, 0.2), "task.strengths"),
         ("names", ("joy", "Joy!", "a", "b"), "task.names"),
+        ("names", ("joy", "nan", "a", "b"), "task.names"),  # a concept column would read it as a float
         ("close_pair", (1, 1), "task.close_pair"),
         ("n_shared", 4, "task.n_shared"),
         ("branching", 0, "task.branching"),

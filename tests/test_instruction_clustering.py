@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from _runs import run_cfg
 
@@ -21,10 +22,11 @@ from jaxlab.metrics.clustering import variance_ratio
 from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.probes import clustering as pc
 from jaxlab.registry import get_experiment
-from jaxlab.reporting import fmt
+from jaxlab.reporting import ReportContext, fmt
 from jaxlab.stats import pearson
 
 K = 3  # three tasks in the smoke preset
+at = icc.layer_metric  # at("ari", 3) == "ari[layer=3]"
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +46,26 @@ def test_smoke_run_summary_keys_history_and_report(smoke):
     required = {
         "acc_seen", "acc_unseen_strings", "acc_unseen_distributions", "ari_acc_corr", "ablation_acc_drop",
         "random_ablation_acc_drop", "ari_onset_step", "acc_onset_step",
-        *(f"{m}_layer_{l}" for m in ("ari", "nmi", "silhouette", "variance_ratio") for l in range(L)),
+        *(at(m, l) for m in ("ari", "nmi", "silhouette", "variance_ratio") for l in range(L)),
+        *(at(m, l) for m in ("ablation_acc_drop", "swap_follow_rate") for l in range(L)),
     }  # fmt: skip
+    assert at("ari", 3) == "ari[layer=3]" and at("ablation_acc_drop", 2) == "ablation_acc_drop[layer=2]"
     hist, steps = group.history, np.asarray(group.train.eval_steps)
     assert np.all(hist["acc_seen"][:, -1] > hist["acc_seen"][:, 0] + 0.3)  # it learns, even in 40 steps
     # the embedding layer at the separator sees one fixed token: nothing to cluster
-    np.testing.assert_allclose(hist["ari_layer_0"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(hist[at("ari", 0)], 0.0, atol=1e-6)
     best_series = []
     for i, run in enumerate(summary["runs"]):
         f = run["final"]
         assert required <= set(f), required - set(f)
         for m in ("acc_seen", "acc_unseen_strings", "acc_unseen_distributions", "swap_follow_rate"):
             assert 0.0 <= f[m] <= 1.0
-        assert all(-1.0 <= f[f"ari_layer_{l}"] <= 1.0 and 0.0 <= f[f"nmi_layer_{l}"] <= 1.0 for l in range(L))
+        assert all(-1.0 <= f[at("ari", l)] <= 1.0 and 0.0 <= f[at("nmi", l)] <= 1.0 for l in range(L))
         # the history summaries, recomputed with NumPy from the stored history
-        final_ari = [hist[f"ari_layer_{l}"][i, -1] for l in range(L)]
+        final_ari = [hist[at("ari", l)][i, -1] for l in range(L)]
         best = int(np.argmax(final_ari))
         assert f["best_layer"] == best and f["ari_best_layer"] == pytest.approx(final_ari[best])
-        series = hist[f"ari_layer_{best}"][i]
+        series = hist[at("ari", best)][i]
         best_series.append(series)
         assert f["ari_acc_corr"] == pytest.approx(np.corrcoef(series, hist["acc_seen"][i])[0, 1], abs=1e-6)
         diff_ref = np.corrcoef(np.diff(series), np.diff(hist["acc_seen"][i]))[0, 1] if np.ptp(series) > 0 else np.nan
@@ -78,18 +82,36 @@ def test_smoke_run_summary_keys_history_and_report(smoke):
             "random_position_ablation_acc_drop",
             "swap_acc_drop",
         ):
-            assert f[m] == f[f"{m}_layer_{best}"]
+            assert f[m] == f[at(m, best)]
         assert -1.0 <= f["random_position_ablation_acc_drop"] <= 1.0
         assert f["ari_gain"] == pytest.approx(series[-1] - series[0])
         # clusters_used: at sep_input of a 2-block model only block 1 can test it (the embedding there is
         # constant; after the last block only the unscored separator's own prediction changes: drop 0)
         assert f["test_layer"] == 1
         for m in ("position_ablation_acc_drop", "random_position_ablation_acc_drop"):
-            assert f[f"{m}_test_layer"] == f[f"{m}_layer_1"]
-            assert f[f"{m}_layer_{L - 1}"] == 0.0
+            assert f[f"{m}_test_layer"] == f[at(m, 1)]
+            assert f[at(m, L - 1)] == 0.0
+    # the layer is a column of the tidy table, not a part of the metric's name
+    df = results.load(out)
+    assert not df.metric.str.contains(r"\[|_layer_\d", regex=True).any()
+    assert df[df.metric == "eval_loss"].layer.isna().all() and df[df.metric == "acc_seen"].layer.isna().all()
+    for m in ("ari", "nmi", "silhouette", "variance_ratio"):
+        wide = df[df.metric == m].set_index(["layer", "run", "step"]).value.unstack("step")  # NaN kept
+        assert sorted(wide.index.get_level_values("layer").unique()) == list(range(L))
+        for l in range(L):  # every (layer, run, step) value where the name said it was
+            np.testing.assert_allclose(wide.loc[l].to_numpy(), hist[at(m, l)], rtol=1e-6, atol=1e-7)
+    for m in ("ablation_acc_drop", "swap_follow_rate"):  # one row per layer and run, and the best layer's (no layer)
+        rows = df[df.metric == m]
+        assert sorted(rows.layer.dropna().unique()) == list(range(L))
+        assert rows.layer.isna().sum() == len(summary["runs"])
+        for run in summary["runs"]:
+            for l in range(L):
+                got = rows[(rows.run == run["run"]) & (rows.layer == l)].value.tolist()
+                assert got == [pytest.approx(run["final"][at(m, l)])]
+    assert df[df.metric == "position_ablation_acc_drop_test_layer"].layer.isna().all()  # not a parameter
     # the pooled correlation covers every checkpoint of both chunks' runs, not a per-chunk mean
     assert "ari_acc_corr_pooled" not in summary["reference"]
-    ari, acc, _ = icr.ari_acc_pairs(results.load(out), summary)
+    ari, acc, _ = icr.ari_acc_pairs(df, summary)
     np.testing.assert_allclose(ari, np.concatenate(best_series), atol=1e-6)
     pooled = np.corrcoef(np.concatenate(best_series), hist["acc_seen"].ravel())[0, 1]
     report = (out / "report.md").read_text()
@@ -97,6 +119,44 @@ def test_smoke_run_summary_keys_history_and_report(smoke):
     for name in ("clustering_over_training.png", "ari_vs_accuracy.png", "ablation_by_layer.png"):
         assert (out / name).is_file() and f"]({name})" in report
     assert "Causal check" in report and "jaxlab report" in report
+
+
+def _legacy(df, summary):
+    """The tidy table and summary.json of the same runs as a run directory written before metric parameters
+    names them (`ari_layer_3`: no layer column)."""
+    old = df.copy()
+    has = old.layer.notna()
+    old.loc[has, "metric"] = [f"{m}_layer_{int(layer)}" for m, layer in zip(old.metric[has], old.layer[has])]
+    old = old.drop(columns="layer")
+
+    def rename(final):
+        return {f"{p[0]}_layer_{p[1]}" if (p := icc.parse_layer_metric(k)) else k: v for k, v in final.items()}
+
+    return old, {**summary, "runs": [{**r, "final": rename(r["final"])} for r in summary["runs"]]}
+
+
+def test_report_reads_a_run_directory_written_before_metric_parameters(smoke, tmp_path):
+    cfg, out, _, summary = smoke
+    df = results.load(out)
+    old_df, old_summary = _legacy(df, summary)
+    assert "ari_layer_1" in set(old_df.metric) and "ablation_acc_drop_layer_0" in old_summary["runs"][0]["final"]
+    assert "ari[layer=1]" not in old_summary["runs"][0]["final"]
+    # the older table and summary, read in the new form
+    cols = ["run", "step", "metric", "layer", "value"]
+    tidy = lambda d: d[cols].sort_values(cols[:4]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(tidy(icr.layer_form(old_df)), tidy(df))
+    assert icr.layer_form(df) is df
+    assert icr.layer_finals(old_summary)["runs"] == icr.layer_finals(summary)["runs"] == summary["runs"]
+    for got, want in zip(icr.ari_acc_pairs(old_df, old_summary), icr.ari_acc_pairs(df, summary)):
+        np.testing.assert_array_equal(got, want)
+    # the report's sections: the same text and figures from either form
+    made = []
+    for name, (d, s) in {"new": (df, summary), "old": (old_df, old_summary)}.items():
+        (tmp_path / name).mkdir()
+        sections = icr.sections(ReportContext(tmp_path / name, cfg, s, d))
+        made.append([(x.title, x.body, [f.filename for f in x.figures]) for x in sections])
+    assert made[0] == made[1] and len(made[0]) == 4
+    assert all(f"| {layer} |" in made[0][2][1] for layer in range(cfg.model.n_layers + 1))  # the per-layer table
 
 
 CLAIM_FIELDS = {
@@ -135,13 +195,33 @@ def _record(seed: int, **final: float) -> dict:
 def test_depth_statistics_against_numpy():
     rng = np.random.default_rng(4)
     ari = rng.uniform(-0.1, 1.0, size=(5, 7))  # [runs, layers 0..6]
-    runs = [_record(s, **{f"ari_layer_{l}": float(ari[s, l]) for l in range(7)}, nmi_layer_3=9.0) for s in range(5)]
-    runs.append(_record(5, ari_layer_0=0.3))  # one layer only: no depth to compare
-    np.testing.assert_allclose(icc.last_layer_minus(1)(runs, {})[:5], ari[:, 6] - ari[:, 1])
-    np.testing.assert_allclose(icc.last_layer_minus(0)(runs, {})[:5], ari[:, 6] - ari[:, 0])
-    assert np.isnan(icc.last_layer_minus(1)(runs, {})[5]) and np.isnan(icc.last_layer_minus(0)(runs, {})[5])
+    runs = [_record(s, **{at("ari", l): float(ari[s, l]) for l in range(7)}, **{at("nmi", 3): 9.0}) for s in range(5)]
+    runs.append(_record(5, **{at("ari", 0): 0.3}))  # one layer only: no depth to compare
+    # a run directory written before metric parameters: ari_layer_3
+    legacy = [_record(s, **{f"ari_layer_{l}": float(ari[s, l]) for l in range(7)}, nmi_layer_3=9.0) for s in range(5)]
+    legacy.append(_record(5, ari_layer_0=0.3))
     by_id = {c.id: c for c in icc.CLAIMS}
-    np.testing.assert_allclose(by_id["ari_rises_with_depth"].values(runs, {})[:5], ari[:, 6] - ari[:, 1])
+    for rs in (runs, legacy):
+        np.testing.assert_allclose(icc.last_layer_minus(1)(rs, {})[:5], ari[:, 6] - ari[:, 1])
+        np.testing.assert_allclose(icc.last_layer_minus(0)(rs, {})[:5], ari[:, 6] - ari[:, 0])
+        assert np.isnan(icc.last_layer_minus(1)(rs, {})[5]) and np.isnan(icc.last_layer_minus(0)(rs, {})[5])
+        np.testing.assert_allclose(by_id["ari_rises_with_depth"].values(rs, {})[:5], ari[:, 6] - ari[:, 1])
+        assert icc.ari_layers(rs[0]) == list(range(7)) and icc.ari_layers(rs[5]) == [0]
+        np.testing.assert_allclose([icc.best_final_ari(r) for r in rs[:5]], ari.max(axis=1))
+
+
+def test_layer_metric_names_and_the_older_form():
+    assert icc.layer_metric("ari", 3) == "ari[layer=3]" and icc.layer_metric("swap_follow_rate", np.int64(0)) == (
+        "swap_follow_rate[layer=0]"
+    )
+    for name in ("ari[layer=3]", "ari_layer_3"):
+        assert icc.parse_layer_metric(name) == ("ari", 3)
+    for name in ("random_position_ablation_acc_drop[layer=12]", "random_position_ablation_acc_drop_layer_12"):
+        assert icc.parse_layer_metric(name) == ("random_position_ablation_acc_drop", 12)
+    assert icc.parse_layer_metric("replicate_ari_layer_2") == icc.parse_layer_metric("replicate_ari[layer=2]")
+    not_layers = ("best_layer", "ari_best_layer", "position_ablation_acc_drop_test_layer", "test_layer", "eval_loss")
+    for name in (*not_layers, "ari[layer=1.5]", "ari[layer=-1]", "ari[layer=x]", "ari[layer=1,head=2]"):
+        assert icc.parse_layer_metric(name) is None, name
 
 
 def test_clusters_used_statistic_is_paired_against_numpy():
@@ -192,14 +272,14 @@ def test_test_layer_choice_against_numpy():
 def test_diff_corr_against_numpy_and_removes_a_shared_trend():
     """ari_acc_diff_corr: r of the first differences (hand-made series)."""
     steps = np.arange(6) * 10
-    history = {f"ari_layer_{l}": np.array([[0.0, 0.1, 0.5, 0.6, 0.9, 0.95]]) * l for l in range(2)}
+    history = {at("ari", l): np.array([[0.0, 0.1, 0.5, 0.6, 0.9, 0.95]]) * l for l in range(2)}
     history["acc_seen"] = np.array([[0.1, 0.3, 0.4, 0.8, 0.85, 0.9]])
     train = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(n_layers=1)))
     per_run = ic.summarize_history(train, history, steps).per_run
-    ref = np.corrcoef(np.diff(history["ari_layer_1"][0]), np.diff(history["acc_seen"][0]))[0, 1]
+    ref = np.corrcoef(np.diff(history[at("ari", 1)][0]), np.diff(history["acc_seen"][0]))[0, 1]
     assert per_run["ari_acc_diff_corr"][0] == pytest.approx(ref)
     assert per_run["ari_acc_corr"][0] == pytest.approx(
-        np.corrcoef(history["ari_layer_1"][0], history["acc_seen"][0])[0, 1]
+        np.corrcoef(history[at("ari", 1)][0], history["acc_seen"][0])[0, 1]
     )
     # two independent noises on one shared trend: r of the series near 1, of the differences near 0
     t = np.linspace(0, 1, 400)
@@ -263,10 +343,10 @@ def test_probes_and_ablations_on_the_trained_model(smoke):
     clean = acc(out)
     assert clean == pytest.approx(f["acc_seen"], abs=1e-6)
     for l in range(n_blocks + 1):
-        assert float(scores["ari"][l]) == pytest.approx(f[f"ari_layer_{l}"], abs=1e-5)
-        assert float(scores["nmi"][l]) == pytest.approx(f[f"nmi_layer_{l}"], abs=1e-5)
+        assert float(scores["ari"][l]) == pytest.approx(f[at("ari", l)], abs=1e-5)
+        assert float(scores["nmi"][l]) == pytest.approx(f[at("nmi", l)], abs=1e-5)
         # the finalize program's cluster ablation (traced layer, lax.map), recomputed
-        assert clean - acc(drops[l]) == pytest.approx(f[f"ablation_acc_drop_layer_{l}"], abs=1e-6)
+        assert clean - acc(drops[l]) == pytest.approx(f[at("ablation_acc_drop", l)], abs=1e-6)
     assert f["ablation_acc_drop"] > f["random_ablation_acc_drop"]  # even in the smoke run
     # a traced layer index gives the static result; the ablation changes only its layer and position
     np.testing.assert_allclose(extra["traced"], extra["static"], rtol=1e-5, atol=1e-5)
@@ -342,7 +422,7 @@ def test_layer_cluster_scores_find_planted_clusters():
 def test_history_summaries_against_numpy():
     # onsets are the first steps *above* 0.5 (>, as the metric definitions say): 0.5 itself is not
     steps = np.array([0, 10, 20])
-    history = {f"ari_layer_{l}": np.array([[0.0, 0.25 * l, 0.3 * l], [0.0, 0.0, 0.1 * l]]) for l in range(3)}
+    history = {at("ari", l): np.array([[0.0, 0.25 * l, 0.3 * l], [0.0, 0.0, 0.1 * l]]) for l in range(3)}
     history["acc_seen"] = np.array([[0.1, 0.5, 0.8], [0.2, 0.3, 0.4]])
     train = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(n_layers=2)))
     per_run = ic.summarize_history(train, history, steps).per_run
@@ -355,7 +435,7 @@ def test_history_summaries_against_numpy():
     x, y = np.random.default_rng(2).normal(size=(2, 50))
     assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert np.isnan(pearson(np.ones(5), x[:5]))
-    history = {f"ari_layer_{l}": np.array([[0.0, 0.2 * l, 0.3 * l]]) for l in range(3)}
+    history = {at("ari", l): np.array([[0.0, 0.2 * l, 0.3 * l]]) for l in range(3)}
     history["acc_seen"] = np.array([[0.1, 0.4, 0.8]])
     best, series = ic.best_layer_series(history, 3)
     assert best[0] == 2 and np.allclose(series[0], [0.0, 0.4, 0.6])
@@ -377,18 +457,19 @@ def test_clusters_form_reads_the_best_layer_from_the_per_layer_finals():
     ari = rng.uniform(0.6, 1.0, (6, 4))
     ari[0, 2] = np.nan
     rep = rng.uniform(0.0, 0.45, (6, 4))
-    runs = []
-    for s in range(6):
-        final = {f"ari_layer_{layer}": ari[s, layer] for layer in range(4)}
-        final.update({f"{REPLICATE_PREFIX}ari_layer_{layer}": rep[s, layer] for layer in range(4)})
-        runs.append({"run": s, "seed": s, "status": "ok", "hparams": {}, "final": final})
-    np.testing.assert_allclose([icc.best_final_ari(r) for r in runs], np.nanmax(ari, axis=1))
-    (entry,) = [
-        c
-        for c in evaluate(icc.CLAIMS, get_experiment("instruction-clustering").preset("quick"), runs, {})
-        if c["id"] == "clusters_form"
-    ]
-    assert entry["median"] == pytest.approx(np.median(np.nanmax(ari, axis=1)))
-    assert entry["replicate"]["median"] == pytest.approx(np.median(rep.max(axis=1)))
-    # every seed above 0.5 on the shared set, below it on the replicate set: the set decides
-    assert entry["verdict"] == "inconclusive" and entry["replicate"]["verdict"] == "not_reproduced"
+    for name in (at, lambda m, layer: f"{m}_layer_{layer}"):  # and a run directory from before metric parameters
+        runs = []
+        for s in range(6):
+            final = {name("ari", layer): ari[s, layer] for layer in range(4)}
+            final.update({REPLICATE_PREFIX + name("ari", layer): rep[s, layer] for layer in range(4)})
+            runs.append({"run": s, "seed": s, "status": "ok", "hparams": {}, "final": final})
+        np.testing.assert_allclose([icc.best_final_ari(r) for r in runs], np.nanmax(ari, axis=1))
+        (entry,) = [
+            c
+            for c in evaluate(icc.CLAIMS, get_experiment("instruction-clustering").preset("quick"), runs, {})
+            if c["id"] == "clusters_form"
+        ]
+        assert entry["median"] == pytest.approx(np.median(np.nanmax(ari, axis=1)))
+        assert entry["replicate"]["median"] == pytest.approx(np.median(rep.max(axis=1)))
+        # every seed above 0.5 on the shared set, below it on the replicate set: the set decides
+        assert entry["verdict"] == "inconclusive" and entry["replicate"]["verdict"] == "not_reproduced"

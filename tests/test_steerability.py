@@ -1,9 +1,11 @@
 """The steerability experiment end to end (smoke preset), and its onset/correlation summaries."""
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from jaxlab import claims, results
@@ -13,6 +15,8 @@ from jaxlab.experiments import steerability as S
 from jaxlab.experiments import steerability_claims as SC
 from jaxlab.experiments import steerability_report as SR
 from jaxlab.registry import get_experiment
+from jaxlab.reporting import ReportContext
+from jaxlab.results import metric_name
 
 NAMES = ("joy", "anger", "sadness", "fear")
 
@@ -33,22 +37,53 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
         final = run["final"]
         for c in NAMES:
             for key in ("sep_onset_step", "steer_onset_step", "steer_effect", "id_score", "separability"):
-                assert f"{key}_{c}" in final
-            assert 0.0 <= final[f"id_score_{c}"] <= 1.0 and 0.0 <= final[f"separability_{c}"] <= 1.0
-            onset = final[f"steer_onset_step_{c}"]
+                assert metric_name(key, concept=c) in final
+            for key in ("id_score", "separability"):
+                assert 0.0 <= final[metric_name(key, concept=c)] <= 1.0
+                assert all(0.0 <= final[metric_name(key, concept=c, layer=l)] <= 1.0 for l in range(L))
+            onset = final[metric_name("steer_onset_step", concept=c)]
             assert onset is None or onset in steps
-        assert "sep_steer_corr" in final
+        assert "sep_steer_corr" in final and "steer_effect[concept=joy,layer=1]" in final
+        assert "cos[concept_a=joy,concept_b=anger,layer=0]" in final
     df = results.load(smoke_run)
     assert sorted(df.step.unique()) == list(steps)
     grid_steps, values = SR.history_grid(df, "steer_effect", "joy", cfg.model.n_layers)
     assert list(grid_steps) == list(steps) and values.shape == (2, len(steps), L)
-    # the final summaries are recomputed from the table exactly
+    # the concept and the layer are columns of the tidy table, not parts of the metric's name
+    assert not df.metric.str.contains(r"\[|_l\d+$|_(?:joy|anger|sadness|fear)$", regex=True).any()
+    for m in ("eval_loss", "train_loss", "separability_gain"):
+        rows = df[df.metric == m]
+        assert len(rows) and rows.layer.isna().all() and rows.concept.isna().all(), m
+    for m in ("sep_steer_corr", "sep_steer_diff_corr"):  # per concept, and their mean over concepts (no concept)
+        rows = df[df.metric == m]
+        assert rows.layer.isna().all() and rows.concept.isna().sum() == 2 and set(rows.concept.dropna()) == set(NAMES)
+    for m in S.READINGS + S.STEERINGS:
+        rows = df[df.metric == m]
+        assert set(rows.concept) == set(NAMES), m
+        assert sorted(rows.layer.dropna().unique()) == list(range(L)), m
+        per_layer = rows[rows.layer.notna()]
+        assert len(per_layer) == len(NAMES) * L * 2 * len(steps)  # concept x layer x run x evaluation
+    assert (
+        set(df[df.metric == "concept_gap"].concept) == set(NAMES) and df[df.metric == "concept_gap"].layer.isna().all()
+    )
+    cos = df[df.metric == "cos"]
+    pairs = {(a, b) for k, a in enumerate(NAMES) for b in NAMES[k + 1 :]}
+    assert set(zip(cos.concept_a, cos.concept_b)) == pairs and sorted(cos.layer.unique()) == list(range(L))
+    # every (concept, layer, run, step) value where the name said it was, and the history grid is that table
+    for c in NAMES:
+        for l in range(L):
+            got = df[(df.metric == "id_score") & (df.concept == c) & (df.layer == l)].sort_values(["run", "step"])
+            want = [r["final"][metric_name("id_score", concept=c, layer=l)] for r in summary["runs"]]
+            np.testing.assert_array_equal(got.value.to_numpy().reshape(2, len(steps))[:, -1], want)
+            np.testing.assert_array_equal(
+                SR.history_grid(df, "id_score", c, L)[1][:, :, l], got.value.to_numpy().reshape(2, len(steps))
+            )
+    # the final summaries are recomputed from the table exactly; in the table, the best layer's has no layer
     for run in summary["runs"]:
-        sub = df[df.run == run["run"]]
-        best = max(
-            sub[(sub.metric == f"steer_effect_joy_l{l}") & (sub.step == steps[-1])].value.item() for l in range(L)
-        )
-        assert run["final"]["steer_effect_joy"] == pytest.approx(best)
+        sub = df[(df.run == run["run"]) & (df.metric == "steer_effect") & (df.concept == "joy")]
+        best = max(sub[(sub.layer == l) & (sub.step == steps[-1])].value.item() for l in range(L))
+        assert run["final"]["steer_effect[concept=joy]"] == pytest.approx(best)
+        assert sub[sub.layer.isna()].value.tolist() == [pytest.approx(best)]
     # every evaluation's checkpoint is kept (log-spaced series), and re-reading it gives the same ID scores
     found = np.load(smoke_run / "checkpoint_directions.npz")
     assert list(found["steps"]) == list(steps[1:])
@@ -59,6 +94,88 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
     for name in ("heatmap_id_score.png", "heatmap_steer_effect.png", "sep_vs_steer.png", "direction_stability.png"):
         assert f"![{name}]({name})" in report and (smoke_run / name).is_file()
     assert "jaxlab run steerability --preset smoke" in report
+
+
+def _legacy_name(metric, params):
+    """The name a run directory written before metric parameters gave `metric` at `params`."""
+    if "concept_a" in params:
+        return f"{metric}_{params['concept_a']}_{params['concept_b']}_l{params['layer']}"
+    return f"{metric}_{params['concept']}" + (f"_l{params['layer']}" if "layer" in params else "")
+
+
+def test_concept_metric_names_and_the_older_forms():
+    cases = {
+        ("id_score_mean_diff", (("concept", "anger"), ("layer", 3))): (
+            "id_score_mean_diff[concept=anger,layer=3]", "id_score_mean_diff_anger_l3"),
+        ("sep_onset_step", (("concept", "joy"),)): ("sep_onset_step[concept=joy]", "sep_onset_step_joy"),
+        ("sep_steer_diff_corr", (("concept", "fear"),)): ("sep_steer_diff_corr[concept=fear]", "sep_steer_diff_corr_fear"),
+        ("cos", (("concept_a", "joy"), ("concept_b", "sadness"), ("layer", 0))): (
+            "cos[concept_a=joy,concept_b=sadness,layer=0]", "cos_joy_sadness_l0"),
+        ("replicate_steer_effect", (("concept", "sadness"), ("layer", 12))): (
+            "replicate_steer_effect[concept=sadness,layer=12]", "replicate_steer_effect_sadness_l12"),
+    }  # fmt: skip
+    for (metric, params), (new, old) in cases.items():
+        assert metric_name(metric, **dict(params)) == new
+        assert _legacy_name(metric, dict(params)) == old
+        for name in (new, old):
+            assert SC.parse_concept_metric(name, NAMES) == (metric, dict(params)), name
+    # not per concept: the means over concepts, the claims' statistics, names of other experiments
+    for name in ("sep_steer_corr", "separability_gain", "close_pair_steer_onset_gap", "rare_steer_onset_gap",
+                 "steer_onset_frac_at_common", "eval_loss", "ari[layer=1]", "ood_eval_loss[alpha=0.5]",
+                 "id_score_mean_diff_other_l0", "id_score[concept=joy,layer=0.5]"):  # fmt: skip
+        assert SC.parse_concept_metric(name, NAMES) is None, name
+    assert SC.parse_concept_metric("separability_gain", ("gain",)) == ("separability", {"concept": "gain"})
+
+
+def _legacy(df, summary):
+    """The tidy table and summary.json of the same runs as a run directory written before metric parameters
+    names them (`id_score_joy_l0`: no concept or layer columns)."""
+    keys = ["concept", "layer", "concept_a", "concept_b"]
+
+    def name(row):
+        params = {k: (int(row[k]) if k == "layer" else row[k]) for k in keys if not pd.isna(row[k])}
+        return _legacy_name(row.metric, params) if params else row.metric
+
+    old = df.assign(metric=df.apply(name, axis=1)).drop(columns=keys)
+
+    def rename(final):
+        return {_legacy_name(*p) if (p := SC.parse_concept_metric(k, NAMES)) else k: v for k, v in final.items()}
+
+    return old, {**summary, "runs": [{**r, "final": rename(r["final"])} for r in summary["runs"]]}
+
+
+def test_report_reads_a_run_directory_written_before_metric_parameters(smoke_run, tmp_path):
+    cfg = get_experiment("steerability").preset("smoke")
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    df = results.load(smoke_run)
+    old_df, old_summary = _legacy(df, summary)
+    assert {"id_score_joy_l1", "cos_joy_anger_l0", "concept_gap_fear", "id_score_joy"} <= set(old_df.metric)
+    assert "sep_onset_step_joy" in old_summary["runs"][0]["final"]
+    assert "sep_onset_step[concept=joy]" not in old_summary["runs"][0]["final"]
+    # the older table and summary, read in the new form
+    cols = ["run", "step", "metric", "concept", "layer", "concept_a", "concept_b", "value"]
+    kinds = {"concept": "string", "concept_a": "string", "concept_b": "string", "layer": "float64"}
+    tidy = lambda d: d[cols].astype(kinds).sort_values(cols[:7]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(tidy(SR.concept_form(old_df, NAMES)), tidy(df))
+    assert SR.concept_form(df, NAMES) is df
+    assert SR.concept_finals(old_summary, NAMES)["runs"] == SR.concept_finals(summary, NAMES)["runs"]
+    assert SR.concept_finals(summary, NAMES)["runs"] == summary["runs"]
+    L = cfg.model.n_layers
+    for c in NAMES:
+        for m in ("id_score", "steer_effect"):
+            for got, want in zip(SR.history_grid(old_df, m, c, L), SR.history_grid(df, m, c, L)):
+                np.testing.assert_array_equal(got, want)
+    # the report's sections: the same text and figures from either form (direction stability read from the
+    # run's saved checkpoint directions)
+    made = []
+    for name, (d, s) in {"new": (df, summary), "old": (old_df, old_summary)}.items():
+        (tmp_path / name).mkdir()
+        shutil.copy(smoke_run / "checkpoint_directions.npz", tmp_path / name)
+        ctx = ReportContext(tmp_path / name, cfg, s, d, experiment=get_experiment("steerability"))
+        made.append([(x.title, x.body, [f.filename for f in x.figures]) for x in SR.sections(ctx)])
+    assert made[0] == made[1] and len(made[0]) == 6
+    onsets = {title: body for title, body, _ in made[0]}["Onsets of separability and steerability"]
+    assert all(f"| {c} |" in onsets for c in NAMES) and "| joy | 0.4 | 0.15 |" in onsets
 
 
 CLAIM_FIELDS = {
@@ -113,9 +230,9 @@ def test_claim_statistics_of_from_history_match_numpy():
     sep = {c: np.linspace(0.5, 0.6 + 0.1 * k, 6)[None].repeat(2, 0) for k, c in enumerate(names)}
     history = {}
     for c in names:
-        history[f"steer_effect_{c}_l0"] = np.asarray(steer[c])
-        history[f"separability_{c}_l0"] = sep[c]
-        history[f"id_score_{c}_l0"] = sep[c]
+        history[metric_name("steer_effect", concept=c, layer=0)] = np.asarray(steer[c])
+        history[metric_name("separability", concept=c, layer=0)] = sep[c]
+        history[metric_name("id_score", concept=c, layer=0)] = sep[c]
     task = SimpleNamespace(names=names, freqs=(0.4, 0.25, 0.25, 0.05), close_pair=(1, 2))
     cfg = SimpleNamespace(
         probe=S.SteerabilityProbe(), model=SimpleNamespace(n_layers=L), task=task, train=SimpleNamespace(steps=100)
@@ -164,26 +281,26 @@ def test_onsets_reach_the_threshold_and_correlation_matches_numpy():
     history = {}
     for c in names:
         for name, v in (("separability", sep), ("steer_effect", steer), ("id_score", sep)):
-            history[f"{name}_{c}_l0"] = v
-            history[f"{name}_{c}_l1"] = v * 0.5
+            history[metric_name(name, concept=c, layer=0)] = v
+            history[metric_name(name, concept=c, layer=1)] = v * 0.5
     task = SimpleNamespace(names=names, freqs=(0.4, 0.05), close_pair=())
     cfg = SimpleNamespace(
         probe=S.SteerabilityProbe(), model=SimpleNamespace(n_layers=L), task=task, train=SimpleNamespace(steps=100)
     )
     out = S.from_history(SimpleNamespace(cfg=cfg), history, steps)
-    np.testing.assert_array_equal(out["sep_onset_step_joy"], [10.0, np.nan])  # 0.9 reaches sep_threshold 0.9
-    np.testing.assert_array_equal(out["steer_onset_step_joy"], [10.0, 30.0])  # 0.2 reaches steer_threshold 0.2
+    np.testing.assert_array_equal(out["sep_onset_step[concept=joy]"], [10.0, np.nan])  # 0.9 reaches 0.9
+    np.testing.assert_array_equal(out["steer_onset_step[concept=joy]"], [10.0, 30.0])  # 0.2 reaches 0.2
     ref = np.corrcoef(0.75 * sep[0], 0.75 * steer[0])[0, 1]  # the layer means
-    assert out["sep_steer_corr_joy"][0] == pytest.approx(ref, rel=1e-10)
-    assert np.isnan(out["sep_steer_corr_joy"][1])  # a constant run has no correlation
+    assert out["sep_steer_corr[concept=joy]"][0] == pytest.approx(ref, rel=1e-10)
+    assert np.isnan(out["sep_steer_corr[concept=joy]"][1])  # a constant run has no correlation
     # the claim's statistic: r of the first differences over the evaluations
     ref = np.corrcoef(np.diff(0.75 * sep[0]), np.diff(0.75 * steer[0]))[0, 1]
-    assert out["sep_steer_diff_corr_joy"][0] == pytest.approx(ref, rel=1e-10)
-    assert np.isnan(out["sep_steer_diff_corr_joy"][1])
+    assert out["sep_steer_diff_corr[concept=joy]"][0] == pytest.approx(ref, rel=1e-10)
+    assert np.isnan(out["sep_steer_diff_corr[concept=joy]"][1])
     np.testing.assert_allclose(out["sep_steer_diff_corr"], [ref, np.nan])  # mean over concepts, NaN left out
     short = S.diff_corr_rows(sep[:, :3], steer[:, :3])  # two differences: r would be +-1 by construction
     assert np.isnan(short).all()
-    np.testing.assert_allclose(out["separability_fear"], [0.95, 0.0])
+    np.testing.assert_allclose(out["separability[concept=fear]"], [0.95, 0.0])
 
 
 def test_untested_reasons_follow_the_config():

@@ -9,8 +9,9 @@ evaluation, on fixed evaluation sets:
   grammars (`acc_unseen_strings`) and whole unseen grammars (`acc_unseen_distributions`);
 - at every layer l (0 = embedding .. 6 = last block), the hidden state of each seen-set sequence at
   `probe.position` is clustered by k-means with k = K and compared with the task labels:
-  `ari_layer_{l}`, `nmi_layer_{l}`; the labels' own grouping: `silhouette_layer_{l}`,
-  `variance_ratio_layer_{l}`. The default position is the separator that ends the instruction
+  `ari[layer=l]`, `nmi[layer=l]`; the labels' own grouping: `silhouette[layer=l]`,
+  `variance_ratio[layer=l]` (`instruction_clustering_claims.layer_metric`; the tidy tables have the
+  metric `ari` and a column `layer`). The default position is the separator that ends the instruction
   (`sep_input`): its state can only hold what the instruction says. At layer 0 (the embedding) it is
   one fixed token at one fixed position, the same for every sequence, so layer 0's ARI there is 0
   by construction (likewise at `sep_output`); a comparison with the embedding needs
@@ -24,7 +25,8 @@ From the history: `best_layer` (highest final ARI), `ari_gain` (its final minus 
 of a run; the report also pools every checkpoint of every run, from the stored history, so a sweep
 split into run chunks pools them all), `ari_acc_diff_corr` (the same correlation of the two series'
 first differences over the checkpoints: a trend both share is removed; the claim's statistic).
-After training, the causal check at each layer (and at the best layer):
+After training, the causal check at each layer (`ablation_acc_drop[layer=l]`, ...) and at the best
+layer (`ablation_acc_drop`, ...):
 projecting the between-task directions found at the probed position out of the layer's residual
 stream at every position (`ablation_acc_drop`) against random directions of the same rank
 (`random_ablation_acc_drop`); the same projection at the probed position alone
@@ -57,7 +59,7 @@ import numpy as np
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.config import _positive as positive
 from jaxlab.experiments import instruction_clustering_report as _report
-from jaxlab.experiments.instruction_clustering_claims import CLAIMS, ablation_test_layers, deviations
+from jaxlab.experiments.instruction_clustering_claims import CLAIMS, ablation_test_layers, deviations, layer_metric
 from jaxlab.metrics.clustering import class_means
 from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.models.presets import gpt_model
@@ -266,7 +268,7 @@ def make_evaluate(cfg: ExperimentConfig):
         )
         for metric, values in scores.items():
             for layer in range(reps.shape[0]):
-                metrics[f"{metric}_layer_{layer}"] = values[layer]
+                metrics[layer_metric(metric, layer)] = values[layer]
         return metrics
 
     return evaluate
@@ -275,7 +277,7 @@ def make_evaluate(cfg: ExperimentConfig):
 # -- from the history ----------------------------------------------------------------------------------
 def best_layer_series(history: Mapping[str, np.ndarray], n_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """(best layer [R] by final ARI, that layer's ARI over the checkpoints [R, n])."""
-    ari = np.stack([np.asarray(history[f"ari_layer_{layer}"]) for layer in range(n_layers)], axis=1)  # [R, L, n]
+    ari = np.stack([np.asarray(history[layer_metric("ari", layer)]) for layer in range(n_layers)], axis=1)  # [R, L, n]
     best = np.argmax(np.nan_to_num(ari[:, :, -1], nan=-np.inf), axis=1)
     return best, ari[np.arange(ari.shape[0]), best]
 
@@ -427,7 +429,7 @@ def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarr
     for k in ("position", "random_position"):
         per_run[f"{names[k]}_test_layer"] = np.where(have, res[k][np.arange(R), at], np.nan)
     for layer in range(L):
-        per_run.update({f"{name}_layer_{layer}": res[k][:, layer] for k, name in names.items()})
+        per_run.update({layer_metric(name, layer): res[k][:, layer] for k, name in names.items()})
     return Finalized(per_run=per_run)
 
 
@@ -438,12 +440,12 @@ METRICS = {
     "acc_seen": "fraction of output tokens predicted (arg-max) correctly, seen grammars, training strings",
     "acc_unseen_strings": "the same on held-out strings of the seen grammars",
     "acc_unseen_distributions": "the same on strings of held-out grammars",
-    "ari_layer_{l}": "adjusted Rand index between k-means clusters (k = n_tasks, k-means++, best of "
+    "ari[layer=l]": "adjusted Rand index between k-means clusters (k = n_tasks, k-means++, best of "
     "probe.kmeans_restarts) of the layer-l hidden states at probe.position and the task labels (seen set); "
-    "layer 0 = embedding, l = output of block l",
-    "nmi_layer_{l}": "normalized mutual information (arithmetic mean of the entropies) of the same partitions",
-    "silhouette_layer_{l}": "silhouette score of the layer-l hidden states grouped by task label (Euclidean)",
-    "variance_ratio_layer_{l}": "between-task over within-task variance of the layer-l hidden states",
+    "layer 0 = embedding, l = output of block l (tidy tables: metric ari, column layer)",
+    "nmi[layer=l]": "normalized mutual information (arithmetic mean of the entropies) of the same partitions",
+    "silhouette[layer=l]": "silhouette score of the layer-l hidden states grouped by task label (Euclidean)",
+    "variance_ratio[layer=l]": "between-task over within-task variance of the layer-l hidden states",
     "best_layer": "the layer with the highest final ARI (ties: the shallowest)",
     "ari_best_layer": "final ARI at the best layer",
     "ari_gain": "final ARI at the best layer minus that layer's ARI at the first evaluation (step 0)",
@@ -465,12 +467,13 @@ METRICS = {
     "swap_acc_drop": "acc_seen minus the accuracy with the hidden state at the best layer and probe.position "
     "replaced by the centroid of task (k + probe.swap_shift) mod n_tasks",
     "swap_follow_rate": "fraction of first output tokens that then equal the swapped-in task's output",
-    "*_layer_{l} (ablations)": "the ablation metrics at layer l instead of the best layer",
+    "ablation_acc_drop[layer=l], ..., swap_follow_rate[layer=l]": "the ablation metrics at layer l instead of the "
+    "best layer (tidy tables: the metric with column layer; the best layer's value has no layer)",
     "test_layer": "argmax of the final ARI over the layers where a projection at probe.position can change a "
     "scored prediction and the probed state varies (instruction_clustering_claims.ablation_test_layers: not the "
     "last block unless probe.position's own prediction is scored; not the embedding at a separator)",
-    "position_ablation_acc_drop_test_layer": "position_ablation_acc_drop_layer_{l} at l = test_layer",
-    "random_position_ablation_acc_drop_test_layer": "random_position_ablation_acc_drop_layer_{l} at l = test_layer",
+    "position_ablation_acc_drop_test_layer": "position_ablation_acc_drop[layer=l] at l = test_layer",
+    "random_position_ablation_acc_drop_test_layer": "random_position_ablation_acc_drop[layer=l] at l = test_layer",
 }
 
 

@@ -50,11 +50,13 @@ the embedding is untested there, and the depth claim compares the last block wit
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jaxlab.claims import Above, Claim, Values, final, one_per_seed, paired_difference, per_seed
 from jaxlab.config import ExperimentConfig
+from jaxlab.results import metric_name, split_metric
 from jaxlab.stats import too_few_differences
 from jaxlab.tasks import instructions as task_lib
 
@@ -63,17 +65,40 @@ PAPER = "Wu & Varshney 2024"
 CONSTANT_AT_EMBEDDING = ("sep_input", "sep_output")
 FORM_THRESHOLD = 0.5
 USED_THRESHOLD = 0.02
+_LEGACY_LAYER = re.compile(r"^(?P<metric>.+)_layer_(?P<layer>\d+)$")  # run directories from before metric parameters
+
+
+def layer_metric(metric: str, layer: int) -> str:
+    """The name of `metric` at hidden-state layer `layer` (0 = embedding): `ari[layer=3]` (the tidy tables
+    split it into the metric `ari` and a `layer` column)."""
+    return metric_name(metric, layer=int(layer))
+
+
+def parse_layer_metric(name: str) -> tuple[str, int] | None:
+    """(metric, layer) of a `layer_metric` name, or of the older form `ari_layer_3` of run directories written
+    before metric parameters; None for any other name (`best_layer`, `ari_best_layer`, `*_test_layer`)."""
+    base, params = split_metric(name)
+    layer = params.get("layer")
+    if set(params) == {"layer"} and isinstance(layer, float) and layer.is_integer() and layer >= 0:
+        return base, int(layer)
+    m = _LEGACY_LAYER.match(name)
+    return (m.group("metric"), int(m.group("layer"))) if m else None
+
+
+def _ari_names(run: Mapping[str, Any]) -> dict[int, str]:
+    """{layer: the name of its final ARI in the run} (either form, `parse_layer_metric`)."""
+    return {p[1]: k for k in run["final"] if (p := parse_layer_metric(k)) is not None and p[0] == "ari"}
 
 
 def ari_layers(run: Mapping[str, Any]) -> list[int]:
     """The layers (0 = embedding) whose final ARI the run records, ascending."""
-    return sorted(int(k.rsplit("_", 1)[1]) for k in run["final"] if k.startswith("ari_layer_"))
+    return sorted(_ari_names(run))
 
 
 def best_final_ari(run: Mapping[str, Any]) -> float:
     """The highest final ARI over the run's layers (its `ari_best_layer`), read from the per-layer
     finals so that the replicate evaluation set re-evaluates it (layer choice included)."""
-    values = [final(run, f"ari_layer_{layer}") for layer in ari_layers(run)]
+    values = [final(run, name) for name in _ari_names(run).values()]
     values = [v for v in values if not math.isnan(v)]
     return max(values) if values else math.nan
 
@@ -84,11 +109,12 @@ def last_layer_minus(layer: int) -> Values:
     def values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
         out = []
         for r in runs:
-            layers = ari_layers(r)
-            if not layers or layers[-1] <= layer or layer not in layers:
+            names = _ari_names(r)
+            deepest = max(names, default=-1)
+            if deepest <= layer or layer not in names:
                 out.append(math.nan)
                 continue
-            out.append(final(r, f"ari_layer_{layers[-1]}") - final(r, f"ari_layer_{layer}"))
+            out.append(final(r, names[deepest]) - final(r, names[layer]))
         return out
 
     return values
@@ -275,4 +301,6 @@ __all__ = [
     "best_final_ari",
     "deviations",
     "last_layer_minus",
+    "layer_metric",
+    "parse_layer_metric",
 ]

@@ -1,8 +1,12 @@
 """Report sections of instruction-clustering: ARI per layer and accuracy over training, ARI against
-accuracy, the final clustering by layer, and the ablation table."""
+accuracy, the final clustering by layer, and the ablation table.
+
+The per-layer metrics are `ari[layer=3]` (metric `ari`, column `layer` in the tidy table); a run
+directory written before metric parameters (`ari_layer_3`) is read too (`layer_form`, `layer_finals`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxlab.experiments.instruction_clustering_claims import CONSTANT_AT_EMBEDDING
+from jaxlab.experiments.instruction_clustering_claims import CONSTANT_AT_EMBEDDING, layer_metric, parse_layer_metric
 from jaxlab.probes.clustering import CLUSTER_METRICS
 from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, quantile_curves, table
 from jaxlab.stats import pearson
@@ -21,9 +25,35 @@ def _min(values: np.ndarray) -> str:
     return fmt(float(v.min()), 3) if v.size else "—"
 
 
+def layer_form(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (a tidy table) with the per-layer metrics of a run directory written before metric parameters
+    (`ari_layer_3`) split as the tidy tables split `ari[layer=3]`: metric `ari`, column `layer`. A table without
+    them is returned as it is."""
+    parsed = {m: p for m in pd.unique(df.metric) if (p := parse_layer_metric(m)) is not None}
+    if not parsed:
+        return df
+    out = df.copy()
+    legacy = out.metric.isin(list(parsed))
+    layer = out["layer"].astype("float64") if "layer" in out.columns else pd.Series(np.nan, index=out.index)
+    out["layer"] = layer.where(~legacy, out.metric.map(lambda m: float(parsed[m][1]) if m in parsed else np.nan))
+    out.loc[legacy, "metric"] = out.loc[legacy, "metric"].map(lambda m: parsed[m][0])
+    return out
+
+
+def layer_finals(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """`summary` with every run's per-layer finals named as `layer_metric` names them (`ari[layer=3]`), whichever
+    form the run directory has (`parse_layer_metric`)."""
+
+    def renamed(final: Mapping[str, Any]) -> dict[str, Any]:
+        return {layer_metric(*p) if (p := parse_layer_metric(k)) is not None else k: v for k, v in final.items()}
+
+    return {**summary, "runs": [{**r, "final": renamed(r.get("final", {}))} for r in summary["runs"]]}
+
+
 def _layers(df: pd.DataFrame) -> list[int]:
-    names = set(df.metric)
-    return sorted(int(m.rsplit("_", 1)[1]) for m in names if m.startswith("ari_layer_"))
+    if "layer" not in df.columns:
+        return []
+    return sorted(int(layer) for layer in df.loc[df.metric == "ari", "layer"].dropna().unique())
 
 
 def _mean_std(values: np.ndarray) -> str:
@@ -39,9 +69,8 @@ def _training_figure(ctx: ReportContext, layers: list[int]) -> Figure:
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(layers)))
     for ax, kind in zip(axes, ("ari", "nmi")):
         for layer, color in zip(layers, colors):
-            quantile_curves(
-                ax, df, f"{kind}_layer_{layer}", label=f"{kind.upper()} layer {layer}", color=color, show_runs=False
-            )
+            at_layer = df[df.layer == layer]
+            quantile_curves(ax, at_layer, kind, label=f"{kind.upper()} layer {layer}", color=color, show_runs=False)
         for name, style in (("acc_seen", "-"), ("acc_unseen_strings", "--"), ("acc_unseen_distributions", ":")):
             quantile_curves(ax, df, name, label=name, color="black", show_runs=False)
             if ax.lines and name in set(df.metric):
@@ -62,13 +91,15 @@ def _training_figure(ctx: ReportContext, layers: list[int]) -> Figure:
 
 
 def ari_acc_pairs(df: pd.DataFrame, summary: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ARI at each run's best layer, acc_seen, run) over every checkpoint of every ok run."""
+    """(ARI at each run's best layer, acc_seen, run) over every checkpoint of every ok run (`df` in either form,
+    `layer_form`)."""
+    df = layer_form(df)
     ari, acc, run = [], [], []
     for r in summary["runs"]:
         if r["status"] != "ok" or "best_layer" not in r["final"]:
             continue
         sub = df[df.run == r["run"]]
-        a = sub[sub.metric == f"ari_layer_{int(r['final']['best_layer'])}"].set_index("step").value
+        a = sub[(sub.metric == "ari") & (sub.layer == int(r["final"]["best_layer"]))].set_index("step").value
         b = sub[sub.metric == "acc_seen"].set_index("step").value
         steps = a.index.intersection(b.index)
         ari.append(a.loc[steps].to_numpy())
@@ -111,7 +142,7 @@ def _correlation_section(ctx: ReportContext) -> Section:
 def _layer_table(ctx: ReportContext, layers: list[int]) -> Section:
     rows = []
     for layer in layers:
-        rows.append([layer, *(_mean_std(finals(ctx, f"{m}_layer_{layer}")) for m in CLUSTER_METRICS)])
+        rows.append([layer, *(_mean_std(finals(ctx, layer_metric(m, layer))) for m in CLUSTER_METRICS)])
     best = finals(ctx, "best_layer")
     counts = {int(b): int(np.sum(best == b)) for b in np.unique(best[np.isfinite(best)])}
     body = (
@@ -127,8 +158,8 @@ def _layer_table(ctx: ReportContext, layers: list[int]) -> Section:
 def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
     rows = []
     for layer in layers:
-        drop = finals(ctx, f"ablation_acc_drop_layer_{layer}")
-        rand = finals(ctx, f"random_ablation_acc_drop_layer_{layer}")
+        drop = finals(ctx, layer_metric("ablation_acc_drop", layer))
+        rand = finals(ctx, layer_metric("random_ablation_acc_drop", layer))
         if drop.size == 0 or not np.isfinite(drop).any():
             continue
         rows.append(
@@ -136,10 +167,10 @@ def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
                 layer,
                 _mean_std(drop),
                 _mean_std(rand),
-                _mean_std(finals(ctx, f"position_ablation_acc_drop_layer_{layer}")),
-                _mean_std(finals(ctx, f"random_position_ablation_acc_drop_layer_{layer}")),
-                _mean_std(finals(ctx, f"swap_acc_drop_layer_{layer}")),
-                _mean_std(finals(ctx, f"swap_follow_rate_layer_{layer}")),
+                _mean_std(finals(ctx, layer_metric("position_ablation_acc_drop", layer))),
+                _mean_std(finals(ctx, layer_metric("random_position_ablation_acc_drop", layer))),
+                _mean_std(finals(ctx, layer_metric("swap_acc_drop", layer))),
+                _mean_std(finals(ctx, layer_metric("swap_follow_rate", layer))),
             ]
         )
     drop, rand = finals(ctx, "ablation_acc_drop"), finals(ctx, "random_ablation_acc_drop")
@@ -186,7 +217,7 @@ def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
                 ("swap_acc_drop", "centroid swap"),
             ]
         ):
-            vals = [finals(ctx, f"{metric}_layer_{layer}") for layer in ls]
+            vals = [finals(ctx, layer_metric(metric, layer)) for layer in ls]
             ax.bar(
                 np.asarray(ls) + (offset - 1) * 0.27,
                 [np.nanmean(v) for v in vals],
@@ -224,7 +255,9 @@ def paper_note(position: str) -> str:
 
 def sections(ctx: ReportContext) -> list[Section]:
     """The experiment's report sections (`Experiment.report`): clustering over training, the ARI-accuracy correlation,
-    the per-layer table and the ablations; none without clustering metrics."""
+    the per-layer table and the ablations; none without clustering metrics. A run directory written before metric
+    parameters is read in the form of the new one (`layer_form`, `layer_finals`)."""
+    ctx = dataclasses.replace(ctx, df=layer_form(ctx.df), summary=layer_finals(ctx.summary))
     layers = _layers(ctx.df)
     if not layers:
         return []

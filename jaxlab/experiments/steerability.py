@@ -19,19 +19,24 @@ every residual layer (ID score, explained variance, separability) and steers wit
 found (see that module for the formulas). The report reads the checkpoint series again for
 direction stability (`steerability_report.checkpoint_directions`).
 
-Metrics (c: concept name, l: residual layer 0..n_layers-1, the stream after block l):
+Metrics (c: concept name, l: residual layer 0..n_layers-1, the stream after block l), named with
+their parameters (`results.metric_name`: `id_score[concept=joy,layer=0]`; the tidy tables have the
+metric `id_score` and columns `concept`, `layer`):
   per evaluation: eval_loss; {id_score, id_score_mean_diff, ev_ratio, separability, steer_effect,
-  steer_slope}_{c}_l{l}; concept_gap_{c} (the model's own marker-mass difference on vs off, held-out
-  pairs); cos_{a}_{b}_l{l} (between the PCA directions of two concepts).
-  final (summary.json): sep_onset_step_{c}, steer_onset_step_{c} (first evaluation step whose
-  best-layer separability / steering effect reaches probe.sep_threshold / probe.steer_threshold;
-  null if never), id_score_{c}, separability_{c}, steer_effect_{c} (best layer, last evaluation),
-  sep_steer_corr_{c} (Pearson correlation over evaluations of the layer-mean separability and the
-  layer-mean steering effect) and sep_steer_corr (its mean over concepts); for the claims:
-  sep_steer_diff_corr_{c} / sep_steer_diff_corr (the same correlation of the first differences over
-  the evaluations: a trend both share is removed), separability_gain, steer_onset_frac_before_common
-  / steer_onset_frac_at_common (the onset interval's ends), close_pair_{steer,sep}_onset_gap,
-  rare_steer_onset_gap (METRICS defines them).
+  steer_slope}[concept=c,layer=l]; concept_gap[concept=c] (the model's own marker-mass difference on
+  vs off, held-out pairs); cos[concept_a=a,concept_b=b,layer=l] (between the PCA directions of two
+  concepts).
+  final (summary.json): sep_onset_step[concept=c], steer_onset_step[concept=c] (first evaluation step
+  whose best-layer separability / steering effect reaches probe.sep_threshold /
+  probe.steer_threshold; null if never), {id_score, separability, steer_effect}[concept=c] (best
+  layer, last evaluation: no layer), sep_steer_corr[concept=c] (Pearson correlation over evaluations
+  of the layer-mean separability and the layer-mean steering effect) and sep_steer_corr (its mean
+  over concepts); for the claims: sep_steer_diff_corr[concept=c] / sep_steer_diff_corr (the same
+  correlation of the first differences over the evaluations: a trend both share is removed),
+  separability_gain, steer_onset_frac_before_common / steer_onset_frac_at_common (the onset
+  interval's ends), close_pair_{steer,sep}_onset_gap, rare_steer_onset_gap (METRICS defines them).
+  Run directories written before metric parameters (`id_score_joy_l0`, `sep_onset_step_joy`) are
+  read by the report too (`steerability_claims.parse_concept_metric`).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from jaxlab.models import residual_hooks
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes import steering
 from jaxlab.probes.cosine import cosine
+from jaxlab.results import metric_name
 from jaxlab.stats import diff_corr_rows, onset_steps, pearson_rows
 from jaxlab.tasks import concepts
 from jaxlab.train.experiment import Experiment
@@ -268,15 +274,15 @@ def make_evaluate(cfg: ExperimentConfig):
         out = {"eval_loss": train.loss(params, data["loss"])}
         L = v_KLD.shape[1]
         for k, c in enumerate(names):
-            out[f"concept_gap_{c}"] = per["concept_gap"][k]
+            out[metric_name("concept_gap", concept=c)] = per["concept_gap"][k]
             for name in READINGS + STEERINGS:
                 for l in range(L):
-                    out[f"{name}_{c}_l{l}"] = per[name][k, l]
+                    out[metric_name(name, concept=c, layer=l)] = per[name][k, l]
         cos = cosine(v_KLD[:, None], v_KLD[None, :])  # [K, K, L]
         for a in range(len(names)):
             for b in range(a + 1, len(names)):
                 for l in range(L):
-                    out[f"cos_{names[a]}_{names[b]}_l{l}"] = cos[a, b, l]
+                    out[metric_name("cos", concept_a=names[a], concept_b=names[b], layer=l)] = cos[a, b, l]
         return out
 
     return evaluate
@@ -284,8 +290,10 @@ def make_evaluate(cfg: ExperimentConfig):
 
 # -- finals from the evaluation history ------------------------------------------------------------
 def layer_series(history: dict[str, np.ndarray], name: str, concept: str, n_layers: int) -> np.ndarray:
-    """[R, n_evals, L] values of `{name}_{concept}_l{l}`."""
-    return np.stack([np.asarray(history[f"{name}_{concept}_l{l}"], np.float64) for l in range(n_layers)], -1)
+    """[R, n_evals, L] values of `{name}[concept={concept},layer=l]`."""
+    return np.stack(
+        [np.asarray(history[metric_name(name, concept=concept, layer=l)], np.float64) for l in range(n_layers)], -1
+    )
 
 
 def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) -> dict[str, np.ndarray]:
@@ -300,18 +308,19 @@ def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) 
         sep = layer_series(history, "separability", c, L)
         steer = layer_series(history, "steer_effect", c, L)
         ids = layer_series(history, "id_score", c, L)
+        at = functools.partial(metric_name, concept=c)
         # onsets "reach" their thresholds (>=), as METRICS defines them
-        out[f"sep_onset_step_{c}"] = onset_steps(sep.max(-1), steps, probe.sep_threshold, strict=False)
-        out[f"steer_onset_step_{c}"] = onset_steps(steer.max(-1), steps, probe.steer_threshold, strict=False)
+        out[at("sep_onset_step")] = onset_steps(sep.max(-1), steps, probe.sep_threshold, strict=False)
+        out[at("steer_onset_step")] = onset_steps(steer.max(-1), steps, probe.steer_threshold, strict=False)
         sep_index[c] = onset_steps(sep.max(-1), index, probe.sep_threshold, strict=False)
         steer_index[c] = onset_steps(steer.max(-1), index, probe.steer_threshold, strict=False)
-        out[f"separability_{c}"] = sep[:, -1].max(-1)
-        out[f"steer_effect_{c}"] = steer[:, -1].max(-1)
-        out[f"id_score_{c}"] = ids[:, -1].max(-1)
-        out[f"sep_steer_corr_{c}"] = pearson_rows(sep.mean(-1), steer.mean(-1))
-        corrs.append(out[f"sep_steer_corr_{c}"])
-        out[f"sep_steer_diff_corr_{c}"] = diff_corr_rows(sep.mean(-1), steer.mean(-1))
-        diff_corrs.append(out[f"sep_steer_diff_corr_{c}"])
+        out[at("separability")] = sep[:, -1].max(-1)
+        out[at("steer_effect")] = steer[:, -1].max(-1)
+        out[at("id_score")] = ids[:, -1].max(-1)
+        out[at("sep_steer_corr")] = pearson_rows(sep.mean(-1), steer.mean(-1))
+        corrs.append(out[at("sep_steer_corr")])
+        out[at("sep_steer_diff_corr")] = diff_corr_rows(sep.mean(-1), steer.mean(-1))
+        diff_corrs.append(out[at("sep_steer_diff_corr")])
         gains.append(sep[:, -1].max(-1) - sep[:, 0].max(-1))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a run with no finite correlation: NaN
@@ -337,32 +346,36 @@ def from_history(train: Any, history: dict[str, np.ndarray], steps: np.ndarray) 
 METRICS = {
     "eval_loss": "next-token cross-entropy (nats) on a fixed batch of the concept language",
     "train_loss": "next-token cross-entropy (nats), mean over the steps since the last evaluation",
-    "id_score_{c}_l{l}": "fraction of held-out stimulus pairs whose last-token difference projects positively "
-    "on the PCA direction read at layer l",
-    "id_score_mean_diff_{c}_l{l}": "the same with the difference-of-means direction",
-    "ev_ratio_{c}_l{l}": "explained-variance ratio of the first principal component of the differences",
-    "separability_{c}_l{l}": "held-out accuracy of the ridge classifier on/off on last-token states",
-    "steer_effect_{c}_l{l}": "change of next-token probability mass on the concept's markers when alpha_eval x "
-    "RMS norm x v is added at layer l (base sequences with every concept off)",
-    "steer_slope_{c}_l{l}": "least-squares slope through the origin of that change over probe.alphas",
-    "concept_gap_{c}": "model's marker mass on 'on' minus 'off' stimuli (held-out pairs)",
-    "cos_{a}_{b}_l{l}": "cosine between the PCA directions of concepts a and b at layer l",
-    "sep_onset_step_{c}": "first evaluation step where max over layers of separability >= probe.sep_threshold",
-    "steer_onset_step_{c}": "first evaluation step where max over layers of steer_effect >= probe.steer_threshold",
-    "id_score_{c}, separability_{c}, steer_effect_{c}": "max over layers at the last evaluation",
-    "sep_steer_corr_{c}": "Pearson r over evaluations of layer-mean separability and layer-mean steer_effect",
-    "sep_steer_corr": "mean of sep_steer_corr_{c} over concepts",
+    "id_score[concept=c,layer=l]": "fraction of held-out stimulus pairs whose last-token difference projects "
+    "positively on the PCA direction read at layer l (tidy tables: metric id_score, columns concept and layer; "
+    "likewise below)",
+    "id_score_mean_diff[concept=c,layer=l]": "the same with the difference-of-means direction",
+    "ev_ratio[concept=c,layer=l]": "explained-variance ratio of the first principal component of the differences",
+    "separability[concept=c,layer=l]": "held-out accuracy of the ridge classifier on/off on last-token states",
+    "steer_effect[concept=c,layer=l]": "change of next-token probability mass on the concept's markers when "
+    "alpha_eval x RMS norm x v is added at layer l (base sequences with every concept off)",
+    "steer_slope[concept=c,layer=l]": "least-squares slope through the origin of that change over probe.alphas",
+    "concept_gap[concept=c]": "model's marker mass on 'on' minus 'off' stimuli (held-out pairs)",
+    "cos[concept_a=a,concept_b=b,layer=l]": "cosine between the PCA directions of concepts a and b at layer l",
+    "sep_onset_step[concept=c]": "first evaluation step where max over layers of separability >= probe.sep_threshold",
+    "steer_onset_step[concept=c]": "first evaluation step where max over layers of steer_effect >= "
+    "probe.steer_threshold",
+    "id_score[concept=c], separability[concept=c], steer_effect[concept=c]": "max over layers at the last "
+    "evaluation (tidy tables: the metric with column concept and no layer)",
+    "sep_steer_corr[concept=c]": "Pearson r over evaluations of layer-mean separability and layer-mean steer_effect",
+    "sep_steer_corr": "mean of sep_steer_corr[concept=c] over concepts (tidy tables: the row without a concept)",
     "separability_gain": "best-layer separability at the last minus the first evaluation (step 0), mean over concepts",
-    "sep_steer_diff_corr_{c}": "Pearson r over the evaluations n of the first differences dS_n = S_{n+1} - S_n "
+    "sep_steer_diff_corr[concept=c]": "Pearson r over the evaluations n of the first differences dS_n = S_{n+1} - S_n "
     "(layer-mean separability) and dE_n = E_{n+1} - E_n (layer-mean steer_effect): sum (dS - mean dS)(dE - mean "
     "dE) / sqrt(sum (dS - mean dS)^2 sum (dE - mean dE)^2); NaN with fewer than 3 finite differences",
-    "sep_steer_diff_corr": "mean of sep_steer_diff_corr_{c} over concepts (NaN ones left out)",
+    "sep_steer_diff_corr": "mean of sep_steer_diff_corr[concept=c] over concepts (NaN ones left out; tidy tables: "
+    "the row without a concept)",
     "steer_onset_frac_before_common": "lower end of the steering onset interval: step of the evaluation before "
-    "steer_onset_step_{c} (the last one below probe.steer_threshold) / train.steps, median over the concepts that "
-    "are not the rare one (lowest frequency); onset at the first evaluation: 0; never reached: the last "
+    "steer_onset_step[concept=c] (the last one below probe.steer_threshold) / train.steps, median over the concepts "
+    "that are not the rare one (lowest frequency); onset at the first evaluation: 0; never reached: the last "
     "evaluation's step / train.steps",
-    "steer_onset_frac_at_common": "upper end: steer_onset_step_{c} / train.steps, median over the same concepts; "
-    "never reached: 1.0",
+    "steer_onset_frac_at_common": "upper end: steer_onset_step[concept=c] / train.steps, median over the same "
+    "concepts; never reached: 1.0",
     "close_pair_steer_onset_gap": "steering onset of the close pair's first concept minus its second's, in "
     "evaluations (never reached: one past the last evaluation; NaN if neither reaches it)",
     "close_pair_sep_onset_gap": "the same for the separability onsets",

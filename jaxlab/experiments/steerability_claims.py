@@ -53,6 +53,7 @@ threshold). Those claims are `untested` when the config makes them so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,12 +61,42 @@ import numpy as np
 
 from jaxlab.claims import Above, Below, Claim, Outside, bracketed, per_seed
 from jaxlab.config import ExperimentConfig
+from jaxlab.results import split_metric
 from jaxlab.stats import too_few_differences
 from jaxlab.tasks.concepts import ConceptsConfig
 
 PAPER = "She et al. 2025"
 MID_BAND = (0.1, 0.9)
 ONSET_BAND = 1.0  # evaluations
+CONCEPT_KEYS = ("concept", "concept_a", "concept_b", "layer")  # the metric parameters of steerability
+
+
+# -- metric names ----------------------------------------------------------------------------------
+def parse_concept_metric(name: str, concepts: Sequence[str]) -> tuple[str, dict[str, str | int]] | None:
+    """(metric, {concept: c, layer: l}) of a metric measured per concept (and layer): `id_score[concept=joy,layer=0]`,
+    `sep_onset_step[concept=joy]`, `cos[concept_a=joy,concept_b=anger,layer=0]`, or the older forms of run
+    directories written before metric parameters, `id_score_joy_l0`, `sep_onset_step_joy`, `cos_joy_anger_l0`
+    (`concepts`: the task's concept names, which tell `separability_joy` from `separability_gain`); None for any
+    other metric. `results.metric_name(metric, **params)` gives the new name."""
+    base, params = split_metric(name)
+    if params and set(params) <= set(CONCEPT_KEYS) and ("concept" in params) != ("concept_a" in params):
+        layer = params.get("layer", 0.0)
+        if isinstance(layer, float) and layer.is_integer() and layer >= 0:
+            return base, {k: int(v) if k == "layer" else str(v) for k, v in params.items()}
+        return None
+    c = "|".join(re.escape(x) for x in sorted(concepts, key=len, reverse=True))
+    if not c:
+        return None
+    pair = re.match(rf"^(?P<base>(?:.+_)?cos)_(?P<a>{c})_(?P<b>{c})_l(?P<layer>\d+)$", name)
+    if pair:
+        return pair["base"], {"concept_a": pair["a"], "concept_b": pair["b"], "layer": int(pair["layer"])}
+    one = re.match(rf"^(?P<base>.+?)_(?P<concept>{c})(?:_l(?P<layer>\d+))?$", name)
+    if one is None:
+        return None
+    params_out: dict[str, str | int] = {"concept": one["concept"]}
+    if one["layer"] is not None:
+        params_out["layer"] = int(one["layer"])
+    return one["base"], params_out
 
 
 # -- which concepts the preset makes special (used by `steerability.from_history` too) --------------
@@ -308,5 +339,6 @@ __all__ = [
     "common_concepts",
     "deviations",
     "onset_interval",
+    "parse_concept_metric",
     "rare_concepts",
 ]

@@ -3,11 +3,16 @@ training, onsets, the separability-steerability correlation, direction stability
 checkpoint series, and the comparison with She et al. (2025).
 
 Everything is read from the run directory (`ctx.df`, `ctx.summary`, the orbax checkpoints);
-"median [min, max]" are over the runs that did not diverge.
+"median [min, max]" are over the runs that did not diverge. The per-concept metrics are
+`id_score[concept=joy,layer=0]` (metric `id_score`, columns `concept` and `layer` in the tidy table);
+a run directory written before metric parameters (`id_score_joy_l0`) is read too (`concept_form`,
+`concept_finals`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +20,70 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from jaxlab.experiments import steerability_claims as claims
 from jaxlab.probes import steering
 from jaxlab.probes.cosine import cosine
 from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, ok_runs, spread, table
+from jaxlab.results import metric_name
 from jaxlab.tasks import concepts
 from jaxlab.train.restore import checkpoint_indices, load_group
 
 
-def history_grid(df: Any, name: str, concept: str, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
-    """(steps [n], values [R, n, L]) of the per-layer metric `{name}_{concept}_l{l}` from the tidy table."""
-    cols = [f"{name}_{concept}_l{l}" for l in range(n_layers)]
-    sub = df[df.metric.isin(cols)]
-    wide = sub.pivot_table(index=["run", "step"], columns="metric", values="value", aggfunc="last")[cols]
+# -- metric names: both forms ----------------------------------------------------------------------
+def concept_form(df: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """`df` (a tidy table) with the per-concept metrics of a run directory written before metric parameters
+    (`id_score_joy_l0`, `sep_onset_step_joy`, `cos_joy_anger_l0`; `names`: the concepts) split as the tidy tables
+    split `id_score[concept=joy,layer=0]`: metric `id_score`, columns `concept`, `layer` (`concept_a`,
+    `concept_b`). A table without them is returned as it is."""
+    parsed = {m: p for m in pd.unique(df.metric) if (p := claims.parse_concept_metric(m, names)) is not None}
+    if not parsed:
+        return df
+    out = df.copy()
+    legacy = out.metric.isin(list(parsed))
+    for key in claims.CONCEPT_KEYS:
+        if not any(key in params for _, params in parsed.values()):
+            continue
+        values = out.metric.map(lambda m, key=key: parsed[m][1].get(key) if m in parsed else None)
+        kind = "float64" if key == "layer" else "string"
+        old = out[key].astype(kind) if key in out.columns else pd.Series(None, index=out.index, dtype=kind)
+        out[key] = old.where(~legacy, values.astype(kind))
+    out.loc[legacy, "metric"] = out.loc[legacy, "metric"].map(lambda m: parsed[m][0])
+    return out
+
+
+def concept_finals(summary: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """`summary` with every run's per-concept finals named as `results.metric_name` names them
+    (`sep_onset_step[concept=joy]`), whichever form the run directory has (`parse_concept_metric`)."""
+
+    def renamed(final: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in final.items():
+            p = claims.parse_concept_metric(k, names)
+            out[metric_name(p[0], **p[1]) if p is not None else k] = v
+        return out
+
+    return {**summary, "runs": [{**r, "final": renamed(r.get("final", {}))} for r in summary["runs"]]}
+
+
+def history_grid(df: pd.DataFrame, name: str, concept: str, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [n], values [R, n, L]) of the per-layer metric `name[concept=concept,layer=l]` from the tidy table
+    (metric `name`, columns `concept` and `layer`; an older table is read too, `concept_form`)."""
+    df = concept_form(df, [concept])
+    layers = [float(l) for l in range(n_layers)]
+    if not {"concept", "layer"} <= set(df.columns):
+        raise KeyError(f"the table has no per-layer metrics of a concept (wanted {name!r} of {concept!r})")
+    sub = df[(df.metric == name) & (df.concept == concept).fillna(False).astype(bool) & df.layer.isin(layers)]
+    wide = sub.pivot_table(index=["run", "step"], columns="layer", values="value", aggfunc="last")[layers]
     runs = wide.index.get_level_values("run").unique()
     steps = np.asarray(sorted(wide.index.get_level_values("step").unique()))
-    values = wide.to_numpy(np.float64).reshape(len(runs), len(steps), len(cols))
+    values = wide.to_numpy(np.float64).reshape(len(runs), len(steps), len(layers))
     return steps, values
+
+
+def _at(name: str, concept: str) -> str:
+    return metric_name(name, concept=concept)
 
 
 # -- post hoc: the saved checkpoint series ---------------------------------------------------------
@@ -109,7 +160,7 @@ def _onset_section(ctx: ReportContext) -> Section:
     R = len(ok_runs(ctx))
     rows = []
     for k, c in enumerate(task.names):
-        sep, steer = finals(ctx, f"sep_onset_step_{c}"), finals(ctx, f"steer_onset_step_{c}")
+        sep, steer = finals(ctx, _at("sep_onset_step", c)), finals(ctx, _at("steer_onset_step", c))
         reached = lambda xs: int(np.isfinite(xs).sum())
         rows.append(
             [
@@ -118,10 +169,10 @@ def _onset_section(ctx: ReportContext) -> Section:
                 task.strengths[k],
                 f"{spread(sep, 'never')} ({reached(sep)}/{R})",
                 f"{spread(steer, 'never')} ({reached(steer)}/{R})",
-                spread(finals(ctx, f"steer_effect_{c}")),
-                spread(finals(ctx, f"id_score_{c}")),
-                spread(finals(ctx, f"separability_{c}")),
-                spread(finals(ctx, f"concept_gap_{c}")),
+                spread(finals(ctx, _at("steer_effect", c))),
+                spread(finals(ctx, _at("id_score", c))),
+                spread(finals(ctx, _at("separability", c))),
+                spread(finals(ctx, _at("concept_gap", c))),
             ]
         )
     header = [
@@ -161,7 +212,8 @@ def _corr_section(ctx: ReportContext) -> Section:
     filename = "sep_vs_steer.png"
     ctx.save(fig, filename)
     rows = [
-        [c, spread(finals(ctx, f"sep_steer_corr_{c}")), spread(finals(ctx, f"sep_steer_diff_corr_{c}"))] for c in names
+        [c, spread(finals(ctx, _at("sep_steer_corr", c))), spread(finals(ctx, _at("sep_steer_diff_corr", c)))]
+        for c in names
     ]
     rows.append(
         [
@@ -242,7 +294,7 @@ def _paper_section(ctx: ReportContext) -> Section:
     task, L = ctx.cfg.task, ctx.cfg.model.n_layers
     names = task.names
     total = ctx.cfg.train.steps
-    onsets = {c: _median_final(ctx, f"steer_onset_step_{c}") for c in names}
+    onsets = {c: _median_final(ctx, _at("steer_onset_step", c)) for c in names}
     lines = [
         "She et al. (2025; the LLM360 team at MBZUAI) apply their Intervention Detector to the released "
         "pretraining checkpoint series of LLM360's Amber and CrystalCoder models and report, qualitatively: (1) "
@@ -271,8 +323,8 @@ def _paper_section(ctx: ReportContext) -> Section:
         lines.append(
             f"- (2) close pair {a} / {b} (shared markers; frequencies {task.freqs[i]} / {task.freqs[j]}, strengths "
             f"{task.strengths[i]} / {task.strengths[j]}): steerability onsets {fmt(onsets[a])} / {fmt(onsets[b])}, "
-            f"separability onsets {fmt(_median_final(ctx, f'sep_onset_step_{a}'))} / "
-            f"{fmt(_median_final(ctx, f'sep_onset_step_{b}'))}"
+            f"separability onsets {fmt(_median_final(ctx, _at('sep_onset_step', a)))} / "
+            f"{fmt(_median_final(ctx, _at('sep_onset_step', b)))}"
             + (
                 "; the preset gives the pair different strengths, which alone can separate their onsets."
                 if task.strengths[i] != task.strengths[j]
@@ -304,8 +356,10 @@ def _paper_section(ctx: ReportContext) -> Section:
 
 def sections(ctx: ReportContext) -> list[Section]:
     """The experiment's report sections (`Experiment.report`): the concept language, the readability and steerability
-    heatmaps, onsets, correlations, direction stability and the paper's findings."""
+    heatmaps, onsets, correlations, direction stability and the paper's findings. A run directory written before
+    metric parameters is read in the form of the new one (`concept_form`, `concept_finals`)."""
     task = ctx.cfg.task
+    ctx = dataclasses.replace(ctx, df=concept_form(ctx.df, task.names), summary=concept_finals(ctx.summary, task.names))
     markers = concepts.marker_table(task)
     rows = [[c, task.freqs[k], task.strengths[k], " ".join(map(str, markers[k]))] for k, c in enumerate(task.names)]
     intro = Section(

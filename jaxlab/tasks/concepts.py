@@ -47,7 +47,15 @@ from jaxlab.config import TaskSection, _positive
 from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
-_NAME = re.compile(r"^[a-z][a-z0-9]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9]*$")  # no [ ] , = : a concept is a metric parameter (`results.metric_name`)
+
+
+def _reads_as_number(name: str) -> bool:
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class Config(TaskSection):
         for name in self.names:
             if not _NAME.match(name):
                 raise ConfigError(n("names"), f"{name!r} is not a lowercase identifier like 'joy' or 'c2'")
+            if _reads_as_number(name):  # the tidy tables' `concept` column would read it as a float
+                raise ConfigError(n("names"), f"{name!r} reads as a number; name the concept otherwise")
         if len(set(self.names)) != K:
             raise ConfigError(n("names"), f"names repeat: {list(self.names)}")
         for field in ("freqs", "strengths"):
