@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-run the reproductions (six experiments; more than one preset where a paper's claims need it) and regenerate docs/reproductions/ (reports, figures, summary.json)
+# Re-run the reproductions (seven experiments; more than one preset where a paper's claims need it) and regenerate docs/reproductions/ (reports, figures, summary.json)
 # and the verdict tables of README.md and docs/reproductions/README.md, which come from the
 # summaries alone (`python -m jaxlab.reproductions`). About 2 hours on a quiet 2-core CPU.
 #   bash scripts/reproduce.sh [OUT]     # runs go to OUT (default runs/reproductions)
@@ -23,8 +23,9 @@ declare -A ARGS=(
   [steerability]="steerability --preset quick"
   [latent-ambiguity]="latent-ambiguity --preset quick --seeds 5"
   [representation-dissimilarity]="representation-dissimilarity --preset quick --seeds 5"
+  [function-classes]="function-classes --preset quick"
 )
-NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only instruction-clustering steerability latent-ambiguity representation-dissimilarity}
+NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only instruction-clustering steerability latent-ambiguity representation-dissimilarity function-classes}
 mkdir -p "$OUT"
 for name in $NAMES; do
   start=$(date +%s)

@@ -1,0 +1,235 @@
+"""The claims of Garg, Tsipras, Liang & Valiant (NeurIPS 2022, "What Can Transformers Learn In-Context? A
+Case Study of Simple Function Classes"; code github.com/dtsip/in-context-learning) that function-classes
+tests, and how a config's setup differs from theirs.
+
+Every statistic is per seed, on the shared evaluation tasks, from the run's final normalized errors
+(`nse[n=i]`, the model; `baseline_nse[algorithm=a,n=i]`, the baselines fitted on the same i examples
+of the same tasks): errors are normalized as Garg et al. plot them (by d; by k for sparse linear, 1
+for trees), so least squares' error on a noise-free linear function falls from 1 at n = 0 to 0 at
+n = d.
+
+Thresholds, fixed before any run (issue 20's bars): "close to least squares" on linear functions is
+a normalized error of at most NEAR_ZERO = 0.2 at n = 2d (least squares: 0); "beats" and "below" are
+differences below 0.
+
+Garg et al. train with a curriculum over d and N (from d = 5, N = 11 up to d = 20, N = 41), Adam lr
+1e-4, batch 64, 500k steps, a 12-layer GPT-2 of width 256 with 8 heads (their conf/*.yaml); no
+curriculum here (declared under the claims).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jaxlab.claims import Below, Claim, NotApplicable, final
+from jaxlab.results import metric_name
+
+NEAR_ZERO = 0.2
+KEY = "task.function_class"
+CLASSES = ("linear", "sparse_linear", "noisy_linear", "decision_tree", "relu_2nn")
+GARG = {  # conf/base.yaml, conf/*.yaml and src/models.py of dtsip/in-context-learning
+    "n_layers": 12,
+    "n_heads": 8,
+    "d_model": 256,
+    "n_dims": 20,
+    "n_points": 41,
+    "sparsity": 3,
+    "lr": 1e-4,
+    "batch_size": 64,
+    "steps": 500_000,
+}
+Run = Mapping[str, Any]
+
+
+def nse(run: Run, n: int) -> float:
+    """The run's final normalized error after n examples."""
+    return final(run, metric_name("nse", n=n))
+
+
+def baseline(run: Run, algorithm: str, n: int) -> float:
+    """Baseline `algorithm`'s normalized error after n examples, on the run's evaluation tasks."""
+    return final(run, metric_name("baseline_nse", algorithm=algorithm, n=n))
+
+
+def swept_classes(cfg: Any) -> tuple[str, ...]:
+    """The function classes the config's sweep trains (its grid over task.function_class, else its one class)."""
+    for key, values in cfg.sweep.grid:
+        if key == KEY:
+            return tuple(values)
+    return (cfg.task.function_class,)
+
+
+def _needs_class(cls: str):
+    def untested(cfg: Any) -> str | None:
+        if not any(key == KEY for key, _ in cfg.sweep.grid):
+            return f"needs {KEY} in the sweep grid (the claims read each class's runs by its grid value)"
+        if cls not in swept_classes(cfg):
+            return f"no {cls} runs in this sweep"
+        return None
+
+    return untested
+
+
+def _linear_untested(cfg: Any) -> str | None:
+    reason = _needs_class("linear")(cfg)
+    if reason is None and cfg.task.n_context < 2 * cfg.task.n_dims + 1:
+        return f"reads n = 2d = {2 * cfg.task.n_dims} examples; task.n_context is {cfg.task.n_context}"
+    return reason
+
+
+def _sparse_untested(cfg: Any) -> str | None:
+    reason = _needs_class("sparse_linear")(cfg)
+    if reason is None and cfg.task.n_dims - 1 <= cfg.task.sparsity:
+        return (
+            f"reads n = d - 1 = {cfg.task.n_dims - 1} examples, which must exceed the sparsity k = "
+            f"{cfg.task.sparsity} for the question to be open"
+        )
+    return reason
+
+
+def _all_untested(cfg: Any) -> str | None:
+    from_grid = _needs_class("linear")(cfg)
+    if from_grid is not None and "sweep grid" in from_grid:
+        return from_grid
+    missing = [c for c in CLASSES if c not in swept_classes(cfg)]
+    return f"needs every function class; missing {', '.join(missing)}" if missing else None
+
+
+def _of_class(runs: Sequence[Run], cls: str) -> list[Run]:
+    picked = [r for r in runs if r.get("hparams", {}).get(KEY) == cls]
+    if len({r["seed"] for r in picked}) < len(picked):
+        raise NotApplicable(f"several {cls} runs per seed: sweep only {KEY} and seeds")
+    return picked
+
+
+def _d(run: Run) -> int:
+    d = final(run, "n_dims")
+    if not math.isfinite(d):
+        raise NotApplicable("the runs do not record n_dims")
+    return int(d)
+
+
+def linear_at_2d(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
+    """values(): per seed, the linear model's nse at n = 2d."""
+    return [nse(r, 2 * _d(r)) for r in _of_class(runs, "linear")]
+
+
+def linear_minus_simple_baselines(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
+    """values(): per seed, at n = 2d on linear functions, the model's nse minus the better of averaging and 3-NN."""
+    out = []
+    for r in _of_class(runs, "linear"):
+        n = 2 * _d(r)
+        out.append(nse(r, n) - min(baseline(r, "averaging", n), baseline(r, "knn", n)))
+    return out
+
+
+def sparse_minus_least_squares(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
+    """values(): per seed, at n = d - 1 on sparse linear functions, the model's nse minus least squares'."""
+    out = []
+    for r in _of_class(runs, "sparse_linear"):
+        n = _d(r) - 1
+        out.append(nse(r, n) - baseline(r, "least_squares", n))
+    return out
+
+
+def worst_class_minus_simple_baselines(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
+    """values(): per seed, over the function classes, the largest (model nse - the better of averaging and 3-NN)
+    at the last position n = N - 1 (a seed missing a class is dropped)."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in runs:
+        cls = r.get("hparams", {}).get(KEY)
+        if cls is None:
+            continue
+        last = max((int(k[len("nse[n=") : -1]) for k in r["final"] if k.startswith("nse[n=")), default=-1)
+        if last < 0:
+            continue
+        gap = nse(r, last) - min(baseline(r, "averaging", last), baseline(r, "knn", last))
+        if cls in by_seed.setdefault(int(r["seed"]), {}):
+            raise NotApplicable(f"several {cls} runs per seed: sweep only {KEY} and seeds")
+        by_seed[int(r["seed"])][cls] = gap
+    n_classes = max((len(v) for v in by_seed.values()), default=0)
+    return [max(v.values()) for _, v in sorted(by_seed.items()) if len(v) == n_classes and n_classes > 0]
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="linear_close_to_least_squares",
+        claim="Trained on linear functions, the transformer's in-context error is close to least squares' "
+        "(zero) once it has seen n = 2d examples.",
+        paper_ref="Garg et al. 2022, Sec. 3, Fig. 2 (qualitative: the transformer's curve matches least squares)",
+        paper_value="near 0 at n >= d (Fig. 2; least squares is 0 there)",
+        statistic="per seed, the linear model's normalized error nse at n = 2d (shared evaluation tasks)",
+        control="least squares on the same examples: 0 at n >= d",
+        rule=Below(NEAR_ZERO),
+        values=linear_at_2d,
+        untested=_linear_untested,
+    ),
+    Claim(
+        id="linear_beats_averaging_and_knn",
+        claim="On linear functions the transformer beats averaging and 3-nearest-neighbours at n = 2d.",
+        paper_ref="Garg et al. 2022, Fig. 2 (qualitative)",
+        statistic="per seed, at n = 2d, nse - min(averaging, 3-NN) on the same tasks",
+        control="averaging and 3-NN fitted on the same examples",
+        rule=Below(0.0),
+        values=linear_minus_simple_baselines,
+        untested=_linear_untested,
+    ),
+    Claim(
+        id="sparse_below_least_squares",
+        claim="Trained on sparse linear functions, the transformer beats least squares with fewer examples "
+        "than dimensions (it exploits the sparsity, as LASSO does).",
+        paper_ref="Garg et al. 2022, Sec. 4, Fig. 4 left (qualitative: below least squares, near LASSO)",
+        statistic="per seed, at n = d - 1, the sparse model's nse - least squares' nse",
+        control="minimum-norm least squares on the same examples (LASSO reported beside it)",
+        rule=Below(0.0),
+        values=sparse_minus_least_squares,
+        untested=_sparse_untested,
+    ),
+    Claim(
+        id="every_class_beats_averaging_and_knn",
+        claim="On every function class (linear, sparse, noisy linear, decision trees, 2-layer ReLU networks) the "
+        "transformer beats averaging and 3-NN.",
+        paper_ref="Garg et al. 2022, Fig. 4 and 5 (qualitative)",
+        statistic="per seed, over the classes, the largest nse - min(averaging, 3-NN) at the last position n = N - 1",
+        control="averaging and 3-NN fitted on the same examples",
+        rule=Below(0.0),
+        values=worst_class_minus_simple_baselines,
+        untested=_all_untested,
+    ),
+)
+
+
+def deviations(cfg: Any) -> list[str]:
+    """How `cfg` differs from Garg et al.'s setup (module docstring), one line each."""
+    m, t, o, tr = cfg.model, cfg.task, cfg.optim, cfg.train
+    g = GARG
+    out = []
+    if (m.n_layers, m.n_heads, m.d_model) != (g["n_layers"], g["n_heads"], g["d_model"]):
+        out.append(
+            f"model: {m.n_layers} layers, {m.n_heads} heads, d_model {m.d_model} (Garg et al.: GPT-2 with "
+            f"{g['n_layers']} layers, {g['n_heads']} heads, d_model {g['d_model']})"
+        )
+    if (t.n_dims, t.n_context) != (g["n_dims"], g["n_points"]):
+        out.append(
+            f"task: d = {t.n_dims}, N = {t.n_context} examples (Garg et al.: d = {g['n_dims']}, N = {g['n_points']})"
+        )
+    if t.sparsity != g["sparsity"]:
+        out.append(f"sparse linear: k = {t.sparsity} non-zero weights (Garg et al.: k = {g['sparsity']} of 20)")
+    out.append(
+        f"training: {o.name} lr {o.lr:g} ({o.warmup_steps} warm-up steps), batch {tr.batch_size}, {tr.steps} steps, "
+        f"no curriculum (Garg et al.: Adam lr {g['lr']:g}, batch {g['batch_size']}, {g['steps']} steps, a "
+        "curriculum from d = 5, N = 11 up)"
+    )
+    out.append(
+        f"evaluation: one shared set of {tr.eval_batch_size} tasks per class for every seed (key train.eval_seed); "
+        "the baselines are fitted on the same examples"
+    )
+    out.append(
+        "tokens: d + 1 wide with y in the last coordinate (Garg et al. write y into the first of d coordinates); "
+        "jaxlab's training loss is half the squared error (the reported errors are full squared errors)"
+    )
+    if t.function_class == "noisy_linear" or "noisy_linear" in swept_classes(cfg):
+        out.append(f"noisy linear: noise std {t.noise_std:g}, y not renormalized (Garg et al.'s eval renormalizes)")
+    return out

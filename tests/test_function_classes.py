@@ -1,0 +1,137 @@
+"""function-classes end to end (smoke: linear and sparse linear, 2 seeds) against NumPy, and its claims'
+statistics on hand-made run records."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from _runs import run_cfg
+
+from jaxlab import claims, results
+from jaxlab.config import SweepConfig
+from jaxlab.errors import ConfigError
+from jaxlab.experiments import function_classes as fcx
+from jaxlab.experiments import function_classes_claims as fcc
+from jaxlab.registry import get_experiment
+from jaxlab.tasks import function_classes as fc
+
+EXP = get_experiment("function-classes")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    cfg = EXP.preset("smoke")
+    return cfg, run_cfg(cfg, tmp_path_factory.mktemp("runs") / "fc", progress=False)
+
+
+@pytest.mark.timeout(300)
+def test_model_curves_equal_numpy_and_baselines_are_columns(smoke):
+    cfg, result = smoke
+    df = results.load(result.run_dir)
+    N, d = cfg.task.n_context, cfg.task.n_dims
+    assert not df.metric.str.contains(r"\[").any()  # every parameter is a column
+    last = df.step.max()
+    for outcome in result.groups:
+        train, params = outcome.train, outcome.state.params
+        batch = train.make_eval_batch()
+        # independent: the model's outputs at the x-tokens against f(x_i), in NumPy float64
+        out = np.asarray(jax.jit(jax.vmap(train.apply, in_axes=(0, None)))(params, batch.inputs), np.float64)
+        y = np.asarray(batch.inputs, np.float64)[:, 1::2, d]  # the y-tokens carry f(x_i) in the last coordinate
+        norm = fc.error_normalizer(train.cfg.task)
+        want_RN = ((out[:, :, 0::2, 0] - y[None]) ** 2).mean(axis=1) / norm
+        cls = train.cfg.task.function_class
+        for j, run in enumerate(outcome.runs):
+            got = df[(df.metric == "nse") & (df.run == run.run) & (df.step == last)].sort_values("n")
+            assert got.n.tolist() == list(range(N)) and got.task__function_class.eq(cls).all()
+            np.testing.assert_allclose(got.value, want_RN[j], rtol=2e-4, atol=1e-6)
+        base = df[(df.metric == "baseline_nse") & (df.run == outcome.runs[0].run)]
+        assert set(base.algorithm) == set(fcx.baselines(train.cfg))
+        ls = base[base.algorithm == "least_squares"].sort_values("n").value.to_numpy()
+        assert ls[0] == pytest.approx(np.mean(y[:, 0] ** 2) / norm, rel=1e-5)  # nothing seen: predicts 0
+        if cls == "linear":
+            assert np.all(ls[d:] < 1e-4)  # noise-free: exact once n >= d
+    assert df[df.metric == "eval_loss"].n.isna().all()
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Error against the number of in-context examples" in report
+    assert (result.run_dir / "error_curves.png").exists()
+
+
+def test_smoke_claims_and_their_reasons(smoke):
+    cfg, result = smoke
+    by_id = {c["id"]: c for c in result.summary["claims"]}
+    assert set(by_id) == {c.id for c in fcc.CLAIMS}
+    assert by_id["every_class_beats_averaging_and_knn"]["verdict"] == "untested"
+    assert "missing noisy_linear, decision_tree, relu_2nn" in by_id["every_class_beats_averaging_and_knn"]["reason"]
+    for cid in ("linear_close_to_least_squares", "linear_beats_averaging_and_knn", "sparse_below_least_squares"):
+        assert by_id[cid]["n_seeds"] == 2  # measured, too few seeds to decide
+    runs = result.summary["runs"]
+    d = cfg.task.n_dims
+    linear = sorted((r for r in runs if r["hparams"]["task.function_class"] == "linear"), key=lambda r: r["seed"])
+    assert by_id["linear_close_to_least_squares"]["median"] == pytest.approx(
+        np.median([r["final"][f"nse[n={2 * d}]"] for r in linear]), rel=1e-9
+    )
+
+
+def _run(seed, cls, d, nse, base):
+    final = {"n_dims": float(d)}
+    final.update({f"nse[n={n}]": v for n, v in enumerate(nse)})
+    for algorithm, curve in base.items():
+        final.update({f"baseline_nse[algorithm={algorithm},n={n}]": v for n, v in enumerate(curve)})
+    return {"seed": seed, "hparams": {"task.function_class": cls}, "status": "ok", "final": final}
+
+
+def test_claim_statistics_against_numpy():
+    rng = np.random.default_rng(0)
+    d, N = 3, 7
+    algorithms = ("least_squares", "knn", "averaging")
+    records, model, base = [], {}, {}
+    for cls in fcc.CLASSES:
+        for seed in range(6):
+            model[cls, seed] = rng.uniform(0, 1, N)
+            base[cls, seed] = {a: rng.uniform(0, 1, N) for a in algorithms}
+            records.append(_run(seed, cls, d, model[cls, seed], base[cls, seed]))
+    seeds = range(6)
+    got = fcc.linear_at_2d(records, {})
+    np.testing.assert_allclose(got, [model["linear", s][2 * d] for s in seeds])
+    got = fcc.linear_minus_simple_baselines(records, {})
+    want = [model["linear", s][6] - min(base["linear", s]["averaging"][6], base["linear", s]["knn"][6]) for s in seeds]
+    np.testing.assert_allclose(got, want)
+    got = fcc.sparse_minus_least_squares(records, {})
+    np.testing.assert_allclose(got, [model["sparse_linear", s][2] - base["sparse_linear", s]["least_squares"][2]
+                                     for s in seeds])  # fmt: skip
+    got = fcc.worst_class_minus_simple_baselines(records, {})
+    want = [
+        max(model[c, s][N - 1] - min(base[c, s]["averaging"][N - 1], base[c, s]["knn"][N - 1]) for c in fcc.CLASSES)
+        for s in seeds
+    ]
+    np.testing.assert_allclose(got, want)
+    # a seed without every class is dropped, not compared over fewer classes
+    partial = [r for r in records if not (r["seed"] == 0 and r["hparams"]["task.function_class"] == "relu_2nn")]
+    assert len(fcc.worst_class_minus_simple_baselines(partial, {})) == 5
+    # two runs of one class and seed: the claim does not say which point it reads
+    with pytest.raises(claims.NotApplicable):
+        fcc.linear_at_2d([*records, records[0]], {})
+
+
+def test_which_configs_can_test_which_claim():
+    by_id = {c.id: c for c in fcc.CLAIMS}
+    quick = EXP.preset("quick")
+    assert all(c.untested(quick) is None for c in fcc.CLAIMS)
+    one = quick.derive("one", sweep=SweepConfig(seeds=(0, 1)))
+    assert "sweep grid" in by_id["linear_close_to_least_squares"].untested(one)
+    short = quick.set("task.n_context", "9")
+    assert "n = 2d = 10" in by_id["linear_close_to_least_squares"].untested(short)
+    dense = quick.set("task.sparsity", "4")
+    assert "must exceed the sparsity" in by_id["sparse_below_least_squares"].untested(dense)
+    paper = EXP.preset("paper")
+    assert paper.task.n_dims == 20 and paper.task.n_context == 41 and paper.model.n_layers == 12
+    assert not math.isnan(paper.optim.lr)
+    assert any("no curriculum" in line for line in fcc.deviations(quick))
+
+
+def test_probe_settings_are_validated():
+    cfg = EXP.preset("smoke")
+    for key, bad in (("probe.lasso_alpha", "0"), ("probe.lasso_iters", "0"), ("probe.knn_k", "0")):
+        with pytest.raises(ConfigError, match=key):
+            cfg.set(key, bad)
