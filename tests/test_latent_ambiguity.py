@@ -2,17 +2,21 @@
 
 import json
 import types
+from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
+from jaxlab import claims, results
 from jaxlab.claims import check
 from jaxlab.cli import main
 from jaxlab.config import SweepConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import latent_ambiguity as la
 from jaxlab.experiments import latent_ambiguity_claims as lac
+from jaxlab.experiments import latent_ambiguity_report as lar
 from jaxlab.models import run_with_cache
 from jaxlab.registry import get_experiment, load_run_group
 from jaxlab.tasks import latent
@@ -20,6 +24,7 @@ from jaxlab.train import plan_groups
 from jaxlab.train.rundir import build_summary
 
 EXP = get_experiment("latent-ambiguity")
+at = lac.language_metric
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +54,12 @@ def test_summary_has_the_issue_keys_and_metrics_match_numpy(smoke_run):
         final = run["final"]
         for m in range(1, M):
             for name in ("kl_bayes", "kl_truth", "bayes_kl_truth"):
-                assert f"{name}_m{m}_a0" in final
-        assert 0.0 <= final["posterior_probe_acc_a0"] <= 1.0
+                assert at(name, 0, message=m) in final
+        assert 0.0 <= final["posterior_probe_acc[language=0]"] <= 1.0
     ref = summary["reference"]
-    assert {"epsilon_a0", "epsilon_m2_a0", "ambiguity_a0"} <= set(ref) and 0.0 < ref["epsilon_a0"] < 1.0
-    assert ref["epsilon_m2_a0"] < ref["epsilon_a0"]
+    eps, eps2 = "epsilon[language=0]", "epsilon[messages=2,language=0]"
+    assert {eps, eps2, "ambiguity[language=0]"} <= set(ref) and 0.0 < ref[eps] < 1.0
+    assert ref[eps2] < ref[eps]
     assert "## Languages" in (smoke_run / "report.md").read_text()
     for png in ("icl_curves.png", "emergence.png", "kl_by_position.png"):
         assert (smoke_run / png).is_file()
@@ -72,12 +78,12 @@ def test_summary_has_the_issue_keys_and_metrics_match_numpy(smoke_run):
     final = summary["runs"][0]["final"]
     for m in range(M):
         cols = [m * (L + 1) + j for j in range(L)]  # the delimiter before message m and its letters but the last
-        assert final[f"kl_bayes_m{m}_a0"] == pytest.approx(kl_b[:, cols].mean(), rel=2e-3, abs=1e-6)
-        assert final[f"kl_truth_m{m}_a0"] == pytest.approx(kl_t[:, cols].mean(), rel=2e-3, abs=1e-6)
-        assert final[f"bayes_kl_truth_m{m}_a0"] == pytest.approx(floor[:, cols].mean(), rel=2e-3, abs=1e-6)
+        assert final[at("kl_bayes", 0, message=m)] == pytest.approx(kl_b[:, cols].mean(), rel=2e-3, abs=1e-6)
+        assert final[at("kl_truth", 0, message=m)] == pytest.approx(kl_t[:, cols].mean(), rel=2e-3, abs=1e-6)
+        assert final[at("bayes_kl_truth", 0, message=m)] == pytest.approx(floor[:, cols].mean(), rel=2e-3, abs=1e-6)
     for j in range(L):
         cols = [m * (L + 1) + j for m in range(1, M)]
-        assert final[f"kl_truth_pos{j}_a0"] == pytest.approx(kl_t[:, cols].mean(), rel=2e-3, abs=1e-6)
+        assert final[at("kl_truth", 0, position=j)] == pytest.approx(kl_t[:, cols].mean(), rel=2e-3, abs=1e-6)
 
     # the posterior probe, refit with NumPy ridge (float64) on the same split
     letters = [m * (L + 1) + j for m in range(M) for j in range(L)]
@@ -91,7 +97,41 @@ def test_summary_has_the_issue_keys_and_metrics_match_numpy(smoke_run):
         (xtr - xm).T @ (xtr - xm) + cfg.probe.ridge_lam * np.eye(x.shape[-1]), (xtr - xm).T @ (ytr - ym)
     )
     acc = np.mean(np.argmax((xte - xm) @ w + ym, -1) == np.argmax(yte, -1))
-    assert final["posterior_probe_acc_a0"] == pytest.approx(acc, abs=3 / len(xte))
+    assert final["posterior_probe_acc[language=0]"] == pytest.approx(acc, abs=3 / len(xte))
+
+
+def test_tidy_table_has_the_parameter_columns(smoke_run):
+    """The tidy table splits kl_truth[message=m,language=a] into the metric and the columns message, position,
+    language; no packed suffix (_m1_a0, _pos2_a0, _a0) is left in the metric column."""
+    df = results.load(smoke_run)
+    cfg = EXP.preset("smoke")
+    M, L = cfg.task.n_messages, cfg.task.message_len
+    assert {"message", "position", "language"} <= set(df.columns)
+    assert not df.metric.str.contains(r"_a\d+$|\[").any(), sorted(df.metric.unique())
+    assert df.loc[df.metric.isin(["kl_truth", "kl_bayes_mean", "posterior_probe_acc"]), "language"].eq(0.0).all()
+    per_m = df[(df.metric == "kl_truth") & df.message.notna()]
+    assert sorted(per_m.message.unique()) == list(range(M)) and per_m.position.isna().all()
+    per_j = df[(df.metric == "kl_truth") & df.position.notna()]
+    assert sorted(per_j.position.unique()) == list(range(L)) and per_j.message.isna().all()
+    assert df.loc[df.metric == "eval_loss", ["message", "position", "language"]].isna().all().all()
+    # the table's value is the summary's final
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    row = per_m[(per_m.run == 0) & (per_m.message == 1)].sort_values("step").iloc[-1]
+    assert row.value == pytest.approx(summary["runs"][0]["final"][at("kl_truth", 0, message=1)])
+    # an older table (packed names) reads as the new one
+    legacy = df.copy()
+    legacy["metric"] = [
+        f"{m}_m{int(i)}_a{int(a)}"
+        if i == i
+        else f"{m}_pos{int(j)}_a{int(a)}"
+        if j == j
+        else f"{m}_a{int(a)}"
+        if a == a
+        else m
+        for m, i, j, a in zip(df.metric, df.message, df.position, df.language)
+    ]
+    legacy = legacy.drop(columns=["message", "position", "language"])
+    pd.testing.assert_frame_equal(lar.language_form(legacy)[df.columns], df, check_dtype=False)
 
 
 def test_languages_are_indexed_by_grid_position_and_summarized_once():
@@ -105,7 +145,7 @@ def test_languages_are_indexed_by_grid_position_and_summarized_once():
     tiny = EXP.preset("smoke").derive("t", sweep=SweepConfig(seeds=(0,), grid=(("task.ambiguity", (0.0, 0.3)),)))
     outcomes = [types.SimpleNamespace(group=g) for g in plan_groups(tiny)]
     cross = la.after_sweep(outcomes).reference
-    assert cross["epsilon_a0"] == pytest.approx(0.0, abs=1e-6) and cross["epsilon_a1"] > 0.05
+    assert cross["epsilon[language=0]"] == pytest.approx(0.0, abs=1e-6) and cross["epsilon[language=1]"] > 0.05
     parts = [{"label": g.group.label, "runs": [], "compile_s": 0.0, "reference": {}} for g in outcomes]
     parts.append({"label": "", "runs": [], "compile_s": 0.0, "reference": cross})
     summary = build_summary(tiny, parts, 0.0, None)
@@ -156,11 +196,11 @@ def _records():
                 final = {}
                 for m in range(4):
                     for name in ("kl_truth", "bayes_kl_truth", "kl_bayes"):
-                        final[f"{name}_m{m}_a{a}"] = float(rng.uniform(0.0, 0.3))
+                        final[at(name, a, message=m)] = float(rng.uniform(0.0, 0.3))
                 hp = {"task.ambiguity": c, "model.n_layers": layers}
                 runs.append({"run": run, "seed": seed, "hparams": hp, "status": "ok", "final": final})
                 run += 1
-    reference = {f"ambiguity_a{a}": c for a, c in enumerate((0.0, 0.01, 0.02))}
+    reference = {at("ambiguity", a): c for a, c in enumerate((0.0, 0.01, 0.02))}
     return runs, reference
 
 
@@ -174,7 +214,7 @@ def test_claim_statistics_against_numpy():
         for r in big:
             a = [0.0, 0.01, 0.02].index(r["hparams"]["task.ambiguity"])
             for m in range(4):
-                out[r["seed"], a, m] = r["final"][f"{name}_m{m}_a{a}"]
+                out[r["seed"], a, m] = r["final"][at(name, a, message=m)]
         return out
 
     truth, floor, kl_bayes = cube("kl_truth"), cube("bayes_kl_truth"), cube("kl_bayes")
@@ -210,3 +250,78 @@ def test_controls_name_only_what_the_statistics_use():
     for cid in ("icl_error_falls_with_examples", "icl_lower_with_less_ambiguity"):
         assert by_id[cid].control.startswith("none computed")
     assert "issue 8" in lac.__doc__ and lac.BAYES_TOLERANCE == 0.05
+
+
+def _legacy(values):
+    """`values` named as run directories before metric parameters named them (kl_truth_m1_a0, epsilon_m2_a0)."""
+    out = {}
+    for k, v in values.items():
+        p = lac.parse_language_metric(k)
+        if p is None:
+            out[k] = v
+            continue
+        base, params = p
+        mid = "".join(f"_{'pos' if key == 'position' else 'm'}{params[key]}" for key in params if key != "language")
+        out[f"{base}{mid}_a{params['language']}"] = v
+    return out
+
+
+def test_language_metric_names_and_the_older_form():
+    assert at("kl_truth", np.int64(2), message=1) == "kl_truth[message=1,language=2]"
+    assert at("kl_bayes_mean", 0) == "kl_bayes_mean[language=0]"
+    both = {
+        ("kl_truth", (("message", 1), ("language", 0))): ("kl_truth[message=1,language=0]", "kl_truth_m1_a0"),
+        ("bayes_kl_truth", (("message", 5), ("language", 12))): (
+            "bayes_kl_truth[message=5,language=12]",
+            "bayes_kl_truth_m5_a12",
+        ),
+        ("kl_bayes", (("position", 3), ("language", 1))): ("kl_bayes[position=3,language=1]", "kl_bayes_pos3_a1"),
+        ("kl_bayes_mean", (("language", 2),)): ("kl_bayes_mean[language=2]", "kl_bayes_mean_a2"),
+        ("posterior_probe_r2", (("language", 0),)): ("posterior_probe_r2[language=0]", "posterior_probe_r2_a0"),
+        ("epsilon", (("messages", 2), ("language", 0))): ("epsilon[messages=2,language=0]", "epsilon_m2_a0"),
+        ("first_letter_ambiguity", (("language", 1),)): (
+            "first_letter_ambiguity[language=1]",
+            "first_letter_ambiguity_a1",
+        ),
+    }
+    for (base, params), names in both.items():
+        for name in names:
+            assert lac.parse_language_metric(name) == (base, dict(params)), name
+            assert lac.current_name(name) == names[0]
+    assert lac.parse_language_metric("replicate_kl_truth_m1_a0") == lac.parse_language_metric(
+        "replicate_kl_truth[message=1,language=0]"
+    )
+    for name in ("eval_loss", "n_params", "train_loss", "kl_truth[message=1]", "kl_truth[message=1.5,language=0]",
+                 "kl_truth[message=-1,language=0]", "kl_truth[layer=1,language=0]", "kl_truth[message=x,language=0]"):  # fmt: skip
+        assert lac.parse_language_metric(name) is None, name
+        assert lac.current_name(name) == name
+
+
+def test_claims_read_run_directories_with_the_older_names():
+    runs, reference = _records()
+    old_runs = [{**r, "final": _legacy(r["final"])} for r in runs]
+    assert "kl_truth_m1_a0" in old_runs[0]["final"] and "ambiguity_a1" in _legacy(reference)
+    for values in (lac.icl_fall_values, lac.ambiguity_order_values, lac.bayes_gap_values):
+        np.testing.assert_array_equal(values(old_runs, _legacy(reference)), values(runs, reference))
+    assert (
+        [lac.language_of(r) for r in old_runs] == [lac.language_of(r) for r in runs] == [0, 0, 0, 1, 1, 1, 2, 2, 2] * 2
+    )
+    assert lac.last_m(old_runs[4], 1) == lac.last_m(runs[4], 1) == 3
+
+
+def test_stored_reproduction_reevaluates_to_its_claims():
+    """docs/reproductions/latent-ambiguity/summary.json (written with the older names) gives its stored medians and
+    verdicts, and so does the same summary renamed to the new names."""
+    path = Path(__file__).parents[1] / "docs" / "reproductions" / "latent-ambiguity" / "summary.json"
+    stored = json.loads(path.read_text())
+    assert "kl_truth_m1_a0" in stored["runs"][0]["final"] and "ambiguity_a0" in stored["reference"]
+    cfg = EXP.preset(stored["preset"])
+    renamed = [{**r, "final": lac.current_names(r["final"])} for r in stored["runs"]]
+    assert "kl_truth[message=1,language=0]" in renamed[0]["final"]
+    for runs, ref in ((stored["runs"], stored["reference"]), (renamed, lac.current_names(stored["reference"]))):
+        entries = claims.evaluate(EXP.claims, cfg, runs, ref)
+        assert [e["id"] for e in entries] == [e["id"] for e in stored["claims"]]
+        for got, want in zip(entries, stored["claims"]):
+            assert got["median"] == pytest.approx(want["median"], rel=1e-12), got["id"]
+            assert got["verdict"] == want["verdict"] == "reproduced", got["id"]
+            assert got["replicate"]["verdict"] == want["replicate"]["verdict"], got["id"]

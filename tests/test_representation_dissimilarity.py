@@ -2,13 +2,18 @@
 shared run; its cross-program analyses against NumPy recomputations and invariances."""
 
 import dataclasses
+import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 from _runs import run_cfg
 
+from jaxlab import claims, results
 from jaxlab.claims import NotApplicable, check
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import representation_dissimilarity_analysis as rda
@@ -21,11 +26,15 @@ from jaxlab.experiments.representation_dissimilarity_analysis import (
 )
 from jaxlab.experiments.representation_dissimilarity_report import asymmetry_summary
 from jaxlab.registry import get_experiment
+from jaxlab.reporting import write_report_of
+from jaxlab.results import metric_name
 from jaxlab.tasks import modsum
 
 KEYS = (
-    "stitch_penalty_gelu_to_solu_l{l}",
-    "stitch_penalty_solu_to_gelu_l{l}",
+    "stitch_penalty[sender=gelu,receiver=solu,layer={l}]",
+    "stitch_penalty[sender=solu,receiver=gelu,layer={l}]",
+    "asymmetry_index[layer={l}]",
+    "gen_penalty[sender=a,receiver=b,layer={l}]",
     "asymmetry_index",
     "cka_within_mean",
     "cka_gelu_solu_mean",
@@ -63,28 +72,28 @@ def test_stitching_values_are_consistent(sweep):
     L = result.groups[0].train.cfg.model.n_layers
     # asymmetry_index pairs the same two models in both directions, over all pairs: its mean equals
     # the difference of the two direction means, averaged over layers 1..L
-    diff = [
-        ref[f"stitch_penalty_solu_to_gelu_l{l}"] - ref[f"stitch_penalty_gelu_to_solu_l{l}"] for l in range(1, L + 1)
-    ]
+    pen = lambda sender, receiver, l: ref[metric_name("stitch_penalty", sender=sender, receiver=receiver, layer=l)]
+    diff = [pen("solu", "gelu", l) - pen("gelu", "solu", l) for l in range(1, L + 1)]
     np.testing.assert_allclose(ref["asymmetry_index"], np.mean(diff), rtol=1e-5, atol=1e-7)
     # hook 0 is the token + position embedding: an injective linear image of [one-hot token,
     # one-hot position] (16 - 1 affine dims <= d_model 16), so least squares maps any model's
     # embedding exactly onto any other's: the penalty there is ~0 for every pair, same family or not
     g, s = "gelu_w16_d1_s0", "solu_w16_d1_s0"
+    stitch = lambda a, b, l, name="stitch": ref[metric_name(name, sender=a, receiver=b, layer=l)]
     for a, b in ((g, s), (s, g), (g, g), (s, s)):
-        assert abs(ref[f"stitch[{a}->{b}]_init_l0"]) < 1e-3, (a, b, ref[f"stitch[{a}->{b}]_init_l0"])
+        assert abs(stitch(a, b, 0, "stitch_init")) < 1e-3, (a, b, stitch(a, b, 0, "stitch_init"))
         # training may then go below 0 (the affine layer adds capacity to a 20-step model, as the
         # stitching docstring says), never above the exact start
-        assert ref[f"stitch[{a}->{b}]_l0"] < 1e-3, (a, b, ref[f"stitch[{a}->{b}]_l0"])
+        assert stitch(a, b, 0) < 1e-3, (a, b, stitch(a, b, 0))
     # where the least-squares start leaves room (clean GeLU into the shortcut-trained GeLU group at the
     # last hook: init penalty ~0.3 nats), training the stitch recovers a large part of it; where the start is already ~0, 20 Adam steps at
     # batch 32 move the held-out penalty only by SGD noise (pair std ~0.03 nats), never far above 0
-    cross = f"stitch[{g}->gelu_w16_d1_s1]"
-    assert ref[f"{cross}_init_l{L}"] > 0.1
-    assert ref[f"{cross}_l{L}"] < 0.8 * ref[f"{cross}_init_l{L}"]
+    shortcut = "gelu_w16_d1_s1"
+    assert stitch(g, shortcut, L, "stitch_init") > 0.1
+    assert stitch(g, shortcut, L) < 0.8 * stitch(g, shortcut, L, "stitch_init")
     for a, b in ((g, s), (s, g), (g, g), (s, s)):
         for l in range(L + 1):
-            assert ref[f"stitch[{a}->{b}]_l{l}"] < 0.05, (a, b, l)
+            assert stitch(a, b, l) < 0.05, (a, b, l)
 
 
 def test_helpers_against_numpy():
@@ -124,8 +133,8 @@ def test_cka_and_accuracies_against_numpy(sweep):
     g = np.asarray(representations(gelu, inputs), np.float64)  # [R, H, N, D]
     s = np.asarray(representations(solu, inputs), np.float64)
     within = np.mean([_numpy_cka(g[r, 0], g[r, 1]) for r in range(g.shape[0])])
-    np.testing.assert_allclose(ref["cka_within[gelu_w16_d1_s0]_l0_l1"], within, rtol=1e-3)
-    np.testing.assert_allclose(ref["cka_within[gelu_w16_d1_s0]_l1_l1"], 1.0, rtol=1e-4)
+    np.testing.assert_allclose(ref["cka_within[model=gelu_w16_d1_s0,layer_a=0,layer_b=1]"], within, rtol=1e-3)
+    np.testing.assert_allclose(ref["cka_within[model=gelu_w16_d1_s0,layer_a=1,layer_b=1]"], 1.0, rtol=1e-4)
     across = np.mean([_numpy_cka(g[i, 1], s[j, 1]) for i in range(2) for j in range(2)])
     np.testing.assert_allclose(ref["cka_gelu_solu_mean"], across, rtol=1e-3)
     # group accuracies are the final id/ood accuracies of the shortcut (a) and clean (b) GeLU groups
@@ -156,34 +165,52 @@ def test_smoke_summary_has_claims_deviations_and_per_seed_penalties(sweep):
     # the per-pair penalties average back to the means over model pairs; no model into itself
     L = result.groups[0].train.cfg.model.n_layers
     seeds = result.groups[0].group.cfg.sweep.seeds
-    for name, same in (("stitch_penalty_gelu_to_solu", False), ("stitch_penalty_solu_to_solu", True)):
+    for fam, same in ((dict(sender="gelu", receiver="solu"), False), (dict(sender="solu", receiver="solu"), True)):
         for layer in range(L + 1):
             pairs = [(i, j) for i in seeds for j in seeds if not (same and i == j)]
-            per = [ref[f"{name}_l{layer}_from{i}_to{j}"] for i, j in pairs]
-            np.testing.assert_allclose(np.mean(per), ref[f"{name}_l{layer}"], rtol=1e-5, atol=1e-7)
-    assert not any(f"stitch_penalty_solu_to_solu_l0_from{i}_to{i}" in ref for i in seeds)
+            at = lambda i, j: metric_name("stitch_penalty_pair", **fam, layer=layer, sender_seed=i, receiver_seed=j)
+            per = [ref[at(i, j)] for i, j in pairs]
+            want = ref[metric_name("stitch_penalty", **fam, layer=layer)]
+            np.testing.assert_allclose(np.mean(per), want, rtol=1e-5, atol=1e-7)
+    self_pair = "stitch_penalty_pair[sender=solu,receiver=solu,layer=0,sender_seed={i},receiver_seed={i}]"
+    assert not any(self_pair.format(i=i) in ref for i in seeds)
     report = (result.run_dir / "report.md").read_text()
     assert report.index("## Claims") < report.index("## Stitching: GeLU vs SoLU")
     assert "REPRODUCES" not in report and "excess into GeLU" in report
 
 
-def _reference(seeds, H, rng):
-    """Reference keys `{name}_l{h}_from{i}_to{j}` of random penalties [senders, receivers, H] (a model is
-    never stitched into itself), plus keys to ignore."""
-    names = (
-        "stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu", "stitch_penalty_gelu_to_solu",
-        "stitch_penalty_solu_to_solu", "gen_penalty_a_to_b", "gen_penalty_b_to_b",
-    )  # fmt: skip
+def _reference(seeds, H, rng, legacy=False):
+    """Reference keys `{metric}_pair[sender=x,receiver=y,layer=h,sender_seed=i,receiver_seed=j]` of random penalties
+    [senders, receivers, H] (a model is never stitched into itself), plus keys to ignore; `legacy`: the names of run
+    directories written before metric parameters, `{name}_l{h}_from{i}_to{j}`. `values` is keyed by those names."""
+    directions = {
+        "stitch_penalty_solu_to_gelu": ("stitch_penalty", "solu", "gelu"),
+        "stitch_penalty_gelu_to_gelu": ("stitch_penalty", "gelu", "gelu"),
+        "stitch_penalty_gelu_to_solu": ("stitch_penalty", "gelu", "solu"),
+        "stitch_penalty_solu_to_solu": ("stitch_penalty", "solu", "solu"),
+        "gen_penalty_a_to_b": ("gen_penalty", "a", "b"),
+        "gen_penalty_b_to_b": ("gen_penalty", "b", "b"),
+    }
+
+    def key(name, h, i=None, j=None):
+        metric, sender, receiver = directions[name]
+        if legacy:
+            return f"{name}_l{h}" if i is None else f"{name}_l{h}_from{i}_to{j}"
+        if i is None:
+            return metric_name(metric, sender=sender, receiver=receiver, layer=h)
+        return metric_name(f"{metric}_pair", sender=sender, receiver=receiver, layer=h, sender_seed=i, receiver_seed=j)
+
     n = len(seeds)
-    values = {name: rng.uniform(0.0, 1.0, size=(n, n, H)) for name in names}
+    values = {name: rng.uniform(0.0, 1.0, size=(n, n, H)) for name in directions}
     ref = {}
-    for name in names:
+    for name in directions:
         same = name.endswith(("gelu_to_gelu", "solu_to_solu", "b_to_b"))
         for a, i in enumerate(seeds):
             for b, j in enumerate(seeds):
                 if not (same and a == b):
-                    ref.update({f"{name}_l{h}_from{i}_to{j}": float(values[name][a, b, h]) for h in range(H)})
-    ref.update({f"{name}_l{h}": 9.0 for name in names for h in range(H)} | {"stitch[x->y]_l1": 9.0, "ref_depth": 3.0})
+                    ref.update({key(name, h, i, j): float(values[name][a, b, h]) for h in range(H)})
+    ignored = "stitch[x->y]_l1" if legacy else "stitch[sender=x,receiver=y,layer=1]"
+    ref.update({key(name, h): 9.0 for name in directions for h in range(H)} | {ignored: 9.0, "ref_depth": 3.0})
     return ref, values
 
 
@@ -191,10 +218,12 @@ def _off_diagonal_mean(m):
     return m[~np.eye(m.shape[0], dtype=bool)].mean()
 
 
-def test_claim_statistics_against_numpy():
+@pytest.mark.parametrize("legacy", [False, True], ids=["names", "older_names"])
+def test_claim_statistics_against_numpy(legacy):
     rng = np.random.default_rng(1)
     seeds, H = (3, 7, 11, 12, 20), 4  # hooks 0..3: a 3-block model
-    ref, v = _reference(seeds, H, rng)
+    ref, v = _reference(seeds, H, rng, legacy)
+    assert ("stitch_penalty_gelu_to_solu_l1_from3_to7" in ref) == legacy
 
     def excess(cross, same, h):
         return v[cross][:, :, h].mean() - _off_diagonal_mean(v[same][:, :, h])
@@ -217,7 +246,8 @@ def test_claim_statistics_against_numpy():
     # a summary without per-pair keys, or one hook past the embeddings: untested, not a number
     with pytest.raises(NotApplicable):
         rdc.asymmetry_interval([], {"asymmetry_index": 0.5})
-    one_block = {k: x for k, x in ref.items() if "_l2_" not in k and "_l3_" not in k}
+    one_block = {k: x for k, x in ref.items() if (rdc.parse_dissimilarity_metric(k) or ("", {}))[1].get("layer", 0) < 2}
+    assert len(one_block) < len(ref)
     with pytest.raises(NotApplicable):
         rdc.localization_interval([], one_block)
 
@@ -247,11 +277,162 @@ def test_per_pair_penalties_leave_out_self_pairs_and_diverged_runs():
     a, b = group((0, 1, 2), [-1, 40, -1]), group((0, 1, 2), [-1, -1, -1])  # run of seed 1 of A diverged
     pen = np.arange(3 * 3 * 2, dtype=float).reshape(3, 3, 2)
     out: dict = {}
-    rda._per_pair(out, "x", pen, a, b, same=False)
-    assert {k for k in out if k.startswith("x_l0")} == {f"x_l0_from{i}_to{j}" for i in (0, 2) for j in (0, 1, 2)}
-    assert out["x_l1_from2_to1"] == pen[2, 1, 1]
+    rda._per_pair(out, "x", pen, a, b, same=False, sender="p", receiver="q")
+    at = "x_pair[sender=p,receiver=q,layer={l},sender_seed={i},receiver_seed={j}]"
+    assert {k for k in out if "layer=0" in k} == {at.format(l=0, i=i, j=j) for i in (0, 2) for j in (0, 1, 2)}
+    assert out[at.format(l=1, i=2, j=1)] == pen[2, 1, 1]
     out = {}
     rda._per_pair(out, "y", pen, b, b, same=True)
-    assert {k for k in out if k.startswith("y_l0")} == {
-        f"y_l0_from{i}_to{j}" for i in range(3) for j in range(3) if i != j
+    at = "y_pair[layer={l},sender_seed={i},receiver_seed={j}]"
+    assert {k for k in out if "layer=0" in k} == {
+        at.format(l=0, i=i, j=j) for i in range(3) for j in range(3) if i != j
     }
+
+
+def _legacy_name(key):
+    """`key` as run directories written before metric parameters named it (`stitch_penalty_gelu_to_solu_l1`)."""
+    p = rdc.parse_dissimilarity_metric(key)
+    if p is None:
+        return key
+    base, q = p
+    if base in ("cka_within", "cka_across"):
+        tags = q["model"] if base == "cka_within" else f"{q['model_a']}|{q['model_b']}"
+        return f"{base}[{tags}]_l{q['layer_a']}_l{q['layer_b']}"
+    std, pair = base.endswith("_std"), "_pair" in base
+    base = base.removesuffix("_std").removesuffix("_pair")
+    suffix = f"_l{q['layer']}" + (f"_from{q['sender_seed']}_to{q['receiver_seed']}" if pair else "") + "_std" * std
+    if base in ("stitch", "stitch_init"):
+        return f"stitch[{q['sender']}->{q['receiver']}]" + "_init" * (base == "stitch_init") + suffix
+    if base == "asymmetry_index":
+        return base + suffix
+    return f"{base}_{q['sender']}_to_{q['receiver']}" + suffix
+
+
+def test_metric_names_and_the_older_form():
+    both = {
+        ("stitch_penalty", (("sender", "gelu"), ("receiver", "solu"), ("layer", 1))): (
+            "stitch_penalty[sender=gelu,receiver=solu,layer=1]",
+            "stitch_penalty_gelu_to_solu_l1",
+        ),
+        ("stitch_penalty_std", (("sender", "solu"), ("receiver", "solu"), ("layer", 0))): (
+            "stitch_penalty_std[sender=solu,receiver=solu,layer=0]",
+            "stitch_penalty_solu_to_solu_l0_std",
+        ),
+        (
+            "stitch_penalty_pair",
+            (("sender", "gelu"), ("receiver", "gelu"), ("layer", 2), ("sender_seed", 3), ("receiver_seed", 11)),
+        ): (
+            "stitch_penalty_pair[sender=gelu,receiver=gelu,layer=2,sender_seed=3,receiver_seed=11]",
+            "stitch_penalty_gelu_to_gelu_l2_from3_to11",
+        ),
+        ("gen_penalty", (("sender", "a"), ("receiver", "b"), ("layer", 3))): (
+            "gen_penalty[sender=a,receiver=b,layer=3]",
+            "gen_penalty_a_to_b_l3",
+        ),
+        ("asymmetry_index", (("layer", 1),)): ("asymmetry_index[layer=1]", "asymmetry_index_l1"),
+        ("asymmetry_index_std", (("layer", 1),)): ("asymmetry_index_std[layer=1]", "asymmetry_index_l1_std"),
+        ("stitch", (("sender", "gelu_w16_d1_s0"), ("receiver", "solu_w16_d1_s0.5"), ("layer", 0))): (
+            "stitch[sender=gelu_w16_d1_s0,receiver=solu_w16_d1_s0.5,layer=0]",
+            "stitch[gelu_w16_d1_s0->solu_w16_d1_s0.5]_l0",
+        ),
+        ("stitch_init_std", (("sender", "gelu_w16_d1_s0"), ("receiver", "gelu_w16_d1_s1"), ("layer", 1))): (
+            "stitch_init_std[sender=gelu_w16_d1_s0,receiver=gelu_w16_d1_s1,layer=1]",
+            "stitch[gelu_w16_d1_s0->gelu_w16_d1_s1]_init_l1_std",
+        ),
+        ("cka_within", (("model", "gelu_w16_d1_s0"), ("layer_a", 0), ("layer_b", 1))): (
+            "cka_within[model=gelu_w16_d1_s0,layer_a=0,layer_b=1]",
+            "cka_within[gelu_w16_d1_s0]_l0_l1",
+        ),
+        (
+            "cka_across",
+            (("model_a", "gelu_w16_d1_s0"), ("model_b", "solu_w16_d1_s0"), ("layer_a", 2), ("layer_b", 0)),
+        ): (
+            "cka_across[model_a=gelu_w16_d1_s0,model_b=solu_w16_d1_s0,layer_a=2,layer_b=0]",
+            "cka_across[gelu_w16_d1_s0|solu_w16_d1_s0]_l2_l0",
+        ),
+    }
+    for (base, params), names in both.items():
+        for name in names:
+            assert rdc.parse_dissimilarity_metric(name) == (base, dict(params)), name
+            assert rdc.current_name(name) == names[0]
+        assert _legacy_name(names[0]) == names[1]
+    kept = ("asymmetry_index", "asymmetry_index_n", "cka_within_mean", "id_acc_group_a", "more_loss_wide",
+            "more_stitched_loss_narrow_to_wide_std", "generalization_gap_layer", "ref_depth", "stitch[gelu->solu]",
+            "stitch_penalty[sender=gelu,layer=1.5]", "stitch_penalty[sender=gelu,layer=-1]",
+            "stitch_penalty[sender=1,layer=1]", "stitch_penalty[head=1,layer=1]")  # fmt: skip
+    for name in kept:
+        assert rdc.parse_dissimilarity_metric(name) is None, name
+        assert rdc.current_name(name) == name
+
+
+def test_tables_have_the_parameter_columns(sweep):
+    """The tidy table (per-run metrics, none measured at a hook) has no packed suffix; the reference, split as the
+    tidy tables split metric names, has one column per parameter and no packed suffix either."""
+    result, ref = sweep
+    df = results.load(result.run_dir)
+    assert {"id_acc", "ood_acc"} <= set(df.metric) and not df.metric.str.contains(r"_l\d|\[").any()
+    table = pd.DataFrame({"metric": list(ref), "value": list(ref.values())})
+    split = results.split_metric_column(table)
+    keys = ("sender", "receiver", "layer", "sender_seed", "receiver_seed", "model", "model_a", "model_b", "layer_a")
+    assert set(keys) <= set(split.columns)
+    assert not split.metric.str.contains(r"_l\d+(?:_|$)|\[|_from\d").any(), sorted(set(split.metric))
+    assert {"stitch_penalty", "stitch_penalty_pair", "stitch", "gen_penalty", "cka_within", "cka_across"} <= set(
+        split.metric
+    )
+    L = result.groups[0].train.cfg.model.n_layers
+    rows = split[(split.metric == "stitch_penalty") & (split.sender == "gelu") & (split.receiver == "solu")]
+    assert sorted(rows.layer) == list(range(L + 1))
+    np.testing.assert_array_equal(
+        rows.sort_values("layer").value,
+        [ref[f"stitch_penalty[sender=gelu,receiver=solu,layer={l}]"] for l in range(L + 1)],
+    )
+    assert split.loc[split.metric == "asymmetry_index", "layer"].isna().sum() == 1  # the plain mean over hooks
+
+
+def test_report_and_claims_read_a_run_directory_with_the_older_names(sweep, tmp_path):
+    result, ref = sweep
+    exp = get_experiment("representation-dissimilarity")
+    new, old = tmp_path / "new" / result.run_dir.name, tmp_path / "old" / result.run_dir.name
+    shutil.copytree(result.run_dir, new)
+    shutil.copytree(result.run_dir, old)
+    summary = json.loads((old / "summary.json").read_text())
+    summary["reference"] = {_legacy_name(k): v for k, v in summary["reference"].items()}
+    assert (
+        "stitch_penalty_gelu_to_solu_l1" in summary["reference"]
+        and "cka_within[gelu_w16_d1_s0]_l0_l1" in (summary["reference"])
+    )
+    renamed = rdc.current_names(summary["reference"])
+    assert list(renamed) == list(ref)
+    np.testing.assert_array_equal(list(renamed.values()), list(ref.values()))
+    (old / "summary.json").write_text(json.dumps(summary))
+    write_report_of(new, exp)
+    write_report_of(old, exp)
+    # the experiment's sections (the generic "Reference values" table lists the names as they are)
+    part = lambda text: text[text.index("## Stitching: GeLU vs SoLU") : text.index("## Metric definitions")]
+    new_text = part((new / "report.md").read_text()).replace(str(new), "RUN")
+    old_text = part((old / "report.md").read_text()).replace(str(old), "RUN")
+    assert "excess into GeLU" in new_text and "## CKA matrices" in new_text and new_text == old_text
+    assert json.loads((old / "summary.json").read_text())["claims"] == result.summary["claims"]
+
+
+def test_stored_reproduction_reevaluates_to_its_claims():
+    """docs/reproductions/representation-dissimilarity/summary.json (written with the older names) gives its stored
+    medians and verdicts, and so does its reference renamed to the new names."""
+    path = Path(__file__).parents[1] / "docs" / "reproductions" / "representation-dissimilarity" / "summary.json"
+    stored = json.loads(path.read_text())
+    assert "stitch_penalty_gelu_to_solu_l1_from0_to1" in stored["reference"]
+    exp = get_experiment("representation-dissimilarity")
+    cfg = exp.preset(stored["preset"])
+    renamed = rdc.current_names(stored["reference"])
+    assert "stitch_penalty_pair[sender=gelu,receiver=solu,layer=1,sender_seed=0,receiver_seed=1]" in renamed
+    for reference in (stored["reference"], renamed):
+        entries = claims.evaluate(exp.claims, cfg, stored["runs"], reference)
+        assert [e["id"] for e in entries] == [e["id"] for e in stored["claims"]]
+        for got, want in zip(entries, stored["claims"]):
+            assert got["verdict"] == want["verdict"], got["id"]
+            if want["median"] is None:
+                assert got["median"] is None, got["id"]
+            else:
+                assert got["median"] == pytest.approx(want["median"], rel=1e-12), got["id"]
+                assert (got["ci_low"], got["ci_high"]) == pytest.approx((want["ci_low"], want["ci_high"]), rel=1e-12)
+    assert [e["verdict"] for e in stored["claims"]] == ["inconclusive", "untested", "untested"]

@@ -18,37 +18,42 @@ the prompts are drawn like the training data. For each prompt the Bayes predicti
 posterior over theta and the true next-token distribution are computed once per program.
 
 Metrics (nats; `a` = index of the run's language among the task settings of the sweep grid, i.e. the
-index into the ambiguity grid; `m` = number of demonstrations = 0-based index of the scored message).
+index into the ambiguity grid, not the ambiguity itself; `m` = number of demonstrations = 0-based index
+of the scored message). Their names carry them as metric parameters (`latent_ambiguity_claims.
+language_metric`): the tidy tables have the metric (`kl_truth`) and the columns `message`, `position`,
+`language`; run directories written before (`kl_truth_m1_a0`) are still read by the claims and the
+report (`latent_ambiguity_claims.parse_language_metric`).
 "Positions of message m" are the L positions whose target is one of its letters: the delimiter
 before it (predicting its first letter) and its first L - 1 letters. With p the Bayes predictive,
 q the model's softmax and p* the truth p(z_{t+1} | z_{<=t}, theta of every message):
-  kl_bayes_m{m}_a{a}        mean over prompts and positions of message m of KL(p || q)
-  kl_truth_m{m}_a{a}        same with KL(p* || q), p* = F_theta for the first letter and
+  kl_bayes[message=m,language=a]        mean over prompts and positions of message m of KL(p || q)
+  kl_truth[message=m,language=a]        same with KL(p* || q), p* = F_theta for the first letter and
                             T_theta[z_t, .] for the later ones, theta the true intention of the scored
                             message: the "KL of the model's next-letter distribution to the truth"
                             of jaxlab's ICL curves (the truth knows theta, the model must infer it;
                             all L letters). Not Jiang's metric, which scores the next message's
                             first letter only, against the uniform distribution over the letters
                             of the current and the next intention (ICL.py)
-  bayes_kl_truth_m{m}_a{a}  same with KL(p* || p): the Bayes predictor's own KL to the truth, the
+  bayes_kl_truth[message=m,language=a]  same with KL(p* || p): the Bayes predictor's own KL to the truth, the
                             floor no predictor can beat on average (E KL(p* || q) = E KL(p* || p)
                             + E KL(p || q) given the context); constant over training
-  kl_bayes_mean_a{a}        KL(p || q) averaged over the letter positions of every message
-  posterior_probe_acc_a{a}  closed-form ridge probe (`linear_probe.ridge_fit`) from the residual
+  kl_bayes_mean[language=a]             KL(p || q) averaged over the letter positions of every message
+  posterior_probe_acc[language=a]       closed-form ridge probe (`linear_probe.ridge_fit`) from the residual
                             stream after block `probe.probe_layer` to the Bayes posterior over theta
                             (the intention of the message being predicted), fit on the first half of
                             the prompts, scored on the second: the fraction of held-out letter
                             positions where the probe's arg-max intention is the Bayes arg-max
-  posterior_probe_r2_a{a}   held-out R^2 of the same probe's posterior
+  posterior_probe_r2[language=a]        held-out R^2 of the same probe's posterior
   eval_loss                 model cross-entropy on the evaluation prompts (all positions)
-After training (final step only): kl_bayes_pos{j}_a{a}, kl_truth_pos{j}_a{a},
-bayes_kl_truth_pos{j}_a{a}: the same KLs at slot j of a message (j = 0: its first letter), pooled
+After training (final step only): kl_bayes[position=j,language=a], kl_truth[position=j,language=a],
+bayes_kl_truth[position=j,language=a]: the same KLs at slot j of a message (j = 0: its first letter), pooled
 over the messages with m >= 1 demonstrations.
-Reference (summary.json): epsilon_a{a} = Jiang's epsilon measured exactly,
+Reference (summary.json): epsilon[language=a] = Jiang's epsilon measured exactly,
 E_x[1 - max_theta p(theta | x)] over messages x of language a (n = `probe.n_epsilon`, standard error
-epsilon_se_a{a}); epsilon_m{m}_a{a} = the same for m messages of one intention; ambiguity_a{a} and
-first_letter_ambiguity_a{a} = the constants of language a. m runs over 0..M-1; the issue's keys
-are m = 1..5 (M = 6 in every preset but smoke); m = 0 (no demonstration) is kept for the curves.
+epsilon_se[language=a]); epsilon[messages=m,language=a] = the same for m messages of one intention;
+ambiguity[language=a] and first_letter_ambiguity[language=a] = the constants of language a. m runs
+over 0..M-1; the issue's keys are m = 1..5 (M = 6 in every preset but smoke); m = 0 (no
+demonstration) is kept for the curves.
 
 Jiang's own setup, measured with `latent_bayes` (2048 same-intention prompts): with his language
 (L = 21, stay/next 0.5, noise-free first letter) jaxlab's floor bayes_kl_truth is 0.0330 nats for
@@ -78,6 +83,7 @@ from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfi
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import latent_ambiguity_claims as _claims
 from jaxlab.experiments import latent_ambiguity_report as _report
+from jaxlab.experiments.latent_ambiguity_claims import language_metric
 from jaxlab.models import count_params, run_with_cache
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes.linear_probe import linear_predict, r2_score, ridge_fit
@@ -217,11 +223,11 @@ def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
         per_m["bayes_kl_truth"] = _masked_means(floor, by_message)
         for name, values in per_m.items():
             for m in range(by_message.shape[0]):
-                metrics[f"{name}_m{m}_a{a}"] = values[m]
-        metrics[f"kl_bayes_mean_a{a}"] = _masked_means(kl_b, letters[None])[0]
+                metrics[language_metric(name, a, message=m)] = values[m]
+        metrics[language_metric("kl_bayes_mean", a)] = _masked_means(kl_b, letters[None])[0]
         acc, r2 = posterior_probe(resid, data["bayes_post"], letters, train.cfg.probe.ridge_lam)
-        metrics[f"posterior_probe_acc_a{a}"] = acc
-        metrics[f"posterior_probe_r2_a{a}"] = r2
+        metrics[language_metric("posterior_probe_acc", a)] = acc
+        metrics[language_metric("posterior_probe_r2", a)] = r2
         return metrics
 
     return evaluate
@@ -233,9 +239,9 @@ def language_reference(cfg: ExperimentConfig, a: int) -> dict[str, float]:
     task = cfg.task
     eps, se = bayes.measured_ambiguity(task, jax.random.key(cfg.train.eval_seed + 1), cfg.probe.n_epsilon)
     c1 = task.ambiguity if task.first_letter_ambiguity is None else task.first_letter_ambiguity
-    ref = {f"epsilon_a{a}": float(eps[0]), f"epsilon_se_a{a}": float(se[0])}
-    ref.update({f"epsilon_m{m + 1}_a{a}": float(e) for m, e in enumerate(eps)})
-    ref.update({f"ambiguity_a{a}": task.ambiguity, f"first_letter_ambiguity_a{a}": c1})
+    ref = {language_metric("epsilon", a): float(eps[0]), language_metric("epsilon_se", a): float(se[0])}
+    ref.update({language_metric("epsilon", a, messages=m + 1): float(e) for m, e in enumerate(eps)})
+    ref.update({language_metric("ambiguity", a): task.ambiguity, language_metric("first_letter_ambiguity", a): c1})
     return ref
 
 
@@ -263,9 +269,9 @@ def finalize(train: Train, state: TrainState, hparams: Mapping[str, Any], seeds:
     n_params = count_params(jax.tree_util.tree_map(lambda x: x[0], state.params))
     per_run: dict[str, np.ndarray] = {"n_params": np.full(R, float(n_params))}
     for j in range(by_slot.shape[0]):
-        per_run[f"kl_bayes_pos{j}_a{a}"] = np.asarray(kl_b[:, j])
-        per_run[f"kl_truth_pos{j}_a{a}"] = np.asarray(kl_t[:, j])
-        per_run[f"bayes_kl_truth_pos{j}_a{a}"] = np.full(R, float(floor[j]))
+        per_run[language_metric("kl_bayes", a, position=j)] = np.asarray(kl_b[:, j])
+        per_run[language_metric("kl_truth", a, position=j)] = np.asarray(kl_t[:, j])
+        per_run[language_metric("bayes_kl_truth", a, position=j)] = np.full(R, float(floor[j]))
     # With several programs the languages are described once, by `after_sweep`, without the
     # per-program "[label]" suffix the summary would give them here.
     reference = language_reference(cfg, a) if _n_programs(cfg) == 1 else {}
@@ -370,21 +376,26 @@ def smoke() -> ExperimentConfig:
 
 
 METRICS = {
-    "kl_bayes_m{m}_a{a}": (
-        "KL(Bayes predictive || model), mean over the letter positions of the message after m demonstrations (nats)"
+    "kl_bayes[message=m,language=a]": (
+        "KL(Bayes predictive || model), mean over the letter positions of the message after m demonstrations "
+        "(nats); a = the index of the run's language in the sweep grid's task settings (tidy tables: metric "
+        "kl_bayes, columns message and language; likewise below)"
     ),
-    "kl_truth_m{m}_a{a}": (
+    "kl_truth[message=m,language=a]": (
         "KL(truth || model), truth = p(next | context, intention of every message), same positions (nats)"
     ),
-    "bayes_kl_truth_m{m}_a{a}": "KL(truth || Bayes predictive), the floor of kl_truth, same positions (nats)",
-    "kl_bayes_mean_a{a}": "KL(Bayes || model) over the letter positions of all messages (nats)",
-    "posterior_probe_acc_a{a}": (
+    "bayes_kl_truth[message=m,language=a]": (
+        "KL(truth || Bayes predictive), the floor of kl_truth, same positions (nats)"
+    ),
+    "kl_bayes_mean[language=a]": "KL(Bayes || model) over the letter positions of all messages (nats)",
+    "posterior_probe_acc[language=a]": (
         "held-out fraction of letter positions where a ridge probe of the residual stream picks the Bayes "
         "arg-max intention"
     ),
-    "posterior_probe_r2_a{a}": "held-out R^2 of that probe's prediction of the Bayes posterior over intentions",
-    "kl_bayes_pos{j}_a{a}, kl_truth_pos{j}_a{a}, bayes_kl_truth_pos{j}_a{a}": (
-        "the three KLs at slot j of messages with m >= 1 demonstrations, after training (nats)"
+    "posterior_probe_r2[language=a]": "held-out R^2 of that probe's prediction of the Bayes posterior over intentions",
+    "kl_bayes[position=j,language=a], kl_truth[position=j,language=a], bayes_kl_truth[position=j,language=a]": (
+        "the three KLs at slot j of messages with m >= 1 demonstrations, after training (nats; tidy tables: the "
+        "metric with columns position and language)"
     ),
     "eval_loss": "model cross-entropy on the evaluation prompts, every position (nats)",
     "n_params": "number of model parameters (after training, for the emergence figure)",

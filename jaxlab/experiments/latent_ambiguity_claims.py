@@ -18,9 +18,12 @@ truth given that message's intention), and his language is not the quick preset'
 are quoted as the paper's values, never as targets for jaxlab's.
 
 Statistics: per seed, at the largest model of the grid (the one closest to his), runs paired by
-seed across the languages of the grid. A run's language is the suffix `_a{a}` of its metrics (the
-index of its task setting in the grid, `latent_ambiguity.ambiguity_index`); its noise constant is
-summary["reference"]["ambiguity_a{a}"]. `last` is the last scored message (n_messages - 1).
+seed across the languages of the grid. A run's language is the parameter `language=a` of its
+metrics, `kl_truth[message=m,language=a]` (the index of its task setting in the grid,
+`latent_ambiguity.ambiguity_index`; `language_metric`); its noise constant is
+summary["reference"]["ambiguity[language=a]"]. `last` is the last scored message (n_messages - 1).
+Run directories written before metric parameters (`kl_truth_m{m}_a{a}`, `ambiguity_a{a}`) are read
+too (`parse_language_metric`). In the claims' texts, kl_truth_m{m} is kl_truth[message=m].
 
 Thresholds (fixed before any verdict was computed):
   falls with m, lower with less ambiguity   0: Jiang's claims are directions.
@@ -37,7 +40,7 @@ make them pass: where the exact Bayes predictor's own KL falls with m (the quick
 stay 0.9: floors 0.030 -> 0.011 and 0.057 -> 0.012 nats, m = 1 -> 5, measured with
 `latent_bayes`; `latent_ambiguity` module docstring) or grows with ambiguity, a model that merely
 tracks Bayes reproduces them. The Bayes predictor's own values are reported beside them (summary
-final metrics bayes_kl_truth_m{m}_a{a}; the report's Bars table, column "Bayes floor"), as a
+final metrics bayes_kl_truth[message=m,language=a]; the report's Bars table, column "Bayes floor"), as a
 reference, not a control; the claim that the model IS Bayesian is `model_matches_bayes`.
 """
 
@@ -51,6 +54,7 @@ from typing import Any
 
 from jaxlab.claims import Above, Below, Claim
 from jaxlab.config import ExperimentConfig
+from jaxlab.results import metric_name, split_metric
 
 BAYES_TOLERANCE = 0.05  # nats: the bar of the experiment's original issue (module docstring)
 # Jiang's in-context-learning KL for m = 1..4 prompts, by his labelled ambiguity (plot/plot3.py)
@@ -71,21 +75,76 @@ JIANG_SETUP = {
     "icl_prompts": 1000,
     "max_prompts": 4,
 }
-_SUFFIX = re.compile(r"^kl_truth_m\d+_a(\d+)$")
+LANGUAGE_KEYS = ("message", "position", "messages", "language")  # the metric parameters of latent-ambiguity
+# run directories from before metric parameters: kl_truth_m1_a0, kl_truth_pos3_a0, kl_bayes_mean_a0, epsilon_m2_a0
+_LEGACY = re.compile(r"^(?P<base>.+?)(?:_m(?P<m>\d+)|_pos(?P<pos>\d+))?_a(?P<a>\d+)$")
+
+
+# -- metric names ------------------------------------------------------------------------------------
+def language_metric(name: str, language: int, **params: int) -> str:
+    """The name of metric `name` of the language with grid index `language` (`ambiguity_index`), at `params`
+    (`message` = m, the 0-based index of the scored message = its number of demonstrations; `position` = j, the
+    slot in a message; `messages` = the number of messages of one intention, for epsilon):
+    `kl_truth[message=1,language=0]`, `kl_bayes_mean[language=0]`, `epsilon[messages=2,language=0]`. The tidy
+    tables split it into the metric and the columns `message`, `position`, `language`."""
+    return metric_name(name, **{k: int(v) for k, v in params.items()}, language=int(language))
+
+
+def parse_language_metric(name: str) -> tuple[str, dict[str, int]] | None:
+    """(metric, {message/position/messages: int, language: int}) of a `language_metric` name, or of the older form
+    of run directories written before metric parameters (`kl_truth_m1_a0`, `kl_truth_pos3_a0`, `kl_bayes_mean_a0`,
+    `epsilon_m2_a0` -> messages=2); None for any other name (`eval_loss`, `n_params`)."""
+    base, params = split_metric(name)
+    if params:
+        ok = "language" in params and set(params) <= set(LANGUAGE_KEYS)
+        if ok and all(isinstance(v, float) and v.is_integer() and v >= 0 for v in params.values()):
+            return base, {k: int(v) for k, v in params.items()}  # type: ignore[arg-type]
+        return None
+    m = _LEGACY.match(name)
+    if m is None:
+        return None
+    out: dict[str, int] = {}
+    if m["m"] is not None:
+        out["messages" if m["base"] == "epsilon" else "message"] = int(m["m"])
+    if m["pos"] is not None:
+        out["position"] = int(m["pos"])
+    out["language"] = int(m["a"])
+    return m["base"], out
+
+
+def current_name(name: str) -> str:
+    """`name` as `language_metric` writes it, whichever form it has (other names unchanged)."""
+    p = parse_language_metric(name)
+    return name if p is None else metric_name(p[0], **p[1])
+
+
+def current_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` (a run's finals, summary.json's reference) keyed by `current_name`."""
+    return {current_name(k): v for k, v in values.items()}
 
 
 # -- reading the runs --------------------------------------------------------------------------------
+def _per_message(run: Mapping[str, Any]) -> dict[tuple[str, int, int], str]:
+    """{(metric, language, m): the name of its final in the run} of the per-message metrics (either form)."""
+    out = {}
+    for k in run["final"]:
+        p = parse_language_metric(k)
+        if p is not None and set(p[1]) == {"message", "language"}:
+            out[(p[0], p[1]["language"], p[1]["message"])] = k
+    return out
+
+
 def language_of(run: Mapping[str, Any]) -> int | None:
-    """a: the language index of a run, from the suffix of its per-message metrics (None without any)."""
-    for key in run["final"]:
-        if m := _SUFFIX.match(key):
-            return int(m.group(1))
+    """a: the language index of a run, from its per-message metrics (None without any)."""
+    for metric, a, _ in _per_message(run):
+        if metric == "kl_truth":
+            return a
     return None
 
 
 def last_m(run: Mapping[str, Any], a: int) -> int | None:
-    """The largest number of demonstrations m with a `kl_truth_m{m}_a{a}` value in the run."""
-    ms = [int(k.split("_m")[1].split("_")[0]) for k in run["final"] if re.fullmatch(rf"kl_truth_m\d+_a{a}", k)]
+    """The largest number of demonstrations m with a `kl_truth[message=m,language=a]` value in the run."""
+    ms = [m for metric, b, m in _per_message(run) if metric == "kl_truth" and b == a]
     return max(ms) if ms else None
 
 
@@ -100,12 +159,14 @@ def largest_model(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _ambiguity(reference: Mapping[str, Any], run: Mapping[str, Any], a: int) -> float:
-    value = reference.get(f"ambiguity_a{a}", run.get("hparams", {}).get("task.ambiguity"))
+    value = current_names(reference).get(language_metric("ambiguity", a), run.get("hparams", {}).get("task.ambiguity"))
     return math.nan if value is None else float(value)
 
 
-def _final(run: Mapping[str, Any], key: str) -> float:
-    value = run["final"].get(key)
+def _final(run: Mapping[str, Any], metric: str, a: int, m: int) -> float:
+    """The final `metric[message=m,language=a]` of the run (either form); NaN without it."""
+    key = _per_message(run).get((metric, a, m))
+    value = None if key is None else run["final"].get(key)
     return math.nan if value is None else float(value)
 
 
@@ -132,7 +193,7 @@ def icl_fall_values(
                 continue
             m = last_m(r, a)
             if m is not None and m > 1:
-                falls.append(_final(r, f"{metric}_m1_a{a}") - _final(r, f"{metric}_m{m}_a{a}"))
+                falls.append(_final(r, metric, a, 1) - _final(r, metric, a, m))
         if falls:
             out.append(min(falls))
     return out
@@ -151,7 +212,7 @@ def ambiguity_order_values(
             a = language_of(r)
             m = None if a is None else last_m(r, a)
             if m is not None:
-                points.append((_ambiguity(reference, r, a), _final(r, f"{metric}_m{m}_a{a}")))
+                points.append((_ambiguity(reference, r, a), _final(r, metric, a, m)))
         points.sort()
         diffs = [hi[1] - lo[1] for lo, hi in itertools.pairwise(points)]
         out.append(min(diffs) if diffs else math.nan)
@@ -167,7 +228,7 @@ def bayes_gap_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, 
             a = language_of(r)
             m = None if a is None else last_m(r, a)
             if m is not None:
-                gaps.append(_final(r, f"kl_bayes_m{m}_a{a}"))
+                gaps.append(_final(r, "kl_bayes", a, m))
         if gaps:
             out.append(max(gaps))
     return out
@@ -341,12 +402,17 @@ __all__ = [
     "CLAIMS",
     "JIANG_ICL_KL",
     "JIANG_SETUP",
+    "LANGUAGE_KEYS",
     "ambiguity_order_values",
     "bayes_gap_values",
     "by_seed",
+    "current_name",
+    "current_names",
     "deviations",
     "icl_fall_values",
+    "language_metric",
     "language_of",
     "largest_model",
     "last_m",
+    "parse_language_metric",
 ]

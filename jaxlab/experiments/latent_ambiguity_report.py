@@ -1,22 +1,30 @@
 """Report sections of latent-ambiguity: languages, ICL curves, emergence, posterior probe, bars.
 
 Everything is read from the run directory (`ctx.df`, `ctx.summary`); "median [min, max]" are over
-the seeds of one grid point.
+the seeds of one grid point. The metrics are `kl_truth[message=1,language=0]` (metric `kl_truth`,
+columns `message`, `position`, `language` in the tidy table); a run directory written before metric
+parameters (`kl_truth_m1_a0`, reference `ambiguity_a0`) is read too (`language_form`).
 """
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxlab.experiments.latent_ambiguity_claims import BAYES_TOLERANCE, JIANG_ICL_KL
+from jaxlab.experiments.latent_ambiguity_claims import (
+    BAYES_TOLERANCE,
+    JIANG_ICL_KL,
+    current_names,
+    language_metric,
+    parse_language_metric,
+)
 from jaxlab.reporting import Figure, ReportContext, Section, fmt, point_columns, spread, table
 from jaxlab.results import config_key
 
-_NAME = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:_m(?P<m>\d+)|_pos(?P<pos>\d+))?_a(?P<a>\d+)$")
+_COLUMNS = ("message", "position", "language")  # the metric parameters of the tidy table
 
 # Jiang's labelled ambiguity of the languages the presets' grids mimic: (message_len, c) -> label.
 CALIBRATED = {
@@ -25,14 +33,30 @@ CALIBRATED = {
 BAR_KL_BAYES = BAYES_TOLERANCE
 
 
+def language_form(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` (a tidy table) with the metrics of a run directory written before metric parameters (`kl_truth_m1_a0`,
+    `kl_truth_pos3_a0`, `kl_bayes_mean_a0`) split as the tidy tables split `kl_truth[message=1,language=0]`: metric
+    `kl_truth`, columns `message`, `position`, `language` (float, NaN where a metric has no such parameter); the
+    columns are there, empty, when no metric has them. A table of the new form is returned with its columns."""
+    parsed = {m: p for m in pd.unique(df.metric) if (p := parse_language_metric(m)) is not None}
+    values = {key: {m: float(p[1][key]) for m, p in parsed.items() if key in p[1]} for key in _COLUMNS}
+    out = df.copy()
+    legacy = out.metric.isin(list(parsed))
+    for key in _COLUMNS:
+        old = out[key].astype("float64") if key in out.columns else pd.Series(np.nan, index=out.index)
+        out[key] = old.where(~legacy, out.metric.map(values[key]).astype("float64"))
+    out.loc[legacy, "metric"] = out.loc[legacy, "metric"].map(lambda m: parsed[m][0])
+    return out
+
+
 def final_frame(ctx: ReportContext) -> pd.DataFrame:
-    """Final value of every suffixed metric per run: run, seed, size, base, m, pos, a, value."""
-    df = ctx.df
-    last = df.sort_values("step").groupby(["run", "metric"], as_index=False).last()
-    parsed = last.metric.str.extract(_NAME)
-    last = pd.concat([last, parsed], axis=1).dropna(subset=["base"])
-    for c in ("m", "pos", "a"):
-        last[c] = pd.to_numeric(last[c])
+    """Final value of every metric of a language per run: run, seed, size, base, m, pos, a, value (m: the scored
+    message, NaN for the per-position and per-language metrics; pos: the slot, NaN for the others)."""
+    df = language_form(ctx.df).dropna(subset=["language"])
+    keys = ["run", "metric", *_COLUMNS]
+    last = df.sort_values("step").groupby(keys, as_index=False, dropna=False).last()
+    last = last.rename(columns={"metric": "base", "message": "m", "position": "pos", "language": "a"})
+    last["a"] = last["a"].astype(int)
     last["size"] = size_labels(last, ctx)
     return last
 
@@ -53,23 +77,28 @@ def size_labels(df: pd.DataFrame, ctx: ReportContext) -> pd.Series:
     return df[cols].astype(str).agg(lambda r: ", ".join(f"{name(c)}={v}" for c, v in zip(cols, r)), axis=1)
 
 
+def _reference(ctx: ReportContext) -> dict[str, Any]:
+    """summary.json's reference, named as `language_metric` names it (either form of the run directory)."""
+    return current_names(ctx.summary.get("reference", {}))
+
+
 def _ambiguity_rows(ctx: ReportContext) -> list[int]:
-    ref = ctx.summary.get("reference", {})
-    return sorted(int(k.split("_a")[-1]) for k in ref if re.fullmatch(r"epsilon_a\d+", k))
+    parsed = [parse_language_metric(k) for k in _reference(ctx)]
+    return sorted(p[1]["language"] for p in parsed if p is not None and p[0] == "epsilon" and set(p[1]) == {"language"})
 
 
 def languages_section(ctx: ReportContext) -> Section:
     """Report section: every language trained on, its ambiguity constants and its measured epsilon (± standard error),
     Jiang's label where calibrated."""
-    ref = ctx.summary.get("reference", {})
+    ref = _reference(ctx)
     L, M = ctx.cfg.task.message_len, ctx.cfg.task.n_messages
     rows = []
     for a in _ambiguity_rows(ctx):
-        c = ref.get(f"ambiguity_a{a}")
+        c = ref.get(language_metric("ambiguity", a))
         label = CALIBRATED.get((L, round(c, 6))) if c is not None else None
-        eps = f"{fmt(ref[f'epsilon_a{a}'])} ± {fmt(ref.get(f'epsilon_se_a{a}'))}"
-        multi = " / ".join(fmt(ref.get(f"epsilon_m{m}_a{a}"), 3) for m in range(2, M + 1))
-        rows.append([a, c, ref.get(f"first_letter_ambiguity_a{a}"), label, eps, multi])
+        eps = f"{fmt(ref[language_metric('epsilon', a)])} ± {fmt(ref.get(language_metric('epsilon_se', a)))}"
+        multi = " / ".join(fmt(ref.get(language_metric("epsilon", a, messages=m)), 3) for m in range(2, M + 1))
+        rows.append([a, c, ref.get(language_metric("first_letter_ambiguity", a)), label, eps, multi])
     body = (
         "Measured ambiguity of every language trained on: epsilon = E_x[1 - max_theta p(theta | x)] over "
         "messages x, with the exact posterior (uniform prior), ± its Monte Carlo standard error; "
@@ -109,13 +138,13 @@ def icl_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
         ax.set_title(f"a = {a}")
         ax.legend(fontsize=6)
     fig_name = ctx.save(fig, "icl_curves.png")
-    ref = ctx.summary.get("reference", {})
+    ref = _reference(ctx)
     L = ctx.cfg.task.message_len
     last = int(per_m.m.max())
     ms = sorted({1, min(4, last), last})
     rows = []
     for a in amb:
-        c = ref.get(f"ambiguity_a{a}")
+        c = ref.get(language_metric("ambiguity", a))
         label = CALIBRATED.get((L, round(c, 6))) if c is not None else None
         sub = per_m[per_m.a == a]
         for size, s in sub.groupby("size"):
@@ -156,11 +185,11 @@ def icl_section(ctx: ReportContext, fin: pd.DataFrame) -> Section:
 
 def emergence_section(ctx: ReportContext) -> Section:
     """Report section: `kl_bayes_mean` over training by model size and ambiguity (`emergence.png`)."""
-    df = ctx.df
-    mean = df[df.metric.str.match(r"kl_bayes_mean_a\d+$")].copy()
+    df = language_form(ctx.df)
+    mean = df[(df.metric == "kl_bayes_mean") & df.language.notna()].copy()
     if mean.empty:
         return Section("Emergence", "No kl_bayes_mean metric recorded.")
-    mean["a"] = mean.metric.str.extract(r"_a(\d+)$")[0].astype(int)
+    mean["a"] = mean.language.astype(int)
     mean["size"] = size_labels(mean, ctx)
     amb = sorted(mean.a.unique())
     fig, axes = plt.subplots(1, len(amb) + 1, figsize=(4.6 * (len(amb) + 1), 3.6), squeeze=False)

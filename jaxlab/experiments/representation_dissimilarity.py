@@ -25,41 +25,58 @@ set (`probe.ood_shortcut`, default 0: the hint is noise), both at the answer pos
 Across programs (`after_sweep`, summary.json `reference`), with stitching from
 `jaxlab.probes.stitching` (least-squares init, then Adam on B's task loss; penalty = stitched loss
 - B's loss, nats, on B's evaluation batch; hooks l = 0..L: l < L is the residual stream before
-block l, l = L after the last block):
-  stitch_penalty_gelu_to_solu_l{l}   GeLU run i's stream at l into SoLU run j, mean over all (i, j)
-  stitch_penalty_solu_to_gelu_l{l}   the reverse; both at the reference point, families only
-  stitch_penalty_gelu_to_gelu_l{l}, stitch_penalty_solu_to_solu_l{l}: across seeds (i != j)
-  (each with _std: the standard deviation over pairs)
-  stitch_penalty_{x}_to_{y}_l{l}_seed{s}  the mean penalty over the sender runs into the receiver
-                                     run of seed s (same family: the receiver's own run left out);
-                                     the claims' per-seed values (`representation_dissimilarity_claims`)
+block l, l = L after the last block). Names measured at a hook, a pair of families or models or a
+pair of seeds carry them as metric parameters (`results.metric_name`; `results.split_metric_column`
+splits a table of them into the metric and the columns `sender`, `receiver`, `layer`, ...); the
+claims and the report read the older names too (`representation_dissimilarity_claims.
+parse_dissimilarity_metric`, e.g. `stitch_penalty_gelu_to_solu_l1` = `stitch_penalty[sender=gelu,
+receiver=solu,layer=1]`):
+  stitch_penalty[sender=gelu,receiver=solu,layer=l]   GeLU run i's stream at l into SoLU run j, mean
+                                     over all (i, j)
+  stitch_penalty[sender=solu,receiver=gelu,layer=l]   the reverse; both at the reference point,
+                                     families only
+  stitch_penalty[sender=gelu,receiver=gelu,layer=l], ...[sender=solu,receiver=solu,...]: across
+                                     seeds (i != j)
+  (each with stitch_penalty_std[...]: the standard deviation over pairs)
+  stitch_penalty_pair[sender=x,receiver=y,layer=l,sender_seed=i,receiver_seed=j]  the penalty of
+                                     the run of seed i into the run of seed j (never a run into
+                                     itself); the claims' per-model values
+                                     (`representation_dissimilarity_claims`)
   asymmetry_index                    mean over model pairs (GeLU i, SoLU j) and layers l = 1..L of
                                      penalty(SoLU j -> GeLU i) - penalty(GeLU i -> SoLU j);
                                      > 0 is the direction the paper reports. It does not subtract
                                      the receivers' same-family penalties (GeLU -> GeLU differs from
                                      SoLU -> SoLU), so a receiver that is harder to stitch into
                                      moves it; the claim `solu_gelu_asymmetry` subtracts them.
-                                     _std / _n: spread over the pairs, asymmetry_index_l{l}
-  stitch[{tagA}->{tagB}]_l{l}        the same penalties at every (width, depth) point
+                                     _std / _n / _frac_positive: spread over the pairs;
+                                     asymmetry_index[layer=l], asymmetry_index_std[layer=l]: per hook
+  stitch[sender=tagA,receiver=tagB,layer=l]  the same penalties at every (width, depth) point
+                                     (stitch_std, and stitch_init / stitch_init_std: the penalty of
+                                     the least-squares start)
   cka_within_mean                    linear CKA between the same layer (l = 1..L) of different
                                      seeds of one family, mean over families, points and layers
   cka_gelu_solu_mean                 same-layer CKA of GeLU vs SoLU runs at the reference point
-  cka_within[{tag}]_l{i}_l{j}        layer x layer CKA within one model, mean over its seeds
-  cka_across[{tagA}|{tagB}]_l{i}_l{j} layer x layer CKA across models (different seeds when tagA = tagB)
+  cka_within[model=tag,layer_a=i,layer_b=j]  layer x layer CKA within one model, mean over its seeds
+  cka_across[model_a=tagA,model_b=tagB,layer_a=i,layer_b=j]  layer x layer CKA across models
+                                     (different seeds when tagA = tagB)
   (representations: the residual stream at the answer positions of `probe.n_cka` shortcut-free
   sequences; every representation of every run of every group in one `pairwise` call)
   id_acc_group_a, ood_acc_group_a    group A: GeLU at the reference point trained with the
   id_acc_group_b, ood_acc_group_b    shortcut (largest task.shortcut); group B: without (mean over seeds)
-  gen_penalty_a_to_b_l{l}            stitching A's stream into B (on B's shortcut-free task)
-  gen_penalty_b_to_a_l{l}, gen_penalty_b_to_b_l{l} (B across seeds: the baseline)
-  gen_penalty_{a_to_b,b_to_a,b_to_b}_l{l}_seed{s}  per receiver seed, as for stitch_penalty_*
-  generalization_gap_layer           argmax_l of gen_penalty_a_to_b_l{l} - gen_penalty_b_to_b_l{l}
+  gen_penalty[sender=a,receiver=b,layer=l]  stitching A's stream into B (on B's shortcut-free task)
+  gen_penalty[sender=b,receiver=a,layer=l], gen_penalty[sender=b,receiver=b,layer=l] (B across
+                                     seeds: the baseline); gen_penalty_std[...], and
+                                     gen_penalty_pair[...,sender_seed=i,receiver_seed=j] as for
+                                     stitch_penalty
+  generalization_gap_layer           argmax_l of gen_penalty[a->b, l] - gen_penalty[b->b, l]
                                      (a description: with task.shortcut = 1 group A need not use
                                      the operands and every hook past the embeddings is at chance)
   more_{narrow|wide}_{to}_{...}      "more is better": GeLU families of the smallest and largest
                                      width at the reference depth; the lower half of the blocks of
                                      one stitched (at blocks.{L // 2}.hook_resid_pre) into the
                                      other: stitched loss, and both endpoints' own losses
+The names of single scalars stay plain (asymmetry_index, cka_within_mean, id_acc_group_a,
+more_stitched_loss_narrow_to_wide, ...): no hook or seed varies in them.
 """
 
 from __future__ import annotations
@@ -258,8 +275,18 @@ METRICS = {
     "id_loss": "cross-entropy at the answer positions of the in-distribution test set (nats)",
     "ood_loss": "the same on the shifted test set (nats)",
     "train_loss": "cross-entropy on the training stream, mean over the steps since the last evaluation (nats)",
-    "stitch_penalty_{x}_to_{y}_l{l}": (
-        "stitched loss - receiver's loss (nats), family x's stream at hook l into family y, mean over model pairs"
+    "stitch_penalty[sender=x,receiver=y,layer=l]": (
+        "stitched loss - receiver's loss (nats), family x's stream at hook l into family y, mean over model pairs "
+        "(summary.json reference; stitch_penalty_std: their standard deviation; stitch_penalty_pair[..., "
+        "sender_seed=i,receiver_seed=j]: one model pair)"
+    ),
+    "stitch[sender=tagA,receiver=tagB,layer=l]": "the same between the groups of two grid points (module docstring)",
+    "gen_penalty[sender=a|b,receiver=a|b,layer=l]": (
+        "the same between group A (shortcut-trained GeLU) and group B (shortcut-free GeLU) at the reference point"
+    ),
+    "asymmetry_index[layer=l]": "asymmetry_index at hook l alone",
+    "cka_within[model=tag,layer_a=i,layer_b=j], cka_across[model_a=..,model_b=..,layer_a=i,layer_b=j]": (
+        "linear CKA between layer i and layer j of one model (mean over seeds) or of two models"
     ),
     "asymmetry_index": (
         "penalty(SoLU -> GeLU) - penalty(GeLU -> SoLU), mean over model pairs and layers 1..L (nats); "

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from jaxlab.metrics import linear_cka, pairwise
 from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.probes.stitching import StitchConfig, stitch_runs
+from jaxlab.results import metric_name
 from jaxlab.tasks import modsum
 from jaxlab.train.watchdog import progress
 
@@ -73,10 +74,12 @@ def pair_values(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
     return pen_RRH[keep]
 
 
-def _per_pair(out: dict[str, float], name: str, pen_RRH: np.ndarray, senders: Any, receivers: Any, same: bool) -> None:
-    """`{name}_l{l}_from{i}_to{j}`: the penalty of sender seed i into receiver seed j at hook l, for
-    every finite entry; a run stitched into itself and a run that diverged are left out (the claims
-    read these keys, and resample models, not pairs: `representation_dissimilarity_claims`)."""
+def _per_pair(
+    out: dict[str, float], name: str, pen_RRH: np.ndarray, senders: Any, receivers: Any, same: bool, **params: str
+) -> None:
+    """`{name}_pair[**params,layer=l,sender_seed=i,receiver_seed=j]`: the penalty of sender seed i into receiver
+    seed j at hook l, for every finite entry; a run stitched into itself and a run that diverged are left out (the
+    claims read these keys, and resample models, not pairs: `representation_dissimilarity_claims`)."""
     s_seeds, s_ok = seeds_of(senders), ok_runs(senders)
     r_seeds, r_ok = seeds_of(receivers), ok_runs(receivers)
     for a, i in enumerate(s_seeds):
@@ -85,7 +88,8 @@ def _per_pair(out: dict[str, float], name: str, pen_RRH: np.ndarray, senders: An
                 continue
             for layer in range(pen_RRH.shape[2]):
                 if np.isfinite(pen_RRH[a, b, layer]):
-                    out[f"{name}_l{layer}_from{int(i)}_to{int(j)}"] = float(pen_RRH[a, b, layer])
+                    key = metric_name(f"{name}_pair", **params, layer=layer, sender_seed=int(i), receiver_seed=int(j))
+                    out[key] = float(pen_RRH[a, b, layer])
 
 
 def ok_runs(outcome: Any) -> np.ndarray:
@@ -100,10 +104,12 @@ def seeds_of(outcome: Any) -> list[int]:
     return [int(r.seed) for r in outcome.runs] if outcome.runs else [int(s) for s in outcome.group.seeds]
 
 
-def _layer_stats(out: dict[str, float], name: str, vals_PH: np.ndarray) -> None:
+def _layer_stats(out: dict[str, float], name: str, vals_PH: np.ndarray, **params: str) -> None:
+    """`{name}[**params,layer=l]` and `{name}_std[**params,layer=l]`: mean and standard deviation over the rows
+    (model pairs) at every hook l."""
     for layer in range(vals_PH.shape[1]):
-        out[f"{name}_l{layer}"] = float(vals_PH[:, layer].mean())
-        out[f"{name}_l{layer}_std"] = float(vals_PH[:, layer].std())
+        out[metric_name(name, **params, layer=layer)] = float(vals_PH[:, layer].mean())
+        out[metric_name(f"{name}_std", **params, layer=layer)] = float(vals_PH[:, layer].std())
 
 
 def asymmetry(gs_RRH: np.ndarray, sg_RRH: np.ndarray) -> np.ndarray:
@@ -171,10 +177,11 @@ def cka_across(matrix: np.ndarray, index, ga: int, gb: int) -> np.ndarray:
     return np.mean(mats, axis=0)
 
 
-def _store_matrix(out: dict[str, float], name: str, mat: np.ndarray) -> None:
+def _store_matrix(out: dict[str, float], name: str, mat: np.ndarray, **params: str) -> None:
+    """`{name}[**params,layer_a=i,layer_b=j]` for every entry of a layer x layer matrix."""
     for i in range(mat.shape[0]):
         for j in range(mat.shape[1]):
-            out[f"{name}_l{i}_l{j}"] = float(mat[i, j])
+            out[metric_name(name, **params, layer_a=i, layer_b=j)] = float(mat[i, j])
 
 
 def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
@@ -193,34 +200,34 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
     clean, shortcut = shortcuts[0], shortcuts[-1]
     out: dict[str, float] = {"ref_width": float(ref_w), "ref_depth": float(ref_d)}
 
-    jobs = []  # (name, A point, B point)
+    jobs = []  # (label, A point, B point)
     for w in widths:
         for d in depths:
             g, s = Point("gelu", clean, w, d), Point("solu", clean, w, d)
             for a, b in ((g, s), (s, g), (g, g), (s, s)):
                 if a in by_point and b in by_point:
-                    jobs.append((f"stitch[{a.tag}->{b.tag}]", a, b))
+                    jobs.append((f"{a.tag} -> {b.tag}", a, b))
     ga, gb = Point("gelu", shortcut, ref_w, ref_d), Point("gelu", clean, ref_w, ref_d)
     if shortcut != clean and ga in by_point and gb in by_point:
-        jobs.append((f"stitch[{ga.tag}->{gb.tag}]", ga, gb))
-        jobs.append((f"stitch[{gb.tag}->{ga.tag}]", gb, ga))
+        jobs.append((f"{ga.tag} -> {gb.tag}", ga, gb))
+        jobs.append((f"{gb.tag} -> {ga.tag}", gb, ga))
 
     results: dict[tuple[Point, Point], dict[str, np.ndarray]] = {}
     for k, (name, a, b) in enumerate(tqdm(jobs, desc="stitching", leave=False, disable=None)):
         res = stitch_pair(by_point[a], by_point[b], scfg)
         progress(f"stitching job {k + 1} of {len(jobs)} ({name})")
         results[(a, b)] = res
-        _layer_stats(out, name, pair_values(res["penalty"], a == b))
-        _layer_stats(out, name + "_init", pair_values(res["init_penalty"], a == b))
+        _layer_stats(out, "stitch", pair_values(res["penalty"], a == b), sender=a.tag, receiver=b.tag)
+        _layer_stats(out, "stitch_init", pair_values(res["init_penalty"], a == b), sender=a.tag, receiver=b.tag)
 
     # -- the reference point: summary keys and the asymmetry ------------------------------------
     g, s = Point("gelu", clean, ref_w, ref_d), Point("solu", clean, ref_w, ref_d)
-    names = {(g, s): "gelu_to_solu", (s, g): "solu_to_gelu", (g, g): "gelu_to_gelu", (s, s): "solu_to_solu"}
-    for (a, b), short in names.items():
+    for a, b in ((g, s), (s, g), (g, g), (s, s)):
         if (a, b) in results:
             pen = results[(a, b)]["penalty"]
-            _layer_stats(out, f"stitch_penalty_{short}", pair_values(pen, a == b))
-            _per_pair(out, f"stitch_penalty_{short}", pen, by_point[a], by_point[b], a == b)
+            fam = {"sender": a.activation, "receiver": b.activation}
+            _layer_stats(out, "stitch_penalty", pair_values(pen, a == b), **fam)
+            _per_pair(out, "stitch_penalty", pen, by_point[a], by_point[b], a == b, **fam)
     if (g, s) in results and (s, g) in results:
         asym = asymmetry(results[(g, s)]["penalty"], results[(s, g)]["penalty"])  # [Rg, Rs, H]
         per_pair = asym[..., 1:].mean(-1).ravel()
@@ -239,16 +246,16 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
                 out[f"{split}_acc_group_{key}_std"] = float(acc.std())
         ab = pair_values(results[(ga, gb)]["penalty"], False)
         ba = pair_values(results[(gb, ga)]["penalty"], False)
-        _layer_stats(out, "gen_penalty_a_to_b", ab)
-        _layer_stats(out, "gen_penalty_b_to_a", ba)
+        _layer_stats(out, "gen_penalty", ab, sender="a", receiver="b")
+        _layer_stats(out, "gen_penalty", ba, sender="b", receiver="a")
         sa, sb = by_point[ga], by_point[gb]
-        _per_pair(out, "gen_penalty_a_to_b", results[(ga, gb)]["penalty"], sa, sb, False)
-        _per_pair(out, "gen_penalty_b_to_a", results[(gb, ga)]["penalty"], sb, sa, False)
+        _per_pair(out, "gen_penalty", results[(ga, gb)]["penalty"], sa, sb, False, sender="a", receiver="b")
+        _per_pair(out, "gen_penalty", results[(gb, ga)]["penalty"], sb, sa, False, sender="b", receiver="a")
         excess = ab.mean(0)
         if (gb, gb) in results:
             bb = pair_values(results[(gb, gb)]["penalty"], True)
-            _layer_stats(out, "gen_penalty_b_to_b", bb)
-            _per_pair(out, "gen_penalty_b_to_b", results[(gb, gb)]["penalty"], sb, sb, True)
+            _layer_stats(out, "gen_penalty", bb, sender="b", receiver="b")
+            _per_pair(out, "gen_penalty", results[(gb, gb)]["penalty"], sb, sb, True, sender="b", receiver="b")
             excess = excess - bb.mean(0)
         out["generalization_gap_layer"] = float(np.argmax(excess))
 
@@ -284,10 +291,10 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
     matrix, index = cka_matrix(families, inputs)
     same_layer = []
     for gi, p in enumerate(tags):
-        _store_matrix(out, f"cka_within[{p.tag}]", cka_within(matrix, index, gi))
+        _store_matrix(out, "cka_within", cka_within(matrix, index, gi), model=p.tag)
         if len(families[gi].group.runs) > 1:
             m = cka_across(matrix, index, gi, gi)
-            _store_matrix(out, f"cka_across[{p.tag}|{p.tag}]", m)
+            _store_matrix(out, "cka_across", m, model_a=p.tag, model_b=p.tag)
             same_layer.extend(np.diag(m)[1:])
     if same_layer:
         out["cka_within_mean"] = float(np.mean(same_layer))
@@ -302,7 +309,7 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
     for a, b in across:
         if a in pos and b in pos:
             m = cka_across(matrix, index, pos[a], pos[b])
-            _store_matrix(out, f"cka_across[{a.tag}|{b.tag}]", m)
+            _store_matrix(out, "cka_across", m, model_a=a.tag, model_b=b.tag)
             if (a, b) == (g, s):
                 out["cka_gelu_solu_mean"] = float(np.mean(np.diag(m)[1:]))
     return out

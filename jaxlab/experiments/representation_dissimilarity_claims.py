@@ -11,12 +11,17 @@ that a synthetic task could match: every `paper_value` is None (qualitative).
 
 The statistics are computed from the stitching penalty of every model pair, which the experiment's
 analysis across programs writes to summary.json's `reference`
-(`representation_dissimilarity_analysis`, keys `{name}_l{l}_from{i}_to{j}`: sender seed i into
-receiver seed j at hook l; a model is never stitched into itself):
+(`representation_dissimilarity_analysis`, keys `{metric}_pair[sender=x,receiver=y,layer=l,
+sender_seed=i,receiver_seed=j]`: sender seed i into receiver seed j at hook l; a model is never
+stitched into itself):
 
-  stitch_penalty_{x}_to_{y}_l{l}_from{i}_to{j}   family x into family y at the reference point
-  gen_penalty_a_to_b_l{l}_from{i}_to{j}          the shortcut-trained group A into the clean group B
-  gen_penalty_b_to_b_l{l}_from{i}_to{j}          B's models into each other (the baseline)
+  stitch_penalty_pair[sender=x,receiver=y,...]   family x into family y at the reference point
+  gen_penalty_pair[sender=a,receiver=b,...]      the shortcut-trained group A into the clean group B
+  gen_penalty_pair[sender=b,receiver=b,...]      B's models into each other (the baseline)
+
+A run directory written before metric parameters has the older names
+(`stitch_penalty_{x}_to_{y}_l{l}_from{i}_to{j}`, ...): `parse_dissimilarity_metric` reads both forms
+and `current_names` renames a summary's reference to the new ones.
 
 Model pairs share models (every GeLU model is a receiver of every SoLU model and a sender to every
 SoLU model), so they are not independent units: the interval resamples the models of each group
@@ -44,26 +49,99 @@ import numpy as np
 
 from jaxlab.claims import MIN_SEEDS, Above, Claim, NotApplicable, Outside, model_bootstrap
 from jaxlab.config import ExperimentConfig
+from jaxlab.results import metric_name, split_metric
 
-_PAIR_KEY = re.compile(r"^(?P<name>[a-z_]+)_l(?P<l>\d+)_from(?P<i>-?\d+)_to(?P<j>-?\d+)$")
 LOCALIZATION_MIN_EFFECT = 0.1  # nats (module docstring)
+# the metric parameters of representation-dissimilarity: text ones, integer ones
+TEXT_KEYS = ("sender", "receiver", "model", "model_a", "model_b")
+INT_KEYS = ("layer", "layer_a", "layer_b", "sender_seed", "receiver_seed")
+# the older names of run directories written before metric parameters
+_LEGACY = (
+    re.compile(  # stitch_penalty_gelu_to_solu_l1, _l1_std, _l1_from0_to1; gen_penalty_a_to_b_l1...
+        r"^(?P<base>stitch_penalty|gen_penalty)_(?P<sender>[a-z]+)_to_(?P<receiver>[a-z]+)_l(?P<layer>\d+)"
+        r"(?:(?P<std>_std)|(?P<pair>_from(?P<sender_seed>-?\d+)_to(?P<receiver_seed>-?\d+)))?$"
+    ),
+    re.compile(r"^(?P<base>asymmetry_index)_l(?P<layer>\d+)(?P<std>_std)?$"),
+    re.compile(
+        r"^(?P<base>stitch)\[(?P<sender>[^\[\]]+?)->(?P<receiver>[^\[\]]+)\](?P<init>_init)?_l(?P<layer>\d+)(?P<std>_std)?$"
+    ),
+    re.compile(r"^(?P<base>cka_within)\[(?P<model>[^\[\]|]+)\]_l(?P<layer_a>\d+)_l(?P<layer_b>\d+)$"),
+    re.compile(
+        r"^(?P<base>cka_across)\[(?P<model_a>[^\[\]|]+)\|(?P<model_b>[^\[\]|]+)\]_l(?P<layer_a>\d+)_l(?P<layer_b>\d+)$"
+    ),
+)
+
+
+# -- metric names ----------------------------------------------------------------------------------
+def parse_dissimilarity_metric(name: str) -> tuple[str, dict[str, str | int]] | None:
+    """(metric, {key: value}) of a metric of representation-dissimilarity measured at a hook, a pair of models or
+    seeds: `stitch_penalty[sender=gelu,receiver=solu,layer=1]`, `stitch_penalty_pair[sender=gelu,receiver=solu,
+    layer=1,sender_seed=0,receiver_seed=1]`, `stitch[sender=<tag>,receiver=<tag>,layer=1]`, `asymmetry_index[layer=1]`,
+    `cka_within[model=<tag>,layer_a=0,layer_b=1]`, ..., or the older forms of run directories written before metric
+    parameters (`stitch_penalty_gelu_to_solu_l1`, `..._l1_std`, `..._l1_from0_to1`, `stitch[<tag>-><tag>]_init_l1`,
+    `asymmetry_index_l1`, `cka_within[<tag>]_l0_l1`, `cka_across[<tag>|<tag>]_l0_l1`); None for any other name
+    (`asymmetry_index`, `cka_within_mean`, `more_loss_wide`, ...). `results.metric_name(metric, **params)` gives
+    the new name."""
+    base, params = split_metric(name)
+    if params:
+        if not set(params) <= set(TEXT_KEYS + INT_KEYS):
+            return None
+        out: dict[str, str | int] = {}
+        for k, v in params.items():
+            if k in INT_KEYS:
+                if not (isinstance(v, float) and v.is_integer() and (v >= 0 or k.endswith("seed"))):
+                    return None
+                out[k] = int(v)
+            elif isinstance(v, str):
+                out[k] = v
+            else:
+                return None
+        return base, out
+    for pattern in _LEGACY:
+        m = pattern.match(name)
+        if m is None:
+            continue
+        found = {k: v for k, v in m.groupdict().items() if v is not None}
+        metric = found.pop("base") + found.pop("init", "") + ("_pair" if found.pop("pair", None) else "")
+        metric += found.pop("std", "")
+        return metric, {k: int(v) if k in INT_KEYS else v for k, v in found.items()}
+    return None
+
+
+def current_name(name: str) -> str:
+    """`name` as the experiment now writes it, whichever form it has (other names unchanged)."""
+    p = parse_dissimilarity_metric(name)
+    return name if p is None else metric_name(p[0], **p[1])
+
+
+def current_names(reference: Mapping[str, Any]) -> dict[str, Any]:
+    """`reference` (summary.json's) keyed by `current_name`: a run directory of either form reads as the new one."""
+    return {current_name(k): v for k, v in reference.items()}
 
 
 # -- penalties of model pairs, and intervals that resample models -----------------------------------
-def pair_penalties(reference: Mapping[str, Any], name: str) -> dict[int, dict[tuple[int, int], float]]:
-    """{hook: {(sender seed, receiver seed): penalty}} from the reference keys `{name}_l{l}_from{i}_to{j}`
-    (finite values only)."""
+def pair_penalties(
+    reference: Mapping[str, Any], metric: str, sender: str, receiver: str
+) -> dict[int, dict[tuple[int, int], float]]:
+    """{hook: {(sender seed, receiver seed): penalty}} from the reference keys
+    `{metric}_pair[sender=..,receiver=..,layer=l,sender_seed=i,receiver_seed=j]` (either form,
+    `parse_dissimilarity_metric`; finite values only)."""
     out: dict[int, dict[tuple[int, int], float]] = {}
     for key, value in reference.items():
-        m = _PAIR_KEY.match(key)
-        if m and m.group("name") == name and value is not None and math.isfinite(float(value)):
-            out.setdefault(int(m.group("l")), {})[(int(m.group("i")), int(m.group("j")))] = float(value)
+        p = parse_dissimilarity_metric(key)
+        if p is None or p[0] != metric + "_pair" or (p[1].get("sender"), p[1].get("receiver")) != (sender, receiver):
+            continue
+        if value is not None and math.isfinite(float(value)):
+            q = p[1]
+            out.setdefault(int(q["layer"]), {})[(int(q["sender_seed"]), int(q["receiver_seed"]))] = float(value)
     return out
 
 
-def family_seeds(reference: Mapping[str, Any], same: str) -> list[int]:
-    """The seeds of a family, read off its same-family pairs `same` (senders and receivers alike)."""
-    return sorted({s for pairs in pair_penalties(reference, same).values() for pair in pairs for s in pair})
+def family_seeds(reference: Mapping[str, Any], metric: str, family: str) -> list[int]:
+    """The seeds of a family, read off its same-family pairs (`metric` from `family` into `family`; senders and
+    receivers alike)."""
+    pairs_by_hook = pair_penalties(reference, metric, family, family)
+    return sorted({s for pairs in pairs_by_hook.values() for pair in pairs for s in pair})
 
 
 def _matrix(pairs: Mapping[tuple[int, int], float], senders: Sequence[int], receivers: Sequence[int]) -> np.ndarray:
@@ -109,15 +187,15 @@ class Excess:
 
 def excess_by_hook(
     reference: Mapping[str, Any],
-    cross: str,
-    same: str,
+    metric: str,
     sender: tuple[str, Sequence[int]],
     receiver: tuple[str, Sequence[int]],
 ) -> dict[int, Excess]:
-    """{hook: Excess} for the pairs `cross` (sender group -> receiver group) against `same` (the
-    receiver group into itself); `sender` and `receiver` are (group name, its seeds in index order)."""
-    cross_p, same_p = pair_penalties(reference, cross), pair_penalties(reference, same)
+    """{hook: Excess} for the pairs of `metric` (`stitch_penalty`, `gen_penalty`) from the sender group into the
+    receiver group against the receiver group into itself; `sender` and `receiver` are (group name, its seeds in
+    index order)."""
     (sname, sseeds), (rname, rseeds) = sender, receiver
+    cross_p, same_p = pair_penalties(reference, metric, sname, rname), pair_penalties(reference, metric, rname, rname)
     return {
         h: Excess(_matrix(cross_p[h], sseeds, rseeds), _matrix(same_p[h], rseeds, rseeds), sname, rname)
         for h in sorted(cross_p)
@@ -128,19 +206,20 @@ def excess_by_hook(
 def asymmetry_parts(reference: Mapping[str, Any]) -> tuple[dict[int, Excess], dict[int, Excess], dict[str, int]]:
     """Excess into GeLU (SoLU senders, GeLU's own baseline) and into SoLU (GeLU senders, SoLU's own
     baseline), per hook, and the family sizes (seeds read off the same-family pairs)."""
-    gelu = ("gelu", family_seeds(reference, "stitch_penalty_gelu_to_gelu"))
-    solu = ("solu", family_seeds(reference, "stitch_penalty_solu_to_solu"))
-    into_gelu = excess_by_hook(reference, "stitch_penalty_solu_to_gelu", "stitch_penalty_gelu_to_gelu", solu, gelu)
-    into_solu = excess_by_hook(reference, "stitch_penalty_gelu_to_solu", "stitch_penalty_solu_to_solu", gelu, solu)
+    gelu = ("gelu", family_seeds(reference, "stitch_penalty", "gelu"))
+    solu = ("solu", family_seeds(reference, "stitch_penalty", "solu"))
+    into_gelu = excess_by_hook(reference, "stitch_penalty", solu, gelu)
+    into_solu = excess_by_hook(reference, "stitch_penalty", gelu, solu)
     return into_gelu, into_solu, {"gelu": len(gelu[1]), "solu": len(solu[1])}
 
 
 def localization_parts(reference: Mapping[str, Any]) -> tuple[dict[int, Excess], dict[str, int]]:
     """Excess of group A (shortcut-trained) into group B over B's own baseline, per hook, and the
     group sizes (A's seeds are the senders of A -> B; A is not stitched into itself)."""
-    a = ("a", sorted({i for pairs in pair_penalties(reference, "gen_penalty_a_to_b").values() for i, _ in pairs}))
-    b = ("b", family_seeds(reference, "gen_penalty_b_to_b"))
-    parts = excess_by_hook(reference, "gen_penalty_a_to_b", "gen_penalty_b_to_b", a, b)
+    a_to_b = pair_penalties(reference, "gen_penalty", "a", "b")
+    a = ("a", sorted({i for pairs in a_to_b.values() for i, _ in pairs}))
+    b = ("b", family_seeds(reference, "gen_penalty", "b"))
+    parts = excess_by_hook(reference, "gen_penalty", a, b)
     return parts, {"a": len(a[1]), "b": len(b[1])}
 
 
@@ -322,16 +401,21 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
 
 __all__ = [
     "CLAIMS",
+    "INT_KEYS",
     "LOCALIZATION_MIN_EFFECT",
+    "TEXT_KEYS",
     "Excess",
     "asymmetry_interval",
     "asymmetry_parts",
     "cross_mean",
+    "current_name",
+    "current_names",
     "deviations",
     "excess_by_hook",
     "family_seeds",
     "localization_interval",
     "localization_parts",
     "pair_penalties",
+    "parse_dissimilarity_metric",
     "same_mean",
 ]

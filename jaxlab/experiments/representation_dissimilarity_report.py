@@ -5,11 +5,14 @@ Everything is read from summary.json's `reference` (written by `after_sweep`); "
 standard deviation over model pairs (stitching) or seeds (accuracy); "median [95% CI]" is over
 receiver seeds. The verdicts are computed from the claims (`representation_dissimilarity_claims`)
 and stand in the Claims table at the top of the report; these sections describe the numbers.
+The reference is read with the names of metric parameters (`stitch_penalty[sender=gelu,receiver=solu,
+layer=1]`); a run directory written before them (`stitch_penalty_gelu_to_solu_l1`) is renamed first
+(`reference`, `representation_dissimilarity_claims.current_names`).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -18,21 +21,33 @@ import numpy as np
 from jaxlab.claims import model_bootstrap
 from jaxlab.experiments import representation_dissimilarity_claims as _claims
 from jaxlab.reporting import Figure, ReportContext, Section, fmt, table
+from jaxlab.results import metric_name
 
-DIRECTIONS = ("gelu_to_solu", "solu_to_gelu", "gelu_to_gelu", "solu_to_solu")
-_CKA = re.compile(r"^(cka_(?:within|across))\[(?P<tags>[^\]]+)\]_l(?P<i>\d+)_l(?P<j>\d+)$")
-
-
-def _layers(ref: dict, name: str) -> list[int]:
-    return sorted(int(m.group(1)) for k in ref if (m := re.fullmatch(rf"{name}_l(\d+)", k)))
+DIRECTIONS = (("gelu", "solu"), ("solu", "gelu"), ("gelu", "gelu"), ("solu", "solu"))  # (sender, receiver)
 
 
-def _curve(ref: dict, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ls = _layers(ref, name)
+def reference(ctx: ReportContext) -> dict[str, Any]:
+    """summary.json's reference with the names of metric parameters, whichever form the run directory has."""
+    return _claims.current_names(ctx.summary.get("reference", {}))
+
+
+def _layers(ref: Mapping[str, Any], name: str, **params: str) -> list[int]:
+    """The hooks l with a value `name[**params,layer=l]` in `ref`."""
+    out = []
+    for k in ref:
+        p = _claims.parse_dissimilarity_metric(k)
+        if p is not None and p[0] == name and set(p[1]) == {*params, "layer"}:
+            if all(p[1][key] == v for key, v in params.items()):
+                out.append(int(p[1]["layer"]))
+    return sorted(out)
+
+
+def _curve(ref: Mapping[str, Any], name: str, **params: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ls = _layers(ref, name, **params)
     return (
         np.asarray(ls),
-        np.asarray([ref[f"{name}_l{l}"] for l in ls]),
-        np.asarray([ref.get(f"{name}_l{l}_std", np.nan) for l in ls]),
+        np.asarray([ref[metric_name(name, **params, layer=l)] for l in ls]),
+        np.asarray([ref.get(metric_name(f"{name}_std", **params, layer=l), np.nan) for l in ls]),
     )
 
 
@@ -68,10 +83,11 @@ def _excess_rows(ref: dict) -> tuple[list[list[str]], bool]:
             rows.append([str(h), interval(g, sizes), interval(s_, sizes), diff])
         return rows, True
     rows = []
-    for h in _layers(ref, "stitch_penalty_solu_to_gelu"):
+    pen = lambda sender, receiver, h: ref[metric_name("stitch_penalty", sender=sender, receiver=receiver, layer=h)]
+    for h in _layers(ref, "stitch_penalty", sender="solu", receiver="gelu"):
         try:
-            eg = ref[f"stitch_penalty_solu_to_gelu_l{h}"] - ref[f"stitch_penalty_gelu_to_gelu_l{h}"]
-            es = ref[f"stitch_penalty_gelu_to_solu_l{h}"] - ref[f"stitch_penalty_solu_to_solu_l{h}"]
+            eg = pen("solu", "gelu", h) - pen("gelu", "gelu", h)
+            es = pen("gelu", "solu", h) - pen("solu", "solu", h)
         except KeyError:
             continue
         rows.append([str(h), fmt(eg), fmt(es), fmt(eg - es)])
@@ -81,15 +97,15 @@ def _excess_rows(ref: dict) -> tuple[list[list[str]], bool]:
 def stitching_section(ctx: ReportContext) -> Section:
     """Report section: the stitching penalty per hook, GeLU and SoLU into each other and into their own family
     (`stitching_penalty.png`), and the asymmetry."""
-    ref = ctx.summary.get("reference", {})
+    ref = reference(ctx)
     probe = ctx.cfg.probe
     fig, ax = plt.subplots(figsize=(6, 3.6))
     rows = []
-    for d in DIRECTIONS:
-        ls, mean, sd = _curve(ref, f"stitch_penalty_{d}")
+    for sender, receiver in DIRECTIONS:
+        ls, mean, sd = _curve(ref, "stitch_penalty", sender=sender, receiver=receiver)
         if ls.size:
-            ax.errorbar(ls, mean, yerr=sd, marker="o", capsize=3, label=d.replace("_to_", " -> "))
-            rows.append([d.replace("_to_", " -> ")] + [f"{fmt(m)} ± {fmt(s)}" for m, s in zip(mean, sd)])
+            ax.errorbar(ls, mean, yerr=sd, marker="o", capsize=3, label=f"{sender} -> {receiver}")
+            rows.append([f"{sender} -> {receiver}"] + [f"{fmt(m)} ± {fmt(s)}" for m, s in zip(mean, sd)])
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("hook l (0: embeddings, L: after the last block)")
     ax.set_ylabel("stitching penalty (nats)")
@@ -125,7 +141,7 @@ def stitching_section(ctx: ReportContext) -> Section:
 def generalization_section(ctx: ReportContext) -> Section | None:
     """Report section: the groups trained with and without the shortcut, their ID / OOD accuracy and the stitching
     penalties between them; None without them."""
-    ref = ctx.summary.get("reference", {})
+    ref = reference(ctx)
     if "generalization_gap_layer" not in ref:
         return None
     acc = [
@@ -134,12 +150,12 @@ def generalization_section(ctx: ReportContext) -> Section | None:
         for k, grp in (("a", "A (trained with the shortcut)"), ("b", "B (trained without)"))
     ]  # fmt: skip
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, label in (
-        ("gen_penalty_a_to_b", "A -> B"),
-        ("gen_penalty_b_to_a", "B -> A"),
-        ("gen_penalty_b_to_b", "B -> B (seeds)"),
+    for (sender, receiver), label in (
+        (("a", "b"), "A -> B"),
+        (("b", "a"), "B -> A"),
+        (("b", "b"), "B -> B (seeds)"),
     ):
-        ls, mean, sd = _curve(ref, name)
+        ls, mean, sd = _curve(ref, "gen_penalty", sender=sender, receiver=receiver)
         if ls.size:
             ax.errorbar(ls, mean, yerr=sd, marker="o", capsize=3, label=label)
     ax.axhline(0, color="k", lw=0.5)
@@ -151,8 +167,9 @@ def generalization_section(ctx: ReportContext) -> Section | None:
     chance = float(np.log(ctx.cfg.task.p))
     parts, sizes = _claims.localization_parts(ref)
     rows = []
-    for h in _layers(ref, "gen_penalty_a_to_b"):
-        ab, bb = ref.get(f"gen_penalty_a_to_b_l{h}"), ref.get(f"gen_penalty_b_to_b_l{h}")
+    gen = lambda sender, receiver, h: ref.get(metric_name("gen_penalty", sender=sender, receiver=receiver, layer=h))
+    for h in _layers(ref, "gen_penalty", sender="a", receiver="b"):
+        ab, bb = gen("a", "b", h), gen("b", "b", h)
         excess = interval(parts[h], sizes) if h in parts and min(sizes.values()) >= 2 else "—"
         rows.append([str(h), fmt(ab), fmt(bb), excess])
     shortcuts = sorted(float(v) for v in dict(ctx.cfg.sweep.grid).get("task.shortcut", (ctx.cfg.task.shortcut,)))
@@ -192,7 +209,7 @@ def generalization_section(ctx: ReportContext) -> Section | None:
 def more_section(ctx: ReportContext) -> Section | None:
     """Report section: the narrow and wide GeLU families stitched into each other ('more is better'); None without
     them."""
-    ref = ctx.summary.get("reference", {})
+    ref = reference(ctx)
     if "more_loss_wide" not in ref:
         return None
     pm = lambda k: f"{fmt(ref[k])} ± {fmt(ref[k + '_std'])}"
@@ -215,11 +232,15 @@ def more_section(ctx: ReportContext) -> Section | None:
 
 def cka_section(ctx: ReportContext) -> Section | None:
     """Report section: the layer x layer linear CKA matrices (`cka_heatmaps.png`); None without CKA values."""
-    ref = ctx.summary.get("reference", {})
+    ref = reference(ctx)
     mats: dict[tuple[str, str], dict[tuple[int, int], float]] = {}
     for k, v in ref.items():
-        if m := _CKA.match(k):
-            mats.setdefault((m.group(1), m.group("tags")), {})[(int(m.group("i")), int(m.group("j")))] = v
+        p = _claims.parse_dissimilarity_metric(k)
+        if p is None or p[0] not in ("cka_within", "cka_across"):
+            continue
+        q = p[1]
+        tags = str(q["model"]) if p[0] == "cka_within" else f"{q['model_a']}|{q['model_b']}"
+        mats.setdefault((p[0], tags), {})[(int(q["layer_a"]), int(q["layer_b"]))] = v
     if not mats:
         return None
     items = sorted(mats.items())
