@@ -30,6 +30,16 @@ def scalars(run_dir):
     return out
 
 
+def assert_series_equal_table(series, df, run):
+    """A tracker's {metric: [(step, value)]} of jaxlab run `run` is the tidy table's finite rows of that run."""
+    assert set(series) == {"eval_loss", "train_loss"}
+    for metric, points in series.items():
+        want = df[(df.run == run) & (df.metric == metric)].sort_values("step")
+        want = want[np.isfinite(want.value)]
+        assert [s for s, _ in points] == list(want.step)
+        np.testing.assert_allclose([v for _, v in points], want.value, rtol=1e-6)
+
+
 @pytest.mark.timeout(300)
 def test_every_run_and_metric_is_one_series_equal_to_the_tidy_table(tmp_path):
     # two programs (learning rates) of two seeds: four TensorBoard runs
@@ -42,13 +52,7 @@ def test_every_run_and_metric_is_one_series_equal_to_the_tidy_table(tmp_path):
     assert sorted(series) == [f"run-{r:05d}" for r in runs]
     assert len(runs) == 4
     for r in runs:
-        got = series[f"run-{r:05d}"]
-        assert set(got) == {"eval_loss", "train_loss"}
-        for metric, points in got.items():
-            want = df[(df.run == r) & (df.metric == metric)].sort_values("step")
-            want = want[np.isfinite(want.value)]
-            assert [s for s, _ in points] == list(want.step)
-            np.testing.assert_allclose([v for _, v in points], want.value, rtol=1e-6)
+        assert_series_equal_table(series[f"run-{r:05d}"], df, r)
     # the directory is jaxlab's (--overwrite replaces it with the new run's)
     assert "tensorboard" in json.loads((out / ".jaxlab-files.json").read_text())["files"]
 
@@ -146,12 +150,7 @@ def test_wandb_offline_one_run_per_jaxlab_run_equal_to_the_tidy_table(tmp_path, 
         assert (name, group) == (f"run-{r:05d}", "run")
         assert config["experiment"] == "icl-regression" and config["preset"] == "smoke"
         assert config["seed"] == seeds[r] and np.isclose(config["optim.lr"], lrs[r])
-        assert set(series) == {"eval_loss", "train_loss"}
-        for metric, points in series.items():
-            want = df[(df.run == r) & (df.metric == metric)].sort_values("step")
-            want = want[np.isfinite(want.value)]
-            assert [s for s, _ in points] == list(want.step)
-            np.testing.assert_allclose([v for _, v in points], want.value, rtol=1e-6)
+        assert_series_equal_table(series, df, r)
     assert "wandb" in json.loads((out / ".jaxlab-files.json").read_text())["files"]
 
 
