@@ -217,8 +217,9 @@ def deviations(cfg: Any) -> list[str]:
         )
     if t.sparsity != g["sparsity"]:
         out.append(f"sparse linear: k = {t.sparsity} non-zero weights (Garg et al.: k = {g['sparsity']} of 20)")
+    warmup = f", {o.warmup_steps} warm-up steps" if o.schedule.startswith("warmup") else ""
     out.append(
-        f"training: {o.name} lr {o.lr:g} ({o.warmup_steps} warm-up steps), batch {tr.batch_size}, {tr.steps} steps, "
+        f"training: {o.name} lr {o.lr:g} ({o.schedule}{warmup}), batch {tr.batch_size}, {tr.steps} steps, "
         f"no curriculum (Garg et al.: Adam lr {g['lr']:g}, batch {g['batch_size']}, {g['steps']} steps, a "
         "curriculum from d = 5, N = 11 up)"
     )
