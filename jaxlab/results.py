@@ -49,8 +49,13 @@ _METRIC_PARAMS = re.compile(r"^(?P<name>[^\[\]=,]+)\[(?P<params>[^\[\]]+)\]$")
 _PARAM_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def _valid_key(key: str) -> bool:
+    """A parameter key: lower-case letters, digits and single underscores, not one of the table's own columns."""
+    return bool(_PARAM_KEY.match(key)) and "__" not in key and key not in BASE_COLUMNS and key not in RUN_COLUMNS
+
+
 def _param_key(key: str, name: str) -> str:
-    if not _PARAM_KEY.match(key) or "__" in key or key in BASE_COLUMNS or key in RUN_COLUMNS:
+    if not _valid_key(key):
         raise ValueError(
             f"metric {name!r}: parameter key {key!r} must be lower-case letters, digits and single "
             f"underscores, and not one of the table's own columns ({', '.join(BASE_COLUMNS + RUN_COLUMNS)})"
@@ -82,7 +87,7 @@ def split_metric(name: str) -> tuple[str, dict[str, float | str]]:
     params: dict[str, float | str] = {}
     for item in m.group("params").split(","):
         key, eq, text = item.partition("=")
-        if not eq or not _PARAM_KEY.match(key) or "__" in key or key in BASE_COLUMNS or key in RUN_COLUMNS:
+        if not eq or not _valid_key(key):
             return name, {}
         try:
             value: float | str = float(text)

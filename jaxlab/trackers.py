@@ -150,6 +150,9 @@ def _summary_writer() -> Any:
     return SummaryWriter
 
 
+_LIBRARIES = {"tensorboard": _summary_writer, "wandb": _wandb}
+
+
 def check_trackers(names: Sequence[str], run_dir: Path | None) -> None:
     """Refuse (UserError) an unknown tracker, a missing library, or trackers without a run directory."""
     unknown = [n for n in names if n not in TRACKERS]
@@ -158,7 +161,7 @@ def check_trackers(names: Sequence[str], run_dir: Path | None) -> None:
     if names and run_dir is None:
         raise UserError("--log: trackers write into the run directory; give --out (run_sweep's out_dir)")
     for name in dict.fromkeys(names):
-        (_summary_writer if name == "tensorboard" else _wandb)()
+        _LIBRARIES[name]()  # refuses a missing library
         theirs = Path(run_dir) / _DIRS[name]
         if theirs.exists() and _DIRS[name] not in runfiles.owned(Path(run_dir)):
             raise UserError(
@@ -183,10 +186,12 @@ def open_trackers(
             runfiles.claim(Path(run_dir), _DIRS[name])  # never into a directory of the user's
         root = Path(run_dir) / _DIRS[name]
         if name == "tensorboard":
-            out.append(TensorBoard(root, _summary_writer()))
+            out.append(TensorBoard(root, _LIBRARIES[name]()))
         else:
             run_dir = Path(run_dir)
-            out.append(WandB(run_dir, _wandb(), wandb_sweep_id(run_dir), run_dir.resolve().name, configs or {}))
+            out.append(
+                WandB(run_dir, _LIBRARIES[name](), wandb_sweep_id(run_dir), run_dir.resolve().name, configs or {})
+            )
     return out
 
 

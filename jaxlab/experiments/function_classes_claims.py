@@ -23,12 +23,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxlab.claims import Below, Claim, NotApplicable, final
-from jaxlab.results import metric_name
+from jaxlab.claims import Below, Claim, NotApplicable, final, one_per_seed, where
+from jaxlab.results import metric_name, split_metric
+from jaxlab.tasks.function_classes import FUNCTION_CLASSES
 
 NEAR_ZERO = 0.2
 KEY = "task.function_class"
-CLASSES = ("linear", "sparse_linear", "noisy_linear", "decision_tree", "relu_2nn")
+CLASSES = FUNCTION_CLASSES
 GARG = {  # conf/base.yaml, conf/*.yaml and src/models.py of dtsip/in-context-learning
     "n_layers": 12,
     "n_heads": 8,
@@ -61,13 +62,19 @@ def swept_classes(cfg: Any) -> tuple[str, ...]:
     return (cfg.task.function_class,)
 
 
+def _grid_reason(cfg: Any) -> str | None:
+    """Why the claims cannot read this config's runs by class (None: the sweep grid names the class)."""
+    if not any(key == KEY for key, _ in cfg.sweep.grid):
+        return f"needs {KEY} in the sweep grid (the claims read each class's runs by its grid value)"
+    return None
+
+
 def _needs_class(cls: str):
     def untested(cfg: Any) -> str | None:
-        if not any(key == KEY for key, _ in cfg.sweep.grid):
-            return f"needs {KEY} in the sweep grid (the claims read each class's runs by its grid value)"
-        if cls not in swept_classes(cfg):
+        reason = _grid_reason(cfg)
+        if reason is None and cls not in swept_classes(cfg):
             return f"no {cls} runs in this sweep"
-        return None
+        return reason
 
     return untested
 
@@ -90,18 +97,26 @@ def _sparse_untested(cfg: Any) -> str | None:
 
 
 def _all_untested(cfg: Any) -> str | None:
-    from_grid = _needs_class("linear")(cfg)
-    if from_grid is not None and "sweep grid" in from_grid:
-        return from_grid
+    reason = _grid_reason(cfg)
     missing = [c for c in CLASSES if c not in swept_classes(cfg)]
-    return f"needs every function class; missing {', '.join(missing)}" if missing else None
+    if reason is None and missing:
+        return f"needs every function class; missing {', '.join(missing)}"
+    return reason
 
 
-def _of_class(runs: Sequence[Run], cls: str) -> list[Run]:
-    picked = [r for r in runs if r.get("hparams", {}).get(KEY) == cls]
-    if len({r["seed"] for r in picked}) < len(picked):
-        raise NotApplicable(f"several {cls} runs per seed: sweep only {KEY} and seeds")
-    return picked
+def _of_class(runs: Sequence[Run], cls: str) -> Sequence[Run]:
+    return one_per_seed(where(runs, task__function_class=cls))
+
+
+def _last_n(run: Run) -> int:
+    """The largest number of examples the run's nse is recorded at (N - 1); -1 for none."""
+    ns = [params.get("n") for name, params in map(split_metric, run["final"]) if name == "nse"]
+    return int(max((n for n in ns if n is not None), default=-1))
+
+
+def _minus_simple_baselines(run: Run, n: int) -> float:
+    """The run's nse after n examples minus the better of averaging and 3-NN there."""
+    return nse(run, n) - min(baseline(run, "averaging", n), baseline(run, "knn", n))
 
 
 def _d(run: Run) -> int:
@@ -118,37 +133,23 @@ def linear_at_2d(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[floa
 
 def linear_minus_simple_baselines(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
     """values(): per seed, at n = 2d on linear functions, the model's nse minus the better of averaging and 3-NN."""
-    out = []
-    for r in _of_class(runs, "linear"):
-        n = 2 * _d(r)
-        out.append(nse(r, n) - min(baseline(r, "averaging", n), baseline(r, "knn", n)))
-    return out
+    return [_minus_simple_baselines(r, 2 * _d(r)) for r in _of_class(runs, "linear")]
 
 
 def sparse_minus_least_squares(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
     """values(): per seed, at n = d - 1 on sparse linear functions, the model's nse minus least squares'."""
-    out = []
-    for r in _of_class(runs, "sparse_linear"):
-        n = _d(r) - 1
-        out.append(nse(r, n) - baseline(r, "least_squares", n))
-    return out
+    return [nse(r, _d(r) - 1) - baseline(r, "least_squares", _d(r) - 1) for r in _of_class(runs, "sparse_linear")]
 
 
 def worst_class_minus_simple_baselines(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
     """values(): per seed, over the function classes, the largest (model nse - the better of averaging and 3-NN)
     at the last position n = N - 1 (a seed missing a class is dropped)."""
     by_seed: dict[int, dict[str, float]] = {}
-    for r in runs:
-        cls = r.get("hparams", {}).get(KEY)
-        if cls is None:
-            continue
-        last = max((int(k[len("nse[n=") : -1]) for k in r["final"] if k.startswith("nse[n=")), default=-1)
-        if last < 0:
-            continue
-        gap = nse(r, last) - min(baseline(r, "averaging", last), baseline(r, "knn", last))
-        if cls in by_seed.setdefault(int(r["seed"]), {}):
-            raise NotApplicable(f"several {cls} runs per seed: sweep only {KEY} and seeds")
-        by_seed[int(r["seed"])][cls] = gap
+    for cls in CLASSES:
+        for r in _of_class(runs, cls):
+            last = _last_n(r)
+            if last >= 0:
+                by_seed.setdefault(int(r["seed"]), {})[cls] = _minus_simple_baselines(r, last)
     n_classes = max((len(v) for v in by_seed.values()), default=0)
     return [max(v.values()) for _, v in sorted(by_seed.items()) if len(v) == n_classes and n_classes > 0]
 
