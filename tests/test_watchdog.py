@@ -131,9 +131,9 @@ def test_a_stalled_sweep_writes_stacks_and_exits_3_keeping_its_checkpoints(tmp_p
     script.write_text(STALLED_RUN)
     out = tmp_path / "run"
     args = ["icl-regression", "--preset", "smoke", "--out", str(out), "--quiet"]
-    # 9 s of silence beyond the slowest gap between beats so far (the watch starts once the program
+    # 6 s of silence beyond the slowest gap between beats so far (the watch starts once the program
     # is compiled; an interval with its checkpoint takes about 1 s here): far less than the stall's 600 s
-    sets = ["--set", "train.stall_timeout=0.15", "--set", "train.checkpoint_every=1"]
+    sets = ["--set", "train.stall_timeout=0.1", "--set", "train.checkpoint_every=1"]
     run = subprocess.run(
         [sys.executable, str(script), "run", *args, *sets], capture_output=True, text=True, timeout=240, cwd=tmp_path
     )
