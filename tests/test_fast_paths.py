@@ -1,5 +1,7 @@
 """The model's fast paths equal the plain computation: outputs at a few positions, the training
-loss at the task's loss positions, and bfloat16 matmuls against float32."""
+loss at the task's loss positions, and bfloat16 matmuls (float32 accumulation) against float32."""
+
+import collections
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import pytest
 from _runs import run_cfg
 
 from jaxlab.config import ModelConfig
-from jaxlab.models import Transformer, init_params
+from jaxlab.models import AttentionExecution, Transformer, init_params
 from jaxlab.models.attention import keys_first_cheaper, vector_padding
 from jaxlab.tasks import regression, sample
 from jaxlab.train import make_train, seed_keys
@@ -125,3 +127,34 @@ def test_bfloat16_matmuls_agree_with_float32_on_final_loss(smoke_cfg):
     for a, b in zip(f32, bf16):
         assert b["status"] == "ok"
         assert b["final"]["eval_loss"] == pytest.approx(a["final"]["eval_loss"], rel=0.10)
+
+
+def dot_dtypes(jaxpr) -> collections.Counter:
+    """(operand dtypes, result dtype) of every dot_general in a jaxpr, nested ones included."""
+    out = collections.Counter()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out[(*(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype))] += 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += dot_dtypes(inner)
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["jaxlab", "fused"])
+def test_bfloat16_means_bfloat16_products_accumulated_in_float32(kernel):
+    """`model.dtype="bfloat16"` (the plan's recorded `dtype`): a softmax block's six products (q, k, v;
+    scores; pattern times v; output projection; MLP in and out) take bfloat16 inputs and return
+    float32 (`preferred_element_type`); the read-in and the unembedding stay float32. The fused
+    kernel's pattern times v returns bfloat16 (JAX's kernel), cast to float32 after."""
+    cfg = ModelConfig(d_model=8, d_input=5, d_output=2, max_len=6, n_heads=2, d_mlp=8, attention="softmax",
+                      mask="causal", dtype="bfloat16")  # fmt: skip
+    model = Transformer(cfg, AttentionExecution(kernel=kernel))
+    x = jnp.ones((2, 6, 5))
+    params = init_params(model, jax.random.key(0), x)
+    dots = dot_dtypes(jax.make_jaxpr(lambda p: model.apply({"params": p}, x))(params).jaxpr)
+    pattern_v = ("bfloat16", "bfloat16", "bfloat16" if kernel == "fused" else "float32")
+    want = collections.Counter({("bfloat16", "bfloat16", "float32"): 5, ("float32", "float32", "float32"): 2})
+    assert dots == want + collections.Counter([pattern_v])

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from jaxlab.config import ModelConfig
-from jaxlab.errors import ConfigError
+from jaxlab.errors import ConfigError, UserError
 from jaxlab.models import AttentionExecution, Transformer, init_params
 from jaxlab.registry import builtin_experiments, get_experiment
 from jaxlab.tasks import task_module, task_spec
 from jaxlab.train import make_train, stack_hparams
+from jaxlab.train.group_run import check_resume_plan
 from jaxlab.train.groups import plan_groups
-from jaxlab.train.plan import ExecutionPlan, make_plan
+from jaxlab.train.plan import ExecutionPlan, make_plan, recorded_plan
 from jaxlab.train.programs import Programs
 from jaxlab.train.sharding import Placement, run_mesh
 
@@ -60,6 +61,7 @@ def test_cpu_plan_follows_the_documented_rules(name, preset):
     want = expected_cpu_plan(cfg)
     assert {k: getattr(plan, k) for k in want} == want
     assert (plan.backend, plan.run_layout, plan.vector_floats, plan.forced) == ("cpu", "scan", 16, ())
+    assert plan.attention_kernel == "jaxlab" and plan.attention().kernel == "jaxlab"
     assert (plan.batch_size, plan.dtype) == (cfg.train.batch_size, cfg.model.dtype)
 
 
@@ -72,10 +74,16 @@ def test_measured_cases_of_the_docstrings():
 
 
 @pytest.mark.parametrize("backend", ["gpu", "cuda", "rocm", "tpu"])
-def test_accelerator_plans_use_whole_batches_vmap_and_no_padding(backend):
+def test_accelerator_plans_use_whole_batches_vmap_no_padding_and_the_fused_kernel(backend):
+    """No CPU-only setting on an accelerator: the whole batch (no L2-sized micro-batch), `vmap`
+    (no scan), no vector padding, and JAX's fused attention instead of jaxlab's kernel."""
     cfg = get_experiment("latent-ambiguity").preset("paper")
     plan, cpu = make_plan(cfg, backend=backend), make_plan(cfg, backend="cpu")
-    assert (plan.backend, plan.run_layout, plan.micro_batch, plan.vector_floats) == (backend, "vmap", 64, 0)
+    B = cfg.train.batch_size
+    assert cpu.micro_batch < B  # the CPU plan does choose an L2-sized micro-batch here
+    assert (plan.backend, plan.run_layout, plan.micro_batch, plan.vector_floats) == (backend, "vmap", B, 0)
+    assert (plan.attention_kernel, cpu.attention_kernel) == ("fused", "jaxlab")
+    assert plan.attention() == AttentionExecution(plan.attention_path, 0, "fused")
     assert plan.attention_path == cpu.attention_path  # the FLOP rule holds on every backend
     assert plan.n_devices == 1  # not this process's backend: a plan for export
 
@@ -93,6 +101,9 @@ def test_train_settings_force_the_plan(smoke_cfg, backend):
     assert (plan.micro_batch, plan.run_block, plan.run_layout) == (8, 3, "vmap")
     assert plan.forced == ("run_layout", "run_block", "micro_batch")
     assert make_plan(smoke_cfg.set("train.run_layout", "scan"), backend="tpu").run_layout == "scan"
+    kernel = "fused" if backend == "cpu" else "jaxlab"  # the other backend's choice
+    forced = make_plan(cfg, backend=backend, attention_kernel=kernel)
+    assert forced.attention_kernel == kernel and forced.forced == (*plan.forced, "attention_kernel")
 
 
 def test_bad_input_is_refused_with_the_field(smoke_cfg):
@@ -102,11 +113,15 @@ def test_bad_input_is_refused_with_the_field(smoke_cfg):
     assert "tpu" in str(err.value)  # the allowed values
     for change, field in [({"micro_batch": 3}, "plan.micro_batch"), ({"run_layout": "auto"}, "plan.run_layout"),
                           ({"attention_path": "fast"}, "plan.attention_path"), ({"run_block": 0}, "plan.run_block"),
-                          ({"vector_floats": -1}, "plan.vector_floats")]:  # fmt: skip
+                          ({"vector_floats": -1}, "plan.vector_floats"),
+                          ({"attention_kernel": "cudnn"}, "plan.attention_kernel")]:  # fmt: skip
         with pytest.raises(ConfigError, match=field):
             dataclasses.replace(plan, **change)
     with pytest.raises(ConfigError, match="n_devices"):
         make_plan(smoke_cfg, n_devices=0)
+    with pytest.raises(ConfigError, match="attention_kernel") as err:
+        make_plan(smoke_cfg, attention_kernel="flash")
+    assert "fused" in str(err.value) and "jaxlab" in str(err.value)
     other = make_plan(smoke_cfg.set("train.batch_size", 32))
     with pytest.raises(ConfigError, match="plan.batch_size"):
         make_train(smoke_cfg, plan=other)
@@ -118,9 +133,36 @@ def test_plan_is_recorded_as_json(smoke_cfg):
     plan = make_plan(smoke_cfg.set("train.micro_batch", 16), backend="tpu")
     data = json.loads(json.dumps(make_train(smoke_cfg.set("train.micro_batch", 16), plan=plan).plan.as_dict()))
     assert data["micro_batch"] == 16 and data["forced"] == ["micro_batch"] and data["backend"] == "tpu"
-    for key in ("run_layout", "run_block", "vector_floats", "attention_path", "dtype", "n_devices", "batch_size"):
+    for key in (
+        "run_layout",
+        "run_block",
+        "vector_floats",
+        "attention_path",
+        "attention_kernel",
+        "dtype",
+        "n_devices",
+        "batch_size",
+    ):
         assert data[key] == getattr(plan, key), key
     assert ExecutionPlan(**{**data, "forced": tuple(data["forced"])}) == plan
+
+
+def test_a_plan_recorded_before_attention_kernel_reads_as_jaxlabs_kernel(smoke_cfg):
+    """A layout.json plan written before `attention_kernel` was recorded: `recorded_plan` gives it the
+    kernel every plan then used (`jaxlab`), so it equals this CPU plan and its resume check passes.
+    `check_resume_plan` reads a stored plan through it; a changed kernel, or a field this jaxlab does not
+    know, is refused naming the field."""
+    now = make_plan(smoke_cfg, backend="cpu").as_dict()
+    old = {k: v for k, v in json.loads(json.dumps(now)).items() if k != "attention_kernel"}
+    assert recorded_plan(old) == now and now["attention_kernel"] == "jaxlab"
+    check_resume_plan({"plan": recorded_plan(old)}, 0, now)
+    check_resume_plan({"plan": old}, 0, now)  # the resume check reads a stored plan the same way
+    with pytest.raises(UserError, match=r"attention_kernel='jaxlab' and would continue with attention_kernel='fused'"):
+        check_resume_plan({"plan": old}, 0, {**now, "attention_kernel": "fused"})
+    with pytest.raises(UserError, match=r"kernel_v2=1 and would continue with kernel_v2=None.*--overwrite"):
+        check_resume_plan({"plan": {**now, "kernel_v2": 1}}, 0, now)  # a field this jaxlab lacks: named
+    with pytest.raises(ConfigError, match="unknown recorded plan fields"):
+        recorded_plan({**now, "kernel_v2": 1})
 
 
 def scan_lengths(jaxpr) -> list[int]:
@@ -167,9 +209,9 @@ def test_model_receives_the_plans_attention_choices(smoke_cfg):
     does not; both give the same loss. `Transformer(cfg)` alone pads nothing."""
     cfg = smoke_cfg.set("task.n_dims", 10)  # tokens of width 11
     losses = {}
-    for backend, pad in (("cpu", 16), ("tpu", 0)):
+    for backend, pad, kernel in (("cpu", 16, "jaxlab"), ("tpu", 0, "fused")):
         train = make_train(cfg, plan=make_plan(cfg, backend=backend))
-        assert train.model.execution == AttentionExecution("query_side", pad)
+        assert train.model.execution == AttentionExecution("query_side", pad, kernel)
         state = train.init(jax.random.key(0))
         batch = train.train_batch(state)
         jaxpr = jax.make_jaxpr(train.train_loss)(state.params, batch)
@@ -207,6 +249,8 @@ def test_bad_attention_execution_is_refused():
         AttentionExecution("fast")
     with pytest.raises(ValueError, match="vector_floats"):
         AttentionExecution("auto", -1)
+    with pytest.raises(ValueError, match="kernel must be one of jaxlab, fused"):
+        AttentionExecution("auto", 0, "cudnn")
 
 
 def test_no_backend_checks_in_the_model_or_the_engine():
@@ -235,7 +279,10 @@ def exported_programs(exp, cfg, platforms: tuple[str, ...]):
         keys = list(stack_hparams(group.cfg, [{}]))
         for fn, args in ((programs.start_program(), programs.start_inputs(2, keys)),
                          (programs.interval_program(), programs.interval_inputs(2, keys))):  # fmt: skip
-            yield plan, jax.export.export(fn, platforms=list(platforms))(*args)
+            yield group.cfg, plan, jax.export.export(fn, platforms=list(platforms))(*args)
+
+
+FUSED_CALL = "func.func private @fused_attention"  # `jaxlab.models.fused_attention`'s jitted call
 
 
 @pytest.mark.timeout(600)
@@ -247,20 +294,31 @@ def test_smoke_sweep_programs_export_for_cuda_and_tpu(name):
     for group in plan_groups(cfg, check=False):  # cuda and tpu get the same plan: one lowering serves both
         cuda, tpu = (make_plan(group.cfg, backend=b, n_devices=1).as_dict() for b in ("cuda", "tpu"))
         assert {k: v for k, v in cuda.items() if k != "backend"} == {k: v for k, v in tpu.items() if k != "backend"}
-    n = 0
-    for plan, exported in exported_programs(exp, cfg, ("cuda", "tpu")):
-        assert (plan.backend, plan.run_layout, plan.vector_floats) == ("cuda", "vmap", 0)
+    n, fused = 0, {}
+    for group_cfg, plan, exported in exported_programs(exp, cfg, ("cuda", "tpu")):
+        assert (plan.backend, plan.run_layout, plan.vector_floats, plan.attention_kernel) == (
+            "cuda",
+            "vmap",
+            0,
+            "fused",
+        )
         assert exported.platforms == ("cuda", "tpu") and exported.nr_devices == 1
-        assert "lapack_" not in exported.mlir_module(), name
+        text = exported.mlir_module()
+        assert "lapack_" not in text, name
+        softmax = group_cfg.model.attention == "softmax"
+        fused[softmax] = fused.get(softmax, False) or FUSED_CALL in text
         n += 1
     assert n >= 2  # start and interval of every group
+    # softmax models train and evaluate through jax.nn.dot_product_attention; linear ones have no softmax
+    assert fused.get(True, True) and not fused.get(False, False), fused
 
 
 def test_cpu_export_does_hold_lapack_calls():
     """The check above can fail: the same programs lowered for the CPU call LAPACK (eigh)."""
     exp = get_experiment("latent-ambiguity")
-    texts = [e.mlir_module() for _, e in exported_programs(exp, exp.preset("smoke"), ("cpu",))]
+    texts = [e.mlir_module() for _, _, e in exported_programs(exp, exp.preset("smoke"), ("cpu",))]
     assert any("lapack_" in t for t in texts)
+    assert not any(FUSED_CALL in t for t in texts)  # and jaxlab's attention kernel, not the fused one
 
 
 def test_the_plan_is_recorded_and_a_resume_under_another_plan_is_refused(tmp_path, capsys):

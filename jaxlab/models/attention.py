@@ -15,16 +15,18 @@ the context tokens only, as in von Oswald et al.), `none`.
 Parameters: `w_qkv` [D, 3, H, Dh] (Q, K, V fused so one GEMM computes all three), `w_out` [H, Dh, D],
 and biases `b_qkv` [3, H, Dh], `b_out` [D] when `use_bias`.
 
-How outputs at a few query positions are computed (not what: every choice gives the same numbers up
-to float rounding) is data, `AttentionExecution`: the engine passes the choices of its execution plan
-(`jaxlab.train.plan`); the module itself checks no backend.
+How outputs at a few query positions are computed, and which kernel computes softmax attention
+(not what: every choice gives the same numbers up to float rounding), is data, `AttentionExecution`:
+the engine passes the choices of its execution plan (`jaxlab.train.plan`); the module itself checks
+no backend. Softmax kernels: `jaxlab` (`softmax_attention`, float32; the pattern path in bfloat16)
+or `fused` (`jax.nn.dot_product_attention`, `jaxlab.models.fused_attention`; float32 and bfloat16).
 
 Hook points (`jaxlab.models.hooks`): {prefix}.hook_q, hook_k, hook_v [B, T, H, Dh] (biases included),
 hook_attn_scores [B, H, T, T] (softmax: q . k / sqrt(Dh) with masked entries at the float32 minimum;
 linear and positional: q . k unscaled and unmasked), hook_pattern [B, H, T, T], hook_z [B, T, H, Dh]
 (before W_O). They exist on the explicit path only (`Attention._explicit`), which runs while
 `intermediates` is mutable or an intervention names one of them; otherwise the fast paths
-(q (K^T V), `softmax_attention`, the query-side products) run as they are.
+(q (K^T V), `softmax_attention` or `fused_attention`, the query-side products) run as they are.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.config import ModelConfig
+from jaxlab.models.fused_attention import fused_attention
 from jaxlab.models.hooks import active, record
 from jaxlab.models.interventions import Intervention
 from jaxlab.models.softmax_attention import softmax_attention
@@ -89,6 +92,7 @@ def keys_first_cheaper(n_queries: int, seq_len: int, d_model: int, n_heads: int,
 
 
 QUERY_PATHS = ("auto", "keys_first", "query_side")
+ATTENTION_KERNELS = ("jaxlab", "fused")
 
 
 def vector_padding(width: int, lanes: int = 16) -> int:
@@ -117,6 +121,11 @@ class AttentionExecution:
         always goes keys first (its pattern needs the keys' positions).
     vector_floats: the query-side path pads token widths between vector_floats / 2 and
         vector_floats up to it (`vector_padding`; 0: no padding).
+    kernel: softmax attention on the keys-first path: `jaxlab` (`softmax_attention`, the custom-vjp
+        einsums; in bfloat16 the pattern path) or `fused` (`jax.nn.dot_product_attention` through
+        `fused_attention`, compiled by each backend's XLA into its fused kernels). Either only while no
+        hook point of attention is recorded or intervened on; linear and positional attention have
+        no softmax kernel.
 
     The default is what a model needs on any backend; `jaxlab.train.plan.ExecutionPlan.attention`
     gives the choices of a plan.
@@ -124,12 +133,15 @@ class AttentionExecution:
 
     query_path: str = "auto"
     vector_floats: int = 0
+    kernel: str = "jaxlab"
 
     def __post_init__(self) -> None:
         if self.query_path not in QUERY_PATHS:
             raise ValueError(f"query_path must be one of {', '.join(QUERY_PATHS)}, got {self.query_path!r}")
         if self.vector_floats < 0:
             raise ValueError(f"vector_floats must be >= 0, got {self.vector_floats}")
+        if self.kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(ATTENTION_KERNELS)}, got {self.kernel!r}")
 
     def query_side(self, n_queries: int, seq_len: int, d_model: int, n_heads: int, head_dim: int) -> bool:
         """Whether P static queries take the query-side path (`query_path`; `auto`: fewer FLOPs)."""
@@ -208,6 +220,9 @@ class Attention(nn.Module):
             z = dot("bqhk,bhkj->bqhj", q, kv_BHKJ, cfg.dtype)
             if cfg.attn_norm == "n_keys":
                 z = z / (T - 1)
+        elif cfg.attention == "softmax" and self.execution.kernel == "fused":
+            # no pattern to record: JAX's fused attention (`fused_attention`), the causal mask as is_causal
+            z = fused_attention(q, k, v, mask_TT, causal=cfg.mask == "causal" and index is None, dtype=cfg.dtype)
         elif cfg.attention == "softmax" and cfg.dtype == "float32":
             # no pattern to record: the hand-written backward pass (`softmax_attention`)
             z = softmax_attention(q / jnp.sqrt(jnp.float32(Dh)), k, v, mask_TT)

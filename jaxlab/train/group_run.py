@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxlab import interrupt
-from jaxlab.errors import UserError
+from jaxlab.errors import ConfigError, UserError
 from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
 from jaxlab.hostdevices import cpu_cores
 from jaxlab.trackers import Tracker, write_row
@@ -36,6 +36,7 @@ from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.groups import Group
 from jaxlab.train.hparams import stack_hparams
 from jaxlab.train.outcomes import GroupOutcome, concat_outcome, outcome_records, select_finalized
+from jaxlab.train.plan import recorded_plan
 from jaxlab.train.programs import Programs, first_row, key_data
 from jaxlab.train.progress import Progress
 from jaxlab.train.replicate import copy_tree, replicate_config, replicate_row
@@ -82,6 +83,10 @@ def check_resume_plan(layout: dict[str, Any], group: int, plan: dict[str, Any]) 
     started = layout.get("plan")
     if started is None:  # layouts written before jaxlab recorded plans: not checked
         return
+    try:  # fields added to the plan since it was recorded take the value that jaxlab used
+        started = json.loads(json.dumps(recorded_plan(started)))
+    except ConfigError:  # fields this jaxlab does not know: compared as stored, and named below
+        pass
     plan = json.loads(json.dumps(plan))  # as stored: tuples become lists
     differ = sorted(k for k in set(started) | set(plan) if started.get(k) != plan.get(k))
     if differ:

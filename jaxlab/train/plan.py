@@ -9,7 +9,8 @@ A plan made for another backend (`make_plan(cfg, backend="tpu")`) gives the prog
 would run, e.g. for `jax.export` on a CPU-only machine.
 
 Rules (`train.run_layout`, `train.run_block` and `train.micro_batch` force their field; 0 / `auto`
-leave it to the rule), with the measured reasons (2-core CPU, benchmarks/results/train.md):
+leave it to the rule; `make_plan(attention_kernel=...)` forces the kernel), with the measured
+reasons (2-core CPU, benchmarks/results/train.md):
 
   run_layout      `scan` on CPUs, `vmap` elsewhere (`jaxlab.train.runmap`). XLA:CPU's batched tiny
                   matmuls over (run, sequence) batch dimensions and the transposes around them cost
@@ -32,7 +33,20 @@ leave it to the rule), with the measured reasons (2-core CPU, benchmarks/results
                   `loss_positions`) and moving the key and value weights to those queries costs
                   fewer FLOPs (`jaxlab.models.attention.keys_first_cheaper`), else `keys_first`;
                   positional attention always goes keys first. The same rule on every backend.
-  dtype           `model.dtype` (the matmul inputs), recorded.
+  attention_kernel  softmax attention's kernel on the keys-first path: `fused`
+                  (`jax.nn.dot_product_attention`, `jaxlab.models.fused_attention`) on GPUs and TPUs,
+                  whose compilers fuse it into their attention kernels; `jaxlab` (the custom-vjp
+                  `softmax_attention`) on CPUs, where it is measured (benchmarks/results/
+                  fused_attention.md) and what CPU runs used before the field existed. Either runs
+                  only while no attention hook point is recorded or intervened on.
+  dtype           `model.dtype`, recorded: the matmul inputs of attention and MLP, `float32` or
+                  `bfloat16`. bfloat16 forward products accumulate in float32 and return float32
+                  (`preferred_element_type`, `jaxlab.models.attention.dot`; the fused kernel's
+                  q . k by BF16_BF16_F32, its pattern times v returns bfloat16); their gradients
+                  multiply the float32 cotangent by a bfloat16 operand (JAX's transpose), which
+                  XLA computes in float32. Read-in and unembedding stay float32. An option of the
+                  config on every backend, never chosen by a rule (it changes the numbers: tests/
+                  test_fast_paths.py and tests/test_fused_attention.py bound the change of the loss).
   n_devices       the devices the runs are spread over (recorded: with `scan`, a run's float sums
                   depend on the runs per device).
 """
@@ -47,11 +61,12 @@ import jax
 
 from jaxlab.config import RUN_LAYOUTS, ExperimentConfig, require_config
 from jaxlab.errors import ConfigError
-from jaxlab.models.attention import AttentionExecution, keys_first_cheaper
+from jaxlab.models.attention import ATTENTION_KERNELS, AttentionExecution, keys_first_cheaper
 from jaxlab.tasks import task_module, task_spec
 from jaxlab.train.microbatch import WORK_BYTES, auto_micro_batch, sequence_bytes
 
 __all__ = [
+    "ATTENTION_KERNELS",
     "ATTENTION_PATHS",
     "BACKENDS",
     "MAX_BLOCK",
@@ -60,6 +75,8 @@ __all__ = [
     "auto_block",
     "default_backend",
     "make_plan",
+    "recorded_plan",
+    "resolve_kernel",
     "resolve_layout",
 ]
 
@@ -92,6 +109,16 @@ def resolve_layout(layout: str = "auto", backend: str | None = None) -> str:
     return "scan" if _target(backend) == "cpu" else "vmap"
 
 
+def resolve_kernel(kernel: str = "auto", backend: str | None = None) -> str:
+    """Softmax attention's kernel on `backend`: `kernel` when it names one of `ATTENTION_KERNELS`,
+    else (`auto`) `jaxlab` on CPUs and `fused` elsewhere (module docstring)."""
+    if kernel not in ("auto", *ATTENTION_KERNELS):
+        raise ConfigError("attention_kernel", f"unknown attention kernel {kernel!r}", ("auto", *ATTENTION_KERNELS))
+    if kernel != "auto":
+        return kernel
+    return "jaxlab" if _target(backend) == "cpu" else "fused"
+
+
 def auto_block(unit_bytes: int, budget: int = WORK_BYTES) -> int:
     """Runs per scanned block: as many (<= 8) as keep the block's activations within `budget`,
     given `unit_bytes` of activations per run and gradient micro-batch (`jaxlab.train.microbatch`).
@@ -112,7 +139,9 @@ class ExecutionPlan:
     vmapped per step of the `scan` layout. micro_batch: sequences per gradient micro-batch (a
     divisor of batch_size). vector_floats: token padding of the query-side attention (0: none).
     attention_path: `keys_first` | `query_side` (the training loss's last attention layer).
-    dtype: the matmul input dtype. forced: the fields a `train.*` setting fixed.
+    dtype: the matmul input dtype (bfloat16: float32 accumulation). attention_kernel: `jaxlab` |
+    `fused` (softmax attention). forced: the fields a setting fixed. `attention_kernel` has a
+    default, the kernel every plan used before the field was recorded (`recorded_plan`).
     """
 
     backend: str
@@ -124,6 +153,7 @@ class ExecutionPlan:
     vector_floats: int
     attention_path: str
     dtype: str
+    attention_kernel: str = "jaxlab"
     forced: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -138,10 +168,14 @@ class ExecutionPlan:
             raise ConfigError("plan.micro_batch", f"{self.micro_batch} does not divide batch_size {self.batch_size}")
         if self.vector_floats < 0:
             raise ConfigError("plan.vector_floats", f"must be >= 0, got {self.vector_floats}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ConfigError("plan.attention_kernel", f"unknown kernel {self.attention_kernel!r}", ATTENTION_KERNELS)
 
     def attention(self) -> AttentionExecution:
         """The model's share of the plan (`Transformer(cfg, plan.attention())`)."""
-        return AttentionExecution(query_path=self.attention_path, vector_floats=self.vector_floats)
+        return AttentionExecution(
+            query_path=self.attention_path, vector_floats=self.vector_floats, kernel=self.attention_kernel
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (config.json / summary.json)."""
@@ -150,18 +184,31 @@ class ExecutionPlan:
         return out
 
 
+def recorded_plan(data: dict[str, Any]) -> dict[str, Any]:
+    """A plan recorded by any jaxlab version (layout.json, summary.json) as this one records it:
+    fields added since take the value the older version used (`attention_kernel`: `jaxlab`), so a
+    comparison with a new plan sees only real changes. ConfigError for a field this jaxlab lacks."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(ExecutionPlan)})
+    if unknown:
+        raise ConfigError("plan", f"unknown recorded plan fields {unknown}")
+    return ExecutionPlan(**{**data, "forced": tuple(data.get("forced", ()))}).as_dict()
+
+
 def _n_devices(target: str) -> int:
     """All devices of this process's backend when it is the target, else 1 (a plan for export)."""
     family = lambda b: "gpu" if b in ("gpu", "cuda", "rocm") else b
     return jax.device_count() if family(target) == family(default_backend()) else 1
 
 
-def make_plan(cfg: ExperimentConfig, backend: str | None = None, n_devices: int | None = None) -> ExecutionPlan:
+def make_plan(
+    cfg: ExperimentConfig, backend: str | None = None, n_devices: int | None = None, attention_kernel: str = "auto"
+) -> ExecutionPlan:
     """The execution plan of `cfg` on `backend` (default: this process's, `jax.default_backend()`).
 
     Decided once, by the rules of the module docstring; `train.run_layout`, `train.run_block` and
-    `train.micro_batch` force their fields when set. `n_devices` (recorded) defaults to every
-    device of the target backend when it is this process's, else 1.
+    `train.micro_batch` force their fields when set, `attention_kernel` (`jaxlab` | `fused`; `auto`:
+    the rule) the kernel. `n_devices` (recorded) defaults to every device of the target backend when
+    it is this process's, else 1.
     """
     require_config(cfg, "make_plan(cfg)")
     cfg = cfg.resolve()
@@ -185,6 +232,7 @@ def make_plan(cfg: ExperimentConfig, backend: str | None = None, n_devices: int 
     )
     settings = {"run_layout": t.run_layout != "auto", "run_block": t.run_block, "micro_batch": t.micro_batch}
     forced = tuple(name for name, value in settings.items() if value)
+    forced += ("attention_kernel",) if attention_kernel != "auto" else ()
     if n_devices is not None and n_devices < 1:
         raise ConfigError("n_devices", f"must be >= 1, got {n_devices}")
     return ExecutionPlan(
@@ -197,5 +245,6 @@ def make_plan(cfg: ExperimentConfig, backend: str | None = None, n_devices: int 
         vector_floats=VECTOR_FLOATS if on_cpu else 0,
         attention_path="query_side" if query_side else "keys_first",
         dtype=m.dtype,
+        attention_kernel=resolve_kernel(attention_kernel, target),
         forced=forced,
     )
