@@ -32,6 +32,7 @@ ORDER = (
     "instruction-clustering",
     "steerability",
     "latent-ambiguity",
+    "latent-ambiguity-paper-small",
     "representation-dissimilarity",
 )
 

@@ -22,11 +22,13 @@ declare -A ARGS=(
   [instruction-clustering]="instruction-clustering --preset quick"
   [steerability]="steerability --preset quick"
   [latent-ambiguity]="latent-ambiguity --preset quick --seeds 5"
+  [latent-ambiguity-paper-small]="latent-ambiguity --preset paper-small"
   [representation-dissimilarity]="representation-dissimilarity --preset quick --seeds 5"
   [function-classes]="function-classes --preset quick"
   [function-classes-sparse-3x]="function-classes --preset quick --sweep task.function_class=sparse_linear --set train.steps=12000 --set train.eval_every=1500"
 )
 NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only instruction-clustering steerability latent-ambiguity representation-dissimilarity function-classes function-classes-sparse-3x}
+NAMES=${ONLY:-$NAMES latent-ambiguity-paper-small}  # Jiang's own language and ICL metric (about 7 minutes)
 mkdir -p "$OUT"
 for name in $NAMES; do
   start=$(date +%s)

@@ -48,12 +48,28 @@ q the model's softmax and p* the truth p(z_{t+1} | z_{<=t}, theta of every messa
 After training (final step only): kl_bayes[position=j,language=a], kl_truth[position=j,language=a],
 bayes_kl_truth[position=j,language=a]: the same KLs at slot j of a message (j = 0: its first letter), pooled
 over the messages with m >= 1 demonstrations.
-Reference (summary.json): epsilon[language=a] = Jiang's epsilon measured exactly,
+  kl_first_letter[message=m,language=a]   Jiang's ICL.py metric, m >= 1: KL(target || q) at the delimiter
+                            after m demonstrations (the next message's first letter), target uniform over
+                            the letters of the last demonstration's intention and the next intention
+                            (`latent_bayes.first_letter_kl`), mean over prompts
+  bayes_kl_first_letter[message=m,language=a]  the same with the Bayes predictive in place of q
+Reference (summary.json): epsilon_transitions[language=a] = Jiang's own measure of ambiguity, the error
+rate of his transition-only arg-max classifier (`latent_bayes.transition_ambiguity`, n = `probe.n_epsilon`,
+standard error epsilon_transitions_se[language=a]); with a noise-free first letter,
+bayes_kl_first_letter_exact[language=a] and bayes_kl_truth_exact[language=a] = the Bayes predictor's KL
+under his metric and under jaxlab's all-letter metric in closed form (`latent_bayes.noise_free_bayes_kls`).
+epsilon[language=a] = Jiang's epsilon measured exactly,
 E_x[1 - max_theta p(theta | x)] over messages x of language a (n = `probe.n_epsilon`, standard error
 epsilon_se[language=a]); epsilon[messages=m,language=a] = the same for m messages of one intention;
 ambiguity[language=a] and first_letter_ambiguity[language=a] = the constants of language a. m runs
 over 0..M-1; the issue's keys are m = 1..5 (M = 6 in every preset but smoke); m = 0 (no
 demonstration) is kept for the curves.
+
+Presets: `paper` and `paper-small` are Jiang's language exactly (his matrices: `task.language_rng="legacy"`,
+`task.language_seed=1713`; his epsilon on the transitions; noise-free first letter), verified against his
+generate_data.py: the same matrices to the last bit, and his ambiguity measure 0.0647 / 0.1593 / 0.3720
+(± 0.0008 / 0.0012 / 0.0015, 100000 messages) at epsilon 0.02 / 0.04 / 0.1 where his script prints 0.0648 /
+0.1570 / 0.3701. `quick` and `smoke` keep jaxlab's language (below).
 
 Jiang's own setup, measured with `latent_bayes` (2048 same-intention prompts): with his language
 (L = 21, stay/next 0.5, noise-free first letter) jaxlab's floor bayes_kl_truth is 0.0330 nats for
@@ -206,8 +222,9 @@ def _masked_means(values_NT: jax.Array, masks_ST: np.ndarray) -> jax.Array:
 
 def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
     """The on-device evaluation of this program's language `a`: the model's KL to the Bayes predictive and to
-    the truth per message m, the Bayes floor, the mean KL over letter positions, the posterior probe's
-    accuracy and R^2, and the evaluation loss (metric names in the module docstring).
+    the truth per message m, the Bayes floor, Jiang's first-letter KL of the model and of the Bayes
+    predictor, the mean KL over letter positions, the posterior probe's accuracy and R^2, and the
+    evaluation loss (metric names in the module docstring).
     """
     a = ambiguity_index(cfg)
     by_message, _ = _letter_masks(cfg.task)
@@ -224,6 +241,13 @@ def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
         for name, values in per_m.items():
             for m in range(by_message.shape[0]):
                 metrics[language_metric(name, a, message=m)] = values[m]
+        first = {
+            "kl_first_letter": bayes.first_letter_kl(train.cfg.task, data["theta"], logq),
+            "bayes_kl_first_letter": bayes.first_letter_kl(train.cfg.task, data["theta"], data["bayes_logp"]),
+        }
+        for name, values_NM in first.items():
+            for m in range(1, by_message.shape[0]):
+                metrics[language_metric(name, a, message=m)] = jnp.mean(values_NM[:, m - 1])
         metrics[language_metric("kl_bayes_mean", a)] = _masked_means(kl_b, letters[None])[0]
         acc, r2 = posterior_probe(resid, data["bayes_post"], letters, train.cfg.probe.ridge_lam)
         metrics[language_metric("posterior_probe_acc", a)] = acc
@@ -235,13 +259,21 @@ def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
 
 # -- after training --------------------------------------------------------------------------------
 def language_reference(cfg: ExperimentConfig, a: int) -> dict[str, float]:
-    """Measured epsilon (exact posterior, Monte Carlo over messages) and the constants of language a."""
+    """Measured epsilon (exact posterior, Monte Carlo over messages), Jiang's transition-only epsilon, the
+    constants of language a and, with a noise-free first letter, the Bayes predictor's KLs in closed form."""
     task = cfg.task
     eps, se = bayes.measured_ambiguity(task, jax.random.key(cfg.train.eval_seed + 1), cfg.probe.n_epsilon)
     c1 = task.ambiguity if task.first_letter_ambiguity is None else task.first_letter_ambiguity
     ref = {language_metric("epsilon", a): float(eps[0]), language_metric("epsilon_se", a): float(se[0])}
     ref.update({language_metric("epsilon", a, messages=m + 1): float(e) for m, e in enumerate(eps)})
     ref.update({language_metric("ambiguity", a): task.ambiguity, language_metric("first_letter_ambiguity", a): c1})
+    jiang, jiang_se = bayes.transition_ambiguity(task, jax.random.key(cfg.train.eval_seed + 2), cfg.probe.n_epsilon)
+    ref[language_metric("epsilon_transitions", a)] = jiang
+    ref[language_metric("epsilon_transitions_se", a)] = jiang_se
+    if c1 == 0:
+        first, every = bayes.noise_free_bayes_kls(task)
+        ref[language_metric("bayes_kl_first_letter_exact", a)] = first
+        ref[language_metric("bayes_kl_truth_exact", a)] = every
     return ref
 
 
@@ -299,14 +331,13 @@ QUICK_AMBIGUITY = (0.0, 0.0098, 0.0227)
 PAPER_AMBIGUITY = (0.0, 0.0269, 0.0485)
 
 
-def paper() -> ExperimentConfig:
-    """Jiang's language: K = 6 intentions x 3 letters, 21-letter messages (a first letter and 20
-    transitions), his stay 0.5 / next 0.5 chain, 6 messages a sequence; the first letter as ambiguous
-    as the transitions (`--set task.first_letter_ambiguity=0` gives his noise-free first letter).
+# Jiang's noise epsilon (generate_data.py -e): his measured ambiguity 0 / 0.065 / 0.157 (his script, his seed)
+JIANG_EPSILON = (0.0, 0.02, 0.04)
 
-    Scaled for a CPU: Jiang trains one 3-layer, d = 768 character model (nanoGPT); here a grid of
-    1 and 3 layers x d = 64 and 128 (4 heads, MLP 512), 20k steps of 64 sequences, 3 seeds.
-    """
+
+def _jaxlab_language() -> ExperimentConfig:
+    """The base of the quick and smoke presets: 21-letter messages, Jiang's chain, the first letter as
+    ambiguous as the transitions, blocks from NumPy's default generator (jaxlab's language, not his)."""
     return ExperimentConfig(
         experiment="latent-ambiguity",
         preset="paper",
@@ -324,11 +355,62 @@ def paper() -> ExperimentConfig:
     )
 
 
+def paper() -> ExperimentConfig:
+    """Jiang's language exactly: K = 6 intentions x 3 letters, 21-letter messages (a first letter and 20
+    transitions), his stay 0.5 / next 0.5 chain, his transition blocks (legacy NumPy generator, seed
+    1713), his noise epsilon 0 / 0.02 / 0.04 on the transition matrices and a noise-free first letter;
+    6 messages a sequence (132 tokens, his README's block size is 128).
+
+    Scaled for a CPU (never run here: hours on 2 cores): Jiang trains one 3-layer, 12-head, d = 768
+    nanoGPT for 5000 iterations of 12 windows; here 3 layers x d = 32 / 64 / 128 (4 heads, MLP 512),
+    10000 steps of 32 sequences, 5 seeds.
+    """
+    return _jaxlab_language().derive(
+        "paper",
+        {
+            "task.first_letter_ambiguity": 0.0,
+            "task.language_rng": "legacy",
+            "task.language_seed": 1713,
+            "optim.lr": 1e-3,
+            "train.steps": 10000,
+            "train.batch_size": 32,
+            "probe.n_epsilon": 16384,
+        },
+        sweep=SweepConfig(
+            seeds=(0, 1, 2, 3, 4), grid=(("task.ambiguity", JIANG_EPSILON), ("model.d_model", (32, 64, 128)))
+        ),
+    )
+
+
+def paper_small() -> ExperimentConfig:
+    """Jiang's language (as `paper`) at his epsilon 0.02 (ambiguity 0.065) only, 5 messages a prompt (his
+    m = 1..4), within about 15 minutes on a shared 2-core CPU: 1 layer x d = 8 / 16 / 32 (2 heads, MLP 64),
+    600 steps of 16 sequences, 5 seeds."""
+    return paper().derive(
+        "paper-small",
+        {
+            "task.ambiguity": 0.02,
+            "task.n_messages": 5,
+            "model.n_layers": 1,
+            "model.n_heads": 2,
+            "model.d_mlp": 64,
+            "optim.lr": 3e-3,
+            "optim.warmup_steps": 50,
+            "train.steps": 600,
+            "train.batch_size": 16,
+            "train.n_evals": 4,
+            "train.eval_batch_size": 256,
+            "probe.n_epsilon": 8192,
+        },
+        sweep=SweepConfig(seeds=(0, 1, 2, 3, 4), grid=(("model.d_model", (8, 16, 32)),)),
+    )
+
+
 def quick() -> ExperimentConfig:
     """Minutes on a 2-core CPU: 8-letter messages, intention chain stay 0.9 (with Jiang's 0.5 the
     next message's intention is a coin flip whatever the demonstrations, so the Bayes floor cannot
     fall with m), 1- and 2-layer models of width 32, 2000 steps of 32 sequences, 2 seeds."""
-    return paper().derive(
+    return _jaxlab_language().derive(
         "quick",
         {
             "task.message_len": 8,
@@ -348,7 +430,7 @@ def quick() -> ExperimentConfig:
 
 def smoke() -> ExperimentConfig:
     """Seconds on a CPU: for tests."""
-    return paper().derive(
+    return _jaxlab_language().derive(
         "smoke",
         {
             "task.n_intentions": 3,
@@ -387,6 +469,14 @@ METRICS = {
     "bayes_kl_truth[message=m,language=a]": (
         "KL(truth || Bayes predictive), the floor of kl_truth, same positions (nats)"
     ),
+    "kl_first_letter[message=m,language=a]": (
+        "Jiang's ICL metric (ICL.py), m >= 1: KL(target || model) for the first letter of the message after m "
+        "demonstrations, target uniform over the letters of the last demonstration's intention and the next one, "
+        "mean over prompts (nats)"
+    ),
+    "bayes_kl_first_letter[message=m,language=a]": (
+        "the exact Bayes predictor's KL under Jiang's metric, same prompts (nats; constant over training)"
+    ),
     "kl_bayes_mean[language=a]": "KL(Bayes || model) over the letter positions of all messages (nats)",
     "posterior_probe_acc[language=a]": (
         "held-out fraction of letter positions where a ridge probe of the residual stream picks the Bayes "
@@ -409,7 +499,7 @@ EXPERIMENT = Experiment(
         "In-context learning as Bayesian inference over latent intentions, against the exact "
         "Bayes-optimal predictor (Jiang 2023)."
     ),
-    presets={"smoke": smoke, "quick": quick, "paper": paper},
+    presets={"smoke": smoke, "quick": quick, "paper": paper, "paper-small": paper_small},
     probe_class=LatentProbeConfig,
     metrics=METRICS,
     make_evaluate=make_evaluate,

@@ -3,7 +3,9 @@
 A language is a sparse joint distribution over latent intentions theta in {0..K-1} and messages.
 Each intention owns `letters_per_intention` = l letters (letter v belongs to intention v // l;
 V = K l letters) and a random l x l row-stochastic block B_theta (rows of i.i.d. U(0, 1) entries,
-normalized). With c = `ambiguity`,
+normalized; drawn from `language_seed` by NumPy's default generator, or with `language_rng="legacy"`
+by NumPy's legacy Mersenne Twister, `RandomState(seed).rand(K, l, l)`: the blocks of Jiang's
+generate_data.py, which seeds it with 1713 and draws one l x l block per intention in order). With c = `ambiguity`,
 c_1 = `first_letter_ambiguity` (c when None) and rows renormalized after adding the constant,
 
   first letter:  F_theta[v]    = (U_theta[v] + c_1) / (1 + V c_1),   U_theta uniform on theta's letters
@@ -20,6 +22,11 @@ c_1 = `first_letter_ambiguity` (c when None) and rows renormalized after adding 
 Jiang's simulation: K = 6, l = 3, L = 21 (a first letter and 20 transitions), stay 0.5 / next 0.5,
 and a noise-free first letter (c_1 = 0), which identifies theta exactly; here the first letter is
 as ambiguous as the transitions unless `first_letter_ambiguity=0.0` asks for the author's setup.
+His noise is this `ambiguity` c: generate_data.py adds epsilon to every entry of the K x V x V
+transition matrices and renormalizes the rows, which gives the formulas above (a row outside
+theta's block is 0 before the noise and uniform after it). So his language is exactly
+`latent.Config(ambiguity=epsilon, first_letter_ambiguity=0.0, language_rng="legacy",
+language_seed=1713)` with the defaults above.
 
 A sequence is `n_messages` = M messages separated by a delimiter (token id V), starting with one:
 z = [D, msg_1, D, msg_2, ..., D, msg_M, D]; inputs z[:-1] and targets z[1:] have T = M (L + 1)
@@ -49,6 +56,7 @@ from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
 CHAIN_MOVES = ("next", "uniform")
+LANGUAGE_RNGS = ("default", "legacy")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Config(TaskSection):
     ambiguity: float = 0.0
     first_letter_ambiguity: float | None = None
     language_seed: int = 0
+    language_rng: str = "default"
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "n_intentions": "K latent intentions",
@@ -76,8 +85,12 @@ class Config(TaskSection):
         "ambiguity": "c, added to every transition probability before the rows are renormalized (0: unambiguous)",
         "first_letter_ambiguity": "the same constant for a message's first letter (None: ambiguity)",
         "language_seed": "seed of the random transition blocks of the language",
+        "language_rng": (
+            "generator of the blocks: NumPy's default (default) or legacy RandomState (legacy; with seed 1713 "
+            "Jiang's blocks)"
+        ),
     }
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"chain_move": CHAIN_MOVES}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"chain_move": CHAIN_MOVES, "language_rng": LANGUAGE_RNGS}
 
     def validate(self) -> None:
         n = self._name
@@ -93,6 +106,7 @@ class Config(TaskSection):
         if self.first_letter_ambiguity is not None:
             _positive(n("first_letter_ambiguity"), self.first_letter_ambiguity, allow_zero=True)
         _positive(n("language_seed"), self.language_seed, allow_zero=True)
+        _choice(n("language_rng"), self.language_rng, LANGUAGE_RNGS)
 
     @property
     def n_letters(self) -> int:
@@ -143,12 +157,21 @@ def intention_chain(cfg: Config) -> np.ndarray:
     return s * np.eye(K) + (1.0 - s) * move
 
 
+def raw_blocks(cfg: Config) -> np.ndarray:
+    """[K, l, l] i.i.d. U(0, 1) entries of the blocks, before normalization: `default_rng(seed).random`,
+    or (`language_rng="legacy"`) `RandomState(seed).rand`, the legacy generator Jiang's generate_data.py
+    seeds with `np.random.seed(1713)` and draws one `rand(l, l)` per intention from (the same stream)."""
+    K, l = cfg.n_intentions, cfg.letters_per_intention
+    if cfg.language_rng == "legacy":
+        return np.random.RandomState(cfg.language_seed).rand(K, l, l)
+    return np.random.default_rng(cfg.language_seed).random((K, l, l))
+
+
 @functools.cache
 def language(cfg: Config) -> Language:
     """The language of `cfg`: a pure function of the config (blocks drawn from `language_seed`)."""
     K, l, V = cfg.n_intentions, cfg.letters_per_intention, cfg.n_letters
-    rng = np.random.default_rng(cfg.language_seed)
-    blocks = _normalize_rows(rng.random((K, l, l)))
+    blocks = _normalize_rows(raw_blocks(cfg))
     c = cfg.ambiguity
     c1 = c if cfg.first_letter_ambiguity is None else cfg.first_letter_ambiguity
     base_first = np.zeros((K, V))
@@ -208,7 +231,13 @@ def shape_config(cfg: Config) -> Config:
     """`cfg` with every field that only changes probabilities reset: programs that take the
     language as arrays (`Cdfs`, `latent_bayes.LogLanguage`) compile once per shape."""
     return dataclasses.replace(
-        cfg, chain_stay=0.5, chain_move="next", ambiguity=0.0, first_letter_ambiguity=None, language_seed=0
+        cfg,
+        chain_stay=0.5,
+        chain_move="next",
+        ambiguity=0.0,
+        first_letter_ambiguity=None,
+        language_seed=0,
+        language_rng="default",
     )
 
 

@@ -21,6 +21,23 @@ p(z_{t+1} | z_{<=t}, theta_{1..M}) = F_{theta_k} (j = 0), T_{theta_k}[z_t] (0 < 
 Measured ambiguity (Jiang's epsilon): for one message x, eps(x) = 1 - max_theta p(theta | x) under the
 uniform prior; `measured_ambiguity` averages it over messages of the language, and over m messages
 sharing one intention (posterior with Pi = I), eps_m, which Jiang argues falls roughly multiplicatively.
+Jiang's own measure (generate_data.py, `message2intention`) classifies a message by the arg-max over
+theta of the product of its transition probabilities T_theta[x_j, x_{j+1}], the first letter left out,
+and reports the error rate over the generated corpus: `transition_ambiguity` (the product is a
+likelihood given the first letter, which itself depends on theta, so it is not a posterior and its
+1 - max is not his error rate: the error rate is computed as he does). With his noise-free first
+letter the full posterior names theta and jaxlab's eps is 0, while his measure (his own script, his
+seed, 100000 messages) is 0.0648 / 0.1570 at epsilon 0.02 / 0.04.
+
+Jiang's in-context-learning metric (ICL.py): after m >= 1 messages of one intention theta and the
+delimiter, the next message's first letter is scored against his chain's prediction,
+  target_theta(v) = 1 / (2 l) for v among the letters of theta and of (theta + 1) mod K, else 0
+(`first_letter_target`), KL(target || q) at the delimiter after message m (input position
+m (L + 1), `first_letter_positions`). With a noise-free first letter (c_1 = 0) the Bayes posterior on
+theta_{m-1} after its first letter is a point mass at the true theta, so the Bayes predictive there is
+exactly sum_theta' Pi(theta, theta') F_theta', and `noise_free_bayes_kls` gives the Bayes predictor's
+KL under both metrics in closed form (no sampling); under Jiang's chain and language the first-letter
+KL is exactly 0.
 """
 
 from __future__ import annotations
@@ -147,3 +164,77 @@ def measured_ambiguity(cfg: latent.Config, key: jax.Array, n: int = 4096) -> tup
         top = _max_posterior(latent.shape_config(cfg), key, n, latent.cdfs(cfg), lang)
     eps = 1.0 - np.asarray(top, np.float64)  # [n, M]
     return eps.mean(0), eps.std(0, ddof=1) / np.sqrt(n)
+
+
+def first_letter_positions(cfg: latent.Config) -> np.ndarray:
+    """[M - 1] input positions t = m (L + 1), m = 1..M - 1: the delimiter after m messages, which
+    predicts the first letter of message m (0-based) after m demonstrations (Jiang's ICL.py position)."""
+    return np.arange(1, cfg.n_messages) * (cfg.message_len + 1)
+
+
+def first_letter_target(cfg: latent.Config, theta_BM: jax.Array) -> jax.Array:
+    """log target [B, M - 1, V + 1] of Jiang's ICL metric for messages m = 1..M - 1: uniform over the
+    2 l letters of theta_{m-1} and (theta_{m-1} + 1) mod K, 0 on the other letters and the delimiter
+    (ICL.py's `trueprob`; theta_{m-1} is the intention of the last demonstration)."""
+    chex.assert_rank(theta_BM, 2)
+    chex.assert_shape(theta_BM, (None, cfg.n_messages))
+    K, l = cfg.n_intentions, cfg.letters_per_intention
+    owner_V = jnp.arange(cfg.n_letters) // l
+    last_BM1 = theta_BM[:, :-1, None]
+    mask = (owner_V == last_BM1) | (owner_V == (last_BM1 + 1) % K)
+    letters = jnp.where(mask, -jnp.log(2.0 * l), -jnp.inf)
+    minus_inf = jnp.full((*letters.shape[:2], 1), -jnp.inf, letters.dtype)
+    return jnp.concatenate([letters, minus_inf], axis=-1)
+
+
+def first_letter_kl(cfg: latent.Config, theta_BM: jax.Array, logq_BTV: jax.Array) -> jax.Array:
+    """[B, M - 1]: Jiang's ICL KL(target || q) after m = 1..M - 1 demonstrations, q = exp(`logq_BTV`) a
+    predictor's next-token distribution at every input position (model softmax or Bayes predictive)."""
+    chex.assert_rank([theta_BM, logq_BTV], [2, 3])
+    chex.assert_shape(logq_BTV, (theta_BM.shape[0], cfg.seq_len, cfg.vocab_size))
+    logq = logq_BTV[:, first_letter_positions(cfg)]
+    return kl(first_letter_target(cfg, theta_BM), logq)
+
+
+def noise_free_bayes_kls(cfg: latent.Config) -> tuple[float, float]:
+    """(first-letter KL, all-letter KL) of the exact Bayes predictor, in closed form, on prompts whose
+    messages share one intention (the ICL prompts), for m >= 1, when the first letter is noise-free.
+
+    With c_1 = 0 the posterior on theta is a point mass from the message's first letter on, so at a
+    letter position the Bayes predictive is the truth, and at the delimiter after message m - 1 it is
+    P_theta = sum_theta' Pi(theta, theta') F_theta'. Hence (uniform theta)
+      first letter:  mean_theta KL(target_theta || P_theta)
+      all letters:   mean_theta KL(F_theta || P_theta) / L   (the truth at j = 0 is F_theta, same intention).
+    """
+    c1 = cfg.ambiguity if cfg.first_letter_ambiguity is None else cfg.first_letter_ambiguity
+    if c1 != 0:
+        raise ValueError(f"the closed form needs a noise-free first letter, got first-letter constant {c1}")
+    lang = latent.language(cfg)
+    K, l, V = cfg.n_intentions, cfg.letters_per_intention, cfg.n_letters
+    pred_KV = lang.chain @ lang.first
+    owner = np.arange(V) // l
+    target_KV = np.stack([((owner == t) | (owner == (t + 1) % K)) / (2.0 * l) for t in range(K)])
+
+    def np_kl(p: np.ndarray, q: np.ndarray) -> float:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
+        return float(terms.sum(-1).mean())
+
+    return np_kl(target_KV, pred_KV), np_kl(lang.first, pred_KV) / cfg.message_len
+
+
+def transition_ambiguity(cfg: latent.Config, key: jax.Array, n: int = 16384) -> tuple[float, float]:
+    """(eps, standard error): Jiang's measured ambiguity, the error rate of his classifier
+    argmax_theta prod_j T_theta[x_j, x_{j+1}] (the first letter left out; generate_data.py's
+    `message2intention`, ties to the lowest theta as `np.argmax`) over `n` messages of uniformly drawn
+    intentions, with the binomial standard error sqrt(eps (1 - eps) / n)."""
+    k_theta, k_letters = jax.random.split(key)
+    lang = latent.language(cfg)
+    with rng_scope():
+        theta = jax.random.randint(k_theta, (n, 1), 0, cfg.n_intentions)
+        x = np.asarray(latent.sample_letters(k_letters, cfg, theta))[:, 0]  # [n, L]
+    with np.errstate(divide="ignore"):
+        log_t = np.log(lang.trans)  # [K, V, V]
+    ll_Kn = log_t[:, x[:, :-1], x[:, 1:]].sum(-1)
+    eps = float(np.mean(np.argmax(ll_Kn, axis=0) != np.asarray(theta)[:, 0]))
+    return eps, float(np.sqrt(eps * (1.0 - eps) / n))
