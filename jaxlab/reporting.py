@@ -298,7 +298,14 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
         f"({len(ctx.cfg.sweep.seeds)} seeds"
         + (f" x {len(ctx.cfg.sweep.points())} grid points" if ctx.cfg.sweep.grid else "")
         + ")\n"
-        f"- device `{s['device']}` x {s['n_devices']}, jaxlab {s['jaxlab_version']}\n"
+        + (
+            "- shared task streams (`task.shared_stream`): each step's training batches were drawn once per data "
+            "seed (the run's seed) and device, and fed to every run of that seed (the batches every run of the "
+            "seed draws for itself without the option)\n"
+            if getattr(ctx.cfg.task, "shared_stream", False)
+            else ""
+        )
+        + f"- device `{s['device']}` x {s['n_devices']}, jaxlab {s['jaxlab_version']}\n"
         f"- wall {fmt(s['wall_s'])} s, of which compilation {fmt(s['compile_s'])} s\n"
         f"- reproduce: `{ctx.command}`; this report: `jaxlab report {ctx.run_dir}`\n"
         f"- full config: `config.json`; tidy metrics: `metrics.parquet` (`jaxlab.results.load`)\n"

@@ -30,6 +30,7 @@ from jaxlab.train import progress as progress_module
 from jaxlab.train import sweep as sweep_module
 from jaxlab.train.lock import LOCK_NAME, RunLock, pid_alive
 from jaxlab.train.replace import REPLACED, RunAttempt, move_aside, rollback
+from jaxlab.train.rundir import check_run_dir
 
 HOST = socket.gethostname()
 SMOKE = ["run", "icl-regression", "--preset", "smoke", "--quiet"]
@@ -426,3 +427,18 @@ def test_two_resumes_of_one_directory(tmp_path, monkeypatch, capsys):
     assert first.returncode == 0, err[-3000:]
     assert seeds(d) == [0, 1] and sorted(results.load(d).step.unique())[-1] == 200
     assert not (d / LOCK_NAME).exists()
+
+
+def test_a_config_written_before_a_field_existed_resumes_when_the_field_is_at_its_default(tmp_path, smoke_cfg):
+    """config.json of an older jaxlab lacks fields added since (task.shared_stream): the resume check
+    reads them as their defaults, what the older jaxlab ran; set to anything else they still differ."""
+    stored = json.loads(json.dumps(smoke_cfg.to_dict()))
+    del stored["task"]["shared_stream"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    check_run_dir(tmp_path, smoke_cfg, resume=True, overwrite=False)
+    with pytest.raises(UserError, match=r"differs in task"):
+        check_run_dir(tmp_path, smoke_cfg.set("task.shared_stream", "true"), resume=True, overwrite=False)
+    stored["task"]["n_context"] = 99  # a stored value that is not the default still differs
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(UserError, match=r"differs in task"):
+        check_run_dir(tmp_path, smoke_cfg, resume=True, overwrite=False)

@@ -90,10 +90,18 @@ class TrainBench:
     R runs train in chunks of C runs (C = R unless `runs_per_chunk` is smaller, as `jaxlab run`
     does when all runs do not fit in memory, `train.max_runs_per_chunk`): one program compiled
     for C runs, called on each chunk in turn. The execution plan (run layout, run block,
-    micro-batch) is `train.plan`, decided once by `make_train`.
+    micro-batch) is `train.plan`, decided once by `make_train`. `seeds` [R]: the runs' seeds
+    (default 0..R-1); with `task.shared_stream` the runs of one seed share its data stream.
     """
 
-    def __init__(self, train: Train, runs: int, steps: int, runs_per_chunk: int | None = None):
+    def __init__(
+        self,
+        train: Train,
+        runs: int,
+        steps: int,
+        runs_per_chunk: int | None = None,
+        seeds: np.ndarray | None = None,
+    ):
         self.train = train
         self.runs, self.steps = runs, steps
         self.chunk = min(runs_per_chunk or runs, runs)
@@ -106,7 +114,11 @@ class TrainBench:
             field = "--runs-per-chunk" if self.chunk < runs else "--runs"
             raise ConfigError(field, f"must be a multiple of the {p.n_devices} devices, got {self.chunk}")
         cfg, C = train.cfg, self.chunk
-        kd = key_data(np.arange(runs), cfg.train.prng_impl)
+        # the runs' seeds (default 0..R-1): runs of one seed share a data stream (`task.shared_stream`)
+        seeds = np.arange(runs) if seeds is None else np.asarray(seeds)
+        if seeds.shape != (runs,):
+            raise ValueError(f"TrainBench: expected {runs} seeds, got shape {seeds.shape}")
+        kd = key_data(seeds, cfg.train.prng_impl)
         hp = stack_hparams(cfg, [{}] * runs)
         hp_keys = list(hp)
         chunks = [slice(c * C, (c + 1) * C) for c in range(runs // C)]

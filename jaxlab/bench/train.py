@@ -15,6 +15,11 @@ Measured (all times exclude compilation, which is reported as `compile_s`):
               device per core, `jaxlab.hostdevices`), state and history donated; one program for
               all R runs, or for chunks of C runs called in turn when all runs do not fit in
               memory (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
+  shared      with `--shared-stream`: the sweep program again with `task.shared_stream` (each step's
+              batches drawn once per data seed of a device's runs, `jaxlab.train.streams`), on the
+              same runs, timed in the same repeats; `shared_speedup` is the median within-repeat
+              ratio of the two sweeps' times. `--data-seeds K` gives run r the seed r mod K (default:
+              every run its own seed, so nothing is shared).
   datagen     the same program without the model, in the same run layout: every step samples the
               same batch shapes from the same sampler and keys (`Train.train_batch`) and only sums
               them.
@@ -87,6 +92,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-layout", default="auto", help=f"how one program holds its runs: {', '.join(RUN_LAYOUTS)}")
     p.add_argument("--run-block", type=int, help="runs vmapped per step of the scan layout (default: automatic)")
     p.add_argument("--micro-batch", type=int, help="sequences per gradient micro-batch (default: automatic)")
+    p.add_argument(
+        "--shared-stream",
+        action="store_true",
+        help="also time the sweep with task.shared_stream (batches drawn once per data seed), same runs",
+    )
+    p.add_argument("--data-seeds", type=int, help="distinct seeds among the runs: run r has seed r mod K (default R)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -112,6 +123,7 @@ def _check(args: argparse.Namespace) -> None:
         "runs_per_chunk",
         "run_block",
         "micro_batch",
+        "data_seeds",
     ):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -137,6 +149,8 @@ def measure(
     run_layout: str = "auto",
     run_block: int | None = None,
     micro_batch: int | None = None,
+    shared_stream: bool = False,
+    data_seeds: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the result object of `--json`."""
@@ -151,7 +165,9 @@ def measure(
         cfg = cfg.set("train.run_block", run_block)
     # the evaluation closing each interval: one sequence, so that an interval times its training
     cfg = cfg.with_overrides({"train.run_layout": run_layout, "train.eval_batch_size": 1})
-    cfg = with_seeds(cfg, tuple(range(runs)))
+    n_seeds = min(data_seeds or runs, runs)
+    seeds = np.arange(runs) % n_seeds  # run r has seed r mod K
+    cfg = with_seeds(cfg, tuple(range(n_seeds)))
     device = jax.devices()[0]
     on_gpu = jax.default_backend() == "gpu"
     matmul_size = matmul_size or (8192 if on_gpu else 2048)
@@ -163,7 +179,12 @@ def measure(
     # run's activations at a time.
     chunk = runs_per_chunk or (wl.runs_per_chunk if layout == "vmap" else None)
     log(f"compiling {workload} for {runs} runs ({layout})")
-    prog = TrainBench(train, runs, steps, chunk)
+    prog = TrainBench(train, runs, steps, chunk, seeds)
+    shared = None
+    if shared_stream:
+        log(f"compiling {workload} with shared streams ({n_seeds} data seeds)")
+        shared = TrainBench(make_train(cfg.set("task.shared_stream", True)), runs, steps, chunk, seeds)
+        shared.sweep()
     k = min(baseline_runs, runs)
     timers = {"loop": prog.loop, "jaxlab-loop": prog.jaxlab_loop, "single-scan": prog.single_scan}
     for name in baselines:  # compile and warm the baselines
@@ -174,6 +195,8 @@ def measure(
     rows: list[dict[str, Any]] = []
     for rep in range(repeats):
         row = {"sweep": prog.sweep(), "datagen": prog.datagen()}
+        if shared is not None:
+            row["shared"] = shared.sweep()
         for name in baselines:
             row[name.replace("-", "_")] = timers[name](k)
         row["peak"] = matmul_peaks(matmul_size)
@@ -196,6 +219,8 @@ def measure(
         "plan": train.plan.as_dict(),
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
         "n_devices": prog.n_devices,
+        "data_seeds": n_seeds,
+        "shared_stream": shared_stream,
     }
     # i = 0: wall-clock figures (the issue's); i = 1: per second of this process's CPU time, which
     # a machine shared with other jobs disturbs less (it still slows caches and memory).
@@ -214,6 +239,14 @@ def measure(
             "matmul_size": matmul_size,
             "per_repeat_run_steps_per_s": [runs * steps / r["sweep"][0] for r in rows],
             "per_repeat_datagen_run_steps_per_s": [runs * steps / r["datagen"][0] for r in rows],
+            **(
+                {
+                    "per_repeat_shared_run_steps_per_s": [runs * steps / r["shared"][0] for r in rows],
+                    "compile_shared_s": shared.compile[0],
+                }
+                if shared is not None
+                else {}
+            ),
             "jax_version": jax.__version__,
             "host": platform.node(),
             "cpu_count": os.cpu_count(),
@@ -247,6 +280,9 @@ def _figures(
             key = name if i == 0 else f"{name}_cpu"
             if key in rows[0]["peak"]:
                 out[f"peak_{name}_flops_per_s"] = med(lambda r, key=key: r["peak"][key])
+    if "shared" in rows[0]:
+        out["shared_run_steps_per_s"] = med(lambda r: runs * steps / r["shared"][i])
+        out["shared_speedup"] = med(lambda r: r["sweep"][i] / r["shared"][i])
     for name in (b.replace("-", "_") for b in baselines):
         out[f"speedup_vs_{name}"] = med(lambda r, n=name: r[n][i] / k / (r["sweep"][i] / runs))
         out[f"{name}_run_steps_per_s"] = med(lambda r, n=name: k * steps / r[n][i])
@@ -255,7 +291,10 @@ def _figures(
 
 def format_result(r: dict[str, Any]) -> str:
     """A short table: wall-clock rates, and the ratios by wall and by CPU time."""
-    rows = [("sweep", "run_steps_per_s", None), ("datagen alone", "datagen_run_steps_per_s", "datagen_fraction")]
+    rows = [("sweep", "run_steps_per_s", None)]
+    if "shared_speedup" in r:
+        rows.append(("shared streams", "shared_run_steps_per_s", "shared_speedup"))
+    rows.append(("datagen alone", "datagen_run_steps_per_s", "datagen_fraction"))
     for label, name in (("loop (a)", "loop"), ("jaxlab loop", "jaxlab_loop"), ("single scan (b)", "single_scan")):
         if f"speedup_vs_{name}" in r:
             rows.append((label, f"{name}_run_steps_per_s", f"speedup_vs_{name}"))
@@ -264,7 +303,7 @@ def format_result(r: dict[str, Any]) -> str:
     micro = f" in micro-batches of {r['micro_batch']}" if split else ""
     lines = [
         f"workload {r['workload']}: {r['runs']} runs ({r['run_layout']}{block}, chunks of {r['runs_per_chunk']}, "
-        f"{r['n_devices']} devices) "
+        f"{r['n_devices']} devices, {r.get('data_seeds', r['runs'])} data seeds) "
         f"x {r['steps']} steps, "
         f"batch {r['batch_size']}{micro}, {r['dtype']}, "
         f"{r['prng_impl']}, on {r['device']}",
@@ -303,6 +342,8 @@ def main(args: argparse.Namespace) -> int:
         run_layout=args.run_layout,
         run_block=args.run_block,
         micro_batch=args.micro_batch,
+        shared_stream=args.shared_stream,
+        data_seeds=args.data_seeds,
         log=log,
     )
     print(json.dumps(result) if args.json else format_result(result))

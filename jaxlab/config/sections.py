@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from jaxlab.config.base import Inert, Section, inert
@@ -349,15 +349,46 @@ def _linspace(a: float, b: float, n: int) -> list[float]:
     return [a + (b - a) * i / (n - 1) for i in range(n)]
 
 
+# the fields every task has (`TaskSection`): merged into each task's own tables (`__init_subclass__`)
+_TASK_FIELD_DOCS: dict[str, str] = {
+    "shared_stream": "generate each step's training batches once per data seed (the run's seed) and feed them "
+    "to every run of that seed in the program (jaxlab.train.streams); the same batches either way",
+}
+_TASK_SWEEP_WIDE: dict[str, str] = {
+    "shared_stream": _EXECUTION + " (runs of one seed see the same batches either way; only where they are generated "
+    "changes)",
+}
+
+
 @dataclass(frozen=True)
 class TaskSection(Section):
     """The base of every task's `Config` (the task protocol, `jaxlab.tasks`): a class attribute `kind`
     naming the task, and the module that defines the subclass defines `spec(cfg) -> TaskSpec` and
     `sample(key, cfg, batch_size) -> Batch`. A task is found from its config alone, so a task
-    defined in a user's file works like jaxlab's own."""
+    defined in a user's file works like jaxlab's own.
+
+    Every task has the keyword-only field `shared_stream` (default False). The *data seed* of a run
+    is its seed (`sweep.seeds`): the run's key is `key(seed)`, `Train.init` splits it into an init
+    key and a data key, and the batch of step t is `sample(fold_in(data_key, t))`. So every run of
+    one seed (any learning rate, weight decay, betas or init scale) sees the same training batches
+    whatever this field says (common random numbers: comparisons between those hyperparameters are
+    paired). With `shared_stream` true each step's batches are generated once per distinct data
+    seed among a device's runs, outside the per-run step, and fed to every run of that seed
+    (`jaxlab.train.streams`) instead of once per run. A task subclass's `FIELD_DOCS` and
+    `SWEEP_WIDE` get this field's entries added (`__init_subclass__`).
+    """
 
     section: ClassVar[str] = "task"
     kind: ClassVar[str] = ""
+    FIELD_DOCS: ClassVar[dict[str, str]] = dict(_TASK_FIELD_DOCS)
+    SWEEP_WIDE: ClassVar[dict[str, str]] = dict(_TASK_SWEEP_WIDE)
+    shared_stream: bool = field(default=False, kw_only=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Add the base's field entries to a subclass's own `FIELD_DOCS` and `SWEEP_WIDE` tables."""
+        super().__init_subclass__(**kwargs)
+        cls.FIELD_DOCS = {**cls.FIELD_DOCS, **_TASK_FIELD_DOCS}
+        cls.SWEEP_WIDE = {**cls.SWEEP_WIDE, **_TASK_SWEEP_WIDE}
 
     def module(self) -> types.ModuleType:
         """The module that defines this task (its `spec` and `sample`)."""

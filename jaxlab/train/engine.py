@@ -3,6 +3,10 @@
 `train` is a pure function of one run (PureJaxRL style): vmap it over seeds and hyperparameters,
 jit it once. Inside, each optimizer step draws a fresh batch from `fold_in(data_key, step)`, so a
 run's data depend only on its key and the step, never on the chunking or on the other runs.
+The data key comes from the run's seed alone (`init`), so the runs of one seed see the same batches
+(the data seed of a run is its seed, `jaxlab.config.TaskSection`); with `task.shared_stream` the
+sweep's programs draw each step's batch once per data seed (`stream_batch`) and hand it to every
+run of that seed (`flat_step(..., batch)`, `jaxlab.train.streams`).
 
 The step loop is split into chunks at the evaluation points (`TrainConfig.eval_steps`): a chunk
 is `advance` (a `fori_loop` over its steps) followed by `evaluate` on a fixed evaluation batch.
@@ -215,24 +219,38 @@ class Train:
     @in_rng_scope
     def train_batch(self, state: TrainState) -> Batch:
         """The training batch of `state`'s step: drawn from the run's data key folded with the step."""
-        return self.sample(jax.random.fold_in(self._key(state.data_key), state.step), self.cfg.train.batch_size)
+        return self.stream_batch(state.data_key, state.step)
+
+    @in_rng_scope
+    def stream_batch(self, data_key: jax.Array, step: jax.Array | int) -> Batch:
+        """The training batch of step `step` of the data stream with raw key data `data_key`:
+        `sample(fold_in(data_key, step), train.batch_size)`, a function of the two alone (the stream
+        of a data seed, `TaskSection`; `jaxlab.train.streams` draws it once for the runs that share it)."""
+        chex.assert_shape(data_key, (None,))
+        return self.sample(jax.random.fold_in(self._key(data_key), step), self.cfg.train.batch_size)
 
     def step(self, state: TrainState, hparams: Hparams) -> tuple[TrainState, jax.Array]:
         """One optimizer step on a fresh batch; returns the new state and the batch loss."""
         flat, unravel = ravel_pytree(state.params)
-        new, loss = self._flat_step(state.replace(params=flat), hparams, unravel)
+        new, loss = self.flat_step(state.replace(params=flat), hparams, unravel)
         return new.replace(params=unravel(new.params)), loss
 
-    def _flat_step(
-        self, state: TrainState, hparams: Hparams, unravel: Callable[[jax.Array], Any]
+    def flat_step(
+        self,
+        state: TrainState,
+        hparams: Hparams,
+        unravel: Callable[[jax.Array], Any],
+        batch: Batch | None = None,
     ) -> tuple[TrainState, jax.Array]:
-        """`step` on a state whose `params` is the raveled parameter vector.
+        """`step` on a state whose `params` is the raveled parameter vector; `batch`: the step's
+        training batch when it was drawn elsewhere (it must be `train_batch(state)`: a shared
+        stream's batch, `jaxlab.train.streams`), else drawn here.
 
         The optimizer update, the divergence check and the keep-or-revert selection then run
         on one vector: a handful of kernels instead of a handful per parameter array, which is
         most of a small model's compile time and per-step overhead.
         """
-        batch = self.train_batch(state)
+        batch = self.train_batch(state) if batch is None else batch
         loss, grads = accumulate(
             lambda flat, b: self.train_loss(unravel(flat), b),
             state.params,
@@ -279,7 +297,7 @@ class Train:
 
         def body(_, carry):
             st, total, count = carry
-            st, loss = self._flat_step(st, hparams, unravel)
+            st, loss = self.flat_step(st, hparams, unravel)
             finite = jnp.isfinite(loss)
             return st, total + jnp.where(finite, loss, 0.0), count + finite
 

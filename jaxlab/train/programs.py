@@ -7,7 +7,8 @@ zero steps, so the evaluation (for most experiments the larger part of the code)
 
 `interval(state, history, hparams, eval_data, n_steps, row, valid) -> (state, history, (loss, n_div))`
 advances every run `n_steps` optimizer steps (`Train.chunk` over the runs in the run layout of
-`jaxlab.train.runmap`, in blocks of runs: both from the execution plan `Train.plan`), writes the
+`jaxlab.train.runmap`, in blocks of runs: both from the execution plan `Train.plan`; with
+`task.shared_stream` each step's batches are drawn once per data seed, `jaxlab.train.streams`), writes the
 evaluation into row `row` of the history, and returns two replicated scalars for the progress
 bar: the median finite training loss and the number of diverged runs, both over the real
 (`valid`) runs only. The state and the history are donated, so a chunk's memory does not grow
@@ -35,6 +36,7 @@ import numpy as np
 from jaxlab.train.engine import Train, TrainState
 from jaxlab.train.runmap import over_runs
 from jaxlab.train.sharding import Placement
+from jaxlab.train.streams import shared_advance
 
 
 class Programs:
@@ -62,7 +64,12 @@ class Programs:
         # so the evaluation, usually the larger part of a program, is compiled once per group
         shapes = jax.eval_shape(jax.vmap(train.evaluate, in_axes=(0, None)), state.params, eval_data)
         history = {k: jnp.full((self.n_evals, *v.shape), jnp.nan, v.dtype) for k, v in shapes.items()}
-        first_loss = jax.vmap(lambda st: train.train_loss(st.params, train.train_batch(st)))(state)
+        # the first batch's loss in the plan's run layout, like a training step: vmapped over all runs
+        # at once it held every run's activations together (XLA's estimate of `start` for 4096
+        # lsa-regression runs: 5.04 GB per device, against 27.6 MB for the training step)
+        first = lambda st: train.train_loss(st.params, train.train_batch(st))
+        plan = train.plan
+        first_loss = over_runs(first, (0,), plan.run_layout, self.placement.mesh, plan.run_block)(state)
         history["train_loss"] = jnp.full((self.n_evals, *first_loss.shape), jnp.nan).at[0].set(first_loss)
         return state, eval_data, history
 
@@ -82,9 +89,14 @@ class Programs:
         # `Train.chunk` in the plan's run layout (`jaxlab.train.runmap`): with `scan` (CPUs) each
         # device scans its runs, the training steps in blocks of `plan.run_block` runs and the
         # evaluation (large fixed evaluation sets, probes) one run at a time.
+        # With `task.shared_stream`, each step's batches are drawn once per data seed of a device's
+        # runs and fed to the runs of that seed (`jaxlab.train.streams`): the same batches.
         train, mesh = self.train, self.placement.mesh
         layout = train.plan.run_layout
-        advance = over_runs(train.advance, (0, 0, None), layout, mesh, train.plan.run_block)
+        if train.cfg.task.shared_stream:
+            advance = shared_advance(train, layout, mesh, train.plan.run_block)
+        else:
+            advance = over_runs(train.advance, (0, 0, None), layout, mesh, train.plan.run_block)
         evaluate = over_runs(train.evaluate, (0, None), layout, mesh)
         state, train_loss = advance(state, hparams, n_steps)
         train_loss = jnp.where(n_steps > 0, train_loss, history["train_loss"][row])

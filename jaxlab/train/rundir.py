@@ -23,6 +23,7 @@ DIR is the user's: jaxlab never moves or deletes it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from jaxlab import results, runfiles
 from jaxlab._version import __version__
 from jaxlab.claims import Claim
 from jaxlab.claims import evaluate as evaluate_claims
-from jaxlab.config import ExperimentConfig
+from jaxlab.config import SECTIONS, ExperimentConfig
 from jaxlab.errors import UserError
 from jaxlab.runfiles import RUN_DIRS, RUN_FILES, holds_run
 from jaxlab.train.checkpoint import GroupCheckpointer
@@ -286,6 +287,29 @@ def build_summary(
 
 
 # -- checking the directory ------------------------------------------------------------------------
+def fill_added_fields(stored: dict[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
+    """A stored config.json as this jaxlab would write it, for the resume comparison: a section field
+    added since it was written (absent from `stored`) takes `cfg`'s value when that value is the
+    field's default, which is what the older jaxlab ran (e.g. `task.shared_stream = false`). A field
+    set to anything else still differs."""
+    out = dict(stored)
+    for section in SECTIONS:
+        obj, old = getattr(cfg, section, None), stored.get(section)
+        if not dataclasses.is_dataclass(obj) or not isinstance(old, dict):
+            continue
+        filled = dict(old)
+        for f in dataclasses.fields(obj):
+            if f.name in old or not f.init:
+                continue
+            default = f.default
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            if default is not dataclasses.MISSING and getattr(obj, f.name) == default:
+                filled[f.name] = json.loads(json.dumps(default))
+        out[section] = filled
+    return out
+
+
 def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber a run unless asked, or to mix a run with the user's files; on resume,
     insist on the same config. Reads only (`jaxlab.train.replace` calls it under the lock)."""
@@ -297,8 +321,8 @@ def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite:
         stored = run_dir / "config.json"
         if not stored.exists():
             raise UserError(f"--resume: {run_dir} holds no run to resume (no config.json)")
-        old = json.loads(stored.read_text())
         new = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists
+        old = fill_added_fields(json.loads(stored.read_text()), cfg)
         old.pop("command", None)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:

@@ -19,6 +19,9 @@ in per-kernel costs that a few vmapped runs share, while large activations want 
 in the caches. `auto_block` vmaps as many runs (at most 8) as keep a block's activations (each
 run's gradient micro-batch, `jaxlab.train.microbatch`) within the same 2 MB work budget.
 
+`map_runs` (one device) and `per_device` (a device's share under `jax.shard_map`) are the two
+halves of `over_runs`; `jaxlab.train.streams` uses them to draw shared task batches between them.
+
 All give every run the same numbers up to float reassociation (different kernels for the same
 products): a run's function is untouched, only how XLA batches it changes. Measured on the
 2-core CPU (benchmarks/results/train_profile.md): the paper LSA step of 64 runs is ~1.3x faster
@@ -40,7 +43,7 @@ from jaxlab.errors import ConfigError
 from jaxlab.train.plan import MAX_BLOCK, auto_block, resolve_layout
 from jaxlab.train.sharding import RUN_AXIS
 
-__all__ = ["MAX_BLOCK", "RUN_LAYOUTS", "auto_block", "over_runs", "resolve_layout"]
+__all__ = ["MAX_BLOCK", "RUN_LAYOUTS", "auto_block", "map_runs", "over_runs", "per_device", "resolve_layout"]
 
 
 def over_runs(
@@ -61,6 +64,14 @@ def over_runs(
     `block`: runs vmapped together in each step of the `scan` layout (the largest divisor of a
     device's run count that is at most `block`).
     """
+    if resolve_layout(layout) == "vmap":
+        return map_runs(fn, in_axes, "vmap", block)
+    return per_device(map_runs(fn, in_axes, "scan", block), in_axes, mesh)
+
+
+def map_runs(fn: Callable[..., Any], in_axes: Sequence[int | None], layout: str, block: int = 1) -> Callable[..., Any]:
+    """`fn` of one run -> the same function of the R runs of one device: `jax.vmap` (`vmap`) or the
+    runs in sequence in vmapped blocks of up to `block` (`scan`); `in_axes` as in `over_runs`."""
     if block < 1:
         raise ConfigError("train.run_block", f"must be >= 1, got {block}")
     in_axes = tuple(in_axes)
@@ -68,13 +79,19 @@ def over_runs(
         raise ValueError(f"in_axes must be 0 or None, got {in_axes}")
     if resolve_layout(layout) == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
-    scanned = _scanned(fn, in_axes, block)
+    return _scanned(fn, in_axes, block)
+
+
+def per_device(fn: Callable[..., Any], in_axes: Sequence[int | None], mesh: Mesh | None) -> Callable[..., Any]:
+    """`fn` of one device's share of the runs -> the same function of all runs of `mesh`: each device
+    calls `fn` on its own rows of the arguments with a run axis (`in_axes[i] == 0`) and the whole
+    of the others (`jax.shard_map`); `fn` itself on one device. Every output has a run axis."""
     if mesh is None or mesh.devices.size == 1:
-        return scanned
+        return fn
     specs = tuple(PartitionSpec(RUN_AXIS) if ax == 0 else PartitionSpec() for ax in in_axes)
     # A run's function has no collectives, so there is no replication to check: unchecked, its
     # carries may start from constants (a loss sum starting at 0.0) without casts to `varying`.
-    return jax.shard_map(scanned, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(RUN_AXIS), check_vma=False)
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(RUN_AXIS), check_vma=False)
 
 
 def _scanned(fn: Callable[..., Any], in_axes: tuple[int | None, ...], block: int) -> Callable[..., Any]:
