@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from jaxlab.config import ModelConfig
+from jaxlab.config.sections import ATTENTION_KERNEL_CHOICES
 from jaxlab.errors import ConfigError, UserError
 from jaxlab.models import AttentionExecution, Transformer, init_params
+from jaxlab.models.attention import ATTENTION_KERNELS
 from jaxlab.registry import builtin_experiments, get_experiment
 from jaxlab.tasks import task_module, task_spec
 from jaxlab.train import make_train, stack_hparams
@@ -346,3 +348,20 @@ def test_the_plan_is_recorded_and_a_resume_under_another_plan_is_refused(tmp_pat
     assert main([*args, "--resume"]) == 2
     err = capsys.readouterr().err
     assert "execution plan run_block=" in err and "--overwrite" in err
+
+
+def test_train_attention_kernel_forces_the_plans_kernel_and_names_the_same_kernels(smoke_cfg):
+    assert ATTENTION_KERNEL_CHOICES == ("auto", *ATTENTION_KERNELS)
+    assert make_plan(smoke_cfg, backend="cpu").attention_kernel == "jaxlab"
+    forced = make_plan(smoke_cfg.set("train.attention_kernel", "fused"), backend="cpu")
+    assert forced.attention_kernel == "fused" and "attention_kernel" in forced.forced
+    gpu = make_plan(smoke_cfg.set("train.attention_kernel", "jaxlab"), backend="cuda")
+    assert gpu.attention_kernel == "jaxlab" and "attention_kernel" in gpu.forced
+    assert (
+        make_plan(
+            smoke_cfg.set("train.attention_kernel", "jaxlab"), backend="cuda", attention_kernel="fused"
+        ).attention_kernel
+        == "fused"
+    )
+    with pytest.raises(ConfigError, match="train.attention_kernel"):
+        smoke_cfg.set("train.attention_kernel", "flash")

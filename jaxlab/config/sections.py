@@ -28,6 +28,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear_d
 EVAL_SCHEDULES = ("linear", "log")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 RUN_LAYOUTS = ("auto", "vmap", "scan")  # jaxlab.train.runmap
+ATTENTION_KERNEL_CHOICES = ("auto", "jaxlab", "fused")  # jaxlab.train.plan, jaxlab.models.attention
 _EXECUTION = "sets how the sweep runs, not what a run computes"
 
 
@@ -232,6 +233,7 @@ class TrainConfig(Section):
     run_layout: str = "auto"  # how a program holds its runs: vmap | scan | auto (jaxlab.train.runmap)
     run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
     micro_batch: int = 0  # sequences per gradient micro-batch (a divisor of batch_size); 0: automatic
+    attention_kernel: str = "auto"  # softmax attention's kernel: jaxlab | fused | auto (jaxlab.train.plan)
     # diverged: a step's loss is not finite or above diverge_above x max(the loss of step 0, 1e-3)
     # (jaxlab.train.engine); 0: non-finite only. 0 or a factor > 1.
     diverge_above: float = 1e6
@@ -253,6 +255,8 @@ class TrainConfig(Section):
         "run_layout": "how a program holds its runs: vmap, scan (blocks one after another), auto (scan on CPUs)",
         "run_block": "runs vmapped together in each step of the scan layout (0: automatic)",
         "micro_batch": "sequences per gradient micro-batch, a divisor of batch_size (0: automatic)",
+        "attention_kernel": "softmax attention's kernel: jaxlab (custom-vjp), fused (jax.nn.dot_product_attention), "
+        "auto (jaxlab on CPUs, fused on GPUs/TPUs)",
         "diverge_above": "a run diverges at a loss above this factor x max(step-0 loss, 1e-3) (0: non-finite only)",
         "stall_timeout": "minutes without progress (beyond the slowest interval) before the watchdog stops (0: off)",
     }
@@ -260,6 +264,7 @@ class TrainConfig(Section):
         "eval_schedule": EVAL_SCHEDULES,
         "prng_impl": PRNG_IMPLS,
         "run_layout": RUN_LAYOUTS,
+        "attention_kernel": ATTENTION_KERNEL_CHOICES,
     }
 
     # evaluation points come from one schedule's fields only (`eval_steps`)
@@ -275,6 +280,7 @@ class TrainConfig(Section):
         "run_layout": _EXECUTION + " (the same numbers up to float summation order)",
         "run_block": _EXECUTION + " (the same numbers up to float summation order)",
         "micro_batch": _EXECUTION + " (the same numbers up to float summation order)",
+        "attention_kernel": _EXECUTION + " (the same numbers up to float rounding)",
         "stall_timeout": _EXECUTION,
     }
 
@@ -294,6 +300,7 @@ class TrainConfig(Section):
         _choice(n("run_layout"), self.run_layout, RUN_LAYOUTS)
         _positive(n("run_block"), self.run_block, allow_zero=True)
         _positive(n("micro_batch"), self.micro_batch, allow_zero=True)
+        _choice(n("attention_kernel"), self.attention_kernel, ATTENTION_KERNEL_CHOICES)
         _positive(n("diverge_above"), self.diverge_above, allow_zero=True)
         if 0 < self.diverge_above <= 1:
             raise ConfigError(

@@ -95,7 +95,8 @@ def check_resume_plan(layout: dict[str, Any], group: int, plan: dict[str, Any]) 
         raise UserError(
             f"--resume: group {group} was started with the execution plan {was} and would continue with {now}; "
             "the numbers would silently change. Resume on the machine and settings it started with "
-            "(train.run_layout / train.run_block / train.micro_batch force a plan), or start again with --overwrite"
+            "(train.run_layout / train.run_block / train.micro_batch / train.attention_kernel force a plan), "
+            "or start again with --overwrite"
         )
 
 

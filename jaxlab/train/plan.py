@@ -8,9 +8,9 @@ only how XLA executes it: every plan gives a run the same numbers up to float su
 A plan made for another backend (`make_plan(cfg, backend="tpu")`) gives the programs that backend
 would run, e.g. for `jax.export` on a CPU-only machine.
 
-Rules (`train.run_layout`, `train.run_block` and `train.micro_batch` force their field; 0 / `auto`
-leave it to the rule; `make_plan(attention_kernel=...)` forces the kernel), with the measured
-reasons (2-core CPU, benchmarks/results/train.md):
+Rules (`train.run_layout`, `train.run_block`, `train.micro_batch` and `train.attention_kernel`
+force their field; 0 / `auto` leave it to the rule; `make_plan(attention_kernel=...)` also forces
+the kernel), with the measured reasons (2-core CPU, benchmarks/results/train.md):
 
   run_layout      `scan` on CPUs, `vmap` elsewhere (`jaxlab.train.runmap`). XLA:CPU's batched tiny
                   matmuls over (run, sequence) batch dimensions and the transposes around them cost
@@ -207,8 +207,8 @@ def make_plan(
 
     Decided once, by the rules of the module docstring; `train.run_layout`, `train.run_block` and
     `train.micro_batch` force their fields when set, `attention_kernel` (`jaxlab` | `fused`; `auto`:
-    the rule) the kernel. `n_devices` (recorded) defaults to every device of the target backend when
-    it is this process's, else 1.
+    `train.attention_kernel`, whose `auto` is the rule) the kernel. `n_devices` (recorded) defaults
+    to every device of the target backend when it is this process's, else 1.
     """
     require_config(cfg, "make_plan(cfg)")
     cfg = cfg.resolve()
@@ -230,9 +230,10 @@ def make_plan(
         and m.attention != "positional"
         and not keys_first_cheaper(len(positions), spec.seq_len, int(m.d_model), m.n_heads, m.head_dim)
     )
+    kernel = attention_kernel if attention_kernel != "auto" else t.attention_kernel
     settings = {"run_layout": t.run_layout != "auto", "run_block": t.run_block, "micro_batch": t.micro_batch}
     forced = tuple(name for name, value in settings.items() if value)
-    forced += ("attention_kernel",) if attention_kernel != "auto" else ()
+    forced += ("attention_kernel",) if kernel != "auto" else ()
     if n_devices is not None and n_devices < 1:
         raise ConfigError("n_devices", f"must be >= 1, got {n_devices}")
     return ExecutionPlan(
@@ -245,6 +246,6 @@ def make_plan(
         vector_floats=VECTOR_FLOATS if on_cpu else 0,
         attention_path="query_side" if query_side else "keys_first",
         dtype=m.dtype,
-        attention_kernel=resolve_kernel(attention_kernel, target),
+        attention_kernel=resolve_kernel(kernel, target),
         forced=forced,
     )
