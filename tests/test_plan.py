@@ -22,6 +22,7 @@ from jaxlab.tasks import task_module, task_spec
 from jaxlab.train import make_train, stack_hparams
 from jaxlab.train.group_run import check_resume_plan
 from jaxlab.train.groups import plan_groups
+from jaxlab.train.hparams import default_hparams
 from jaxlab.train.plan import ExecutionPlan, make_plan, recorded_plan
 from jaxlab.train.programs import Programs
 from jaxlab.train.sharding import Placement, run_mesh
@@ -365,3 +366,20 @@ def test_train_attention_kernel_forces_the_plans_kernel_and_names_the_same_kerne
     )
     with pytest.raises(ConfigError, match="train.attention_kernel"):
         smoke_cfg.set("train.attention_kernel", "flash")
+
+
+def test_train_scan_layers_reaches_the_model_and_gives_the_unrolled_numbers(smoke_cfg):
+    """`train.scan_layers` is a plan field (execution only): the engine's model scans its blocks, and a
+    training step gives the unrolled model's loss (up to float summation order)."""
+    cfg = smoke_cfg.set("model.n_layers", "3")
+    plain, scanned = make_train(cfg), make_train(cfg.set("train.scan_layers", "true"))
+    assert not plain.plan.scan_layers and not plain.model.scan_layers
+    assert scanned.plan.scan_layers and scanned.model.scan_layers and "scan_layers" in scanned.plan.forced
+    assert recorded_plan({k: v for k, v in plain.plan.as_dict().items() if k != "scan_layers"}) == plain.plan.as_dict()
+    key = jax.random.key(0)
+    hp = default_hparams(cfg)
+    a, la = plain.step(plain.init(key), hp)
+    b, lb = scanned.step(scanned.init(key), hp)
+    np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)

@@ -10,6 +10,8 @@ clustering          Wu & Varshney (2024): the `instruction-clustering` paper pre
                     blocks of 8-head causal softmax attention, d_model 256, GeLU MLP of width 1024,
                     15-token instruction sequences over a 200-token vocabulary, 256 sequences per
                     step and run, next-token cross-entropy.
+clustering-24       `clustering` with 24 blocks: how the compile time grows with depth (the blocks
+                    of one structure compile once, `jaxlab.models.layer_scan`).
 
 FLOPs per optimizer step and run (fixed, whatever the implementation computes), per layer and
 sequence of T tokens of width D with an MLP of width F:
@@ -60,6 +62,10 @@ def clustering() -> ExperimentConfig:
     return get_experiment("instruction-clustering").preset("paper")
 
 
+def clustering_24() -> ExperimentConfig:
+    return clustering().set("model.n_layers", 24)
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -78,6 +84,13 @@ WORKLOADS: dict[str, Workload] = {
             clustering,
             default_steps=1,
             runs_per_chunk=8,
+        ),
+        Workload(
+            "clustering-24",
+            "24-block softmax, d_model 256, T=15, batch 256 (clustering, 4x deeper)",
+            clustering_24,
+            default_steps=1,
+            runs_per_chunk=2,
         ),
     )
 }

@@ -234,6 +234,7 @@ class TrainConfig(Section):
     run_block: int = 0  # runs vmapped together in each step of the scan layout; 0: automatic
     micro_batch: int = 0  # sequences per gradient micro-batch (a divisor of batch_size); 0: automatic
     attention_kernel: str = "auto"  # softmax attention's kernel: jaxlab | fused | auto (jaxlab.train.plan)
+    scan_layers: bool = False  # blocks of one structure as one lax.scan (jaxlab.models.layer_scan)
     # diverged: a step's loss is not finite or above diverge_above x max(the loss of step 0, 1e-3)
     # (jaxlab.train.engine); 0: non-finite only. 0 or a factor > 1.
     diverge_above: float = 1e6
@@ -257,6 +258,8 @@ class TrainConfig(Section):
         "micro_batch": "sequences per gradient micro-batch, a divisor of batch_size (0: automatic)",
         "attention_kernel": "softmax attention's kernel: jaxlab (custom-vjp), fused (jax.nn.dot_product_attention), "
         "auto (jaxlab on CPUs, fused on GPUs/TPUs)",
+        "scan_layers": "run the blocks as one lax.scan, compiled once (faster compilation of deep models, "
+        "slower steps on CPUs: benchmarks/results/compile-depth.md)",
         "diverge_above": "a run diverges at a loss above this factor x max(step-0 loss, 1e-3) (0: non-finite only)",
         "stall_timeout": "minutes without progress (beyond the slowest interval) before the watchdog stops (0: off)",
     }
@@ -281,6 +284,7 @@ class TrainConfig(Section):
         "run_block": _EXECUTION + " (the same numbers up to float summation order)",
         "micro_batch": _EXECUTION + " (the same numbers up to float summation order)",
         "attention_kernel": _EXECUTION + " (the same numbers up to float rounding)",
+        "scan_layers": _EXECUTION + " (the same numbers up to float summation order)",
         "stall_timeout": _EXECUTION,
     }
 

@@ -27,9 +27,11 @@ Dh d_head, F d_mlp), in forward order:
   ln_final.hook_scale               [B, T, 1]      the final LayerNorm
 
 With `tie_layers` each block index i has its own names (one set of parameters, n_layers sets of
-points). A module records a point with `record`: the interventions naming it are applied, then the
-value is sown into the `intermediates` collection under its flat name (nested under the recording
-module's path; `flatten_intermediates` undoes the nesting).
+points), as it has when the blocks run as one `lax.scan` (`jaxlab.models.layer_scan`: the loop's
+stacked points are stored under each layer's name). A module records a point with `record`: the
+interventions naming it are applied, then the value is sown into the `intermediates` collection
+under its flat name (nested under the recording module's path; `flatten_intermediates` undoes the
+nesting).
 
 Fast paths: attention, the LayerNorm and the MLP take their explicit computations only when
 `intermediates` is mutable or an intervention names one of their points (`active`); otherwise every
@@ -144,8 +146,9 @@ def record(module: nn.Module, name: str, x: jax.Array, interventions: Sequence[A
 
 def flatten_intermediates(tree: Mapping[str, Any]) -> dict[str, jax.Array]:
     """{flat hook name: activation} of an `intermediates` collection: points sown by submodules sit
-    under their module path (blocks_0/attn/...); each is keyed by its full name already, and `sow`
-    keeps a tuple of values, of which the last is taken."""
+    under their module path (blocks_0/attn/...), the points of blocks run as one loop at the top level
+    (`jaxlab.models.layer_scan`); each is keyed by its full name already, and `sow` keeps a tuple of
+    values, of which the last is taken."""
     out: dict[str, jax.Array] = {}
     for key, value in tree.items():
         if isinstance(value, tuple):

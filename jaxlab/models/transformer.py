@@ -1,6 +1,6 @@
 """The transformer family: one Flax Linen module configured by a frozen `ModelConfig`.
 
-Block i (pre-norm when `layernorm`):
+Block i (pre-norm when `layernorm`; `jaxlab.models.block`):
   x <- x + Attn_i(LN(x));  x <- x + MLP_i(LN(x)) when d_mlp > 0.
 With `tie_layers` every block uses the same parameters (the recurrent / "deq" setup of von Oswald
 et al. 2023). Inputs are continuous tokens (read in by a linear map or used as they are) or token
@@ -37,6 +37,20 @@ and any further parts name keys below (`blocks.0.attn.w_qkv`).
 `execution` (`AttentionExecution`) chooses how attention computes outputs at a few positions
 (`outputs_at`), not what: the training engine passes its execution plan's choices
 (`jaxlab.train.plan`); the default suits any backend.
+
+With `scan_layers`, blocks of one structure are compiled once: the forward pass stacks their
+parameter trees and runs one block under `lax.scan` (`jaxlab.models.layer_scan`), so the model's
+part of the program does not grow with `n_layers`; the parameters keep their paths, recorded points
+their per-layer names, and interventions at the residual points act at the layer they name. The
+unrolled loop still runs at `init` (it creates the parameters), for a partial last block
+(`outputs_at` without hooks: its own shapes, outside the loop), below `MIN_SCAN_BLOCKS` blocks, and
+with an intervention inside a block's attention, LayerNorm or MLP (it switches that module of that
+one block to its explicit path). The default is the unrolled loop, on every backend: a training
+step pays the loop at every step (residuals written to and read from stacked buffers, parameters
+stacked and their gradients sliced, no fusion across blocks: the 6-block clustering step ran ~14%
+slower on the 2-core CPU) and saves compile time once (none at 6 blocks, 30% at 24, since the
+per-leaf optimizer work still grows with the depth; benchmarks/results/compile-depth.md), so
+scanning suits programs compiled more often than they run: deep models, probes, tests.
 """
 
 from __future__ import annotations
@@ -50,12 +64,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.config import ModelConfig
-from jaxlab.models.attention import Attention, AttentionExecution, dot, kernel_init, query_index
+from jaxlab.models.attention import AttentionExecution, dot, kernel_init, query_index
+from jaxlab.models.block import Block
 from jaxlab.models.cache import ActivationCache
-from jaxlab.models.hooks import active, flatten_intermediates, hook_names, record
+from jaxlab.models.hooks import COLLECTION, active, flatten_intermediates, hook_names, record
 from jaxlab.models.interventions import Intervention, check_interventions
+from jaxlab.models.layer_scan import scan_blocks, scannable
 from jaxlab.models.layernorm import LayerNorm
-from jaxlab.models.mlp import MLP
 
 
 def sinusoidal_table(max_len: int, d_model: int) -> jax.Array:
@@ -68,28 +83,20 @@ def sinusoidal_table(max_len: int, d_model: int) -> jax.Array:
     return table.at[:, 1::2].set(jnp.cos(angle[:, : d_model // 2]))
 
 
-class Block(nn.Module):
-    cfg: ModelConfig
-    execution: AttentionExecution = AttentionExecution()
-
-    def setup(self) -> None:
-        self.attn = Attention(self.cfg, self.execution)
-        if self.cfg.layernorm:
-            self.ln1 = LayerNorm()
-        if self.cfg.d_mlp:
-            self.mlp = MLP(self.cfg)
-            if self.cfg.layernorm:
-                self.ln2 = LayerNorm()
+MIN_SCAN_BLOCKS = 2  # one block gains nothing from a loop
 
 
 class Transformer(nn.Module):
     """The transformer family member of `cfg` (a resolved `ModelConfig`; see the module docstring):
     read-in or embedding, positions, `n_layers` blocks (shared with `tie_layers`), final norm, readout.
-    `execution` chooses how outputs at a few positions are computed, not what.
+    `execution` chooses how outputs at a few positions are computed, not what. `scan_layers` runs the
+    blocks as one `lax.scan` where it can (`_scans`; the same numbers, a program that does not grow
+    with the depth); the default unrolls them (module docstring: why).
     """
 
     cfg: ModelConfig
     execution: AttentionExecution = AttentionExecution()
+    scan_layers: bool = False
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -123,34 +130,39 @@ class Transformer(nn.Module):
         cfg = self.cfg
         check_interventions(cfg, interventions)
         x = self.embed_tokens(inputs, interventions)
-        recording = self.is_mutable_collection("intermediates")
+        recording = self.is_mutable_collection(COLLECTION)
         # Hooks and interventions see whole sequences: with either, compute them and slice.
         partial = outputs_at is not None and not recording and not interventions
-        for i in range(cfg.n_layers):
-            blk = self.blocks[0 if cfg.tie_layers else i]
-            name = f"blocks.{i}"
-            queries = tuple(outputs_at) if partial and i == cfg.n_layers - 1 else None
+        L = cfg.n_layers
+        first = 0  # the first block of the unrolled loop (those before it ran as one lax.scan)
+        n_loop = L - 1 if partial else L  # a partial last block has its own shapes: it stays outside
+        if self._scans(n_loop, interventions):
+            block = Block(cfg, self.execution, parent=None)  # unbound: the loop body applies it to one layer
+            params = self.variables["params"]
+            x, recorded = scan_blocks(block, params, x, range(n_loop), interventions, recording, cfg.tie_layers)
+            for name, value in recorded.items():
+                self.sow(COLLECTION, name, value)
+            first = n_loop
+        for i in range(first, L):
+            queries = tuple(outputs_at) if partial and i == L - 1 else None
             # The y-block read-out of a last block without MLP or norms reads d_output coordinates only.
             out_dims = cfg.d_output if queries is not None and self._reads_y_block_only() else None
-            x = self._hook(f"{name}.hook_resid_pre", x, interventions)
-            h = blk.ln1(x, f"{name}.ln1", interventions) if cfg.layernorm else x
-            a = blk.attn(h, queries, out_dims, f"{name}.attn", interventions)
-            if queries is not None:
-                x = x[:, query_index(queries, x.shape[1])]
-            if out_dims is not None:
-                x = x[..., -out_dims:]
-            x = x + self._hook(f"{name}.hook_attn_out", a, interventions)
-            if cfg.d_mlp:
-                x = self._hook(f"{name}.hook_resid_mid", x, interventions)
-                h = blk.ln2(x, f"{name}.ln2", interventions) if cfg.layernorm else x
-                m = blk.mlp(h, f"{name}.mlp", interventions)
-                x = x + self._hook(f"{name}.hook_mlp_out", m, interventions)
-            x = self._hook(f"{name}.hook_resid_post", x, interventions)
+            blk = self.blocks[0 if cfg.tie_layers else i]
+            x = blk(x, f"blocks.{i}", interventions, queries, out_dims)
         if outputs_at is not None and not partial:
             x = x[:, query_index(tuple(outputs_at), x.shape[1])]
         if cfg.layernorm:
             x = self.ln_final(x, "ln_final", interventions)
         return self.read_out(x)
+
+    def _scans(self, n_blocks: int, interventions: Sequence[Intervention]) -> bool:
+        """Whether `n_blocks` blocks run as one `lax.scan` (`jaxlab.models.layer_scan`): `scan_layers`, not while
+        initializing (the parameters do not exist yet: the unrolled loop creates them), at least
+        `MIN_SCAN_BLOCKS` blocks, and interventions inside the blocks' modules only at their residual
+        points (`scannable`: the others choose one module's path at one layer)."""
+        return (
+            self.scan_layers and n_blocks >= MIN_SCAN_BLOCKS and not self.is_initializing() and scannable(interventions)
+        )
 
     def _reads_y_block_only(self) -> bool:
         cfg = self.cfg

@@ -113,7 +113,7 @@ class Train:
                 f"the plan was made for batch_size {self.plan.batch_size}, the config has "
                 f"{self.cfg.train.batch_size} (make the plan from this config: make_plan(cfg))",
             )
-        self.model = Transformer(self.cfg.model, self.plan.attention())
+        self.model = Transformer(self.cfg.model, self.plan.attention(), scan_layers=self.plan.scan_layers)
         self.spec = task_spec(self.cfg.task)
         self.eval_steps: tuple[int, ...] = self.cfg.train.eval_steps()
         self._extra_eval = evaluate

@@ -39,6 +39,11 @@ the kernel), with the measured reasons (2-core CPU, benchmarks/results/train.md)
                   `softmax_attention`) on CPUs, where it is measured (benchmarks/results/
                   fused_attention.md) and what CPU runs used before the field existed. Either runs
                   only while no attention hook point is recorded or intervened on.
+  scan_layers     off unless `train.scan_layers` asks: the blocks as one `lax.scan` compile once, but
+                  on the 2-core CPU the 6-block clustering program compiles in 7.2 s instead of
+                  7.6 s and its step is ~14% slower; 24 blocks compile in 16 s instead of 23 s
+                  (benchmarks/results/compile-depth.md). Per-block parameter leaves keep the
+                  optimizer's share of the compile growing with depth.
   dtype           `model.dtype`, recorded: the matmul inputs of attention and MLP, `float32` or
                   `bfloat16`. bfloat16 forward products accumulate in float32 and return float32
                   (`preferred_element_type`, `jaxlab.models.attention.dot`; the fused kernel's
@@ -140,8 +145,9 @@ class ExecutionPlan:
     divisor of batch_size). vector_floats: token padding of the query-side attention (0: none).
     attention_path: `keys_first` | `query_side` (the training loss's last attention layer).
     dtype: the matmul input dtype (bfloat16: float32 accumulation). attention_kernel: `jaxlab` |
-    `fused` (softmax attention). forced: the fields a setting fixed. `attention_kernel` has a
-    default, the kernel every plan used before the field was recorded (`recorded_plan`).
+    `fused` (softmax attention). scan_layers: the blocks run as one `lax.scan`
+    (`jaxlab.models.layer_scan`). forced: the fields a setting fixed. `attention_kernel` and
+    `scan_layers` have defaults, what every plan did before the field was recorded (`recorded_plan`).
     """
 
     backend: str
@@ -154,6 +160,7 @@ class ExecutionPlan:
     attention_path: str
     dtype: str
     attention_kernel: str = "jaxlab"
+    scan_layers: bool = False
     forced: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -186,7 +193,8 @@ class ExecutionPlan:
 
 def recorded_plan(data: dict[str, Any]) -> dict[str, Any]:
     """A plan recorded by any jaxlab version (layout.json, summary.json) as this one records it:
-    fields added since take the value the older version used (`attention_kernel`: `jaxlab`), so a
+    fields added since take the value the older version used (`attention_kernel`: `jaxlab`,
+    `scan_layers`: false), so a
     comparison with a new plan sees only real changes. ConfigError for a field this jaxlab lacks."""
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(ExecutionPlan)})
     if unknown:
@@ -231,7 +239,12 @@ def make_plan(
         and not keys_first_cheaper(len(positions), spec.seq_len, int(m.d_model), m.n_heads, m.head_dim)
     )
     kernel = attention_kernel if attention_kernel != "auto" else t.attention_kernel
-    settings = {"run_layout": t.run_layout != "auto", "run_block": t.run_block, "micro_batch": t.micro_batch}
+    settings = {
+        "run_layout": t.run_layout != "auto",
+        "run_block": t.run_block,
+        "micro_batch": t.micro_batch,
+        "scan_layers": t.scan_layers,
+    }
     forced = tuple(name for name, value in settings.items() if value)
     forced += ("attention_kernel",) if kernel != "auto" else ()
     if n_devices is not None and n_devices < 1:
@@ -247,5 +260,6 @@ def make_plan(
         attention_path="query_side" if query_side else "keys_first",
         dtype=m.dtype,
         attention_kernel=resolve_kernel(kernel, target),
+        scan_layers=bool(t.scan_layers),
         forced=forced,
     )
