@@ -212,7 +212,7 @@ def test_model_receives_the_plans_attention_choices(smoke_cfg):
     does not; both give the same loss. `Transformer(cfg)` alone pads nothing."""
     cfg = smoke_cfg.set("task.n_dims", 10)  # tokens of width 11
     losses = {}
-    for backend, pad, kernel in (("cpu", 16, "jaxlab"), ("tpu", 0, "fused")):
+    for backend, pad, kernel in (("cpu", 16, "jaxlab"), ("tpu", 0, "jaxlab")):  # linear attention: no kernel
         train = make_train(cfg, plan=make_plan(cfg, backend=backend))
         assert train.model.execution == AttentionExecution("query_side", pad, kernel)
         state = train.init(jax.random.key(0))
@@ -299,16 +299,12 @@ def test_smoke_sweep_programs_export_for_cuda_and_tpu(name):
         assert {k: v for k, v in cuda.items() if k != "backend"} == {k: v for k, v in tpu.items() if k != "backend"}
     n, fused = 0, {}
     for group_cfg, plan, exported in exported_programs(exp, cfg, ("cuda", "tpu")):
-        assert (plan.backend, plan.run_layout, plan.vector_floats, plan.attention_kernel) == (
-            "cuda",
-            "vmap",
-            0,
-            "fused",
-        )
+        softmax = group_cfg.model.attention == "softmax"
+        kernel = "fused" if softmax else "jaxlab"  # a model without softmax attention reads no kernel
+        assert (plan.backend, plan.run_layout, plan.vector_floats, plan.attention_kernel) == ("cuda", "vmap", 0, kernel)
         assert exported.platforms == ("cuda", "tpu") and exported.nr_devices == 1
         text = exported.mlir_module()
         assert "lapack_" not in text, name
-        softmax = group_cfg.model.attention == "softmax"
         fused[softmax] = fused.get(softmax, False) or FUSED_CALL in text
         n += 1
     assert n >= 2  # start and interval of every group
@@ -383,3 +379,24 @@ def test_train_scan_layers_reaches_the_model_and_gives_the_unrolled_numbers(smok
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_an_accelerator_run_started_before_the_kernel_field_resumes(smoke_cfg):
+    """A plan recorded before `attention_kernel` existed ran jaxlab's kernel everywhere. A linear model
+    reads no kernel, so its accelerator plan records `jaxlab` and resumes as it is; a softmax model's
+    resumes when `train.attention_kernel=jaxlab` forces the old kernel (`forced` is not compared)."""
+    for cfg, kernel in ((smoke_cfg, "jaxlab"), (get_experiment("latent-ambiguity").preset("smoke"), "fused")):
+        now = make_plan(cfg, backend="cuda").as_dict()
+        assert now["attention_kernel"] == kernel
+        old = {k: v for k, v in json.loads(json.dumps(now)).items() if k not in ("attention_kernel", "scan_layers")}
+        old["forced"] = []
+        if kernel == "jaxlab":
+            check_resume_plan({"plan": old}, 0, now)
+            continue
+        with pytest.raises(
+            UserError, match=r"attention_kernel='jaxlab' and would continue with attention_kernel='fused'"
+        ):
+            check_resume_plan({"plan": old}, 0, now)
+        forced = make_plan(cfg.set("train.attention_kernel", "jaxlab"), backend="cuda").as_dict()
+        assert forced["forced"] == ["attention_kernel"] or forced["forced"] == ("attention_kernel",)
+        check_resume_plan({"plan": old}, 0, forced)

@@ -431,14 +431,27 @@ def test_two_resumes_of_one_directory(tmp_path, monkeypatch, capsys):
 
 def test_a_config_written_before_a_field_existed_resumes_when_the_field_is_at_its_default(tmp_path, smoke_cfg):
     """config.json of an older jaxlab lacks fields added since (task.shared_stream): the resume check
-    reads them as their defaults, what the older jaxlab ran; set to anything else they still differ."""
+    reads them as their defaults, what the older jaxlab ran; a stored field that differs still differs."""
     stored = json.loads(json.dumps(smoke_cfg.to_dict()))
     del stored["task"]["shared_stream"]
     (tmp_path / "config.json").write_text(json.dumps(stored))
     check_run_dir(tmp_path, smoke_cfg, resume=True, overwrite=False)
-    with pytest.raises(UserError, match=r"differs in task"):
-        check_run_dir(tmp_path, smoke_cfg.set("task.shared_stream", "true"), resume=True, overwrite=False)
+    # shared_stream only sets how the sweep runs (bitwise the same runs): it may be set on resume too
+    check_run_dir(tmp_path, smoke_cfg.set("task.shared_stream", "true"), resume=True, overwrite=False)
     stored["task"]["n_context"] = 99  # a stored value that is not the default still differs
     (tmp_path / "config.json").write_text(json.dumps(stored))
     with pytest.raises(UserError, match=r"differs in task"):
         check_run_dir(tmp_path, smoke_cfg, resume=True, overwrite=False)
+
+
+def test_an_added_execution_only_field_may_take_any_value_on_resume(tmp_path, smoke_cfg):
+    """`train.attention_kernel` sets only how the sweep runs: absent from an older config.json, it may be
+    set on resume (the execution plan, compared separately, decides whether the numbers would change)."""
+    stored = json.loads(json.dumps(smoke_cfg.to_dict()))
+    del stored["train"]["attention_kernel"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    check_run_dir(tmp_path, smoke_cfg.set("train.attention_kernel", "jaxlab"), resume=True, overwrite=False)
+    stored["train"]["attention_kernel"] = "fused"  # recorded, it is compared as any field
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(UserError, match=r"differs in train"):
+        check_run_dir(tmp_path, smoke_cfg.set("train.attention_kernel", "jaxlab"), resume=True, overwrite=False)

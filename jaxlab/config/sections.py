@@ -29,7 +29,8 @@ EVAL_SCHEDULES = ("linear", "log")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 RUN_LAYOUTS = ("auto", "vmap", "scan")  # jaxlab.train.runmap
 ATTENTION_KERNEL_CHOICES = ("auto", "jaxlab", "fused")  # jaxlab.train.plan, jaxlab.models.attention
-_EXECUTION = "sets how the sweep runs, not what a run computes"
+EXECUTION_ONLY = "sets how the sweep runs, not what a run computes"  # the start of such SWEEP_WIDE reasons
+_EXECUTION = EXECUTION_ONLY
 
 
 @dataclass(frozen=True)

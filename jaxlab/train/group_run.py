@@ -88,7 +88,8 @@ def check_resume_plan(layout: dict[str, Any], group: int, plan: dict[str, Any]) 
     except ConfigError:  # fields this jaxlab does not know: compared as stored, and named below
         pass
     plan = json.loads(json.dumps(plan))  # as stored: tuples become lists
-    differ = sorted(k for k in set(started) | set(plan) if started.get(k) != plan.get(k))
+    # `forced` records which settings fixed a field, not what runs: only the fields' values count
+    differ = sorted(k for k in set(started) | set(plan) if k != "forced" and started.get(k) != plan.get(k))
     if differ:
         was = ", ".join(f"{k}={started.get(k)!r}" for k in differ)
         now = ", ".join(f"{k}={plan.get(k)!r}" for k in differ)

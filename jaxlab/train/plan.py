@@ -114,14 +114,16 @@ def resolve_layout(layout: str = "auto", backend: str | None = None) -> str:
     return "scan" if _target(backend) == "cpu" else "vmap"
 
 
-def resolve_kernel(kernel: str = "auto", backend: str | None = None) -> str:
+def resolve_kernel(kernel: str = "auto", backend: str | None = None, softmax: bool = True) -> str:
     """Softmax attention's kernel on `backend`: `kernel` when it names one of `ATTENTION_KERNELS`,
-    else (`auto`) `jaxlab` on CPUs and `fused` elsewhere (module docstring)."""
+    else (`auto`) `jaxlab` on CPUs and `fused` elsewhere (module docstring). A model without
+    softmax attention (`softmax=False`: linear, positional) reads no kernel: `auto` records
+    `jaxlab`, what every plan recorded before the field existed, so its older runs resume anywhere."""
     if kernel not in ("auto", *ATTENTION_KERNELS):
         raise ConfigError("attention_kernel", f"unknown attention kernel {kernel!r}", ("auto", *ATTENTION_KERNELS))
     if kernel != "auto":
         return kernel
-    return "jaxlab" if _target(backend) == "cpu" else "fused"
+    return "fused" if softmax and _target(backend) != "cpu" else "jaxlab"
 
 
 def auto_block(unit_bytes: int, budget: int = WORK_BYTES) -> int:
@@ -259,7 +261,7 @@ def make_plan(
         vector_floats=VECTOR_FLOATS if on_cpu else 0,
         attention_path="query_side" if query_side else "keys_first",
         dtype=m.dtype,
-        attention_kernel=resolve_kernel(kernel, target),
+        attention_kernel=resolve_kernel(kernel, target, softmax=m.attention == "softmax"),
         scan_layers=bool(t.scan_layers),
         forced=forced,
     )

@@ -37,7 +37,7 @@ from jaxlab import results, runfiles
 from jaxlab._version import __version__
 from jaxlab.claims import Claim
 from jaxlab.claims import evaluate as evaluate_claims
-from jaxlab.config import SECTIONS, ExperimentConfig
+from jaxlab.config import EXECUTION_ONLY, SECTIONS, ExperimentConfig
 from jaxlab.errors import UserError
 from jaxlab.runfiles import RUN_DIRS, RUN_FILES, holds_run
 from jaxlab.train.checkpoint import GroupCheckpointer
@@ -290,8 +290,10 @@ def build_summary(
 def fill_added_fields(stored: dict[str, Any], cfg: ExperimentConfig) -> dict[str, Any]:
     """A stored config.json as this jaxlab would write it, for the resume comparison: a section field
     added since it was written (absent from `stored`) takes `cfg`'s value when that value is the
-    field's default, which is what the older jaxlab ran (e.g. `task.shared_stream = false`). A field
-    set to anything else still differs."""
+    field's default, which is what the older jaxlab ran (e.g. `task.shared_stream = false`), or
+    whatever `cfg` sets when the field only sets how the sweep executes (`SWEEP_WIDE` says so: e.g.
+    `train.attention_kernel`; what it changes is the execution plan, which the resume compares with
+    the recorded one, `group_run.check_resume_plan`). Any other value of an added field differs."""
     out = dict(stored)
     for section in SECTIONS:
         obj, old = getattr(cfg, section, None), stored.get(section)
@@ -304,8 +306,9 @@ def fill_added_fields(stored: dict[str, Any], cfg: ExperimentConfig) -> dict[str
             default = f.default
             if f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
-            if default is not dataclasses.MISSING and getattr(obj, f.name) == default:
-                filled[f.name] = json.loads(json.dumps(default))
+            execution_only = str(getattr(obj, "SWEEP_WIDE", {}).get(f.name, "")).startswith(EXECUTION_ONLY)
+            if execution_only or (default is not dataclasses.MISSING and getattr(obj, f.name) == default):
+                filled[f.name] = json.loads(json.dumps(getattr(obj, f.name)))
         out[section] = filled
     return out
 
