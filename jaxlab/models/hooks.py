@@ -54,6 +54,15 @@ PATTERN_HOOKS = ("hook_attn_scores", "hook_pattern")  # [B, H, Tq, Tk]: heads on
 RESIDUAL_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 
 
+def block_point(name: str) -> tuple[int, str] | None:
+    """(i, rest) of a name under block i, `blocks.{i}` or `blocks.{i}.{rest}` (`blocks.2.attn.hook_z`:
+    (2, `attn.hook_z`); `blocks.2`: (2, ``)); None for the model's other names (hook_embed, ln_final, ...)."""
+    parts = name.split(".", 2)
+    if len(parts) >= 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1]), parts[2] if len(parts) == 3 else ""
+    return None
+
+
 def block_hook_names(cfg: ModelConfig, i: int) -> list[str]:
     """The points of block i, in forward order (module docstring)."""
     b = f"blocks.{i}"
@@ -164,6 +173,7 @@ __all__ = [
     "RESIDUAL_HOOKS",
     "active",
     "block_hook_names",
+    "block_point",
     "flatten_intermediates",
     "hook_axes",
     "hook_names",

@@ -31,19 +31,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.models.block import Block
-from jaxlab.models.hooks import COLLECTION, RESIDUAL_HOOKS, flatten_intermediates
+from jaxlab.models.hooks import COLLECTION, RESIDUAL_HOOKS, block_point, flatten_intermediates
 from jaxlab.models.interventions import Intervention
 
 SCANNED = "blocks.scanned"  # the prefix of the hook points inside the loop body
-
-
-def block_point(hook: str) -> tuple[int, str] | None:
-    """(i, rest) of a block's hook `blocks.{i}.{rest}` (`blocks.2.attn.hook_z`: (2, `attn.hook_z`)); None for
-    the model's other points (hook_embed, ln_final.hook_scale, ...)."""
-    parts = hook.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1]), parts[2]
-    return None
 
 
 def scannable(interventions: Sequence[Intervention]) -> bool:
@@ -126,4 +117,4 @@ def scan_blocks(
     return x, recorded
 
 
-__all__ = ["SCANNED", "LayerSelected", "at_layer", "block_point", "scan_blocks", "scannable", "stack_trees"]
+__all__ = ["SCANNED", "LayerSelected", "at_layer", "scan_blocks", "scannable", "stack_trees"]

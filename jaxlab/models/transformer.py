@@ -67,7 +67,7 @@ from jaxlab.config import ModelConfig
 from jaxlab.models.attention import AttentionExecution, dot, kernel_init, query_index
 from jaxlab.models.block import Block
 from jaxlab.models.cache import ActivationCache
-from jaxlab.models.hooks import COLLECTION, active, flatten_intermediates, hook_names, record
+from jaxlab.models.hooks import COLLECTION, active, block_point, flatten_intermediates, hook_names, record
 from jaxlab.models.interventions import Intervention, check_interventions
 from jaxlab.models.layer_scan import scan_blocks, scannable
 from jaxlab.models.layernorm import LayerNorm
@@ -276,11 +276,12 @@ def param_path(name: str, cfg: ModelConfig | None = None) -> tuple[str, ...]:
     `blocks.{i}` -> `blocks_{i}` (`blocks_0` for every i with `cfg.tie_layers`), `embed` -> `read_in` for
     a continuous `cfg`, every other part as it is. With `cfg` the block index is checked."""
     parts = name.split(".") if name else []
-    if parts[:1] == ["blocks"] and len(parts) > 1 and parts[1].isdigit():
-        i = int(parts[1])
+    point = block_point(name)
+    if point is not None:
+        i, rest = point
         if cfg is not None and not 0 <= i < cfg.n_layers:
             raise ValueError(f"param_path: {name!r}: block {i} of a model with {cfg.n_layers} blocks")
-        parts = [f"blocks_{0 if cfg is not None and cfg.tie_layers else i}", *parts[2:]]
+        parts = [f"blocks_{0 if cfg is not None and cfg.tie_layers else i}", *(rest.split(".") if rest else [])]
     elif parts[:1] == ["embed"] and cfg is not None and cfg.input != "discrete":
         parts = ["read_in", *parts[1:]]
     return tuple(parts)

@@ -65,6 +65,17 @@ EvalFn = Callable[["Train", chex.ArrayTree, Any], dict[str, jax.Array]]
 EvalDataFn = Callable[["Train"], Any]
 
 
+def add_finite(total: jax.Array, count: jax.Array, loss: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The running (sum, count) of the finite training losses, with `loss` added where it is finite."""
+    finite = jnp.isfinite(loss)
+    return total + jnp.where(finite, loss, 0.0), count + finite
+
+
+def finite_mean(total: jax.Array, count: jax.Array) -> jax.Array:
+    """sum / count of `add_finite`'s running totals; NaN where no loss was finite."""
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
 @struct.dataclass
 class TrainState:
     """One run's training state (a pytree; with a leading run axis [R] inside a program): step, parameters, optimizer
@@ -298,12 +309,11 @@ class Train:
         def body(_, carry):
             st, total, count = carry
             st, loss = self.flat_step(st, hparams, unravel)
-            finite = jnp.isfinite(loss)
-            return st, total + jnp.where(finite, loss, 0.0), count + finite
+            return st, *add_finite(total, count, loss)
 
         init = (state.replace(params=flat), jnp.float32(0.0), jnp.int32(0))
         state, total, count = jax.lax.fori_loop(0, n_steps, body, init)
-        return state.replace(params=unravel(state.params)), jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+        return state.replace(params=unravel(state.params)), finite_mean(total, count)
 
     def eval_key(self) -> jax.Array:
         """The key of the fixed evaluation data: `train.eval_seed` with `train.prng_impl`."""

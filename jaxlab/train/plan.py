@@ -196,8 +196,8 @@ class ExecutionPlan:
 def recorded_plan(data: dict[str, Any]) -> dict[str, Any]:
     """A plan recorded by any jaxlab version (layout.json, summary.json) as this one records it:
     fields added since take the value the older version used (`attention_kernel`: `jaxlab`,
-    `scan_layers`: false), so a
-    comparison with a new plan sees only real changes. ConfigError for a field this jaxlab lacks."""
+    `scan_layers`: false), so a comparison with a new plan sees only real changes. ConfigError for a
+    field this jaxlab lacks."""
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(ExecutionPlan)})
     if unknown:
         raise ConfigError("plan", f"unknown recorded plan fields {unknown}")

@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from jaxlab.tasks import Batch
-from jaxlab.train.engine import Train, TrainState
+from jaxlab.train.engine import Train, TrainState, add_finite, finite_mean
 from jaxlab.train.hparams import Hparams
 from jaxlab.train.runmap import map_runs, per_device
 
@@ -124,15 +124,13 @@ def shared_advance(
             st, buffer, total, count = carry
             buffer = lax.fori_loop(0, n_streams, lambda u, b: draw(u, b, st), buffer)
             st, loss = step_all(st, hparams_sorted, stream_sorted, buffer)
-            finite = jnp.isfinite(loss)
-            return st, buffer, total + jnp.where(finite, loss, 0.0), count + finite
+            return st, buffer, *add_finite(total, count, loss)
 
         def shared() -> tuple[TrainState, jax.Array]:
             zeros = jnp.zeros(n_runs, jnp.float32), jnp.zeros(n_runs, jnp.int32)
             init = (take(state.replace(params=flat_RP), order_R), empty, *zeros)
             st, _, total, count = lax.fori_loop(0, n_steps, body, init)
-            mean = jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
-            st, mean = take((st, mean), inverse_R)
+            st, mean = take((st, finite_mean(total, count)), inverse_R)
             return st.replace(params=jax.vmap(unravel)(st.params)), mean
 
         # nothing to share (every run its own stream; measured 0.68x the independent steps), or
