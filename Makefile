@@ -34,7 +34,7 @@ format: $(STAMP)
 # the 15 slowest tests are listed at the end (the suite should stay near 6 minutes on 2 cores).
 TEST_WORKERS ?= auto
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The API reference, generated from the docstrings by pdoc (the `docs` extra): docs/api/index.html
 # (git-ignored; rebuilt from scratch each time).

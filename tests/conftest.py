@@ -38,3 +38,31 @@ def smoke_cfg():
     from jaxlab.registry import get_experiment
 
     return get_experiment("icl-regression").preset("smoke")
+
+
+# The files that take the longest, longest first (worker seconds in CI's `--durations` on the 2-core
+# CPU). `make test` runs with `--dist loadfile --no-loadscope-reorder`, so xdist hands out files in
+# this order: the long ones start first and the short ones fill the end, instead of one worker
+# finishing a long file alone while the other waits (longest-processing-time-first scheduling).
+SLOWEST_FIRST = (
+    "test_representation_dissimilarity.py",
+    "test_checkpoint_safety.py",
+    "test_steerability.py",
+    "test_watchdog.py",
+    "test_extending.py",
+    "test_instruction_clustering.py",
+    "test_function_classes.py",
+    "test_multihost.py",
+    "test_icl_regression.py",
+    "test_bench_train.py",
+    "test_linalg.py",
+    "test_loading.py",
+    "test_resume.py",
+    "test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the files of `SLOWEST_FIRST` first, in its order; the others keep theirs."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -1,15 +1,18 @@
 """The stall watchdog: fires only after the allowed silence, writes stacks, and a stalled sweep exits and resumes."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from jaxlab.train.watchdog import STALL_EXIT, Watchdog, progress
+from jaxlab.train.watchdog import STALL_EXIT, Watchdog, native_stacks, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,8 +137,16 @@ def test_a_stalled_sweep_writes_stacks_and_exits_3_keeping_its_checkpoints(tmp_p
     # 6 s of silence beyond the slowest gap between beats so far (the watch starts once the program
     # is compiled; an interval with its checkpoint takes about 1 s here): far less than the stall's 600 s
     sets = ["--set", "train.stall_timeout=0.1", "--set", "train.checkpoint_every=1"]
+    # no gdb on the PATH: attaching it to a process with jaxlib loaded takes about 8 s (its symbols);
+    # native_stacks is tested on a small process below
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     run = subprocess.run(
-        [sys.executable, str(script), "run", *args, *sets], capture_output=True, text=True, timeout=240, cwd=tmp_path
+        [sys.executable, str(script), "run", *args, *sets],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=env,
     )
     assert run.returncode == STALL_EXIT, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("jaxlab: error:")]
@@ -143,6 +154,22 @@ def test_a_stalled_sweep_writes_stacks_and_exits_3_keeping_its_checkpoints(tmp_p
     assert "Traceback" not in run.stderr
     report = (out / "stall-00000.txt").read_text()
     assert "stalling_update" in report and "time.sleep" in report  # where the main thread waits
-    native = report.split("== native stacks ==")[1]  # from gdb or eu-stack where installed, else why not
-    assert "Thread" in native or "no native stacks" in native
+    native = report.split("== native stacks ==")[1]
+    assert "no native stacks: neither gdb nor eu-stack is installed" in native
     assert list((out / "checkpoints").rglob("_CHECKPOINT_METADATA"))  # checkpoints kept
+
+
+@pytest.mark.timeout(120)
+def test_native_stacks_of_a_waiting_process_name_its_threads_and_frames():
+    if not (shutil.which("gdb") or shutil.which("eu-stack")):
+        assert "neither gdb nor eu-stack is installed" in native_stacks(os.getpid())
+        return
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        time.sleep(0.5)  # past the interpreter's start
+        stacks = native_stacks(waiting.pid, timeout=100)
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert "Thread" in stacks or "TID" in stacks, stacks[-2000:]
+    assert "sleep" in stacks or "select" in stacks or "nanosleep" in stacks, stacks[-2000:]  # where it waits
