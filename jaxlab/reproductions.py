@@ -29,6 +29,8 @@ ORDER = (
     "icl-autoregressive",
     "icl-autoregressive-non-augmented",
     "icl-autoregressive-pe-only",
+    "icl-autoregressive-constrained",
+    "icl-autoregressive-constrained-gd",
     "instruction-clustering",
     "steerability",
     "latent-ambiguity",

@@ -183,6 +183,7 @@ def test_offblock_ratio_superdiag_mass_and_head_cosines_against_numpy():
     assert off_rot < 1e-5
     np.testing.assert_allclose(angles, [0.4, 0.4], atol=1e-5)
     mass = np.mean([probs[h, t, t] + probs[h, t, t - 1] for h in range(3) for t in range(1, T)])
+    assert float(pr.last_row_diagonal(probs)) == pytest.approx(np.mean([probs[h, T - 1, T - 1] for h in range(3)]))
     assert mass_ == pytest.approx(mass, rel=1e-5)
     vecs = [np.concatenate([w_qkv[:, :, h].ravel(), w_out[h].ravel()]) for h in range(3)]
     cos = [

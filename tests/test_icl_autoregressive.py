@@ -67,7 +67,7 @@ def test_smoke_summary_has_the_issue_keys_and_consistent_values(smoke_run):
     # the PE-only theory value of the lag ratio is not put beside the augmented model
     lag_row = next(line for line in report.splitlines() if line.startswith("| lag1_ratio = a_1"))
     assert "no theory value here" in lag_row and "-1/2" not in lag_row
-    assert "**Hypothesis (untested" in report  # the rotated/backward-estimator explanation
+    assert "**Hypothesis and its control" in report and "constrained-gd-commuting" in report  # rotated estimators
     assert (smoke_run / "by_position.png").is_file() and (smoke_run / "gd_comparison.png").is_file()
 
 
@@ -118,8 +118,19 @@ def test_which_presets_test_which_claims():
     assert untested["non-augmented"]["positional_last_two_tokens"] is None
     assert untested["pe-only"]["pe_only_recent_weight_falls_with_mu"] is None
     assert "unitary" in untested["pe-only"]["positional_last_two_tokens"]
+    constrained = [c.id for c in iac.CLAIMS if c.id.startswith("constrained_")]
     for name in EXP.presets:
-        assert untested[name]["constrained_optimum_is_gd"] and untested[name]["non_augmented_heads_orthogonal"]
+        assert untested[name]["non_augmented_heads_orthogonal"]
+        if EXP.preset(name).model.attention == "constrained":  # its own claims, not the full model's
+            assert all(untested[name][cid] is None for cid in constrained)
+            assert untested[name]["augmented_loss_equals_gd"] and untested[name]["full_model_predictions_equal_gd"]
+        else:
+            assert all(untested[name][cid] for cid in constrained)
+        gd_form = EXP.preset(name).model.attention == "constrained_gd"  # the control tests the control claim only
+        assert (untested[name]["gd_form_predictions_equal_gd"] is None) == gd_form
+        if gd_form:
+            assert untested[name]["full_model_predictions_equal_gd"]
+            assert untested[name]["augmented_loss_equals_gd"] is None
         if name != "pe-only":
             assert untested[name]["pe_only_recent_weight_falls_with_mu"]
     assert any("s_0 uniform on the sphere" in d for d in iac.deviations(EXP.preset("augmented-orthogonal")))
@@ -147,6 +158,24 @@ def test_claim_statistics_against_numpy():
     ]
     got = by_id["pe_only_recent_weight_falls_with_mu"].values(runs, {})
     np.testing.assert_allclose(got, mass[:6, 0] - mass[:6, 2], rtol=1e-12)
+    # the PE-only two-token claim: per seed, the mean over that seed's mu (seed 6 has two of the three)
+    got = by_id["pe_only_last_two_tokens"].values(runs, {})
+    want = [mass[s].mean() for s in range(6)] + [mass[6, :2].mean()]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_constrained_claims_read_the_gauge_fixed_structure():
+    """c_block_mean is the mean of the diagonal and anti-diagonal block means; the paper-value rules are +-10%
+    bands around the released values whatever their sign; the constrained preset's deviations name the loss scale."""
+    rng = np.random.default_rng(1)
+    diag, anti = rng.normal(-1.3, 0.01, 6), rng.normal(-1.28, 0.01, 6)
+    runs = [_record(s, c_block_diag=x, c_block_anti=y) for s, (x, y) in enumerate(zip(diag, anti))]
+    np.testing.assert_allclose(iac.c_block_mean(runs, {}), (diag + anti) / 2, rtol=1e-12)
+    rule = iac.within(iac.ORTHOGONAL_PY["c_block"])
+    assert (rule.low, rule.high) == pytest.approx((-1.289 * 1.1, -1.289 * 0.9))
+    assert (iac.within(0.388).low, iac.within(0.388).high) == pytest.approx((0.388 * 0.9, 0.388 * 1.1))
+    devs = iac.deviations(EXP.preset("constrained-rotation"))
+    assert any("lr 0.038 is the same step" in d for d in devs) and any("not run" in d for d in devs)
 
 
 def test_deviations_and_paper_values_say_what_the_papers_p_is():

@@ -11,7 +11,7 @@ import pytest
 
 from jaxlab import tasks
 from jaxlab.cli import main, show_config
-from jaxlab.config import ModelConfig, OptimConfig, SweepConfig, TaskSection, TrainConfig
+from jaxlab.config import ATTENTIONS, ModelConfig, OptimConfig, SweepConfig, TaskSection, TrainConfig
 from jaxlab.errors import ConfigError
 from jaxlab.registry import experiments
 
@@ -54,7 +54,7 @@ def test_a_known_key_shows_its_type_value_meaning_and_choices(capsys):
     assert rows["model.d_model"]["type"] == "int | None" and rows["model.d_model"]["value"] == "11"  # resolved
     attention = rows["model.attention"]
     assert attention["type"] == "str" and attention["value"] == "'linear'"
-    assert attention["meaning"] == ModelConfig.FIELD_DOCS["attention"] + "; one of: linear, softmax, positional"
+    assert attention["meaning"] == ModelConfig.FIELD_DOCS["attention"] + "; one of: " + ", ".join(ATTENTIONS)
     assert rows["train.batch_size"]["value"] == "2048"
     assert rows["sweep.seeds"]["type"] == "tuple[int, ...]" and rows["sweep.seeds"]["value"].startswith("[0, 1")
 

@@ -14,7 +14,7 @@ from jaxlab.config.base import Inert, Section, inert
 from jaxlab.config.checks import INT32_MAX, MAX_EVALS, _choice, _int_range, _positive, divisors
 from jaxlab.errors import ConfigError
 
-ATTENTIONS = ("linear", "softmax", "positional")
+ATTENTIONS = ("linear", "softmax", "positional", "constrained", "constrained_gd")
 ATTN_NORMS = ("none", "n_keys")
 MASKS = ("causal", "context_keys", "none")
 ACTIVATIONS = ("gelu", "relu", "solu")
@@ -73,7 +73,9 @@ class ModelConfig(Section):
         "n_heads": "attention heads per block",
         "d_model": "width of the residual stream (None: d_input, with read_in='identity' only)",
         "d_head": "width of each attention head (None: d_model // n_heads)",
-        "attention": "linear (no softmax), softmax, or positional (scores gated by a softmax over positions)",
+        "attention": "linear (no softmax), softmax, positional (scores gated by a softmax over positions), "
+        "constrained (Sander et al. 2024 Sec. 4: diagonal heads, C = B^T A, a free signed P), or constrained_gd "
+        "(Sec. 3: sum (s_t^T B s_{t'-1}) A^T s_t')",
         "attn_norm": "linear / positional attention: n_keys divides the scores by the number of keys the query sees",
         "mask": "keys a query sees: causal (t' <= t), context_keys (t' < T - 1, the context only), none (all)",
         "tie_layers": "every block uses the same parameters (a recurrent model)",

@@ -28,6 +28,12 @@ difference is listed, per preset, by `icl_autoregressive_claims.deviations` (in 
   pe-only              d = 1 complex (2 real), lambda = exp(i theta / mu), T = 30, mu in
                        {50, 100, 200, 300} (one program per mu), positional model with 4 heads.
   non-augmented        d = 10 commuting W, T = 20, tokens (s_t, s_t), positional model, 4 heads.
+  constrained-rotation the paper's constrained (A, B, P) model of Sec. 4 (`attention="constrained"`,
+                       `jaxlab.models.constrained_attention`) on orthogonal.py's setting: d = 10,
+                       T = 20, 2x2-rotation W, s_0 = ones, 8 heads, plain SGD (constrained-smoke: tests).
+  constrained-gd-commuting  the control: augmented-commuting with the Sec. 3 constrained form
+                       (`attention="constrained_gd"`: y_t = sum (s_t^T B s_{t'-1}) A^T s_t') in place
+                       of the full layer. Does the constrained form reach GD where the full one does not?
   quick                augmented-commuting, shorter.   smoke  seconds, for tests.
 
 The paper's claims, their statistics and rules: `icl_autoregressive_claims`.
@@ -98,6 +104,8 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise ConfigError("model.n_layers", "the probes read a one-layer attention-only model without biases/LN", [1])
     if m.readout != "y_block" or m.read_in != "identity":
         raise ConfigError("model.readout", "the prediction is the last d coordinates of the stream", ["y_block"])
+    if m.attention in ("constrained", "constrained_gd") and cfg.task.encoding != "augmented":
+        raise ConfigError("task.encoding", "the constrained model reads (s_t, s_{t-1}) from the tokens", ["augmented"])
     probes = cfg.probe.w_hat_probes
     if probes and probes < cfg.task.n_dims:
         raise ConfigError("probe.w_hat_probes", f"must be >= task.n_dims = {cfg.task.n_dims} (or 0), got {probes}")
@@ -113,6 +121,11 @@ def positions(cfg: ExperimentConfig) -> tuple[int, ...]:
 def is_positional(cfg: ExperimentConfig) -> bool:
     """Whether the model uses positional attention (`model.attention='positional'`)."""
     return cfg.model.attention == "positional"
+
+
+def is_constrained(cfg: ExperimentConfig) -> bool:
+    """Whether the model is the paper's constrained (A, B, P) form (`model.attention='constrained'`)."""
+    return cfg.model.attention == "constrained"
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -136,13 +149,19 @@ def make_evaluate(cfg: ExperimentConfig):
     check_config(cfg)
     task = cfg.task
     positional = is_positional(cfg)
+    constrained = is_constrained(cfg)
 
     def evaluate(train, params, data) -> dict[str, jax.Array]:
         out = pr.equivalence_metrics(train.apply, params, data["batch"], data["ref"], task)
         out["gd_eta"] = data["ref"]["eta"]
+        if constrained:
+            out.update(pr.constrained_structure(params, task))
+            return {**out, "p_superdiag_mass": jnp.float32(jnp.nan)}
         out["c_offblock_ratio"] = pr.c_offblock_ratio(params, task)
         if positional:
-            out["p_superdiag_mass"] = pr.superdiag_mass(pr.positional_matrices(params, task.seq_len))
+            p_HTT = pr.positional_matrices(params, task.seq_len)
+            out["p_superdiag_mass"] = pr.superdiag_mass(p_HTT)
+            out["p_last_diag"] = pr.last_row_diagonal(p_HTT)
         else:
             out["p_superdiag_mass"] = jnp.float32(jnp.nan)
         if cfg.model.n_heads > 1:
@@ -170,6 +189,8 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
             "w_hat_t": jnp.mean(pr.w_hat_errors(predict, task, inputs, w, probes, pos), axis=0),
             "lags": pr.lag_weights(preds, s_all),
         }
+        if is_constrained(cfg):  # no (W_Q, W_K, W_V, W_O) blocks to read: its C and P are evaluated metrics
+            return out
         b, a = pr.block_products(params, task)
         blocks = lambda x: pr.structured_predictions(ar.observed_states(task, x), b, a)
         _, sens = pr.last_state_sensitivity(predict, task, batch.inputs)
@@ -180,7 +201,7 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
         if task.w_kind != "haar":
             out["b_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(b, task)))
             out["a_block_angle"] = jnp.mean(jnp.abs(pr.block_angles(a.T, task)))
-        if task.encoding == "augmented":
+        if task.encoding == "augmented" and cfg.model.attention != "constrained_gd":
             out.update(pr.block_fractions(params, task))
         if is_positional(cfg):
             out["spectrum"] = jnp.mean(pr.positional_spectrum(params, task.seq_len), axis=0)
@@ -298,6 +319,54 @@ def non_augmented() -> ExperimentConfig:
     return augmented_commuting().derive("non-augmented", model=positional_model(4, 20), task=task)
 
 
+def constrained_model(n_heads: int, **overrides: Any) -> ModelConfig:
+    """The paper's constrained (A, B, P) attention (`jaxlab.models.constrained_attention`) with `n_heads` diagonal
+    heads, in the one-layer shell of `augmented_model` (the prediction = the last d coordinates); init_scale
+    0.01 gives orthogonal.py's 0.1 N(0, 1) for A, B and P."""
+    return augmented_model(attention="constrained", n_heads=n_heads, d_head=1, **overrides)
+
+
+def constrained_rotation() -> ExperimentConfig:
+    """orthogonal.py's setting (Fig. 3, right): d = 10, T = 20, 2x2-rotation W, s_0 = ones, 8 heads, P [T, T],
+    plain SGD from 0.1 N(0, 1); the loss from position 1 on (the query at u is s_{u-1}); 8 seeds.
+
+    orthogonal.py runs gradient descent with step 1e-3 for 1e5 steps on its closed-form expected loss, the SUM over
+    the 19 positions of the squared error; jaxlab's loss is 0.5 x the squared error, the mean over the 19
+    positions, so the same step is lr 38 x 1e-3 = 0.038 (on sampled batches of 256 sequences instead of the
+    expectation). SGD, not Adam: the loss's scale symmetry (C, P) -> (g C, P / g) leaves the raw C and P to the
+    optimizer's path, and gradient flow keeps ||A||^2 - ||P||^2 fixed from the initialization, as orthogonal.py's.
+    """
+    task = ar.Config(n_dims=10, seq_len=20, w_kind="commuting", s0="ones", encoding="augmented", loss_start=1)
+    return augmented_commuting().derive(
+        "constrained-rotation",
+        {"train.steps": 4000, "train.eval_every": 500},
+        model=constrained_model(8),
+        task=task,
+        optim=OptimConfig(name="sgd", lr=0.038),
+    )
+
+
+def constrained_gd_commuting() -> ExperimentConfig:
+    """The control: `augmented-commuting` with the Sec. 3 constrained form y_t = sum (s_t^T B s_{t'-1}) A^T s_t'
+    (`attention="constrained_gd"`) in place of the full linear-attention layer; everything else the same."""
+    model = augmented_model(attention="constrained_gd")
+    return augmented_commuting().derive("constrained-gd-commuting", model=model)
+
+
+def constrained_smoke() -> ExperimentConfig:
+    """`constrained-rotation` in seconds, for tests: d = 4, T = 6, 20 steps, 2 seeds."""
+    overrides = {
+        "task.n_dims": 4,
+        "task.seq_len": 6,
+        "train.steps": 20,
+        "train.batch_size": 32,
+        "train.eval_every": 10,
+        "train.eval_batch_size": 64,
+        "probe.w_hat_tasks": 16,
+    }
+    return constrained_rotation().derive("constrained-smoke", overrides, sweep=SweepConfig(seeds=(0, 1)))
+
+
 METRICS = {
     "train_loss": "0.5 * squared error of the next-state prediction, summed over dims, mean over positions/tasks",
     "eval_loss": "the same loss on the fixed evaluation set",
@@ -310,6 +379,7 @@ METRICS = {
     "value-output block A), in the basis where W is block-diagonal",
     "p_superdiag_mass": "positional model: mean over heads and rows of P[t, t] + P[t, t-1] (NaN otherwise)",
     "head_cos": "mean |cos| between heads' flattened (W_Q, W_K, W_V, W_O)",
+    "p_last_diag": "positional model: P[T-1, T-1], the last row's softmax weight on its own token (mean over heads)",
     "w_hat_rel_err": "||W_hat - W||_F / ||W||_F at the last position, W_hat the least-squares fit of the "
     "model's predictions at probe states (context kept)",
     "w_hat_err_tNN, loss_tNN": "the same error / the loss at position t = NN",
@@ -323,6 +393,12 @@ METRICS = {
     "and of ||W_V W_O||_F^2 from each value block to the prediction (cur = s_t, prev = s_{t-1}); one GD step: "
     "kq_cur_prev = vo_cur = 1; the backward estimator sum s_{t'-1} s_t'^T s_t: kq_cur_cur = vo_prev = 1",
     "p_top_sv_frac": "positional model: sigma_1^2 / sum sigma^2 of the positional matrices (mean over heads)",
+    "c_block_diag, c_block_anti": "constrained model: mean diagonal / anti-diagonal entry of C = B^T A's 2x2 blocks, "
+    "in the sign gauge P[t, t+1] < 0 (`probes.constrained_structure`)",
+    "p_next, p_prev, p_other_frac": "constrained model: mean P[t, t+1] and P[t, t] (paper's indexing), and the share "
+    "of abs(P)'s causal row mass on older tokens",
+    "cp_next, p_prev_ratio": "constrained model: mean C block entry x p_next and p_prev / p_next (gauge-invariant; "
+    "1 and -1/2 at the exact recurrence)",
 }
 
 EXPERIMENT = Experiment(
@@ -337,6 +413,9 @@ EXPERIMENT = Experiment(
         "augmented-orthogonal": augmented_orthogonal,
         "pe-only": pe_only,
         "non-augmented": non_augmented,
+        "constrained-rotation": constrained_rotation,
+        "constrained-smoke": constrained_smoke,
+        "constrained-gd-commuting": constrained_gd_commuting,
     },
     probe_class=ARProbeConfig,
     metrics=METRICS,

@@ -17,6 +17,7 @@ import jax
 
 from jaxlab.config import ModelConfig
 from jaxlab.models.attention import Attention, AttentionExecution, query_index
+from jaxlab.models.constrained_attention import ConstrainedAttention, ConstrainedGDAttention
 from jaxlab.models.hooks import record
 from jaxlab.models.interventions import Intervention
 from jaxlab.models.layernorm import LayerNorm
@@ -31,7 +32,9 @@ class Block(nn.Module):
     execution: AttentionExecution = AttentionExecution()
 
     def setup(self) -> None:
-        self.attn = Attention(self.cfg, self.execution)
+        kinds = {"constrained": ConstrainedAttention, "constrained_gd": ConstrainedGDAttention}
+        kind = kinds.get(self.cfg.attention)
+        self.attn = kind(self.cfg) if kind else Attention(self.cfg, self.execution)
         if self.cfg.layernorm:
             self.ln1 = LayerNorm()
         if self.cfg.d_mlp:

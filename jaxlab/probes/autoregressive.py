@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxlab import linalg
 from jaxlab.config import ModelConfig
+from jaxlab.models.transformer import params_at
 from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
 from jaxlab.probes.gd_equivalence import minimize_log_grid
 from jaxlab.probes.sensitivity import query_sensitivity
@@ -119,17 +120,21 @@ def loss_by_position(preds_BTD: jax.Array, targets_BTD: jax.Array) -> jax.Array:
 
 # -- learned structure ------------------------------------------------------------------------------
 def _attn(params: chex.ArrayTree) -> dict:
-    return params["blocks_0"]["attn"]
+    return params_at(params, "blocks.0.attn")  # either parameter layout (a training state's may be stacked)
 
 
 def block_products(params: chex.ArrayTree, task: ar.Config) -> tuple[jax.Array, jax.Array]:
-    """(B, A) [d, d] of a one-layer model (see the module docstring), summed over heads.
+    """(B, A) [d, d] of a one-layer model (see the module docstring), summed over heads; a `constrained_gd`
+    model's own (B, A).
 
     Score between query token e_t and key token e_t' is e_t^T (W_Q W_K^T) e_t'; the value path
     adds e_t'^T (W_V W_O) to the residual stream, whose last d coordinates are the prediction.
     """
+    attn = _attn(params)
+    if "w_qkv" not in attn:  # `attention="constrained_gd"`: the blocks are its parameters
+        return attn["b"]["kernel"], attn["a"]["kernel"]
     d = task.n_dims
-    w_qkv, w_out = _attn(params)["w_qkv"], _attn(params)["w_out"]
+    w_qkv, w_out = attn["w_qkv"], attn["w_out"]
     kq_DD = jnp.einsum("dhk,ehk->de", w_qkv[:, 0], w_qkv[:, 1])
     vo_DD = jnp.einsum("dhk,hke->de", w_qkv[:, 2], w_out)
     key = slice(d, 2 * d) if task.encoding == "augmented" else slice(0, d)
@@ -175,6 +180,48 @@ def c_offblock_ratio(params: chex.ArrayTree, task: ar.Config) -> jax.Array:
     return offblock_ratio(b.T @ a, task)
 
 
+def constrained_structure(params: chex.ArrayTree, task: ar.Config) -> dict[str, jax.Array]:
+    """The learned C = B^T A and P of a `constrained` model (`jaxlab.models.constrained_attention`), as scalars.
+
+    The loss is invariant under (C, P) -> (g C, P / g) for any g != 0, so the raw values are fixed by
+    the optimizer's path, not by the loss; the sign gauge is fixed as in the paper's figure
+    (P[u, u] < 0: every value below is multiplied by -sign(mean P[u, u])). Rows u >= 1 (row 0's query
+    is s_{-1} = 0). In the paper's indexing P[t, t+1] = P[u, u] and P[t, t] = P[u, u-1].
+      c_block_diag, c_block_anti   mean of C's 2x2 diagonal blocks' diagonal / anti-diagonal entries (task basis)
+      c_offblock_ratio             ||C off the 2x2 blocks||_F / ||C||_F
+      p_next, p_prev               mean of P[u, u] and of P[u, u-1]
+      p_other_frac                 sum |P[u, t']| over t' <= u - 2 / sum |P[u, t']| over t' <= u
+      cp_next                      mean block entry of C times p_next (gauge-invariant; 1 at the exact recurrence)
+      p_prev_ratio                 p_prev / p_next (gauge-invariant; -1/2 at the exact recurrence)
+    """
+    attn = _attn(params)
+    a, b = attn["a"]["kernel"], attn["b"]["kernel"]
+    T = task.seq_len
+    p_TT = attn["p"]["kernel"][:T, :T]
+    chex.assert_equal_shape((a, b))
+    pm = ar.basis(task)
+    c = pm.T @ (b.T @ a) @ pm
+    i = jnp.arange(0, c.shape[0] - 1, 2)
+    u = jnp.arange(1, T)
+    next_raw = jnp.mean(p_TT[u, u])
+    g = -jnp.where(next_raw < 0, -1.0, 1.0)
+    diag = g * jnp.mean(jnp.concatenate([c[i, i], c[i + 1, i + 1]]))
+    anti = g * jnp.mean(jnp.concatenate([c[i, i + 1], c[i + 1, i]]))
+    p_next, p_prev = g * next_raw, g * jnp.mean(p_TT[u, u - 1])
+    rows = jnp.abs(jnp.where(jnp.tril(jnp.ones((T, T), bool)), p_TT, 0.0))[1:]
+    other = jnp.where(jnp.tril(jnp.ones((T, T), bool), -2), jnp.abs(p_TT), 0.0)[1:]
+    return {
+        "c_block_diag": diag,
+        "c_block_anti": anti,
+        "c_offblock_ratio": offblock_ratio(b.T @ a, task),
+        "p_next": p_next,
+        "p_prev": p_prev,
+        "p_other_frac": jnp.sum(other) / jnp.maximum(jnp.sum(rows), 1e-30),
+        "cp_next": 0.5 * (diag + anti) * p_next,
+        "p_prev_ratio": p_prev / p_next,
+    }
+
+
 def positional_matrices(params: chex.ArrayTree, seq_len: int) -> jax.Array:
     """[H, T, T] causal softmax(p_q,t . p_k,t') of the `positional` attention model."""
     from jaxlab.models.attention import make_mask, positional_pattern
@@ -188,6 +235,12 @@ def superdiag_mass(p_HTT: jax.Array) -> jax.Array:
     diag = jnp.diagonal(p_HTT, axis1=-2, axis2=-1)[:, 1:]
     sub = jnp.diagonal(p_HTT, offset=-1, axis1=-2, axis2=-1)
     return jnp.mean(diag + sub)
+
+
+def last_row_diagonal(p_HTT: jax.Array) -> jax.Array:
+    """Mean over heads of P[T-1, T-1], the last row's weight on its own token (pe_only.py reports the same entry of
+    its free P: 0.334 / 0.242 / 0.183 / 0.132 at mu = 50 / 100 / 200 / 300)."""
+    return jnp.mean(p_HTT[:, -1, -1])
 
 
 def head_cosines(params: chex.ArrayTree) -> jax.Array:
@@ -290,11 +343,13 @@ __all__ = [
     "block_fractions",
     "block_products",
     "c_offblock_ratio",
+    "constrained_structure",
     "equivalence_metrics",
     "fit_gd_eta",
     "gd_predictions",
     "head_cosines",
     "lag_weights",
+    "last_row_diagonal",
     "last_state_sensitivity",
     "loss_by_position",
     "make_reference",

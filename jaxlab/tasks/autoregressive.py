@@ -8,7 +8,8 @@ Each sequence has its own orthogonal W [d, d] and follows s_{t+1} = W s_t from s
              (Mezzadri 2007), so W is exactly Haar-distributed (non-commuting).
   unitary    the complex case lambda = exp(i theta / mu), theta ~ U(0, 2 pi), each complex
              coordinate stored as a 2x2 rotation (d = 2 is the paper's d = 1 complex case).
-s_0 is 1/sqrt(d) * ones (`s0="fixed"`) or uniform on the sphere (`"sphere"`). With `noise_std`
+s_0 is 1/sqrt(d) * ones (`s0="fixed"`), uniform on the sphere (`"sphere"`), or ones (`"ones"`: unit
+coordinates, ||s_0||^2 = d, the released orthogonal.py / unitary.py / pe_only.py). With `noise_std`
 the tokens are noisy observations o_t = s_t + noise_std * eps_t (targets o_{t+1}).
 
 Tokens (t = 0..T-1), targets s_{t+1} at every position (loss mask all ones):
@@ -18,7 +19,9 @@ Tokens (t = 0..T-1), targets s_{t+1} at every position (loss mask all ones):
              permutation of coordinates, which a linear transformer absorbs in its weights) so
              that the `y_block` readout reads the prediction from the zero block.
   repeated   e_t = (s_t, s_t)                           (width 2d), for the non-augmented model.
-aux: "w" [B, d, d], "s" [B, T + 1, d] (the clean states s_0..s_T).
+aux: "w" [B, d, d], "s" [B, T + 1, d] (the clean states s_0..s_T). `loss_start` leaves the positions
+t < loss_start out of the loss mask (the paper's constrained model predicts from t = 1 on: its query
+at t is s_{t-1}).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from jaxlab.errors import ConfigError
 from jaxlab.tasks.batch import Batch, TaskSpec
 
 W_KINDS = ("commuting", "haar", "unitary")
-S0_KINDS = ("fixed", "sphere")
+S0_KINDS = ("fixed", "sphere", "ones")
 ENCODINGS = ("augmented", "plain", "repeated")
 
 
@@ -56,6 +59,7 @@ class Config(TaskSection):
     s0: str = "fixed"
     noise_std: float = 0.0
     encoding: str = "augmented"
+    loss_start: int = 0
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "n_dims": "dimension d of the states s_t (even for commuting and unitary W)",
@@ -67,6 +71,7 @@ class Config(TaskSection):
         "s0": "the first state: ones / sqrt(d) (fixed) or uniform on the sphere",
         "noise_std": "tokens are noisy observations s_t + noise_std * eps_t (0: clean)",
         "encoding": "tokens: plain s_t, augmented (s_t, s_{t-1}, 0), or repeated (s_t, s_t)",
+        "loss_start": "positions t < loss_start are left out of the loss (mask 0)",
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"w_kind": W_KINDS, "s0": S0_KINDS, "encoding": ENCODINGS}
 
@@ -80,6 +85,8 @@ class Config(TaskSection):
         _positive(n("noise_std"), self.noise_std, allow_zero=True)
         if self.seq_len < 2:
             raise ConfigError(n("seq_len"), f"must be >= 2, got {self.seq_len!r}")
+        if not 0 <= self.loss_start < self.seq_len:
+            raise ConfigError(n("loss_start"), f"must be in [0, seq_len - 1], got {self.loss_start!r}")
         if self.basis_seed < 0:
             raise ConfigError(n("basis_seed"), f"must be >= 0, got {self.basis_seed!r}")
         if self.w_kind in ("commuting", "unitary") and self.n_dims % 2:
@@ -185,8 +192,8 @@ def sample(key: jax.Array, cfg: Config, batch_size: int = 1) -> Batch:
     k_w, k_s, k_eps = rng.split(key, 3)
     B, T, d = batch_size, cfg.seq_len, cfg.n_dims
     w = sample_w(k_w, cfg, B)
-    if cfg.s0 == "fixed":
-        s0 = jnp.full((B, d), 1.0 / math.sqrt(d))
+    if cfg.s0 in ("fixed", "ones"):
+        s0 = jnp.full((B, d), 1.0 / math.sqrt(d) if cfg.s0 == "fixed" else 1.0)
     else:
         g = rng.normal(k_s, (B, d))
         s0 = g / jnp.linalg.norm(g, axis=-1, keepdims=True)
@@ -197,7 +204,7 @@ def sample(key: jax.Array, cfg: Config, batch_size: int = 1) -> Batch:
     return Batch(
         inputs=encode(cfg, obs[:, :T]),
         targets=obs[:, 1:],
-        loss_mask=jnp.ones((B, T)),
+        loss_mask=jnp.broadcast_to((jnp.arange(T) >= cfg.loss_start).astype(jnp.float32), (B, T)),
         aux={"w": w, "s": s},
     )
 
