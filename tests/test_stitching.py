@@ -103,3 +103,33 @@ def test_bad_hooks_and_settings_are_refused(stitched):
         StitchConfig(init="random")
     with pytest.raises(ConfigError, match="stitch.pairs"):
         stitch_runs(train, group_a, train, trained, HOOKS, pairs="zip")
+
+
+def test_stopping_rule_and_budget_check_against_fixed_budgets(stitched):
+    """The stopping rule re-derived from the recorded training losses; the penalty where it stopped and at twice
+    that budget equal a fixed-budget stitch of those step counts (the same batches: step i draws fold_in(key, i))."""
+    train, group_a, trained, _ = stitched
+    tol, width = 0.05, 10
+    rule = StitchConfig(steps=60, lr=3e-3, batch_size=64, fit_batch_size=256, tol=tol, window=width, double=True)
+    r = stitch_runs(train, group_a, train, trained, HOOKS, cfg=rule)
+    history, used = np.asarray(r.train_loss), np.asarray(r.steps_used)
+    assert history.shape == (3, 2, 2, 60) and used.shape == (3, 2, 2)
+    for idx in np.ndindex(used.shape):
+        h = history[idx]
+        means = [h[k * width : (k + 1) * width].mean() for k in range(6)]
+        stop = next((k for k in range(1, 6) if means[k - 1] - means[k] < tol * means[k - 1]), 5)
+        assert used[idx] == width * (stop + 1), idx
+        assert np.isfinite(h[: used[idx]]).all() and np.isnan(h[used[idx] :]).all()
+    a, b, hook = 2, 1, POST  # the untrained model into a trained one: its loss still falls
+    n = int(used[a, b, hook])
+    fixed = StitchConfig(steps=n, lr=3e-3, batch_size=64, fit_batch_size=256, double=True)
+    f = stitch_runs(train, group_a, train, trained, HOOKS, cfg=fixed)
+    assert int(f.steps_used[a, b, hook]) == n
+    np.testing.assert_allclose(f.penalty[a, b, hook], r.penalty[a, b, hook], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(f.penalty_double[a, b, hook], r.penalty_double[a, b, hook], rtol=1e-3, atol=1e-5)
+    # without the check there is no doubled penalty
+    assert np.isnan(np.asarray(stitch_runs(train, group_a, train, trained, HOOKS, cfg=STITCH).penalty_double)).all()
+    with pytest.raises(ConfigError, match="stitch.tol"):
+        StitchConfig(tol=1.5)
+    with pytest.raises(ConfigError, match="stitch.window"):
+        StitchConfig(window=0)

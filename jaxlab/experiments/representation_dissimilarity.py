@@ -64,13 +64,22 @@ receiver=solu,layer=1]`):
   id_acc_group_a, ood_acc_group_a    group A: GeLU at the reference point trained with the
   id_acc_group_b, ood_acc_group_b    shortcut (largest task.shortcut); group B: without (mean over seeds)
   gen_penalty[sender=a,receiver=b,layer=l]  stitching A's stream into B (on B's shortcut-free task)
-  gen_penalty[sender=b,receiver=a,layer=l], gen_penalty[sender=b,receiver=b,layer=l] (B across
-                                     seeds: the baseline); gen_penalty_std[...], and
-                                     gen_penalty_pair[...,sender_seed=i,receiver_seed=j] as for
-                                     stitch_penalty
+  gen_penalty[sender=b,receiver=b,layer=l] (B across seeds: the baseline); gen_penalty_std[...],
+                                     and gen_penalty_pair[...,sender_seed=i,receiver_seed=j] as for
+                                     stitch_penalty (B into A is not stitched: no claim reads it)
   generalization_gap_layer           argmax_l of gen_penalty[a->b, l] - gen_penalty[b->b, l]
                                      (a description: with task.shortcut = 1 group A need not use
-                                     the operands and every hook past the embeddings is at chance)
+                                     the operands and every hook past the embeddings is at chance;
+                                     the presets train A with 0.5, so both groups use them)
+  {stitch,gen}_penalty_steps_used[sender=x,receiver=y,layer=l]  the stitch training steps the
+                                     stopping rule used (`probe.stitch_tol`), mean over model pairs
+                                     (_steps_used_max: the most)
+  {stitch,gen}_penalty_double[...], _double_pair[...]  with `probe.stitch_budget_check`: the
+                                     penalty after twice each pair's budget (the budget check,
+                                     `representation_dissimilarity_claims.budget_checks`)
+  cka_run[model=activation,model_seed=s,layer_a=i,layer_b=j]  layer x layer CKA within the run of
+                                     seed s of a family at the reference point (the block-structure
+                                     claim's per-run matrices)
   more_{narrow|wide}_{to}_{...}      "more is better": GeLU families of the smallest and largest
                                      width at the reference depth; the lower half of the blocks of
                                      one stitched (at blocks.{L // 2}.hook_resid_pre) into the
@@ -113,22 +122,48 @@ class DissimilarityProbeConfig(ProbeConfig):
     stitch_lr: float = 3e-3
     stitch_batch_size: int = 64
     stitch_fit_batch_size: int = 256
+    stitch_tol: float = 0.0
+    stitch_window: int = 50
+    stitch_budget_check: bool = False
+    stitch_receivers: int = 0
     n_cka: int = 128
 
     # read once per sweep, from the first program's config, by the analysis across programs
     # (`representation_dissimilarity_analysis.analyse`)
     SWEEP_WIDE: ClassVar[dict[str, str]] = {
         name: "sets the analysis across the sweep's programs (one value for the whole sweep)"
-        for name in ("stitch_steps", "stitch_lr", "stitch_batch_size", "stitch_fit_batch_size", "n_cka")
+        for name in (
+            "stitch_steps",
+            "stitch_lr",
+            "stitch_batch_size",
+            "stitch_fit_batch_size",
+            "stitch_tol",
+            "stitch_window",
+            "stitch_budget_check",
+            "stitch_receivers",
+            "n_cka",
+        )
     }
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "id_shortcut": "probability that the hint names the answer in the in-distribution test set",
         "ood_shortcut": "the same probability in the shifted (OOD) test set",
-        "stitch_steps": "Adam steps that train each stitching layer",
+        "stitch_steps": "Adam steps that train each stitching layer (the most, with the stopping rule stitch_tol > 0)",
+        "stitch_tol": (
+            "stopping rule of the stitch training: stop once the mean training loss of a window of stitch_window "
+            "steps improves on the previous window's by less than this fraction (0: always stitch_steps steps)"
+        ),
+        "stitch_window": "steps a window of the stopping rule (the budget is counted in whole windows)",
+        "stitch_budget_check": (
+            "also train every stitch for as many steps again (twice the budget it used) and report the penalty there"
+        ),
         "stitch_lr": "learning rate of the stitching layers",
         "stitch_batch_size": "sequences per stitching training step",
         "stitch_fit_batch_size": "sequences of the least-squares initialization of the stitching layers",
+        "stitch_receivers": (
+            "receivers each sender is stitched into (0: every pair; k: a ring, sender i into receivers i..i+k-1, "
+            "i+1..i+k within a group, so every model is a sender and a receiver k times)"
+        ),
         "n_cka": "shortcut-free sequences whose representations CKA compares",
     }
 
@@ -144,6 +179,16 @@ class DissimilarityProbeConfig(ProbeConfig):
                 raise ConfigError(n(name), f"must be an integer >= {0 if name == 'stitch_steps' else 1}, got {v!r}")
         if not self.stitch_lr > 0:
             raise ConfigError(n("stitch_lr"), f"must be > 0, got {self.stitch_lr!r}")
+        if not 0.0 <= self.stitch_tol < 1.0:
+            raise ConfigError(n("stitch_tol"), f"is a fraction, must be in [0, 1), got {self.stitch_tol!r}")
+        w = self.stitch_window
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise ConfigError(n("stitch_window"), f"must be an integer >= 1, got {w!r}")
+        r = self.stitch_receivers
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+            raise ConfigError(n("stitch_receivers"), f"must be an integer >= 0 (0: every pair), got {r!r}")
+        if not isinstance(self.stitch_budget_check, bool):
+            raise ConfigError(n("stitch_budget_check"), f"must be true or false, got {self.stitch_budget_check!r}")
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -177,7 +222,7 @@ def make_evaluate(cfg: ExperimentConfig) -> EvalFn:
 # -- presets ---------------------------------------------------------------------------------------
 def paper() -> ExperimentConfig:
     """Brown et al.'s families, scaled to the synthetic task: GeLU vs SoLU x widths {64, 128, 256} x
-    depths {2, 4, 6} x shortcut {0, 1}, 5 seeds each (36 programs); p = 23, 6 items a sequence,
+    depths {2, 4, 6} x shortcut {0, 0.5}, 5 seeds each (36 programs); p = 23, 6 items a sequence,
     MLP width 512 for every d_model (the width axis is d_model), 6000 steps of 128 sequences.
     The paper's models are Neel Nanda's SoLU/GeLU LMs (1-12 layers, d 512-1024) trained on web text
     and its generalization groups are McCoy et al.'s MNLI BERTs; both are out of reach here."""
@@ -189,13 +234,20 @@ def paper() -> ExperimentConfig:
         optim=OptimConfig(name="adamw", lr=2e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_steps=200),
         train=TrainConfig(steps=6000, batch_size=128, eval_schedule="linear", eval_every=500, eval_batch_size=512),
         probe=DissimilarityProbeConfig(
-            stitch_steps=1000, stitch_lr=2e-2, stitch_batch_size=128, stitch_fit_batch_size=512, n_cka=256
+            stitch_steps=1000,
+            stitch_lr=2e-2,
+            stitch_batch_size=128,
+            stitch_fit_batch_size=512,
+            stitch_tol=0.01,
+            stitch_window=100,
+            stitch_budget_check=True,
+            n_cka=256,
         ),
         sweep=SweepConfig(
             seeds=(0, 1, 2, 3, 4),
             grid=(
                 ("model.activation", ("gelu", "solu")),
-                ("task.shortcut", (0.0, 1.0)),
+                ("task.shortcut", (0.0, 0.5)),
                 ("model.d_model", (64, 128, 256)),
                 ("model.n_layers", (2, 4, 6)),
             ),
@@ -204,13 +256,22 @@ def paper() -> ExperimentConfig:
 
 
 def quick() -> ExperimentConfig:
-    """Minutes on a 2-core CPU: p = 11, 4 items, widths {16, 32} at depth 2 (no depth axis), MLP 64,
-    3 seeds, 1000 steps of 32 sequences; 8 programs. (GeLU and SoLU at width 32 reach 100% on the
-    shortcut-free task by step ~500 / ~750 with 3e-3; width 16 is the weaker model of "more is better".)
-    Stitching: 500 Adam steps at 2e-2 (inherited from `paper`). Across seeds of one family the residual
-    streams at the middle hook are far from affinely related (same-layer CKA ~0.3, least-squares init
-    ~3 nats above the receiver), so the stitch has to be trained there: gelu->gelu at l = 1 measured
-    0.19 +- 0.10 nats after 150 steps at 3e-3, 0.035 +- 0.019 after 500 at 2e-2, 0.023 after 2000 at 1e-2."""
+    """Minutes on a 2-core CPU: p = 11, 4 items, 4 blocks of width 32 (MLP 64), GeLU vs SoLU x
+    task.shortcut {0, 0.5}, 5 seeds, 1000 steps of 32 sequences; 4 programs of 5 runs (no width axis).
+
+    The depth axis is the 4 blocks (hooks 0..4: CKA block structure needs more than two hooks past the
+    embeddings). The shortcut-trained group sees the hint name the answer with probability 0.5, not 1:
+    with 1 it need not use the operands at all and stitching it anywhere past the embeddings sits at the
+    chance loss (the earlier quick reproduction), so a contrast between hooks compared chance with chance;
+    with 0.5 the sum is the only way to the last half of the loss, so both groups use their inputs.
+    Stitching: least squares, then Adam at 2e-2 (batches of 32) until the mean training loss of a 50-step
+    window improves on the previous one by less than 2% (at most 300 steps), and the budget check trains
+    every stitch for as many steps again; each model is stitched into one model of each receiving group
+    (a ring: 5 pairs a direction instead of all 25; the stitching of 4-block models dominates the
+    preset's cost, and a first try with 2 receivers and at most 600 steps ran past the sweep's
+    15-minute stall limit in its first stitching job on the shared 2-core machine). The fixed 500-step
+    budget of the earlier preset left gelu -> gelu at hook 1 at 0.035 nats, 0.023 after 2000 steps:
+    more than the asymmetry it measured."""
     return paper().derive(
         "quick",
         {
@@ -223,18 +284,22 @@ def quick() -> ExperimentConfig:
             "train.batch_size": 32,
             "train.eval_every": 250,
             "train.eval_batch_size": 256,
-            "probe.stitch_steps": 500,
-            "probe.stitch_batch_size": 64,
+            "probe.stitch_steps": 300,
+            "probe.stitch_window": 50,
+            "probe.stitch_tol": 0.02,
+            "probe.stitch_budget_check": True,
+            "probe.stitch_receivers": 1,
+            "probe.stitch_batch_size": 32,
             "probe.stitch_fit_batch_size": 256,
             "probe.n_cka": 128,
         },
         sweep=SweepConfig(
-            seeds=(0, 1, 2),
+            seeds=(0, 1, 2, 3, 4),
             grid=(
                 ("model.activation", ("gelu", "solu")),
-                ("task.shortcut", (0.0, 1.0)),
-                ("model.d_model", (32, 16)),
-                ("model.n_layers", (2,)),
+                ("task.shortcut", (0.0, 0.5)),
+                ("model.d_model", (32,)),
+                ("model.n_layers", (4,)),
             ),
         ),
     )
@@ -259,6 +324,9 @@ def smoke() -> ExperimentConfig:
             "train.eval_every": 10,
             "train.eval_batch_size": 64,
             "probe.stitch_steps": 20,
+            "probe.stitch_window": 5,
+            "probe.stitch_tol": 0.05,
+            "probe.stitch_budget_check": True,
             "probe.stitch_batch_size": 32,
             "probe.stitch_fit_batch_size": 64,
             "probe.n_cka": 32,
@@ -285,6 +353,15 @@ METRICS = {
         "the same between group A (shortcut-trained GeLU) and group B (shortcut-free GeLU) at the reference point"
     ),
     "asymmetry_index[layer=l]": "asymmetry_index at hook l alone",
+    "{stitch,gen}_penalty_steps_used[sender=x,receiver=y,layer=l]": (
+        "stitch training steps the stopping rule used, mean over model pairs (_max: the most)"
+    ),
+    "{stitch,gen}_penalty_double[sender=x,receiver=y,layer=l]": (
+        "the penalty after twice each pair's budget (the budget check; _double_pair: one model pair)"
+    ),
+    "cka_run[model=activation,model_seed=s,layer_a=i,layer_b=j]": (
+        "linear CKA between layer i and layer j of the run of seed s (reference point, families)"
+    ),
     "cka_within[model=tag,layer_a=i,layer_b=j], cka_across[model_a=..,model_b=..,layer_a=i,layer_b=j]": (
         "linear CKA between layer i and layer j of one model (mean over seeds) or of two models"
     ),

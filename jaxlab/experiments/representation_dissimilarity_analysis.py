@@ -54,6 +54,9 @@ def stitch_config(probe: Any) -> StitchConfig:
         lr=probe.stitch_lr,
         batch_size=probe.stitch_batch_size,
         fit_batch_size=probe.stitch_fit_batch_size,
+        tol=probe.stitch_tol,
+        window=probe.stitch_window,
+        double=probe.stitch_budget_check,
     )
 
 
@@ -61,17 +64,63 @@ def _params(outcome: Any) -> Any:
     return outcome.state.params
 
 
-def stitch_pair(a: Any, b: Any, scfg: StitchConfig, hooks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Every run of group a into every run of group b at every hook: penalty etc. [Ra, Rb, H] (numpy)."""
-    r = stitch_runs(a.train, _params(a), b.train, _params(b), hooks, cfg=scfg)
-    return {k: np.asarray(getattr(r, k)) for k in ("penalty", "init_penalty", "stitched_loss", "base_loss")}
+def pair_design(ra: int, rb: int, same: bool, receivers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sender indices, receiver indices) of the model pairs to stitch: every pair (a run never into itself when
+    `same`) for receivers = 0 or receivers >= the pairs available; else each sender i into the `receivers`
+    receivers i + o mod rb, o = 0, 1, ... (o = 1, 2, ... when `same`): a ring design in which every model is a
+    sender and a receiver equally often (rb >= ra)."""
+    if receivers <= 0 or receivers >= rb - int(same):
+        ia, ib = (g.ravel() for g in np.meshgrid(np.arange(ra), np.arange(rb), indexing="ij"))
+        keep = ia != ib if same else np.ones(ia.shape, bool)
+        return ia[keep], ib[keep]
+    offsets = np.arange(receivers) + int(same)
+    ia = np.repeat(np.arange(ra), receivers)
+    return ia, (ia + np.tile(offsets, ra)) % rb
+
+
+def stitch_pair(
+    a: Any, b: Any, scfg: StitchConfig, hooks: Sequence[str] | None = None, receivers: int = 0
+) -> dict[str, np.ndarray]:
+    """Runs of group a into runs of group b at every hook (the pairs of `pair_design`): penalty etc. [Ra, Rb, H]
+    (numpy; NaN for a pair not stitched; a run into itself is never stitched when a is b); base_loss [Ra, Rb]."""
+    pa, pb = _params(a), _params(b)
+    ra = jax.tree_util.tree_leaves(pa)[0].shape[0]
+    rb = jax.tree_util.tree_leaves(pb)[0].shape[0]
+    ia, ib = pair_design(ra, rb, a is b, receivers)
+    take = lambda tree, idx: jax.tree_util.tree_map(lambda x: x[idx], tree)
+    r = stitch_runs(a.train, take(pa, ia), b.train, take(pb, ib), hooks, cfg=scfg, pairs="zip")
+    out = {}
+    for k in ("penalty", "init_penalty", "stitched_loss", "base_loss", "steps_used", "penalty_double"):
+        v = np.asarray(getattr(r, k), np.float64)
+        full = np.full((ra, rb, *v.shape[1:]), np.nan)
+        full[ia, ib] = v
+        out[k] = full
+    return out
+
+
+def _budget(
+    out: dict[str, float], name: str, res: dict[str, np.ndarray], a: Any, b: Any, same: bool, **params: str
+) -> None:
+    """The budget the stopping rule used (`{name}_steps_used[**params,layer=l]`: mean over model pairs, `_max`: the
+    most) and, with the budget check, every pair's penalty at twice that budget (`{name}_double_pair[...]`) and
+    its mean over pairs (`{name}_double[...]`)."""
+    used = pair_values(res["steps_used"].astype(np.float64), same)
+    for layer in range(used.shape[1]):
+        out[metric_name(f"{name}_steps_used", **params, layer=layer)] = float(np.nanmean(used[:, layer]))
+        out[metric_name(f"{name}_steps_used_max", **params, layer=layer)] = float(np.nanmax(used[:, layer]))
+    double = res["penalty_double"]
+    if np.isfinite(double).any():
+        _layer_stats(out, f"{name}_double", pair_values(double, same), **params)
+        _per_pair(out, f"{name}_double", double, a, b, same, **params)
 
 
 def pair_values(pen_RRH: np.ndarray, same: bool) -> np.ndarray:
-    """[n_pairs, H]: every (i, j) pair, without i == j when a group is stitched into itself."""
+    """[n_pairs, H]: every stitched (i, j) pair (finite at some hook), without i == j when a group is stitched into
+    itself."""
     ra, rb = pen_RRH.shape[:2]
     keep = ~np.eye(ra, rb, dtype=bool) if same else np.ones((ra, rb), bool)
-    return pen_RRH[keep]
+    vals = pen_RRH[keep]
+    return vals[np.isfinite(vals.reshape(vals.shape[0], -1)).any(1)]
 
 
 def _per_pair(
@@ -108,8 +157,8 @@ def _layer_stats(out: dict[str, float], name: str, vals_PH: np.ndarray, **params
     """`{name}[**params,layer=l]` and `{name}_std[**params,layer=l]`: mean and standard deviation over the rows
     (model pairs) at every hook l."""
     for layer in range(vals_PH.shape[1]):
-        out[metric_name(name, **params, layer=layer)] = float(vals_PH[:, layer].mean())
-        out[metric_name(f"{name}_std", **params, layer=layer)] = float(vals_PH[:, layer].std())
+        out[metric_name(name, **params, layer=layer)] = float(np.nanmean(vals_PH[:, layer]))
+        out[metric_name(f"{name}_std", **params, layer=layer)] = float(np.nanstd(vals_PH[:, layer]))
 
 
 def asymmetry(gs_RRH: np.ndarray, sg_RRH: np.ndarray) -> np.ndarray:
@@ -165,6 +214,12 @@ def cka_within(matrix: np.ndarray, index, g: int) -> np.ndarray:
     return np.mean(mats, axis=0)
 
 
+def cka_runs(matrix: np.ndarray, index, g: int) -> dict[int, np.ndarray]:
+    """{run r: [H, H]}: layer i vs layer j within each run of group g (the per-run matrices `cka_within`
+    averages; the block-structure claim reads them)."""
+    return {r: matrix[np.ix_(list(hs.values()), list(hs.values()))] for r, hs in _rows(index, g).items()}
+
+
 def cka_across(matrix: np.ndarray, index, ga: int, gb: int) -> np.ndarray:
     """[Ha, Hb]: layer i of a run of ga vs layer j of a run of gb, mean over run pairs (r != r' if ga == gb)."""
     ra, rb = _rows(index, ga), _rows(index, gb)
@@ -209,12 +264,11 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
                     jobs.append((f"{a.tag} -> {b.tag}", a, b))
     ga, gb = Point("gelu", shortcut, ref_w, ref_d), Point("gelu", clean, ref_w, ref_d)
     if shortcut != clean and ga in by_point and gb in by_point:
-        jobs.append((f"{ga.tag} -> {gb.tag}", ga, gb))
-        jobs.append((f"{gb.tag} -> {ga.tag}", gb, ga))
+        jobs.append((f"{ga.tag} -> {gb.tag}", ga, gb))  # B -> A: no claim reads it, so it is not stitched
 
     results: dict[tuple[Point, Point], dict[str, np.ndarray]] = {}
     for k, (name, a, b) in enumerate(tqdm(jobs, desc="stitching", leave=False, disable=None)):
-        res = stitch_pair(by_point[a], by_point[b], scfg)
+        res = stitch_pair(by_point[a], by_point[b], scfg, receivers=probe.stitch_receivers)
         progress(f"stitching job {k + 1} of {len(jobs)} ({name})")
         results[(a, b)] = res
         _layer_stats(out, "stitch", pair_values(res["penalty"], a == b), sender=a.tag, receiver=b.tag)
@@ -228,10 +282,12 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
             fam = {"sender": a.activation, "receiver": b.activation}
             _layer_stats(out, "stitch_penalty", pair_values(pen, a == b), **fam)
             _per_pair(out, "stitch_penalty", pen, by_point[a], by_point[b], a == b, **fam)
+            _budget(out, "stitch_penalty", results[(a, b)], by_point[a], by_point[b], a == b, **fam)
     if (g, s) in results and (s, g) in results:
         asym = asymmetry(results[(g, s)]["penalty"], results[(s, g)]["penalty"])  # [Rg, Rs, H]
         per_pair = asym[..., 1:].mean(-1).ravel()
-        out["asymmetry_index"] = float(per_pair.mean())
+        per_pair = per_pair[np.isfinite(per_pair)]  # the pairs stitched in both directions
+        out["asymmetry_index"] = float(per_pair.mean()) if per_pair.size else float("nan")
         out["asymmetry_index_std"] = float(per_pair.std())
         out["asymmetry_index_n"] = float(per_pair.size)
         out["asymmetry_index_frac_positive"] = float(np.mean(per_pair > 0))
@@ -245,18 +301,17 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
                 out[f"{split}_acc_group_{key}"] = float(acc.mean())
                 out[f"{split}_acc_group_{key}_std"] = float(acc.std())
         ab = pair_values(results[(ga, gb)]["penalty"], False)
-        ba = pair_values(results[(gb, ga)]["penalty"], False)
         _layer_stats(out, "gen_penalty", ab, sender="a", receiver="b")
-        _layer_stats(out, "gen_penalty", ba, sender="b", receiver="a")
         sa, sb = by_point[ga], by_point[gb]
         _per_pair(out, "gen_penalty", results[(ga, gb)]["penalty"], sa, sb, False, sender="a", receiver="b")
-        _per_pair(out, "gen_penalty", results[(gb, ga)]["penalty"], sb, sa, False, sender="b", receiver="a")
-        excess = ab.mean(0)
+        _budget(out, "gen_penalty", results[(ga, gb)], sa, sb, False, sender="a", receiver="b")
+        excess = np.nanmean(ab, 0)
         if (gb, gb) in results:
             bb = pair_values(results[(gb, gb)]["penalty"], True)
             _layer_stats(out, "gen_penalty", bb, sender="b", receiver="b")
             _per_pair(out, "gen_penalty", results[(gb, gb)]["penalty"], sb, sb, True, sender="b", receiver="b")
-            excess = excess - bb.mean(0)
+            _budget(out, "gen_penalty", results[(gb, gb)], sb, sb, True, sender="b", receiver="b")
+            excess = excess - np.nanmean(bb, 0)
         out["generalization_gap_layer"] = float(np.argmax(excess))
 
     # -- more is better ---------------------------------------------------------------------------
@@ -292,6 +347,11 @@ def analyse(outcomes: Sequence[Any]) -> dict[str, float]:
     same_layer = []
     for gi, p in enumerate(tags):
         _store_matrix(out, "cka_within", cka_within(matrix, index, gi), model=p.tag)
+        if (p.width, p.depth) == (ref_w, ref_d):
+            seeds, ok = seeds_of(families[gi]), ok_runs(families[gi])
+            for r, mat in cka_runs(matrix, index, gi).items():
+                if ok[r]:
+                    _store_matrix(out, "cka_run", mat, model=p.activation, model_seed=int(seeds[r]))
         if len(families[gi].group.runs) > 1:
             m = cka_across(matrix, index, gi, gi)
             _store_matrix(out, "cka_across", m, model_a=p.tag, model_b=p.tag)

@@ -29,8 +29,21 @@ SoLU model), so they are not independent units: the interval resamples the model
 A run directory written before these keys existed has only the means over model pairs; its
 stitching claims are `untested` (no per-pair penalties).
 
+Block structure (claim `cka_block_structure`) reads the per-run layer x layer CKA matrices
+(`cka_run[model=activation,model_seed=s,layer_a=i,layer_b=j]`) of hooks 1..L: for two contiguous
+blocks with a boundary k, the contrast is CKA within a block minus CKA across k at the same distance
+in depth (`block_contrast`); each run is scored at the boundary that the other half of its family's
+seeds picks (`best_boundary`), so neither the choice of k nor CKA's decay with distance makes it
+positive. One value per run, the usual median and seed bootstrap.
+
+Budget check (`budget_checks`, reported, not a claim): with `probe.stitch_budget_check` every stitch
+trains twice the budget the stopping rule used, and the two stitching claims' statistics are
+recomputed from those penalties; the check passes when |statistic(2 x budget) - statistic(budget)|
+< |statistic(budget)| (doubling moves the statistic less than the effect it measures).
+
 Thresholds (fixed before any verdict was computed):
   asymmetry        0: the paper states a direction, not a size.
+  block structure  0: likewise.
   localization     0.1 nats either way: a contrast between hooks smaller than that is not a
                    localization here. It is 4% of the chance loss of the quick task (ln 11 = 2.40
                    nats), and of the order by which the stitch budget moves a same-family penalty
@@ -41,7 +54,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +67,7 @@ from jaxlab.results import metric_name, split_metric
 LOCALIZATION_MIN_EFFECT = 0.1  # nats (module docstring)
 # the metric parameters of representation-dissimilarity: text ones, integer ones
 TEXT_KEYS = ("sender", "receiver", "model", "model_a", "model_b")
-INT_KEYS = ("layer", "layer_a", "layer_b", "sender_seed", "receiver_seed")
+INT_KEYS = ("layer", "layer_a", "layer_b", "sender_seed", "receiver_seed", "model_seed")
 # the older names of run directories written before metric parameters
 _LEGACY = (
     re.compile(  # stitch_penalty_gelu_to_solu_l1, _l1_std, _l1_from0_to1; gen_penalty_a_to_b_l1...
@@ -203,23 +216,29 @@ def excess_by_hook(
     }
 
 
-def asymmetry_parts(reference: Mapping[str, Any]) -> tuple[dict[int, Excess], dict[int, Excess], dict[str, int]]:
+def asymmetry_parts(
+    reference: Mapping[str, Any], metric: str = "stitch_penalty"
+) -> tuple[dict[int, Excess], dict[int, Excess], dict[str, int]]:
     """Excess into GeLU (SoLU senders, GeLU's own baseline) and into SoLU (GeLU senders, SoLU's own
-    baseline), per hook, and the family sizes (seeds read off the same-family pairs)."""
-    gelu = ("gelu", family_seeds(reference, "stitch_penalty", "gelu"))
-    solu = ("solu", family_seeds(reference, "stitch_penalty", "solu"))
-    into_gelu = excess_by_hook(reference, "stitch_penalty", solu, gelu)
-    into_solu = excess_by_hook(reference, "stitch_penalty", gelu, solu)
+    baseline), per hook, and the family sizes (seeds read off the same-family pairs). `metric`:
+    `stitch_penalty` (the budget the stopping rule used) or `stitch_penalty_double` (twice it)."""
+    gelu = ("gelu", family_seeds(reference, metric, "gelu"))
+    solu = ("solu", family_seeds(reference, metric, "solu"))
+    into_gelu = excess_by_hook(reference, metric, solu, gelu)
+    into_solu = excess_by_hook(reference, metric, gelu, solu)
     return into_gelu, into_solu, {"gelu": len(gelu[1]), "solu": len(solu[1])}
 
 
-def localization_parts(reference: Mapping[str, Any]) -> tuple[dict[int, Excess], dict[str, int]]:
+def localization_parts(
+    reference: Mapping[str, Any], metric: str = "gen_penalty"
+) -> tuple[dict[int, Excess], dict[str, int]]:
     """Excess of group A (shortcut-trained) into group B over B's own baseline, per hook, and the
-    group sizes (A's seeds are the senders of A -> B; A is not stitched into itself)."""
-    a_to_b = pair_penalties(reference, "gen_penalty", "a", "b")
+    group sizes (A's seeds are the senders of A -> B; A is not stitched into itself); `metric`:
+    `gen_penalty` or `gen_penalty_double` (the budget check)."""
+    a_to_b = pair_penalties(reference, metric, "a", "b")
     a = ("a", sorted({i for pairs in a_to_b.values() for i, _ in pairs}))
-    b = ("b", family_seeds(reference, "gen_penalty", "b"))
-    parts = excess_by_hook(reference, "gen_penalty", a, b)
+    b = ("b", family_seeds(reference, metric, "b"))
+    parts = excess_by_hook(reference, metric, a, b)
     return parts, {"a": len(a[1]), "b": len(b[1])}
 
 
@@ -231,15 +250,34 @@ def _require(sizes: Mapping[str, int], hooks: Sequence[int], need: int) -> None:
         )
 
 
+Statistic = Callable[[Mapping[str, np.ndarray]], float]
+
+
+def asymmetry_statistic(reference: Mapping[str, Any], metric: str = "stitch_penalty") -> tuple[Statistic, dict]:
+    """The statistic of claim `solu_gelu_asymmetry` as a function of resampled model indices: mean over hooks
+    l >= 1 of [excess into GeLU] - [excess into SoLU]; and the family sizes. NotApplicable without the pairs."""
+    into_gelu, into_solu, sizes = asymmetry_parts(reference, metric)
+    hooks = [h for h in into_gelu if h >= 1 and h in into_solu]
+    _require(sizes, hooks, 1)
+    return lambda idx: float(np.mean([into_gelu[h](idx) - into_solu[h](idx) for h in hooks])), sizes
+
+
+def localization_statistic(reference: Mapping[str, Any], metric: str = "gen_penalty") -> tuple[Statistic, dict]:
+    """The statistic of claim `stitching_localizes_generalization`: excess(L) - excess(1), excess(l) = pen(A -> B)
+    - pen(B -> B) at hook l; and the group sizes. NotApplicable without the pairs."""
+    parts, sizes = localization_parts(reference, metric)
+    past = sorted(h for h in parts if h >= 1)
+    _require(sizes, past, 2)
+    first, last = parts[past[0]], parts[past[-1]]
+    return lambda idx: last(idx) - first(idx), sizes
+
+
 def asymmetry_interval(
     runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]
 ) -> tuple[float, float, float, int]:
     """Claim `solu_gelu_asymmetry`: mean over hooks l >= 1 of [excess into GeLU] - [excess into SoLU],
     with the interval of `jaxlab.claims.model_bootstrap` over the GeLU and the SoLU models."""
-    into_gelu, into_solu, sizes = asymmetry_parts(reference)
-    hooks = [h for h in into_gelu if h >= 1 and h in into_solu]
-    _require(sizes, hooks, 1)
-    return model_bootstrap(lambda idx: float(np.mean([into_gelu[h](idx) - into_solu[h](idx) for h in hooks])), sizes)
+    return model_bootstrap(*asymmetry_statistic(reference))
 
 
 def localization_interval(
@@ -247,11 +285,120 @@ def localization_interval(
 ) -> tuple[float, float, float, int]:
     """Claim `stitching_localizes_generalization`: excess(L) - excess(1), excess(l) = pen(A -> B) -
     pen(B -> B) at hook l, with the interval of `model_bootstrap` over the A and the B models."""
-    parts, sizes = localization_parts(reference)
-    past = sorted(h for h in parts if h >= 1)
-    _require(sizes, past, 2)
-    first, last = parts[past[0]], parts[past[-1]]
-    return model_bootstrap(lambda idx: last(idx) - first(idx), sizes)
+    return model_bootstrap(*localization_statistic(reference))
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """A claim's statistic at the budget the stopping rule used and at twice it (the same model pairs).
+
+    effect, shift: (estimate, ci_low, ci_high) of the statistic and of statistic(2 x budget) - statistic(budget)
+    (`model_bootstrap`, resampling the same models for both). Rule (fixed before any run): the budget passes
+    when |shift estimate| < |effect estimate|, i.e. doubling the stitch training moves the statistic less than
+    the effect it measures."""
+
+    claim: str
+    effect: tuple[float, float, float]
+    shift: tuple[float, float, float]
+
+    @property
+    def passes(self) -> bool:
+        """|shift| < |effect| (the class docstring)."""
+        return abs(self.shift[0]) < abs(self.effect[0])
+
+
+def budget_checks(reference: Mapping[str, Any]) -> list[BudgetCheck]:
+    """The budget check of every stitching claim whose doubled-budget pairs are in `reference` (none without
+    `probe.stitch_budget_check`)."""
+    out = []
+    for claim, stat, metric in (
+        ("solu_gelu_asymmetry", asymmetry_statistic, "stitch_penalty"),
+        ("stitching_localizes_generalization", localization_statistic, "gen_penalty"),
+    ):
+        try:
+            at, sizes = stat(reference, metric)
+            twice, sizes2 = stat(reference, metric + "_double")
+        except NotApplicable:
+            continue
+        if sizes != sizes2:
+            continue
+        effect = model_bootstrap(at, sizes)[:3]
+        shift = model_bootstrap(lambda idx, at=at, twice=twice: twice(idx) - at(idx), sizes)[:3]
+        out.append(BudgetCheck(claim, effect, shift))
+    return out
+
+
+# -- CKA block structure ------------------------------------------------------------------------------
+def run_cka_matrices(reference: Mapping[str, Any]) -> dict[str, dict[int, np.ndarray]]:
+    """{family: {seed: [H, H]}}: the layer x layer linear CKA within each run at the reference point
+    (reference keys `cka_run[model=family,model_seed=s,layer_a=i,layer_b=j]`)."""
+    entries: dict[str, dict[int, dict[tuple[int, int], float]]] = {}
+    for key, value in reference.items():
+        p = parse_dissimilarity_metric(key)
+        if p is None or p[0] != "cka_run" or value is None or not math.isfinite(float(value)):
+            continue
+        q = p[1]
+        cell = (int(q["layer_a"]), int(q["layer_b"]))
+        entries.setdefault(str(q["model"]), {}).setdefault(int(q["model_seed"]), {})[cell] = float(value)
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for family, by_seed in entries.items():
+        for seed, cells in by_seed.items():
+            n = max(max(c) for c in cells) + 1
+            mat = np.full((n, n), np.nan)
+            for (i, j), v in cells.items():
+                mat[i, j] = v
+            out.setdefault(family, {})[seed] = mat
+    return out
+
+
+def block_contrast(cka_HH: np.ndarray, boundary: int) -> float:
+    """Within-block minus across-block CKA at matched depth distance, for the blocks {0..boundary-1} and
+    {boundary..H-1} of the hooks of `cka_HH` [H, H]:
+
+      contrast = mean over d of [mean_{|i-j| = d, same block} C_ij - mean_{|i-j| = d, across} C_ij]
+
+    over the distances d with pairs of both kinds (NaN if none). Comparing pairs at the same distance is
+    the control: CKA that only decays with distance in depth gives 0 at every boundary."""
+    n = cka_HH.shape[0]
+    diffs = []
+    for d in range(1, n):
+        within = [cka_HH[i, i + d] for i in range(n - d) if (i + d < boundary) or (i >= boundary)]
+        across = [cka_HH[i, i + d] for i in range(n - d) if i < boundary <= i + d]
+        if within and across:
+            diffs.append(float(np.mean(within)) - float(np.mean(across)))
+    return float(np.mean(diffs)) if diffs else math.nan
+
+
+def best_boundary(cka_HH: np.ndarray) -> int | None:
+    """The boundary (1..H-1) with the largest `block_contrast`; None if no boundary has one."""
+    scores = {k: block_contrast(cka_HH, k) for k in range(1, cka_HH.shape[0])}
+    scores = {k: v for k, v in scores.items() if math.isfinite(v)}
+    return max(scores, key=scores.__getitem__) if scores else None
+
+
+def block_structure_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
+    """Claim `cka_block_structure`: one value per run (GeLU and SoLU at the reference point): the run's
+    `block_contrast` over hooks 1..L (the embeddings left out) at the boundary chosen on the other half of
+    its family's seeds (`best_boundary` of their mean matrix; seeds in order, the first half and the rest),
+    so that no run scores a boundary picked on itself."""
+    values = []
+    for _family, by_seed in sorted(run_cka_matrices(reference).items()):
+        seeds = sorted(by_seed)
+        mats = {s: by_seed[s][1:, 1:] for s in seeds}
+        if len(seeds) < 2 or next(iter(mats.values())).shape[0] < 3:
+            continue
+        halves = (seeds[: len(seeds) // 2], seeds[len(seeds) // 2 :])
+        for mine, other in (halves, halves[::-1]):
+            boundary = best_boundary(np.nanmean([mats[s] for s in other], axis=0))
+            if boundary is None:
+                continue
+            values.extend(block_contrast(mats[s], boundary) for s in mine)
+    if not values:
+        raise NotApplicable(
+            "no per-run CKA matrices with three or more hooks past the embeddings and two seeds a family in this "
+            "run's summary"
+        )
+    return values
 
 
 # -- what a config can test ---------------------------------------------------------------------------
@@ -290,14 +437,15 @@ def _untested_localization(cfg: ExperimentConfig) -> str | None:
 
 
 def _untested_cka_blocks(cfg: ExperimentConfig) -> str | None:
-    depth = max(int(d) for d in _grid(cfg, "model.n_layers"))
-    why = (
-        "no per-run statistic of block structure is computed: the stored layer x layer CKA matrices are "
-        "means over seeds, and no block contrast (within-block vs across-block CKA) is measured per run"
-    )
-    if depth < 4:
-        why += f"; the deepest model of this preset has {depth} block(s), too few for blocks across depth"
-    return why
+    depth = _reference_depth(cfg)
+    if depth < 3:
+        return (
+            f"the reference model has {depth} block(s): fewer than three hooks past the embeddings, so no two "
+            "hooks at the same distance in depth can lie once in a block and once across a boundary"
+        )
+    if len(cfg.sweep.seeds) < 2:
+        return "one seed: the block boundary is chosen on the other half of the seeds"
+    return None
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -346,9 +494,17 @@ CLAIMS: tuple[Claim, ...] = (
         paper_ref=(
             "Brown et al. 2023, abstract insight (iii), CKA across width and depth of Pythia models (qualitative)"
         ),
-        statistic="per run, within-block minus across-block CKA (not computed)",
-        control="the same contrast for layers at the same distance in depth outside a block",
+        statistic=(
+            "per run (GeLU and SoLU at the reference point), the linear CKA of hooks 1..L in the same block minus "
+            "across the block boundary, at matched distance in depth; two blocks, the boundary chosen on the other "
+            "half of the family's seeds (median over runs)"
+        ),
+        control=(
+            "pairs of hooks at the same distance in depth across the boundary (a CKA that only decays with "
+            "distance gives 0)"
+        ),
         rule=Above(0.0),
+        values=block_structure_values,
         untested=_untested_cka_blocks,
     ),
 )
@@ -371,32 +527,70 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
             f"task: the synthetic modular sum y = (a + b) mod {t.p}, {t.n_items} items a sequence, with a hint "
             "token; the paper evaluates on text"
         ),
-        (
-            f"stitching: an affine map, least-squares start then {p.stitch_steps} Adam steps at lr {p.stitch_lr:g} "
-            f"(batch {p.stitch_batch_size}), a fixed budget with no convergence check. The same-family penalty "
-            "moves with the budget more than the asymmetry index does: GeLU -> GeLU at hook 1 in the quick "
-            "setting measured 0.19 / 0.035 / 0.023 nats after 150 / 500 / 2000 stitch steps, against an "
-            "asymmetry index of 0.009 nats in the quick reproduction"
-        ),
+        _stitch_deviation(p),
         (
             f"the claims use the reference point only (width {widths[0]}, depth {depths[0]}); hooks are the "
             "residual stream before each block and after the last"
         ),
     ]
+    if len(widths) < 2:
+        out.append(
+            "one width: no 'more is better' stitching between a narrow and a wide model (the paper's Pythia "
+            "width comparison is not made)"
+        )
     if len(shortcuts) > 1:
+        how = (
+            "the hint always names the answer in A's training data, so A need not use the operands: its stream "
+            "past the embeddings need not carry them, and a contrast between hooks compares chance with chance "
+            "(the localization claim is untested)"
+            if shortcuts[-1] >= 1.0
+            else "both groups must compute the sum for the part of the data where the hint is noise, so both use "
+            "their inputs; whether their representations differ, and where, is measured (the localization claim "
+            "can come out either way: an excess that does not change between hooks is not_reproduced)"
+        )
         out.append(
             f"generalization groups: GeLU models trained with the hint naming the answer with probability "
-            f"{shortcuts[-1]:g} (A) and {shortcuts[0]:g} (B); the paper's groups are McCoy et al.'s BERT models "
-            "fine-tuned on MNLI that generalize differently on HANS"
+            f"{shortcuts[-1]:g} (A) and {shortcuts[0]:g} (B); {how}. The paper's groups are McCoy et al.'s BERT "
+            "models fine-tuned on MNLI that generalize differently on HANS"
+        )
+    depth = _reference_depth(cfg)
+    if depth < 3:
+        out.append(f"CKA block structure: {depth}-block models, too shallow for blocks across depth (untested)")
+    else:
+        out.append(
+            f"CKA block structure: {depth}-block models, hooks 1..{depth} (the embeddings left out), two blocks "
+            "with the boundary chosen on half of the seeds and scored on the other half at matched depth "
+            "distance, so neither the boundary's choice nor CKA's decay with distance makes the contrast "
+            "positive; the paper reads block structure off the CKA heatmaps of Pythia models by eye"
         )
     if n_seeds < MIN_SEEDS:
         out.append(
             f"{n_seeds} seeds per family: the interval resamples models, and a verdict needs at least {MIN_SEEDS} "
             "models per family"
         )
-    if max(int(d) for d in depths) < 4:
-        out.append(f"depth at most {max(int(d) for d in depths)} block(s): no depth axis for CKA block structure")
     return out
+
+
+def _stitch_deviation(p: Any) -> str:
+    """The stitching line of the deviations: the budget rule and the check that makes it falsifiable."""
+    head = (
+        f"stitching: an affine map, least-squares start then Adam at lr {p.stitch_lr:g} (batch {p.stitch_batch_size})"
+    )
+    if p.stitch_tol > 0:
+        rule = (
+            f" until the mean training loss of a {p.stitch_window}-step window improves on the previous window's by "
+            f"less than {p.stitch_tol:g} of it (at most {p.stitch_steps} steps, rounded up to whole windows; the "
+            "budget each pair used is in the report)"
+        )
+    else:
+        rule = f" for a fixed {p.stitch_steps} steps, with no convergence check"
+    check = (
+        "; budget check: every stitch trains as many steps again and the claims' statistics are recomputed at "
+        "twice the budget: it passes when that moves a statistic less than the effect (the report's Stitch budget)"
+        if p.stitch_budget_check
+        else "; no budget check (probe.stitch_budget_check = false): the budget could decide a small effect"
+    )
+    return head + rule + check + ". The paper trains its stitching layers to convergence on text"
 
 
 __all__ = [
@@ -404,9 +598,15 @@ __all__ = [
     "INT_KEYS",
     "LOCALIZATION_MIN_EFFECT",
     "TEXT_KEYS",
+    "BudgetCheck",
     "Excess",
     "asymmetry_interval",
     "asymmetry_parts",
+    "asymmetry_statistic",
+    "best_boundary",
+    "block_contrast",
+    "block_structure_values",
+    "budget_checks",
     "cross_mean",
     "current_name",
     "current_names",
@@ -415,7 +615,9 @@ __all__ = [
     "family_seeds",
     "localization_interval",
     "localization_parts",
+    "localization_statistic",
     "pair_penalties",
     "parse_dissimilarity_metric",
+    "run_cka_matrices",
     "same_mean",
 ]

@@ -94,6 +94,75 @@ def _excess_rows(ref: dict) -> tuple[list[list[str]], bool]:
     return rows, False
 
 
+def budget_words(probe: Any) -> str:
+    """The stitch training budget in words: the stopping rule or the fixed number of steps."""
+    if getattr(probe, "stitch_tol", 0.0) > 0:
+        return (
+            f"Adam at lr {fmt(probe.stitch_lr)} until a {probe.stitch_window}-step window's mean training loss "
+            f"improves on the previous one's by less than {fmt(probe.stitch_tol)} of it, at most "
+            f"{probe.stitch_steps} steps"
+        )
+    return f"{probe.stitch_steps} Adam steps at lr {fmt(probe.stitch_lr)}"
+
+
+def receivers_words(probe: Any) -> str:
+    """Which runs each run is stitched into (`probe.stitch_receivers`), in words."""
+    k = int(getattr(probe, "stitch_receivers", 0))
+    if k <= 0:
+        return "every run of the other family (and of its own, other seeds)"
+    return (
+        f"{k} runs of each receiving family (a ring: seed index i into i..i+{k - 1} of the other family, "
+        f"i+1..i+{k} of its own, so every model sends and receives {k} times)"
+    )
+
+
+def _ci(est_lo_hi: tuple[float, float, float]) -> str:
+    est, lo, hi = est_lo_hi
+    return f"{fmt(est)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def budget_section(ctx: ReportContext) -> Section | None:
+    """Report section: the budget the stopping rule used per direction and hook, and the budget check of every
+    stitching claim (its statistic at twice the budget); None when the run has neither."""
+    ref = reference(ctx)
+    rows = []
+    directions = [(f"{a} -> {b}", "stitch_penalty", a, b) for a, b in DIRECTIONS]
+    directions += [("A -> B", "gen_penalty", "a", "b"), ("B -> B", "gen_penalty", "b", "b")]
+    for label, metric, sender, receiver in directions:
+        hooks = _layers(ref, f"{metric}_steps_used", sender=sender, receiver=receiver)
+        if not hooks:
+            continue
+        cells = []
+        for h in hooks:
+            key = dict(sender=sender, receiver=receiver, layer=h)
+            used = f"{fmt(ref[metric_name(f'{metric}_steps_used', **key)])} / "
+            used += fmt(ref[metric_name(f"{metric}_steps_used_max", **key)])
+            double = ref.get(metric_name(f"{metric}_double", **key))
+            shift = "" if double is None else f"; {fmt(double - ref[metric_name(metric, **key)])}"
+            cells.append(used + shift)
+        rows.append([label, *cells])
+    checks = _claims.budget_checks(ref)
+    if not rows and not checks:
+        return None
+    n_h = max((len(r) - 1 for r in rows), default=0)
+    body = (
+        f"Stitch training: {budget_words(ctx.cfg.probe)}. Per direction and hook: the steps the rule used (mean / "
+        "most over model pairs) and, with the budget check, the mean penalty at twice each pair's budget minus "
+        "the penalty at it (nats).\n\n" + table(["A -> B"] + [f"l={l}" for l in range(n_h)], rows)
+    )
+    if checks:
+        check_rows = [[c.claim, _ci(c.effect), _ci(c.shift), "passes" if c.passes else "fails"] for c in checks]
+        body += (
+            "\n\nBudget check of the claims' statistics (rule, fixed before the runs: it passes when doubling the "
+            "budget moves the statistic by less than the statistic itself, |shift| < |effect|; estimates with 95% "
+            "bootstrap CIs over the models):\n\n"
+            + table(["claim", "statistic at the budget", "at twice it minus at it", "check"], check_rows)
+        )
+    else:
+        body += "\n\nNo budget check: probe.stitch_budget_check was off, or no claim's pairs were stitched."
+    return Section("Stitch budget", body)
+
+
 def stitching_section(ctx: ReportContext) -> Section:
     """Report section: the stitching penalty per hook, GeLU and SoLU into each other and into their own family
     (`stitching_penalty.png`), and the asymmetry."""
@@ -119,9 +188,8 @@ def stitching_section(ctx: ReportContext) -> Section:
         "written before they were stored), so no interval"
     )
     body = (
-        "Affine stitching (least-squares init, then "
-        f"{probe.stitch_steps} Adam steps at lr {fmt(probe.stitch_lr)} on the receiver's task loss) of every run's "
-        "residual stream at hook l into every run of the other family, at the reference point "
+        f"Affine stitching (least-squares init, then {budget_words(probe)} on the receiver's task loss) of every run's "
+        f"residual stream at hook l into {receivers_words(probe)}, at the reference point "
         f"(width {fmt(ref.get('ref_width'))}, depth {fmt(ref.get('ref_depth'))}); same-family rows pair "
         "different seeds only. Mean ± std over model pairs (nats).\n\n"
         + table(["A -> B"] + [f"l={l}" for l in range(n_h)], rows)
@@ -131,8 +199,6 @@ def stitching_section(ctx: ReportContext) -> Section:
         + table(["hook", "excess into GeLU", "excess into SoLU", "difference"], excess)
         + "\n\n"
         + asymmetry_summary(ref)
-        + " The stitch runs for a fixed number of steps: how much the penalties move with that budget is in "
-        "the deviations."
     )
     figs = [Figure(ctx.save(fig, "stitching_penalty.png"), "Stitching penalty per hook. " + ctx.provenance())]
     return Section("Stitching: GeLU vs SoLU", body, figs)
@@ -152,7 +218,7 @@ def generalization_section(ctx: ReportContext) -> Section | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for (sender, receiver), label in (
         (("a", "b"), "A -> B"),
-        (("b", "a"), "B -> A"),
+        (("b", "a"), "B -> A"),  # run directories written before B -> A was dropped
         (("b", "b"), "B -> B (seeds)"),
     ):
         ls, mean, sd = _curve(ref, "gen_penalty", sender=sender, receiver=receiver)
@@ -173,18 +239,20 @@ def generalization_section(ctx: ReportContext) -> Section | None:
         excess = interval(parts[h], sizes) if h in parts and min(sizes.values()) >= 2 else "—"
         rows.append([str(h), fmt(ab), fmt(bb), excess])
     shortcuts = sorted(float(v) for v in dict(ctx.cfg.sweep.grid).get("task.shortcut", (ctx.cfg.task.shortcut,)))
+    s_a = fmt(shortcuts[-1]) if shortcuts else "?"
     caveat = (
         f" Group A was trained with task.shortcut = {fmt(shortcuts[-1])}: the hint always names the answer, "
         "nothing makes A use the operands, and an A -> B penalty near the chance loss means B gets no usable "
         "operand information from A's stream at that hook. A contrast between hooks then compares chance with "
         "chance (the localization claim is untested for this preset)."
         if shortcuts and shortcuts[-1] >= 1.0
-        else ""
+        else f" Group A was trained with task.shortcut = {s_a}: the hint is noise on the rest of its data, so "
+        "both groups compute the sum from the operands and differ only in how much they also read the hint."
     )
     body = (
-        "Group A (GeLU, trained on data where the hint token names the answer) and group B (trained with "
-        "the hint randomized) on the in-distribution test set (hint holds) and the shifted one (hint is "
-        "noise). Accuracy at the answer positions, mean ± std over seeds:\n\n"
+        f"Group A (GeLU, trained on data where the hint token names the answer with probability {s_a}) and "
+        "group B (trained with the hint randomized) on the in-distribution test set (hint holds) and the "
+        "shifted one (hint is noise). Accuracy at the answer positions, mean ± std over seeds:\n\n"
         + table(["group", "ID acc", "OOD acc"], acc)
         + f"\n\nID gap {fmt(100 * id_gap, 3)} points, OOD gap {fmt(100 * ood_gap, 3)} points. Stitching A's stream "
         "into B (on B's shortcut-free task) per hook, against B's other seeds stitched into B (means over model "
@@ -267,15 +335,42 @@ def cka_section(ctx: ReportContext) -> Section | None:
         f"Same-layer CKA across seeds within a family (layers 1..L): {fmt(ref.get('cka_within_mean'))}; "
         f"GeLU vs SoLU: {fmt(ref.get('cka_gelu_solu_mean'))}."
     )
+    body += block_structure_text(ref)
     fig.savefig(ctx.run_dir / "cka_heatmaps.png", dpi=110)
     plt.close(fig)
     return Section("CKA matrices", body, [Figure("cka_heatmaps.png", "Layer x layer linear CKA. " + ctx.provenance())])
 
 
+def block_structure_text(ref: Mapping[str, Any]) -> str:
+    """The block-structure contrast per family (claim `cka_block_structure`): the boundary each half of the seeds
+    picks and the per-run contrasts; empty without per-run CKA matrices."""
+    lines = []
+    for family, by_seed in sorted(_claims.run_cka_matrices(ref).items()):
+        seeds = sorted(by_seed)
+        mats = [by_seed[s][1:, 1:] for s in seeds]
+        if len(seeds) < 2 or mats[0].shape[0] < 3:
+            continue
+        boundary = _claims.best_boundary(np.nanmean(mats, axis=0))
+        if boundary is None:
+            continue
+        contrasts = ", ".join(fmt(_claims.block_contrast(m, boundary)) for m in mats)
+        lines.append(
+            f"{family}: the mean matrix of all seeds puts the boundary between hooks {boundary} and {boundary + 1}; "
+            f"per-run contrast there {contrasts}"
+        )
+    if not lines:
+        return ""
+    return (
+        "\n\nBlock structure (hooks 1..L, two blocks; contrast = CKA within a block minus across the boundary at "
+        "the same distance in depth; the claim picks each run's boundary on the other half of its family's "
+        "seeds, these lines on all of them, for description):\n\n" + "\n".join(f"- {x}" for x in lines)
+    )
+
+
 def sections(ctx: ReportContext) -> list[Section]:
     """The experiment's report sections (`Experiment.report`): stitching, then those the sweep's grid allows."""
     out = [stitching_section(ctx)]
-    for make in (generalization_section, more_section, cka_section):
+    for make in (budget_section, generalization_section, more_section, cka_section):
         sec = make(ctx)
         if sec is not None:
             out.append(sec)

@@ -23,6 +23,18 @@ A's centered covariance, via `jaxlab.probes.linear_probe.ridge_fit`), then `step
 (optax.adam, `lr`) on B's loss over batches of `batch_size`. Both penalties are reported: after
 the least-squares init (`init_penalty`) and after training (`penalty`).
 
+Stopping rule (`tol` > 0): training runs in windows of `window` steps and stops after window k >= 2
+once the mean training loss of window k improves on window k - 1's by less than a fraction `tol`,
+
+  stop when  m_{k-1} - m_k < tol * m_{k-1}        (m_k: mean stitched training loss of window k)
+
+or after ceil(steps / window) windows (the maximum budget); `steps_used` is the budget each pair
+and hook used. A fixed budget (`tol` = 0) trains exactly `steps` steps. Budget check (`double`):
+every stitch then trains as many steps again (Adam state kept, fresh batches), and
+`penalty_double` is the penalty at twice the budget it used: penalty_double - penalty says how
+much the budget still moves the penalty (NaN without the check). Pairs and hooks that stop early
+keep their values while the others train (a vmapped while loop).
+
 Everything is vmapped: over model pairs (params with a leading pair axis) and over hooks (a traced
 hook index gates one `replace_at` per hook, so all hooks share one compiled program). Every pair
 and hook sees the same training batches. `stitch_runs` builds "every run of group A into every
@@ -66,6 +78,14 @@ class StitchConfig:
     fit_batch_size: int = 512
     ridge: float = 1e-6
     init: str = "lstsq"
+    tol: float = 0.0
+    window: int = 50
+    double: bool = False
+
+    @property
+    def n_windows(self) -> int:
+        """The most windows the stopping rule trains: ceil(steps / window)."""
+        return -(-self.steps // self.window)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "fit_batch_size"):
@@ -80,6 +100,12 @@ class StitchConfig:
             raise ConfigError("stitch.ridge", f"must be >= 0, got {self.ridge!r}")
         if self.init not in INITS:
             raise ConfigError("stitch.init", f"unknown value {self.init!r}", INITS)
+        if not 0.0 <= self.tol < 1.0:
+            raise ConfigError("stitch.tol", f"is a fraction, must be in [0, 1), got {self.tol!r}")
+        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
+            raise ConfigError("stitch.window", f"must be an integer >= 1, got {self.window!r}")
+        if not isinstance(self.double, bool):
+            raise ConfigError("stitch.double", f"must be true or false, got {self.double!r}")
 
 
 @struct.dataclass
@@ -90,9 +116,12 @@ class StitchResult:
     init_penalty: jax.Array  # [..., H] the same right after the least-squares (or identity) init
     stitched_loss: jax.Array  # [..., H]
     base_loss: jax.Array  # [...] B's own loss on the evaluation batch
-    train_loss: jax.Array  # [..., H, steps] stitched training loss at every step
+    train_loss: jax.Array  # [..., H, steps] stitched training loss at every step (tol > 0: n_windows * window
+    # steps, NaN after the stop)
     weight: jax.Array  # [..., H, d_A, d_B]
     bias: jax.Array  # [..., H, d_B]
+    steps_used: jax.Array  # [..., H] the training steps before the stop (tol = 0: steps)
+    penalty_double: jax.Array  # [..., H] the penalty after 2 * steps_used steps (NaN unless cfg.double)
     hooks: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
 
@@ -188,9 +217,21 @@ def _make(model_a, model_b, hooks, loss_kind, sample, cfg):
             updates, state = opt.update(grads, state, wb)
             return (optax.apply_updates(wb, updates), state), value
 
-        (wb, _), history = jax.lax.scan(step, ((w, b), opt.init((w, b))), jnp.arange(cfg.steps))
+        def train_steps(carry, start, n):
+            """n steps from step index `start` (traced): the batches are fold_in(key, step)."""
+            return jax.lax.scan(step, carry, start + jnp.arange(n))
+
+        carry0 = ((w, b), opt.init((w, b)))
+        if cfg.tol > 0 and cfg.steps > 0:
+            wb, wb_double, history, used = _train_until_stopped(train_steps, carry0, cfg)
+        else:
+            wb, wb_double, history = _train_fixed(step, carry0, cfg)
+            used = jnp.asarray(cfg.steps, jnp.int32)
         final = stitched_loss(wb, eval_batch, eval_a[h])
-        return final - base, init_loss - base, final, history, wb[0], wb[1]
+        double = jnp.asarray(jnp.nan, final.dtype)
+        if cfg.double:
+            double = stitched_loss(wb_double, eval_batch, eval_a[h]) - base
+        return final - base, init_loss - base, final, history, wb[0], wb[1], used, double
 
     def one_pair(pa, pb, eval_batch, key):
         k_fit, k_train = jax.random.split(key)
@@ -204,7 +245,7 @@ def _make(model_a, model_b, hooks, loss_kind, sample, cfg):
         return (*out, base)
 
     def run(params_a, params_b, eval_batch, key):
-        pen, init_pen, final, history, w, b, base = jax.vmap(one_pair, in_axes=(0, 0, None, None))(
+        pen, init_pen, final, history, w, b, used, double, base = jax.vmap(one_pair, in_axes=(0, 0, None, None))(
             params_a, params_b, eval_batch, key
         )
         return StitchResult(
@@ -215,10 +256,58 @@ def _make(model_a, model_b, hooks, loss_kind, sample, cfg):
             train_loss=history,
             weight=w,
             bias=b,
+            steps_used=used,
+            penalty_double=double,
             hooks=hooks,
         )
 
     return run
+
+
+def _train_fixed(step, carry0, cfg: StitchConfig):
+    """`cfg.steps` steps (and as many again with `cfg.double`, in the same scan): (the map after `steps`, the map
+    after twice that (the same map without the check), the training losses of the first `steps`)."""
+    n = cfg.steps * (2 if cfg.double else 1)
+
+    def body(state, i):
+        carry, snap = state
+        carry, loss = step(carry, i)
+        snap = jax.tree_util.tree_map(lambda new, old: jnp.where(i == cfg.steps - 1, new, old), carry[0], snap)
+        return (carry, snap), loss
+
+    (carry, snap), losses = jax.lax.scan(body, (carry0, carry0[0]), jnp.arange(n))
+    return snap, carry[0], losses[: cfg.steps]
+
+
+def _train_until_stopped(train_steps, carry0, cfg: StitchConfig):
+    """Windows of `cfg.window` steps until the stopping rule (module docstring) or `cfg.n_windows`, then, with
+    `cfg.double`, as many windows again (one loop, so its body compiles once): (the map at the stop, the map
+    after twice its steps, history [n_windows * window] NaN after the stop, steps used)."""
+    n_win, width = cfg.n_windows, cfg.window
+
+    def cond(state):
+        k, stop = state[1], state[4]
+        return (stop < 0) | (cfg.double & (k < 2 * stop))
+
+    def body(state):
+        carry, k, prev, history, stop, snap = state
+        carry, losses = train_steps(carry, k * width, width)
+        running = stop < 0
+        written = jax.lax.dynamic_update_slice(
+            history, losses.astype(history.dtype), (jnp.minimum(k, n_win - 1) * width,)
+        )
+        history = jnp.where(running, written, history)
+        mean = jnp.mean(losses)
+        ends = running & (((k >= 1) & (prev - mean < cfg.tol * prev)) | (k + 1 >= n_win))
+        snap = jax.tree_util.tree_map(lambda new, old: jnp.where(ends, new, old), carry[0], snap)
+        stop = jnp.where(ends, k + 1, stop)
+        return carry, k + 1, jnp.where(running, mean, prev), history, stop, snap
+
+    history0 = jnp.full((n_win * width,), jnp.nan, jnp.float32)
+    k0, inf = jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, jnp.float32)
+    state0 = (carry0, k0, inf, history0, jnp.asarray(-1, jnp.int32), carry0[0])
+    carry, _, _, history, stop, snap = jax.lax.while_loop(cond, body, state0)
+    return snap, carry[0], history, stop * width
 
 
 def stitch_runs(
