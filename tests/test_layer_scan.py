@@ -1,18 +1,33 @@
 """Blocks run as one `lax.scan` (`jaxlab.models.layer_scan`) compute what the unrolled blocks compute:
 outputs, gradients and every recorded point, with the parameter tree, hook names and per-layer
-interventions of the unrolled model."""
+interventions of the unrolled model. With `train.scan_layers` a training state holds the blocks
+stacked ([L, ...] per weight): its steps are the unrolled steps, and checkpoints, outcomes and
+resumes see the per-block layout (`jaxlab.train.param_layout`)."""
 
 import functools
+import json
 import re
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _runs import run_cfg
+from jax.flatten_util import ravel_pytree
 
+from jaxlab import interrupt
+from jaxlab.cli import main
 from jaxlab.config import ModelConfig
-from jaxlab.models import Transformer, ablate_at, add_at, hook_names, init_params, run_with_cache
+from jaxlab.models import Transformer, ablate_at, add_at, hook_names, init_params, params_at, run_with_cache
 from jaxlab.models import transformer as transformer_module
+from jaxlab.models.layer_scan import STACKED, stack_blocks, unstack_blocks
+from jaxlab.registry import get_experiment, load_run_group
+from jaxlab.train import make_train, with_seeds
+from jaxlab.train.checkpoint import GroupCheckpointer
+from jaxlab.train.hparams import default_hparams
+from jaxlab.train.param_layout import per_block_order, state_per_block, state_stacked
+from jaxlab.train.progress import Progress
 
 B, T = 3, 6
 BASE = dict(d_model=8, d_input=5, d_output=3, max_len=T, n_heads=2)
@@ -206,3 +221,135 @@ def test_the_loop_body_does_not_grow_with_depth():
                   if e.primitive.name == "scan"]  # fmt: skip
         sizes.append(len(eqn.params["jaxpr"].jaxpr.eqns))
     assert sizes[0] == sizes[1]
+
+
+# -- the stacked parameter layout of a training state (`train.scan_layers`) --------------------------------------
+def test_stack_and_unstack_blocks_round_trip_and_the_model_reads_both():
+    """`stack_blocks` puts block i's leaves at index i of one [L, ...] leaf per weight (after any run axes),
+    `unstack_blocks` gives the per-block tree back bit for bit, and the model computes the same numbers from
+    either layout, reading the stacked one without stacking anything."""
+    cfg, scanned, unrolled, params, x = make(n_layers=3, d_mlp=16, pos_encoding="learned")
+    params = jax.tree_util.tree_map(np.asarray, dict(params))
+    stacked = stack_blocks(params)
+    assert sorted(stacked) == sorted([STACKED, *(k for k in params if not k.startswith("blocks_"))])
+    for path, leaf in jax.tree_util.tree_leaves_with_path(stacked[STACKED]):
+        for i in range(3):  # written out: block i's own leaf at that path
+            own = functools.reduce(lambda node, key: node[key.key], path, params[f"blocks_{i}"])
+            np.testing.assert_array_equal(leaf[i], own)
+    assert all(isinstance(v, np.ndarray) for v in jax.tree_util.tree_leaves(stacked))  # host trees stay host trees
+    for tree in (unstack_blocks(stacked, 3), unstack_blocks(params, 3)):  # the inverse; per-block trees pass
+        assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(params)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, tree, params)
+    with pytest.raises(ValueError, match="n_layers=4"):
+        unstack_blocks(stacked, 4)
+    # a run axis in front: the layer axis after it, and back
+    runs = jax.tree_util.tree_map(lambda a: np.stack([a, 2 * a]), params)
+    stacked_runs = stack_blocks(runs, axis=1)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[1], 2 * b), stacked_runs, stacked)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, unstack_blocks(stacked_runs, 3, axis=1), runs)
+    # the raveled vectors of the two layouts are one permutation of each other
+    flat_blocks, flat_stacked = ravel_pytree(params)[0], ravel_pytree(stacked)[0]
+    np.testing.assert_array_equal(flat_blocks, flat_stacked[per_block_order(stacked, 3)])
+
+    @jax.jit
+    def outputs(p):  # every path of the model: the loop, a partial last block outside it, recording
+        return [(m.apply({"params": p}, x), m.apply({"params": p}, x, (), (1, 5)), dict(run_with_cache(m, p, x)[1]))
+                for m in (scanned, unrolled)]  # fmt: skip
+
+    jax.tree_util.tree_map(np.testing.assert_array_equal, outputs(stacked), outputs(params))
+    text = lambda p: str(jax.make_jaxpr(lambda q: scanned.apply({"params": q}, x))(p))
+    assert "stack[" in text(params) and "stack[" not in text(stacked)  # no stacking per call
+    np.testing.assert_array_equal(params_at(stacked, "blocks.2.attn")["w_qkv"], params["blocks_2"]["attn"]["w_qkv"])
+
+
+def _trained(cfg, steps):
+    """(train, its state after `steps` steps from key 0, and the losses) of `cfg`: one compiled `advance`."""
+    train = make_train(cfg)
+    hp = default_hparams(cfg)
+    run = jax.jit(lambda key: jax.lax.scan(lambda st, _: train.advance(st, hp, 1), train.init(key), length=steps))
+    state, losses = run(jax.random.key(0))
+    return train, state, losses
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A 3-block model trained 3 steps unrolled (per-block parameters) and with `train.scan_layers` (stacked):
+    adamw with clipping, gradients summed over 4 micro-batches."""
+    settings = {"model.n_layers": 3, "optim.name": "adamw", "optim.weight_decay": 0.01, "optim.clip_norm": 1e-4,
+                "train.batch_size": 16, "train.micro_batch": 4}  # fmt: skip
+    cfg = get_experiment("icl-regression").preset("smoke").with_overrides(settings)
+    return _trained(cfg, 3), _trained(cfg.set("train.scan_layers", True), 3)
+
+
+def test_training_on_stacked_blocks_equals_unrolled_training(trained):
+    """Steps on the stacked layout are the unrolled steps: same losses, and after unstacking the same parameters and
+    optimizer state, bit for bit (this model's forward and backward are the same float operations in the loop;
+    the clipping norm (1e-4: every step clips) sums the same squares in another order, which happens to round
+    alike here)."""
+    (plain, a, loss_a), (scan, b, loss_b) = trained
+    assert not plain.stacked and scan.stacked and STACKED in b.params and "blocks_0" not in b.params
+    n = sum(np.size(v) for v in jax.tree_util.tree_leaves(a.params))
+    assert {np.shape(v)[0] for v in jax.tree_util.tree_leaves(b.params[STACKED])} == {3}
+    np.testing.assert_array_equal(loss_a, loss_b)
+    assert len(set(np.asarray(loss_a).tolist())) == 3  # the steps changed the model
+    per_block = state_per_block(scan, b, batch_dims=0)
+    vectors = [v for v in jax.tree_util.tree_leaves(a.opt_state) if np.shape(v) == (n,)]
+    assert len(vectors) == 2  # adam's two moments, permuted to the per-block order
+    for (path, u), v in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(per_block), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=jax.tree_util.keystr(path))
+    back = state_stacked(scan, per_block, batch_dims=0)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, b)
+
+
+def test_a_checkpoint_loads_with_and_without_the_stacked_layout(trained, tmp_path):
+    """On disk a state is per block whatever the layout it trained in: saved from the stacked state it restores
+    into an unrolled run's state, and saved from an unrolled state into a stacked run's (chunk states: a run
+    axis in front)."""
+    (plain, a, _), (scan, b, _) = trained
+    chunk = lambda st: jax.tree_util.tree_map(lambda v: np.asarray(v)[None], st)
+    a, b = chunk(a), chunk(b)
+    history = {"eval_loss": np.zeros((2, 1), np.float32)}
+    zeros = lambda st: jax.tree_util.tree_map(np.zeros_like, st)
+    for saved_by, state, loaded_by, like, expect in (
+        (scan, b, plain, a, a),
+        (plain, a, scan, b, b),
+    ):
+        ckpt = GroupCheckpointer(tmp_path / f"from-{saved_by.stacked}", keep=0, async_save=False)
+        ckpt.save(1, state_per_block(saved_by, state), history)
+        ckpt.wait()
+        got, _ = ckpt.restore(1, state_per_block(loaded_by, zeros(like)), history)
+        ckpt.close()
+        got = state_stacked(loaded_by, got)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expect)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, expect)
+
+
+def test_a_scanned_sweep_stopped_and_resumed_equals_the_uninterrupted_one(tmp_path):
+    """A sweep with `train.scan_layers` records the field (config.json), checkpoints per block, and resumed from a
+    checkpoint ends bit-identical to the sweep that never stopped; its outcomes are per block."""
+    settings = {"model.n_layers": 2, "train.scan_layers": True, "train.steps": 40, "train.eval_every": 20,
+                "train.checkpoint_every": 1, "train.checkpoint_minutes": 0, "train.keep_checkpoints": 0}  # fmt: skip
+    args = ["--preset", "smoke", "--seeds", "0:2", *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))]
+    out = tmp_path / "run"
+    original = Progress.update
+
+    def update(self, **kw):  # stop after the evaluation at step 20, as SIGTERM would
+        original(self, **kw)
+        if kw["step"] >= 20:
+            interrupt.request(signal.SIGTERM)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Progress, "update", update)
+        assert main(["run", "icl-regression", "--out", str(out), "--quiet", *args]) == 128 + signal.SIGTERM
+    assert json.loads((out / "config.json").read_text())["train"]["scan_layers"] is True
+    saved = load_run_group(out, 0, checkpoint=1)  # the checkpoint at step 20, as on disk
+    assert sorted(k for k in saved.state.params if k.startswith("blocks")) == ["blocks_0", "blocks_1"]
+    assert main(["run", "icl-regression", "--out", str(out), "--resume", "--quiet"]) == 0
+    cfg = with_seeds(get_experiment("icl-regression").preset("smoke"), (0, 1)).with_overrides(settings)
+    whole = run_cfg(cfg, progress=False).groups[0]
+    again = load_run_group(out, 0)
+    assert jax.tree_util.tree_structure(again.state) == jax.tree_util.tree_structure(whole.state)
+    assert "blocks_1" in whole.state.params
+    jax.tree_util.tree_map(np.testing.assert_array_equal, again.state, whole.state)
+    for name in ("eval_loss", "train_loss"):
+        np.testing.assert_array_equal(again.history[name], whole.history[name])

@@ -17,6 +17,7 @@ from jaxlab.config.sections import ATTENTION_KERNEL_CHOICES
 from jaxlab.errors import ConfigError, UserError
 from jaxlab.models import AttentionExecution, Transformer, init_params
 from jaxlab.models.attention import ATTENTION_KERNELS
+from jaxlab.models.layer_scan import unstack_blocks
 from jaxlab.registry import builtin_experiments, get_experiment
 from jaxlab.tasks import task_module, task_spec
 from jaxlab.train import make_train, stack_hparams
@@ -377,7 +378,9 @@ def test_train_scan_layers_reaches_the_model_and_gives_the_unrolled_numbers(smok
     a, la = plain.step(plain.init(key), hp)
     b, lb = scanned.step(scanned.init(key), hp)
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
+    assert scanned.stacked and "blocks" in b.params  # the state holds the blocks stacked [L, ...]
+    b_params = unstack_blocks(b.params, 3)
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b_params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 

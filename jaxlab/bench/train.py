@@ -9,12 +9,14 @@ Measured (all times exclude compilation, which is reported as `compile_s`):
               training). The execution plan is `jaxlab run`'s (`jaxlab.train.plan`): the run
               layout (`--run-layout`, `jaxlab.train.runmap`: `vmap`, or `scan` = each device
               trains its share of the runs one after another; `auto` = scan on CPUs), the run
-              block (`--run-block`) and each run's gradient micro-batch (`--micro-batch`,
-              `jaxlab.train.microbatch`) force `train.*` as `--set` does. The runs are split over
-              every device as `jaxlab run` splits them (the `jaxlab` command gives a CPU host one
-              device per core, `jaxlab.hostdevices`), state and history donated; one program for
-              all R runs, or for chunks of C runs called in turn when all runs do not fit in
-              memory (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for `jaxlab run`).
+              block (`--run-block`), each run's gradient micro-batch (`--micro-batch`,
+              `jaxlab.train.microbatch`) and the blocks as one loop over stacked parameters
+              (`--scan-layers`, `jaxlab.models.layer_scan`) force `train.*` as `--set` does. The
+              runs are split over every device as `jaxlab run` splits them (the `jaxlab` command
+              gives a CPU host one device per core, `jaxlab.hostdevices`), state and history
+              donated; one program for all R runs, or for chunks of C runs called in turn when all
+              runs do not fit in memory (`--runs-per-chunk`, as `train.max_runs_per_chunk` does for
+              `jaxlab run`).
   shared      with `--shared-stream`: the sweep program again with `task.shared_stream` (each step's
               batches drawn once per data seed of a device's runs, `jaxlab.train.streams`), on the
               same runs, timed in the same repeats; `shared_speedup` is the median within-repeat
@@ -93,6 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-block", type=int, help="runs vmapped per step of the scan layout (default: automatic)")
     p.add_argument("--micro-batch", type=int, help="sequences per gradient micro-batch (default: automatic)")
     p.add_argument(
+        "--scan-layers",
+        action="store_true",
+        help="train.scan_layers: the blocks as one lax.scan over stacked parameters (default: unrolled)",
+    )
+    p.add_argument(
         "--shared-stream",
         action="store_true",
         help="also time the sweep with task.shared_stream (batches drawn once per data seed), same runs",
@@ -152,6 +159,7 @@ def measure(
     shared_stream: bool = False,
     data_seeds: int | None = None,
     log: Callable[[str], None] = lambda s: None,
+    scan_layers: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the result object of `--json`."""
     wl = WORKLOADS[workload]
@@ -163,6 +171,8 @@ def measure(
         cfg = cfg.set("train.micro_batch", micro_batch)
     if run_block is not None:
         cfg = cfg.set("train.run_block", run_block)
+    if scan_layers:
+        cfg = cfg.set("train.scan_layers", True)
     # the evaluation closing each interval: one sequence, so that an interval times its training
     cfg = cfg.with_overrides({"train.run_layout": run_layout, "train.eval_batch_size": 1})
     n_seeds = min(data_seeds or runs, runs)
@@ -345,6 +355,7 @@ def main(args: argparse.Namespace) -> int:
         shared_stream=args.shared_stream,
         data_seeds=args.data_seeds,
         log=log,
+        scan_layers=args.scan_layers,
     )
     print(json.dumps(result) if args.json else format_result(result))
     return 0

@@ -24,7 +24,7 @@ Parameters keep their Flax paths; `param_path` / `params_at` resolve Transformer
   TransformerLens path     params path
   embed                    embed (ids: `embedding` [vocab, D]) or read_in (continuous: `kernel`, `bias`)
   pos_embed                pos_embed [max_len, D] (learned positions; an array, not a subtree)
-  blocks.{i}               blocks_{i} (tie_layers: blocks_0 for every i)
+  blocks.{i}               blocks_{i} (tie_layers: blocks_0 for every i; stacked layout: blocks[i])
   blocks.{i}.ln1, .ln2     blocks_{i}/ln1, ln2 (`scale`, `bias`)
   blocks.{i}.attn          blocks_{i}/attn (`w_qkv` [D, 3, H, Dh], `w_out` [H, Dh, D], `b_qkv`, `b_out`,
                            and `pos_embed` for positional attention)
@@ -38,19 +38,23 @@ and any further parts name keys below (`blocks.0.attn.w_qkv`).
 (`outputs_at`), not what: the training engine passes its execution plan's choices
 (`jaxlab.train.plan`); the default suits any backend.
 
-With `scan_layers`, blocks of one structure are compiled once: the forward pass stacks their
-parameter trees and runs one block under `lax.scan` (`jaxlab.models.layer_scan`), so the model's
-part of the program does not grow with `n_layers`; the parameters keep their paths, recorded points
-their per-layer names, and interventions at the residual points act at the layer they name. The
+With `scan_layers`, blocks of one structure are compiled once: one block runs under `lax.scan` over
+the blocks' parameters (`jaxlab.models.layer_scan`), so the model's part of the program does not
+grow with `n_layers`; recorded points keep their per-layer names, and interventions at the residual
+points act at the layer they name. The parameters may come in either layout, whatever
+`scan_layers` says: per block (`blocks_{i}`, what `init` creates; the loop stacks them at every call)
+or stacked (`blocks` with [L, ...] leaves, `layer_scan.stack_blocks`: what a training state holds
+with `train.scan_layers`; the loop reads them as they are, blocks outside it read their slice). The
 unrolled loop still runs at `init` (it creates the parameters), for a partial last block
 (`outputs_at` without hooks: its own shapes, outside the loop), below `MIN_SCAN_BLOCKS` blocks, and
 with an intervention inside a block's attention, LayerNorm or MLP (it switches that module of that
 one block to its explicit path). The default is the unrolled loop, on every backend: a training
-step pays the loop at every step (residuals written to and read from stacked buffers, parameters
-stacked and their gradients sliced, no fusion across blocks: the 6-block clustering step ran ~14%
-slower on the 2-core CPU) and saves compile time once (none at 6 blocks, 30% at 24, since the
-per-leaf optimizer work still grows with the depth; benchmarks/results/compile-depth.md), so
-scanning suits programs compiled more often than they run: deep models, probes, tests.
+step pays the loop at every step (residuals written to and read from stacked buffers, no fusion
+across blocks: the 6-block clustering step ran ~12% slower on the 2-core CPU with stacked
+parameters) and saves compile time once (with a stacked training state the clustering sweep
+program compiles in the same CPU time at 24 blocks as at 6, 0.63x the unrolled 6-block program's;
+benchmarks/results/compile-depth.md), so scanning suits programs compiled more often than they
+run: deep models, probes, tests.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ from jaxlab.models.block import Block
 from jaxlab.models.cache import ActivationCache
 from jaxlab.models.hooks import COLLECTION, active, block_point, flatten_intermediates, hook_names, record
 from jaxlab.models.interventions import Intervention, check_interventions
-from jaxlab.models.layer_scan import scan_blocks, scannable
+from jaxlab.models.layer_scan import STACKED, scan_blocks, scannable, unstack_blocks
 from jaxlab.models.layernorm import LayerNorm
 
 
@@ -136,6 +140,8 @@ class Transformer(nn.Module):
         L = cfg.n_layers
         first = 0  # the first block of the unrolled loop (those before it ran as one lax.scan)
         n_loop = L - 1 if partial else L  # a partial last block has its own shapes: it stays outside
+        # the stacked layout (`layer_scan.STACKED`: a training state's with `train.scan_layers`)
+        stacked = not self.is_initializing() and STACKED in self.variables["params"]
         if self._scans(n_loop, interventions):
             block = Block(cfg, self.execution, parent=None)  # unbound: the loop body applies it to one layer
             params = self.variables["params"]
@@ -147,13 +153,37 @@ class Transformer(nn.Module):
             queries = tuple(outputs_at) if partial and i == L - 1 else None
             # The y-block read-out of a last block without MLP or norms reads d_output coordinates only.
             out_dims = cfg.d_output if queries is not None and self._reads_y_block_only() else None
-            blk = self.blocks[0 if cfg.tie_layers else i]
-            x = blk(x, f"blocks.{i}", interventions, queries, out_dims)
+            if stacked:
+                x = self._stacked_block(i, x, interventions, queries, out_dims)
+            else:
+                blk = self.blocks[0 if cfg.tie_layers else i]
+                x = blk(x, f"blocks.{i}", interventions, queries, out_dims)
         if outputs_at is not None and not partial:
             x = x[:, query_index(tuple(outputs_at), x.shape[1])]
         if cfg.layernorm:
             x = self.ln_final(x, "ln_final", interventions)
         return self.read_out(x)
+
+    def _stacked_block(
+        self,
+        i: int,
+        x_BTD: jax.Array,
+        interventions: Sequence[Intervention],
+        queries: Sequence[int] | None,
+        out_dims: int | None,
+    ) -> jax.Array:
+        """Block i outside the loop with stacked parameters: an unbound `Block` applied to layer i's slice of
+        `blocks` [L, ...] (what `self.blocks[i]` computes on `blocks_{i}`), its recorded points sown here
+        under their full names."""
+        block = Block(self.cfg, self.execution, parent=None)
+        variables = {"params": jax.tree_util.tree_map(lambda w: w[i], self.variables["params"][STACKED])}
+        args = (x_BTD, f"blocks.{i}", interventions, queries, out_dims)
+        if not self.is_mutable_collection(COLLECTION):
+            return block.apply(variables, *args)
+        x, state = block.apply(variables, *args, mutable=[COLLECTION])
+        for name, value in flatten_intermediates(state[COLLECTION]).items():
+            self.sow(COLLECTION, name, value)
+        return x
 
     def _scans(self, n_blocks: int, interventions: Sequence[Intervention]) -> bool:
         """Whether `n_blocks` blocks run as one `lax.scan` (`jaxlab.models.layer_scan`): `scan_layers`, not while
@@ -290,8 +320,13 @@ def param_path(name: str, cfg: ModelConfig | None = None) -> tuple[str, ...]:
 def params_at(params: chex.ArrayTree, name: str, cfg: ModelConfig | None = None) -> chex.ArrayTree:
     """The params subtree (or array) at the TransformerLens module path `name` (`blocks.0.attn`:
     `params["blocks_0"]["attn"]`; `param_path`). Pass `cfg` for models with tied layers (every
-    blocks.{i} is the shared `blocks_0`); KeyError naming the keys there when the path is absent."""
+    blocks.{i} is the shared `blocks_0`); KeyError naming the keys there when the path is absent. A
+    stacked tree (`layer_scan.STACKED`, a training state's with `train.scan_layers`) is read per block
+    (`unstack_blocks`; under jit the other blocks' slices are removed)."""
     path, node = param_path(name, cfg), params
+    if hasattr(params, "keys") and STACKED in params and path[:1] != (STACKED,):
+        n_layers = cfg.n_layers if cfg is not None else jax.tree_util.tree_leaves(params[STACKED])[0].shape[0]
+        node = unstack_blocks(params, n_layers)
     for depth, key in enumerate(path):
         if not hasattr(node, "keys") or key not in node:
             where = "/".join(path[:depth]) or "the top level"

@@ -17,6 +17,14 @@ How the step executes (run layout, run block, gradient micro-batch, the attentio
 padding) is the execution plan `Train.plan` (`jaxlab.train.plan`), decided once from the config
 and the target backend and given to the model as data; this module checks no backend.
 
+Parameter layout: with `plan.scan_layers` (and more than one untied block) the state holds the
+blocks' parameters stacked, `blocks` with [L, ...] leaves (`Train.stacked`; `jaxlab.models.layer_scan`),
+from `init` on: the model's loop reads them as they are, and the raveled parameter vector, its
+gradient, the micro-batch sums, the clipping norm and the optimizer state are built from one leaf
+per weight, so the step's program does not grow with the depth. Everything outside the compiled
+programs sees the per-block layout (`blocks_{i}`): checkpoints, outcomes and `finalize`
+(`jaxlab.train.param_layout` converts, exactly).
+
 Divergence isolation: a step is not applied when its loss or its new parameters are not finite, or
 when its loss exceeds the divergence threshold
 
@@ -51,6 +59,7 @@ from jaxlab.config import ExperimentConfig, require_config
 from jaxlab.errors import ConfigError
 from jaxlab.models import Intervention, Transformer, init_params, scale_weights
 from jaxlab.models.attention import query_index
+from jaxlab.models.layer_scan import stack_blocks
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import Batch, sample, task_module, task_spec
 from jaxlab.train.hparams import Hparams, default_hparams
@@ -125,6 +134,10 @@ class Train:
                 f"{self.cfg.train.batch_size} (make the plan from this config: make_plan(cfg))",
             )
         self.model = Transformer(self.cfg.model, self.plan.attention(), scan_layers=self.plan.scan_layers)
+        m = self.cfg.model
+        # The training state's parameter layout (module docstring): the blocks stacked [L, ...] when they
+        # run as one loop (a tied model's one shared block, or a single block, has nothing to stack).
+        self.stacked: bool = self.plan.scan_layers and not m.tie_layers and m.n_layers > 1
         self.spec = task_spec(self.cfg.task)
         self.eval_steps: tuple[int, ...] = self.cfg.train.eval_steps()
         self._extra_eval = evaluate
@@ -218,6 +231,8 @@ class Train:
         example = self.sample(k_data, 1).inputs
         params = self._per_run(lambda k, x: init_params(self.model, k, x))(k_init, example)
         params = scale_weights(params, hparams["model.init_scale"])
+        if self.stacked:
+            params = stack_blocks(params)
         return TrainState(
             step=jnp.int32(0),
             params=params,

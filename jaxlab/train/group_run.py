@@ -9,6 +9,8 @@ host), orbax checkpoints every `train.checkpoint_every` intervals, every
 `train.checkpoint_minutes`, at the end and on SIGINT / SIGTERM (`jaxlab.interrupt`), then the
 experiment's `finalize` and the chunk's result part. `--resume` continues each chunk from its
 newest checkpoint that verifies (`jaxlab.train.checkpoint`) on the device count it started on.
+Checkpoints, `finalize` and the result see the parameters per block, whatever layout the programs
+train in (`jaxlab.train.param_layout`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.groups import Group
 from jaxlab.train.hparams import stack_hparams
 from jaxlab.train.outcomes import GroupOutcome, concat_outcome, outcome_records, select_finalized
+from jaxlab.train.param_layout import state_per_block, state_stacked
 from jaxlab.train.plan import recorded_plan
 from jaxlab.train.programs import Programs, first_row, key_data
 from jaxlab.train.progress import Progress
@@ -135,6 +138,12 @@ class _GroupRun:
         self.replicate_train = exp.make_train(replicate_config(cfg), plan=self.train.plan)
         self.replicate_data: Any = None
         self.checkpoint_steps: Sequence[int] | None = self.train.eval_steps  # names on disk (resume: its layout)
+        # checkpoints, finalize and outcomes see the per-block parameter layout (`jaxlab.train.param_layout`)
+        self.to_per_block, self.to_training = lambda st: st, lambda st: st
+        if self.train.stacked:
+            runs = placement.runs
+            self.to_per_block = jax.jit(lambda st: state_per_block(self.train, st), out_shardings=runs)
+            self.to_training = jax.jit(lambda st: state_stacked(self.train, st), out_shardings=runs)
 
     def compile(self) -> float:
         """Choose the run-chunk layout and compile the two programs for it; returns seconds."""
@@ -243,7 +252,7 @@ class _GroupRun:
                 # process 0's clock, and when any process was asked to stop (`jaxlab.interrupt`)
                 by_time, stop = agree_decision(schedule.time_due(), interrupt.requested())
                 if ckpt is not None and (stop or (i < last and (by_time or schedule.every_due(i)))):
-                    ckpt.save(i, state, history, force=bool(stop))
+                    ckpt.save(i, self.to_per_block(state), history, force=bool(stop))
                     schedule.saved()
                 if stop:
                     if ckpt is None:
@@ -251,7 +260,7 @@ class _GroupRun:
                     ckpt.wait()
                     raise interrupt.Interrupted(stop, f"checkpoint saved at step {steps[i]} of {steps[-1]} ({where})")
             if ckpt is not None and begin != last:
-                ckpt.save(last, state, history, force=True)
+                ckpt.save(last, self.to_per_block(state), history, force=True)
             replicate = self._replicate(state, history, hp, valid)
             out = self._collect(k, state, history, hp, slots, real, replicate)
         finally:
@@ -275,7 +284,7 @@ class _GroupRun:
                 f"kept in {moved}; trying the one before"
             )
 
-        got = ckpt.restore_newest(state, history, on_damaged=damaged)
+        got = ckpt.restore_newest(self.to_per_block(state), history, on_damaged=damaged)
         if got.index is None:
             why = "no usable checkpoint" if got.damaged else "no checkpoint yet"
             _notice(f"{'warning: ' if got.damaged else ''}{where}: {why}, starting from step 0")
@@ -285,7 +294,7 @@ class _GroupRun:
             f"{where}: resuming from step {steps[got.index]} of {steps[-1]} "
             f"(checkpoint after evaluation {got.index} of {len(steps) - 1}{unverified})"
         )
-        return got.index, got.state, got.history
+        return got.index, self.to_training(got.state), got.history
 
     def _track(self, history: dict, i: int, slots: np.ndarray, real: np.ndarray) -> None:
         """Hand the trackers row `i` of the history: this process's real runs at evaluation step i
@@ -328,6 +337,7 @@ class _GroupRun:
         """This process's real runs of the chunk, on the host, with the experiment's finalize (and
         the final metrics on the replicate evaluation set, from `_replicate`'s history)."""
         g, p = self.group, self.placement
+        state = self.to_per_block(state)
         local, state_local = p.local_tree(state)
         keep = real[local]
         rows = local[keep]

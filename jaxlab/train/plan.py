@@ -39,11 +39,11 @@ the kernel), with the measured reasons (2-core CPU, benchmarks/results/train.md)
                   `softmax_attention`) on CPUs, where it is measured (benchmarks/results/
                   fused_attention.md) and what CPU runs used before the field existed. Either runs
                   only while no attention hook point is recorded or intervened on.
-  scan_layers     off unless `train.scan_layers` asks: the blocks as one `lax.scan` compile once, but
-                  on the 2-core CPU the 6-block clustering program compiles in 7.2 s instead of
-                  7.6 s and its step is ~14% slower; 24 blocks compile in 16 s instead of 23 s
-                  (benchmarks/results/compile-depth.md). Per-block parameter leaves keep the
-                  optimizer's share of the compile growing with depth.
+  scan_layers     off unless `train.scan_layers` asks: the blocks as one `lax.scan` over parameters
+                  that the training state holds stacked ([L, ...] per weight, `Train.stacked`)
+                  compile once: on the 2-core CPU the clustering sweep program compiles in the
+                  same CPU time at 24 blocks as at 6 (6.5-6.8 s, against 10-11 s unrolled at 6),
+                  but its step is ~12% slower (benchmarks/results/compile-depth.md).
   dtype           `model.dtype`, recorded: the matmul inputs of attention and MLP, `float32` or
                   `bfloat16`. bfloat16 forward products accumulate in float32 and return float32
                   (`preferred_element_type`, `jaxlab.models.attention.dot`; the fused kernel's

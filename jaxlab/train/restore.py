@@ -25,6 +25,7 @@ from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.groups import Group, RunInfo, plan_groups
 from jaxlab.train.hparams import stack_hparams
 from jaxlab.train.outcomes import GroupOutcome, concat_outcome
+from jaxlab.train.param_layout import state_per_block
 from jaxlab.train.programs import Programs, key_data
 from jaxlab.train.rundir import RunStore, checkpoint_steps
 from jaxlab.train.sharding import Placement, run_mesh
@@ -90,9 +91,8 @@ def load_chunk(
                 + (f"{asked}(have steps {have})" if have else "(is the run finished?)")
             )
         try:
-            state, hist = ckpt.restore(
-                index, jax.tree_util.tree_map(zeros, like_state), jax.tree_util.tree_map(zeros, like_hist)
-            )
+            like_state = state_per_block(train, jax.tree_util.tree_map(zeros, like_state))  # as on disk
+            state, hist = ckpt.restore(index, like_state, jax.tree_util.tree_map(zeros, like_hist))
         except DamagedCheckpoint as err:
             raise UserError(
                 f"{store.run_dir}: group {group.index} chunk {k}: the checkpoint at step "
