@@ -79,7 +79,7 @@ def test_instructions_follow_their_grammar():
 def test_each_instruction_names_its_task_and_no_other():
     """Keywords are task-specific and every string has one: only the instruction tells tasks apart."""
     lay = ins.vocab_layout(CFG)
-    for split in ins.SPLITS:
+    for split in ("train", "unseen_strings", "unseen_distributions"):  # a table has no unseen-input split
         x, _, _, aux = np_batch(split)
         instr = x[:, : CFG.template_len]
         is_kw = (instr >= lay["keywords"]) & (instr < lay["fillers"])
@@ -159,3 +159,66 @@ def test_bad_config_names_the_field(overrides, field):
         ins.sample_split(jax.random.key(0), no_unseen, 4, "unseen_distributions")
     with pytest.raises(ConfigError, match="split"):
         ins.sample_split(jax.random.key(0), CFG, 4, "test")
+    with pytest.raises(ConfigError, match="heldout_input_frac"):
+        ins.sample_split(jax.random.key(0), CFG, 4, "unseen_inputs")
+
+
+SEQ = ins.Config(**{**CFG.__dict__, "sequence_tasks": ins.SEQUENCE_TASKS, "n_tasks": 5, "n_inputs": 4, "input_len": 3,
+                    "output_len": 3, "heldout_input_frac": 0.25})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"sequence_tasks": ("copy", "lookup", "sort", "shift", "map")}, "task.sequence_tasks"),
+        ({"sequence_tasks": ("copy", "copy", "sort", "shift", "map")}, "task.sequence_tasks"),
+        ({"sequence_tasks": (), "heldout_input_frac": 0.2}, "task.heldout_input_frac"),
+        ({"n_tasks": 4}, "task.sequence_tasks"),
+        ({"input_len": 1, "output_len": 1}, "task.input_len"),
+        ({"output_len": 2}, "task.output_len"),
+        ({"n_output_tokens": 3}, "task.n_output_tokens"),
+        ({"heldout_input_frac": 0.001}, "task.heldout_input_frac"),
+        ({"input_len": 11, "output_len": 11}, "task.input_len"),
+    ],
+)
+def test_bad_sequence_config_names_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        ins.Config(**{**SEQ.__dict__, **overrides})
+    assert err.value.field == field
+
+
+def test_sequence_tasks_answer_by_their_rule_and_hold_out_inputs():
+    """copy, reverse, sort, shift and map, recomputed in NumPy from the input tokens of sampled sequences; the
+    held-out input sequences appear only in the unseen_inputs split."""
+    lay, pos, n = ins.vocab_layout(SEQ), ins.positions(SEQ), SEQ.input_len
+    assert (pos["input"], pos["last_input"], pos["sep_output"]) == (8, 10, 11)
+    assert ins.seq_len(SEQ) == SEQ.template_len + n + 2 + SEQ.output_len - 1
+    w = ins.world(SEQ)
+    assert sorted(np.concatenate([w.train_inputs, w.heldout_inputs])) == list(range(4**3))
+    assert w.heldout_inputs.size == ins.heldout_input_count(SEQ) == 16
+    perm = None
+    seen_inputs = {}
+    for split in ("train", "unseen_inputs"):
+        b = _split(jax.random.key(7), SEQ, 512, split, True)
+        x, y, mask = np.asarray(b.inputs), np.asarray(b.targets), np.asarray(b.loss_mask)
+        task, idx = np.asarray(b.aux["task"]), np.asarray(b.aux["input"])
+        assert np.all(x[:, pos["sep_input"]] == ins.SEP_IN) and np.all(x[:, pos["sep_output"]] == ins.SEP_OUT)
+        digits = x[:, pos["input"] : pos["last_input"] + 1] - lay["inputs"]
+        assert np.all((digits >= 0) & (digits < SEQ.n_inputs))
+        np.testing.assert_array_equal(idx, digits @ (4 ** np.arange(n - 1, -1, -1)))
+        start = pos["first_output_target"]
+        answer = y[:, start : start + SEQ.output_len] - lay["outputs"]
+        assert np.all(mask[:, start : start + SEQ.output_len] == 1) and mask.sum() == 512 * SEQ.output_len
+        rules = {0: digits, 1: digits[:, ::-1], 2: np.sort(digits, 1), 3: (digits + 1) % 4}
+        for k, want in rules.items():
+            np.testing.assert_array_equal(answer[task == k], want[task == k])
+        # map: one fixed permutation of the alphabet, the same for every example
+        m = task == 4
+        table = {}
+        for d, a in zip(digits[m].ravel(), answer[m].ravel()):
+            assert table.setdefault(int(d), int(a)) == a
+        perm = table if perm is None else perm
+        assert table == {k: perm[k] for k in table} and len(set(table.values())) == len(table)
+        seen_inputs[split] = set(idx.tolist())
+    assert seen_inputs["unseen_inputs"] <= set(w.heldout_inputs.tolist())
+    assert not seen_inputs["train"] & set(w.heldout_inputs.tolist())

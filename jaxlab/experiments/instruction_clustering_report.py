@@ -1,12 +1,12 @@
-"""Report sections of instruction-clustering: ARI per layer and accuracy over training, ARI against
-accuracy, the final clustering by layer, and the ablation table.
+"""Report sections of instruction-clustering: ARI per (position, layer, evaluation set) and accuracy over
+training, ARI against accuracy, the final clustering by cell, and the ablations by cell with each position's
+causal test and its interval.
 
-The per-layer metrics are `ari[layer=3]` (metric `ari`, column `layer` in the tidy table); a run
-directory written before metric parameters (`ari_layer_3`) is read too (`layer_form`, `layer_finals`)."""
+The per-cell metrics are `ari[layer=3,position=sep_input,set=seen]` (metric `ari`, columns `layer`, `position`
+and `set` in the tidy table)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxlab.experiments.instruction_clustering_claims import CONSTANT_AT_EMBEDDING, layer_metric, parse_layer_metric
-from jaxlab.probes.clustering import CLUSTER_METRICS
+from jaxlab.claims import bootstrap_median_ci
+from jaxlab.experiments.instruction_clustering_claims import CONSTANT_AT_EMBEDDING, EVAL_SETS, at_position, cell_metric
 from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, quantile_curves, table
 from jaxlab.stats import pearson
 
@@ -25,37 +25,6 @@ def _min(values: np.ndarray) -> str:
     return fmt(float(v.min()), 3) if v.size else "—"
 
 
-def layer_form(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` (a tidy table) with the per-layer metrics of a run directory written before metric parameters
-    (`ari_layer_3`) split as the tidy tables split `ari[layer=3]`: metric `ari`, column `layer`. A table without
-    them is returned as it is."""
-    parsed = {m: p for m in pd.unique(df.metric) if (p := parse_layer_metric(m)) is not None}
-    if not parsed:
-        return df
-    out = df.copy()
-    legacy = out.metric.isin(list(parsed))
-    layer = out["layer"].astype("float64") if "layer" in out.columns else pd.Series(np.nan, index=out.index)
-    out["layer"] = layer.where(~legacy, out.metric.map(lambda m: float(parsed[m][1]) if m in parsed else np.nan))
-    out.loc[legacy, "metric"] = out.loc[legacy, "metric"].map(lambda m: parsed[m][0])
-    return out
-
-
-def layer_finals(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """`summary` with every run's per-layer finals named as `layer_metric` names them (`ari[layer=3]`), whichever
-    form the run directory has (`parse_layer_metric`)."""
-
-    def renamed(final: Mapping[str, Any]) -> dict[str, Any]:
-        return {layer_metric(*p) if (p := parse_layer_metric(k)) is not None else k: v for k, v in final.items()}
-
-    return {**summary, "runs": [{**r, "final": renamed(r.get("final", {}))} for r in summary["runs"]]}
-
-
-def _layers(df: pd.DataFrame) -> list[int]:
-    if "layer" not in df.columns:
-        return []
-    return sorted(int(layer) for layer in df.loc[df.metric == "ari", "layer"].dropna().unique())
-
-
 def _mean_std(values: np.ndarray) -> str:
     v = values[np.isfinite(values)]
     if v.size == 0:
@@ -63,43 +32,72 @@ def _mean_std(values: np.ndarray) -> str:
     return f"{fmt(float(v.mean()), 3)} ± {fmt(float(v.std(ddof=1)) if v.size > 1 else 0.0, 2)}"
 
 
-def _training_figure(ctx: ReportContext, layers: list[int]) -> Figure:
+def _median_ci(values: np.ndarray) -> str:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return "—"
+    med, lo, hi = bootstrap_median_ci(v)
+    return f"{fmt(med, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
+
+
+def _cells(df: pd.DataFrame) -> tuple[list[str], list[int], list[str]]:
+    """(positions in probe order, layers, evaluation sets) of the table's ARI rows."""
+    if not {"layer", "position", "set"} <= set(df.columns):
+        return [], [], []
+    sub = df[df.metric == "ari"]
+    positions = list(dict.fromkeys(str(p) for p in sub.position.dropna()))
+    layers = sorted(int(layer) for layer in sub.layer.dropna().unique())
+    sets = [s for s in EVAL_SETS if s in set(sub.set.dropna().astype(str))]
+    return positions, layers, sets
+
+
+def _training_figure(ctx: ReportContext, positions: list[str], layers: list[int], sets: list[str]) -> Figure:
     df = ctx.df
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(
+        len(sets), len(positions), figsize=(3.3 * len(positions), 2.4 * len(sets)), squeeze=False, sharey=True
+    )
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(layers)))
-    for ax, kind in zip(axes, ("ari", "nmi")):
-        for layer, color in zip(layers, colors):
-            at_layer = df[df.layer == layer]
-            quantile_curves(ax, at_layer, kind, label=f"{kind.upper()} layer {layer}", color=color, show_runs=False)
-        for name, style in (("acc_seen", "-"), ("acc_unseen_strings", "--"), ("acc_unseen_distributions", ":")):
-            quantile_curves(ax, df, name, label=name, color="black", show_runs=False)
-            if ax.lines and name in set(df.metric):
-                ax.lines[-1].set_linestyle(style)
-        ax.set_xlabel("optimizer step")
-        if ctx.cfg.train.eval_schedule == "log":
-            ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_ylabel(f"{kind.upper()} / accuracy")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"{kind.upper()} per layer and accuracy: median, 10-90% band over {ctx.summary['n_runs']} runs")
-        ax.legend(fontsize=6, ncol=2)
+    for row, eval_set in enumerate(sets):
+        for col, position in enumerate(positions):
+            ax = axes[row, col]
+            at = df[(df.position == position) & (df.set == eval_set)]
+            for layer, color in zip(layers, colors):
+                quantile_curves(ax, at[at.layer == layer], "ari", label=f"layer {layer}", color=color, show_runs=False)
+            shuffled = at[at.metric == "ari_shuffled"]
+            if not shuffled.empty:
+                quantile_curves(ax, shuffled.assign(metric="floor"), "floor", label="shuffled labels (all layers)",
+                                color="grey", show_runs=False)  # fmt: skip
+            quantile_curves(ax, df, f"acc_{eval_set}", label=f"acc_{eval_set}", color="black", show_runs=False)
+            if ctx.cfg.train.eval_schedule == "log":
+                ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_ylim(-0.1, 1.05)
+            ax.set_title(f"{eval_set}, `{position}`", fontsize=9)
+            if row == len(sets) - 1:
+                ax.set_xlabel("optimizer step")
+            if col == 0:
+                ax.set_ylabel("ARI / accuracy")
+    axes[0, 0].legend(fontsize=6, ncol=2)
     name = ctx.save(fig, "clustering_over_training.png")
     return Figure(
         name,
-        "Task clustering of the hidden states at each layer (0 = embedding) and output accuracy over training; "
-        f"probe position `{ctx.cfg.probe.position}`. {ctx.provenance()}",
+        "k-means ARI of the hidden states against the task labels at each layer (0 = embedding), per evaluation set "
+        f"(rows) and probe position (columns), with the shuffled-label floor and the set's accuracy: median and "
+        f"10-90% band over {ctx.summary['n_runs']} runs. {ctx.provenance()}",
     )
 
 
-def ari_acc_pairs(df: pd.DataFrame, summary: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ARI at each run's best layer, acc_seen, run) over every checkpoint of every ok run (`df` in either form,
-    `layer_form`)."""
-    df = layer_form(df)
+def ari_acc_pairs(df: pd.DataFrame, summary: Mapping[str, Any], positions: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """(seen-set ARI at each run's best cell, acc_seen, run) over every checkpoint of every ok run; `positions`
+    is probe.positions (best_position indexes it)."""
     ari, acc, run = [], [], []
     for r in summary["runs"]:
-        if r["status"] != "ok" or "best_layer" not in r["final"]:
+        f = r["final"]
+        if r["status"] != "ok" or f.get("best_layer") is None or f.get("best_position") is None:
             continue
         sub = df[df.run == r["run"]]
-        a = sub[(sub.metric == "ari") & (sub.layer == int(r["final"]["best_layer"]))].set_index("step").value
+        position = positions[int(f["best_position"])]
+        cell = (sub.metric == "ari") & (sub.layer == int(f["best_layer"])) & (sub.position == position)
+        a = sub[cell & (sub.set == "seen")].set_index("step").value
         b = sub[sub.metric == "acc_seen"].set_index("step").value
         steps = a.index.intersection(b.index)
         ari.append(a.loc[steps].to_numpy())
@@ -111,22 +109,26 @@ def ari_acc_pairs(df: pd.DataFrame, summary: Mapping[str, Any]) -> tuple[np.ndar
 
 
 def _correlation_section(ctx: ReportContext) -> Section:
-    ari, acc, run = ari_acc_pairs(ctx.df, ctx.summary)
+    ari, acc, run = ari_acc_pairs(ctx.df, ctx.summary, ctx.cfg.probe.positions)
     per_run = finals(ctx, "ari_acc_corr")
     pooled = pearson(ari, acc)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.scatter(ari, acc, c=run, cmap="tab10", s=10, alpha=0.7)
-    ax.set_xlabel("ARI at the run's best layer")
+    ax.set_xlabel("seen-set ARI at the run's best cell")
     ax.set_ylabel("acc_seen")
     ax.set_title(f"checkpoints x runs: pooled Pearson r = {fmt(pooled, 3)}")
     name = ctx.save(fig, "ari_vs_accuracy.png")
     body = (
-        "Pearson correlation between the best layer's ARI and the seen accuracy: per run over its checkpoints "
+        "Pearson correlation between the best cell's ARI and the seen accuracy: per run over its checkpoints "
         f"`ari_acc_corr` = {_mean_std(per_run)} (mean ± std over runs, min {_min(per_run)}); "
         f"pooled over all {ari.size} (checkpoint, run) pairs r = {fmt(pooled, 3)}. Both series rise over "
         "training, so a shared trend alone makes these positive; the `ari_tracks_accuracy` claim uses the r of "
         "their first differences over the checkpoints, `ari_acc_diff_corr` = "
-        f"{_mean_std(finals(ctx, 'ari_acc_diff_corr'))}.\n\n"
+        f"{_mean_std(finals(ctx, 'ari_acc_diff_corr'))}. Accuracy on unseen strings "
+        f"{_mean_std(finals(ctx, 'acc_unseen_strings'))}, on held-out grammars "
+        f"{_mean_std(finals(ctx, 'acc_unseen_distributions'))}, on held-out input sequences "
+        f"{_mean_std(finals(ctx, 'acc_unseen_inputs'))} (— where the task holds none out: a random table's answer to "
+        "an unseen input cannot be inferred).\n\n"
         + table(
             ["onset", "mean ± std (steps)", "runs reaching it"],
             [
@@ -135,106 +137,141 @@ def _correlation_section(ctx: ReportContext) -> Section:
             ],
         )
     )
-    caption = f"ARI at the best layer against seen accuracy, one point per checkpoint and run. {ctx.provenance()}"
+    caption = (
+        f"Seen-set ARI at the best cell against seen accuracy, one point per checkpoint and run. {ctx.provenance()}"
+    )
     return Section("Clustering goes with instruction following", body, [Figure(name, caption)])
 
 
-def _layer_table(ctx: ReportContext, layers: list[int]) -> Section:
+def _cell_table(ctx: ReportContext, positions: list[str], layers: list[int], sets: list[str]) -> Section:
     rows = []
-    for layer in layers:
-        rows.append([layer, *(_mean_std(finals(ctx, layer_metric(m, layer))) for m in CLUSTER_METRICS)])
-    best = finals(ctx, "best_layer")
-    counts = {int(b): int(np.sum(best == b)) for b in np.unique(best[np.isfinite(best)])}
+    for position in positions:
+        for layer in layers:
+            ari = [_mean_std(finals(ctx, cell_metric("ari", layer, position, s))) for s in sets]
+            floor = _mean_std(finals(ctx, cell_metric("ari_shuffled", layer, position, "seen")))
+            rest = [_mean_std(finals(ctx, cell_metric(m, layer, position, "seen"))) for m in ("nmi", "silhouette")]
+            rows.append([f"`{position}`", layer, *ari, floor, *rest])
+    best_p, best_l = finals(ctx, "best_position"), finals(ctx, "best_layer")
+    counts: dict[str, int] = {}
+    for p, layer in zip(best_p, best_l):
+        if np.isfinite(p) and np.isfinite(layer):
+            key = f"`{ctx.cfg.probe.positions[int(p)]}` block {int(layer)}"
+            counts[key] = counts.get(key, 0) + 1
     body = (
-        "Final values, mean ± std over runs (seen evaluation set, probe position "
-        f"`{ctx.cfg.probe.position}`). Best layer (highest final ARI) per run: "
-        + ", ".join(f"layer {k}: {v} runs" for k, v in counts.items())
+        "Final values, mean ± std over runs. Best cell (highest final seen-set ARI over the blocks) per run: "
+        + ", ".join(f"{k}: {v} runs" for k, v in counts.items())
         + ".\n\n"
-        + table(["layer", "ARI", "NMI", "silhouette", "between/within variance"], rows)
+        + table(
+            ["position", "layer", *(f"ARI {s}" for s in sets), "ARI seen, shuffled labels", "NMI", "silhouette"],
+            rows,
+        )
     )
-    return Section("Final clustering by layer", body)
+    return Section("Final clustering by position and layer", body)
 
 
-def _ablation_section(ctx: ReportContext, layers: list[int]) -> Section:
+def _ablation_section(ctx: ReportContext, positions: list[str], layers: list[int]) -> Section:
     rows = []
-    for layer in layers:
-        drop = finals(ctx, layer_metric("ablation_acc_drop", layer))
-        rand = finals(ctx, layer_metric("random_ablation_acc_drop", layer))
-        if drop.size == 0 or not np.isfinite(drop).any():
+    for position in positions:
+        for layer in layers:
+            values = [
+                finals(ctx, cell_metric(m, layer, position))
+                for m in (
+                    "position_ablation_acc_drop",
+                    "random_position_ablation_acc_drop",
+                    "ablation_acc_drop",
+                    "random_ablation_acc_drop",
+                    "swap_acc_drop",
+                    "swap_follow_rate",
+                )
+            ]
+            if values[0].size == 0 or not np.isfinite(values[0]).any():
+                continue
+            rows.append([f"`{position}`", layer, *(_mean_std(v) for v in values)])
+    tests = []
+    for position in positions:
+        drop = finals(ctx, at_position("position_ablation_acc_drop_test_layer", position))
+        rand = finals(ctx, at_position("random_position_ablation_acc_drop_test_layer", position))
+        layer = finals(ctx, at_position("test_layer", position))
+        if not np.isfinite(layer).any():
+            tests.append([f"`{position}`", "none (no layer can change a scored prediction)", "—", "—", "—"])
             continue
-        rows.append(
+        used = {int(v): int(np.sum(layer == v)) for v in np.unique(layer[np.isfinite(layer)])}
+        tests.append(
             [
-                layer,
-                _mean_std(drop),
-                _mean_std(rand),
-                _mean_std(finals(ctx, layer_metric("position_ablation_acc_drop", layer))),
-                _mean_std(finals(ctx, layer_metric("random_position_ablation_acc_drop", layer))),
-                _mean_std(finals(ctx, layer_metric("swap_acc_drop", layer))),
-                _mean_std(finals(ctx, layer_metric("swap_follow_rate", layer))),
+                f"`{position}`",
+                ", ".join(f"{k} ({v} runs)" for k, v in used.items()),
+                _median_ci(drop),
+                _median_ci(rand),
+                _median_ci(drop - rand),
             ]
         )
-    drop, rand = finals(ctx, "ablation_acc_drop"), finals(ctx, "random_ablation_acc_drop")
-    ratio = float(np.nanmean(drop) / np.nanmean(rand)) if np.nanmean(rand) > 0 else float("inf")
+    test_p = finals(ctx, "test_position")
+    where = ", ".join(
+        f"`{ctx.cfg.probe.positions[int(p)]}` layer {int(layer)}"
+        for p, layer in zip(test_p, finals(ctx, "test_layer"))
+        if np.isfinite(p)
+    )
     body = (
-        "The residual stream of one layer is changed and the seen accuracy measured again. Cluster ablation: the "
-        f"between-task directions found at `{ctx.cfg.probe.position}` (span of the centred task means, rank "
-        "n_tasks - 1) projected out at every position, about each position's mean; random control: random "
-        "directions of the same rank, likewise; at the position only: the cluster projection at "
-        f"`{ctx.cfg.probe.position}` alone, and its control, random directions of the same rank there alone; "
-        "swap: the state there replaced by another task's centroid (a follow rate at the rate at which two "
-        "tasks' outputs coincide means the outputs did not change). The projection everywhere acts at every "
-        "position, the instruction tokens included, so its drop does not localize the clusters at the probed "
-        "position; the `clusters_used` claim uses the position-only pair, at each run's best layer among those "
-        "where it can change a scored prediction (`test_layer`: after the last block the projection changes only "
-        "the probed position's own prediction, unscored unless it is `sep_output`): drop "
-        f"{_mean_std(finals(ctx, 'position_ablation_acc_drop_test_layer'))}, random there "
-        f"{_mean_std(finals(ctx, 'random_position_ablation_acc_drop_test_layer'))}. At each run's best "
-        f"layer: cluster ablation drop {_mean_std(drop)}, random control {_mean_std(rand)} (ratio of means "
-        f"{fmt(ratio, 3)}), at the position only {_mean_std(finals(ctx, 'position_ablation_acc_drop'))}, random "
-        f"there {_mean_std(finals(ctx, 'random_position_ablation_acc_drop'))}, swap drop "
-        f"{_mean_std(finals(ctx, 'swap_acc_drop'))}, swapped outputs following the new task "
-        f"{_mean_std(finals(ctx, 'swap_follow_rate'))}.\n\n"
+        "The residual stream of one layer is changed and the seen accuracy measured again. At cell (position p, "
+        "layer l) the cluster subspace is the span of the centred task centroids of the layer-l states at p (rank "
+        "n_tasks - 1). At p only: that subspace projected out at p alone, and its control, random directions of "
+        "the same rank at p alone; everywhere: the same projection at every position about each position's mean "
+        "(it acts on the instruction tokens too, so it does not localize the clusters at p), and its random "
+        "control; swap: the state at p replaced by another task's centroid (a follow rate at the rate at which two "
+        "tasks' outputs coincide means the outputs did not change). At a cell whose ARI is near its shuffled-label "
+        "floor the task centroids differ only by sampling noise, and their span lies in whatever the state encodes "
+        "(at `last_input`, layer 0, the input token itself), so a drop there is not evidence of a task code.\n\n"
+        "Each position's test, at its own layer of highest final seen-set ARI among those where a projection at p "
+        "can change a scored prediction (after the last block it changes only p's own prediction, unscored unless p "
+        "is `sep_output`; the embedding at a separator is the same in every sequence): median [95% bootstrap CI "
+        "over seeds] of the accuracy drop. The `clusters_used` claim reads the position and layer with the highest "
+        f"ARI of these, per run: {where or '—'}.\n\n"
+        + table(["position", "test layer", "cluster drop at p", "random drop at p", "cluster minus random"], tests)
+        + "\n\nEvery cell, mean ± std over runs:\n\n"
         + table(
             [
+                "position",
                 "layer",
-                "cluster ablation drop",
-                "random control drop",
-                "at the position only",
-                "random, at the position only",
+                "cluster, at p only",
+                "random, at p only",
+                "cluster, everywhere",
+                "random, everywhere",
                 "swap drop",
                 "swap follows new task",
             ],
             rows,
         )
     )
-    if rows:
-        fig, ax = plt.subplots(figsize=(6.5, 3.8))
-        ls = [r[0] for r in rows]
+    if not rows:
+        return Section("Causal check: removing the clusters", body)
+    fig, axes = plt.subplots(1, len(positions), figsize=(4.2 * len(positions), 3.4), squeeze=False, sharey=True)
+    for ax, position in zip(axes[0], positions):
         for offset, (metric, label) in enumerate(
             [
-                ("ablation_acc_drop", "cluster ablation"),
-                ("random_ablation_acc_drop", "random control"),
-                ("swap_acc_drop", "centroid swap"),
+                ("position_ablation_acc_drop", "cluster, at p"),
+                ("random_position_ablation_acc_drop", "random, at p"),
+                ("ablation_acc_drop", "cluster, everywhere"),
+                ("random_ablation_acc_drop", "random, everywhere"),
             ]
         ):
-            vals = [finals(ctx, layer_metric(metric, layer)) for layer in ls]
+            vals = [finals(ctx, cell_metric(metric, layer, position)) for layer in layers]
             ax.bar(
-                np.asarray(ls) + (offset - 1) * 0.27,
-                [np.nanmean(v) for v in vals],
-                0.27,
-                yerr=[np.nanstd(v) for v in vals],
+                np.asarray(layers) + (offset - 1.5) * 0.2,
+                [np.nanmean(v) if np.isfinite(v).any() else 0.0 for v in vals],
+                0.2,
+                yerr=[np.nanstd(v) if np.isfinite(v).any() else 0.0 for v in vals],
                 label=label,
             )
+        ax.set_title(f"`{position}`", fontsize=9)
         ax.set_xlabel("layer")
-        ax.set_ylabel("accuracy drop")
-        ax.legend(fontsize=7)
-        name = ctx.save(fig, "ablation_by_layer.png")
-        caption = f"Accuracy drop per ablated layer (mean, std over runs). {ctx.provenance()}"
-        return Section("Causal check: ablating the clusters", body, [Figure(name, caption)])
-    return Section("Causal check: ablating the clusters", body)
+    axes[0, 0].set_ylabel("accuracy drop")
+    axes[0, 0].legend(fontsize=6)
+    name = ctx.save(fig, "ablation_by_layer.png")
+    caption = f"Accuracy drop per position and layer (mean, std over runs). {ctx.provenance()}"
+    return Section("Causal check: removing the clusters", body, [Figure(name, caption)])
 
 
-def paper_note(position: str) -> str:
+def paper_note(positions: tuple[str, ...]) -> str:
     """What the paper reports, and what this setup can and cannot compare with it (the verdicts are in
     the Claims table)."""
     note = (
@@ -242,28 +279,31 @@ def paper_note(position: str) -> str:
         "instruction-following data, that the ARI of k-means clusters of hidden states against task identity "
         "rises over training until it saturates, on a training and a validation set, that deeper layers cluster "
         "more than the embedding layer (which stays flat), and that the clustering helps the model handle unseen "
-        "instances; they give these as curves, without numbers we could quote. Here ARI is computed on the "
-        "training-distribution evaluation set only; the held-out instruction sets give accuracy only. "
+        "instances; they give these as curves, without numbers we could quote. Here ARI is computed at "
+        f"{', '.join(f'`{p}`' for p in positions)}, at every layer, on the seen, validation and held-out "
+        "instruction sets, each with a shuffled-label floor. "
     )
-    if position in CONSTANT_AT_EMBEDDING:
+    constant = [p for p in positions if p in CONSTANT_AT_EMBEDDING]
+    if constant:
         note += (
-            f"At the probed position `{position}` the embedding-layer state is the same for every sequence, so "
-            "layer 0's flat ARI of 0 below is a property of the position, not a finding. "
+            f"At {', '.join(f'`{p}`' for p in constant)} the embedding-layer state is the same for every sequence, so "
+            "layer 0's flat ARI of 0 there is a property of the position, not a finding. "
         )
     return note + "The causal ablation is jaxlab's addition: the paper reports no intervention."
 
 
 def sections(ctx: ReportContext) -> list[Section]:
-    """The experiment's report sections (`Experiment.report`): clustering over training, the ARI-accuracy correlation,
-    the per-layer table and the ablations; none without clustering metrics. A run directory written before metric
-    parameters is read in the form of the new one (`layer_form`, `layer_finals`)."""
-    ctx = dataclasses.replace(ctx, df=layer_form(ctx.df), summary=layer_finals(ctx.summary))
-    layers = _layers(ctx.df)
-    if not layers:
+    """The experiment's report sections (`Experiment.report`): clustering over training, the ARI-accuracy
+    correlation, the per-cell table and the ablations; none without per-cell clustering metrics."""
+    positions, layers, sets = _cells(ctx.df)
+    if not layers or not positions:
         return []
+    positions = [p for p in ctx.cfg.probe.positions if p in positions]
     return [
-        Section("Clustering over training", paper_note(ctx.cfg.probe.position), [_training_figure(ctx, layers)]),
+        Section(
+            "Clustering over training", paper_note(tuple(positions)), [_training_figure(ctx, positions, layers, sets)]
+        ),
         _correlation_section(ctx),
-        _layer_table(ctx, layers),
-        _ablation_section(ctx, layers),
+        _cell_table(ctx, positions, layers, sets),
+        _ablation_section(ctx, positions, layers),
     ]

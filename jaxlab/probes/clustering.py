@@ -69,6 +69,77 @@ def cluster_scores(
     }
 
 
+def hidden_states_at(
+    model: Transformer, params: chex.ArrayTree, inputs_BT: jax.Array, positions_P: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(model outputs [B, T, V], representations [n_blocks + 1, B, P, D] at each of `positions_P`)."""
+    chex.assert_rank(positions_P, 1)
+    hooks = residual_hooks(model.cfg.n_layers, embeddings=True)
+    out, cache = run_with_cache(model, params, inputs_BT, names=hooks)
+    return out, jnp.stack([cache[h][:, positions_P] for h in hooks])
+
+
+def permuted_labels(key: jax.Array, labels_N: jax.Array) -> jax.Array:
+    """The labels permuted across examples (class sizes kept): the shuffled-label floor of a score.
+
+    The ARI of fixed clusters against permuted labels is 0 in expectation (ARI is chance-adjusted);
+    its spread over cells and seeds is the floor a real grouping has to clear."""
+    chex.assert_rank(labels_N, 1)
+    return labels_N[jax.random.permutation(key, labels_N.shape[0])]
+
+
+def cell_aris(
+    key: jax.Array,
+    reps_CND: jax.Array,
+    labels_CN: jax.Array,
+    shuffled_CN: jax.Array,
+    n_classes: int,
+    n_iters: int = 30,
+    n_restarts: int = 3,
+) -> dict[str, jax.Array]:
+    """Per cell c (e.g. a (set, position, layer) triple): k-means (k = n_classes, the same key in every cell)
+    of reps_CND[c] scored against that cell's labels (`ari`) and against the same labels permuted
+    (`ari_shuffled`, the floor: same states, same clusters); {metric: [C]}."""
+    chex.assert_rank(reps_CND, 3)
+    chex.assert_equal_shape([labels_CN, shuffled_CN, reps_CND[..., 0]])
+
+    def one(reps_ND: jax.Array, labels_N: jax.Array, shuffled_N: jax.Array) -> dict[str, jax.Array]:
+        clusters = kmeans(key, reps_ND, n_classes, n_iters, n_restarts).assignments
+        return {
+            "ari": adjusted_rand_index(labels_N, clusters, n_classes, n_classes),
+            "ari_shuffled": adjusted_rand_index(shuffled_N, clusters, n_classes, n_classes),
+        }
+
+    return jax.vmap(one)(reps_CND, labels_CN, shuffled_CN)
+
+
+def cell_cluster_scores(
+    key: jax.Array,
+    reps_CND: jax.Array,
+    labels_N: jax.Array,
+    shuffled_N: jax.Array,
+    n_classes: int,
+    n_iters: int = 30,
+    n_restarts: int = 3,
+) -> dict[str, jax.Array]:
+    """`cell_aris` of cells that share one labelling, with the rest of `cluster_scores` per cell (nmi of the
+    clusters, silhouette and variance_ratio of the labels): {metric: [C]}."""
+    chex.assert_rank(reps_CND, 3)
+    chex.assert_equal_shape([labels_N, shuffled_N, reps_CND[0, :, 0]])
+
+    def one(reps_ND: jax.Array) -> dict[str, jax.Array]:
+        clusters = kmeans(key, reps_ND, n_classes, n_iters, n_restarts).assignments
+        return {
+            "ari": adjusted_rand_index(labels_N, clusters, n_classes, n_classes),
+            "ari_shuffled": adjusted_rand_index(shuffled_N, clusters, n_classes, n_classes),
+            "nmi": normalized_mutual_info(labels_N, clusters, n_classes, n_classes),
+            "silhouette": silhouette_score(reps_ND, labels_N, n_classes),
+            "variance_ratio": variance_ratio(reps_ND, labels_N, n_classes),
+        }
+
+    return jax.vmap(one)(reps_CND)
+
+
 def kmeans_ari(
     key: jax.Array, reps_ND: jax.Array, labels_N: jax.Array, n_classes: int, n_iters: int = 30, n_restarts: int = 3
 ) -> jax.Array:
@@ -170,11 +241,15 @@ __all__: Sequence[str] = [
     "CLUSTER_METRICS",
     "at_layer",
     "between_class_basis",
+    "cell_aris",
+    "cell_cluster_scores",
     "centroid_swap",
     "cluster_scores",
     "hidden_states",
+    "hidden_states_at",
     "kmeans_ari",
     "layer_cluster_scores",
+    "permuted_labels",
     "position_mask",
     "project_out",
     "projection_ablation",
