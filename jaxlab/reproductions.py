@@ -33,6 +33,7 @@ ORDER = (
     "icl-autoregressive-constrained-gd",
     "instruction-clustering",
     "steerability",
+    "steerability-ablation",
     "latent-ambiguity",
     "latent-ambiguity-paper-small",
     "representation-dissimilarity",

@@ -1,5 +1,7 @@
 """The concept language: its statistics match the config; paired stimuli differ only by the concept."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,8 +112,93 @@ def test_sampling_is_pure_and_vmappable():
         ("close_pair", (1, 1), "task.close_pair"),
         ("n_shared", 4, "task.n_shared"),
         ("branching", 0, "task.branching"),
+        ("language", "tokens", "task.language"),
     ],
 )
 def test_bad_config_names_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         concepts.Config(**{field: value})
+
+
+# -- the co-occurrence language ------------------------------------------------------------------------
+CO = concepts.Config(
+    language="cooccur", seq_len=16, n_base=12, freqs=(0.3,) * 4, strengths=(0.1,) * 4, n_shared=3, background=0.03
+)
+
+
+def test_cooccur_pairs_form_a_latin_square_and_the_close_pair_are_mirror_images():
+    pairs = concepts.feature_table(CO)  # [K, F, 2]
+    K, F = CO.n_concepts, CO.n_markers
+    p, q = CO.close_pair
+    starts = list(range(CO.n_base, CO.n_base + F))
+    for k in range(K):
+        assert pairs[k, :, 0].tolist() == starts  # every concept uses every start token once
+    as_sets = [set(map(tuple, pairs[k].tolist())) for k in range(K)]
+    for i in range(K):
+        for j in range(i + 1, K):
+            assert len(as_sets[i] & as_sets[j]) == (CO.n_shared if {i, j} == {p, q} else 0)
+    own = {k: set(pairs[k, CO.n_shared :, 1].tolist()) for k in (p, q)}
+    others = {b for k in range(K) if k not in (p, q) for b in pairs[k, :, 1].tolist()}
+    assert not own[p] & own[q] and not (own[p] | own[q]) & others  # fresh tokens, one set each
+    assert concepts.vocab_size(CO) == int(pairs.max()) + 1 == task_spec(CO).vocab_size
+    # swapping the pair's fresh tokens maps the text with p on to the same draws' text with q on (without
+    # background, which draws fresh tokens for both alike: the swap leaves its distribution as it is)
+    swap = np.arange(concepts.vocab_size(CO))
+    for a, b in zip(sorted(own[p]), sorted(own[q])):
+        swap[a], swap[b] = b, a
+    quiet = dataclasses.replace(CO, background=0.0)
+    on = {}
+    for k in (p, q):
+        on[k] = np.asarray(concepts.paired_stimuli(jax.random.key(11), quiet, k, 128)[0])
+    assert (on[p] != on[q]).any()
+    np.testing.assert_array_equal(swap[on[p]], on[q])
+
+
+def test_cooccur_text_is_pairs_of_the_concepts_on_and_helpers_match_loops():
+    batch = jax.jit(lambda k: concepts.sample(k, CO, 2048))(jax.random.key(12))
+    x = np.concatenate([np.asarray(batch.inputs), np.asarray(batch.targets[:, -1:])], axis=1)
+    z = np.asarray(batch.aux["z"])
+    pairs = concepts.feature_table(CO)
+    starts = set(concepts.start_tokens(CO).tolist())
+    is_start = np.isin(x, list(starts))
+    # every start token but one at the end is followed by a b token, and a start never follows a start
+    assert np.isin(x[:, 1:][is_start[:, :-1]], concepts.pool_tokens(CO)).all()
+    assert not (is_start[:, 1:] & is_start[:, :-1]).any()
+    hits = np.zeros((x.shape[0], CO.n_concepts))
+    for n in range(x.shape[0]):  # straightforward: count each concept's pairs in the text
+        for t in range(1, x.shape[1]):
+            for k in range(CO.n_concepts):
+                hits[n, k] += (x[n, t - 1], x[n, t]) in set(map(tuple, pairs[k].tolist()))
+    np.testing.assert_array_equal(np.asarray(concepts.concept_hits(CO, jnp.asarray(x), 0)), hits)
+    # a concept's own pairs come with it: with only background, a given pair is rare
+    p, q = CO.close_pair
+    alone = [k for k in range(CO.n_concepts) if k not in (p, q)]
+    for k in alone:
+        on, off = hits[z[:, k] == 1, k].mean(), hits[z[:, k] == 0, k].mean()
+        assert on > 1.0 and off < 0.3 * on
+    # next-token masks: the concept's partner of the last token, none after a non-start token
+    masks = np.asarray(concepts.next_token_masks(CO, jnp.asarray(x[:, :-1])))
+    partner = concepts.partner_table(CO)
+    for k in range(CO.n_concepts):
+        for n in range(64):
+            want = np.zeros(concepts.vocab_size(CO))
+            if x[n, -2] in starts:
+                want[partner[k, x[n, -2]]] = 1.0
+            np.testing.assert_array_equal(masks[k, n], want)
+
+
+def test_cooccur_stimuli_end_on_the_same_start_token_and_carry_the_concept():
+    on, off = jax.jit(jax.vmap(lambda c: concepts.paired_stimuli(jax.random.key(13), CO, c, 256)))(
+        jnp.arange(CO.n_concepts)
+    )
+    on, off = np.asarray(on), np.asarray(off)
+    starts = concepts.start_tokens(CO)
+    for k in range(CO.n_concepts):
+        np.testing.assert_array_equal(on[k][:, -1], off[k][:, -1])
+        assert np.isin(on[k][:, -1], starts).all()
+        hits_on = np.asarray(concepts.concept_hits(CO, jnp.asarray(on[k]), 0))[:, k]
+        assert (hits_on >= 1).all(), "every 'on' member carries a pair of its concept"
+    texts = np.asarray(concepts.base_texts(jax.random.key(14), CO, 512))
+    assert texts.shape == (512, CO.seq_len + 1) and np.isin(texts[:, -2], starts).all()
+    assert np.isin(texts[:, -1], concepts.pool_tokens(CO)).all()
+    np.testing.assert_array_equal(np.asarray(concepts.base_sequences(jax.random.key(14), CO, 512)), texts[:, :-1])

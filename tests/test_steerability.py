@@ -13,10 +13,12 @@ from jaxlab.cli import main
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import steerability as S
 from jaxlab.experiments import steerability_claims as SC
+from jaxlab.experiments import steerability_effects as SE
 from jaxlab.experiments import steerability_report as SR
 from jaxlab.registry import get_experiment
 from jaxlab.reporting import ReportContext
 from jaxlab.results import metric_name
+from jaxlab.train.rundir import fill_added_fields
 
 NAMES = ("joy", "anger", "sadness", "fear")
 
@@ -94,6 +96,8 @@ def test_smoke_run_writes_probes_checkpoints_summary_and_report(smoke_run):
     for name in ("heatmap_id_score.png", "heatmap_steer_effect.png", "sep_vs_steer.png", "direction_stability.png"):
         assert f"![{name}]({name})" in report and (smoke_run / name).is_file()
     assert "jaxlab run steerability --preset smoke" in report
+    for title in ("Onsets with confidence intervals", "Steering on generations", "Harm of steering over training"):
+        assert f"## {title}" in report
 
 
 def _legacy_name(metric, params):
@@ -173,9 +177,11 @@ def test_report_reads_a_run_directory_written_before_metric_parameters(smoke_run
         shutil.copy(smoke_run / "checkpoint_directions.npz", tmp_path / name)
         ctx = ReportContext(tmp_path / name, cfg, s, d, experiment=get_experiment("steerability"))
         made.append([(x.title, x.body, [f.filename for f in x.figures]) for x in SR.sections(ctx)])
-    assert made[0] == made[1] and len(made[0]) == 6
+    assert len(made[0]) == len(made[1]) == 9
+    for new, old in zip(*made):
+        assert new == old, new[0]
     onsets = {title: body for title, body, _ in made[0]}["Onsets of separability and steerability"]
-    assert all(f"| {c} |" in onsets for c in NAMES) and "| joy | 0.4 | 0.15 |" in onsets
+    assert all(f"| {c} |" in onsets for c in NAMES) and "| joy | 0.25 | 0.08 |" in onsets
 
 
 CLAIM_FIELDS = {
@@ -193,25 +199,37 @@ def test_smoke_summary_has_the_claims_and_deviations(smoke_run):
         assert CLAIM_FIELDS <= set(entry), CLAIM_FIELDS - set(entry)
         assert claims.check(entry) is None
     by_id = {c["id"]: c for c in entries}
-    # decided by the preset: fear is rare, sadness weaker than anger; the loss under steering is not measured
+    # decided by the preset: every concept of the co-occurrence language has the same frequency
+    assert by_id["rare_concept_later"]["verdict"] == "untested" and "frequency" in by_id["rare_concept_later"]["reason"]
+    first_tenth = by_id["steerability_emerges_after_first_tenth"]  # vacuous when steerability never emerges
+    assert first_tenth["n_seeds"] == len(cfg.sweep.seeds) or "never emerges" in first_tenth["reason"]
     for name in (
-        "rare_concept_later",
-        "close_concepts_distinct_steer_onsets",
-        "close_concepts_distinct_sep_onsets",
-        "early_steering_hurts",
-    ):
-        assert by_id[name]["verdict"] == "untested" and by_id[name]["reason"]
-    assert "strength" in by_id["close_concepts_distinct_steer_onsets"]["reason"]
-    for name in (
-        "steerability_emerges_after_first_tenth",
         "steerability_emerges_before_last_tenth",
         "separability_rises",
         "separability_correlates_with_steerability",
+        "early_steering_hurts",
     ):
         assert by_id[name]["n_seeds"] == len(cfg.sweep.seeds)  # the per-run statistics are written
+    for name in ("close_concepts_distinct_steer_onsets", "close_concepts_distinct_sep_onsets"):
+        assert by_id[name]["verdict"] != "untested"  # the mirror pair: the language decides nothing
     for run in summary["runs"]:  # null where neither concept of a pair reaches its threshold in 40 steps
-        keys = ("close_pair_steer_onset_gap", "close_pair_sep_onset_gap", "rare_steer_onset_gap")
+        keys = (
+            "close_pair_steer_onset_gap",
+            "close_pair_sep_onset_gap",
+            "close_pair_steer_onset_absgap",
+            "early_steer_harm",
+            "late_steer_harm",
+            "early_steer_harm_excess",
+            "steer_onset_gap_vs_first[concept=fear]",
+            "gen_effect[concept=joy]",
+            "gen_effect[concept=joy,layer=1]",
+        )
         assert set(keys) <= set(run["final"])
+        final = run["final"]
+        assert final["early_steer_harm_excess"] == pytest.approx(final["early_steer_harm"] - final["late_steer_harm"])
+        for c in NAMES:  # rates per sampled token: the steered minus the unsteered rate is within [-1, 1]
+            rate = final[metric_name("gen_rate_unsteered", concept=c)]
+            assert 0.0 <= rate <= 1.0 and -rate <= final[metric_name("gen_effect", concept=c)] <= 1.0 - rate
     devs = summary["deviations"]
     assert devs and all(isinstance(d, str) and d for d in devs)
     assert devs == SC.deviations(cfg) and any("Amber" in d for d in devs)
@@ -228,11 +246,17 @@ def test_claim_statistics_of_from_history_match_numpy():
         "fear": [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]],
     }
     sep = {c: np.linspace(0.5, 0.6 + 0.1 * k, 6)[None].repeat(2, 0) for k, c in enumerate(names)}
+    harm = {
+        c: np.array([[0.0, 0.4, 0.3, 0.2, 0.1, 0.1], [0.0, 0.1, 0.1, 0.3, 0.2, 0.3]]) * (k + 1)
+        for k, c in enumerate(names)
+    }
     history = {}
     for c in names:
         history[metric_name("steer_effect", concept=c, layer=0)] = np.asarray(steer[c])
         history[metric_name("separability", concept=c, layer=0)] = sep[c]
         history[metric_name("id_score", concept=c, layer=0)] = sep[c]
+        history[metric_name("steer_loss_delta", concept=c, layer=0)] = harm[c]
+        history[metric_name("gen_effect", concept=c, layer=0)] = np.asarray(steer[c]) / 2
     task = SimpleNamespace(names=names, freqs=(0.4, 0.25, 0.25, 0.05), close_pair=(1, 2))
     cfg = SimpleNamespace(
         probe=S.SteerabilityProbe(), model=SimpleNamespace(n_layers=L), task=task, train=SimpleNamespace(steps=100)
@@ -262,6 +286,16 @@ def test_claim_statistics_of_from_history_match_numpy():
     np.testing.assert_allclose(out["close_pair_steer_onset_gap"], [4 - n, 3 - 2])  # sadness never in run 0
     np.testing.assert_array_equal(out["rare_steer_onset_gap"], [n - 2, n - 3])  # fear never
     np.testing.assert_array_equal(out["close_pair_sep_onset_gap"], [np.nan, np.nan])  # neither reaches 0.9
+    np.testing.assert_allclose(out["close_pair_steer_onset_absgap"], [n - 4, 1])
+    for c in names[1:]:  # against the first concept, censored alike
+        want = [(n if np.isnan(a) else a) - (n if np.isnan(b) else b) for a, b in zip(idx[c], idx["joy"])]
+        np.testing.assert_allclose(out[metric_name("steer_onset_gap_vs_first", concept=c)], want)
+    # harm of steering: early evaluations are 0 < step <= 10 (steps 1, 3, 10); mean over concepts, layer 0
+    mean_harm = np.mean([harm[c] for c in names], axis=0)
+    np.testing.assert_allclose(out["early_steer_harm"], mean_harm[:, 1:4].mean(1))
+    np.testing.assert_allclose(out["late_steer_harm"], mean_harm[:, -1])
+    np.testing.assert_allclose(out["early_steer_harm_excess"], mean_harm[:, 1:4].mean(1) - mean_harm[:, -1])
+    np.testing.assert_allclose(out["gen_effect[concept=anger]"], np.asarray(steer["anger"])[:, -1] / 2)
     gains = np.mean([sep[c][:, -1] - sep[c][:, 0] for c in names], axis=0)
     np.testing.assert_allclose(out["separability_gain"], gains)
     # the helpers themselves
@@ -280,7 +314,13 @@ def test_onsets_reach_the_threshold_and_correlation_matches_numpy():
     steer = np.array([[0.0, 0.1, 0.1, 0.2, 0.3, 0.3], [0.0, 0.0, 0.0, 0.0, 0.5, 0.5]])
     history = {}
     for c in names:
-        for name, v in (("separability", sep), ("steer_effect", steer), ("id_score", sep)):
+        for name, v in (
+            ("separability", sep),
+            ("steer_effect", steer),
+            ("id_score", sep),
+            ("steer_loss_delta", steer),
+            ("gen_effect", steer),
+        ):
             history[metric_name(name, concept=c, layer=0)] = v
             history[metric_name(name, concept=c, layer=1)] = v * 0.5
     task = SimpleNamespace(names=names, freqs=(0.4, 0.05), close_pair=())
@@ -307,15 +347,64 @@ def test_untested_reasons_follow_the_config():
     cfg = get_experiment("steerability").preset("smoke")
     by_id = {c.id: c for c in SC.CLAIMS}
     steer, sep = by_id["close_concepts_distinct_steer_onsets"], by_id["close_concepts_distinct_sep_onsets"]
-    assert "strength" in steer.untested(cfg) and "strength" in sep.untested(cfg)
+    assert steer.untested(cfg) is None and sep.untested(cfg) is None  # the mirror pair of the cooccur language
     task = cfg.task
     i, j = task.close_pair
-    same = list(task.strengths)
-    same[j] = same[i]
-    equal = cfg.set("task.strengths", ",".join(map(str, same)))
-    assert steer.untested(equal) is None and sep.untested(equal) is None
+    weaker = list(task.strengths)
+    weaker[j] = weaker[i] / 2
+    unequal = cfg.set("task.strengths", ",".join(map(str, weaker)))
+    assert "strength" in steer.untested(unequal) and "strength" in sep.untested(unequal)
+    markers = cfg.set("task.language", "markers").set("task.freqs", "0.4,0.25,0.25,0.05")
+    markers = markers.set("task.strengths", "0.15,0.15,0.08,0.15")  # the language of earlier runs
+    assert "strength" in steer.untested(markers) and "frequency" in by_id["rare_concept_later"].untested(markers)
     corr = by_id["separability_correlates_with_steerability"]
     assert corr.untested(cfg) is None and "differences" in corr.untested(cfg.set("train.n_evals", "2"))
+    early = by_id["early_steering_hurts"]
+    assert early.untested(cfg) is None
+    late_only = cfg.set("train.eval_schedule", "linear").set("train.eval_every", "20")  # steps 0, 20, 40: none early
+    assert SC.early_evaluations(np.asarray(late_only.train.eval_steps()), 40).sum() == 0
+    assert "no evaluation" in early.untested(late_only)
+
+
+def test_a_config_written_before_the_language_field_reads_as_the_marker_language():
+    cfg = get_experiment("steerability").preset("smoke")
+    old = json.loads(json.dumps(cfg.to_dict()))
+    del old["task"]["language"]
+    back = get_experiment("steerability").config_from_dict(old)
+    assert back.task.language == "markers" and back.task.freqs == cfg.task.freqs
+    markers = cfg.set("task.language", "markers")
+    assert fill_added_fields(old, markers)["task"]["language"] == "markers"  # such a run resumes as it ran
+    assert "language" not in fill_added_fields(old, cfg)["task"]  # not as the co-occurrence language
+
+
+def test_censored_onset_intervals_count_never_as_later_than_every_checkpoint():
+    x = np.array([10.0, np.nan, 30.0, 30.0, np.nan])
+    assert SE.censored_median_ci(x, 1e9) == claims.bootstrap_median_ci([10.0, 1e9, 30.0, 30.0, 1e9])
+    assert SE.censored_median_ci(x, 1e9)[0] == 30.0  # two of five never: the median is still reached
+    assert SE._cell((30.0, 10.0, 1e9), 1e9) == "30 [10, never]"
+    assert np.isnan(SE.bootstrap_or_nan(np.array([np.nan]))[0])
+
+
+def test_early_harm_margin_and_a_never_emerging_onset():
+    runs = [
+        {"seed": 0, "final": {"early_steer_harm": 0.3, "late_steer_harm": 0.1}},  # hurts, more than late: 0.2
+        {"seed": 1, "final": {"early_steer_harm": 0.05, "late_steer_harm": -0.9}},  # late lowers the loss: 0.05
+        {"seed": 2, "final": {"early_steer_harm": -0.1, "late_steer_harm": -0.5}},  # early lowers it too: -0.1
+        {"seed": 3, "final": {"early_steer_harm": None, "late_steer_harm": 0.1}},
+    ]
+    got = SC.early_harm_margin(runs, {})
+    np.testing.assert_allclose(got[:3], [0.2, 0.05, -0.1])
+    assert np.isnan(got[3])
+    bracket = lambda lo, hi: [
+        {"seed": s, "final": {"steer_onset_frac_before_common": a, "steer_onset_frac_at_common": b}}
+        for s, (a, b) in enumerate(zip(lo, hi))
+    ]
+    interval = SC.emerged_bracket("steer_onset_frac_before_common", "steer_onset_frac_at_common")
+    with pytest.raises(claims.NotApplicable, match="never emerges"):
+        interval(bracket([1.0, 1.0, 0.2], [1.0, 1.0, 0.3]), {})
+    plain = claims.bracketed("steer_onset_frac_before_common", "steer_onset_frac_at_common")
+    emerged = bracket([0.1, 0.2, 1.0], [0.2, 0.3, 1.0])
+    assert interval(emerged, {}) == plain(emerged, {})
 
 
 def test_direction_stability_matches_numpy_cosines():

@@ -218,3 +218,66 @@ def test_steering_a_transformer_vmaps_layers_exactly_as_single_hooks():
         np.testing.assert_allclose(apply_fn(tokens, [iv])[:, :-1], apply_fn(tokens, [])[:, :-1], atol=1e-6)
     with pytest.raises(ValueError, match="positions"):
         steering.position_mask("middle", 6)
+
+
+def test_steering_outcomes_loss_change_and_per_sequence_masks_match_single_interventions():
+    rng = np.random.default_rng(6)
+    V, D, T, N = 9, 5, 4, 7
+    params = tuple(jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((V, D), (D, D), (D, V)))
+    tokens = jnp.asarray(rng.integers(0, V, size=(N, T)))
+    targets = jnp.asarray(rng.integers(0, V, size=(N, T)))
+    mask_NV = jnp.asarray(np.eye(V)[rng.integers(0, V, size=N)], jnp.float32)  # one token per sequence
+    vectors = jnp.asarray(rng.normal(size=(2, D)), jnp.float32)
+    alphas = jnp.asarray([0.5, 1.0])
+    apply_fn = functools.partial(toy_apply, params)
+    pos = steering.position_mask("all", T)
+    delta, harm = steering.steering_outcomes(apply_fn, tokens, HOOKS, vectors, alphas, pos, mask_NV, targets)
+
+    def nll_and_mass(ivs):  # straightforward: one intervention, the loss over every position
+        logits = np.asarray(apply_fn(tokens, ivs), np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, np.asarray(targets)[..., None], -1).mean()
+        p_last = np.exp(logp[:, -1])
+        return nll, np.mean(np.sum(p_last * np.asarray(mask_NV), -1))
+
+    nll0, mass0 = nll_and_mass([])
+    for l, hook in enumerate(HOOKS):
+        for a, alpha in enumerate(np.asarray(alphas)):
+            nll, mass = nll_and_mass([Intervention(hook=hook, value=float(alpha) * vectors[l], positions=pos)])
+            assert float(harm[l, a]) == pytest.approx(nll - nll0, abs=1e-5)
+            assert float(delta[l, a]) == pytest.approx(mass - mass0, abs=1e-6)
+    # without targets the loss change is zeros; a [V] mask gives steering_deltas' mass
+    _, none = steering.steering_outcomes(apply_fn, tokens, HOOKS, vectors, alphas, pos, mask_NV)
+    assert not np.asarray(none).any()
+    shared = mask_NV[0]
+    np.testing.assert_allclose(
+        steering.steering_deltas(apply_fn, tokens, HOOKS, vectors, alphas, pos, shared),
+        steering.steering_deltas(apply_fn, tokens, HOOKS, vectors, alphas, pos, jnp.tile(shared, (N, 1))),
+        atol=1e-7,
+    )
+
+
+def test_steered_generation_matches_a_token_by_token_loop():
+    rng = np.random.default_rng(7)
+    V, D, T, N, G = 8, 5, 6, 4, 3
+    params = tuple(jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((V, D), (D, D), (D, V)))
+    prompt = jnp.asarray(np.concatenate([rng.integers(0, V, size=(N, T - G)), np.zeros((N, G), int)], 1))
+    vectors = jnp.asarray(3.0 * rng.normal(size=(2, D)), jnp.float32)
+    noise = jax.random.gumbel(jax.random.key(0), (G, N, V))
+    apply_fn = functools.partial(toy_apply, params)
+    out = np.asarray(jax.jit(lambda: steering.steered_generation(apply_fn, prompt, G, HOOKS, vectors, noise))())
+    assert out.shape == (3, N, T)
+    lanes = [[]] + [[Intervention(hook=h, value=vectors[l], positions=jnp.ones(T))] for l, h in enumerate(HOOKS)]
+    for lane, ivs in enumerate(lanes):
+        toks = np.asarray(prompt).copy()
+        for j in range(G):  # sample position t from the logits at t - 1, with the lane's shared noise
+            t = T - G + j
+            logits = np.asarray(apply_fn(jnp.asarray(toks), ivs))[:, t - 1]
+            toks[:, t] = np.argmax(logits + np.asarray(noise[j]), -1)
+        np.testing.assert_array_equal(out[lane], toks)
+    np.testing.assert_array_equal(out[:, :, : T - G], np.broadcast_to(np.asarray(prompt)[:, : T - G], (3, N, T - G)))
+    # zero vectors: every lane is the unsteered one (same noise)
+    same = steering.steered_generation(apply_fn, prompt, G, HOOKS, jnp.zeros_like(vectors), noise)
+    np.testing.assert_array_equal(same[1], same[0])
+    with pytest.raises(ValueError, match="n_new"):
+        steering.steered_generation(apply_fn, prompt, T, HOOKS, vectors, noise)

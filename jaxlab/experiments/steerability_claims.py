@@ -44,11 +44,27 @@ Thresholds, fixed before any jaxlab number was compared with them:
   the claim's reading, not a control. Needs at least `jaxlab.stats.MIN_DIFFS` + 1 evaluations (the r of two
   differences is +-1 by construction); fewer: `untested`.
 
-What the preset decides is not a measurement. The concept language sets each concept's frequency
+- "close concepts become steerable at distinct stages": the per-run |onset gap| of the close pair in
+  evaluations (either may come first: the co-occurrence language makes the pair mirror images, so a
+  signed gap would be zero in expectation by construction), `Above(1.5)`: gaps are whole
+  evaluations, |gap| <= 1 (same or adjacent checkpoints) is the equivalence band;
+- "steering too early hurts": the loss change on non-concept text (the steered base sequences' own
+  next tokens) under steering at alpha_eval x the layer's RMS norm, against the unsteered model at
+  the same checkpoint, averaged over layers and concepts: E at the early checkpoints (0 < step <=
+  0.1 of training), F at the last one; the per-seed statistic min(E, E - F), `Above(0)`, is
+  positive only when early steering raises the loss *and* raises it more than late steering (the
+  quick run's first reading, E - F alone, was positive from late steering *lowering* the loss while
+  E stayed near 0: not 'early steering hurts', so the statistic asks for both);
+- the emergence claims need an emergence: when the median run's onset is not within training (no
+  common concept ever steerable) "after the first tenth" is `untested` (it would hold vacuously).
+
+What the preset decides is not a measurement. The marker language sets each concept's frequency
 and strength by hand: the rare concept's later onset follows from its frequency, and a difference
 within the close pair follows from their different strengths (the weaker concept gets less evidence
 per occurrence, which favours a later steering onset, and its separability ceiling sits near the
-threshold). Those claims are `untested` when the config makes them so.
+threshold). Those claims are `untested` when the config makes them so. The co-occurrence language
+of the presets gives every concept the same frequency and strength (the rare-concept claim is then
+untested: there is none) and makes the close pair mirror images, so their onset gap is measured.
 """
 
 from __future__ import annotations
@@ -59,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlab.claims import Above, Below, Claim, Outside, bracketed, per_seed
+from jaxlab.claims import Above, Below, Claim, NotApplicable, Outside, bracketed, final, one_per_seed, per_seed
 from jaxlab.config import ExperimentConfig
 from jaxlab.results import split_metric
 from jaxlab.stats import too_few_differences
@@ -113,6 +129,13 @@ def common_concepts(task: ConceptsConfig) -> tuple[int, ...]:
     """Indices of the concepts that are not rare (`rare_concepts`)."""
     rare = set(rare_concepts(task))
     return tuple(k for k in range(len(task.names)) if k not in rare)
+
+
+def early_evaluations(steps: np.ndarray, total_steps: int) -> np.ndarray:
+    """[n_evals] bool: the early evaluations, 0 < step <= MID_BAND[0] x total_steps (after initialization, within
+    the first tenth of training: 'from the start' in the mid-training claims)."""
+    steps = np.asarray(steps, np.float64)
+    return (steps > 0) & (steps <= MID_BAND[0] * total_steps)
 
 
 def censored_gap(a_R: np.ndarray, b_R: np.ndarray, n_evals: int) -> np.ndarray:
@@ -181,8 +204,40 @@ def _rare_untested(cfg: ExperimentConfig) -> str | None:
     )
 
 
-def _no_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
-    return []
+def _no_early_evaluations(cfg: ExperimentConfig) -> str | None:
+    if not early_evaluations(np.asarray(cfg.train.eval_steps()), cfg.train.steps).any():
+        return f"no evaluation falls in 0 < step <= {MID_BAND[0]} x train.steps ({cfg.train.steps})"
+    return None
+
+
+def emerged_bracket(lower: str, upper: str):
+    """interval(): `jaxlab.claims.bracketed(lower, upper)`, but `NotApplicable` when the median run's onset is not
+    within training (upper end 1.0: no common concept ever reaches probe.steer_threshold): an onset that never
+    comes is not an emergence 'after the first tenth', so that claim would hold vacuously."""
+    inner = bracketed(lower, upper)
+
+    def interval(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> tuple[float, float, float, int]:
+        highs = np.array([final(r, upper) for r in one_per_seed(runs)], np.float64)
+        highs = highs[np.isfinite(highs)]
+        if highs.size and np.median(highs) >= 1.0:
+            raise NotApplicable(
+                "steerability never emerges within training in the median run (no common concept reaches "
+                "probe.steer_threshold): an emergence after the first tenth is not measured"
+            )
+        return inner(runs, reference)
+
+    return interval
+
+
+def early_harm_margin(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
+    """values(): per seed, min(early_steer_harm, early_steer_harm - late_steer_harm): positive only when steering
+    at the early checkpoints raises the loss on non-concept text (against the unsteered model) and raises it more
+    than steering at the last checkpoint does."""
+    out = []
+    for r in one_per_seed(runs):
+        early, late = final(r, "early_steer_harm"), final(r, "late_steer_harm")
+        out.append(min(early, early - late) if np.isfinite(early) and np.isfinite(late) else np.nan)
+    return out
 
 
 GRID_NOTE = (
@@ -203,7 +258,7 @@ CLAIMS: tuple[Claim, ...] = (
         control="none: the band edge 0.1 of training separates 'from the start' from 'intermediate'; the whole "
         "bracket must clear it, so the evaluation grid cannot push a verdict",
         rule=Above(MID_BAND[0]),
-        interval=bracketed("steer_onset_frac_before_common", "steer_onset_frac_at_common"),
+        interval=emerged_bracket("steer_onset_frac_before_common", "steer_onset_frac_at_common"),
         undecided=GRID_NOTE,
     ),
     Claim(
@@ -225,10 +280,12 @@ CLAIMS: tuple[Claim, ...] = (
         claim="Closely related concepts (anger, sadness) become steerable at distinct stages of training.",
         paper_ref=f"{PAPER}, abstract; anger vs sadness over checkpoints",
         paper_value=None,
-        statistic="steering onset of the close pair, first minus second (evaluations)",
-        control="equivalence band of one evaluation interval (same or adjacent checkpoints)",
-        rule=Outside(-ONSET_BAND, ONSET_BAND),
-        values=per_seed("close_pair_steer_onset_gap"),
+        statistic="|steering onset of the close pair's first concept minus its second's| per run, in evaluations "
+        "(close_pair_steer_onset_absgap): distinct stages whichever comes first",
+        control="equivalence band of one evaluation interval (same or adjacent checkpoints: |gap| <= 1); onset gaps "
+        "are whole evaluations, so the edge sits at 1.5",
+        rule=Above(ONSET_BAND + 0.5),
+        values=per_seed("close_pair_steer_onset_absgap"),
         untested=_close_pair_untested,
     ),
     Claim(
@@ -236,10 +293,10 @@ CLAIMS: tuple[Claim, ...] = (
         claim="The close pair also becomes linearly separable at distinct stages.",
         paper_ref=f"{PAPER}, separability over checkpoints",
         paper_value=None,
-        statistic="separability onset of the close pair, first minus second (evaluations)",
-        control="equivalence band of one evaluation interval",
-        rule=Outside(-ONSET_BAND, ONSET_BAND),
-        values=per_seed("close_pair_sep_onset_gap"),
+        statistic="|separability onset gap of the close pair| per run, in evaluations (close_pair_sep_onset_absgap)",
+        control="equivalence band of one evaluation interval (|gap| <= 1; edge at 1.5)",
+        rule=Above(ONSET_BAND + 0.5),
+        values=per_seed("close_pair_sep_onset_absgap"),
         untested=_close_pair_untested,
     ),
     Claim(
@@ -260,7 +317,7 @@ CLAIMS: tuple[Claim, ...] = (
         paper_value=None,
         statistic="best-layer separability, final minus step 0, mean over concepts",
         control="the same probe on the same run at initialization (step 0), paired per seed; a random "
-        "network already separates these lexical concepts partly",
+        "network already separates the on and off stimuli partly",
         rule=Above(0.0),
         values=per_seed("separability_gain"),
     ),
@@ -282,11 +339,15 @@ CLAIMS: tuple[Claim, ...] = (
         claim="Steering too early in training hurts the model.",
         paper_ref=f"{PAPER}, as issue 22 lists it (not in the abstract; not verified in the text)",
         paper_value=None,
-        statistic="change of the loss on non-concept text under steering, early checkpoints",
-        control="the unsteered model at the same checkpoint",
+        statistic="per seed, min(E, E - F) (nats): E the loss change on non-concept text under steering (alpha_eval "
+        "x RMS norm, the concept's own direction; layer mean, concept mean) averaged over the early checkpoints (0 < "
+        "step <= 0.1 of training; early_steer_harm), F the same at the last checkpoint (late_steer_harm); positive "
+        "only when early steering raises the loss and raises it more than late steering does",
+        control="the unsteered model at the same checkpoint on the same text (each loss change is against it), and "
+        "the same steering at the last checkpoint (so a harm steering does at every stage does not count)",
         rule=Above(0.0),
-        values=_no_values,
-        untested=lambda cfg: "the model's loss on non-concept text under steering is not measured at any checkpoint",
+        values=early_harm_margin,
+        untested=_no_early_evaluations,
     ),
 )
 
@@ -294,35 +355,65 @@ CLAIMS: tuple[Claim, ...] = (
 def deviations(cfg: ExperimentConfig) -> list[str]:
     """How this config's setup differs from She et al.'s, one line each."""
     m, t, p, tr = cfg.model, cfg.task, cfg.probe, cfg.train
+    cooccur = t.language == "cooccur"
+    if cooccur:
+        data = (
+            f"Data: a synthetic Markov language ({t.n_base} base tokens, sequences of {t.seq_len}) whose "
+            f"{len(t.names)} latent concepts ({', '.join(t.names)}) are sets of {t.n_markers} token pairs (which b "
+            "follows which start token; every concept uses every start token, so no single token tells a concept, "
+            f"and a model must infer the concepts on from earlier pairs), frequencies {list(t.freqs)}, strengths "
+            f"{list(t.strengths)}; the paper: natural-language pretraining data, emotion stimuli in natural language."
+        )
+    else:
+        data = (
+            f"Data: a synthetic Markov language ({t.n_base} base tokens, sequences of {t.seq_len}) whose "
+            f"{len(t.names)} latent concepts ({', '.join(t.names)}) emit their own marker tokens, with frequencies "
+            f"{list(t.freqs)} and strengths {list(t.strengths)} set by the preset; the paper: natural-language "
+            "pretraining data, emotion stimuli in natural language."
+        )
+    mass = "its own partner of the prompt's last start token" if cooccur else "the concept's marker tokens"
     out = [
         f"Models: {len(cfg.sweep.seeds)} seeds of a {m.n_layers}-block causal transformer (d_model {m.d_model}) "
         f"trained here from scratch for {tr.steps} steps at batch {tr.batch_size}; She et al. read the released "
         "pretraining checkpoint series of LLM360's 7B models Amber and CrystalCoder.",
-        f"Data: a synthetic Markov language ({t.n_base} base tokens, sequences of {t.seq_len}) whose {len(t.names)} "
-        f"latent concepts ({', '.join(t.names)}) emit their own marker tokens, with frequencies {list(t.freqs)} and "
-        f"strengths {list(t.strengths)} set by the preset; the paper: natural-language pretraining data, emotion "
-        "stimuli in natural language.",
+        data,
         f"Checkpoints: {len(tr.eval_steps())} evaluations, {tr.eval_schedule}-spaced in steps; the paper's "
         "checkpoint series is spaced in tokens. Onset differences are counted in evaluations.",
         f"Onsets as a fraction of training are in raw optimizer steps over train.steps ({tr.steps}): they depend on "
         "the training length, and a concept's onset is only known to lie between two checkpoints, so the "
         "mid-training claims decide only when the whole bracket is on one side of 0.1 (or 0.9).",
-        f"Steering is scored as the probability mass moved onto the concept's marker tokens at the next position "
-        f"(alpha {p.alpha_eval} x the layer's RMS norm, at {p.positions} positions), not as the concept's rate in "
-        "sampled generations.",
+        f"Steering is scored as the probability mass moved onto {mass} at the next position (alpha {p.alpha_eval} x "
+        f"the layer's RMS norm, at {p.positions} positions; the onsets and claims use it), and beside it on "
+        f"generations: the concept's rate in {p.n_gen_tokens} tokens sampled after {p.n_steer} non-concept prompts, "
+        "steered at every position, minus the unsteered rate with the same sampling noise; the paper scores "
+        "steered generations of natural text.",
         f"Onsets are the first checkpoint where the best layer's steering effect reaches {p.steer_threshold} or its "
         f"held-out ridge separability reaches {p.sep_threshold}: jaxlab's thresholds, not the paper's.",
-        "Concepts are lexical (marker tokens): a randomly initialized network's last-token state already orders "
-        "most stimulus pairs and separates them partly.",
+        "'Steering too early hurts' is read as the loss change on non-concept text under steering at equal relative "
+        "strength (alpha x the layer's RMS norm) at the early checkpoints against the last one; the paper's "
+        "wording is not verified.",
     ]
+    if not cooccur:
+        out.append(
+            "Concepts are lexical (marker tokens): a randomly initialized network's last-token state already orders "
+            "most stimulus pairs and separates them partly."
+        )
     pair = _pair(cfg)
     if pair is not None:
         a, b = pair
-        out.append(
-            f"Close pair {t.names[a]} / {t.names[b]}: share {t.n_shared} of {t.n_markers} markers, frequencies "
-            f"{t.freqs[a]} / {t.freqs[b]}, strengths {t.strengths[a]} / {t.strengths[b]} (set by the preset; a "
-            "strength difference alone can make their onsets differ)."
-        )
+        if cooccur:
+            out.append(
+                f"Close pair {t.names[a]} / {t.names[b]}: share {t.n_shared} of {t.n_markers} token pairs, each has "
+                f"its own fresh b token for the rest, frequencies {t.freqs[a]} / {t.freqs[b]}, strengths "
+                f"{t.strengths[a]} / {t.strengths[b]}: mirror images (swapping their own tokens swaps them), so the "
+                "language favours neither; the claims read |onset gap| per run, so an order is not required."
+            )
+        else:
+            out.append(
+                f"Close pair {t.names[a]} / {t.names[b]}: share {t.n_shared} of {t.n_markers} markers, frequencies "
+                f"{t.freqs[a]} / {t.freqs[b]}, strengths {t.strengths[a]} / {t.strengths[b]} (set by the preset; a "
+                "strength difference alone can make their onsets differ)."
+            )
     rare = rare_concepts(t)
     if rare:
         out.append(
@@ -338,6 +429,7 @@ __all__ = [
     "censored_gap",
     "common_concepts",
     "deviations",
+    "early_evaluations",
     "onset_interval",
     "parse_concept_metric",
     "rare_concepts",

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab.experiments import steerability_claims as claims
+from jaxlab.experiments import steerability_effects as effects
 from jaxlab.probes import steering
 from jaxlab.probes.cosine import cosine
 from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, ok_runs, spread, table
@@ -187,14 +188,17 @@ def _onset_section(ctx: ReportContext) -> Section:
         "concept_gap (end)",
     ]
     pair = f"{task.names[task.close_pair[0]]} / {task.names[task.close_pair[1]]}" if task.close_pair else "none"
+    cooccur = task.language == "cooccur"
+    unit = "token pairs" if cooccur else "markers"
+    what = "its partner of the last start token" if cooccur else "its markers; the ideal model's gap is its strength"
     body = (
         f"Onset: the first checkpoint step at which the best layer's separability reaches "
         f"{probe.sep_threshold} (`probe.sep_threshold`) or its steering effect (probability mass moved to the "
         f"concept's markers at alpha = {probe.alpha_eval} x the layer's RMS norm, steering at "
         f"{probe.positions} positions) reaches {probe.steer_threshold} (`probe.steer_threshold`). "
         f"Cells: median [min, max] over runs (runs reaching it / runs); 'never' when no run does. "
-        f"Close pair (sharing {task.n_shared} of {task.n_markers} markers): {pair}. `concept_gap`: the model's own "
-        "marker mass on the 'on' minus the 'off' stimuli (the ideal model's gap is the concept's strength).\n\n"
+        f"Close pair (sharing {task.n_shared} of {task.n_markers} {unit}): {pair}. `concept_gap`: the model's own "
+        f"next-token mass on the concept ({what}) on the 'on' minus the 'off' stimuli.\n\n"
     )
     return Section("Onsets of separability and steerability", body + table(header, rows))
 
@@ -320,8 +324,9 @@ def _paper_section(ctx: ReportContext) -> Section:
     if task.close_pair:
         i, j = task.close_pair
         a, b = names[i], names[j]
+        shared = "token pairs" if task.language == "cooccur" else "markers"
         lines.append(
-            f"- (2) close pair {a} / {b} (shared markers; frequencies {task.freqs[i]} / {task.freqs[j]}, strengths "
+            f"- (2) close pair {a} / {b} (shared {shared}; frequencies {task.freqs[i]} / {task.freqs[j]}, strengths "
             f"{task.strengths[i]} / {task.strengths[j]}): steerability onsets {fmt(onsets[a])} / {fmt(onsets[b])}, "
             f"separability onsets {fmt(_median_final(ctx, _at('sep_onset_step', a)))} / "
             f"{fmt(_median_final(ctx, _at('sep_onset_step', b)))}"
@@ -343,15 +348,49 @@ def _paper_section(ctx: ReportContext) -> Section:
         "rise over training alone makes positive; of the first differences (the claim's statistic) "
         f"{fmt(_median_final(ctx, 'sep_steer_diff_corr'))}."
     )
-    lines += [
-        "",
-        "A difference by design: these concepts are lexical (marker tokens), so even a randomly initialized "
-        "network's last-token state orders most stimulus pairs (ID scores well above 0.5 at step 0) and separates "
-        "them partly; what training adds is the separability of on/off across different texts and, above all, "
-        "the steerability. The embedding stream is not read: the reading token is the same in both members of a "
-        "pair, so there is nothing to read there.",
-    ]
+    if task.language == "cooccur":
+        design = (
+            "A difference by design: these concepts are sets of token pairs over shared tokens, so telling them apart "
+            "needs which b follows which start token; the probes read the state at a start token whose continuation "
+            "depends on the concepts on. The embedding stream is not read: the reading token is the same in both "
+            "members of a pair, so there is nothing to read there."
+        )
+    else:
+        design = (
+            "A difference by design: these concepts are lexical (marker tokens), so even a randomly initialized "
+            "network's last-token state orders most stimulus pairs (ID scores well above 0.5 at step 0) and "
+            "separates them partly; what training adds is the separability of on/off across different texts and, "
+            "above all, the steerability. The embedding stream is not read: the reading token is the same in both "
+            "members of a pair, so there is nothing to read there."
+        )
+    lines += ["", design]
     return Section("Comparison with the paper", "\n".join(lines))
+
+
+def _language_section(task: concepts.ConceptsConfig) -> Section:
+    """The concepts' frequencies, strengths and tokens (cooccur: their token pairs)."""
+    chain = (
+        f"{task.n_base} base tokens (Markov chain, {task.branching} successors each), sequences of {task.seq_len} "
+        f"tokens, background rate {task.background}"
+    )
+    if task.language == "cooccur":
+        pairs = concepts.feature_table(task)
+        rows = [
+            [c, task.freqs[k], task.strengths[k], " ".join(f"{a}>{b}" for a, b in pairs[k])]
+            for k, c in enumerate(task.names)
+        ]
+        text = (
+            f"Co-occurrence language (`task.language = cooccur`): {chain}. A concept is a set of token pairs "
+            "(start token > the b token that follows it); every concept uses every start token, so which b follows "
+            "which start token, not any single token, tells the concepts apart.\n\n"
+        )
+        return Section("The concept language", text + table(["concept", "frequency", "strength", "pairs"], rows))
+    markers = concepts.marker_table(task)
+    rows = [[c, task.freqs[k], task.strengths[k], " ".join(map(str, markers[k]))] for k, c in enumerate(task.names)]
+    return Section(
+        "The concept language",
+        f"{chain}.\n\n" + table(["concept", "frequency", "strength", "marker tokens"], rows),
+    )
 
 
 def sections(ctx: ReportContext) -> list[Section]:
@@ -360,14 +399,7 @@ def sections(ctx: ReportContext) -> list[Section]:
     metric parameters is read in the form of the new one (`concept_form`, `concept_finals`)."""
     task = ctx.cfg.task
     ctx = dataclasses.replace(ctx, df=concept_form(ctx.df, task.names), summary=concept_finals(ctx.summary, task.names))
-    markers = concepts.marker_table(task)
-    rows = [[c, task.freqs[k], task.strengths[k], " ".join(map(str, markers[k]))] for k, c in enumerate(task.names)]
-    intro = Section(
-        "The concept language",
-        f"{task.n_base} base tokens (Markov chain, {task.branching} successors each), sequences of {task.seq_len} "
-        f"tokens, background marker rate {task.background}.\n\n"
-        + table(["concept", "frequency", "strength", "marker tokens"], rows),
-    )
+    intro = _language_section(task)
     figs = [
         _heatmap_figure(ctx, "id_score", "ID score (held-out pairs)", 0.5, 1.0, "viridis"),
         _heatmap_figure(ctx, "separability", "linear separability (ridge, held out)", 0.5, 1.0, "viridis"),
@@ -376,4 +408,14 @@ def sections(ctx: ReportContext) -> list[Section]:
         ),
     ]
     heat = Section("Readability and steerability over training", figures=figs)
-    return [intro, heat, _onset_section(ctx), _corr_section(ctx), _stability_section(ctx), _paper_section(ctx)]
+    return [
+        intro,
+        heat,
+        _onset_section(ctx),
+        effects.onset_ci_section(ctx),
+        effects.generation_section(ctx),
+        effects.harm_section(ctx),
+        _corr_section(ctx),
+        _stability_section(ctx),
+        _paper_section(ctx),
+    ]

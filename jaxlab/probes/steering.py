@@ -23,6 +23,9 @@ Steering effect: on base sequences x_b (concept off), add alpha * s_l * v_l to t
   the change of the next-token probability mass on the concept's marker tokens at the last position.
   delta(0) = 0 exactly (m_0 is the alpha = 0 lane of the same computation). Reported: delta at a
   fixed alpha and the least-squares slope through the origin, sum_a alpha_a delta_a / sum_a alpha_a^2.
+Harm of steering: the same grid's change of the loss on the steered text (`steering_outcomes`).
+Steering on generations: the prompts continued a few tokens by sampling with and without steering, with
+  the same noise in every lane (`steered_generation`); the caller counts the concept's events in them.
 Direction stability: the cosine between two directions (across checkpoints or concepts,
   `jaxlab.probes.cosine`); the directions are oriented (above), so the signed cosine is meaningful.
 
@@ -143,9 +146,45 @@ def position_mask(kind: str, seq_len: int) -> jax.Array:
 
 
 def marker_mass(logits_NTV: jax.Array, mask_V: jax.Array) -> jax.Array:
-    """[N] next-token probability mass on the marked tokens at the last position."""
+    """[N] next-token probability mass on the marked tokens at the last position.
+
+    `mask_V` is [V] (the same tokens for every sequence) or [N, V] (a mask per sequence).
+    """
     p = jax.nn.softmax(logits_NTV[:, -1].astype(jnp.float32), axis=-1)
-    return p @ mask_V.astype(jnp.float32)
+    mask = mask_V.astype(jnp.float32)
+    return p @ mask if mask.ndim == 1 else jnp.sum(p * mask, axis=-1)
+
+
+def _grid_interventions(
+    hooks: Sequence[str], vec_GD: jax.Array, layer_G: jax.Array, N: int, positions_T: jax.Array
+) -> list:
+    """One intervention per hook for lanes g of N sequences each: lane g adds vec_GD[g] at hooks[layer_G[g]] (a
+    one-hot weight: unselected hooks add exact zeros)."""
+    ivs = []
+    for j, hook in enumerate(hooks):
+        value_GD = jnp.where((layer_G == j)[:, None], vec_GD, 0.0)
+        ivs.append(add_at(hook, jnp.repeat(value_GD, N, axis=0)[:, None, :], positions_T))
+    return ivs
+
+
+def _grid_logits(
+    apply_fn: Callable[..., jax.Array],
+    tokens_NT: jax.Array,
+    hooks: Sequence[str],
+    vectors_LD: jax.Array,
+    alphas_A: jax.Array,
+    positions_T: jax.Array,
+) -> jax.Array:
+    """Logits [L, A + 1, N, T, V] with alpha * vectors[l] added at hooks[l], an alpha = 0 lane first."""
+    L, N = len(hooks), tokens_NT.shape[0]
+    chex.assert_shape(vectors_LD, (L, None))
+    alphas = jnp.concatenate([jnp.zeros(1), jnp.asarray(alphas_A, jnp.float32)])
+    A1 = alphas.shape[0]
+    layer_G = jnp.repeat(jnp.arange(L), A1)  # G = L * (A + 1) lanes, layer-major
+    vec_GD = jnp.tile(alphas, L)[:, None] * vectors_LD.astype(jnp.float32)[layer_G]
+    tokens = jnp.tile(tokens_NT, (L * A1, 1))  # [G * N, T], lane-major
+    logits = apply_fn(tokens, _grid_interventions(hooks, vec_GD, layer_G, N, positions_T))
+    return logits.reshape(L, A1, N, *logits.shape[1:])
 
 
 def steering_deltas(
@@ -163,20 +202,77 @@ def steering_deltas(
     The (layer, alpha) grid, with an alpha = 0 lane first, is folded into the batch: lane g adds
     its own vector at every hook with a one-hot weight (unselected hooks add exact zeros), as pure
     data, so one forward pass covers the grid and there is no Python loop over layers or alphas.
+    `mask_V`: [V], or [N, V] per sequence (`marker_mass`).
     """
-    L, N = len(hooks), tokens_NT.shape[0]
+    return steering_outcomes(apply_fn, tokens_NT, hooks, vectors_LD, alphas_A, positions_T, mask_V)[0]
+
+
+def steering_outcomes(
+    apply_fn: Callable[..., jax.Array],
+    tokens_NT: jax.Array,
+    hooks: Sequence[str],
+    vectors_LD: jax.Array,
+    alphas_A: jax.Array,
+    positions_T: jax.Array,
+    mask_V: jax.Array,
+    targets_NT: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(delta [L, A] as `steering_deltas`, loss change [L, A]) from one forward pass of the grid.
+
+    The loss change is the harm of steering on the text itself: with targets y (the next tokens of
+    `tokens_NT`), mean_{n,t} [-log p_alpha(y_nt | x) + log p_0(y_nt | x)] in nats, the steered model
+    against the unsteered one (the alpha = 0 lane) on the same sequences; zeros without targets.
+    """
+    logits = _grid_logits(apply_fn, tokens_NT, hooks, vectors_LD, alphas_A, positions_T)
+    L, A1, N = logits.shape[:3]
+    mask = mask_V if mask_V.ndim == 1 else jnp.tile(mask_V, (L * A1, 1))
+    mass = marker_mass(logits.reshape(L * A1 * N, *logits.shape[3:]), mask).reshape(L, A1, N).mean(-1)
+    delta = mass[:, 1:] - mass[:, :1]
+    if targets_NT is None:
+        return delta, jnp.zeros_like(delta)
+    chex.assert_equal_shape([tokens_NT, targets_NT])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets_NT[None, None, ..., None], axis=-1)[..., 0].mean((-1, -2))  # [L, A1]
+    return delta, nll[:, 1:] - nll[:, :1]
+
+
+def steered_generation(
+    apply_fn: Callable[..., jax.Array],
+    prompt_NT: jax.Array,
+    n_new: int,
+    hooks: Sequence[str],
+    vectors_LD: jax.Array,
+    gumbel_GNV: jax.Array,
+) -> jax.Array:
+    """tokens [L + 1, N, T]: the prompts continued by sampling, unsteered (lane 0) and with vectors[l] added at
+    hooks[l] at every position (lane l + 1).
+
+    The model sees T tokens; the first T - n_new of `prompt_NT` are the prompt and positions T - n_new .. T - 1
+    are sampled one by one, x_t ~ softmax(logits_{t-1}) (the causal mask keeps the unfilled positions out of
+    every earlier logit). Every lane draws with the same Gumbel noise at each position (common random numbers:
+    x_t = argmax_v(logits_{t-1,v} + g_{n,t,v}), g = `gumbel_GNV` [n_new, N, V], standard Gumbel draws from a
+    fixed key), so lanes differ only through the steering.
+    """
+    L, (N, T) = len(hooks), prompt_NT.shape
     chex.assert_shape(vectors_LD, (L, None))
-    alphas = jnp.concatenate([jnp.zeros(1), jnp.asarray(alphas_A, jnp.float32)])
-    A1 = alphas.shape[0]
-    layer_G = jnp.repeat(jnp.arange(L), A1)  # G = L * (A + 1) lanes, layer-major
-    vec_GD = jnp.tile(alphas, L)[:, None] * vectors_LD.astype(jnp.float32)[layer_G]
-    tokens = jnp.tile(tokens_NT, (L * A1, 1))  # [G * N, T], lane-major
-    ivs = []
-    for j, hook in enumerate(hooks):
-        value_GD = jnp.where((layer_G == j)[:, None], vec_GD, 0.0)
-        ivs.append(add_at(hook, jnp.repeat(value_GD, N, axis=0)[:, None, :], positions_T))
-    mass = marker_mass(apply_fn(tokens, ivs), mask_V).reshape(L, A1, N).mean(-1)
-    return mass[:, 1:] - mass[:, :1]
+    if not 0 < n_new < T:
+        raise ValueError(f"n_new must be in (0, {T}), got {n_new}")
+    layer_G = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.arange(L, dtype=jnp.int32)])
+    vec_GD = jnp.concatenate([jnp.zeros_like(vectors_LD[:1]), vectors_LD]).astype(jnp.float32)
+    ivs = _grid_interventions(hooks, vec_GD, layer_G, N, jnp.ones(T))
+    tokens = jnp.tile(prompt_NT, (L + 1, 1))
+    chex.assert_shape(gumbel_GNV, (n_new, N, None))
+    gumbel = gumbel_GNV.astype(jnp.float32)
+
+    def step(j, toks):
+        t = T - n_new + j
+        logits = jax.lax.dynamic_index_in_dim(apply_fn(toks, ivs), t - 1, axis=1, keepdims=False)
+        g = jnp.tile(gumbel[j], (L + 1, 1))
+        nxt = jnp.argmax(logits.astype(jnp.float32) + g, axis=-1).astype(toks.dtype)
+        return jax.lax.dynamic_update_index_in_dim(toks, nxt, t, axis=1)
+
+    tokens = jax.lax.fori_loop(0, n_new, step, tokens)
+    return tokens.reshape(L + 1, N, T)
 
 
 def effect_and_slope(alphas_A: jax.Array, deltas_A: jax.Array, alpha_eval: float) -> tuple[jax.Array, jax.Array]:
