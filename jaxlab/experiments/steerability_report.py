@@ -29,7 +29,7 @@ from jaxlab.probes.cosine import cosine
 from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, ok_runs, spread, table
 from jaxlab.results import metric_name
 from jaxlab.tasks import concepts
-from jaxlab.train.restore import checkpoint_indices, load_group
+from jaxlab.train.restore import checkpoint_indices, load_group_series
 
 
 # -- metric names: both forms ----------------------------------------------------------------------
@@ -102,10 +102,10 @@ def checkpoint_directions(
     indices = checkpoint_indices(experiment, run_dir, group)
     if not indices:
         raise FileNotFoundError(f"no checkpoints of group {group} in {Path(run_dir) / 'checkpoints'}")
-    series = [load_group(experiment, run_dir, group, checkpoint=i) for i in indices]
+    series = load_group_series(experiment, run_dir, group, indices)
     train = series[0].train
     params_CR = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(o.state.params for o in series))
-    data = train.make_eval_batch()
+    data = jax.jit(train.make_eval_batch)()  # one program, not one compilation per operation (6-7 s in the smoke test)
     n_fit, lam = train.cfg.probe.n_fit, train.cfg.probe.ridge_lam
 
     def read(params):

@@ -81,6 +81,26 @@ def gd_form_outputs(s_BTD: jax.Array, prev_BTD: jax.Array, a_DD: jax.Array, b_DD
     return jnp.einsum("but,btd,de->bue", scores, s_BTD, a_DD)
 
 
+def _states(x_BTD: jax.Array, d: int) -> tuple[jax.Array, jax.Array]:
+    """(s_u, s_{u-1}) [B, T, d]: the first two d-wide blocks of the tokens (s_u, s_{u-1}, 0)."""
+    chex.assert_rank(x_BTD, 3)
+    if x_BTD.shape[-1] < 3 * d:
+        raise ValueError(
+            f"constrained attention needs tokens (s_t, s_(t-1), 0) of width >= 3 d = {3 * d}, got {x_BTD.shape[-1]}"
+        )
+    return x_BTD[..., :d], x_BTD[..., d : 2 * d]
+
+
+def _write_last(x_BTD: jax.Array, y_BTd: jax.Array, queries: Sequence[int] | None, out_dims: int | None) -> jax.Array:
+    """The attention output: zeros but the last d coordinates, which hold y; at `queries` and the last
+    `out_dims` coordinates when given (the call of `Attention`)."""
+    B, T, D = x_BTD.shape
+    out = jnp.concatenate([jnp.zeros((B, T, D - y_BTd.shape[-1]), y_BTd.dtype), y_BTd], axis=-1)
+    if queries is not None:
+        out = out[:, query_index(queries, T)]
+    return out if out_dims is None else out[..., -out_dims:]
+
+
 class ConstrainedAttention(nn.Module):
     """The attention module of `attention="constrained"`: same call as `Attention`, no hook points inside
     (the block's `hook_attn_out` still records its output)."""
@@ -104,16 +124,10 @@ class ConstrainedAttention(nn.Module):
     ) -> jax.Array:
         """[B, T, D] (or [B, P, D] at `queries`, or the last `out_dims` coordinates): zeros but the last d,
         which hold y (module docstring). The tokens' first d coordinates are s_u, the next d s_{u-1}."""
-        chex.assert_rank(x_BTD, 3)
-        d = int(self.cfg.d_output)
-        B, T, D = x_BTD.shape
-        if D < 3 * d:
-            raise ValueError(f"constrained attention needs tokens (s_t, s_(t-1), 0) of width >= 3 d = {3 * d}, got {D}")
-        y = constrained_outputs(x_BTD[..., :d], x_BTD[..., d : 2 * d], self.a(), self.b(), self.p()[:T, :T])
-        out = jnp.concatenate([jnp.zeros((B, T, D - d), y.dtype), y], axis=-1)
-        if queries is not None:
-            out = out[:, query_index(queries, T)]
-        return out if out_dims is None else out[..., -out_dims:]
+        s_BTD, prev_BTD = _states(x_BTD, int(self.cfg.d_output))
+        T = x_BTD.shape[1]
+        y = constrained_outputs(s_BTD, prev_BTD, self.a(), self.b(), self.p()[:T, :T])
+        return _write_last(x_BTD, y, queries, out_dims)
 
 
 class ConstrainedGDAttention(nn.Module):
@@ -136,16 +150,8 @@ class ConstrainedGDAttention(nn.Module):
         interventions: Sequence[Intervention] = (),
     ) -> jax.Array:
         """As `ConstrainedAttention.__call__`, with y from `gd_form_outputs`."""
-        chex.assert_rank(x_BTD, 3)
-        d = int(self.cfg.d_output)
-        B, T, D = x_BTD.shape
-        if D < 3 * d:
-            raise ValueError(f"constrained_gd attention needs tokens (s_t, s_(t-1), 0) of width >= {3 * d}, got {D}")
-        y = gd_form_outputs(x_BTD[..., :d], x_BTD[..., d : 2 * d], self.a(), self.b())
-        out = jnp.concatenate([jnp.zeros((B, T, D - d), y.dtype), y], axis=-1)
-        if queries is not None:
-            out = out[:, query_index(queries, T)]
-        return out if out_dims is None else out[..., -out_dims:]
+        s_BTD, prev_BTD = _states(x_BTD, int(self.cfg.d_output))
+        return _write_last(x_BTD, gd_form_outputs(s_BTD, prev_BTD, self.a(), self.b()), queries, out_dims)
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -59,6 +60,14 @@ def _finalized_from_parts(store: RunStore, group: int, chunk: int, runs: list[Ru
     return Finalized(per_run=per_run, history=history, reference=reference)
 
 
+def chunk_shapes(group: Group, train: Train, chunks: chunking.RunChunks) -> tuple[Any, Any]:
+    """(state, history) shapes of one run chunk, from tracing the chunk's start program (no compilation)."""
+    one = Placement(run_mesh(jax.local_devices()[:1]))  # shapes only: any chunk size
+    programs = Programs(train, one, key_data(group.seeds[:1], group.cfg.train.prng_impl).shape[1])
+    like_state, _, like_hist = programs.trace_start(chunks.size, list(stack_hparams(group.cfg, [{}]))).out_info
+    return like_state, like_hist
+
+
 def load_chunk(
     store: RunStore,
     group: Group,
@@ -69,16 +78,15 @@ def load_chunk(
     local: bool,
     checkpoint: int | None = None,
     names: Sequence[int] | None = None,
+    like: tuple[Any, Any] | None = None,
 ) -> GroupOutcome:
     """A run chunk from its checkpoint (default: the final one) and its result parts, on the host.
 
     checkpoint: an evaluation index; local: only the runs this process holds under `placement` (a
     resumed multi-process sweep), otherwise all of them; names: the checkpoints' names on disk
-    (`rundir.checkpoint_steps`).
+    (`rundir.checkpoint_steps`); like: `chunk_shapes(group, train, chunks)`, when already known.
     """
-    one = Placement(run_mesh(jax.local_devices()[:1]))  # shapes only: any chunk size
-    programs = Programs(train, one, key_data(group.seeds[:1], group.cfg.train.prng_impl).shape[1])
-    like_state, _, like_hist = programs.trace_start(chunks.size, list(stack_hparams(group.cfg, [{}]))).out_info
+    like_state, like_hist = like if like is not None else chunk_shapes(group, train, chunks)
     zeros = lambda x: np.zeros(x.shape, x.dtype)
     ckpt = store.checkpointer(group.index, k, keep=0, steps=names, async_save=False)
     try:
@@ -166,12 +174,24 @@ def load_group(
     history of an earlier one is NaN after it). The returned `train` and `state` (host arrays, all
     the group's runs) feed any probe, exactly as `run_sweep` had them.
     """
+    return load_group_series(experiment, run_dir, index, [checkpoint])[0]
+
+
+def load_group_series(
+    experiment: Experiment, run_dir: str | Path, index: int, checkpoints: Sequence[int | None]
+) -> list[GroupOutcome]:
+    """`load_group` at each of `checkpoints` (evaluation indices; None: the final state), with the run
+    layout read and the programs' shapes traced once for the series."""
     t0 = time.time()
     _, group, store, chunks, names = _group_layout(experiment, Path(run_dir), index)
     train = experiment.make_train(group.cfg)
     placement = Placement.default()
-    outs = [
-        load_chunk(store, group, train, chunks, k, placement, local=False, checkpoint=checkpoint, names=names)
-        for k in range(chunks.n_chunks)
-    ]
-    return concat_outcome(group, train, outs, 0.0, t0)
+    like = chunk_shapes(group, train, chunks)
+    out = []
+    for checkpoint in checkpoints:
+        outs = [
+            load_chunk(store, group, train, chunks, k, placement, False, checkpoint, names, like)
+            for k in range(chunks.n_chunks)
+        ]
+        out.append(concat_outcome(group, train, outs, 0.0, t0))
+    return out
