@@ -342,6 +342,16 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
     return sections
 
 
+def _unknown_fields(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`section.field` names of a stored config.json that this jaxlab's config of the run does not have
+    (a field retired since the run was written: the config loader skips it)."""
+    out = []
+    for section, fields in stored.items():
+        if isinstance(fields, dict) and isinstance(now.get(section), dict):
+            out += [f"{section}.{name}" for name in fields if name not in now[section]]
+    return sorted(out)
+
+
 def write_report_of(run_dir: str | Path, experiment: Any) -> Path:
     """(Re)write `run_dir/report.md` and its figures from the files of the run, with `experiment`'s
     sections (an `Experiment`: its `config_from_dict`, `report`, `description` and `metrics`).
@@ -356,6 +366,13 @@ def write_report_of(run_dir: str | Path, experiment: Any) -> Path:
         cfg = experiment.config_from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError, UserError) as err:
         raise results.config_error(path, err) from None
+    unknown = _unknown_fields(data, cfg.to_dict())
+    if unknown:
+        raise UserError(
+            f"{run_dir}: config.json has fields this jaxlab's {cfg.experiment} does not know "
+            f"({', '.join(unknown)}): the run was written by another version of the experiment, whose metrics "
+            "this one may not read; its report.md and summary.json are left as they are (jaxlab.load reads its tables)"
+        )
     summary = results.load_summary(run_dir)
     before = runfiles.listing(run_dir)
     # the verdicts follow the experiment's claims as they are now, from the runs on disk

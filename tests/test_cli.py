@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -75,6 +76,22 @@ def test_report_command_rewrites_report(smoke_run):
     (smoke_run / "report.md").unlink()
     assert main(["report", str(smoke_run)]) == 0
     assert (smoke_run / "report.md").exists()
+
+
+def test_report_of_a_run_with_a_retired_field_is_refused_and_leaves_its_files(smoke_run, tmp_path, capsys):
+    """A config field this jaxlab no longer has (written by another version of the experiment): the
+    loader would skip it and the claims would be re-evaluated on metrics this version may not read."""
+    old = tmp_path / "old"
+    shutil.copytree(smoke_run, old)
+    config = json.loads((old / "config.json").read_text())
+    config["probe"]["retired_setting"] = 3
+    (old / "config.json").write_text(json.dumps(config))
+    before = {name: (old / name).read_bytes() for name in ("summary.json", "report.md")}
+    assert main(["report", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "probe.retired_setting" in err and "left as they are" in err and "Traceback" not in err
+    assert {name: (old / name).read_bytes() for name in before} == before
+    assert len(jaxlab.load(old).runs()) == 2  # the tables still load
 
 
 def test_sweep_over_traced_key_adds_columns_and_points(tmp_path):
