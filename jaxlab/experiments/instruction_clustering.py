@@ -48,7 +48,7 @@ those are our choices.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -331,9 +331,7 @@ def make_evaluate(cfg: ExperimentConfig):
                 metrics["eval_loss"] = batch_loss("xent", logits, batch)
         seen = seen_cell_scores(train.cfg, reps[:, :n], data["seen"].aux["task"])
         for metric, values in seen.items():
-            for p, position in enumerate(probe.positions):
-                for layer in range(L):
-                    metrics[cell_metric(metric, layer, position, "seen")] = values[p, layer]
+            metrics.update(_named_cells(metric, values, probe.positions, "seen"))
         others = [(i, name, batch) for i, (name, batch) in enumerate(sets) if name in EVAL_SETS[1:]]
         if others:  # one k-means program for every other set's cells: c = (set, position, layer)
             with rng_scope():
@@ -353,9 +351,7 @@ def make_evaluate(cfg: ExperimentConfig):
             for metric, values in scores.items():
                 values = values.reshape(len(others), P, L)
                 for j, (_, name, _) in enumerate(others):
-                    for p, position in enumerate(probe.positions):
-                        for layer in range(L):
-                            metrics[cell_metric(metric, layer, position, name)] = values[j, p, layer]
+                    metrics.update(_named_cells(metric, values[j], probe.positions, name))
         return metrics
 
     return evaluate
@@ -516,6 +512,15 @@ def select_test_cell(ari_RPL: np.ndarray, candidates: tuple[tuple[int, int], ...
     values = np.nan_to_num(ari[:, cand[:, 0], cand[:, 1]], nan=-np.inf)  # [R, C]
     pick = cand[np.argmax(values, axis=1)]
     return pick[:, 0].astype(np.float64), pick[:, 1].astype(np.float64)
+
+
+def _named_cells(metric: str, values_PL: Any, positions: Sequence[str], set_name: str) -> dict[str, Any]:
+    """{`cell_metric(metric, layer, position, set_name)`: values_PL[p, layer]} for every position p and layer."""
+    return {
+        cell_metric(metric, layer, position, set_name): values_PL[p, layer]
+        for p, position in enumerate(positions)
+        for layer in range(values_PL.shape[1])
+    }
 
 
 def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:

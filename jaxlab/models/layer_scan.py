@@ -116,9 +116,9 @@ def stack_blocks(params: Mapping[str, chex.ArrayTree], axis: int = 0) -> dict[st
     the layer axis inserted at `axis` of every leaf (0: [L, ...]; 1 under a leading run axis [R, L, ...]).
     A tree already stacked, or without blocks, comes back as it is. For untied models: stacking a tied
     model's one shared `blocks_0` would give a one-layer tree."""
-    if STACKED in params or not block_count(params):
+    n = 0 if STACKED in params else block_count(params)
+    if not n:
         return dict(params)
-    n = block_count(params)
     out = {k: v for k, v in params.items() if not _BLOCK_KEY.fullmatch(str(k))}
     out[STACKED] = stack_trees([params[f"blocks_{i}"] for i in range(n)], axis)
     return out

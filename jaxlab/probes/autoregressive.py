@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxlab import linalg
 from jaxlab.config import ModelConfig
+from jaxlab.models.attention import make_mask, positional_pattern
 from jaxlab.models.transformer import params_at
 from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
 from jaxlab.probes.gd_equivalence import minimize_log_grid
@@ -224,8 +225,6 @@ def constrained_structure(params: chex.ArrayTree, task: ar.Config) -> dict[str, 
 
 def positional_matrices(params: chex.ArrayTree, seq_len: int) -> jax.Array:
     """[H, T, T] causal softmax(p_q,t . p_k,t') of the `positional` attention model."""
-    from jaxlab.models.attention import make_mask, positional_pattern
-
     attn = _attn(params)
     return positional_pattern(attn["pos_embed"][:seq_len], attn["w_qkv"], make_mask("causal", seq_len))
 
