@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from jaxlab import results, runfiles
-from jaxlab.claims import REPLICATE_PREFIX
+from jaxlab.claims import REPLICATE_PREFIX, bootstrap_median_ci
 from jaxlab.claims import evaluate as evaluate_claims
 from jaxlab.config import ExperimentConfig
 from jaxlab.errors import UserError
@@ -128,6 +128,14 @@ def finals(ctx: ReportContext, key: str) -> np.ndarray:
     NaN where a run has no value (missing or null)."""
     values = [r["final"].get(key) for r in ok_runs(ctx)]
     return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
+def finite_median_ci(values: Iterable[float]) -> tuple[float, float, float]:
+    """(median, ci_low, ci_high) of the finite values (`jaxlab.claims.bootstrap_median_ci`); NaNs when
+    there is none."""
+    x = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, np.float64)
+    x = x[np.isfinite(x)]
+    return bootstrap_median_ci(x) if x.size else (np.nan, np.nan, np.nan)
 
 
 def spread(values: Iterable[float | None], empty: str = "—") -> str:

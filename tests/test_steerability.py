@@ -16,7 +16,7 @@ from jaxlab.experiments import steerability_claims as SC
 from jaxlab.experiments import steerability_effects as SE
 from jaxlab.experiments import steerability_report as SR
 from jaxlab.registry import get_experiment
-from jaxlab.reporting import ReportContext
+from jaxlab.reporting import ReportContext, finite_median_ci
 from jaxlab.results import metric_name
 from jaxlab.train.rundir import fill_added_fields
 
@@ -382,7 +382,7 @@ def test_censored_onset_intervals_count_never_as_later_than_every_checkpoint():
     assert SE.censored_median_ci(x, 1e9) == claims.bootstrap_median_ci([10.0, 1e9, 30.0, 30.0, 1e9])
     assert SE.censored_median_ci(x, 1e9)[0] == 30.0  # two of five never: the median is still reached
     assert SE._cell((30.0, 10.0, 1e9), 1e9) == "30 [10, never]"
-    assert np.isnan(SE.bootstrap_or_nan(np.array([np.nan]))[0])
+    assert np.isnan(finite_median_ci(np.array([np.nan]))[0])
 
 
 def test_early_harm_margin_and_a_never_emerging_onset():

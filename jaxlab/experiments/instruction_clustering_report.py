@@ -14,9 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxlab.claims import bootstrap_median_ci
 from jaxlab.experiments.instruction_clustering_claims import CONSTANT_AT_EMBEDDING, EVAL_SETS, at_position, cell_metric
-from jaxlab.reporting import Figure, ReportContext, Section, finals, fmt, quantile_curves, table
+from jaxlab.reporting import Figure, ReportContext, Section, finals, finite_median_ci, fmt, quantile_curves, table
 from jaxlab.stats import pearson
 
 
@@ -33,10 +32,9 @@ def _mean_std(values: np.ndarray) -> str:
 
 
 def _median_ci(values: np.ndarray) -> str:
-    v = values[np.isfinite(values)]
-    if v.size == 0:
+    med, lo, hi = finite_median_ci(values)
+    if not np.isfinite(med):
         return "—"
-    med, lo, hi = bootstrap_median_ci(v)
     return f"{fmt(med, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from jaxlab.claims import bootstrap_median_ci
 from jaxlab.experiments import steerability_claims as claims
-from jaxlab.reporting import ReportContext, Section, finals, fmt, ok_runs, spread, table
+from jaxlab.reporting import ReportContext, Section, finals, finite_median_ci, fmt, ok_runs, spread, table
 from jaxlab.results import metric_name
 
 
@@ -48,7 +48,7 @@ def onset_ci_section(ctx: ReportContext) -> Section:
         steer = finals(ctx, metric_name("steer_onset_step", concept=c))
         sep = finals(ctx, metric_name("sep_onset_step", concept=c))
         gap = finals(ctx, metric_name("steer_onset_gap_vs_first", concept=c)) if c != task.names[0] else None
-        gap_cell = "reference" if gap is None else _cell(bootstrap_or_nan(gap), np.inf)
+        gap_cell = "reference" if gap is None else _cell(finite_median_ci(gap), np.inf)
         rows.append(
             [
                 c,
@@ -80,7 +80,7 @@ def onset_ci_section(ctx: ReportContext) -> Section:
         row = [c]
         for name in ("concept_gap", "separability", "steer_effect", "gen_effect"):
             paired = finals(ctx, metric_name(name, concept=c)) - finals(ctx, metric_name(name, concept=first))
-            row.append(_cell(bootstrap_or_nan(paired), np.inf))
+            row.append(_cell(finite_median_ci(paired), np.inf))
         diff_rows.append(row)
     body += (
         f"\n\nAt the last checkpoint, each concept minus {first}, paired per run (median [95% bootstrap CI]): "
@@ -92,7 +92,7 @@ def onset_ci_section(ctx: ReportContext) -> Section:
     if task.close_pair:
         a, b = (task.names[k] for k in task.close_pair)
         pair_rows = [
-            [f"{name} onset |{a} - {b}| (evaluations)", _cell(bootstrap_or_nan(finals(ctx, key)), np.inf)]
+            [f"{name} onset |{a} - {b}| (evaluations)", _cell(finite_median_ci(finals(ctx, key)), np.inf)]
             for name, key in (
                 ("steering", "close_pair_steer_onset_absgap"),
                 ("separability", "close_pair_sep_onset_absgap"),
@@ -100,13 +100,6 @@ def onset_ci_section(ctx: ReportContext) -> Section:
         ]
         body += "\n\nClose pair, per run:\n\n" + table(["statistic", "median [95% CI]"], pair_rows)
     return Section("Onsets with confidence intervals", body)
-
-
-def bootstrap_or_nan(values_R: np.ndarray) -> tuple[float, float, float]:
-    """`bootstrap_median_ci` of the finite values; NaNs when there is none."""
-    x = np.asarray(values_R, np.float64)
-    x = x[np.isfinite(x)]
-    return bootstrap_median_ci(x) if x.size else (np.nan, np.nan, np.nan)
 
 
 def generation_section(ctx: ReportContext) -> Section:
@@ -118,8 +111,8 @@ def generation_section(ctx: ReportContext) -> Section:
         rows.append(
             [
                 c,
-                _cell(bootstrap_or_nan(finals(ctx, metric_name("steer_effect", concept=c))), np.inf),
-                _cell(bootstrap_or_nan(finals(ctx, metric_name("gen_effect", concept=c))), np.inf),
+                _cell(finite_median_ci(finals(ctx, metric_name("steer_effect", concept=c))), np.inf),
+                _cell(finite_median_ci(finals(ctx, metric_name("gen_effect", concept=c))), np.inf),
                 spread(finals(ctx, metric_name("gen_rate_unsteered", concept=c))),
             ]
         )
