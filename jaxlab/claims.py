@@ -183,22 +183,26 @@ class NotApplicable(Exception):
 
 
 def model_bootstrap(
-    statistic: Callable[[Mapping[str, np.ndarray]], float], sizes: Mapping[str, int], confidence: float = CONFIDENCE
+    statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+    sizes: Mapping[str, int],
+    confidence: float = CONFIDENCE,
 ) -> tuple[float, float, float, int]:
     """(estimate, ci_low, ci_high, n): a statistic of groups of models, with a percentile interval
     from resampling the models of every group independently (with replacement).
 
-    statistic({group: [n_group] model indices}) -> float is evaluated at the identity indices for the
-    estimate and at `BOOTSTRAP_RESAMPLES` resamples (a fixed generator) for the interval. Resampling
-    models rather than model pairs keeps every model's contribution together, as a sender and as a
-    receiver alike, so pairs that share a model are not counted as independent. n is the smallest
-    group's size (the count the `MIN_SEEDS` rule applies to).
+    statistic({group: [B, n_group] model indices}) -> [B] values, one per row of indices (vectorized
+    over the B resamples), is evaluated at the identity indices (B = 1) for the estimate and at
+    `BOOTSTRAP_RESAMPLES` resamples (a fixed generator, drawn resample by resample and group by group)
+    for the interval. Resampling models rather than model pairs keeps every model's contribution
+    together, as a sender and as a receiver alike, so pairs that share a model are not counted as
+    independent. n is the smallest group's size (the count the `MIN_SEEDS` rule applies to).
     """
     rng = np.random.default_rng(0)
-    estimate = float(statistic({g: np.arange(n) for g, n in sizes.items()}))
-    draws = np.array(
-        [statistic({g: rng.integers(0, n, size=n) for g, n in sizes.items()}) for _ in range(BOOTSTRAP_RESAMPLES)]
-    )
+    estimate = float(np.asarray(statistic({g: np.arange(n)[None] for g, n in sizes.items()})).reshape(()))
+    rows = [{g: rng.integers(0, n, size=n) for g, n in sizes.items()} for _ in range(BOOTSTRAP_RESAMPLES)]
+    draws = np.asarray(statistic({g: np.stack([r[g] for r in rows]) for g in sizes}), np.float64)
+    if draws.shape != (BOOTSTRAP_RESAMPLES,):
+        raise ValueError(f"model_bootstrap: the statistic returned shape {draws.shape}, not [{BOOTSTRAP_RESAMPLES}]")
     draws = draws[np.isfinite(draws)]
     tail = (1.0 - confidence) / 2
     lo, hi = np.quantile(draws, [tail, 1.0 - tail]) if draws.size else (math.nan, math.nan)

@@ -257,27 +257,31 @@ def test_model_bootstrap_resamples_models_not_pairs():
     effect = rng.normal(size=n)
     pen = effect[:, None] + 0.01 * rng.normal(size=(n, n))
 
-    def stat(idx):
-        i = idx["a"]
+    def one(i):
         sub = pen[np.ix_(i, i)]
         off = i[:, None] != i[None, :]
         return float(sub[off].mean()) if off.any() else float("nan")
 
+    def stat(idx):  # the batched protocol: [B, n] indices -> [B] values
+        return np.array([one(i) for i in idx["a"]])
+
     est, lo, hi, units = model_bootstrap(stat, {"a": n})
     off = ~np.eye(n, dtype=bool)
     assert units == n and est == pytest.approx(pen[off].mean())
-    # the same resampling written out directly
+    # the same resampling written out directly, one resample at a time
     draws = []
     g = np.random.default_rng(0)
     for _ in range(4000):
         i = g.integers(0, n, size=n)
-        draws.append(stat({"a": i}))
+        draws.append(one(i))
     draws = np.array(draws)
     draws = draws[np.isfinite(draws)]
     assert (lo, hi) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])))
     # pairs treated as independent units would give a far narrower interval than the models allow
     _, plo, phi = bootstrap_median_ci(pen[off])
     assert (hi - lo) > 2 * (phi - plo)
+    with pytest.raises(ValueError, match="shape"):  # a statistic that is not vectorized is refused
+        model_bootstrap(lambda idx: float(one(idx["a"][0])), {"a": n})
 
 
 def test_a_claim_with_its_own_interval_is_decided_on_it():

@@ -252,8 +252,19 @@ def test_claim_statistics_against_numpy(legacy):
     est, lo, hi, n = rdc.localization_interval([], ref)
     assert n == 5 and est == pytest.approx(loc) and lo <= est <= hi
     # a model drawn twice in a resample does not pair with its copy
-    same = rdc.same_mean(np.arange(9.0).reshape(3, 3), np.array([0, 0, 2]))
+    (same,) = rdc.same_mean(np.arange(9.0).reshape(3, 3), np.array([[0, 0, 2]]))
     assert same == pytest.approx(np.mean([2.0, 2.0, 6.0, 6.0]))
+    # vectorized over resamples: each row as the direct loop gives it, missing pairs (NaN) left out
+    pen = rng.normal(size=(5, 5))
+    pen[1, 3] = pen[4, 0] = np.nan
+    rows = rng.integers(0, 5, size=(50, 5))
+    rows[0] = 2  # one model drawn five times: no pair of distinct models, NaN
+    cols = rng.integers(0, 5, size=(50, 5))
+    for i, j, cross, same in zip(rows, cols, rdc.cross_mean(pen, rows, cols), rdc.same_mean(pen, rows)):
+        want_cross = [pen[a, b] for a in i for b in j if np.isfinite(pen[a, b])]
+        want_same = [pen[a, b] for a in i for b in i if a != b and np.isfinite(pen[a, b])]
+        assert cross == pytest.approx(np.mean(want_cross))
+        assert same == pytest.approx(np.mean(want_same)) if want_same else np.isnan(same)
     # a summary without per-pair keys, or one hook past the embeddings: untested, not a number
     with pytest.raises(NotApplicable):
         rdc.asymmetry_interval([], {"asymmetry_index": 0.5})

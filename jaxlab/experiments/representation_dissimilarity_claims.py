@@ -166,20 +166,29 @@ def _matrix(pairs: Mapping[tuple[int, int], float], senders: Sequence[int], rece
     return out
 
 
-def _nanmean(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else math.nan
+def _nanmean_rows(x_BK: np.ndarray, keep_BK: np.ndarray) -> np.ndarray:
+    """[B]: the mean of each row's finite entries among those `keep_BK` marks (NaN where there are none)."""
+    keep_BK = keep_BK & np.isfinite(x_BK)
+    count_B = keep_BK.sum(1)
+    total_B = np.where(keep_BK, x_BK, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count_B > 0, total_B / np.maximum(count_B, 1), np.nan)
 
 
-def cross_mean(pen: np.ndarray, senders: np.ndarray, receivers: np.ndarray) -> float:
-    """Mean penalty over every (sender, receiver) of the (resampled) model indices."""
-    return _nanmean(pen[np.ix_(senders, receivers)])
+def cross_mean(pen: np.ndarray, senders_BN: np.ndarray, receivers_BM: np.ndarray) -> np.ndarray:
+    """[B]: the mean penalty over every (sender, receiver) pair of each row of (resampled) model indices."""
+    sub_BNM = pen[senders_BN[:, :, None], receivers_BM[:, None, :]]
+    b = sub_BNM.shape[0]
+    return _nanmean_rows(sub_BNM.reshape(b, -1), np.ones((b, sub_BNM[0].size), bool))
 
 
-def same_mean(pen: np.ndarray, models: np.ndarray) -> float:
-    """Mean penalty over the pairs of (resampled) model indices of one family, without a model
-    stitched into itself (a model drawn twice does not pair with its copy)."""
-    return _nanmean(pen[np.ix_(models, models)][models[:, None] != models[None, :]])
+def same_mean(pen: np.ndarray, models_BN: np.ndarray) -> np.ndarray:
+    """[B]: the mean penalty over the pairs of each row of (resampled) model indices of one family, without a
+    model stitched into itself (a model drawn twice does not pair with its copy)."""
+    sub_BNN = pen[models_BN[:, :, None], models_BN[:, None, :]]
+    distinct_BNN = models_BN[:, :, None] != models_BN[:, None, :]
+    b = sub_BNN.shape[0]
+    return _nanmean_rows(sub_BNN.reshape(b, -1), distinct_BNN.reshape(b, -1))
 
 
 @dataclass(frozen=True)
@@ -192,9 +201,9 @@ class Excess:
     sender: str
     receiver: str
 
-    def __call__(self, idx: Mapping[str, np.ndarray]) -> float:
-        """The excess for the resampled model indices `idx` (group name -> indices): cross mean minus same-family
-        mean."""
+    def __call__(self, idx: Mapping[str, np.ndarray]) -> np.ndarray:
+        """[B]: the excess for each row of the resampled model indices `idx` (group name -> [B, n_group]
+        indices): cross mean minus same-family mean."""
         return cross_mean(self.cross, idx[self.sender], idx[self.receiver]) - same_mean(self.same, idx[self.receiver])
 
 
@@ -250,7 +259,7 @@ def _require(sizes: Mapping[str, int], hooks: Sequence[int], need: int) -> None:
         )
 
 
-Statistic = Callable[[Mapping[str, np.ndarray]], float]
+Statistic = Callable[[Mapping[str, np.ndarray]], np.ndarray]  # {group: [B, n] indices} -> [B]
 
 
 def asymmetry_statistic(reference: Mapping[str, Any], metric: str = "stitch_penalty") -> tuple[Statistic, dict]:
@@ -259,7 +268,7 @@ def asymmetry_statistic(reference: Mapping[str, Any], metric: str = "stitch_pena
     into_gelu, into_solu, sizes = asymmetry_parts(reference, metric)
     hooks = [h for h in into_gelu if h >= 1 and h in into_solu]
     _require(sizes, hooks, 1)
-    return lambda idx: float(np.mean([into_gelu[h](idx) - into_solu[h](idx) for h in hooks])), sizes
+    return lambda idx: np.mean([into_gelu[h](idx) - into_solu[h](idx) for h in hooks], axis=0), sizes
 
 
 def localization_statistic(reference: Mapping[str, Any], metric: str = "gen_penalty") -> tuple[Statistic, dict]:
