@@ -22,7 +22,7 @@ from jaxlab.cli import main
 from jaxlab.errors import UserError
 from jaxlab.hostdevices import cpu_cores
 from jaxlab.registry import get_experiment, load_run_group, run_checkpoint_indices
-from jaxlab.train import checkpoint, with_seeds
+from jaxlab.train import checkpoint, restore, with_seeds
 from jaxlab.train import group_run as group_run_module
 from jaxlab.train.checkpoint import GroupCheckpointer, SaveSchedule, fingerprint
 from jaxlab.train.group_run import check_resume_devices
@@ -278,6 +278,35 @@ def test_resume_skips_a_damaged_latest_checkpoint(damage, interrupted, whole, tm
     assert (aside / "reason.txt").read_text().strip() in notices[0]
     assert_same_as_whole(out, whole)
     assert kept(out) == [2, 4, 6, 8, 10]  # the damaged 7 is gone from orbax's view; 8 and 10 saved anew
+
+
+def test_a_resume_of_checkpoints_with_other_metrics_stops_and_changes_nothing(interrupted, tmp_path, capsys):
+    """Checkpoints written by a jaxlab that did not record `eval_loss` are intact, not damaged: the
+    resume stops (exit 2) naming the difference, moves nothing and writes nothing; reading the run
+    gives the metric as NaN."""
+    out = copy_of(interrupted, tmp_path)
+    exp = get_experiment("icl-regression")
+    saved = {index: restore.load_group(exp, out, 0, index) for index in kept(out)}  # one chunk: every run
+    for index in saved:
+        shutil.rmtree(step_dir(out, index))
+        fingerprint_file(out, index).unlink()
+    ckpt = GroupCheckpointer(chunk_dir(out), keep=0, async_save=False, steps=list(STEPS))
+    for index, got in saved.items():
+        ckpt.save(index, got.state, {k: v.T for k, v in got.history.items() if k != "eval_loss"})  # [n_evals, R]
+    ckpt.close()
+    assert kept(out) == [2, 4, 6, 7]
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", "icl-regression", "--out", str(out), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume: the checkpoint at step 140 was written by a jaxlab" in err, err
+    assert "only in the checkpoint" not in err and "only in this version: history/eval_loss" in err
+    assert "Traceback" not in err and "damaged" not in err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    # read for analysis: the state as saved, the metric its writer did not record as NaN
+    got = restore.load_group(exp, out, 0, 7)
+    assert np.isnan(got.history["eval_loss"]).all()
+    np.testing.assert_array_equal(got.history["train_loss"], saved[7].history["train_loss"])
 
 
 def test_resume_with_no_usable_checkpoint_starts_from_step_0(interrupted, whole, tmp_path, capsys):

@@ -36,6 +36,15 @@ sweep was killed (orbax's atomic rename still guarantees it is complete).
 `restore_newest` falls back from the newest checkpoint to older ones, moving each damaged one
 into `damaged/<step>-<time>/` (kept for inspection, outside orbax's step directories).
 
+Intact is not compatible: a checkpoint written by a jaxlab whose state or evaluation had another
+structure (an experiment that has since gained or lost a metric, say) is whole but does not fit
+the tree this version restores into. Its structure is compared with the expected one (from
+orbax's metadata, before any array is read) and a difference raises `IncompatibleCheckpoint`,
+never `DamagedCheckpoint`: nothing is moved aside and a resume stops with a message instead of
+falling back to older checkpoints or to step 0. For reading a run (`missing_metrics="nan"`), a
+history that lacks metrics of this version restores with those metrics NaN (not measured then),
+and metrics this version no longer records are left out.
+
 A checkpoint restores with plain orbax in any process, whatever device count saved it (the arrays
 come back as NumPy arrays, stacked over the chunk's runs):
 
@@ -75,6 +84,7 @@ __all__ = [
     "FINGERPRINTS",
     "DamagedCheckpoint",
     "GroupCheckpointer",
+    "IncompatibleCheckpoint",
     "Restored",
     "SaveSchedule",
     "clock",
@@ -191,6 +201,44 @@ class Restored:
     damaged: list[tuple[int, str, Path | None]] = field(default_factory=list)
 
 
+class IncompatibleCheckpoint(Exception):
+    """Checkpoint `index` is intact but has another structure than this version restores into (it
+    was written by a jaxlab whose training state or evaluation differed): the leaf paths only in
+    the checkpoint (`only_saved`) and only expected here (`only_expected`), as "state/..." and
+    "history/<metric>" strings."""
+
+    def __init__(self, index: int, only_saved: Sequence[str], only_expected: Sequence[str]):
+        self.index, self.only_saved, self.only_expected = index, list(only_saved), list(only_expected)
+        super().__init__(f"checkpoint {index}: {self.difference()}")
+
+    def difference(self) -> str:
+        """The differing paths in words (at most 6 of each kind named)."""
+
+        def named(paths: list[str]) -> str:
+            return ", ".join(paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+
+        parts = []
+        if self.only_saved:
+            parts.append(f"only in the checkpoint: {named(self.only_saved)}")
+        if self.only_expected:
+            parts.append(f"only in this version: {named(self.only_expected)}")
+        return "; ".join(parts)
+
+
+def leaf_paths(tree: Any) -> set[str]:
+    """The "/"-joined key paths of a tree's leaves, with dict keys, attribute names and sequence
+    indices alike (a namedtuple's fields and orbax's metadata dict of it give the same paths)."""
+
+    def part(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(part(k) for k in path) for path, _ in flat}
+
+
 class GroupCheckpointer:
     """The checkpoints of one run chunk: save, list, verify and restore them (module docstring).
 
@@ -281,24 +329,33 @@ class GroupCheckpointer:
         return self.directory / FINGERPRINTS / f"{self.name(index)}.json"
 
     # -- restoring -------------------------------------------------------------------------------
-    def restore(self, index: int, like_state: Any, like_history: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def restore(
+        self, index: int, like_state: Any, like_history: dict[str, Any], missing_metrics: str = "raise"
+    ) -> tuple[Any, dict[str, Any]]:
         """Restore evaluation `index`, shaped (and sharded) like `like_state` and `like_history`.
 
         Leaves given as jax arrays or `ShapeDtypeStruct`s with a sharding come back as arrays with
         that sharding; NumPy leaves come back as NumPy arrays (every process reads all of it).
-        Raises `DamagedCheckpoint` when it does not verify (`restore_verified`).
+        Raises `DamagedCheckpoint` when it does not verify, `IncompatibleCheckpoint` when its
+        structure differs (`restore_verified`; `missing_metrics`: see there).
         """
-        state, history, _ = self.restore_verified(index, like_state, like_history)
+        state, history, _ = self.restore_verified(index, like_state, like_history, missing_metrics)
         return state, history
 
     def restore_verified(
-        self, index: int, like_state: Any, like_history: dict[str, Any]
+        self, index: int, like_state: Any, like_history: dict[str, Any], missing_metrics: str = "raise"
     ) -> tuple[Any, dict[str, Any], bool]:
         """`restore`, and whether a fingerprint verified it (False: it has none; module docstring).
 
-        Order: the files against the fingerprint's file table, orbax's restore, the restored
-        arrays against the fingerprint's sums; the first failure raises `DamagedCheckpoint`.
+        Order: the files against the fingerprint's file table, the saved structure against the
+        expected one, orbax's restore, the restored arrays against the fingerprint's sums; the first
+        failure raises `DamagedCheckpoint` (`IncompatibleCheckpoint` for the structure).
+        missing_metrics: "raise" (a history with other metrics than `like_history` is incompatible:
+        for a resume) or "nan" (its metrics that `like_history` has come back, the others of
+        `like_history` as NaN of their shape: for reading a run written by another version).
         """
+        if missing_metrics not in ("raise", "nan"):
+            raise ValueError(f"missing_metrics must be 'raise' or 'nan', got {missing_metrics!r}")
         # every process takes each step (restores and fingerprints are collective): a failure on
         # one process is agreed on before the next step, so none waits for the others forever
         problem, record = None, None
@@ -309,7 +366,19 @@ class GroupCheckpointer:
         except DamagedCheckpoint as err:
             problem = err
         _agree(index, problem)
-        like = {"state": like_state, "history": dict(like_history)}
+        saved = None
+        try:
+            saved = self._saved_tree(index)
+        except Exception as err:  # metadata that cannot be read: the checkpoint is not usable
+            problem = DamagedCheckpoint(index, f"orbax cannot read its metadata ({_first_line(err)})")
+        _agree(index, problem)
+        self._check_structure(index, saved, like_state, like_history, missing_metrics)
+        # the history as saved (its metrics only this version reads are dropped below: orbax restores whole trees)
+        saved_history = saved.get("history") or {}
+        like = {
+            "state": like_state,
+            "history": {k: like_history.get(k, _empty_like(meta)) for k, meta in saved_history.items()},
+        }
         abstract = jax.tree_util.tree_map(_abstract, like)
         _quiet_reader_threads()
         try:
@@ -325,7 +394,35 @@ class GroupCheckpointer:
             if bad:
                 shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
                 raise DamagedCheckpoint(index, f"restored arrays differ from the ones saved: {shown}")
-        return item["state"], dict(item["history"]), record is not None
+        history = dict(item["history"])
+        for name in like_history:
+            if name not in history:  # not recorded by the version that wrote it (missing_metrics="nan")
+                like = like_history[name]
+                history[name] = np.full(like.shape, np.nan, np.dtype(like.dtype))
+        return item["state"], {k: history[k] for k in like_history}, record is not None
+
+    def _saved_tree(self, index: int) -> dict[str, Any]:
+        """The saved tree's structure ({"state": ..., "history": ...}, leaves orbax's array metadata),
+        from orbax's metadata file: no array is read."""
+        step_dir = self.directory / str(self.name(index)) / "item"
+        metadata = ocp.StandardCheckpointHandler().metadata(step_dir)
+        return dict(getattr(metadata, "tree", metadata))
+
+    @staticmethod
+    def _check_structure(
+        index: int, saved: dict[str, Any], like_state: Any, like_history: dict[str, Any], missing_metrics: str
+    ) -> None:
+        """Raise `IncompatibleCheckpoint` when the state's leaf paths differ from the saved ones, or the
+        metrics do and missing_metrics is "raise". The same on every process (they read the same files)."""
+        saved_state, expected_state = leaf_paths(saved.get("state")), leaf_paths(like_state)
+        saved_metrics, expected_metrics = set(saved.get("history") or {}), set(like_history)
+        only_saved = sorted(f"state/{p}" for p in saved_state - expected_state)
+        only_expected = sorted(f"state/{p}" for p in expected_state - saved_state)
+        if missing_metrics == "raise" or only_saved or only_expected:
+            only_saved += sorted(f"history/{m}" for m in saved_metrics - expected_metrics)
+            only_expected += sorted(f"history/{m}" for m in expected_metrics - saved_metrics)
+        if only_saved or only_expected:
+            raise IncompatibleCheckpoint(index, only_saved, only_expected)
 
     def _read_fingerprint(self, index: int) -> dict[str, Any] | None:
         path = self._fingerprint_path(index)
@@ -430,6 +527,11 @@ def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines() or [""]
     line = text[0] if len(text[0]) <= 240 else text[0][:240] + "..."
     return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
+def _empty_like(meta: Any) -> np.ndarray:
+    """A NumPy target for a saved array that this version does not read (from orbax's metadata)."""
+    return np.zeros(tuple(meta.shape), np.dtype(meta.dtype))
 
 
 def _abstract(x: Any) -> Any:

@@ -32,7 +32,7 @@ from jaxlab.hostdevices import ENV as CPU_DEVICES_ENV
 from jaxlab.hostdevices import cpu_cores
 from jaxlab.trackers import Tracker, write_row
 from jaxlab.train import bounds, chunking
-from jaxlab.train.checkpoint import GroupCheckpointer, SaveSchedule
+from jaxlab.train.checkpoint import GroupCheckpointer, IncompatibleCheckpoint, SaveSchedule
 from jaxlab.train.distributed import agree_decision, agree_min, barrier, is_primary
 from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.groups import Group
@@ -284,7 +284,15 @@ class _GroupRun:
                 f"kept in {moved}; trying the one before"
             )
 
-        got = ckpt.restore_newest(self.to_per_block(state), history, on_damaged=damaged)
+        try:
+            got = ckpt.restore_newest(self.to_per_block(state), history, on_damaged=damaged)
+        except IncompatibleCheckpoint as err:
+            raise UserError(
+                f"{where}: cannot resume: the checkpoint at step {steps[err.index]} was written by a jaxlab "
+                f"whose training state or evaluation differs from this one's ({err.difference()}). Resume it "
+                "with the jaxlab that wrote it (config.json names its version), or run the sweep again into "
+                "a new directory; nothing here was changed"
+            ) from None
         if got.index is None:
             why = "no usable checkpoint" if got.damaged else "no checkpoint yet"
             _notice(f"{'warning: ' if got.damaged else ''}{where}: {why}, starting from step 0")

@@ -20,7 +20,7 @@ from jaxlab import results
 from jaxlab.config import ExperimentConfig
 from jaxlab.errors import UserError
 from jaxlab.train import chunking
-from jaxlab.train.checkpoint import DamagedCheckpoint
+from jaxlab.train.checkpoint import DamagedCheckpoint, IncompatibleCheckpoint
 from jaxlab.train.engine import Train
 from jaxlab.train.experiment import Experiment, Finalized
 from jaxlab.train.groups import Group, RunInfo, plan_groups
@@ -100,11 +100,19 @@ def load_chunk(
             )
         try:
             like_state = state_per_block(train, jax.tree_util.tree_map(zeros, like_state))  # as on disk
-            state, hist = ckpt.restore(index, like_state, jax.tree_util.tree_map(zeros, like_hist))
+            # a history without metrics this version records (an older run) reads with them NaN
+            state, hist = ckpt.restore(index, like_state, jax.tree_util.tree_map(zeros, like_hist), "nan")
         except DamagedCheckpoint as err:
             raise UserError(
                 f"{store.run_dir}: group {group.index} chunk {k}: the checkpoint at step "
                 f"{train.eval_steps[index]} is damaged ({err.reason})"
+            ) from None
+        except IncompatibleCheckpoint as err:
+            raise UserError(
+                f"{store.run_dir}: group {group.index} chunk {k}: the checkpoint at step "
+                f"{train.eval_steps[index]} was written by a jaxlab whose training state differs from this "
+                f"one's ({err.difference()}); read it with the jaxlab that wrote it (config.json names its "
+                "version). Its tables still load (jaxlab.results.load)"
             ) from None
     finally:
         ckpt.close()
