@@ -146,7 +146,7 @@ def test_list_and_show_config(capsys):
     ("args", "message"),
     [
         (["run", "no-such-exp", "--out", "X"], "experiment: unknown experiment 'no-such-exp' (allowed: function-classes, icl-autoregressive, icl-regression"),
-        (["run", "icl-regression", "--preset", "huge", "--out", "X"], "no preset 'huge' (allowed: context, deep, depth, depth-noisy, ood, paper, quick, recurrent, smoke, softmax)"),
+        (["run", "icl-regression", "--preset", "huge", "--out", "X"], "no preset 'huge' (allowed: context, deep, depth, depth-noisy, ood, paper, quick, recurrent, recurrent-context, smoke, softmax, softmax-mlp)"),
         (["run", "icl-regression", "--set", "model.n_head=2", "--out", "X"], "model.n_head: unknown config key (allowed: model.n_layers"),
         (["run", "icl-regression", "--set", "model.activation=swish", "--out", "X"], "model.activation: unknown value 'swish' (allowed: gelu, relu, solu)"),
         (["run", "icl-regression", "--set", "train.steps=-3", "--out", "X"], "train.steps: must be > 0"),

@@ -122,6 +122,45 @@ def test_gd_lr_line_search_finds_the_closed_form_optimum():
     assert float(loss_pp) == pytest.approx(float(loss_pp_check), rel=1e-6)
 
 
+def _np_gdpp_loss(eta: float, gamma: float, x, y, xq, yq, n_steps: int = 2) -> float:
+    """K steps of GD++ written out in NumPy (float64): per step every token's residual r_j -= (eta/N)
+    sum_i (x_i . x_j) r_i and input x_j -= gamma sum_i (x_i . x_j) x_i; the prediction is -r_query."""
+    n = x.shape[1]
+    xc, r, q, rq = x, y[..., 0], xq, np.zeros(len(x))
+    for _ in range(n_steps):
+        g, gq = np.einsum("bid,bjd->bij", xc, xc), np.einsum("bd,bjd->bj", q, xc)
+        xc, r, q, rq = (
+            xc - gamma * np.einsum("bij,bjd->bid", g, xc),
+            r - (eta / n) * np.einsum("bij,bj->bi", g, r),
+            q - gamma * np.einsum("bj,bjd->bd", gq, xc),
+            rq - (eta / n) * np.einsum("bj,bj->b", gq, r),
+        )
+    return float(0.5 * np.mean((-rq - yq[:, 0]) ** 2))
+
+
+def test_gd_plus_plus_fit_finds_the_narrow_valley_at_large_n():
+    """At N = 50 (d = 10, x ~ U(-0.5, 0.5)) 2-step GD++'s loss is a narrow valley in (eta, gamma): the
+    fit must reach at least the loss at gamma = 0.056 with eta refitted on a fine grid (the value von
+    Oswald et al. report at N = 50), which a coarse first grid (n_grid = 11) missed on these tasks
+    (gamma 0.037, loss 3.3 times higher)."""
+    rng = np.random.default_rng(3)
+    b, n, d = 256, 50, 10
+    x, xq = rng.uniform(-0.5, 0.5, (b, n, d)), rng.uniform(-0.5, 0.5, (b, d))
+    w = rng.normal(size=(b, d))
+    y, yq = np.einsum("bnd,bd->bn", x, w)[..., None], np.einsum("bd,bd->b", xq, w)[:, None]
+    args = [jnp.asarray(v, jnp.float32) for v in (x, y, xq, yq)]
+
+    @jax.jit
+    def fit(x, y, xq, yq):  # centred on the fitted 2-step GD rate, as `fit_gd_reference` does
+        return ge.fit_gd_plus_plus(x, y, xq, yq, 2, ge.fit_gd_lr(x, y, xq, yq, 2)[0])
+
+    eta_pp, gamma_pp, loss_pp = fit(*args)
+    at_paper = min(_np_gdpp_loss(eta, 0.056, x, y, xq, yq) for eta in np.geomspace(10, 30, 41))
+    assert float(loss_pp) <= at_paper * 1.001
+    assert float(loss_pp) == pytest.approx(_np_gdpp_loss(float(eta_pp), float(gamma_pp), x, y, xq, yq), rel=1e-3)
+    assert 0.045 < float(gamma_pp) < 0.07
+
+
 def test_log_grid_minimizer_on_a_known_function():
     f = lambda t: (jnp.log(t[0]) - 1.0) ** 2 + (t[1] - 0.02) ** 2
     theta, loss = jax.jit(lambda: ge.minimize_log_grid(f, [1e-3, 1e-4], [1e3, 1.0], 21, 6))()

@@ -21,6 +21,11 @@ Presets:
   depth-noisy  the same at 1 and 8 layers with label noise (std 0.5).
   softmax    softmax attention with 1 and 2 heads (d_head 11) vs GD.
   context    context length N in {10, 25, 50}.
+  recurrent-context  2 tied LSA layers vs 2-step GD++ at N in {10, 25, 50} (the `recurrent` preset at
+             K = 2, the `quick` preset's length): GD++'s gamma per N beside the paper's, and the
+             trained model's own gamma.
+  softmax-mlp  von Oswald et al.'s token construction with 2 untied softmax-attention layers (2 heads)
+             and GeLU MLPs (width 4 d) vs 2-step GD++ (the `deep` preset's settings otherwise).
   ood        the paper model, with the trained model and GD evaluated at input scales alpha in
              [0.5, 2] (x ~ U(-alpha/2, alpha/2)^d; GD keeps the rate fitted at alpha = 1).
 
@@ -42,6 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,7 +65,7 @@ from jaxlab.config import (
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_regression_report as _report
 from jaxlab.experiments.icl_regression_claims import CLAIMS, deviations, ood_metric
-from jaxlab.models.gd import check_interpolable
+from jaxlab.models.gd import check_interpolable, lsa_products
 from jaxlab.models.presets import gpt_model, linear_attention_model
 from jaxlab.probes import gd_equivalence as ge
 from jaxlab.probes import icl_algorithms as alg
@@ -346,7 +352,38 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
     if pp:
         values.update(gdpp_lr=float(pp["eta"]), gdpp_gamma=float(pp["gamma"]), gdpp_loss=float(pp["loss"]))
     values.update({f"{name}_loss": float(v) for name, v in alg_loss.items()})
+    if has_model_gamma(cfg):
+        per_run["model_gamma"] = np.asarray(jax.device_get(model_gamma(state.params, cfg)), np.float64)
     return Finalized(per_run=per_run, reference=values)
+
+
+def has_model_gamma(cfg: ExperimentConfig) -> bool:
+    """Whether `model_gamma` is read for `cfg`: tied (interpolable) linear layers, more than one."""
+    resolved = cfg.resolve()
+    return resolved.model.n_layers > 1 and interpolable(resolved)
+
+
+def model_gamma(params_R: Any, cfg: ExperimentConfig) -> jax.Array:
+    """[R] the curvature correction each tied LSA model applies to its inputs, read off its weights.
+
+    With A = W_q W_k^T and B = W_v W_out (row convention, `lsa_products`), a layer adds
+    sum_i (x_j . A_xx x_i) B_xx^T x_i to token j's x block; for A_xx = a I and B_xx = b I that is
+    x_j <- (I + a b X X^T) x_j, GD++'s x_j <- (I - gamma X X^T) x_j with gamma = -a b
+    (von Oswald et al. Sec. 4). a, b: the mean diagonals of the x blocks (the construction has
+    a = 1, b = -gamma; (A, B) -> (cA, B/c) leaves gamma unchanged).
+    """
+    model_cfg = cfg.resolve().model
+    d = cfg.task.n_dims
+
+    def one(params) -> jax.Array:
+        a_LHDD, b_LHDD = lsa_products(params, model_cfg)
+        a = jnp.mean(jnp.diagonal(a_LHDD[0, 0, :d, :d]))
+        b = jnp.mean(jnp.diagonal(b_LHDD[0, 0, :d, :d]))
+        return -a * b
+
+    out_R = jax.vmap(one)(params_R)
+    chex.assert_rank(out_R, 1)
+    return out_R
 
 
 # -- presets ---------------------------------------------------------------------------------------
@@ -370,15 +407,13 @@ def paper() -> ExperimentConfig:
     )
 
 
+# the `quick` preset's length (also `recurrent-context`'s)
+QUICK_LENGTH = {"train.steps": 600, "train.batch_size": 1024, "train.eval_every": 100, "probe.ilwd_tasks": 1000}
+
+
 def quick() -> ExperimentConfig:
     """The paper's setup, shorter: the demo (`make demo`)."""
-    overrides = {
-        "train.steps": 600,
-        "train.batch_size": 1024,
-        "train.eval_every": 100,
-        "probe.ilwd_tasks": 1000,
-    }
-    return paper().derive("quick", overrides)
+    return paper().derive("quick", QUICK_LENGTH)
 
 
 def smoke() -> ExperimentConfig:
@@ -463,6 +498,42 @@ def context() -> ExperimentConfig:
     return paper().derive("context", sweep=SweepConfig(seeds=tuple(range(8)), grid=(("task.n_context", (10, 25, 50)),)))
 
 
+CONTEXT_LENGTHS = (10, 25, 50)  # the `context` and `recurrent-context` presets' N (von Oswald et al. Sec. 4)
+
+
+def recurrent_context() -> ExperimentConfig:
+    """2 tied LSA layers vs 2-step GD++ at context length N = 10, 25, 50: the `recurrent` preset at
+    K = 2 and the `quick` preset's length (600 steps of 1024 tasks: issue 20's bar names the quick
+    preset; 5000 steps of 2048 tasks at N up to 50 take hours on a shared 2-core CPU), one program
+    per N, each with its own fitted GD and GD++ (eta, gamma)."""
+    return recurrent().derive(
+        "recurrent-context",
+        {"model.n_layers": 2, **QUICK_LENGTH},
+        sweep=SweepConfig(seeds=tuple(range(8)), grid=(("task.n_context", CONTEXT_LENGTHS),)),
+    )
+
+
+SOFTMAX_MLP_LAYERS = 2  # the `softmax-mlp` preset's depth K (compared with K-step GD++)
+
+
+def softmax_mlp() -> ExperimentConfig:
+    """von Oswald et al.'s token construction (x_i, y_i) with softmax attention and MLPs, as the authors'
+    src/transformer.py builds it with use_softmax and an MLP (att_only_trans off): K = 2 untied
+    blocks of softmax self-attention (2 heads of width 11: the notebook's remark that softmax needs
+    >= 2 heads) and a GeLU MLP of width 4 * 11 (widening_factor 4), no LayerNorm or biases (the
+    notebook's defaults), keys and values from the context tokens, the prediction minus the query's
+    y entry; the `deep` preset's training settings otherwise (compared with 2-step GD++)."""
+    overrides = {
+        "model.n_layers": SOFTMAX_MLP_LAYERS,
+        "model.attention": "softmax",
+        "model.n_heads": 2,
+        "model.d_head": 11,
+        "model.d_mlp": 44,
+        "model.activation": "gelu",
+    }
+    return deep().derive("softmax-mlp", overrides, sweep=SweepConfig(seeds=tuple(range(8))))
+
+
 def ood() -> ExperimentConfig:
     """The paper's model and GD at input scales alpha = 0.5, 0.55, ..., 2 (trained at alpha = 1)."""
     scales = tuple(round(0.5 + 0.05 * i, 2) for i in range(31))
@@ -501,6 +572,8 @@ METRICS = {
     "fresh_*_se, fresh_diff_se, fresh_gdpp_diff_se": "standard error over the fresh tasks of those losses and of "
     "the paired per-task difference model - GD (model - GD++)",
     "gd_loss_se (reference)": "standard error over the shared evaluation tasks of GD's loss",
+    "model_gamma": "the trained model's own GD++ gamma, -a b with a, b the mean x-block diagonals of its W_KQ and "
+    "W_PV products (tied linear layers, K > 1; after training)",
 }
 
 EXPERIMENT = Experiment(
@@ -517,6 +590,8 @@ EXPERIMENT = Experiment(
         "depth-noisy": depth_noisy,
         "softmax": softmax,
         "context": context,
+        "recurrent-context": recurrent_context,
+        "softmax-mlp": softmax_mlp,
         "ood": ood,
     },
     probe_class=ICLProbeConfig,

@@ -160,7 +160,7 @@ def fit_gd_plus_plus(
     yq_BO: jax.Array,
     n_steps: int,
     eta_gd: jax.Array,
-    n_grid: int = 11,
+    n_grid: int = 41,
     rounds: int = 7,
     max_tasks: int = 2048,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -171,6 +171,10 @@ def fit_gd_plus_plus(
     of sum_i x_i x_i^T. The search uses the first `max_tasks` tasks (von Oswald et al. fit GD++ by
     Adam on batches of 512); the returned loss is on the whole batch. If no gamma > 0 beats plain
     GD (gamma = 0, eta_gd), that is returned.
+
+    n_grid = 41 (a tenth of a decade apart): the loss is a narrow curved valley in (eta, gamma) at
+    larger N, and a coarser first grid (11 points, 0.4 decades) ended in a side basin at N = 50
+    (2 steps: gamma 0.0375, loss 0.0080, where gamma 0.056 gives 0.0027).
     """
     n = min(max_tasks, x_BND.shape[0])
     xs, ys, qs, ts = x_BND[:n], y_BNO[:n], xq_BD[:n], yq_BO[:n]
