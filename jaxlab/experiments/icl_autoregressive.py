@@ -7,7 +7,7 @@ augmented tokens learn W in context by one gradient step on L(W) = 1/2 sum ||s_t
 the positional attention organize? Probes: `jaxlab.probes.autoregressive`.
 
 Models (no LayerNorm, biases or MLP; identity read-in; prediction = last d coordinates of the
-residual stream, `readout="y_block"`):
+residual stream, `readout="y_block"`; paper-fig5 alone adds augmented.py's biases, LayerNorm and read-out):
   augmented    one linear-attention head, causal mask, tokens (s_t, s_{t-1}, 0) (the paper's
                (0, s_t, s_{t-1}) with the zero block stored last), no attention normalization
                (the GD map above has none either).
@@ -34,7 +34,15 @@ difference is listed, per preset, by `icl_autoregressive_claims.deviations` (in 
   constrained-gd-commuting  the control: augmented-commuting with the Sec. 3 constrained form
                        (`attention="constrained_gd"`: y_t = sum (s_t^T B s_{t'-1}) A^T s_t') in place
                        of the full layer. Does the constrained form reach GD where the full one does not?
-  quick                augmented-commuting, shorter.   smoke  seconds, for tests.
+  augmented-commuting-gd-start  the other control: augmented-commuting started at one GD step
+                       (`probe.start = "gd"`, `GDStartTrain`): does training keep the full model at GD?
+  paper-fig5           augmented.py (Fig. 5): d = 5, T = 50, Haar W, s_0 = ones/sqrt(d), one head of width 3d
+                       with biases, LayerNorm (jaxlab's placement: attention input and before the read-out)
+                       and a linear read-out, Adam 1e-2, batch 1024, 3,200 steps. Not the plain layer
+                       (`is_plain`): only the functional metrics (losses, model_cos, W_hat) are measured.
+  non-augmented-64     non_augmented.py's setting (Fig. 7): d = 5, T = 50, Haar W, 64 positional heads of
+                       width 2d, plain layer; sized for CPUs (batch 128, 1,000 steps, 4 seeds).
+  quick                augmented-commuting, shorter.   smoke, gd-start-smoke, fig5-smoke  seconds, for tests.
 
 The paper's claims, their statistics and rules: `icl_autoregressive_claims`.
 """
@@ -49,16 +57,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
+from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_autoregressive_report as _report
-from jaxlab.experiments.icl_autoregressive_claims import CLAIMS, deviations
+from jaxlab.experiments.icl_autoregressive_claims import AUGMENTED_PY, CLAIMS, NON_AUGMENTED_PY, deviations
 from jaxlab.models.presets import linear_attention_model
 from jaxlab.probes import autoregressive as pr
 from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import autoregressive as ar
+from jaxlab.train.engine import Train, TrainState
 from jaxlab.train.experiment import Experiment, Finalized
+from jaxlab.train.hparams import Hparams, default_hparams
+from jaxlab.train.plan import ExecutionPlan
+
+STARTS = ("random", "gd")
 
 
 @dataclass(frozen=True)
@@ -67,43 +80,73 @@ class ARProbeConfig(ProbeConfig):
 
     w_hat_tasks: evaluation tasks used to decode W_hat (0: all). w_hat_probes: probe states per
     task and position (>= task.n_dims). max_positions: positions t at which loss_t / W_hat are
-    reported (evenly spaced, always including the last).
+    reported (evenly spaced, always including the last). start: the training's initial parameters,
+    `random` (the model's initialization) or `gd` (the full layer set to one GD step with the eta
+    fitted on the evaluation set, `probes.autoregressive.gd_step_params`; the control of
+    augmented-commuting-gd-start). The experiment's own section holds it: it is a setting of this
+    experiment's training, which no other experiment reads.
     """
 
     section: ClassVar[str] = "probe"
     w_hat_tasks: int = 256
     w_hat_probes: int = 0  # 0: 2 * n_dims
     max_positions: int = 26
+    start: str = "random"
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "w_hat_tasks": "evaluation tasks used to decode W_hat (0: all)",
         "w_hat_probes": "probe states per task and position for W_hat (>= task.n_dims; 0: 2 * n_dims)",
         "max_positions": "positions t at which loss_t and W_hat are reported (evenly spaced, the last included)",
+        "start": "initial parameters: random (model.init_scale) or gd (one GD step, eta fitted on the eval set)",
     }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"start": STARTS}
 
     def validate(self) -> None:
         n = self._name
         for name in ("w_hat_tasks", "w_hat_probes"):
             if getattr(self, name) < 0:
                 raise ConfigError(n(name), f"must be >= 0, got {getattr(self, name)!r}")
+        _choice(n("start"), self.start, STARTS)
         if self.max_positions < 2:
             raise ConfigError(
                 n("max_positions"), f"must be >= 2 (the first and last positions), got {self.max_positions!r}"
             )
 
 
+def is_plain(cfg: ExperimentConfig) -> bool:
+    """Whether the model is the plain layer the structure probes read (`probes.autoregressive`: blocks of
+    W_Q W_K^T and W_V W_O): no biases, no LayerNorm, the prediction = the last d coordinates of the stream.
+    augmented.py's model (paper-fig5: biases, LayerNorm, a linear read-out) is not; for it only the
+    functional metrics (losses, model_cos, W_hat, lags) are measured and the structure metrics are absent."""
+    m = cfg.model
+    return not (m.use_bias or m.layernorm) and m.readout == "y_block"
+
+
 def check_config(cfg: ExperimentConfig) -> None:
     """Raise ConfigError unless the probes can read the config: the autoregressive task, a one-layer
-    attention-only model without biases or LayerNorm, identity read-in, `y_block` readout, and
-    `probe.w_hat_probes` 0 or >= task.n_dims.
+    attention-only model with identity read-in; the constrained forms and `probe.start = "gd"` need the plain
+    layer (`is_plain`); `probe.w_hat_probes` 0 or >= task.n_dims.
     """
     if not isinstance(cfg.task, ar.Config):
         raise ConfigError("task", "icl-autoregressive needs the autoregressive task", ["autoregressive"])
     m = cfg.model
-    if m.n_layers != 1 or m.use_bias or m.d_mlp or m.layernorm:
-        raise ConfigError("model.n_layers", "the probes read a one-layer attention-only model without biases/LN", [1])
-    if m.readout != "y_block" or m.read_in != "identity":
-        raise ConfigError("model.readout", "the prediction is the last d coordinates of the stream", ["y_block"])
+    if m.n_layers != 1 or m.d_mlp:
+        raise ConfigError("model.n_layers", "the probes read a one-layer attention-only model", [1])
+    if m.read_in != "identity":
+        raise ConfigError("model.read_in", "the tokens enter the stream as they are", ["identity"])
+    if m.readout not in ("y_block", "linear"):
+        raise ConfigError(
+            "model.readout", "the last d coordinates of the stream or a linear read-out", ["y_block", "linear"]
+        )
+    if m.attention in ("constrained", "constrained_gd") and not is_plain(cfg):
+        raise ConfigError(
+            "model.use_bias", "the constrained forms are read without biases, LayerNorm or read-out", [False]
+        )
+    if cfg.probe.start == "gd":
+        if not is_plain(cfg) or m.attention != "linear" or cfg.task.encoding != "augmented":
+            raise ConfigError(
+                "probe.start", "one GD step is built in the plain linear layer on augmented tokens", ["random"]
+            )
     if m.attention in ("constrained", "constrained_gd") and cfg.task.encoding != "augmented":
         raise ConfigError("task.encoding", "the constrained model reads (s_t, s_{t-1}) from the tokens", ["augmented"])
     probes = cfg.probe.w_hat_probes
@@ -151,9 +194,13 @@ def make_evaluate(cfg: ExperimentConfig):
     positional = is_positional(cfg)
     constrained = is_constrained(cfg)
 
+    plain = is_plain(cfg)
+
     def evaluate(train, params, data) -> dict[str, jax.Array]:
         out = pr.equivalence_metrics(train.apply, params, data["batch"], data["ref"], task)
         out["gd_eta"] = data["ref"]["eta"]
+        if not plain:  # no W_Q W_K^T / W_V W_O blocks to read (biases, LayerNorm, read-out)
+            return {**out, "p_superdiag_mass": jnp.float32(jnp.nan)}
         if constrained:
             out.update(pr.constrained_structure(params, task))
             return {**out, "p_superdiag_mass": jnp.float32(jnp.nan)}
@@ -169,6 +216,33 @@ def make_evaluate(cfg: ExperimentConfig):
         return out
 
     return evaluate
+
+
+# -- the GD start (probe.start = "gd") ------------------------------------------------------------
+class GDStartTrain(Train):
+    """`Train` whose runs start at one GD step: the initial parameters are `Train.init`'s with the attention
+    replaced by `probes.autoregressive.gd_step_params` at the eta fitted on the evaluation set (`eval_data`),
+    so the step-0 evaluation is GD itself (model_cos 1, loss ratio 1); the optimizer state is initialized at
+    those parameters."""
+
+    def init(self, key: jax.Array, hparams: Hparams | None = None) -> TrainState:
+        """`Train.init`'s state with the parameters set to one GD step (the class docstring)."""
+        hparams = default_hparams(self.cfg) if hparams is None else hparams
+        state = super().init(key, hparams)
+        eta = eval_data(self)["ref"]["eta"]
+        params = pr.gd_step_params(state.params, self.cfg.task, eta)
+        return state.replace(params=params, opt_state=self.optimizer(hparams).init(params))
+
+
+@dataclass(frozen=True)
+class ARExperiment(Experiment):
+    """`Experiment` whose training starts at one GD step where the config asks (`probe.start = "gd"`)."""
+
+    def make_train(self, cfg: ExperimentConfig, plan: ExecutionPlan | None = None) -> Train:
+        """`Experiment.make_train`, as a `GDStartTrain` when `cfg.probe.start == "gd"`."""
+        if getattr(cfg.probe, "start", "random") != "gd":
+            return super().make_train(cfg, plan)
+        return GDStartTrain(cfg, self.make_evaluate(cfg), self.eval_data, plan=plan)
 
 
 # -- after training --------------------------------------------------------------------------------
@@ -189,7 +263,7 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
             "w_hat_t": jnp.mean(pr.w_hat_errors(predict, task, inputs, w, probes, pos), axis=0),
             "lags": pr.lag_weights(preds, s_all),
         }
-        if is_constrained(cfg):  # no (W_Q, W_K, W_V, W_O) blocks to read: its C and P are evaluated metrics
+        if is_constrained(cfg) or not is_plain(cfg):  # no (W_Q, W_K, W_V, W_O) blocks to read
             return out
         b, a = pr.block_products(params, task)
         blocks = lambda x: pr.structured_predictions(ar.observed_states(task, x), b, a)
@@ -249,7 +323,7 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
 # -- presets ---------------------------------------------------------------------------------------
 def augmented_model(**overrides: Any) -> ModelConfig:
     """One linear-attention head, causal, the prediction = the last d coordinates of the stream."""
-    return linear_attention_model(mask="causal", readout="y_block", init_scale=0.01, **overrides)
+    return linear_attention_model(**{"mask": "causal", "readout": "y_block", "init_scale": 0.01, **overrides})
 
 
 def positional_model(n_heads: int, d_head: int, **overrides: Any) -> ModelConfig:
@@ -367,6 +441,78 @@ def constrained_smoke() -> ExperimentConfig:
     return constrained_rotation().derive("constrained-smoke", overrides, sweep=SweepConfig(seeds=(0, 1)))
 
 
+def augmented_commuting_gd_start() -> ExperimentConfig:
+    """The control: `augmented-commuting` (the full layer, same task, optimizer, steps and seeds) started at one
+    GD step with the fitted eta (`probe.start = "gd"`) instead of near 0. Does training keep the model at GD?"""
+    return augmented_commuting().derive("augmented-commuting-gd-start", {"probe.start": "gd"})
+
+
+def gd_start_smoke() -> ExperimentConfig:
+    """`smoke` started at one GD step, for tests."""
+    return smoke().derive("gd-start-smoke", {"probe.start": "gd"})
+
+
+def fig5_model(d: int) -> ModelConfig:
+    """augmented.py's model in jaxlab's options: one linear-attention head of width 3d on the 3d-wide tokens,
+    causal, biases, LayerNorm (jaxlab's: on the attention INPUT and before the read-out; augmented.py's is on the
+    attention output: a deviation), a linear read-out to d; init_scale 1/3 gives PyTorch's nn.Linear weight
+    variance 1 / (3 fan_in)."""
+    return augmented_model(d_head=3 * d, use_bias=True, layernorm=True, readout="linear", init_scale=1.0 / 3.0)
+
+
+def paper_fig5() -> ExperimentConfig:
+    """augmented.py (Fig. 5): d = 5, T = 50, Haar W, s_0 = ones / sqrt(d), augmented tokens, `fig5_model`, Adam
+    lr 1e-2, batch 1024, 3,200 steps (augmented.py's 200 epochs of 16 batches; fresh sequences here); 8 seeds.
+    Only the functional metrics are measured (`is_plain`)."""
+    p = AUGMENTED_PY
+    task = ar.Config(n_dims=p["n_dims"], seq_len=p["seq_len"], w_kind=p["w_kind"], s0=p["s0"], encoding="augmented")
+    return augmented_commuting().derive(
+        "paper-fig5",
+        {"train.steps": p["steps"], "train.batch_size": p["batch_size"], "train.eval_every": 200},
+        model=fig5_model(p["n_dims"]),
+        task=task,
+        optim=OptimConfig(name="adam", lr=p["lr"], b1=0.9, b2=0.999),
+    )
+
+
+def fig5_smoke() -> ExperimentConfig:
+    """`paper-fig5` in seconds, for tests: d = 3, T = 6, 20 steps, 2 seeds."""
+    overrides = {
+        "task.n_dims": 3,
+        "task.seq_len": 6,
+        "model.d_head": 9,
+        "train.steps": 20,
+        "train.batch_size": 32,
+        "train.eval_every": 10,
+        "train.eval_batch_size": 64,
+        "probe.w_hat_tasks": 16,
+    }
+    return paper_fig5().derive("fig5-smoke", overrides, sweep=SweepConfig(seeds=(0, 1)))
+
+
+def non_augmented_64() -> ExperimentConfig:
+    """non_augmented.py's setting (Fig. 7): d = 5, T = 50, Haar W, s_0 = ones / sqrt(d), repeated tokens (s_t, s_t),
+    64 positional heads of width 2d = 10, Adam lr 1e-2; jaxlab's plain positional model (no LayerNorm, biases or
+    read-out, residual stream kept) so head_cos and P are read off the weights. Sized for 2 shared CPU cores:
+    batch 128, 1,000 steps, 4 seeds, 256 evaluation sequences, W_hat on 32 of them (the 64 heads' W_hat probe of 256
+    tasks needs > 18 GB) (non_augmented.py: batch 1024, 3,200 steps)."""
+    p = NON_AUGMENTED_PY
+    task = ar.Config(n_dims=p["n_dims"], seq_len=p["seq_len"], w_kind=p["w_kind"], s0="fixed", encoding="repeated")
+    return augmented_commuting().derive(
+        "non-augmented-64",
+        {
+            "train.steps": 1000,
+            "train.batch_size": 128,
+            "train.eval_every": 100,
+            "train.eval_batch_size": 256,
+            "probe.w_hat_tasks": 32,
+        },
+        model=positional_model(p["n_heads"], 2 * p["n_dims"]),
+        task=task,
+        sweep=SweepConfig(seeds=tuple(range(4))),
+    )
+
+
 METRICS = {
     "train_loss": "0.5 * squared error of the next-state prediction, summed over dims, mean over positions/tasks",
     "eval_loss": "the same loss on the fixed evaluation set",
@@ -401,7 +547,7 @@ METRICS = {
     "1 and -1/2 at the exact recurrence)",
 }
 
-EXPERIMENT = Experiment(
+EXPERIMENT = ARExperiment(
     name="icl-autoregressive",
     description="In-context autoregressive learning s_{t+1} = W s_t with one-layer linear transformers, "
     "compared with one step of GD on the inner least-squares objective (Sander et al., ICML 2024).",
@@ -416,6 +562,11 @@ EXPERIMENT = Experiment(
         "constrained-rotation": constrained_rotation,
         "constrained-smoke": constrained_smoke,
         "constrained-gd-commuting": constrained_gd_commuting,
+        "augmented-commuting-gd-start": augmented_commuting_gd_start,
+        "gd-start-smoke": gd_start_smoke,
+        "paper-fig5": paper_fig5,
+        "fig5-smoke": fig5_smoke,
+        "non-augmented-64": non_augmented_64,
     },
     probe_class=ARProbeConfig,
     metrics=METRICS,

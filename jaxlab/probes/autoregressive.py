@@ -144,6 +144,31 @@ def block_products(params: chex.ArrayTree, task: ar.Config) -> tuple[jax.Array, 
     return b, a
 
 
+def gd_step_params(params: chex.ArrayTree, task: ar.Config, eta: jax.Array | float) -> chex.ArrayTree:
+    """`params` (a one-layer linear-attention model on augmented tokens, no biases) with its attention set to
+    one GD step: y_hat_t = eta sum_{t' <= t} (s_t . s_{t'-1}) s_t' (`gd_predictions`). The inverse of
+    `block_products` at B = I, A = eta I, every other block 0.
+
+    Row convention (`block_products`): score e_t^T W_Q W_K^T e_t', value path e_t'^T W_V W_O. Head 0 takes
+    W_Q = [I; 0; 0] (the query's s_t), W_K = [0; I; 0] (the key's s_{t'-1}), W_V = [I; 0; 0] (the value's s_t')
+    into its first d coordinates, and W_O writes eta times them to the prediction block (the last d coordinates
+    of the stream); the other heads and head coordinates are 0.
+    """
+    attn = _attn(params)
+    w_qkv, w_out = attn["w_qkv"], attn["w_out"]
+    D, _, H, Dh = w_qkv.shape
+    d = task.n_dims
+    chex.assert_shape(w_out, (H, Dh, D))
+    if task.encoding != "augmented" or D != 3 * d or Dh < d or "b_qkv" in attn:
+        raise ValueError("one GD step needs augmented tokens (width 3d), a bias-free layer and head width >= d")
+    eye = jnp.eye(d, dtype=w_qkv.dtype)
+    w_qkv = jnp.zeros_like(w_qkv)
+    w_qkv = w_qkv.at[:d, 0, 0, :d].set(eye).at[d : 2 * d, 1, 0, :d].set(eye).at[:d, 2, 0, :d].set(eye)
+    w_out = jnp.zeros_like(w_out).at[0, :d, 2 * d :].set(eta * eye)
+    block = {**params["blocks_0"], "attn": {**attn, "w_qkv": w_qkv, "w_out": w_out}}
+    return {**params, "blocks_0": block}
+
+
 def block_fractions(params: chex.ArrayTree, task: ar.Config) -> dict[str, jax.Array]:
     """Shares of the augmented model's key-query and value-output products by token block.
 
@@ -346,6 +371,7 @@ __all__ = [
     "equivalence_metrics",
     "fit_gd_eta",
     "gd_predictions",
+    "gd_step_params",
     "head_cosines",
     "lag_weights",
     "last_row_diagonal",
