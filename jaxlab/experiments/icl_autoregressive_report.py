@@ -155,17 +155,7 @@ def gd_section(ctx: ReportContext) -> Section:
         "difference. The kq/vo shares and block angles describe the "
         "weights; block_loss and block_model_cos measure the forward (GD-shaped) part alone.\n"
     )
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    quantile_curves(axes[0], ctx.df, "eval_loss", label="trained (eval_loss)")
-    quantile_curves(axes[0], ctx.df, "gd_loss", label="one GD step (gd_loss)", show_runs=False)
-    axes[0].set_xlabel("optimizer step")
-    axes[0].set_ylabel("loss")
-    axes[0].legend(fontsize=8)
-    for m in ("model_cos", "c_offblock_ratio"):
-        quantile_curves(axes[1], ctx.df, m, label=m)
-    axes[1].set_xlabel("optimizer step")
-    axes[1].legend(fontsize=8)
-    name = ctx.save(fig, "gd_comparison.png")
+    name = _loss_figure(ctx, ("model_cos", "c_offblock_ratio"), "gd_comparison.png")
     caption = f"Trained model vs the fitted one-step GD over training (median, 10-90% band). {ctx.provenance()}"
     return Section("Trained model vs one GD step", body, [Figure(name, caption)])
 
