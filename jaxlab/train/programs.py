@@ -7,7 +7,8 @@ zero steps, so the evaluation (for most experiments the larger part of the code)
 
 `interval(state, history, hparams, eval_data, n_steps, row, valid) -> (state, history, (loss, n_div))`
 advances every run `n_steps` optimizer steps (`Train.chunk` over the runs in the run layout of
-`jaxlab.train.runmap`, in blocks of runs: both from the execution plan `Train.plan`; with
+`jaxlab.train.runmap`, in blocks of runs: both from the execution plan `Train.plan`; in the `scan`
+layout each device's runs are advanced in place in the donated state, `jaxlab.train.inplace`; with
 `task.shared_stream` each step's batches are drawn once per data seed, `jaxlab.train.streams`), writes the
 evaluation into row `row` of the history, and returns two replicated scalars for the progress
 bar: the median finite training loss and the number of diverged runs, both over the real
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.train.engine import Train, TrainState
+from jaxlab.train.inplace import advance_runs
 from jaxlab.train.runmap import over_runs
 from jaxlab.train.sharding import Placement
 from jaxlab.train.streams import shared_advance
@@ -96,7 +98,8 @@ class Programs:
         if train.cfg.task.shared_stream:
             advance = shared_advance(train, layout, mesh, train.plan.run_block)
         else:
-            advance = over_runs(train.advance, (0, 0, None), layout, mesh, train.plan.run_block)
+            # `scan`: each device's runs advanced in place in the donated state (`jaxlab.train.inplace`)
+            advance = advance_runs(train, layout, mesh, train.plan.run_block)
         evaluate = over_runs(train.evaluate, (0, None), layout, mesh)
         state, train_loss = advance(state, hparams, n_steps)
         train_loss = jnp.where(n_steps > 0, train_loss, history["train_loss"][row])

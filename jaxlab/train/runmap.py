@@ -43,7 +43,16 @@ from jaxlab.errors import ConfigError
 from jaxlab.train.plan import MAX_BLOCK, auto_block, resolve_layout
 from jaxlab.train.sharding import RUN_AXIS
 
-__all__ = ["MAX_BLOCK", "RUN_LAYOUTS", "auto_block", "map_runs", "over_runs", "per_device", "resolve_layout"]
+__all__ = [
+    "MAX_BLOCK",
+    "RUN_LAYOUTS",
+    "auto_block",
+    "block_size",
+    "map_runs",
+    "over_runs",
+    "per_device",
+    "resolve_layout",
+]
 
 
 def over_runs(
@@ -94,6 +103,13 @@ def per_device(fn: Callable[..., Any], in_axes: Sequence[int | None], mesh: Mesh
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(RUN_AXIS), check_vma=False)
 
 
+def block_size(n_runs: int, block: int) -> int:
+    """Runs vmapped together per step of the `scan` layout on a device with `n_runs` runs: the largest
+    divisor of `n_runs` that is at most `block` (no remainder block, whose separate body would compile
+    again); 1 for no runs."""
+    return max(k for k in range(1, min(block, n_runs) + 1) if n_runs % k == 0) if n_runs else 1
+
+
 def _scanned(fn: Callable[..., Any], in_axes: tuple[int | None, ...], block: int) -> Callable[..., Any]:
     """The `scan` layout on one device: `jax.lax.map` over the runs, in vmapped blocks."""
 
@@ -106,9 +122,7 @@ def _scanned(fn: Callable[..., Any], in_axes: tuple[int | None, ...], block: int
             it = iter(xs)
             return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
 
-        n_runs = jax.tree_util.tree_leaves(per_run)[0].shape[0]
-        # a divisor of the run count: no remainder block, whose separate body would compile again
-        size = max(k for k in range(1, min(block, n_runs) + 1) if n_runs % k == 0) if n_runs else 1
+        size = block_size(jax.tree_util.tree_leaves(per_run)[0].shape[0], block)
         return jax.lax.map(one, per_run, batch_size=size if size > 1 else None)
 
     return mapped
