@@ -39,7 +39,7 @@ def jax_env(n_devices: int | None = None) -> dict[str, str]:
     flags.append(f"--xla_force_host_platform_device_count={n_devices or 1}")
     env["XLA_FLAGS"] = " ".join(flags)
     env["JAX_COMPILATION_CACHE_DIR"] = str(ROOT / ".jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # as tests/conftest.py
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
