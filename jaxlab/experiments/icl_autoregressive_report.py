@@ -40,11 +40,16 @@ def _ratio(ctx: ReportContext) -> np.ndarray:
         return finals(ctx, "eval_loss") / finals(ctx, "gd_loss")
 
 
-def _loss_figure(ctx: ReportContext, right: tuple[str, ...], filename: str) -> str:
-    """Left: eval_loss against gd_loss over training; right: the `right` metrics. Saved as `filename`."""
+def _loss_figure(
+    ctx: ReportContext, right: tuple[str, ...], filename: str, model: str = "trained", log_loss: bool = False
+) -> str:
+    """Left: eval_loss (labelled `model`) against gd_loss over training, on a log scale with `log_loss`;
+    right: the `right` metrics. Saved as `filename`."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    quantile_curves(axes[0], ctx.df, "eval_loss", label="trained (eval_loss)")
+    quantile_curves(axes[0], ctx.df, "eval_loss", label=f"{model} (eval_loss)")
     quantile_curves(axes[0], ctx.df, "gd_loss", label="one GD step (gd_loss)", show_runs=False)
+    if log_loss:
+        axes[0].set_yscale("log")
     axes[0].set_xlabel("optimizer step")
     axes[0].set_ylabel("loss")
     axes[0].legend(fontsize=8)
@@ -313,17 +318,8 @@ def constrained_section(ctx: ReportContext) -> Section:
         "**Measured** (median [min, max] over runs):\n\n"
         + table(["quantity", "paper (orthogonal.py)", "measured"], rows)
     )
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    quantile_curves(axes[0], ctx.df, "eval_loss", label="constrained model (eval_loss)")
-    quantile_curves(axes[0], ctx.df, "gd_loss", label="one GD step (gd_loss)", show_runs=False)
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("optimizer step")
-    axes[0].legend(fontsize=8)
-    for m in ("cp_next", "p_prev_ratio", "p_other_frac", "model_cos"):
-        quantile_curves(axes[1], ctx.df, m, label=m)
-    axes[1].set_xlabel("optimizer step")
-    axes[1].legend(fontsize=8)
-    name = ctx.save(fig, "constrained.png")
+    right = ("cp_next", "p_prev_ratio", "p_other_frac", "model_cos")
+    name = _loss_figure(ctx, right, "constrained.png", model="constrained model", log_loss=True)
     caption = f"The constrained model over training (median, 10-90% band). {ctx.provenance()}"
     return Section("Constrained (A, B, P) model vs the paper and one GD step", body, [Figure(name, caption)])
 
