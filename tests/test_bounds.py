@@ -365,6 +365,11 @@ RULE_CASES = {
         ("icl-regression", {}),
     ),
     "model.tie_layers": (("icl-regression", {}), (False, True), ("icl-regression", {"model.n_layers": 2})),
+    "model.norm_position": (
+        ("icl-regression", {"model.layernorm": False}),
+        ("pre", "attn_out"),
+        ("icl-regression", {"model.layernorm": True}),
+    ),
     "model.vocab_size": (("icl-regression", {}), (40, 50), ("latent-ambiguity", {})),
     # with continuous tokens d_input must equal the token width: two values are refused, no control
     "model.d_input": (("latent-ambiguity", {}), (3, 5), None),

@@ -73,6 +73,7 @@ def test_fig5_model_is_augmented_pys_and_measures_the_loss_only():
     assert (fig5.train.batch_size, fig5.train.steps, fig5.optim.lr) == (p["batch_size"], p["steps"], p["lr"])
     m = fig5.model
     assert m.use_bias and m.layernorm and m.readout == "linear" and m.d_head == 15 and m.n_heads == 1
+    assert m.norm_position == "attn_out" and not m.final_norm  # augmented.py: x + LN(Attn(x)), no final norm
     assert not iar.is_plain(cfg)
     data, preds, out = jax.device_get(_start(EXP.make_train(cfg), cfg, 0))
     assert "c_offblock_ratio" not in out and "head_cos" not in out  # no plain blocks to read
@@ -100,7 +101,11 @@ def test_new_presets_test_their_claims_only():
     claim = next(c for c in iac.CLAIMS if c.id == "fig5_loss_reaches_gd")
     assert claim.values(runs, {}) == pytest.approx([0.95, 1.05, 1.0])
     devs = iac.deviations(presets["paper-fig5"])
-    assert any("attention OUTPUT" in d for d in devs) and any("init_scale = 1/3" in d for d in devs)
+    assert any("on the attention output as augmented.py" in d for d in devs) and any(
+        "init_scale = 1/3" in d for d in devs
+    )
+    assert not any("attention INPUT" in d for d in devs)
+    assert any("attention INPUT" in d for d in iac.deviations(presets["paper-fig5"].set("model.norm_position", "pre")))
     assert any("start (the control)" in d for d in iac.deviations(presets["augmented-commuting-gd-start"]))
     na = presets["non-augmented-64"]
     assert (na.model.n_heads, na.model.d_head, na.task.n_dims, na.task.w_kind) == (64, 10, 5, "haar")

@@ -22,6 +22,7 @@ INPUTS = ("continuous", "discrete")
 READ_INS = ("identity", "linear")
 READOUTS = ("linear", "y_block", "neg_y_block")
 POS_ENCODINGS = ("none", "learned", "sinusoidal")
+NORM_POSITIONS = ("pre", "attn_out")  # jaxlab.models.block
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant", "linear_decay")
@@ -53,6 +54,7 @@ class ModelConfig(Section):
     d_mlp: int = 0
     activation: str = "gelu"
     layernorm: bool = True
+    norm_position: str = "pre"
     use_bias: bool = True
     input: str = "continuous"
     d_input: int | None = None
@@ -81,7 +83,10 @@ class ModelConfig(Section):
         "tie_layers": "every block uses the same parameters (a recurrent model)",
         "d_mlp": "hidden width of each block's MLP (0: no MLP, attention only)",
         "activation": "the MLP's activation (solu: x * softmax(x), then a LayerNorm)",
-        "layernorm": "pre-norm LayerNorm before attention and MLP, and a final one before the readout",
+        "layernorm": "LayerNorm in every block (placed by norm_position) and, pre-norm only, a final one before "
+        "the readout",
+        "norm_position": "pre: x + Attn(LN(x)) and a final LN before the readout; attn_out: x + LN(Attn(x)) (and "
+        "x + LN(MLP(x))), no final LN (Sander et al. 2024's augmented.py)",
         "use_bias": "biases in attention, MLP, read-in and readout",
         "input": "tokens are continuous vectors or discrete ids (read by an embedding)",
         "d_input": "width of continuous input tokens (None: from the task)",
@@ -103,6 +108,7 @@ class ModelConfig(Section):
         "read_in": READ_INS,
         "readout": READOUTS,
         "pos_encoding": POS_ENCODINGS,
+        "norm_position": NORM_POSITIONS,
         "dtype": DTYPES,
     }
 
@@ -110,6 +116,7 @@ class ModelConfig(Section):
         inert("activation", d_mlp=(0,)),
         inert("attn_norm", attention=("softmax",)),
         inert("tie_layers", n_layers=(1,)),
+        inert("norm_position", layernorm=(False,)),
         inert("vocab_size", input=("continuous",)),
         inert("d_input", input=("discrete",)),
         inert("max_len", pos_encoding=("none", "sinusoidal"), attention=("linear", "softmax")),
@@ -128,6 +135,7 @@ class ModelConfig(Section):
         _choice(n("read_in"), self.read_in, READ_INS)
         _choice(n("readout"), self.readout, READOUTS)
         _choice(n("pos_encoding"), self.pos_encoding, POS_ENCODINGS)
+        _choice(n("norm_position"), self.norm_position, NORM_POSITIONS)
         _choice(n("dtype"), self.dtype, DTYPES)
         _positive(n("init_scale"), self.init_scale)
         for name in ("d_model", "d_head", "d_input", "vocab_size", "d_output", "max_len"):
@@ -149,6 +157,12 @@ class ModelConfig(Section):
                     n("d_model"),
                     f"read_in='identity' needs d_model == d_input ({self.d_input}), got {self.d_model}",
                 )
+
+    @property
+    def final_norm(self) -> bool:
+        """Whether a final LayerNorm precedes the readout: `layernorm` with `norm_position="pre"` (augmented.py's
+        output-norm model has none)."""
+        return self.layernorm and self.norm_position == "pre"
 
     @property
     def head_dim(self) -> int:

@@ -37,7 +37,7 @@ difference is listed, per preset, by `icl_autoregressive_claims.deviations` (in 
   augmented-commuting-gd-start  the other control: augmented-commuting started at one GD step
                        (`probe.start = "gd"`, `GDStartTrain`): does training keep the full model at GD?
   paper-fig5           augmented.py (Fig. 5): d = 5, T = 50, Haar W, s_0 = ones/sqrt(d), one head of width 3d
-                       with biases, LayerNorm (jaxlab's placement: attention input and before the read-out)
+                       with biases, LayerNorm on the attention output (x + LN(Attn(x)), as augmented.py)
                        and a linear read-out, Adam 1e-2, batch 1024, 3,200 steps. Not the plain layer
                        (`is_plain`): only the functional metrics (losses, model_cos, W_hat) are measured.
   non-augmented-64     non_augmented.py's setting (Fig. 7): d = 5, T = 50, Haar W, 64 positional heads of
@@ -454,10 +454,17 @@ def gd_start_smoke() -> ExperimentConfig:
 
 def fig5_model(d: int) -> ModelConfig:
     """augmented.py's model in jaxlab's options: one linear-attention head of width 3d on the 3d-wide tokens,
-    causal, biases, LayerNorm (jaxlab's: on the attention INPUT and before the read-out; augmented.py's is on the
-    attention output: a deviation), a linear read-out to d; init_scale 1/3 gives PyTorch's nn.Linear weight
-    variance 1 / (3 fan_in)."""
-    return augmented_model(d_head=3 * d, use_bias=True, layernorm=True, readout="linear", init_scale=1.0 / 3.0)
+    causal, biases, LayerNorm on the attention OUTPUT as augmented.py (`norm_position="attn_out"`: y = W_r (x +
+    LN(Attn(x))) + b_r, no final norm; `jaxlab.models.block`), a linear read-out to d; init_scale 1/3 gives
+    PyTorch's nn.Linear weight variance 1 / (3 fan_in)."""
+    return augmented_model(
+        d_head=3 * d,
+        use_bias=True,
+        layernorm=True,
+        norm_position="attn_out",
+        readout="linear",
+        init_scale=1.0 / 3.0,
+    )
 
 
 def paper_fig5() -> ExperimentConfig:

@@ -496,13 +496,29 @@ def constrained_deviations(cfg: Any) -> list[str]:
     return out
 
 
-def fig5_model_deviations() -> list[str]:
+def fig5_layernorm(model: Any) -> str:
+    """How the model's LayerNorm compares with augmented.py's: x -> fc_out(x + LN(Attn(x))), nn.LayerNorm(3d) with
+    learned weight and bias and eps 1e-5, no final norm (`jaxlab.models.block`, norm_position="attn_out")."""
+    if not model.layernorm:
+        return "LayerNorm: none; augmented.py normalizes the attention output, x -> readout(x + LN(Attn(x)))"
+    if model.norm_position == "pre":
+        return (
+            "LayerNorm: model.norm_position = pre normalizes the attention INPUT and the stream before the read-out, "
+            "x -> readout(LN_f(x + Attn(LN_1(x)))); augmented.py normalizes the attention OUTPUT, "
+            "x -> readout(x + LN(Attn(x))), with no final norm (model.norm_position = attn_out)"
+        )
+    return (
+        "LayerNorm: on the attention output as augmented.py, x -> readout(x + LN(Attn(x))), learned scale and bias, "
+        "no final norm (model.norm_position = attn_out); epsilon 1e-6 inside the square root (PyTorch's "
+        "nn.LayerNorm: 1e-5)"
+    )
+
+
+def fig5_model_deviations(model: Any) -> list[str]:
     """How augmented.py's model in jaxlab's options (preset paper-fig5: biases, LayerNorm, read-out) differs from
     augmented.py's."""
     return [
-        "LayerNorm: jaxlab's option normalizes the attention INPUT (pre-norm) and the stream before the read-out, "
-        "x -> readout(LN_f(x + Attn(LN_1(x)))); augmented.py normalizes the attention OUTPUT, "
-        "x -> readout(x + LN(Attn(x))), with no final norm (jaxlab's block has no post-attention norm)",
+        fig5_layernorm(model),
         "model otherwise as augmented.py: one linear-attention head of width 3d with biases on Q, K, V and the "
         "output, causal, tokens (s_t, s_{t-1}, 0) (augmented.py: (0, s_t, s_{t-1}), a fixed permutation), a "
         "linear read-out to d (augmented.py maps to 3d and reads the first d: the same map); augmented.py "
@@ -540,7 +556,7 @@ def deviations(cfg: Any) -> list[str]:
                 "attention output and a linear read-out"
             )
         else:
-            out.extend(fig5_model_deviations())
+            out.extend(fig5_model_deviations(model))
         if task.w_kind == "commuting":
             out.append(
                 f"task: commuting W (2x2 rotations), d = {task.n_dims}, T = {task.seq_len}: the theory's setting "
@@ -646,6 +662,7 @@ __all__ = [
     "constrained_deviations",
     "constrained_untested",
     "deviations",
+    "fig5_layernorm",
     "fig5_model_deviations",
     "fig5_untested",
     "gd_form_untested",

@@ -103,13 +103,19 @@ def fig5_section(ctx: ReportContext) -> Section:
         ["model_cos (vs fitted GD; reported, no claim: Haar W)", _cell(ctx, "model_cos")],
         ["preds_diff", _cell(ctx, "preds_diff")],
     ]
+    m = ctx.cfg.model
+    where = (
+        "where augmented.py's does, on the attention output"
+        if m.layernorm and m.norm_position == "attn_out"
+        else f"elsewhere (model.layernorm = {m.layernorm}, model.norm_position = {m.norm_position})"
+    )
     body = (
         "**Paper (Sander et al. 2024, Fig. 5, augmented.py):** a one-layer linear-attention model with biases, "
         "LayerNorm on the attention output and a linear read-out, trained on augmented tokens with W ~ Haar O(5), "
         "T = 50, s_0 = ones / sqrt(5), Adam lr 1e-2, batch 1024; its loss is compared with the one-step-GD "
-        "predictor's (for non-commuting W the paper compares losses only). jaxlab's LayerNorm sits on the "
-        "attention input and before the read-out (Deviations). The model has no plain W_Q W_K^T / W_V W_O blocks, "
-        "so the structure metrics are not measured; model_cos and preds_diff are functional and reported.\n\n"
+        "predictor's (for non-commuting W the paper compares losses only). This model's LayerNorm sits "
+        f"{where} (Deviations). The model has no plain W_Q W_K^T / W_V W_O blocks, so the structure metrics are "
+        "not measured; model_cos and preds_diff are functional and reported.\n\n"
         "**Measured** (median [min, max] over runs):\n\n" + table(["quantity", "value"], rows)
     )
     name = _loss_figure(ctx, ("model_cos",), "gd_comparison.png")

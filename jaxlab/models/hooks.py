@@ -8,6 +8,9 @@ Dh d_head, F d_mlp), in forward order:
                                                    sinusoidal; `pos_encoding` not none)
   blocks.{i}.hook_resid_pre         [B, T, D]      the stream entering block i
   blocks.{i}.ln1.hook_scale         [B, T, 1]      sqrt(var(x) + eps) of the LayerNorm before attention
+                                                   (norm_position="attn_out": after hook_z, the LayerNorm
+                                                   of the attention output; hook_attn_out is then LN1's
+                                                   output, the term added to the stream; ln2 likewise)
   blocks.{i}.attn.hook_q / _k / _v  [B, T, H, Dh]  x W_Q^h + b_Q^h (and K, V), biases included
   blocks.{i}.attn.hook_attn_scores  [B, H, T, T]   softmax: q . k / sqrt(Dh), masked entries at the
                                                    float32 minimum (the softmax's input); linear and
@@ -24,7 +27,7 @@ Dh d_head, F d_mlp), in forward order:
   blocks.{i}.mlp.hook_post          [B, T, F]      act(pre) (solu: after its LayerNorm, as TransformerLens)
   blocks.{i}.hook_mlp_out           [B, T, D]      post W_out + b_out
   blocks.{i}.hook_resid_post        [B, T, D]      the stream leaving block i
-  ln_final.hook_scale               [B, T, 1]      the final LayerNorm
+  ln_final.hook_scale               [B, T, 1]      the final LayerNorm (norm_position="pre" only)
 
 With `tie_layers` each block index i has its own names (one set of parameters, n_layers sets of
 points), as it has when the blocks run as one `lax.scan` (`jaxlab.models.layer_scan`: the loop's
@@ -66,17 +69,22 @@ def block_point(name: str) -> tuple[int, str] | None:
 def block_hook_names(cfg: ModelConfig, i: int) -> list[str]:
     """The points of block i, in forward order (module docstring)."""
     b = f"blocks.{i}"
+    pre, post = cfg.final_norm, cfg.layernorm and not cfg.final_norm  # post: norm_position="attn_out"
     names = [f"{b}.hook_resid_pre"]
-    if cfg.layernorm:
+    if pre:
         names.append(f"{b}.ln1.hook_scale")
     names += [f"{b}.attn.{h}" for h in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")]
+    if post:
+        names.append(f"{b}.ln1.hook_scale")
     names.append(f"{b}.hook_attn_out")
     if cfg.d_mlp:
         names.append(f"{b}.hook_resid_mid")
-        if cfg.layernorm:
+        if pre:
             names.append(f"{b}.ln2.hook_scale")
         mid = ["hook_mid"] if cfg.activation == "solu" else []
         names += [f"{b}.mlp.{h}" for h in ("hook_pre", *mid, "hook_post")]
+        if post:
+            names.append(f"{b}.ln2.hook_scale")
         names.append(f"{b}.hook_mlp_out")
     names.append(f"{b}.hook_resid_post")
     return names
@@ -90,7 +98,7 @@ def hook_names(cfg: ModelConfig) -> list[str]:
         names.append("hook_pos_embed")
     for i in range(cfg.n_layers):
         names += block_hook_names(cfg, i)
-    if cfg.layernorm:
+    if cfg.final_norm:
         names.append("ln_final.hook_scale")
     return names
 

@@ -1,7 +1,8 @@
 """The transformer family: one Flax Linen module configured by a frozen `ModelConfig`.
 
 Block i (pre-norm when `layernorm`; `jaxlab.models.block`):
-  x <- x + Attn_i(LN(x));  x <- x + MLP_i(LN(x)) when d_mlp > 0.
+  x <- x + Attn_i(LN(x));  x <- x + MLP_i(LN(x)) when d_mlp > 0,
+or, with `norm_position="attn_out"`, x <- x + LN(Attn_i(x)) (and x + LN(MLP_i(x))) and no final norm.
 With `tie_layers` every block uses the same parameters (the recurrent / "deq" setup of von Oswald
 et al. 2023). Inputs are continuous tokens (read in by a linear map or used as they are) or token
 ids (embedding); the readout is a linear map (`linear`), or the last `d_output` coordinates of the
@@ -112,7 +113,7 @@ class Transformer(nn.Module):
         if cfg.pos_encoding == "learned":
             self.pos_embed = self.param("pos_embed", kernel_init(1, 0), (cfg.max_len, cfg.d_model))
         self.blocks = [Block(cfg, self.execution) for _ in range(1 if cfg.tie_layers else cfg.n_layers)]
-        if cfg.layernorm:
+        if cfg.final_norm:
             self.ln_final = LayerNorm()
         if cfg.readout == "linear":
             n_out = cfg.vocab_size if cfg.input == "discrete" and cfg.d_output is None else cfg.d_output
@@ -160,7 +161,7 @@ class Transformer(nn.Module):
                 x = blk(x, f"blocks.{i}", interventions, queries, out_dims)
         if outputs_at is not None and not partial:
             x = x[:, query_index(tuple(outputs_at), x.shape[1])]
-        if cfg.layernorm:
+        if cfg.final_norm:
             x = self.ln_final(x, "ln_final", interventions)
         return self.read_out(x)
 
@@ -233,7 +234,7 @@ class Transformer(nn.Module):
     def unembed_stream(self, x: jax.Array) -> jax.Array:
         """Outputs of any residual stream x [..., T, d_model]: the final LayerNorm (with `layernorm`, its
         statistics per token) then `read_out` (the logit lens; `logit_lens`)."""
-        if self.cfg.layernorm:
+        if self.cfg.final_norm:
             x = self.ln_final(x, "ln_final")
         return self.read_out(x)
 
