@@ -58,8 +58,13 @@ def in_rng_scope(fn: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
+@jax.jit
 def threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The Threefry-2x32 block cipher (Salmon et al. 2011), 20 rounds, unrolled; uint32 in and out."""
+    """The Threefry-2x32 block cipher (Salmon et al. 2011), 20 rounds, unrolled; uint32 in and out.
+
+    Jitted: a program that draws many arrays traces the ~110 operations of the rounds once per shape
+    (and per batching under `vmap`) and holds them once per shape as a called function, which XLA
+    inlines before fusing: the compiled code is the same, tracing and lowering are 5-8x faster."""
 
     def rotl(x: jax.Array, r: int) -> jax.Array:
         return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
