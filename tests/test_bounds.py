@@ -426,28 +426,42 @@ def test_every_declared_rule_has_a_case():
 
 
 def fingerprint(experiment: str, cfg: ExperimentConfig, with_experiment: bool = True):
-    """What a run is made of: the lowered init and training-interval programs (train + evaluate),
-    the concrete evaluation data and the evaluation steps. `with_experiment=False`: the engine's
-    own evaluation only (enough for the model, optim and train fields, which experiments do not
-    read themselves; much cheaper to lower)."""
+    """What a run is made of: the traced init and training-interval programs (train + evaluate) with
+    their constants, the concrete evaluation data and the evaluation steps. Jaxprs, not the lowered
+    text: the same program either way (lowering is deterministic), without the cost of lowering.
+    `with_experiment=False`: the engine's own evaluation only (enough for the model, optim and train
+    fields, which experiments do not read themselves; much cheaper to trace)."""
     train = get_experiment(experiment).make_train(cfg) if with_experiment else make_train(cfg)
     hp = default_hparams(train.cfg)
     key = jax.random.key(0)
-    init = jax.jit(train.init).lower(key, hp).as_text()
+    init = program(jax.make_jaxpr(train.init)(key, hp))
     state = jax.eval_shape(train.init, key, hp)
     data = jax.jit(train.make_eval_batch)()  # one program instead of many small eager ones
-    chunk = jax.jit(train.chunk).lower(state, hp, data, 2).as_text()
-    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(data)]
-    return init, chunk, leaves, train.eval_steps
+    chunk = program(jax.make_jaxpr(train.chunk, static_argnums=3)(state, hp, data, 2))
+    return init, chunk, arrays(data), train.eval_steps
+
+
+def arrays(tree) -> list[np.ndarray]:
+    """The leaves of `tree` as NumPy arrays (typed keys as their key data)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    is_key = lambda x: jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+    return [np.asarray(jax.random.key_data(x) if is_key(x) else x) for x in leaves]
+
+
+def program(closed) -> tuple[str, list[np.ndarray]]:
+    """A traced program as its text and its constants (which the text names but does not print)."""
+    return str(closed.jaxpr), arrays(closed.consts)
+
+
+def equal_arrays(xs: list[np.ndarray], ys: list[np.ndarray]) -> bool:
+    return len(xs) == len(ys) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(xs, ys))
 
 
 def same(a, b) -> bool:
-    init_a, chunk_a, data_a, steps_a = a
-    init_b, chunk_b, data_b, steps_b = b
-    equal_data = len(data_a) == len(data_b) and all(
-        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(data_a, data_b)
-    )
-    return init_a == init_b and chunk_a == chunk_b and equal_data and steps_a == steps_b
+    (init_a, init_consts_a), (chunk_a, chunk_consts_a), data_a, steps_a = a
+    (init_b, init_consts_b), (chunk_b, chunk_consts_b), data_b, steps_b = b
+    consts = equal_arrays(init_consts_a, init_consts_b) and equal_arrays(chunk_consts_a, chunk_consts_b)
+    return init_a == init_b and chunk_a == chunk_b and consts and equal_arrays(data_a, data_b) and steps_a == steps_b
 
 
 def configs(experiment: str, overrides: dict, key: str, values: tuple):
