@@ -13,6 +13,8 @@ from jaxlab.config import SweepConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import function_classes as fcx
 from jaxlab.experiments import function_classes_claims as fcc
+from jaxlab.probes import prefix_relu_net as prn
+from jaxlab.probes import prefix_tree as pt
 from jaxlab.registry import get_experiment
 from jaxlab.tasks import function_classes as fc
 
@@ -127,11 +129,71 @@ def test_which_configs_can_test_which_claim():
     paper = EXP.preset("paper")
     assert paper.task.n_dims == 20 and paper.task.n_context == 41 and paper.model.n_layers == 12
     assert not math.isnan(paper.optim.lr)
-    assert any("no curriculum" in line for line in fcc.deviations(quick))
+    assert any(line.startswith("curriculum: dims 2 -> 5 by +1 every 60 steps") for line in fcc.deviations(quick))
+    plain = quick.set("task.curriculum_dims", "").set("task.curriculum_points", "")
+    assert any(line.startswith("curriculum: none") for line in fcc.deviations(plain))
+    linear_only = paper.derive("lin", sweep=SweepConfig(seeds=(0,), grid=(("task.function_class", ("linear",)),)))
+    assert not any(line.startswith("curriculum:") for line in fcc.deviations(linear_only))  # Garg's own
+    assert any(line.startswith("curriculum:") for line in fcc.deviations(paper))  # trees: 26 -> 101 examples
+    assert not plain.task.has_curriculum and quick.task.has_curriculum
 
 
 def test_probe_settings_are_validated():
     cfg = EXP.preset("smoke")
-    for key, bad in (("probe.lasso_alpha", "0"), ("probe.lasso_iters", "0"), ("probe.knn_k", "0")):
+    for key, bad in (
+        ("probe.lasso_alpha", "0"),
+        ("probe.lasso_iters", "0"),
+        ("probe.knn_k", "0"),
+        ("probe.relu_lr", "0"),
+        ("probe.relu_steps", "0"),
+        ("probe.relu_hidden", "0"),
+    ):
         with pytest.raises(ConfigError, match=key):
             cfg.set(key, bad)
+
+
+def test_matched_learner_claims_against_numpy():
+    rng = np.random.default_rng(1)
+    d, N = 3, 7
+    records, model, base = [], {}, {}
+    for cls, matched in (("decision_tree", "tree"), ("relu_2nn", "relu_net"), ("linear", None)):
+        for seed in range(5):
+            model[cls, seed] = rng.uniform(0, 1, N)
+            base[cls, seed] = {a: rng.uniform(0, 1, N) for a in ("least_squares", "knn", "averaging")}
+            if matched:
+                base[cls, seed][matched] = rng.uniform(0, 1, N)
+            records.append(_run(seed, cls, d, model[cls, seed], base[cls, seed]))
+    by_id = {c.id: c for c in fcc.CLAIMS}
+    got = by_id["tree_beats_greedy_tree"].values(records, {})
+    np.testing.assert_allclose(got, [model["decision_tree", s][N - 1] - base["decision_tree", s]["tree"][N - 1]
+                                     for s in range(5)])  # fmt: skip
+    got = by_id["relu_competitive_with_fitted_network"].values(records, {})
+    np.testing.assert_allclose(got, [model["relu_2nn", s][N - 1] - base["relu_2nn", s]["relu_net"][N - 1]
+                                     for s in range(5)])  # fmt: skip
+    assert by_id["relu_competitive_with_fitted_network"].rule == claims.Below(fcc.COMPETITIVE)
+    # runs written before the matched learners existed: the claim says so instead of comparing NaNs
+    old = [_run(0, "decision_tree", d, model["decision_tree", 0], {"knn": base["decision_tree", 0]["knn"]})]
+    with pytest.raises(claims.NotApplicable, match="algorithm=tree"):
+        by_id["tree_beats_greedy_tree"].values(old, {})
+    smoke = EXP.preset("smoke")
+    assert "no decision_tree runs" in by_id["tree_beats_greedy_tree"].untested(smoke)
+    assert by_id["relu_competitive_with_fitted_network"].untested(EXP.preset("quick")) is None
+
+
+def test_baseline_curves_include_the_matched_learners():
+    cfg = EXP.preset("smoke").set("probe.relu_steps", "5").set("probe.relu_hidden", "8")
+    for cls, matched in (("decision_tree", "tree"), ("relu_2nn", "relu_net")):
+        c = cfg.set("task.function_class", cls)
+        assert fcx.baselines(c)[-1] == matched
+        batch = fc.sample(jax.random.key(0), c.task, 16)
+        x, y = fc.split_interleaved(batch, c.task)
+        curves = fcx.baseline_curves(c, x, y)
+        assert set(curves) == set(fcx.baselines(c))
+        norm = fc.error_normalizer(c.task)
+        if cls == "decision_tree":
+            pred = np.asarray(pt.tree_prefix(x, y, depth=c.task.tree_depth))
+        else:
+            key = jax.random.fold_in(jax.random.key(c.train.eval_seed), fcx.RELU_INIT_STREAM)
+            pred = np.asarray(prn.relu_net_prefix(x, y, key, hidden=8, steps=5, lr=c.probe.relu_lr))
+        want = np.mean((pred - np.asarray(y)) ** 2, axis=0) / norm
+        np.testing.assert_allclose(np.asarray(curves[matched]), want, rtol=1e-5, atol=1e-7)

@@ -15,7 +15,11 @@ Metrics (`jaxlab.results.metric_name`: the tidy tables have the parameters as co
                                       plot_utils.py), at every evaluation
   baseline_nse[algorithm=a,n=i]       the same for Garg's baselines fitted on the same i examples of
                                       the same tasks (`jaxlab.probes.prefix_baselines`: least
-                                      squares, 3-NN, averaging, LASSO for the sparse class), final
+                                      squares, 3-NN, averaging, LASSO for the sparse class) and the
+                                      matched learners (MATCHED: `tree`, a greedy sign-feature tree
+                                      of the task's depth, `probes.prefix_tree`, for trees;
+                                      `relu_net`, a 2-layer ReLU network fitted by Adam,
+                                      `probes.prefix_relu_net`, for ReLU networks), final
 
 The claims (`function_classes_claims`) compare the model's curve with the baselines' at fixed
 numbers of examples; `function_classes_report` draws the curves (Garg et al. Fig. 2 and 4).
@@ -34,13 +38,22 @@ import numpy as np
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import function_classes_report as _report
-from jaxlab.experiments.function_classes_claims import CLAIMS, deviations
+from jaxlab.experiments.function_classes_claims import (
+    CLAIMS,
+    GARG_CURRICULUM_DIMS,
+    GARG_CURRICULUM_POINTS,
+    QUICK_CURRICULUM,
+    deviations,
+)
+from jaxlab.experiments.function_classes_curriculum import CurriculumExperiment
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes import prefix_baselines as pb
+from jaxlab.probes import prefix_relu_net as prn
+from jaxlab.probes import prefix_tree as pt
 from jaxlab.results import metric_name
 from jaxlab.tasks import Batch
 from jaxlab.tasks import function_classes as fc
-from jaxlab.train.experiment import Experiment, Finalized
+from jaxlab.train.experiment import Finalized
 
 
 @dataclass(frozen=True)
@@ -51,18 +64,25 @@ class FunctionClassProbeConfig(ProbeConfig):
     lasso_alpha: float = pb.LASSO_ALPHA
     lasso_iters: int = pb.LASSO_ITERS
     knn_k: int = pb.KNN_K
+    relu_hidden: int = prn.HIDDEN
+    relu_steps: int = prn.STEPS
+    relu_lr: float = prn.LR
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "lasso_alpha": "the LASSO baseline's alpha (sparse class; Garg et al. plot 0.01)",
         "lasso_iters": "FISTA iterations of the LASSO baseline",
         "knn_k": "neighbours of the k-NN baseline (Garg et al.: 3)",
+        "relu_hidden": "relu_2nn's matched learner: hidden width of the fitted 2-layer ReLU network (Garg et al.: 100)",
+        "relu_steps": "relu_2nn's matched learner: Adam steps per fit (Garg et al.: 100)",
+        "relu_lr": "relu_2nn's matched learner: Adam learning rate (Garg et al.: 5e-3)",
     }
 
     def validate(self) -> None:
         n = self._name
-        if not self.lasso_alpha > 0:
-            raise ConfigError(n("lasso_alpha"), f"must be > 0, got {self.lasso_alpha!r}")
-        for name in ("lasso_iters", "knn_k"):
+        for name in ("lasso_alpha", "relu_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(n(name), f"must be > 0, got {getattr(self, name)!r}")
+        for name in ("lasso_iters", "knn_k", "relu_hidden", "relu_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(n(name), f"must be >= 1, got {getattr(self, name)!r}")
 
@@ -77,9 +97,44 @@ def baseline_metric(algorithm: str, n: int) -> str:
     return metric_name("baseline_nse", algorithm=algorithm, n=int(n))
 
 
+# the learner matched to a class's own structure (Garg et al. Fig. 5; module docstring)
+MATCHED: dict[str, tuple[str, ...]] = {"decision_tree": ("tree",), "relu_2nn": ("relu_net",)}
+RELU_INIT_STREAM = 1  # the relu_net baseline's initial weights: key(train.eval_seed) folded with this
+
+
 def baselines(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """Garg et al.'s baselines of the config's function class (`prefix_baselines.GARG_BASELINES`)."""
-    return pb.GARG_BASELINES[cfg.task.function_class]
+    """Garg et al.'s baselines of the config's function class (`prefix_baselines.GARG_BASELINES`), then its
+    matched learner (MATCHED)."""
+    cls = cfg.task.function_class
+    return pb.GARG_BASELINES[cls] + MATCHED.get(cls, ())
+
+
+def baseline_curves(cfg: ExperimentConfig, x_BND: jax.Array, y_BN: jax.Array) -> dict[str, jax.Array]:
+    """algorithm -> normalized error [N] after every number of examples, for every baseline of the config's
+    class, fitted on the prefixes of the tasks (x [B, N, d], y [B, N])."""
+    probe, norm = cfg.probe, fc.error_normalizer(cfg.task)
+    garg = [a for a in baselines(cfg) if a in pb.ALGORITHMS]
+    out = pb.baseline_errors(
+        x_BND,
+        y_BN,
+        garg,
+        normalizer=norm,
+        lasso_alpha=probe.lasso_alpha,
+        lasso_iters=probe.lasso_iters,
+        knn_k=probe.knn_k,
+    )
+    for name in baselines(cfg):
+        if name == "tree":
+            pred_BN = pt.tree_prefix(x_BND, y_BN, depth=cfg.task.tree_depth)
+        elif name == "relu_net":
+            key = jax.random.fold_in(jax.random.key(cfg.train.eval_seed), RELU_INIT_STREAM)
+            pred_BN = prn.relu_net_prefix(
+                x_BND, y_BN, key, hidden=probe.relu_hidden, steps=probe.relu_steps, lr=probe.relu_lr
+            )
+        else:
+            continue
+        out[name] = pb.normalized_error(pred_BN, y_BN, norm)
+    return out
 
 
 def model_predictions(train: Any, params: Any, batch: Batch) -> jax.Array:
@@ -105,18 +160,7 @@ def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarr
     """The baselines' curves on the same evaluation tasks (the same for every run of the program)."""
     cfg = train.cfg
     x_BND, y_BN = fc.split_interleaved(train.make_eval_batch(), cfg.task)
-    probe = cfg.probe
-    curves = jax.jit(
-        lambda x, y: pb.baseline_errors(
-            x,
-            y,
-            baselines(cfg),
-            normalizer=fc.error_normalizer(cfg.task),
-            lasso_alpha=probe.lasso_alpha,
-            lasso_iters=probe.lasso_iters,
-            knn_k=probe.knn_k,
-        )
-    )(x_BND, y_BN)
+    curves = jax.jit(lambda x, y: baseline_curves(cfg, x, y))(x_BND, y_BN)
     curves = {name: np.asarray(v, np.float64) for name, v in jax.device_get(curves).items()}
     R = len(seeds)
     per_run = {baseline_metric(a, i): np.full(R, c[i]) for a, c in curves.items() for i in range(len(c))}
@@ -127,13 +171,21 @@ def finalize(train: Any, state: Any, hparams: Mapping[str, Any], seeds: np.ndarr
 # -- presets -------------------------------------------------------------------------------------------
 def paper() -> ExperimentConfig:
     """Garg et al.'s setup, for an accelerator: GPT-2 with 12 layers, 8 heads, d_model 256; d = 20,
-    N = 41 examples (2d + 1), batch 64, Adam lr 1e-4, 500k steps; one model per function class (their
-    curriculum over d and N is not implemented: declared under the claims)."""
+    N = 41 examples (2d + 1), batch 64, Adam lr 1e-4, 500k steps; one model per function class; their
+    curriculum (dims 5 -> 20 by +1 and examples 11 -> 41 by +2, every 2000 steps; for trees and ReLU
+    networks Garg et al. train on 26 -> 101 examples by +5, declared under the claims)."""
     return ExperimentConfig(
         experiment="function-classes",
         preset="paper",
         model=gpt_model(n_layers=12, n_heads=8, d_model=256, input="continuous"),
-        task=fc.Config(function_class="linear", n_dims=20, n_context=41, sparsity=3),
+        task=fc.Config(
+            function_class="linear",
+            n_dims=20,
+            n_context=41,
+            sparsity=3,
+            curriculum_dims=GARG_CURRICULUM_DIMS,
+            curriculum_points=GARG_CURRICULUM_POINTS["linear"],
+        ),
         optim=OptimConfig(name="adam", lr=1e-4),
         train=TrainConfig(steps=500_000, batch_size=64, eval_every=10_000, eval_batch_size=1024),
         probe=FunctionClassProbeConfig(),
@@ -144,8 +196,11 @@ def paper() -> ExperimentConfig:
 def quick() -> ExperimentConfig:
     """The same experiment scaled to a 2-core CPU: d = 5, N = 11 (2d + 1), k = 2 for the sparse class,
     a 3-layer model of width 64 (4 heads), batch 64, Adam at a constant lr 1e-3, 4000 steps, 5 seeds per
-    class."""
-    overrides = {
+    class. Garg et al.'s curriculum scaled (`function_classes_claims.QUICK_CURRICULUM`): dims 2 -> 5 by +1
+    and examples 3 -> 11 by +2 every 60 steps, done at step 240 (6% of training, as theirs at 30k of 500k)."""
+    overrides = {  # the curriculum first: each override is validated as it is set, against the paper's d and N
+        "task.curriculum_dims": QUICK_CURRICULUM["dims"],
+        "task.curriculum_points": QUICK_CURRICULUM["points"],
         "model.n_layers": 3,
         "model.n_heads": 4,
         "model.d_model": 64,
@@ -166,8 +221,11 @@ def quick() -> ExperimentConfig:
 
 
 def smoke() -> ExperimentConfig:
-    """Seconds: for tests. d = 3, N = 7, one block of width 16, two classes, two seeds, 40 steps."""
+    """Seconds: for tests. d = 3, N = 7, one block of width 16, two classes, two seeds, 40 steps; a
+    curriculum (dims 2 -> 3, examples 3 -> 7, every 10 steps) so the path is exercised."""
     overrides = {
+        "task.curriculum_dims": (2, 3, 1, 10),
+        "task.curriculum_points": (3, 7, 2, 10),
         "model.n_layers": 1,
         "model.n_heads": 2,
         "model.d_model": 16,
@@ -191,14 +249,14 @@ def smoke() -> ExperimentConfig:
 METRICS = {
     "nse[n=i]": "the model's normalized squared error after i in-context examples (tidy tables: metric nse, "
     "column n), every evaluation",
-    "baseline_nse[algorithm=a,n=i]": "the same for baseline a (least_squares, knn, averaging, lasso) on the same "
-    "tasks (metric baseline_nse, columns algorithm and n), final",
+    "baseline_nse[algorithm=a,n=i]": "the same for baseline a (least_squares, knn, averaging, lasso; the matched "
+    "learners tree and relu_net) on the same tasks (metric baseline_nse, columns algorithm and n), final",
 }
 
-EXPERIMENT = Experiment(
+EXPERIMENT = CurriculumExperiment(
     name="function-classes",
     description="Which function classes a transformer learns in context, against least squares, LASSO, "
-    "3-NN and averaging (Garg et al. 2022).",
+    "3-NN, averaging and the matched learners (greedy trees, fitted ReLU networks) (Garg et al. 2022).",
     presets={"smoke": smoke, "quick": quick, "paper": paper},
     probe_class=FunctionClassProbeConfig,
     metrics=METRICS,

@@ -10,11 +10,19 @@ n = d.
 
 Thresholds, fixed before any run (issue 20's bars): "close to least squares" on linear functions is
 a normalized error of at most NEAR_ZERO = 0.2 at n = 2d (least squares: 0); "beats" and "below" are
-differences below 0.
+differences below 0. The matched learners (issue 20, fixed before any run that records them): on
+decision trees the model "beats" the greedy sign-feature tree (model - tree < 0 at the last position
+n = N - 1); on ReLU networks it is "competitive with" the network fitted by Adam (model - network
+< COMPETITIVE = 0.1 at n = N - 1, a tenth of the error of predicting 0).
 
-Garg et al. train with a curriculum over d and N (from d = 5, N = 11 up to d = 20, N = 41), Adam lr
-1e-4, batch 64, 500k steps, a 12-layer GPT-2 of width 256 with 8 heads (their conf/*.yaml); no
-curriculum here (declared under the claims).
+Garg et al. train with a curriculum over d and N (conf/base.yaml and conf/<class>.yaml: dims 5 -> 20
+by +1 every 2000 steps; examples 11 -> 41 by +2 every 2000 steps for the linear classes, 26 -> 101 by
++5 for trees and ReLU networks; both done at step 30000 of 500k), Adam lr 1e-4, batch 64, 500k
+steps, a 12-layer GPT-2 of width 256 with 8 heads. The quick preset scales the curriculum
+(QUICK_CURRICULUM), a rule fixed before any curriculum run: the start sizes by Garg's start/end
+ratios (d: ceil(5 * 5/20) = 2; N: round(11 * 11/41) = 3), his increments (+1 dimension, +2
+examples), and an interval that ends the curriculum at the same fraction of training as his (6%:
+the examples' 4 increments done at step 240 of 4000, interval 60).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from jaxlab.results import metric_name, split_metric
 from jaxlab.tasks.function_classes import FUNCTION_CLASSES
 
 NEAR_ZERO = 0.2
+COMPETITIVE = 0.1
 KEY = "task.function_class"
 CLASSES = FUNCTION_CLASSES
 GARG = {  # conf/base.yaml, conf/*.yaml and src/models.py of dtsip/in-context-learning
@@ -41,6 +50,15 @@ GARG = {  # conf/base.yaml, conf/*.yaml and src/models.py of dtsip/in-context-le
     "batch_size": 64,
     "steps": 500_000,
 }
+GARG_CURRICULUM_DIMS = (5, 20, 1, 2000)  # (start, end, inc, interval), conf/base.yaml
+GARG_CURRICULUM_POINTS = {  # conf/<class>.yaml; the noisy class as the linear one
+    "linear": (11, 41, 2, 2000),
+    "sparse_linear": (11, 41, 2, 2000),
+    "noisy_linear": (11, 41, 2, 2000),
+    "decision_tree": (26, 101, 5, 2000),
+    "relu_2nn": (26, 101, 5, 2000),
+}
+QUICK_CURRICULUM = {"dims": (2, 5, 1, 60), "points": (3, 11, 2, 60)}  # the scaling of the module docstring
 Run = Mapping[str, Any]
 
 
@@ -154,6 +172,23 @@ def worst_class_minus_simple_baselines(runs: Sequence[Run], reference: Mapping[s
     return [max(v.values()) for _, v in sorted(by_seed.items()) if len(v) == n_classes and n_classes > 0]
 
 
+def _minus_matched(cls: str, algorithm: str):
+    def values(runs: Sequence[Run], reference: Mapping[str, Any]) -> list[float]:
+        """values(): per seed, at the last position n = N - 1, the model's nse minus the matched learner's."""
+        out = []
+        for r in _of_class(runs, cls):
+            last = _last_n(r)
+            matched = baseline(r, algorithm, last)
+            if not math.isfinite(matched):
+                raise NotApplicable(
+                    f"the runs do not record baseline_nse[algorithm={algorithm}] (written before jaxlab had it)"
+                )
+            out.append(nse(r, last) - matched)
+        return out
+
+    return values
+
+
 CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="linear_close_to_least_squares",
@@ -199,7 +234,62 @@ CLAIMS: tuple[Claim, ...] = (
         values=worst_class_minus_simple_baselines,
         untested=_all_untested,
     ),
+    Claim(
+        id="tree_beats_greedy_tree",
+        claim="Trained on depth-4 decision trees, the transformer beats greedy tree learning on the same examples.",
+        paper_ref="Garg et al. 2022, Sec. 5, Fig. 5 right (qualitative: below scikit-learn's greedy trees and XGBoost)",
+        statistic="per seed, at the last position n = N - 1, the tree model's nse - the greedy tree's nse",
+        control="a greedy CART tree of the task's depth on sign features (splits at x_c = 0, the class's own "
+        "splits; Garg et al. fit scikit-learn's trees on the raw x)",
+        rule=Below(0.0),
+        values=_minus_matched("decision_tree", "tree"),
+        untested=_needs_class("decision_tree"),
+    ),
+    Claim(
+        id="relu_competitive_with_fitted_network",
+        claim="Trained on 2-layer ReLU networks, the transformer is competitive with a 2-layer ReLU network fitted "
+        "to the same examples by gradient descent.",
+        paper_ref="Garg et al. 2022, Sec. 5, Fig. 5 left (qualitative: close to the fitted network)",
+        statistic="per seed, at the last position n = N - 1, the ReLU model's nse - the fitted network's nse",
+        control="a width-100 2-layer ReLU network per task and prefix, 100 Adam steps at lr 5e-3 (Garg's GDModel)",
+        rule=Below(COMPETITIVE),
+        values=_minus_matched("relu_2nn", "relu_net"),
+        untested=_needs_class("relu_2nn"),
+    ),
 )
+
+
+def _schedule_text(schedule: tuple[int, ...]) -> str:
+    start, end, inc, interval = schedule
+    return f"{start} -> {end} by +{inc} every {interval} steps"
+
+
+def curriculum_deviations(cfg: Any) -> list[str]:
+    """How the config's curriculum differs from Garg et al.'s (none: an empty list)."""
+    t = cfg.task
+    garg = (
+        f"Garg et al.: dims {_schedule_text(GARG_CURRICULUM_DIMS)}; examples "
+        f"{_schedule_text(GARG_CURRICULUM_POINTS['linear'])} for the linear classes, "
+        f"{_schedule_text(GARG_CURRICULUM_POINTS['decision_tree'])} for trees and ReLU networks; done at step 30000 "
+        "of 500000"
+    )
+    if not t.has_curriculum:
+        return [f"curriculum: none ({garg})"]
+    dims = _schedule_text(t.curriculum_dims) if t.curriculum_dims else "none (full d)"
+    points = _schedule_text(t.curriculum_points) if t.curriculum_points else "none (all N)"
+    classes = swept_classes(cfg)
+    same = t.curriculum_dims == GARG_CURRICULUM_DIMS and all(
+        t.curriculum_points == GARG_CURRICULUM_POINTS[c] for c in classes
+    )
+    if same:
+        return []
+    scaled = (
+        " (Garg's scaled to this d, N and step count: start sizes by his start/end ratios, his increments, "
+        "done at the same 6% of training)"
+        if (t.curriculum_dims, t.curriculum_points) == (QUICK_CURRICULUM["dims"], QUICK_CURRICULUM["points"])
+        else ""
+    )
+    return [f"curriculum: dims {dims}; examples with loss {points}{scaled} ({garg})"]
 
 
 def deviations(cfg: Any) -> list[str]:
@@ -220,10 +310,10 @@ def deviations(cfg: Any) -> list[str]:
         out.append(f"sparse linear: k = {t.sparsity} non-zero weights (Garg et al.: k = {g['sparsity']} of 20)")
     warmup = f", {o.warmup_steps} warm-up steps" if o.schedule.startswith("warmup") else ""
     out.append(
-        f"training: {o.name} lr {o.lr:g} ({o.schedule}{warmup}), batch {tr.batch_size}, {tr.steps} steps, "
-        f"no curriculum (Garg et al.: Adam lr {g['lr']:g}, batch {g['batch_size']}, {g['steps']} steps, a "
-        "curriculum from d = 5, N = 11 up)"
+        f"training: {o.name} lr {o.lr:g} ({o.schedule}{warmup}), batch {tr.batch_size}, {tr.steps} steps "
+        f"(Garg et al.: Adam lr {g['lr']:g}, batch {g['batch_size']}, {g['steps']} steps)"
     )
+    out += curriculum_deviations(cfg)
     out.append(
         f"evaluation: one shared set of {tr.eval_batch_size} tasks per class for every seed (key train.eval_seed); "
         "the baselines are fitted on the same examples"
@@ -232,6 +322,20 @@ def deviations(cfg: Any) -> list[str]:
         "tokens: d + 1 wide with y in the last coordinate (Garg et al. write y into the first of d coordinates); "
         "jaxlab's training loss is half the squared error (the reported errors are full squared errors)"
     )
-    if t.function_class == "noisy_linear" or "noisy_linear" in swept_classes(cfg):
+    classes = swept_classes(cfg)
+    if "decision_tree" in classes:
+        out.append(
+            "decision-tree baselines: a greedy depth-"
+            f"{t.tree_depth} CART tree on sign features (splits at 0, the class's own) stands in for Garg et al.'s "
+            "scikit-learn trees (depth 4 and unbounded) and XGBoost on the raw x"
+        )
+    if "relu_2nn" in classes:
+        p = cfg.probe
+        out.append(
+            f"ReLU-network baseline: width {p.relu_hidden}, {p.relu_steps} Adam steps at lr {p.relu_lr:g}, full-batch, "
+            "each task's own mean squared error (Garg et al.'s GDModel: width 100, 100 steps, lr 5e-3, batches of "
+            "100 examples, one loss averaged over the tasks)"
+        )
+    if t.function_class == "noisy_linear" or "noisy_linear" in classes:
         out.append(f"noisy linear: noise std {t.noise_std:g}, y not renormalized (Garg et al.'s eval renormalizes)")
     return out

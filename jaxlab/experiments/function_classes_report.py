@@ -10,7 +10,14 @@ import pandas as pd
 from jaxlab.reporting import Figure, ReportContext, Section, ok_runs, table
 
 CLASS_COLUMN = "task__function_class"
-STYLES = {"least_squares": "--", "lasso": "-.", "knn": ":", "averaging": (0, (3, 1, 1, 1))}
+STYLES = {
+    "least_squares": "--",
+    "lasso": "-.",
+    "knn": ":",
+    "averaging": (0, (3, 1, 1, 1)),
+    "tree": (0, (5, 2)),
+    "relu_net": (0, (5, 2)),
+}
 
 
 def final_curves(ctx: ReportContext) -> pd.DataFrame:
@@ -63,8 +70,9 @@ def curves_section(ctx: ReportContext) -> Section | None:
         "Normalized squared error (divided by d; by k for sparse linear, 1 for trees, as Garg et al. plot it) "
         "after n in-context examples, on the shared evaluation tasks: the trained models (median and "
         "min-max over seeds) and Garg et al.'s baselines fitted on the same n examples (least squares, 3-NN, "
-        "averaging; LASSO for the sparse class). The grey line marks n = d.\n\n"
-        + table(["class", "n", "transformer, median [min, max]", "baselines"], rows)
+        "averaging; LASSO for the sparse class; the matched learners: `tree`, a greedy sign-feature tree of the "
+        "class's depth, for trees, `relu_net`, a 2-layer ReLU network fitted by Adam, for ReLU networks). The grey "
+        "line marks n = d.\n\n" + table(["class", "n", "transformer, median [min, max]", "baselines"], rows)
     )
     caption = f"Error against the number of in-context examples (Garg et al. Fig. 2 and 4). {ctx.provenance()}"
     return Section("Error against the number of in-context examples", body, [Figure(name, caption)])

@@ -38,9 +38,26 @@ of a width-d token); the prediction of y_i is read at x_i, the loss covers every
 (models.py:127, `prediction[:, ::2, 0]`), so every prefix length 0..N-1 counts. (jaxlab's "mse" loss
 is half the squared error, Garg's training loss the squared error: a constant factor.)
 
-Not reproduced: Garg's curriculum (the first coordinates only, `n_dims_truncated`, and the
-sparse task's `valid_coords`), task pools (`num_tasks`), the `scale` factor (1 in all of their
-training runs) and `seeds`.
+Curriculum (Garg's `src/curriculum.py`, `src/train.py` and conf/*.yaml; `curriculum_dims`,
+`curriculum_points`, each (start, end, inc, interval) or empty for none): at training step t the
+effective dimension and the number of examples are
+
+  d_t = min(start + inc * floor(t / interval), end, d)      (the same rule for n_t, capped at N)
+
+(Garg's `Curriculum.update` runs after every step, so step t has seen floor(t / interval)
+increments). Garg et al.: dims (5, 20, 1, 2000) for every class; points (11, 41, 2, 2000) for the
+linear classes, (26, 101, 5, 2000) for trees and ReLU networks; both finish at step 30000 of 500k.
+A batch of step t (`sample(..., step=t)`) draws x ~ N(0, I_d) and zeroes the coordinates j >= d_t
+(`GaussianSampler.sample_xs`, `xs_b[:, :, n_dims_truncated:] = 0`); the sparse class draws its k
+non-zero coordinates among the first d_t (`valid_coords`, tasks.py:138-141; so the dims schedule
+must start at k or above); the other classes draw their functions over all d coordinates, as
+Garg's do. The sequence keeps its N examples (one static shape, so one compiled program serves
+every stage) and the loss mask covers the first n_t x-tokens only: the model is causal, so the
+masked examples j >= n_t change no prediction that counts. Evaluation batches (`step=None`) use
+the full d and N, as Garg evaluates.
+
+Not reproduced: task pools (`num_tasks`), the `scale` factor (1 in all of their training runs)
+and `seeds`.
 """
 
 from __future__ import annotations
@@ -81,6 +98,8 @@ class Config(TaskSection):
     renormalize_ys: bool = False
     tree_depth: int = 4
     hidden: int = 100
+    curriculum_dims: tuple[int, ...] = ()
+    curriculum_points: tuple[int, ...] = ()
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "function_class": "the class f is drawn from: linear, sparse_linear, noisy_linear, decision_tree, relu_2nn",
@@ -91,6 +110,12 @@ class Config(TaskSection):
         "renormalize_ys": "noisy_linear: rescale y by sqrt(d) / std(y) over the batch (Garg's noisyLR evaluation)",
         "tree_depth": "decision_tree: depth D of the tree (2^D leaves)",
         "hidden": "relu_2nn: width h of the ReLU network's hidden layer",
+        "curriculum_dims": "training curriculum over the effective dimension: start,end,inc,interval (d_t = "
+        "min(start + inc * floor(t / interval), end, n_dims); coordinates >= d_t are 0); empty: none "
+        "(Garg et al.: 5,20,1,2000)",
+        "curriculum_points": "training curriculum over the examples that carry loss: start,end,inc,interval (capped "
+        "at n_context); empty: none (Garg et al.: 11,41,2,2000 for linear classes, 26,101,5,2000 for trees and ReLU "
+        "networks)",
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"function_class": FUNCTION_CLASSES}
     INERT = (
@@ -114,6 +139,35 @@ class Config(TaskSection):
             raise ConfigError(n("sparsity"), f"must be <= n_dims = {self.n_dims}, got {self.sparsity}")
         if self.tree_depth > MAX_TREE_DEPTH:
             raise ConfigError(n("tree_depth"), f"must be <= {MAX_TREE_DEPTH}, got {self.tree_depth}")
+        _check_schedule(n("curriculum_dims"), self.curriculum_dims, self.n_dims, "n_dims")
+        _check_schedule(n("curriculum_points"), self.curriculum_points, self.n_context, "n_context")
+        if self.function_class == "sparse_linear" and self.curriculum_dims and self.curriculum_dims[0] < self.sparsity:
+            raise ConfigError(
+                n("curriculum_dims"),
+                f"starts at {self.curriculum_dims[0]} dimensions, below sparsity = {self.sparsity} "
+                "(the k non-zero weights are drawn among the first d_t coordinates)",
+            )
+
+    @property
+    def has_curriculum(self) -> bool:
+        """Whether training batches depend on the step (a dims or points schedule is set)."""
+        return bool(self.curriculum_dims or self.curriculum_points)
+
+
+def _check_schedule(name: str, schedule: tuple[int, ...], limit: int, limit_name: str) -> None:
+    """Refuse a schedule that is not empty or (start, end, inc, interval) with 1 <= start <= end,
+    start <= limit, inc >= 1 and interval >= 1 (an end beyond the limit is capped at it: `scheduled`)."""
+    if not schedule:
+        return
+    if len(schedule) != 4:
+        raise ConfigError(name, f"expected start,end,inc,interval (4 integers) or nothing, got {schedule!r}")
+    start, end, inc, interval = schedule
+    if not 1 <= start <= end or start > limit:
+        raise ConfigError(
+            name, f"needs 1 <= start <= end and start <= {limit_name} = {limit}, got start {start}, end {end}"
+        )
+    if inc < 1 or interval < 1:
+        raise ConfigError(name, f"needs inc >= 1 and interval >= 1, got inc {inc}, interval {interval}")
 
 
 FunctionClassConfig = Config
@@ -144,12 +198,32 @@ def error_normalizer(cfg: Config) -> int:
     return cfg.n_dims
 
 
-def sample_functions(key: jax.Array, cfg: Config, batch_size: int) -> dict[str, jax.Array]:
+def scheduled(schedule: tuple[int, ...], step: jax.Array | int, full: int) -> jax.Array:
+    """The curriculum value at `step` (traced or not): min(start + inc * floor(step / interval), end, full), or
+    `full` (the task's n_dims or n_context) for an empty schedule (Garg's `Curriculum`, module docstring)."""
+    if not schedule:
+        return jnp.int32(full)
+    start, end, inc, interval = schedule
+    return jnp.minimum(start + inc * (jnp.asarray(step, jnp.int32) // interval), min(end, full)).astype(jnp.int32)
+
+
+def active_sizes(cfg: Config, step: jax.Array | int | None) -> tuple[jax.Array, jax.Array]:
+    """(d_t, n_t): the effective dimension and the number of examples carrying loss at training step `step`
+    (the full n_dims and n_context for `step=None`, the evaluation batches)."""
+    if step is None:
+        return jnp.int32(cfg.n_dims), jnp.int32(cfg.n_context)
+    return scheduled(cfg.curriculum_dims, step, cfg.n_dims), scheduled(cfg.curriculum_points, step, cfg.n_context)
+
+
+def sample_functions(
+    key: jax.Array, cfg: Config, batch_size: int, valid_dims: jax.Array | None = None
+) -> dict[str, jax.Array]:
     """The parameters of `batch_size` functions of `cfg.function_class` (module docstring):
 
     linear classes: "w" [B, 1, d] (regression's [B, d_out, d]); sparse_linear also "support" [B, d]
     (1.0 at the k nonzero coordinates); decision_tree: "tree_coords" [B, 2^(D+1)-1] int32 and
-    "tree_values" [B, 2^(D+1)-1]; relu_2nn: "w1" [B, d, h] and "w2" [B, h].
+    "tree_values" [B, 2^(D+1)-1]; relu_2nn: "w1" [B, d, h] and "w2" [B, h]. `valid_dims` (the curriculum's
+    d_t, traced): the sparse class's support is drawn among the first d_t coordinates (Garg's `valid_coords`).
     """
     B, d = batch_size, cfg.n_dims
     k_a, k_b = rng.split(key, 2)
@@ -159,7 +233,10 @@ def sample_functions(key: jax.Array, cfg: Config, batch_size: int) -> dict[str, 
         out = {}
         if fc == "sparse_linear":
             # a uniformly random k-subset per task: the k smallest of d i.i.d. uniforms (torch.randperm[:k])
-            order_BD = jnp.argsort(rng.uniform(k_b, (B, d)), axis=-1)
+            u_BD = rng.uniform(k_b, (B, d))
+            if valid_dims is not None:  # uniforms are < 1: the k smallest lie among the first d_t
+                u_BD = jnp.where(jnp.arange(d)[None, :] < valid_dims, u_BD, 2.0)
+            order_BD = jnp.argsort(u_BD, axis=-1)
             rank_BD = jnp.argsort(order_BD, axis=-1)
             support_BD = (rank_BD < cfg.sparsity).astype(w_BD.dtype)
             w_BD = w_BD * support_BD
@@ -207,19 +284,29 @@ def assemble(cfg: Config, x_BND: jax.Array, y_BN: jax.Array, aux: dict[str, Any]
     return batch.replace(aux=dict(aux))
 
 
-def sample(key: jax.Array, cfg: Config, batch_size: int = 1) -> Batch:
+def sample(key: jax.Array, cfg: Config, batch_size: int = 1, step: jax.Array | int | None = None) -> Batch:
     """`batch_size` sequences of functions of `cfg.function_class` (module docstring); aux holds the
-    functions' parameters (`sample_functions`)."""
+    functions' parameters (`sample_functions`). `step` (traced or not): the batch of that training step
+    under the config's curriculum (coordinates j >= d_t zeroed, loss on the first n_t examples; module
+    docstring); None, or no curriculum: the full task."""
     k_f, k_x, k_eps = rng.split(key, 3)
-    params = sample_functions(k_f, cfg, batch_size)
+    curriculum = step is not None and cfg.has_curriculum
+    d_t, n_t = active_sizes(cfg, step if curriculum else None)
+    params = sample_functions(k_f, cfg, batch_size, d_t if curriculum and cfg.curriculum_dims else None)
     x_BND = rng.normal(k_x, (batch_size, cfg.n_context, cfg.n_dims))
+    if curriculum and cfg.curriculum_dims:
+        x_BND = x_BND * (jnp.arange(cfg.n_dims) < d_t).astype(x_BND.dtype)
     y_BN = evaluate(cfg, params, x_BND)
     if cfg.function_class == "noisy_linear":
         if cfg.noise_std > 0:
             y_BN = y_BN + cfg.noise_std * rng.normal(k_eps, y_BN.shape)
         if cfg.renormalize_ys:
             y_BN = y_BN * (np.sqrt(cfg.n_dims) / jnp.std(y_BN, ddof=1))
-    return assemble(cfg, x_BND, y_BN, params)
+    batch = assemble(cfg, x_BND, y_BN, params)
+    if curriculum and cfg.curriculum_points:
+        active_T = (jnp.arange(2 * cfg.n_context) // 2 < n_t).astype(batch.loss_mask.dtype)
+        batch = batch.replace(loss_mask=batch.loss_mask * active_T[None, :])
+    return batch
 
 
 def split_interleaved(batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
@@ -233,6 +320,7 @@ __all__ = [
     "LINEAR_CLASSES",
     "Config",
     "FunctionClassConfig",
+    "active_sizes",
     "assemble",
     "error_normalizer",
     "evaluate",
@@ -240,6 +328,7 @@ __all__ = [
     "n_tree_nodes",
     "sample",
     "sample_functions",
+    "scheduled",
     "spec",
     "split_interleaved",
     "tree_leaf_index",
