@@ -4,6 +4,7 @@ import json
 import shutil
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,12 +13,15 @@ from jaxlab import claims, results
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import steerability as S
+from jaxlab.experiments import steerability_bayes as SB
 from jaxlab.experiments import steerability_claims as SC
 from jaxlab.experiments import steerability_effects as SE
 from jaxlab.experiments import steerability_report as SR
 from jaxlab.registry import get_experiment
-from jaxlab.reporting import ReportContext, finite_median_ci
+from jaxlab.reporting import ReportContext, finite_median_ci, spread
 from jaxlab.results import metric_name
+from jaxlab.tasks import concepts_bayes
+from jaxlab.train import make_train
 from jaxlab.train.rundir import fill_added_fields
 
 NAMES = ("joy", "anger", "sadness", "fear")
@@ -177,11 +181,11 @@ def test_report_reads_a_run_directory_written_before_metric_parameters(smoke_run
         shutil.copy(smoke_run / "checkpoint_directions.npz", tmp_path / name)
         ctx = ReportContext(tmp_path / name, cfg, s, d, experiment=get_experiment("steerability"))
         made.append([(x.title, x.body, [f.filename for f in x.figures]) for x in SR.sections(ctx)])
-    assert len(made[0]) == len(made[1]) == 9
+    assert len(made[0]) == len(made[1]) == 10
     for new, old in zip(*made):
         assert new == old, new[0]
     onsets = {title: body for title, body, _ in made[0]}["Onsets of separability and steerability"]
-    assert all(f"| {c} |" in onsets for c in NAMES) and "| joy | 0.25 | 0.08 |" in onsets
+    assert all(f"| {c} |" in onsets for c in NAMES) and "| joy | 0.25 | 0.2 |" in onsets
 
 
 CLAIM_FIELDS = {
@@ -203,15 +207,17 @@ def test_smoke_summary_has_the_claims_and_deviations(smoke_run):
     assert by_id["rare_concept_later"]["verdict"] == "untested" and "frequency" in by_id["rare_concept_later"]["reason"]
     first_tenth = by_id["steerability_emerges_after_first_tenth"]  # vacuous when steerability never emerges
     assert first_tenth["n_seeds"] == len(cfg.sweep.seeds) or "never emerges" in first_tenth["reason"]
+    for name in ("steerability_emerges_before_last_tenth", "early_steering_hurts"):
+        assert by_id[name]["n_seeds"] == len(cfg.sweep.seeds)  # the per-run statistics are written
+    assert by_id["close_concepts_distinct_steer_onsets"]["verdict"] != "untested"  # the mirror pair: nothing decided
+    # the smoke stimuli are separable by their count of pair starts alone: the separability claims are untested
+    assert SB.count_separability(cfg).max() >= cfg.probe.sep_threshold
     for name in (
-        "steerability_emerges_before_last_tenth",
+        "close_concepts_distinct_sep_onsets",
         "separability_rises",
         "separability_correlates_with_steerability",
-        "early_steering_hurts",
     ):
-        assert by_id[name]["n_seeds"] == len(cfg.sweep.seeds)  # the per-run statistics are written
-    for name in ("close_concepts_distinct_steer_onsets", "close_concepts_distinct_sep_onsets"):
-        assert by_id[name]["verdict"] != "untested"  # the mirror pair: the language decides nothing
+        assert by_id[name]["verdict"] == "untested" and "count of pair starts" in by_id[name]["reason"], name
     for run in summary["runs"]:  # null where neither concept of a pair reaches its threshold in 40 steps
         keys = (
             "close_pair_steer_onset_gap",
@@ -347,7 +353,12 @@ def test_untested_reasons_follow_the_config():
     cfg = get_experiment("steerability").preset("smoke")
     by_id = {c.id: c for c in SC.CLAIMS}
     steer, sep = by_id["close_concepts_distinct_steer_onsets"], by_id["close_concepts_distinct_sep_onsets"]
-    assert steer.untested(cfg) is None and sep.untested(cfg) is None  # the mirror pair of the cooccur language
+    # the mirror pair of the cooccur language decides nothing; what makes separability untested is its stimuli,
+    # which the count of pair starts separates (`count_separability`), and a threshold above that count lifts it
+    counts = SB.count_separability(cfg)
+    assert steer.untested(cfg) is None and "count of pair starts" in sep.untested(cfg)
+    above = cfg.set("probe.sep_threshold", str(min(1.0, counts.max() + 0.01)))
+    assert sep.untested(above) is None and by_id["separability_rises"].untested(above) is None
     task = cfg.task
     i, j = task.close_pair
     weaker = list(task.strengths)
@@ -358,7 +369,7 @@ def test_untested_reasons_follow_the_config():
     markers = markers.set("task.strengths", "0.15,0.15,0.08,0.15")  # the language of earlier runs
     assert "strength" in steer.untested(markers) and "frequency" in by_id["rare_concept_later"].untested(markers)
     corr = by_id["separability_correlates_with_steerability"]
-    assert corr.untested(cfg) is None and "differences" in corr.untested(cfg.set("train.n_evals", "2"))
+    assert corr.untested(above) is None and "differences" in corr.untested(above.set("train.n_evals", "2"))
     early = by_id["early_steering_hurts"]
     assert early.untested(cfg) is None
     late_only = cfg.set("train.eval_schedule", "linear").set("train.eval_every", "20")  # steps 0, 20, 40: none early
@@ -426,3 +437,39 @@ def test_bad_probe_settings_are_refused(capsys):
         cfg.set("probe.positions", "middle")
     code = main(["run", "steerability", "--preset", "smoke", "--set", "probe.direction=svd", "--out", "/tmp/never"])
     assert code == 2 and "probe.direction" in capsys.readouterr().err
+
+
+def test_learning_reference_is_the_bayes_gap_on_the_runs_own_held_out_stimuli(smoke_run):
+    cfg = get_experiment("steerability").preset("smoke").resolve()
+    n_fit = cfg.probe.n_fit
+    data = jax.jit(make_train(cfg, eval_data=S.eval_data).make_eval_batch)()  # as the training program draws it
+    on, off = SB.heldout_stimuli(cfg)
+    np.testing.assert_array_equal(on, np.asarray(data["on"])[:, n_fit:])
+    np.testing.assert_array_equal(off, np.asarray(data["off"])[:, n_fit:])
+    gaps = SB.bayes_gaps(cfg)
+    for k in range(len(NAMES)):
+        mass_on = concepts_bayes.next_token_probs(cfg.task, on[k])
+        mass_off = concepts_bayes.next_token_probs(cfg.task, off[k])
+        mask = np.asarray(data["masks"])[k, n_fit : on.shape[1] + n_fit]  # the run's own target tokens (on members)
+        mask_off = np.asarray(data["masks"])[k, on.shape[1] + 2 * n_fit : 2 * (on.shape[1] + n_fit)]
+        want = np.mean((mass_on * mask).sum(-1) - (mass_off * mask_off).sum(-1))
+        assert gaps[k] == pytest.approx(want) and 0.1 < gaps[k] < 1.0
+    report = (smoke_run / "report.md").read_text()
+    section = report.split("## How much of each concept is learned")[1].split("\n## ")[0]
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    for k, c in enumerate(NAMES):
+        gap = [r["final"][metric_name("concept_gap", concept=c)] for r in summary["runs"]]
+        ratio = np.asarray(gap) / gaps[k]
+        row = f"| {c} | {spread(gap)} | {gaps[k]:.4g} | {spread(ratio)} |"
+        assert row in section, (row, section)
+    assert SB.bayes_gaps(cfg.set("task.language", "markers")) is None
+    # the pair-count control: the best threshold on the number of start tokens before the last one
+    counts = SB.count_separability(cfg)
+    starts = set(int(a) for a in concepts_bayes.concepts.start_tokens(cfg.task))
+    for k in range(len(NAMES)):
+        n_on = [sum(int(v) in starts for v in x[:-1]) for x in on[k]]
+        n_off = [sum(int(v) in starts for v in x[:-1]) for x in off[k]]
+        best = max((np.mean([n > t for n in n_on]) + np.mean([n <= t for n in n_off])) / 2 for t in range(40))
+        assert counts[k] == pytest.approx(best) and 0.5 <= counts[k] <= 1.0
+        assert f"{counts[k]:.4g} |" in section
+    assert SB.count_separability(cfg.set("task.language", "markers")) is None

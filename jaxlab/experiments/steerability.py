@@ -18,7 +18,7 @@ a shared-pair twin) to show which property moves the onset. The marker form (`la
 concepts that prefer their own marker tokens, frequencies and strengths set by hand) is what runs
 before the co-occurrence form used; `steerability_claims` says which claims a config leaves
 untested). Many seeds train
-as one program; evaluations (and orbax checkpoints, every one kept) are log-spaced in steps. At
+as one program; evaluations (and orbax checkpoints, every one kept) are evenly spaced in steps. At
 every evaluation, on device and vmapped over runs, `jaxlab.probes.steering` reads each concept at
 every residual layer (ID score, explained variance, separability) and steers with the direction
 found (see that module for the formulas), measures what that steering costs on non-concept text
@@ -53,28 +53,24 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import (
-    ExperimentConfig,
-    OptimConfig,
-    ProbeConfig,
-    SweepConfig,
-    TrainConfig,
-    _choice,
-    _positive,
-)
-from jaxlab.errors import ConfigError
+from jaxlab.config import ExperimentConfig
 from jaxlab.experiments import steerability_claims as claims
 from jaxlab.experiments import steerability_report as _report
+from jaxlab.experiments.steerability_config import (
+    SteerabilityProbe,
+    ablation,
+    paper,
+    quick,
+    smoke,
+)
 from jaxlab.models import residual_hooks
-from jaxlab.models.presets import gpt_model
 from jaxlab.probes import steering
 from jaxlab.probes.cosine import cosine
 from jaxlab.results import metric_name
@@ -82,177 +78,8 @@ from jaxlab.stats import diff_corr_rows, onset_steps, pearson_rows
 from jaxlab.tasks import concepts
 from jaxlab.train.experiment import Experiment
 
-POSITIONS = steering.POSITIONS
-DIRECTIONS = steering.DIRECTIONS
 READINGS = ("id_score", "id_score_mean_diff", "ev_ratio", "separability")
 STEERINGS = ("steer_effect", "steer_slope", "steer_loss_delta", "gen_effect")
-
-
-@dataclass(frozen=True)
-class SteerabilityProbe(ProbeConfig):
-    """Stimuli, ID reader, steering grid and onset thresholds.
-
-    n_pairs stimulus pairs per concept: the first fit_fraction of them fit the directions and the
-    ridge probe, the rest score them. n_steer base sequences (every concept off) are steered.
-    alphas: steering strengths in units of the layer's last-token RMS norm (alpha_eval among them).
-    """
-
-    section: ClassVar[str] = "probe"
-    n_pairs: int = 256
-    fit_fraction: float = 0.5
-    n_steer: int = 32
-    ridge_lam: float = 1e-2
-    alphas: tuple[float, ...] = (0.25, 0.5, 1.0)
-    alpha_eval: float = 1.0
-    positions: str = "all"
-    direction: str = "pca"
-    sep_threshold: float = 0.9
-    steer_threshold: float = 0.2
-    n_loss: int = 256
-    n_gen_tokens: int = 4
-
-    UNREAD_KEYS: ClassVar[dict[str, str]] = {
-        "train.eval_batch_size": "steerability evaluates on its stimuli (probe.n_pairs, probe.n_steer, probe.n_loss)"
-    }
-
-    FIELD_DOCS: ClassVar[dict[str, str]] = {
-        "n_pairs": "stimulus pairs (concept on / off) per concept",
-        "fit_fraction": "fraction of the pairs that fit the directions and the ridge probe; the rest score them",
-        "n_steer": "base sequences (every concept off) that are steered",
-        "ridge_lam": "ridge penalty of the separability probe",
-        "alphas": "steering strengths, in units of the layer's last-token RMS norm",
-        "alpha_eval": "the strength whose steering effect is reported (one of alphas)",
-        "positions": "steer at every position (all) or at the last one",
-        "direction": "the steering direction: the PCA direction or the difference of means",
-        "sep_threshold": "best-layer separability that marks a concept's separability onset",
-        "steer_threshold": "best-layer steering effect that marks a concept's steering onset",
-        "n_loss": "sequences of the evaluation-loss batch",
-        "n_gen_tokens": "tokens sampled after each steered prompt (n_steer prompts) to score steering on generations",
-    }
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"positions": POSITIONS, "direction": DIRECTIONS}
-
-    def validate(self) -> None:
-        n = self._name
-        for name in ("n_steer", "n_loss", "n_gen_tokens"):
-            _positive(n(name), getattr(self, name))
-        if self.n_pairs < 4:
-            raise ConfigError(n("n_pairs"), f"must be >= 4, got {self.n_pairs}")
-        if not 0.0 < self.fit_fraction < 1.0:
-            raise ConfigError(n("fit_fraction"), f"must be in (0, 1), got {self.fit_fraction}")
-        _positive(n("ridge_lam"), self.ridge_lam)
-        if not self.alphas:
-            raise ConfigError(n("alphas"), "needs at least one steering strength")
-        if self.alpha_eval not in self.alphas:
-            raise ConfigError(n("alpha_eval"), f"must be one of probe.alphas, got {self.alpha_eval}", self.alphas)
-        _choice(n("positions"), self.positions, POSITIONS)
-        _choice(n("direction"), self.direction, DIRECTIONS)
-        if not 0.0 <= self.sep_threshold <= 1.0:
-            raise ConfigError(n("sep_threshold"), f"must be in [0, 1], got {self.sep_threshold}")
-
-    @property
-    def n_fit(self) -> int:
-        """Pairs that fit the directions and probes; at least one fits and one scores."""
-        return min(max(round(self.n_pairs * self.fit_fraction), 1), self.n_pairs - 1)
-
-
-# -- presets ---------------------------------------------------------------------------------------
-def cooccur_language() -> concepts.Config:
-    """The co-occurrence concept language of the presets: four concepts of four token pairs each, every
-    concept with the same frequency and strength, anger and sadness mirror images sharing 3 of 4 pairs
-    (`jaxlab.tasks.concepts`): the language puts no difference between concepts that an onset could follow."""
-    return concepts.Config(
-        language="cooccur",
-        freqs=(0.25, 0.25, 0.25, 0.25),
-        strengths=(0.08, 0.08, 0.08, 0.08),
-        n_markers=4,
-        n_shared=3,
-        background=0.02,
-    )
-
-
-def quick() -> ExperimentConfig:
-    """8 seeds on a CPU in minutes."""
-    return ExperimentConfig(
-        experiment="steerability",
-        preset="quick",
-        model=gpt_model(n_layers=4, n_heads=2, d_model=32),
-        task=cooccur_language(),
-        optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=0.0, schedule="warmup_constant", warmup_steps=50),
-        train=TrainConfig(
-            steps=2000,
-            batch_size=32,
-            eval_schedule="log",
-            n_evals=16,
-            checkpoint_every=1,
-            keep_checkpoints=0,
-        ),
-        probe=SteerabilityProbe(),
-        sweep=SweepConfig(seeds=tuple(range(8))),
-    )
-
-
-def ablation() -> ExperimentConfig:
-    """Which property of a concept predicts its onset: quick's training on a co-occurrence language of five
-    concepts, each differing from the reference `base` (frequency 0.25, strength 0.08, 4 own pairs) in one
-    property: `rare` (frequency 0.08), `weak` (strength 0.04), and the mirror pair `twina` / `twinb` (sharing 3
-    of 4 pairs). The onset gaps against `base` (steer_onset_gap_vs_first) say which property moves the onset."""
-    task = concepts.Config(
-        language="cooccur",
-        names=("base", "rare", "weak", "twina", "twinb"),
-        freqs=(0.25, 0.08, 0.25, 0.25, 0.25),
-        strengths=(0.08, 0.08, 0.04, 0.08, 0.08),
-        n_markers=4,
-        close_pair=(3, 4),
-        n_shared=3,
-        background=0.02,
-    )
-    return quick().derive("ablation", {}, task=task)
-
-
-def paper() -> ExperimentConfig:
-    """The largest setup here (an accelerator's worth): 6 blocks, d_model 64, 16 seeds, 10k steps.
-
-    She et al. probe the released pretraining checkpoint series of LLM360's 7B models (Amber,
-    CrystalCoder); this keeps their method (a checkpoint series, last-token ID reader over >= 256
-    pairs, residual steering) on the synthetic language, with log-spaced checkpoints, at a size a
-    single accelerator trains.
-    """
-    overrides = {
-        "train.steps": 10_000,
-        "train.batch_size": 64,
-        "train.n_evals": 24,
-        "model.n_layers": 6,
-        "model.n_heads": 4,
-        "model.d_model": 64,
-        "model.d_mlp": 256,
-        "optim.lr": 1e-3,
-        "optim.warmup_steps": 200,
-        "probe.n_pairs": 512,
-        "probe.n_steer": 64,
-    }
-    return quick().derive("paper", overrides, sweep=SweepConfig(seeds=tuple(range(16))))
-
-
-def smoke() -> ExperimentConfig:
-    """Seconds on a CPU: for tests."""
-    overrides = {
-        "model.n_layers": 2,
-        "model.n_heads": 2,
-        "model.d_model": 16,
-        "model.d_mlp": 32,
-        "task.seq_len": 12,
-        "task.n_base": 12,
-        "train.steps": 40,
-        "train.batch_size": 16,
-        "train.n_evals": 4,
-        "probe.n_pairs": 32,
-        "probe.n_steer": 8,
-        "probe.alphas": (0.5, 1.0),
-        "probe.n_gen_tokens": 2,
-        "probe.n_loss": 32,
-        "optim.warmup_steps": 5,
-    }
-    return quick().derive("smoke", overrides, sweep=SweepConfig(seeds=(0, 1)))
 
 
 # -- evaluation data and on-device probes ----------------------------------------------------------

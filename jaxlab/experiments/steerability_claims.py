@@ -19,7 +19,7 @@ Thresholds, fixed before any jaxlab number was compared with them:
   paper's word, the band [0.1, 0.9] of the training steps our reading of it (the paper's
   checkpoint axis is linear in tokens). A concept's steering onset is only known to lie in the
   interval (last evaluation below the threshold, first evaluation at or above it]; on a log-spaced
-  grid that interval is wide (quick's grid has checkpoints at 96, 159, 263, 437 of 2000 steps:
+  grid that interval is wide (16 log-spaced checkpoints of 2000 steps fall at 96, 159, 263, 437:
   the interval (159, 263] straddles 0.1), and recording its upper end biases the onset late.
   Both claims therefore read the whole bracket (`jaxlab.claims.bracketed`: the interval runs from
   the bootstrap lower bound of the lower ends to the upper bound of the upper ends), so a verdict
@@ -36,13 +36,14 @@ Thresholds, fixed before any jaxlab number was compared with them:
 - `separability_correlates_with_steerability`: the Pearson r, over a run's checkpoints, of the
   first differences of layer-mean separability and layer-mean steering effect, mean over concepts
   (`sep_steer_diff_corr`), `Above(0)`. The r of the series themselves cannot fail: both rise over
-  training, and a common trend alone makes it positive. The first differences over the log-spaced
-  checkpoints are changes per equal step in log(step), so a trend shared as a linear function of
-  log(step) is removed (it becomes a constant, which r ignores); what is left asks whether the two
-  move in the same checkpoint intervals. The claim is a direction, so the rule is the sign, 0. A
-  shared non-linear trend (both rising in the same few intervals) still pushes r above 0: that is
-  the claim's reading, not a control. Needs at least `jaxlab.stats.MIN_DIFFS` + 1 evaluations (the r of two
-  differences is +-1 by construction); fewer: `untested`.
+  training, and a common trend alone makes it positive. The first differences over the checkpoints
+  are changes per checkpoint interval (per equal step in log(step) on a log-spaced grid, in step on an
+  even one), so a trend shared as a linear function of the checkpoint index is removed (it becomes a
+  constant, which r ignores); what is left asks whether the two move in the same checkpoint intervals.
+  The claim is a direction, so the rule is the sign, 0. A shared non-linear trend (both rising in
+  the same few intervals) still pushes r above 0: that is the claim's reading, not a control. Needs
+  at least `jaxlab.stats.MIN_DIFFS` + 1 evaluations (the r of two differences is +-1 by construction);
+  fewer: `untested`.
 
 - "close concepts become steerable at distinct stages": the per-run |onset gap| of the close pair in
   evaluations (either may come first: the co-occurrence language makes the pair mirror images, so a
@@ -77,6 +78,7 @@ import numpy as np
 
 from jaxlab.claims import Above, Below, Claim, NotApplicable, Outside, bracketed, final, one_per_seed, per_seed
 from jaxlab.config import ExperimentConfig
+from jaxlab.experiments.steerability_bayes import count_separability
 from jaxlab.results import split_metric
 from jaxlab.stats import too_few_differences
 from jaxlab.tasks.concepts import ConceptsConfig
@@ -188,6 +190,31 @@ def _close_pair_untested(cfg: ExperimentConfig) -> str | None:
     return None
 
 
+def _count_separable(cfg: ExperimentConfig) -> str | None:
+    """The separability claims are untested when one number that needs no concept knowledge, the count of pair
+    starts in a stimulus's context, already separates some concept's held-out 'on' and 'off' stimuli at
+    probe.sep_threshold or better (`steerability_bayes.count_separability`): the probe's separability then
+    reads that count, which the stimuli set, not the concepts."""
+    counts = count_separability(cfg)
+    if counts is None or counts.max() < cfg.probe.sep_threshold:
+        return None
+    k = int(np.argmax(counts))
+    return (
+        f"the count of pair starts alone separates {cfg.task.names[k]}'s 'on' and 'off' stimuli at "
+        f"{counts[k]:.3g} >= probe.sep_threshold={cfg.probe.sep_threshold} (the 'on' member carries the concept's "
+        "pairs, the 'off' member background ones): separability measures that count, set by the stimuli, not "
+        "the concepts"
+    )
+
+
+def _close_pair_sep_untested(cfg: ExperimentConfig) -> str | None:
+    return _close_pair_untested(cfg) or _count_separable(cfg)
+
+
+def _sep_correlation_untested(cfg: ExperimentConfig) -> str | None:
+    return _too_few_evaluations(cfg) or _count_separable(cfg)
+
+
 def _too_few_evaluations(cfg: ExperimentConfig) -> str | None:
     return too_few_differences(len(cfg.train.eval_steps()))
 
@@ -242,7 +269,7 @@ def early_harm_margin(runs: Sequence[Mapping[str, Any]], reference: Mapping[str,
 
 GRID_NOTE = (
     "the onset brackets straddle the band edge: a finer evaluation grid (train.eval_every, or more "
-    "log-spaced evaluations), not more seeds, would decide"
+    "evaluations), not more seeds, would decide"
 )
 
 CLAIMS: tuple[Claim, ...] = (
@@ -297,7 +324,7 @@ CLAIMS: tuple[Claim, ...] = (
         control="equivalence band of one evaluation interval (|gap| <= 1; edge at 1.5)",
         rule=Above(ONSET_BAND + 0.5),
         values=per_seed("close_pair_sep_onset_absgap"),
-        untested=_close_pair_untested,
+        untested=_close_pair_sep_untested,
     ),
     Claim(
         id="rare_concept_later",
@@ -320,6 +347,7 @@ CLAIMS: tuple[Claim, ...] = (
         "network already separates the on and off stimuli partly",
         rule=Above(0.0),
         values=per_seed("separability_gain"),
+        untested=_count_separable,
     ),
     Claim(
         id="separability_correlates_with_steerability",
@@ -328,11 +356,12 @@ CLAIMS: tuple[Claim, ...] = (
         paper_value=None,
         statistic="Pearson r over a run's checkpoints of the first differences of layer-mean separability and "
         "layer-mean steering effect, mean over concepts (sep_steer_diff_corr)",
-        control="differencing removes a trend linear in log(step) that both series share (the r of the series "
-        "themselves is positive from a common trend alone); a shared rise in the same intervals still counts",
+        control="differencing removes a trend linear in the checkpoint index (in log(step) on a log grid, in step "
+        "on an even one) that both series share (the r of the series themselves is positive from a common trend "
+        "alone); a shared rise in the same intervals still counts",
         rule=Above(0.0),
         values=per_seed("sep_steer_diff_corr"),
-        untested=_too_few_evaluations,
+        untested=_sep_correlation_untested,
     ),
     Claim(
         id="early_steering_hurts",
@@ -393,6 +422,20 @@ def deviations(cfg: ExperimentConfig) -> list[str]:
         "strength (alpha x the layer's RMS norm) at the early checkpoints against the last one; the paper's "
         "wording is not verified.",
     ]
+    if cooccur:
+        out.append(
+            "How much of each concept a run learned is read against the exact Bayes predictor of the language (its "
+            "concept_gap on the same stimuli: 'How much of each concept is learned'); the quick preset's concept "
+            "strength and training length were set by a learning criterion on that ratio in pilot seeds outside the "
+            "sweep (steerability.quick's docstring), never by an onset, a steering effect or a claim."
+        )
+        out.append(
+            "Separability is read on 'on' / 'off' stimuli whose contexts differ in how many pairs they hold (the 'on' "
+            "member carries the concept's pairs, the 'off' member background pairs only), so the count of pair starts "
+            "alone separates them, with no concept knowledge ('pair-count separability' in 'How much of each concept "
+            "is learned'); where it reaches probe.sep_threshold, separability onsets and the separability claims read "
+            "that count, not the concepts; the paper's stimuli differ in the concept's words."
+        )
     if not cooccur:
         out.append(
             "Concepts are lexical (marker tokens): a randomly initialized network's last-token state already orders "

@@ -1,5 +1,6 @@
 """Report sections of steerability: the concept language, readability and steerability heatmaps over
-training, onsets, the separability-steerability correlation, direction stability across the saved
+training, onsets, how much of each concept is learned (against the exact Bayes predictor,
+`steerability_bayes`), the separability-steerability correlation, direction stability across the saved
 checkpoint series, and the comparison with She et al. (2025).
 
 Everything is read from the run directory (`ctx.df`, `ctx.summary`, the orbax checkpoints);
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from jaxlab.experiments import steerability_bayes as bayes
 from jaxlab.experiments import steerability_claims as claims
 from jaxlab.experiments import steerability_effects as effects
 from jaxlab.probes import steering
@@ -141,7 +143,7 @@ def _heatmap_figure(ctx: ReportContext, name: str, label: str, vmin: float | Non
         ticks = np.unique(np.linspace(0, len(steps) - 1, min(6, len(steps))).round().astype(int))
         ax.set_xticks(ticks, [str(int(steps[i])) for i in ticks], fontsize=7)
         ax.set_yticks(range(L))
-        ax.set_xlabel("checkpoint (optimizer step, log-spaced)")
+        ax.set_xlabel(f"checkpoint (optimizer step, {ctx.cfg.train.eval_schedule}-spaced)")
         ax.set_ylabel("layer (after block l)")
         ax.set_title(c)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
@@ -151,7 +153,7 @@ def _heatmap_figure(ctx: ReportContext, name: str, label: str, vmin: float | Non
     caption = (
         f"{label}: median over {ctx.summary['n_runs']} runs, per checkpoint (column) and residual layer (row). "
         "Computed on device at every evaluation step, which is the step of each checkpoint of the saved "
-        f"log-spaced series. {ctx.provenance()}"
+        f"{ctx.cfg.train.eval_schedule}-spaced series. {ctx.provenance()}"
     )
     return Figure(filename, caption)
 
@@ -395,7 +397,8 @@ def _language_section(task: concepts.ConceptsConfig) -> Section:
 
 def sections(ctx: ReportContext) -> list[Section]:
     """The experiment's report sections (`Experiment.report`): the concept language, the readability and steerability
-    heatmaps, onsets, correlations, direction stability and the paper's findings. A run directory written before
+    heatmaps, onsets, how much of each concept is learned, correlations, direction stability and the paper's
+    findings. A run directory written before
     metric parameters is read in the form of the new one (`concept_form`, `concept_finals`)."""
     task = ctx.cfg.task
     ctx = dataclasses.replace(ctx, df=concept_form(ctx.df, task.names), summary=concept_finals(ctx.summary, task.names))
@@ -412,6 +415,7 @@ def sections(ctx: ReportContext) -> list[Section]:
         intro,
         heat,
         _onset_section(ctx),
+        bayes.learning_section(ctx),
         effects.onset_ci_section(ctx),
         effects.generation_section(ctx),
         effects.harm_section(ctx),
