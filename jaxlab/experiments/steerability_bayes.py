@@ -9,6 +9,8 @@ learning criterion is stated in it (`steerability.quick`). Setting: She et al. (
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,17 +21,18 @@ from jaxlab.results import metric_name
 from jaxlab.tasks import concepts, concepts_bayes
 
 
+@functools.partial(jax.jit, static_argnames=("task", "n_pairs", "eval_seed", "prng_impl"))
+def _stimuli(task: concepts.Config, n_pairs: int, eval_seed: int, prng_impl: str) -> tuple[jax.Array, jax.Array]:
+    """All stimulus pairs (on, off) [K, n_pairs, T], drawn as the training program draws them (JAX's default
+    threefry layout); one compiled program per config, reused by every caller (claims, report)."""
+    k_stim = jax.random.split(jax.random.key(eval_seed, impl=prng_impl), 3)[0]
+    return jax.vmap(lambda c: concepts.paired_stimuli(k_stim, task, c, n_pairs))(jnp.arange(task.n_concepts))
+
+
 def heldout_stimuli(cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
     """(on, off) [K, n_pairs - n_fit, T]: the held-out stimulus pairs the run's `concept_gap` is scored on
     (`steerability.eval_data`'s, from the key `train.eval_seed`)."""
-
-    def draw():  # as the training program draws them: one jitted program, JAX's default threefry layout
-        k_stim = jax.random.split(jax.random.key(cfg.train.eval_seed, impl=cfg.train.prng_impl), 3)[0]
-        return jax.vmap(lambda c: concepts.paired_stimuli(k_stim, cfg.task, c, cfg.probe.n_pairs))(
-            jnp.arange(cfg.task.n_concepts)
-        )
-
-    on, off = jax.jit(draw)()
+    on, off = _stimuli(cfg.task, cfg.probe.n_pairs, cfg.train.eval_seed, cfg.train.prng_impl)
     n_fit = cfg.probe.n_fit
     return np.asarray(on)[:, n_fit:], np.asarray(off)[:, n_fit:]
 
