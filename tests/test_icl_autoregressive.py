@@ -45,6 +45,7 @@ def test_smoke_summary_has_the_issue_keys_and_consistent_values(smoke_run):
     assert ref["gd_loss"] == pytest.approx(gd_t.mean(), rel=1e-5)  # loss = mean over positions
     assert ref["gd_loss_t00"] == pytest.approx(0.5, rel=0.05)  # GD predicts 0 at t = 0: 0.5 ||s_1||^2
     assert ref["gd_w_hat_err_t00"] == pytest.approx(1.0, abs=1e-5)  # ... so its W_hat is 0
+    assert not any(k.startswith("paper_optimum") for k in ref)  # the constrained model's control only
     assert len(summary["runs"]) == 2
     for run in summary["runs"]:
         final = run["final"]

@@ -60,9 +60,17 @@ import numpy as np
 from jaxlab.config import ExperimentConfig, ModelConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig, _choice
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_autoregressive_report as _report
-from jaxlab.experiments.icl_autoregressive_claims import AUGMENTED_PY, CLAIMS, NON_AUGMENTED_PY, deviations
+from jaxlab.experiments.icl_autoregressive_claims import (
+    AUGMENTED_PY,
+    CLAIMS,
+    NON_AUGMENTED_PY,
+    ORTHOGONAL_PY,
+    constrained_untested,
+    deviations,
+)
 from jaxlab.models.presets import linear_attention_model
 from jaxlab.probes import autoregressive as pr
+from jaxlab.probes.constrained_optimum import fixed_point_metrics
 from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import autoregressive as ar
@@ -247,7 +255,9 @@ class ARExperiment(Experiment):
 
 # -- after training --------------------------------------------------------------------------------
 def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Finalized:
-    """Loss and W_hat error per position t, lag weights, positional spectra, for every run."""
+    """Loss and W_hat error per position t, lag weights, positional spectra, for every run; for the constrained
+    model on orthogonal.py's setting, the reference values paper_optimum_* (the paper's released C and P in the
+    same model, no training: `probes.constrained_optimum`), the control of constrained_optimum_is_gd."""
     cfg = train.cfg
     task = cfg.task
     n = cfg.probe.w_hat_tasks or cfg.train.eval_batch_size
@@ -292,9 +302,13 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
         runs = jax.vmap(one_run, in_axes=(0, None, None, None, None, None))(params_R, batch, probes, inputs, w, s_all)
         gd = lambda x: pr.gd_predictions(ar.observed_states(task, x), ref["eta"])
         gd_w = jnp.mean(pr.w_hat_errors(gd, task, inputs, w, probes, pos), axis=0)
-        return runs, gd_w, pr.lag_weights(ref["preds"], s_all), ref
+        paper = {}
+        if is_constrained(cfg) and constrained_untested(cfg) is None:  # the control of constrained_optimum_is_gd
+            template = jax.tree.map(lambda x: x[0], params_R)  # one run's tree, its A, B, P replaced
+            paper = fixed_point_metrics(train.apply, template, batch, ref, task, ORTHOGONAL_PY)
+        return runs, gd_w, pr.lag_weights(ref["preds"], s_all), ref, paper
 
-    res, gd_w, gd_lags, ref = jax.device_get(probe_all(state.params))
+    res, gd_w, gd_lags, ref, paper = jax.device_get(probe_all(state.params))
     loss_t_gd = np.asarray(ref["loss_t"])
 
     per_run: dict[str, np.ndarray] = {"w_hat_rel_err": np.asarray(res["w_hat_t"][:, -1])}
@@ -317,6 +331,7 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
     reference["gd_w_hat_rel_err"] = float(gd_w[-1])
     for k, v in enumerate(np.asarray(gd_lags)):
         reference[f"gd_lag{k}_weight"] = float(v)
+    reference.update({k: float(v) for k, v in paper.items()})  # probes.constrained_optimum
     return Finalized(per_run=per_run, reference=reference)
 
 
@@ -550,6 +565,10 @@ METRICS = {
     "in the sign gauge P[t, t+1] < 0 (`probes.constrained_structure`)",
     "p_next, p_prev, p_other_frac": "constrained model: mean P[t, t+1] and P[t, t] (paper's indexing), and the share "
     "of abs(P)'s causal row mass on older tokens",
+    "paper_optimum_model_cos, paper_optimum_loss, paper_optimum_preds_diff, paper_optimum_loss_ratio": "constrained "
+    "model, reference values: the model at the paper's released optimum (C = -1.289 blockdiag([[1, 1], [1, 1]]), "
+    "P[t, t+1] = -0.776, P[t, t] = +0.388, no training) scored as a trained model: model_cos, eval_loss, "
+    "preds_diff against the fitted one-step GD, and its loss / gd_loss (the control of constrained_optimum_is_gd)",
     "cp_next, p_prev_ratio": "constrained model: mean C block entry x p_next and p_prev / p_next (gauge-invariant; "
     "1 and -1/2 at the exact recurrence)",
 }
