@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Re-run the reproductions (seven experiments; more than one preset where a paper's claims need it) and regenerate docs/reproductions/ (reports, figures, summary.json)
+# Re-run every stored reproduction (seven experiments; more than one preset where a paper's claims need it) and
+# regenerate docs/reproductions/ (reports, figures, summary.json)
 # and the verdict tables of README.md and docs/reproductions/README.md, which come from the
-# summaries alone (`python -m jaxlab.reproductions`). About 2 hours on a quiet 2-core CPU.
+# summaries alone (`python -m jaxlab.reproductions`). About 9 hours on a 2-core CPU (the tables' walls add up to 8.8 h); pick some with ONLY.
 #   bash scripts/reproduce.sh [OUT]     # runs go to OUT (default runs/reproductions)
 #   ONLY="steerability latent-ambiguity" bash scripts/reproduce.sh   # a subset
 set -euo pipefail
@@ -14,21 +15,33 @@ declare -A ARGS=(
   [icl-regression]="icl-regression --preset paper --seeds 8"
   [icl-regression-recurrent]="icl-regression --preset recurrent --seeds 8"
   [icl-regression-deep]="icl-regression --preset deep --seeds 8"
+  [icl-regression-recurrent-context]="icl-regression --preset recurrent-context --seeds 8"
+  [icl-regression-softmax]="icl-regression --preset softmax --seeds 8"
+  [icl-regression-softmax-mlp]="icl-regression --preset softmax-mlp --seeds 8"
   [icl-regression-depth]="icl-regression --preset depth"
   [icl-regression-depth-noisy]="icl-regression --preset depth-noisy"
   [icl-autoregressive]="icl-autoregressive --preset augmented-commuting --seeds 8"
   [icl-autoregressive-non-augmented]="icl-autoregressive --preset non-augmented --seeds 8"
   [icl-autoregressive-pe-only]="icl-autoregressive --preset pe-only --seeds 8"
+  [icl-autoregressive-constrained]="icl-autoregressive --preset constrained-rotation"
+  [icl-autoregressive-constrained-gd]="icl-autoregressive --preset constrained-gd-commuting"
+  [icl-autoregressive-gd-start]="icl-autoregressive --preset augmented-commuting-gd-start"
+  [icl-autoregressive-paper-fig5]="icl-autoregressive --preset paper-fig5"
+  [icl-autoregressive-non-augmented-64]="icl-autoregressive --preset non-augmented-64"
   [instruction-clustering]="instruction-clustering --preset quick"
   [steerability]="steerability --preset quick"
+  [steerability-ablation]="steerability --preset ablation"
   [latent-ambiguity]="latent-ambiguity --preset quick --seeds 5"
   [latent-ambiguity-paper-small]="latent-ambiguity --preset paper-small"
-  [representation-dissimilarity]="representation-dissimilarity --preset quick --seeds 5"
+  [representation-dissimilarity]="representation-dissimilarity --preset quick --seeds 5 --set train.stall_timeout=0"
   [function-classes]="function-classes --preset quick"
+  [function-classes-curriculum-matched]="function-classes --preset quick --sweep task.function_class=decision_tree,relu_2nn"
+  [function-classes-curriculum-sparse]="function-classes --preset quick --sweep task.function_class=sparse_linear"
   [function-classes-sparse-3x]="function-classes --preset quick --sweep task.function_class=sparse_linear --set train.steps=12000 --set train.eval_every=1500"
+  [icl-regression-context]="icl-regression --preset context"
 )
-NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only instruction-clustering steerability latent-ambiguity representation-dissimilarity function-classes function-classes-sparse-3x}
-NAMES=${ONLY:-$NAMES latent-ambiguity-paper-small}  # Jiang's own language and ICL metric (about 7 minutes)
+# every stored reproduction, in the order of docs/reproductions/README.md's table
+NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-recurrent-context icl-regression-softmax icl-regression-softmax-mlp icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only icl-autoregressive-constrained icl-autoregressive-constrained-gd icl-autoregressive-gd-start icl-autoregressive-paper-fig5 icl-autoregressive-non-augmented-64 instruction-clustering steerability steerability-ablation latent-ambiguity latent-ambiguity-paper-small representation-dissimilarity function-classes function-classes-curriculum-matched function-classes-curriculum-sparse function-classes-sparse-3x icl-regression-context}
 mkdir -p "$OUT"
 for name in $NAMES; do
   start=$(date +%s)
