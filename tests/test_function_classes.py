@@ -13,9 +13,11 @@ from jaxlab.config import SweepConfig
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import function_classes as fcx
 from jaxlab.experiments import function_classes_claims as fcc
+from jaxlab.experiments import function_classes_cross as fcx_cross
 from jaxlab.probes import prefix_relu_net as prn
 from jaxlab.probes import prefix_tree as pt
 from jaxlab.registry import get_experiment
+from jaxlab.reporting import fmt
 from jaxlab.tasks import function_classes as fc
 
 EXP = get_experiment("function-classes")
@@ -197,3 +199,89 @@ def test_baseline_curves_include_the_matched_learners():
             pred = np.asarray(prn.relu_net_prefix(x, y, key, hidden=8, steps=5, lr=c.probe.relu_lr))
         want = np.mean((pred - np.asarray(y)) ** 2, axis=0) / norm
         np.testing.assert_allclose(np.asarray(curves[matched]), want, rtol=1e-5, atol=1e-7)
+
+
+# -- the dense-model control of the sparse claim (function_classes_cross) ----------------------------------------
+def test_cross_nse_equals_numpy_and_pairs_by_seed(smoke):
+    cfg, result = smoke
+    ref = result.summary["reference"]
+    by_cls = {o.train.cfg.task.function_class: o for o in result.groups}
+    sparse = by_cls["sparse_linear"]
+    batch = sparse.train.make_eval_batch()  # the sparse program's own evaluation tasks: full d and N
+    N, d, k = cfg.task.n_context, cfg.task.n_dims, cfg.task.sparsity
+    assert batch.inputs.shape[1:] == (2 * N, d + 1)
+    y = np.asarray(batch.inputs, np.float64)[:, 1::2, d]
+    keys = [key for key in ref if key.startswith("cross_nse[")]
+    assert len(keys) == 2 * len(cfg.sweep.seeds) * N
+    for cls, outcome in by_cls.items():
+        out = np.asarray(jax.jit(jax.vmap(outcome.train.apply, in_axes=(0, None)))(outcome.state.params, batch.inputs))
+        # independent: squared error at the x-tokens, mean over tasks, divided by k (Garg's sparse normalization)
+        want_RN = ((np.asarray(out, np.float64)[:, :, 0::2, 0] - y[None]) ** 2).mean(axis=1) / k
+        for j, run in enumerate(outcome.runs):
+            got = [ref[f"cross_nse[trained={cls},tasks=sparse_linear,n={n},model_seed={run.seed}]"] for n in range(N)]
+            np.testing.assert_allclose(got, want_RN[j], rtol=2e-4, atol=1e-6)
+    # the sparse model on its own tasks: the same numbers as its recorded nse curve
+    for run in result.summary["runs"]:
+        if run["hparams"]["task.function_class"] == "sparse_linear":
+            own = [ref[f"cross_nse[trained=sparse_linear,tasks=sparse_linear,n={n},model_seed={run['seed']}]"]
+                   for n in range(N)]  # fmt: skip
+            np.testing.assert_allclose(own, [run["final"][f"nse[n={n}]"] for n in range(N)], rtol=1e-4, atol=1e-7)
+    # the control's statistic on the smoke run: sparse minus dense at n = d - 1, paired by seed
+    entry = {c["id"]: c for c in result.summary["claims"]}["sparse_model_beats_dense_model_on_sparse_tasks"]
+    diffs = [ref[f"cross_nse[trained=sparse_linear,tasks=sparse_linear,n={d - 1},model_seed={s}]"]
+             - ref[f"cross_nse[trained=linear,tasks=sparse_linear,n={d - 1},model_seed={s}]"]
+             for s in cfg.sweep.seeds]  # fmt: skip
+    assert entry["n_seeds"] == 2 and entry["median"] == pytest.approx(np.median(diffs), rel=1e-9)
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Control: the dense model on sparse tasks" in report
+    assert f"| {d - 1} | " in report and f" | {fmt(float(np.median(diffs)))} | " in report
+    # one class alone: nothing to compare
+    assert fcx_cross.cross_nse([sparse]) == {} and fcx_cross.cross_nse([by_cls["linear"]]) == {}
+
+
+def test_control_claim_is_untested_without_both_classes():
+    by_id = {c.id: c for c in fcc.CLAIMS}
+    claim = by_id["sparse_model_beats_dense_model_on_sparse_tasks"]
+    quick = EXP.preset("quick")
+    assert claim.untested(quick) is None and claim.rule == claims.Below(0.0)
+    for only, missing in (("sparse_linear", "linear"), ("linear", "sparse_linear")):
+        cfg = quick.derive("one", sweep=SweepConfig(seeds=(0, 1), grid=(("task.function_class", (only, "relu_2nn")),)))
+        assert claim.untested(cfg) == f"no {missing} runs in this sweep"
+    assert "must exceed the sparsity" in claim.untested(quick.set("task.sparsity", "4"))
+
+
+def test_control_claim_statistic_on_a_hand_built_summary():
+    rng = np.random.default_rng(2)
+    d, N = 5, 11
+    records, reference, own, dense = [], {}, {}, {}
+    for seed in range(7):
+        for cls in ("linear", "sparse_linear"):
+            records.append(_run(seed, cls, d, rng.uniform(0, 1, N), {"least_squares": rng.uniform(0, 1, N)}))
+        own[seed], dense[seed] = rng.uniform(0, 1, N), rng.uniform(0, 1, N)
+        for n in range(N):
+            reference[f"cross_nse[trained=sparse_linear,tasks=sparse_linear,n={n},model_seed={seed}]"] = own[seed][n]
+            reference[f"cross_nse[trained=linear,tasks=sparse_linear,n={n},model_seed={seed}]"] = dense[seed][n]
+    records.pop(0)  # seed 0 has no linear run: dropped, not compared with another seed's
+    del reference["cross_nse[trained=linear,tasks=sparse_linear,n=4,model_seed=1]"]  # seed 1: no dense value
+    records[-1] = {**records[-1], "status": "diverged"}  # the sparse run of seed 6 diverged: excluded
+    by_id = {c.id: c for c in fcc.CLAIMS}
+    claim = by_id["sparse_model_beats_dense_model_on_sparse_tasks"]
+    want = np.array([own[s][d - 1] - dense[s][d - 1] for s in (2, 3, 4, 5)])
+    ok = [r for r in records if r["status"] == "ok"]
+    np.testing.assert_allclose(claim.values(ok, reference), want)
+    # through the claims machinery: median and percentile bootstrap of the same values, decided by the rule
+    cfg = EXP.preset("quick")
+    for r in records:  # a replicate set for the runs' own metrics: the control's reference values have none
+        r["final"].update({f"replicate_nse[n={n}]": 0.0 for n in range(N)})
+    entry = next(e for e in claims.evaluate([claim], cfg, records, reference))
+    med, lo, hi = claims.bootstrap_median_ci(want)
+    assert entry["n_seeds"] == 4 and entry["median"] == pytest.approx(med) and entry["ci_low"] == pytest.approx(lo)
+    assert entry["verdict"] == "inconclusive" and entry["replicate"] is None and "n_dims" in entry["replicate_note"]
+    five = {k: v for k, v in reference.items()} | {
+        f"cross_nse[trained=linear,tasks=sparse_linear,n={d - 1},model_seed={s}]": own[s][d - 1] + 0.1 for s in range(7)
+    }
+    entry = claims.evaluate([claim], cfg, records, five)[0]
+    assert entry["n_seeds"] == 5 and entry["verdict"] == "reproduced"  # seeds 1..5: every difference is -0.1
+    assert entry["median"] == pytest.approx(-0.1)
+    with pytest.raises(claims.NotApplicable, match="cross_nse"):
+        claim.values(ok, {})  # a run directory written before the control existed

@@ -21,6 +21,14 @@ Metrics (`jaxlab.results.metric_name`: the tidy tables have the parameters as co
                                       `relu_net`, a 2-layer ReLU network fitted by Adam,
                                       `probes.prefix_relu_net`, for ReLU networks), final
 
+Across programs (`function_classes_cross`, summary.json `reference`), for a sweep with a linear and a
+sparse linear program:
+  cross_nse[trained=c,tasks=sparse_linear,n=i,model_seed=s]
+                                      the final model of class c (linear or sparse_linear) and seed
+                                      s scored on the sparse program's evaluation tasks after i
+                                      examples (normalized by k): the dense-model control of the
+                                      sparse claim
+
 The claims (`function_classes_claims`) compare the model's curve with the baselines' at fixed
 numbers of examples; `function_classes_report` draws the curves (Garg et al. Fig. 2 and 4).
 """
@@ -37,6 +45,7 @@ import numpy as np
 
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
 from jaxlab.errors import ConfigError
+from jaxlab.experiments import function_classes_cross as _cross
 from jaxlab.experiments import function_classes_report as _report
 from jaxlab.experiments.function_classes_claims import (
     CLAIMS,
@@ -45,6 +54,7 @@ from jaxlab.experiments.function_classes_claims import (
     QUICK_CURRICULUM,
     deviations,
 )
+from jaxlab.experiments.function_classes_cross import model_predictions
 from jaxlab.experiments.function_classes_curriculum import CurriculumExperiment
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes import prefix_baselines as pb
@@ -135,12 +145,6 @@ def baseline_curves(cfg: ExperimentConfig, x_BND: jax.Array, y_BN: jax.Array) ->
             continue
         out[name] = pb.normalized_error(pred_BN, y_BN, norm)
     return out
-
-
-def model_predictions(train: Any, params: Any, batch: Batch) -> jax.Array:
-    """y_hat [B, N]: the model's prediction of f(x_i) read at every x-token (positions 0, 2, ...)."""
-    out_BT1 = train.apply(params, batch.inputs)
-    return out_BT1[:, 0::2, 0]
 
 
 def make_evaluate(cfg: ExperimentConfig):
@@ -251,6 +255,9 @@ METRICS = {
     "column n), every evaluation",
     "baseline_nse[algorithm=a,n=i]": "the same for baseline a (least_squares, knn, averaging, lasso; the matched "
     "learners tree and relu_net) on the same tasks (metric baseline_nse, columns algorithm and n), final",
+    "cross_nse[trained=c,tasks=sparse_linear,n=i,model_seed=s]": "the final model of class c (linear: the "
+    "control; sparse_linear: the sparse model itself) and seed s on the sparse program's evaluation tasks after i "
+    "examples (summary.json reference; needs a linear and a sparse_linear program)",
 }
 
 EXPERIMENT = CurriculumExperiment(
@@ -263,6 +270,7 @@ EXPERIMENT = CurriculumExperiment(
     make_evaluate=make_evaluate,
     finalize=finalize,
     report=_report.sections,
+    after_sweep=_cross.after_sweep,
     claims=CLAIMS,
     deviations=deviations,
 )

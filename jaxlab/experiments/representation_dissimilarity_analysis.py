@@ -22,6 +22,7 @@ from jaxlab.models import residual_hooks, run_with_cache
 from jaxlab.probes.stitching import StitchConfig, stitch_runs
 from jaxlab.results import metric_name
 from jaxlab.tasks import modsum
+from jaxlab.train.outcomes import finished_runs, run_seeds
 from jaxlab.train.watchdog import progress
 
 
@@ -141,16 +142,8 @@ def _per_pair(
                     out[key] = float(pen_RRH[a, b, layer])
 
 
-def ok_runs(outcome: Any) -> np.ndarray:
-    """[R] whether each run of a group finished without diverging."""
-    n = len(seeds_of(outcome))
-    div = outcome.diverged_at
-    return np.ones(n, bool) if div is None else np.asarray(div).reshape(-1)[:n] < 0
-
-
-def seeds_of(outcome: Any) -> list[int]:
-    """The seeds of a group's runs, in the order of its state's run axis."""
-    return [int(r.seed) for r in outcome.runs] if outcome.runs else [int(s) for s in outcome.group.seeds]
+ok_runs = finished_runs  # [R] whether each run of a group finished without diverging
+seeds_of = run_seeds  # the seeds of a group's runs, in the order of its state's run axis
 
 
 def _layer_stats(out: dict[str, float], name: str, vals_PH: np.ndarray, **params: str) -> None:

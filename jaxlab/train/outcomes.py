@@ -59,6 +59,20 @@ class SweepResult:
 
 
 # -- a chunk's results -----------------------------------------------------------------------------
+
+
+def run_seeds(outcome: Any) -> list[int]:
+    """The seeds of a group outcome's runs, in the order of its state's run axis."""
+    return [int(r.seed) for r in outcome.runs] if outcome.runs else [int(s) for s in outcome.group.seeds]
+
+
+def finished_runs(outcome: Any) -> np.ndarray:
+    """[R] whether each run of a group outcome finished without diverging (order of `run_seeds`)."""
+    n = len(run_seeds(outcome))
+    div = outcome.diverged_at
+    return np.ones(n, bool) if div is None else np.asarray(div).reshape(-1)[:n] < 0
+
+
 def select_finalized(fin: Finalized, rows: np.ndarray) -> Finalized:
     """The rows `rows` of every per-run and history array of `fin` (references kept, as floats)."""
     return Finalized(
