@@ -39,9 +39,10 @@ declare -A ARGS=(
   [function-classes-curriculum-sparse]="function-classes --preset quick --sweep task.function_class=sparse_linear"
   [function-classes-sparse-3x]="function-classes --preset quick --sweep task.function_class=sparse_linear --set train.steps=12000 --set train.eval_every=1500"
   [icl-regression-context]="icl-regression --preset context"
+  [function-classes-sparse-control]="function-classes --preset quick --seeds 19 --sweep task.function_class=linear,sparse_linear"
 )
 # every stored reproduction, in the order of docs/reproductions/README.md's table
-NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-recurrent-context icl-regression-softmax icl-regression-softmax-mlp icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only icl-autoregressive-constrained icl-autoregressive-constrained-gd icl-autoregressive-gd-start icl-autoregressive-paper-fig5 icl-autoregressive-non-augmented-64 instruction-clustering steerability steerability-ablation latent-ambiguity latent-ambiguity-paper-small representation-dissimilarity function-classes function-classes-curriculum-matched function-classes-curriculum-sparse function-classes-sparse-3x icl-regression-context}
+NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-recurrent-context icl-regression-softmax icl-regression-softmax-mlp icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only icl-autoregressive-constrained icl-autoregressive-constrained-gd icl-autoregressive-gd-start icl-autoregressive-paper-fig5 icl-autoregressive-non-augmented-64 instruction-clustering steerability steerability-ablation latent-ambiguity latent-ambiguity-paper-small representation-dissimilarity function-classes function-classes-curriculum-matched function-classes-curriculum-sparse function-classes-sparse-3x icl-regression-context function-classes-sparse-control}
 mkdir -p "$OUT"
 for name in $NAMES; do
   start=$(date +%s)
