@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.config import ExperimentConfig, OptimConfig, ProbeConfig, SweepConfig, TrainConfig
@@ -54,7 +53,7 @@ from jaxlab.experiments.function_classes_claims import (
     QUICK_CURRICULUM,
     deviations,
 )
-from jaxlab.experiments.function_classes_cross import model_predictions
+from jaxlab.experiments.function_classes_cross import nse_curve
 from jaxlab.experiments.function_classes_curriculum import CurriculumExperiment
 from jaxlab.models.presets import gpt_model
 from jaxlab.probes import prefix_baselines as pb
@@ -150,11 +149,9 @@ def baseline_curves(cfg: ExperimentConfig, x_BND: jax.Array, y_BN: jax.Array) ->
 def make_evaluate(cfg: ExperimentConfig):
     """nse[n=i] for every i in 0..N-1 on the fixed evaluation tasks (module docstring)."""
     task = cfg.task
-    norm = float(fc.error_normalizer(task))
 
     def evaluate(train: Any, params: Any, batch: Batch) -> dict[str, jax.Array]:
-        _, y_BN = fc.split_interleaved(batch, task)
-        nse_N = jnp.mean((model_predictions(train, params, batch) - y_BN) ** 2, axis=0) / norm
+        nse_N = nse_curve(train, params, task, batch)
         return {nse_metric(i): nse_N[i] for i in range(task.n_context)}
 
     return evaluate

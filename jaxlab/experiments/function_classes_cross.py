@@ -53,16 +53,18 @@ def model_predictions(train: Any, params: Any, batch: Batch) -> jax.Array:
     return out_BT1[:, 0::2, 0]
 
 
+def nse_curve(train: Any, params: Any, tasks: Any, batch: Batch) -> jax.Array:
+    """[N] normalized squared error of one model (`params`, the model of `train`) on `batch` of the task config
+    `tasks` after i = 0..N-1 examples: nse_i = mean_b (y_hat_{b,i} - y_{b,i})^2 / norm(tasks) (the experiment's
+    `nse[n=i]`, Garg et al.'s normalization)."""
+    _, y_BN = fc.split_interleaved(batch, tasks)
+    return jnp.mean((model_predictions(train, params, batch) - y_BN) ** 2, axis=0) / float(fc.error_normalizer(tasks))
+
+
 def nse_curves(train: Any, params_R: Any, tasks: Any, batch: Batch) -> np.ndarray:
-    """[R, N] normalized squared errors of the R runs (`params_R`, leading run axis; the model of `train`) on
-    `batch` of the task config `tasks`: nse_{r,i} = mean_b (y_hat_{r,b,i} - y_{b,i})^2 / norm(tasks), one
-    compiled program vmapped over the runs."""
-    norm = float(fc.error_normalizer(tasks))
-
-    def one(params: Any, batch: Batch) -> jax.Array:
-        _, y_BN = fc.split_interleaved(batch, tasks)
-        return jnp.mean((model_predictions(train, params, batch) - y_BN) ** 2, axis=0) / norm
-
+    """[R, N] `nse_curve` of the R runs (`params_R`, leading run axis), one compiled program vmapped over the
+    runs."""
+    one = lambda params, batch: nse_curve(train, params, tasks, batch)
     return np.asarray(jax.jit(jax.vmap(one, in_axes=(0, None)))(params_R, batch), np.float64)
 
 
@@ -105,4 +107,4 @@ def after_sweep(outcomes: list[Any]) -> Finalized:
     return Finalized(reference=cross_nse(outcomes))
 
 
-__all__ = ["CROSS", "after_sweep", "cross_metric", "cross_nse", "model_predictions", "nse_curves"]
+__all__ = ["CROSS", "after_sweep", "cross_metric", "cross_nse", "model_predictions", "nse_curve", "nse_curves"]

@@ -126,10 +126,8 @@ def fig5_section(ctx: ReportContext) -> Section:
 def gd_section(ctx: ReportContext) -> Section:
     """Report section: the trained model against the fitted one-step GD (table of final metrics and the curves
     `gd_comparison.png`)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = finals(ctx, "eval_loss") / finals(ctx, "gd_loss")
     rows = [
-        ["trained loss / one-step-GD loss", spread(ratio, empty="n/a")],
+        ["trained loss / one-step-GD loss", spread(_ratio(ctx), empty="n/a")],
         ["eval_loss", _cell(ctx, "eval_loss")],
         ["gd_loss (eta fitted)", _cell(ctx, "gd_loss")],
         ["model_cos (vs fitted GD)", _cell(ctx, "model_cos")],
@@ -326,8 +324,6 @@ def paper_optimum_text(ctx: ReportContext) -> str:
 def constrained_section(ctx: ReportContext) -> Section:
     """Report section of the constrained (A, B, P) model: the learned C and P beside orthogonal.py's, the
     gauge-invariant products, the comparison with one GD step, and their curves (`constrained.png`)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = finals(ctx, "eval_loss") / finals(ctx, "gd_loss")
     paper_cos = ctx.summary.get("reference", {}).get("paper_optimum_model_cos")
     paper_cos = "" if paper_cos is None else f"; the paper's optimum itself: {fmt(paper_cos)} (control below)"
     rows = [
@@ -341,7 +337,7 @@ def constrained_section(ctx: ReportContext) -> Section:
         ["P[t, t] / P[t, t+1] (gauge-invariant)", "-0.5", _cell(ctx, "p_prev_ratio")],
         ["eval_loss", "0 (exact recurrence)", _cell(ctx, "eval_loss")],
         ["gd_loss (one GD step, eta fitted)", "—", _cell(ctx, "gd_loss")],
-        ["trained loss / one-step-GD loss", "—", spread(ratio, empty="n/a")],
+        ["trained loss / one-step-GD loss", "—", spread(_ratio(ctx), empty="n/a")],
         ["model_cos (vs one GD step)", "issue 21's bar: >= 0.99" + paper_cos, _cell(ctx, "model_cos")],
     ]
     body = (
