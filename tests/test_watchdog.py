@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxlab.train.watchdog import STALL_EXIT, Watchdog, native_stacks, progress
+from jaxlab.train.watchdog import IDLE_CORES, STALL_EXIT, Watchdog, native_stacks, progress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,55 @@ def test_fires_after_the_timeout_plus_the_slowest_gap_once(tmp_path):
     assert "test_fires_after_the_timeout_plus_the_slowest_gap_once" in report  # this thread's Python stack
     assert "== native stacks ==\n(not asked for)" in report  # gdb's: in the stalled sweep below
     assert json.loads((tmp_path / ".jaxlab-files.json").read_text())["files"] == ["stall-00000.txt"]
+
+
+def test_a_silent_process_that_keeps_computing_is_not_stopped_until_it_idles(tmp_path):
+    """A first interval longer than the allowance computes all along: the watchdog waits. It fires once
+    the process has used less than IDLE_CORES of a core over the idle window (a wedged pool uses none)."""
+    clock, cpu, fired = Clock(), Clock(), []
+    dog = Watchdog(1.0, tmp_path, on_stall=fired.append, clock=clock, native=False, cpu_clock=cpu)
+    assert dog.idle_window == 60.0  # min(IDLE_WINDOW_S, the 60 s allowance)
+    dog.beat("group 0 compiled")
+    for t in range(10, 3610, 10):  # an hour of silence at 1.5 cores (2 XLA threads, partly busy)
+        clock.t, cpu.t = float(t), 1.5 * t
+        assert not dog.check(), t
+    assert fired == []
+    stalled_at = clock.t
+    while not dog.check():  # CPU stops: the pool wedged
+        clock.t += 10.0
+        assert clock.t < stalled_at + 200.0
+    assert clock.t - stalled_at == pytest.approx(dog.idle_window)  # the first check whose whole window is idle
+    assert len(fired) == 1 and "CPU use over the last 60 s: 0.00 cores" in fired[0]
+    assert "CPU use before the report: 0.00 cores" in (tmp_path / "stall-00000.txt").read_text()
+
+
+def test_cpu_use_is_measured_over_the_idle_window():
+    """cpu_use: cores between this check and the latest check at least idle_window before it."""
+    clock, cpu = Clock(), Clock()
+    dog = Watchdog(0.5, None, clock=clock, native=False, cpu_clock=cpu)  # 30 s allowance and window
+    assert dog.cpu_use(0.0) == 0.0  # no earlier sample
+    cpu.t = 20.0
+    assert dog.cpu_use(10.0) == pytest.approx(2.0)  # 20 CPU-s in 10 s, from the only earlier sample
+    cpu.t = 35.0
+    assert dog.cpu_use(40.0) == pytest.approx(0.5)  # from t=10, the newest sample >= 30 s old: 15 / 30
+    cpu.t = 41.0
+    assert dog.cpu_use(60.0) == pytest.approx(21.0 / 50.0)  # still from t=10 (t=40 is 20 s old): 21 / 50
+    assert dog.cpu_use(75.0) == pytest.approx(6.0 / 35.0)  # from t=40 (t=60 is 15 s old): 6 / 35
+    assert IDLE_CORES < 0.5 <= 1.0
+
+
+def test_a_busy_main_thread_is_not_stopped_and_a_sleeping_one_is():
+    """With the real CPU clock: a main thread computing past the 0.12 s allowance keeps the watchdog quiet;
+    once it blocks, the watchdog fires."""
+    fired = threading.Event()
+    with Watchdog(0.002, None, on_stall=lambda m: fired.set(), poll_s=0.02, native=False) as dog:
+        dog.beat("armed")
+        end = time.monotonic() + 1.0  # eight allowances of pure computation
+        x = 0
+        while time.monotonic() < end:
+            x += sum(i * i for i in range(2000))
+        assert x > 0 and not fired.is_set()
+        assert fired.wait(10.0)  # blocked here: no CPU
 
 
 def test_disabled_with_zero_and_silent_without_a_directory(capsys):

@@ -255,7 +255,7 @@ class TrainConfig(Section):
     # diverged: a step's loss is not finite or above diverge_above x max(the loss of step 0, 1e-3)
     # (jaxlab.train.engine); 0: non-finite only. 0 or a factor > 1.
     diverge_above: float = 1e6
-    stall_timeout: float = 15.0  # minutes with no progress (beyond the slowest interval seen) before the watchdog stops
+    stall_timeout: float = 15.0  # minutes of silence (beyond the slowest interval) with no CPU use: the watchdog stops
 
     FIELD_DOCS: ClassVar[dict[str, str]] = {
         "steps": "training steps of every run",
@@ -278,7 +278,8 @@ class TrainConfig(Section):
         "scan_layers": "run the blocks as one lax.scan, compiled once (faster compilation of deep models, "
         "slower steps on CPUs: benchmarks/results/compile-depth.md)",
         "diverge_above": "a run diverges at a loss above this factor x max(step-0 loss, 1e-3) (0: non-finite only)",
-        "stall_timeout": "minutes without progress (beyond the slowest interval) before the watchdog stops (0: off)",
+        "stall_timeout": "minutes without progress (beyond the slowest interval) before the watchdog stops a process "
+        "that computes nothing (0: off)",
     }
     CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
         "eval_schedule": EVAL_SCHEDULES,

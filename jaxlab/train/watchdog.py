@@ -8,7 +8,13 @@ came within the allowed silence:
 
     allowed = train.stall_timeout (minutes) + the longest gap between two beats seen so far
 
-(so a sweep whose intervals take an hour each is not stopped after fifteen minutes). Work that runs
+(so a sweep whose intervals take an hour each is not stopped after fifteen minutes), and it fires
+only while the process computes nothing: the CPU time of all its threads over the last
+`idle_window` seconds (min(train.stall_timeout, 2 minutes)) must stay below `IDLE_CORES` of one
+core. A wedged thread pool or a collective waiting for a dead process blocks its threads and uses
+no CPU; a first evaluation interval that simply takes longer than the allowance (its length is not
+known before it ends: 4500 steps of a CPU preset took more than 15 minutes) keeps computing and is
+left to finish. Work that runs
 outside the sweep loop's phases, e.g. an experiment's analysis across programs that trains many
 stitches, reports its own progress with `progress(what)`, which beats the watchdog of the sweep
 running in this process (none: a no-op). The watch
@@ -33,6 +39,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -41,6 +48,8 @@ from jaxlab import runfiles
 
 STALL_EXIT = 3
 NATIVE_TIMEOUT_S = 120.0
+IDLE_CORES = 0.05  # CPU time per second (in cores) below which a silent process counts as stalled
+IDLE_WINDOW_S = 120.0  # the span over which that CPU time is measured (at most train.stall_timeout)
 _ACTIVE: list[Watchdog] = []  # the watchdogs entered in this process, innermost last
 
 
@@ -102,8 +111,12 @@ class Watchdog:
         poll_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         native: bool = True,
+        cpu_clock: Callable[[], float] = time.process_time,
     ):
         self.allowed_base = 60.0 * stall_minutes
+        self.cpu_clock = cpu_clock  # CPU seconds of every thread of this process
+        self.idle_window = min(IDLE_WINDOW_S, self.allowed_base)
+        self._cpu_samples: deque[tuple[float, float]] = deque()  # (clock, cpu_clock) at each check
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.process = process
         self.on_stall = on_stall if on_stall is not None else _exit_stalled
@@ -145,24 +158,39 @@ class Watchdog:
         if self.fired or not self.enabled or not self.armed:
             return False
         with self._lock:
-            silent = self.clock() - self.last
+            now = self.clock()
+            silent = now - self.last
             allowed = self.allowed_base + self.longest_gap
             what = self.last_what
-        if silent <= allowed:
+        cores = self.cpu_use(now)
+        if silent <= allowed or cores >= IDLE_CORES:
             return False
         self.fired = True
-        path = self.write_report(silent, what)
+        path = self.write_report(silent, what, cores)
         where = f"; stacks written to {path}" if path is not None else ""
         message = (
             f"no progress for {silent / 60:.1f} min (allowed: train.stall_timeout {self.allowed_base / 60:g} min "
-            f"+ the slowest step seen, {self.longest_gap / 60:.1f} min; last progress: {what}){where}. "
+            f"+ the slowest step seen, {self.longest_gap / 60:.1f} min; last progress: {what}; "
+            f"CPU use over the last {self.idle_window:.0f} s: {cores:.2f} cores){where}. "
             "Checkpoints written so far are kept: continue with --resume. If the computation is just slow, "
             "raise train.stall_timeout (0 turns the watchdog off)"
         )
         self.on_stall(message)
         return True
 
-    def write_report(self, silent: float, what: str) -> Path | None:
+    def cpu_use(self, now: float) -> float:
+        """Cores this process has used (CPU seconds per second, all threads) since the latest check at
+        least `idle_window` seconds ago (since the oldest check while there is none); 0 at the first
+        check. Records this check's sample."""
+        samples = self._cpu_samples
+        cpu = self.cpu_clock()
+        samples.append((now, cpu))
+        while len(samples) > 2 and samples[1][0] <= now - self.idle_window:
+            samples.popleft()
+        t0, cpu0 = samples[0]
+        return (cpu - cpu0) / (now - t0) if now > t0 else 0.0
+
+    def write_report(self, silent: float, what: str, cores: float | None = None) -> Path | None:
         """Write the stall report (last beat, Python and native stacks) into the run directory, or to
         stderr without one; returns the file's path (None: stderr)."""
         if self.report_dir is not None:
@@ -170,7 +198,7 @@ class Watchdog:
             try:
                 self.report_dir.mkdir(parents=True, exist_ok=True)
                 with open(path, "w") as f:
-                    _write_report(f, silent, what, self.native)
+                    _write_report(f, silent, what, self.native, cores)
             except OSError:
                 pass
             else:
@@ -179,7 +207,7 @@ class Watchdog:
                 except Exception:
                     pass  # the report itself is written; the process is about to end
                 return path
-        _write_report(sys.stderr, silent, what, self.native)
+        _write_report(sys.stderr, silent, what, self.native, cores)
         return None
 
     def _run(self) -> None:
@@ -202,11 +230,12 @@ class Watchdog:
             self._thread.join(timeout=5.0)
 
 
-def _write_report(f: TextIO, silent: float, what: str, native: bool) -> None:
+def _write_report(f: TextIO, silent: float, what: str, native: bool, cores: float | None = None) -> None:
+    cpu = "" if cores is None else f"; CPU use before the report: {cores:.2f} cores"
     f.write(
         f"jaxlab stall report: pid {os.getpid()} on {socket.gethostname()}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n"
-        f"no progress for {silent:.0f} s; last progress: {what}\n\n== Python stacks ==\n"
+        f"no progress for {silent:.0f} s; last progress: {what}{cpu}\n\n== Python stacks ==\n"
     )
     f.write(python_stacks())
     f.write("\n== native stacks ==\n")
@@ -220,4 +249,12 @@ def _exit_stalled(message: str) -> None:
     os._exit(STALL_EXIT)
 
 
-__all__ = ["NATIVE_TIMEOUT_S", "STALL_EXIT", "Watchdog", "native_stacks", "python_stacks"]
+__all__ = [
+    "IDLE_CORES",
+    "IDLE_WINDOW_S",
+    "NATIVE_TIMEOUT_S",
+    "STALL_EXIT",
+    "Watchdog",
+    "native_stacks",
+    "python_stacks",
+]
