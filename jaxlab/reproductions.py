@@ -108,13 +108,29 @@ def short_table(summaries: Mapping[str, Mapping[str, Any]], link_prefix: str = "
     return "\n".join(rows)
 
 
+def _result(c: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a claim entry measured: two entries with the same are one result (a deterministic re-run of
+    the same runs in another reproduction, e.g. a preset that shares seeds and data with another)."""
+    return (c["id"], c["verdict"], c.get("median"), c.get("ci_low"), c.get("ci_high"), c.get("n_seeds"))
+
+
 def counts(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line: how many claims got each verdict (each claim counted once, `claim_rows`)."""
+    """One line: how many results got each verdict (`claim_rows`, an identical result of another
+    reproduction counted once, `_result`), and how many rows repeat an earlier one."""
     tally: dict[str, int] = {}
+    seen: set[tuple[Any, ...]] = set()
+    repeats = 0
     for _, c in claim_rows(summaries):
+        if c.get("median") is not None and _result(c) in seen:
+            repeats += 1
+            continue
+        seen.add(_result(c))
         tally[c["verdict"]] = tally.get(c["verdict"], 0) + 1
     order = ("reproduced", "not_reproduced", "inconclusive", "untested")
-    return ", ".join(f"{tally.get(v, 0)} {v}" for v in order)
+    line = ", ".join(f"{tally.get(v, 0)} {v}" for v in order)
+    if repeats:
+        line += f" ({repeats} more rows repeat an identical result of another reproduction, counted once)"
+    return line
 
 
 def runs_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:

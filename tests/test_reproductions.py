@@ -56,3 +56,17 @@ def test_every_reproduction_report_opens_with_its_claims_then_its_deviations():
     for name in reproductions.load(DOCS):
         headings = [line for line in (DOCS / name / "report.md").read_text().splitlines() if line.startswith("## ")]
         assert headings[:2] == ["## Claims", "## Deviations from the paper's setup"], (name, headings[:3])
+
+
+def test_an_identical_result_in_two_reproductions_is_counted_once():
+    entry = {"id": "c", "verdict": "reproduced", "median": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_seeds": 8}
+    other = {**entry, "median": 0.45}  # the same claim measured differently: a second result
+    summaries = {
+        "a": {"experiment": "e", "claims": [entry]},
+        "b": {"experiment": "e", "claims": [dict(entry)]},  # a deterministic re-run of the same runs
+        "c": {"experiment": "e", "claims": [other]},
+    }
+    assert len(reproductions.claim_rows(summaries)) == 3  # every folder's row stays in the tables
+    line = reproductions.counts(summaries)
+    assert line.startswith("2 reproduced, 0 not_reproduced, 0 inconclusive, 0 untested")
+    assert "1 more rows repeat an identical result" in line
