@@ -240,9 +240,9 @@ def _decide(rule: Rule, lo: float, hi: float, n: int) -> str:
 
 class _ReadsFinal(dict):
     """A run's final metrics, each replaced by its replicate-set value where it has one, which
-    records the metrics read that have none."""
+    records the metrics read that have none (`without`) and those that have one (`with_`)."""
 
-    def __init__(self, final_metrics: Mapping[str, Any], without: set[str]):
+    def __init__(self, final_metrics: Mapping[str, Any], without: set[str], with_: set[str]):
         replicated = {
             k: final_metrics.get(REPLICATE_PREFIX + k, v)
             for k, v in final_metrics.items()
@@ -250,11 +250,10 @@ class _ReadsFinal(dict):
         }
         super().__init__(replicated)
         self._has = {k for k in replicated if REPLICATE_PREFIX + k in final_metrics}
-        self._without = without
+        self._without, self._with = without, with_
 
     def _read(self, key: Any) -> None:
-        if key not in self._has:
-            self._without.add(str(key))
+        (self._with if key in self._has else self._without).add(str(key))
 
     def __getitem__(self, key: Any) -> Any:
         self._read(key)
@@ -265,11 +264,12 @@ class _ReadsFinal(dict):
         return super().get(key, default)
 
 
-def on_replicate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
+def on_replicate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], set[str], set[str]]:
     """(the runs with their final metrics taken from the replicate evaluation set, the set that
-    collects the names of metrics read that have no replicate value)."""
+    collects the names of metrics read that have no replicate value, the set of those read that have one)."""
     without: set[str] = set()
-    return [{**r, "final": _ReadsFinal(r.get("final", {}), without)} for r in runs], without
+    with_: set[str] = set()
+    return [{**r, "final": _ReadsFinal(r.get("final", {}), without, with_)} for r in runs], without, with_
 
 
 def _replicate(
@@ -278,7 +278,7 @@ def _replicate(
     """(the claim's statistic and verdict on the replicate evaluation set, or None; a note)."""
     if not any(k.startswith(REPLICATE_PREFIX) for r in runs for k in r.get("final", {})):
         return None, "these runs have no replicate evaluation set"
-    replicate_runs, without = on_replicate(runs)
+    replicate_runs, without, with_ = on_replicate(runs)
     try:
         median, lo, hi, n = _statistic(c, replicate_runs, reference)
     except NotApplicable as err:
@@ -286,6 +286,11 @@ def _replicate(
     if without:
         names = ", ".join(sorted(without)[:4]) + (", ..." if len(without) > 4 else "")
         return None, f"not re-evaluated: the statistic reads {names}, which the replicate set does not score"
+    if not with_:  # e.g. cross-program analyses in `reference`, computed once on the shared evaluation set
+        return None, (
+            "not re-evaluated: the statistic reads no metric that the replicate set scores (only data computed "
+            "once, on the shared evaluation set)"
+        )
     if n == 0:
         return None, "no finite value on the replicate evaluation set"
     verdict = _decide(c.rule, lo, hi, n)

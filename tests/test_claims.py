@@ -150,6 +150,13 @@ def test_a_claim_is_evaluated_again_on_the_replicate_evaluation_set():
     # runs without replicate metrics (summaries written before jaxlab scored one) say so
     (e,) = evaluate([claim(Above(0.5))], None, runs([0.95] * 5), {})
     assert e["replicate"] is None and "no replicate" in e["replicate_note"]
+    # a statistic that reads only the cross-run reference (computed once, on the shared set) has nothing to
+    # re-evaluate: no replicate, rather than its own numbers again labelled as a replicate
+    from_reference = lambda runs_, ref: [ref[f"pen{i}"] for i in range(5)]
+    ref = {f"pen{i}": v for i, v in enumerate([0.2, 0.3, 0.25, 0.28, 0.22])}
+    (e,) = evaluate([claim(Above(0.0), values=from_reference)], None, rs, ref)
+    assert e["verdict"] == "reproduced" and e["replicate"] is None
+    assert "reads no metric that the replicate set scores" in e["replicate_note"] and check(e) is None
 
 
 def test_a_verdict_the_replicate_set_does_not_give_is_inconclusive():

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import pytest
 
 from jaxlab.experiments import icl_regression as ir
 from jaxlab.experiments import icl_regression_claims as irc
@@ -114,6 +115,13 @@ def test_claims_per_context_length_against_numpy():
     np.testing.assert_allclose(got, (model[:, 0] - pp[:, 0]) / pp[:, 0], rtol=1e-12)
     # the paper's numbers the claim and the report quote
     assert irc.PAPER_GDPP_GAMMA[10] == 0.179 and "-0.123" in BY_ID["recurrent_context_gamma_falls_with_n"].paper_value
+    # the rule asks for half the paper's fall: a gamma that does not move is not_reproduced, not inconclusive
+    assert irc.GAMMA_FALL == pytest.approx(0.0615)
+    trend_claim = BY_ID["recurrent_context_gamma_falls_with_n"]
+    assert trend_claim.rule.decide(-0.0002, 0.0008) == "not_reproduced"
+    assert (
+        trend_claim.rule.decide(-0.1, -0.07) == "reproduced" and trend_claim.rule.decide(-0.1, -0.03) == "inconclusive"
+    )
 
 
 def test_the_context_section_puts_gd_plus_plus_gamma_beside_the_papers(tmp_path):

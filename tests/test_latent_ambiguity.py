@@ -256,7 +256,7 @@ def test_claims_on_a_config_without_a_grid_read_the_runs_language():
     assert lac._untested_order(cfg) and lac._untested_fall(cfg) is None
     assert lac._untested_fall(cfg.set("task.ambiguity", 0.0))
     quick = EXP.preset("quick")
-    jiang_only = {"first_letter_icl_falls", "icl_emerges_with_scale"}  # his metric needs his language
+    jiang_only = {"first_letter_icl_falls", "icl_emerges_with_scale", "icl_gain_grows_with_scale"}  # his metric
     not_run = {"mle_converges_with_block_size", "understanding_from_one_prompt"}  # his Experiments 1 and 2
     assert all(c.untested(quick) is None for c in lac.CLAIMS if c.id not in jiang_only | not_run)
     assert all(c.untested(quick) for c in lac.CLAIMS if c.id in jiang_only | not_run)

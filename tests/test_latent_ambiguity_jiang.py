@@ -208,6 +208,14 @@ def test_first_letter_claims_on_synthetic_tables():
     np.testing.assert_allclose(lac.scale_values(*good), [0.075 / 2 - 0.075 / 3] * 5)
     got = {e["id"]: e for e in claims.evaluate(mine, cfg, *bad)}
     assert [got[i]["verdict"] for i in ids] == ["not_reproduced", "not_reproduced"]
+    # the control: the in-context gain kl(m=1) - kl(m=4) per size. In `good` it is 0.225 / (i + 1), which
+    # shrinks with size although the error at m = 4 falls: a larger model that is better at every prompt length
+    (gain,) = [c for c in lac.CLAIMS if c.id == "icl_gain_grows_with_scale"]
+    np.testing.assert_allclose(lac.scale_gain_values(*good), [0.225 / 2 - 0.225] * 5)  # min: sizes 0 -> 1
+    assert claims.evaluate([gain], cfg, *good)[0]["verdict"] == "not_reproduced"
+    grows = _runs(lambda i, m: 0.3 - 0.05 * (i + 1) * (m - 1))  # the gain 0.15 (i + 1) grows with size
+    np.testing.assert_allclose(lac.scale_gain_values(*grows), [0.15] * 5, rtol=1e-9)
+    assert claims.evaluate([gain], cfg, *grows)[0]["verdict"] == "reproduced"
     # two sizes only: the emergence claim cannot be tested
     two = _runs(lambda i, m: 0.1, sizes=(8, 16))
     assert claims.evaluate(mine, cfg, *two)[1]["verdict"] == "untested"

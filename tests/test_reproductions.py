@@ -3,6 +3,8 @@ follows from its own interval and rule (jaxlab.reproductions, jaxlab.claims.chec
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,26 @@ def test_an_identical_result_in_two_reproductions_is_counted_once():
     line = reproductions.counts(summaries)
     assert line.startswith("2 reproduced, 0 not_reproduced, 0 inconclusive, 0 untested")
     assert "1 more rows repeat an identical result" in line
+
+
+def test_refresh_claims_restores_a_stored_claim_from_the_runs_in_its_summary(tmp_path):
+    """scripts/refresh_claims.py re-evaluates the chosen claims from summary.json's runs and the stored command,
+    rewriting the entry and the report's Claims section only."""
+    name = "representation-dissimilarity"
+    folder = tmp_path / name
+    shutil.copytree(DOCS / name, folder)
+    path = folder / "summary.json"
+    s = json.loads(path.read_text())
+    entry = next(c for c in s["claims"] if c["id"] == "cka_block_structure")
+    entry.update(median=0.5, ci_low=0.4, ci_high=0.6, n_seeds=10, verdict="reproduced")
+    path.write_text(json.dumps(s))
+    report = folder / "report.md"
+    report.write_text(report.read_text().replace("(n=5)", "(n=10)", 1))
+    script = ROOT / "scripts" / "refresh_claims.py"
+    run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True, timeout=300)
+    assert run("--check", "--only", "cka_block_structure", str(folder)).returncode == 1
+    done = run("--only", "cka_block_structure", str(folder))
+    assert done.returncode == 0 and "rewrote" in done.stdout, done.stderr[-2000:]
+    assert json.loads(path.read_text())["claims"] == json.loads((DOCS / name / "summary.json").read_text())["claims"]
+    assert report.read_text() == (DOCS / name / "report.md").read_text()
+    assert run("--check", str(folder)).returncode == 0  # every claim as the experiment has it now

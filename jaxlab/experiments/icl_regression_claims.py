@@ -26,6 +26,11 @@ Tolerances, fixed before any verdict was computed (none is tuned to jaxlab's num
   band is used for the interpolated model.
 - COS_BAR = 0.99: the sensitivity cosine (Fig. 2 "Model cos", which approaches 1) above 0.99, the
   bar of issues 19/20.
+- GAMMA_FALL = 0.0615: "gamma falls with N" is read as a fall of at least half of GD++'s fall in the
+  paper from N = 10 to N = 50 (0.179 - 0.056 = 0.123). Set after the stored recurrent-context run
+  (whose models' gamma is ~0 at every N): with the bare direction (below 0) a gamma that does not
+  move read `inconclusive` with an estimate of thousands of seeds; the stricter rule makes no
+  difference favourable to the claim.
 - PREDS_BAR = 0.1: the prediction gap |y_model - y_GD| counts as small when it is under a tenth of
   GD's own root-mean-square error sqrt(2 gd_loss): an order of magnitude below the error both make.
 - OOD_BAND = 5%: out of the training distribution the prediction is cubic in the input scale, so
@@ -546,6 +551,7 @@ def across_context(n_a: int, n_b: int, metric: str) -> Values:
 # projection matrices, held to multiples of I) are trained by Adam on fresh tasks: a fitted GD++
 # parameter, not one read off the trained transformer.
 PAPER_GDPP_GAMMA = {10: 0.179, 25: 0.099, 50: 0.056, 100: 0.029}
+GAMMA_FALL = 0.5 * (PAPER_GDPP_GAMMA[10] - PAPER_GDPP_GAMMA[50])  # module docstring: half the paper's fall
 CONTEXT_LENGTHS = (10, 25, 50)  # the N of the claims per context length
 _GAMMA_REF = (
     "von Oswald et al. 2023, Sec. 4, GD++'s gamma at N = 10 / 25 / 50: 0.179 / 0.099 / 0.056 (as issue 20 "
@@ -599,7 +605,7 @@ GAMMA_TREND_CLAIM = Claim(
     statistic=f"per seed, model_gamma at N = {CONTEXT_LENGTHS[-1]} minus at N = {CONTEXT_LENGTHS[0]} (model_gamma "
     "= -a b, a and b the mean x-block diagonals of the trained W_KQ and W_PV products); runs paired by seed",
     control=f"the same seed's model at N = {CONTEXT_LENGTHS[0]}",
-    rule=Below(0.0),
+    rule=Below(-GAMMA_FALL),
     values=across_context(CONTEXT_LENGTHS[-1], CONTEXT_LENGTHS[0], "model_gamma"),
     untested=gamma_trend_untested,
 )

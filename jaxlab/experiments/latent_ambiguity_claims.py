@@ -66,7 +66,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jaxlab.claims import Above, Below, Claim, NotApplicable
@@ -306,10 +306,13 @@ def model_sizes(runs: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted(size, key=lambda k: (size[k], tuple(str(x) for x in k)))
 
 
-def scale_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
-    """Claim `icl_emerges_with_scale`: per seed, language ~0.065, model sizes ordered by parameter count:
-    min over adjacent sizes of kl_first_letter[message=min(4, last)](smaller) - (larger) (nats); NaN for a
-    seed without every size."""
+def _per_seed_and_size(
+    runs: Sequence[Mapping[str, Any]],
+    reference: Mapping[str, Any],
+    value: Callable[[Mapping[str, Any], int, int], float],
+) -> tuple[list[tuple[Any, ...]], dict[int, dict[tuple[Any, ...], float]]]:
+    """(model sizes ordered by parameter count, {seed: {size: value(run, a, m)}}) for the language ~0.065
+    (`jiang_language`), m = min(4, last)."""
     a = jiang_language(runs, reference)
     if a is None:
         raise NotApplicable("no ambiguous language with a measured epsilon_transitions in the reference")
@@ -323,14 +326,43 @@ def scale_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]
         m = _jiang_m(r, a)
         if m is not None:
             key = tuple(r["hparams"].get(k) for k in keys)
-            seeds.setdefault(int(r["seed"]), {})[key] = _final(r, "kl_first_letter", a, m)
+            seeds.setdefault(int(r["seed"]), {})[key] = value(r, a, m)
+    return sizes, seeds
+
+
+def _min_adjacent(
+    sizes: list[tuple[Any, ...]], seeds: dict[int, dict[tuple[Any, ...], float]], step: Callable[[float, float], float]
+) -> list[float]:
+    """Per seed, min over adjacent sizes (smaller, larger) of step(value(smaller), value(larger)); NaN for a
+    seed without every size."""
     out = []
-    for _, kl in sorted(seeds.items()):
-        if set(kl) != set(sizes):
+    for _, v in sorted(seeds.items()):
+        if set(v) != set(sizes):
             out.append(math.nan)
             continue
-        out.append(min(kl[lo] - kl[hi] for lo, hi in itertools.pairwise(sizes)))
+        out.append(min(step(v[lo], v[hi]) for lo, hi in itertools.pairwise(sizes)))
     return out
+
+
+def scale_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
+    """Claim `icl_emerges_with_scale`: per seed, language ~0.065, model sizes ordered by parameter count:
+    min over adjacent sizes of kl_first_letter[message=min(4, last)](smaller) - (larger) (nats); NaN for a
+    seed without every size."""
+    sizes, seeds = _per_seed_and_size(runs, reference, lambda r, a, m: _final(r, "kl_first_letter", a, m))
+    return _min_adjacent(sizes, seeds, lambda smaller, larger: smaller - larger)
+
+
+def in_context_gain(run: Mapping[str, Any], a: int, m: int) -> float:
+    """kl_first_letter[message=1] - kl_first_letter[message=m] (nats): how much the m - 1 earlier messages
+    of the prompt lower the first-letter error, beyond what the model predicts after one message."""
+    return _final(run, "kl_first_letter", a, 1) - _final(run, "kl_first_letter", a, m)
+
+
+def scale_gain_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
+    """Claim `icl_gain_grows_with_scale` (the control of `icl_emerges_with_scale`): per seed, language ~0.065,
+    sizes ordered by parameter count: min over adjacent sizes of in_context_gain(larger) - (smaller) (nats)."""
+    sizes, seeds = _per_seed_and_size(runs, reference, in_context_gain)
+    return _min_adjacent(sizes, seeds, lambda smaller, larger: larger - smaller)
 
 
 # -- what a config can test ---------------------------------------------------------------------------
@@ -493,11 +525,32 @@ CLAIMS: tuple[Claim, ...] = (
             "min over adjacent sizes of kl_first_letter[message=min(4, last)](smaller) - (larger) (nats)"
         ),
         control=(
-            "none computed. Reference: the exact Bayes predictor's KL under the same metric, the limit of a "
+            "icl_gain_grows_with_scale: whether the fall comes from the in-context gain or from the fit at every "
+            "prompt length. Reference: the exact Bayes predictor's KL under the same metric, the limit of a "
             "perfect model (0 for his language)"
         ),
         rule=Above(0.0),
         values=scale_values,
+        untested=_untested_scale,
+    ),
+    Claim(
+        id="icl_gain_grows_with_scale",
+        claim=(
+            "(The control for icl_emerges_with_scale, not a claim of the paper:) the in-context gain, how much the "
+            "earlier messages of the prompt lower the error, grows with the model's size; a larger model that is "
+            "only better at the letters lowers its error at every prompt length alike."
+        ),
+        paper_ref=(
+            "Jiang 2023, abstract (in-context learning emerges with scale; the gain as its measure is jaxlab's)"
+        ),
+        statistic=(
+            "per seed, the language closest to ambiguity 0.065, model sizes of the grid ordered by parameter count: "
+            "min over adjacent sizes of gain(larger) - gain(smaller), gain = kl_first_letter[message=1] - "
+            "kl_first_letter[message=min(4, last)] (nats)"
+        ),
+        control="the same models' first-letter error after one message (message = 1)",
+        rule=Above(0.0),
+        values=scale_gain_values,
         untested=_untested_scale,
     ),
     Claim(

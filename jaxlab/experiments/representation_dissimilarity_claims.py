@@ -386,22 +386,27 @@ def best_boundary(cka_HH: np.ndarray) -> int | None:
 
 
 def block_structure_values(runs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> list[float]:
-    """Claim `cka_block_structure`: one value per run (GeLU and SoLU at the reference point): the run's
-    `block_contrast` over hooks 1..L (the embeddings left out) at the boundary chosen on the other half of
-    its family's seeds (`best_boundary` of their mean matrix; seeds in order, the first half and the rest),
-    so that no run scores a boundary picked on itself."""
-    values = []
+    """Claim `cka_block_structure`: one value per seed, the mean over the families (GeLU and SoLU at the
+    reference point) of the run's `block_contrast` over hooks 1..L (the embeddings left out) at the
+    boundary chosen on the other half of its family's seeds (`best_boundary` of their mean matrix; seeds
+    in order, the first half and the rest), so that no run scores a boundary picked on itself. The two
+    families' runs of a seed count once: the bootstrap is over seeds, not over 2 x seeds values."""
+    by_seed_values: dict[Any, list[float]] = {}
+    families = 0
     for _family, by_seed in sorted(run_cka_matrices(reference).items()):
         seeds = sorted(by_seed)
         mats = {s: by_seed[s][1:, 1:] for s in seeds}
         if len(seeds) < 2 or next(iter(mats.values())).shape[0] < 3:
             continue
+        families += 1
         halves = (seeds[: len(seeds) // 2], seeds[len(seeds) // 2 :])
         for mine, other in (halves, halves[::-1]):
             boundary = best_boundary(np.nanmean([mats[s] for s in other], axis=0))
             if boundary is None:
                 continue
-            values.extend(block_contrast(mats[s], boundary) for s in mine)
+            for s in mine:
+                by_seed_values.setdefault(s, []).append(block_contrast(mats[s], boundary))
+    values = [float(np.mean(v)) for v in by_seed_values.values() if len(v) == families]
     if not values:
         raise NotApplicable(
             "no per-run CKA matrices with three or more hooks past the embeddings and two seeds a family in this "
@@ -504,9 +509,9 @@ CLAIMS: tuple[Claim, ...] = (
             "Brown et al. 2023, abstract insight (iii), CKA across width and depth of Pythia models (qualitative)"
         ),
         statistic=(
-            "per run (GeLU and SoLU at the reference point), the linear CKA of hooks 1..L in the same block minus "
-            "across the block boundary, at matched distance in depth; two blocks, the boundary chosen on the other "
-            "half of the family's seeds (median over runs)"
+            "per seed, the mean over GeLU and SoLU (reference point) of the run's linear CKA of hooks 1..L in the "
+            "same block minus across the block boundary, at matched distance in depth; two blocks, the boundary "
+            "chosen on the other half of the family's seeds"
         ),
         control=(
             "pairs of hooks at the same distance in depth across the boundary (a CKA that only decays with "
