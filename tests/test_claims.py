@@ -327,3 +327,11 @@ def test_a_bracketed_value_decides_only_when_the_whole_bracket_clears_the_thresh
     lows, highs = np.linspace(0.1, 0.2, 7), np.linspace(0.3, 0.5, 7)
     _, lo, hi, _ = interval(rs(lows, highs), {})
     assert lo == bootstrap_median_ci(lows)[1] and hi == bootstrap_median_ci(highs)[2]
+
+
+def test_the_median_interval_is_min_max_at_5_seeds_and_the_2nd_6th_order_statistics_at_7():
+    """What the module docstring says of the nominal 95%: the exact coverage at n = 5 and 7 follows from these."""
+    x5 = np.array([3.0, -1.0, 7.0, 0.5, 2.0])
+    assert bootstrap_median_ci(x5)[1:] == (-1.0, 7.0)  # coverage 1 - 2 / 2^5 = 93.75%
+    x7 = np.array([3.0, -1.0, 7.0, 0.5, 2.0, 9.0, -4.0])
+    assert bootstrap_median_ci(x7)[1:] == (-1.0, 7.0)  # x(2), x(6): coverage 1 - 2 * 8 / 2^7 = 87.5%
