@@ -1,6 +1,7 @@
 """The reproductions' verdict tables are generated from their summary.json, and every stored verdict
 follows from its own interval and rule (jaxlab.reproductions, jaxlab.claims.check)."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -95,3 +96,13 @@ def test_refresh_claims_restores_a_stored_claim_from_the_runs_in_its_summary(tmp
     assert json.loads(path.read_text())["claims"] == json.loads((DOCS / name / "summary.json").read_text())["claims"]
     assert report.read_text() == (DOCS / name / "report.md").read_text()
     assert run("--check", str(folder)).returncode == 0  # every claim as the experiment has it now
+
+
+def test_every_stored_claim_is_the_claim_as_the_code_defines_it():
+    """Every stored reproduction's claims equal the experiment's claims evaluated now on the runs in its summary
+    (a claim reworded or re-ruled in the code must be re-evaluated: scripts/refresh_claims.py)."""
+    spec = importlib.util.spec_from_file_location("refresh_claims", ROOT / "scripts" / "refresh_claims.py")
+    refresh_claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refresh_claims)
+    stale = [name for name in reproductions.load(DOCS) if refresh_claims.refresh(DOCS / name, write=False)]
+    assert stale == [], f"run: python scripts/refresh_claims.py docs/reproductions/{{{','.join(stale)}}}"
