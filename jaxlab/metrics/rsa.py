@@ -6,8 +6,12 @@ The representational dissimilarity matrix (RDM) of X [n, d] has entries
 RSA is the Pearson or Spearman correlation between the upper triangles (i < j) of the RDMs of X
 and Y. Spearman ranks ties by their average rank, as scipy.stats.spearmanr does. An example whose
 features are all equal has no correlation with anything; its correlation-RDM entries are 1 (r = 0),
-counted as "constant_example". A constant RDM (e.g. a constant representation) gives RSA 0,
-counted as "constant_input".
+counted as "constant_example"; an example is constant when its features vary by less than 4 eps
+sqrt(d) (in the norm of the deviations from their mean) relative to its own largest |feature|, so
+rescaling single examples (to which the correlation RDM is invariant) changes nothing. A constant RDM
+(e.g. a constant representation) gives RSA 0, counted as "constant_input". Euclidean distances are
+summed from explicit differences x_i - x_j (`jaxlab.metrics.knn.explicit_squared_distances`), so
+tight clusters far from the origin keep their within-cluster distances.
 """
 
 from __future__ import annotations
@@ -16,28 +20,30 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.errors import ConfigError
-from jaxlab.metrics._common import HIGHEST, as_float, check_pair, eps, max_abs, metric
-from jaxlab.metrics.cka import squared_distances
+from jaxlab.metrics._common import HIGHEST, as_float, check_pair, eps, metric
+from jaxlab.metrics.knn import block_rows, euclidean_squared_distances
 
 METHODS = ("pearson", "spearman")
 DISSIMILARITIES = ("correlation", "euclidean")
 
 
 def rdm_upper(x: jax.Array, dissimilarity: str) -> tuple[jax.Array, jax.Array]:
-    """(upper triangle [n (n - 1) / 2] of the RDM of x [n, d], whether some example had constant features)."""
-    x = as_float(x)
-    amax = max_abs(x)
-    x = x / jnp.where(amax > 0, amax, 1.0)
-    n = x.shape[0]
+    """(upper triangle [n (n - 1) / 2] of the RDM of x [n, d], whether some example had constant features).
+
+    "euclidean": ||x_i - x_j|| from explicit differences; "correlation": 1 - r_ij with r_ij the
+    Pearson correlation of the rows x_i, x_j, each row first divided by its own max |x_i|.
+    """
+    n, d = x.shape
     iu = jnp.triu_indices(n, 1)
     if dissimilarity == "euclidean":
-        xc = x - jnp.mean(x, axis=0)
-        d2, _ = squared_distances(xc - jnp.mean(xc, axis=0))
-        return jnp.sqrt(d2[iu]), jnp.bool_(False)
+        return jnp.sqrt(euclidean_squared_distances(x)[iu]), jnp.bool_(False)
+    x = as_float(x)
+    rowmax = jnp.maximum(jnp.max(x, axis=1), -jnp.min(x, axis=1))
+    x = x / jnp.where(rowmax > 0, rowmax, 1.0)[:, None]  # per-example scale: flatness is relative to it
     xr = x - jnp.mean(x, axis=1, keepdims=True)
     xr = xr - jnp.mean(xr, axis=1, keepdims=True)
     norms = jnp.sqrt(jnp.sum(xr * xr, axis=1))
-    flat = norms <= 4.0 * eps() * jnp.sqrt(x.shape[1])
+    flat = norms <= 4.0 * eps() * jnp.sqrt(d)
     xr = jnp.where(flat[:, None], 0.0, xr / jnp.where(flat, 1.0, norms)[:, None])
     r = jnp.clip(jnp.matmul(xr, xr.T, precision=HIGHEST), -1.0, 1.0)
     return (1.0 - r)[iu], jnp.any(flat)
@@ -63,7 +69,12 @@ def pearson(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.where(ok, jnp.sum(an * bn), 0.0), ok
 
 
-@metric(symmetric=True, memory=lambda n, d1, d2: 10 * n * n + 4 * n * (d1 + d2))
+def _memory(n: int, d1: int, d2: int) -> int:
+    """Floats one pair works in: RDMs and ranks (n x n), inputs, one block of differences per side."""
+    return 10 * n * n + 4 * n * (d1 + d2) + sum(block_rows(n, d) * n * d for d in (d1, d2))
+
+
+@metric(symmetric=True, memory=_memory)
 def rsa(
     x: jax.Array, y: jax.Array, method: str = "pearson", dissimilarity: str = "correlation"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
