@@ -1,8 +1,9 @@
 """Statistics of finished runs, on the host (NumPy, float64): correlations and onsets across runs and steps.
 
 One implementation each, shared by the experiments and their reports:
-  pearson(x, y)        r of two flat arrays over their finite pairs (NaN when either is constant)
-  pearson_rows(x, y)   r of each row pair of [R, N] arrays (NaN for a constant row)
+  pearson(x, y)        r of two flat arrays over their finite pairs (NaN when either is constant
+                       there, i.e. all its values are equal; no threshold, so r is the same at any scale)
+  pearson_rows(x, y)   r of each row pair of [R, N] arrays (NaN for a constant or non-finite row)
   diff_corr(x, y)      r of the first differences x[n+1] - x[n], y[n+1] - y[n] (a trend shared
                        linearly in n removed); NaN with fewer than MIN_DIFFS finite pairs
   diff_corr_rows(x, y) the same for each row pair of [R, N] arrays
@@ -16,10 +17,32 @@ from __future__ import annotations
 import numpy as np
 
 
-def _r(xc: np.ndarray, yc: np.ndarray, axis: int | None) -> np.ndarray:
-    den = np.sqrt(np.sum(xc * xc, axis=axis) * np.sum(yc * yc, axis=axis))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 1e-12, np.sum(xc * yc, axis=axis) / den, np.nan)
+def _r(x: np.ndarray, y: np.ndarray, axis: int | None) -> np.ndarray:
+    """Pearson r of x and y along `axis` (float64), NaN where either side is constant (all its values equal).
+
+    Scale-free: each side is divided by its largest |value|, centered, and divided by its largest
+    |centered value| before the products, so r is the same at any scale (no threshold on the
+    variances, no overflow or underflow), and clipped to [-1, 1] against rounding, as np.corrcoef does.
+    A non-finite value makes its r NaN.
+    """
+    constant = np.max(x, axis=axis) == np.min(x, axis=axis)
+    constant |= np.max(y, axis=axis) == np.min(y, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        xs, ys = _unit_centered(x, axis), _unit_centered(y, axis)
+        num = np.sum(xs * ys, axis=axis)
+        den = np.sqrt(np.sum(xs * xs, axis=axis) * np.sum(ys * ys, axis=axis))
+        r = np.clip(num / den, -1.0, 1.0)
+    return np.where(constant | ~(den > 0), np.nan, r)
+
+
+def _unit_centered(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """(x - mean x) / max |x - mean x| along `axis`, computed on x / max |x| (0 for an all-zero x)."""
+    keep = axis is not None
+    amax = np.max(np.abs(x), axis=axis, keepdims=keep)
+    x = x / np.where(amax > 0, amax, 1.0)
+    xc = x - np.mean(x, axis=axis, keepdims=keep)
+    cmax = np.max(np.abs(xc), axis=axis, keepdims=keep)
+    return xc / np.where(cmax > 0, cmax, 1.0)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -30,13 +53,16 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x[ok], y[ok]
     if x.size == 0:
         return float("nan")
-    return float(_r(x - x.mean(), y - y.mean(), None))
+    return float(_r(x, y, None))
 
 
 def pearson_rows(x_RN: np.ndarray, y_RN: np.ndarray) -> np.ndarray:
-    """[R] Pearson correlation of each row pair of x, y [R, N] (NaN where either row is constant)."""
+    """[R] Pearson correlation of each row pair of x, y [R, N] (as `pearson`), NaN where either row is
+    constant (all its values equal) or has a non-finite value."""
     x, y = np.asarray(x_RN, np.float64), np.asarray(y_RN, np.float64)
-    return _r(x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True), 1)
+    if x.shape[-1] == 0 or y.shape[-1] == 0:  # no values: no correlation (and no max to take)
+        return np.full(np.broadcast_shapes(x.shape, y.shape)[:-1], np.nan)
+    return _r(x, y, 1)
 
 
 MIN_DIFFS = 3  # first differences a correlation over checkpoints needs (the r of two points is +-1)

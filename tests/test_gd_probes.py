@@ -91,7 +91,8 @@ def test_baseline_algorithms_match_numpy():
         got_jax = jax.jit(jax.vmap(all_predictions))(*(jnp.asarray(v, jnp.float32) for v in (x, y, q)))
         for name, value in want.items():
             np.testing.assert_allclose(got_np[name], value, rtol=1e-9, atol=1e-10, err_msg=name)
-            np.testing.assert_allclose(got_jax[name], value, rtol=1e-3, atol=1e-4, err_msg=name)
+            # float32: measured max |error| 7.1e-7 (ols, n = 8), at most 0.06 of this tolerance
+            np.testing.assert_allclose(got_jax[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
         # averaging is one GD step with eta = 1
         np.testing.assert_allclose(got_np["gd1"], want["averaging"], rtol=1e-12)
     w = rng.normal(size=(D, 1))

@@ -1,6 +1,7 @@
 """Garg et al.'s baselines at every prefix length (`jaxlab.probes.prefix_baselines`) against
 straightforward NumPy loops over tasks and prefix lengths (np.linalg.lstsq, a NumPy kNN, scikit-learn's
-Lasso), their invariances and awkward inputs."""
+Lasso), their invariances and awkward inputs; the greedy sign-feature tree (`probes.prefix_tree`) under
+an offset in y against a float64 NumPy tree."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from sklearn.linear_model import Lasso
 
 from jaxlab import linalg
 from jaxlab.probes import prefix_baselines as pb
+from jaxlab.probes import prefix_tree as pt
 from jaxlab.tasks import function_classes as fc
 from jaxlab.tasks import sample
 
@@ -364,3 +366,63 @@ def test_garg_baselines_on_sampled_sparse_linear_tasks():
     assert np.all(np.asarray(errs["least_squares"])[9:] < 1e-6)  # exact once i > d
     lasso = np.asarray(errs["lasso"])
     assert lasso[6] < 0.2 * float(errs["least_squares"][6])  # k = 2 of d = 8: LASSO learns with i < d
+
+
+# -- the greedy sign-feature tree (`probes.prefix_tree`) under an offset in y -----------------------------
+
+
+def _np_sign_tree(s_JC, y_J, sq_C, depth):
+    """Float64 CART on binary features (the lowest feature among splits within 1e-9 of the best SSE)."""
+    if len(y_J) == 0:
+        return 0.0
+    idx = np.arange(len(y_J))
+    for _ in range(depth):
+        if len(idx) < 2:
+            break
+        costs = []
+        for c in range(s_JC.shape[1]):
+            right = s_JC[idx, c]
+            if right.all() or not right.any():
+                costs.append(np.inf)
+                continue
+            a, b = y_J[idx[right]], y_J[idx[~right]]
+            costs.append(np.sum((a - a.mean()) ** 2) + np.sum((b - b.mean()) ** 2))
+        costs = np.array(costs)
+        if np.all(np.isinf(costs)):
+            break
+        best = int(np.flatnonzero(costs <= costs.min() + 1e-9 * max(1.0, costs.min()))[0])
+        idx = idx[s_JC[idx, best] == sq_C[best]]
+    return float(y_J[idx].mean())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_tree_prefix_is_invariant_to_an_offset_in_y(offset):
+    # Targets on a 2^-8 grid, so y + offset is exact in float32 and the float64 tree of y + offset is that of y
+    # shifted; the float32 tree used to lose its splits to cancellation in sum(y^2) - (sum y)^2 / n.
+    cfg = fc.Config(function_class="decision_tree", n_dims=5, n_context=24, tree_depth=4)
+    x, y = fc.split_interleaved(jax.jit(fc.sample, static_argnums=(1, 2))(jax.random.key(3), cfg, 12), cfg)
+    x, y = np.asarray(x), np.round(np.asarray(y, np.float64) * 256) / 256
+    y_off = np.float32(y + offset)
+    assert np.all(y_off.astype(np.float64) - offset == y)
+    got = np.asarray(pt.tree_prefix(jnp.asarray(x), jnp.asarray(y_off)), np.float64)
+    base = np.asarray(pt.tree_prefix(jnp.asarray(x), jnp.asarray(y, jnp.float32)), np.float64)
+    s = x > 0
+    want = np.array([[_np_sign_tree(s[b, :i], y[b, :i], s[b, i], 4) for i in range(1, 24)] for b in range(12)])
+    tol = 4 * np.finfo(np.float32).eps * offset  # the rounding of a mean of y + offset
+    np.testing.assert_allclose(got[:, 1:] - offset, want, rtol=0, atol=tol)
+    np.testing.assert_allclose(got[:, 1:] - offset, base[:, 1:], rtol=0, atol=tol)
+    np.testing.assert_allclose(base[:, 1:], want, rtol=0, atol=1e-5)
+    assert np.all(got[:, 0] == 0)  # no example: 0, as without the offset
+
+
+@pytest.mark.timeout(120)
+def test_tree_prefix_breaks_ties_and_near_ties_as_a_float64_tree():
+    # 20 sign features and up to 40 examples: many features split a small node alike (exact ties, which float32
+    # rounding used to break at random) and nodes whose points are nearly equal (cancellation in the SSEs)
+    B, N, d = 24, 41, 20
+    cfg = fc.Config(function_class="decision_tree", n_dims=d, n_context=N, tree_depth=4)
+    x, y = fc.split_interleaved(jax.jit(fc.sample, static_argnums=(1, 2))(jax.random.key(0), cfg, B), cfg)
+    s, y64 = np.asarray(x) > 0, np.asarray(y, np.float64)
+    want = np.array([[_np_sign_tree(s[b, :i], y64[b, :i], s[b, i], 4) for i in range(1, N)] for b in range(B)])
+    np.testing.assert_allclose(np.asarray(pt.tree_prefix(x, y))[:, 1:], want, rtol=0, atol=1e-5)

@@ -1,18 +1,22 @@
 """What every similarity metric shares: float precision, centering, degenerate inputs, warnings.
 
 Precision. Inputs are cast to float64 when jax x64 is enabled and to float32 otherwise. Each
-representation is first divided by its largest absolute entry (every metric here is invariant to
-isotropic scaling), so nothing overflows or underflows however large or small the activations are;
-then it is centered in two passes (subtract the mean, then the mean of the residual), which
-removes the rounding error of the first mean. All products are taken of centered data, so no
-quantity is a small difference of large uncentered sums. Matrix products use
-`precision="highest"` (on GPUs the default would be TF32, with ~1e-3 relative error).
+column (feature) of a representation is first divided by a power of two just above its largest
+absolute entry (exact), then centered in two passes (subtract the mean, then the mean of the
+residual), which removes the rounding error of the first mean; the centered columns are then put
+back on one common scale by powers of two, so that the largest centered entry is in [0.5, 1) (every
+metric here is invariant to isotropic scaling and translation). Nothing overflows or underflows
+however large or small the activations are, and a large constant offset in one feature costs the
+others no precision. All products are taken of centered data, so no quantity is a small difference
+of large uncentered sums. Matrix products use `precision="highest"` (on GPUs the default would be
+TF32, with ~1e-3 relative error).
 
-Degenerate inputs. A representation whose centered values are all below `CONSTANT_RTOL` times its
-largest entry (in RMS) is *constant*: it carries no information at float resolution. It is set to
-exactly zero after centering, and each metric returns a documented value for it (similarities 0,
-Procrustes distance 2) instead of NaN. Such cases are counted, per metric and reason, in a host
-counter (`warning_counts()`), and a `DegenerateInputWarning` is issued. The counter is updated by
+Degenerate inputs. A column whose centered values have an RMS <= `CONSTANT_RTOL` eps times its own
+largest absolute entry carries no information at float resolution: it is set to exactly zero after
+centering (so one large constant feature leaves the others as they are). A representation all of
+whose columns are so is *constant*, and each metric returns a documented value for it
+(similarities 0, Procrustes distance 2) instead of NaN. Such cases are counted, per metric and
+reason, in a host counter (`warning_counts()`), and a `DegenerateInputWarning` is issued. The counter is updated by
 eager calls (concrete arrays) and by `pairwise`; inside `jit`/`vmap` the metrics are pure and count
 nothing (use `pairwise`, or check `is_constant(x)` yourself).
 """
@@ -92,16 +96,33 @@ def max_abs(x: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.max(x), -jnp.min(x))
 
 
+def max_abs_columns(x_ND: jax.Array) -> jax.Array:
+    """[D] max_n |x_nd| (as `max_abs`, per column)."""
+    return jnp.maximum(jnp.max(x_ND, axis=0), -jnp.min(x_ND, axis=0))
+
+
 def center(x_ND: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(x centered over examples and scaled by 1 / max |x|, is_constant); constant inputs become exactly 0."""
+    """(xc [N, D], is_constant): x centered over examples, constant columns zeroed, one power-of-two scale.
+
+    With s_d = 2^e_d the power of two with max_n |x_nd| < s_d <= 2 max_n |x_nd|, column d is centered
+    in its own units u_nd = x_nd / s_d (two passes: u - mean(u), then minus the mean of that); it is
+    constant when sqrt(mean_n uc_nd^2) <= CONSTANT_RTOL eps max_n |u_nd| and then set to 0. The
+    result is xc_nd = uc_nd s_d / 2^E, with 2^E the power of two that puts max |xc| in [0.5, 1): the
+    centered x up to one positive factor. is_constant: every column is constant.
+    """
     x = as_float(x_ND)
-    amax = max_abs(x)
-    x = x / jnp.where(amax > 0, amax, 1.0)
-    xc = x - jnp.mean(x, axis=0)
-    xc = xc - jnp.mean(xc, axis=0)
-    rms = jnp.sqrt(jnp.mean(xc * xc))
-    constant = rms <= CONSTANT_RTOL * eps()
-    return jnp.where(constant, 0.0, xc), constant
+    amax_D = max_abs_columns(x)
+    e_D = jnp.frexp(amax_D)[1]  # amax < 2^e <= 2 amax (e = 0 for a zero column)
+    u = jnp.ldexp(x, -e_D)
+    uc = u - jnp.mean(u, axis=0)
+    uc = uc - jnp.mean(uc, axis=0)
+    rms_D = jnp.sqrt(jnp.mean(uc * uc, axis=0))
+    const_D = rms_D <= CONSTANT_RTOL * eps() * jnp.ldexp(amax_D, -e_D)
+    uc = jnp.where(const_D, 0.0, uc)
+    top_D = jnp.where(const_D, jnp.iinfo(e_D.dtype).min, e_D + jnp.frexp(max_abs_columns(uc))[1])
+    constant = jnp.all(const_D)
+    shift = jnp.where(constant, 0, jnp.max(top_D))
+    return jnp.ldexp(uc, e_D - shift), constant
 
 
 def unit_frobenius(xc_ND: jax.Array) -> jax.Array:
@@ -111,7 +132,7 @@ def unit_frobenius(xc_ND: jax.Array) -> jax.Array:
 
 
 def is_constant(x_ND: jax.Array) -> jax.Array:
-    """True when x has no variation across examples at float resolution (see the module docstring)."""
+    """True when no column of x varies across examples at its own float resolution (see `center`)."""
     return center(x_ND)[1]
 
 

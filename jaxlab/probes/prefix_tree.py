@@ -11,19 +11,25 @@ feature c minimizes the children's summed squared error
   SSE(S_L) + SSE(S_R),   S_L = {j in S: x_jc <= 0}, S_R = S \\ S_L, both non-empty,
   SSE(A) = sum_{j in A} y_j^2 - (sum_{j in A} y_j)^2 / |A|
 
-(ties: the lowest c); a node with no such split, or at depth D, is a leaf predicting the mean y of
-its points. This is scikit-learn's `DecisionTreeRegressor(max_depth=D)` (squared error,
-min_samples_split 2, min_samples_leaf 1) fitted to the sign features (its thresholds at 0.5 are
-the splits at x_c = 0), except for ties between features, which scikit-learn breaks by a random
-feature order; its rule that a pure node is a leaf changes no prediction (every leaf below a pure
-node predicts the same mean), so it is not applied. Garg et al. fit scikit-learn's tree (depth 4
-and unbounded) and XGBoost on the raw x, thresholds anywhere; those are not implemented here.
+(ties: the lowest c among the costs within TIE_RTOL eps SSE(S) of the least, i.e. equal up to float
+rounding); a node with no such split, or at depth D, is a leaf predicting the mean y of its points.
+This is scikit-learn's `DecisionTreeRegressor(max_depth=D)` (squared error, min_samples_split 2,
+min_samples_leaf 1) fitted to the sign features (its thresholds at 0.5 are the splits at x_c = 0),
+except for ties between features, which scikit-learn breaks by a random feature order; its rule
+that a pure node is a leaf changes no prediction (every leaf below a pure node predicts the same
+mean), so it is not applied. Garg et al. fit scikit-learn's tree (depth 4 and unbounded) and
+XGBoost on the raw x, thresholds anywhere; those are not implemented here.
 
 Prefix i of task b fits on the examples j < i (the others masked) and predicts y_i at x_i; with no
 example (i = 0) it predicts 0, as Garg's baselines do. Level by level, every point (training and
 query) carries the heap index of its node (root 0, children 2n + 1 and 2n + 2); a point whose node
 became a leaf stops moving, so the query ends in its leaf, whose training points are those with
 the same final index. Static shapes throughout: jit/vmap-able, P = B * N problems at once.
+
+Precision. The sums above are taken of y minus the mean of the node being split (y minus the
+problem's training mean for the prediction), so SSE(A) = sum y^2 - (sum y)^2 / |A| does not cancel
+when y has an offset or a node's points are close to each other: the tree of y + c is that of y,
+its predictions moved by c, up to the rounding of y + c itself.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import jax.numpy as jnp
 from jaxlab.probes.prefix_baselines import prefix_mask
 
 TREE_DEPTH = 4  # Garg et al.'s DecisionTreeModel(max_depth=4), the depth of their tree class
+TIE_RTOL = 16.0  # split costs within TIE_RTOL eps SSE(node) of the least are ties (equal up to float rounding)
 
 
 def _check(x_BND: jax.Array, y_BN: jax.Array) -> None:
@@ -52,22 +59,32 @@ def fit_predict(
     dtype = y_PJ.dtype
     P, J, C = s_PJC.shape
     m_PJ = m_PJ.astype(dtype)
+    # y minus its training mean (added back to the prediction: a tree is invariant to an offset in y), so
+    # that neither the node means below nor the leaf means round at the scale of an offset
+    mean_P = jnp.sum(m_PJ * y_PJ, axis=-1) / jnp.maximum(jnp.sum(m_PJ, axis=-1), 1.0)
+    y_PJ = (y_PJ - mean_P[:, None]) * m_PJ
     pos_PJ = jnp.zeros((P, J), jnp.int32)
     pos_P = jnp.zeros((P,), jnp.int32)
     for level in range(depth):
         K, first = 2**level, 2**level - 1
         in_PJK = (pos_PJ[..., None] == first + jnp.arange(K)).astype(dtype) * m_PJ[..., None]
+        # y minus the mean of its node: each SSE below is then accurate to rounding of the node's own spread
+        count_PK = jnp.sum(in_PJK, axis=1)
+        mean_PK = jnp.einsum("pjk,pj->pk", in_PJK, y_PJ) / jnp.maximum(count_PK, 1.0)
+        yn_PJ = (y_PJ - jnp.einsum("pjk,pk->pj", in_PJK, mean_PK)) * m_PJ
         right_PJC = s_PJC.astype(dtype)
         stats = {}
         for side, w_PJC in (("r", right_PJC), ("l", 1.0 - right_PJC)):
             n_PKC = jnp.einsum("pjk,pjc->pkc", in_PJK, w_PJC)
-            s_PKC = jnp.einsum("pjk,pjc,pj->pkc", in_PJK, w_PJC, y_PJ)
-            q_PKC = jnp.einsum("pjk,pjc,pj->pkc", in_PJK, w_PJC, y_PJ * y_PJ)
+            s_PKC = jnp.einsum("pjk,pjc,pj->pkc", in_PJK, w_PJC, yn_PJ)
+            q_PKC = jnp.einsum("pjk,pjc,pj->pkc", in_PJK, w_PJC, yn_PJ * yn_PJ)
             stats[side] = (n_PKC, q_PKC - s_PKC**2 / jnp.maximum(n_PKC, 1.0))
         (n_r, sse_r), (n_l, sse_l) = stats["r"], stats["l"]
         valid_PKC = (n_r >= 1) & (n_l >= 1)
         cost_PKC = jnp.where(valid_PKC, sse_l + sse_r, jnp.inf)
-        feat_PK = jnp.argmin(cost_PKC, axis=-1)  # the first minimum: the lowest feature on ties
+        # ties: the lowest feature whose cost is within rounding (TIE_RTOL eps SSE of the node) of the least
+        tol_PK = TIE_RTOL * jnp.finfo(dtype).eps * jnp.einsum("pjk,pj->pk", in_PJK, yn_PJ * yn_PJ)
+        feat_PK = jnp.argmax(cost_PKC <= jnp.min(cost_PKC, axis=-1, keepdims=True) + tol_PK[..., None], axis=-1)
         split_PK = jnp.any(valid_PKC, axis=-1)
 
         def descend(pos: jax.Array, s_C: jax.Array) -> jax.Array:
@@ -83,7 +100,7 @@ def fit_predict(
         pos_P = descend(pos_P[:, None], sq_PC[:, None, :])[:, 0]
     leaf_PJ = (pos_PJ == pos_P[:, None]).astype(dtype) * m_PJ
     count_P = jnp.sum(leaf_PJ, axis=-1)
-    return jnp.where(count_P > 0, jnp.sum(leaf_PJ * y_PJ, axis=-1) / jnp.maximum(count_P, 1.0), 0.0)
+    return jnp.where(count_P > 0, mean_P + jnp.sum(leaf_PJ * y_PJ, axis=-1) / jnp.maximum(count_P, 1.0), 0.0)
 
 
 @partial(jax.jit, static_argnames=("depth",))
@@ -101,4 +118,4 @@ def tree_prefix(x_BND: jax.Array, y_BN: jax.Array, depth: int = TREE_DEPTH) -> j
     return pred_P.reshape(B, N)
 
 
-__all__ = ["TREE_DEPTH", "fit_predict", "tree_prefix"]
+__all__ = ["TIE_RTOL", "TREE_DEPTH", "fit_predict", "tree_prefix"]
