@@ -350,6 +350,10 @@ def test_constant_features_change_nothing():
     xj, lj = jnp.asarray(x), jnp.asarray(labels)
     assert float(variance_ratio(xj, lj, 3)) == pytest.approx(np_variance_ratio(x0, labels), rel=2e-6)
     assert float(_silhouette(xj, lj, 3)) == pytest.approx(np_silhouette(x0, labels), abs=2e-6)
+    # one constant feature far larger than the others (1e8: the rest is below its float resolution) is still
+    # one feature: the others vary, so the ratio is theirs (a whole-matrix flag called this input constant)
+    huge = np.concatenate([x0, np.full((80, 1), 1e8)], 1)
+    assert float(variance_ratio(jnp.asarray(huge), lj, 3)) == pytest.approx(np_variance_ratio(x0, labels), rel=2e-6)
     # every feature constant (at a large offset): no variance ratio; k-means finds one point
     same = np.broadcast_to(1e5 + np.arange(6.0), (20, 6))
     assert np.isnan(float(variance_ratio(jnp.asarray(same), jnp.asarray(labels[:20]), 3)))

@@ -73,9 +73,10 @@ def centred_frame(x_ND: jax.Array) -> Frame:
     for points near a common offset and scale is a power of two >= max |x - origin| (no underflow in
     the squares). Points compared with x (centroids) are moved by the same origin and scale, so the
     frame is the same translation for all of them. As in `jaxlab.metrics._common`, x is flagged
-    constant when the RMS of its centred values is <= CONSTANT_RTOL eps max |x| (variation at the
-    float resolution of x); u is kept as it is (distances stay those of the input; identical rows
-    give u = 0 exactly), and only `variance_ratio` acts on the flag.
+    constant when every column's centred values have an RMS <= CONSTANT_RTOL eps times that column's
+    own max |x| (variation at the float resolution of each feature: one large constant feature does
+    not make the others constant); u is kept as it is (distances stay those of the input; identical
+    rows give u = 0 exactly), and only `variance_ratio` acts on the flag.
     """
     x = as_float(x_ND)
     s1 = _pow2_at_least(max_abs(x))
@@ -84,7 +85,8 @@ def centred_frame(x_ND: jax.Array) -> Frame:
     origin = m1 + jnp.mean(xs - m1, axis=0)
     u = xs - origin
     residual = u - jnp.mean(u, axis=0)  # ~0 already: the origin is within rounding of the mean
-    constant = jnp.sqrt(jnp.mean(residual * residual)) <= CONSTANT_RTOL * eps()
+    rms_D = jnp.sqrt(jnp.mean(residual * residual, axis=0))
+    constant = jnp.all(rms_D <= CONSTANT_RTOL * eps() * jnp.max(jnp.abs(xs), axis=0))
     s2 = _pow2_at_least(max_abs(u))
     return Frame(u / s2, origin * s1, s1 * s2, constant)
 
