@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 import scipy.stats
+from similarity_reference import ref_rbf_cka
 
-from jaxlab.metrics import mutual_knn, reset_warning_counts, rsa, warning_counts
+from jaxlab.metrics import mutual_knn, rbf_cka, reset_warning_counts, rsa, warning_counts
 from jaxlab.metrics.knn import explicit_squared_distances
 
 N, D, K = 60, 16, 5
@@ -153,3 +154,18 @@ def test_float64_under_x64():
     assert 0.3 < ref < 0.99
     assert abs(got - ref) < 1e-12, (got, ref)
     assert abs(got_rsa - np_rsa(x, y, "spearman", "euclidean")) < 1e-10
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 3e-4])
+def test_rbf_cka_on_many_tight_pairs_against_float64(ratio):
+    """Pairs of near-duplicate points (spread `ratio` of their centre): the bandwidth sits at the pairs' own
+    scale only if their distances survive, which the Gram expansion does not (float32)."""
+    rng = np.random.default_rng(7)
+    centres_x, centres_y = rng.normal(size=(2, N // 2, D))
+    pair = np.repeat(np.arange(N // 2), 2)
+    x = np.float32(centres_x[pair] + ratio * rng.normal(size=(N, D)))
+    y = np.float32(centres_y[pair] + ratio * rng.normal(size=(N, D)))
+    for threshold in (1.0, 0.01):
+        want = ref_rbf_cka(np.float64(x), np.float64(y), threshold=threshold)
+        got = float(rbf_cka(jax.numpy.asarray(x), jax.numpy.asarray(y), threshold=threshold))
+        assert got == pytest.approx(want, abs=1e-4), (threshold, got, want)

@@ -26,32 +26,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.errors import ConfigError
-from jaxlab.metrics._common import as_float, center, check_pair, max_abs, metric
+from jaxlab.metrics._common import (
+    as_float,
+    block_rows,
+    center,
+    check_pair,
+    explicit_squared_distances,
+    max_abs,
+    metric,
+)
 
 SIMILARITIES = ("cosine", "euclidean")
-BLOCK_FLOATS = 2**22  # at most this many floats in one row block of differences [block, n, d] (16 MiB in float32)
-
-
-def block_rows(n: int, d: int, block_floats: int = BLOCK_FLOATS) -> int:
-    """Rows per block of explicit differences: the largest b in [1, n] with b n d <= block_floats."""
-    return max(1, min(n, block_floats // max(1, n * d)))
-
-
-def explicit_squared_distances(x_ND: jax.Array, block_floats: int = BLOCK_FLOATS) -> jax.Array:
-    """d2[i, j] = sum_f (x_if - x_jf)^2 [n, n], from explicit differences in blocks of rows.
-
-    Accurate to a few eps relative to d2[i, j] itself however far x_i, x_j lie from the origin.
-    Rows are mapped (`jax.lax.map`) in blocks of `block_rows(n, d)`, so at most about
-    block_floats + n d floats of differences exist at once. x should be scaled so that the squares
-    neither overflow nor underflow (`pow2_scaled`).
-    """
-    n, d = x_ND.shape
-
-    def row(xi_D: jax.Array) -> jax.Array:
-        diff_ND = xi_D[None, :] - x_ND
-        return jnp.sum(diff_ND * diff_ND, axis=1)
-
-    return jax.lax.map(row, x_ND, batch_size=block_rows(n, d, block_floats))
 
 
 def pow2_scaled(x_ND: jax.Array) -> jax.Array:
