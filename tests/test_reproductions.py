@@ -4,7 +4,6 @@ follows from its own interval and rule (jaxlab.reproductions, jaxlab.claims.chec
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -75,7 +74,15 @@ def test_an_identical_result_in_two_reproductions_is_counted_once():
     assert "1 more rows repeat an identical result" in line
 
 
-def test_refresh_claims_restores_a_stored_claim_from_the_runs_in_its_summary(tmp_path):
+def _refresh_claims():
+    """scripts/refresh_claims.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("refresh_claims", ROOT / "scripts" / "refresh_claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_refresh_claims_restores_a_stored_claim_from_the_runs_in_its_summary(tmp_path, monkeypatch, capsys):
     """scripts/refresh_claims.py re-evaluates the chosen claims from summary.json's runs and the stored command,
     rewriting the entry and the report's Claims section only."""
     name = "representation-dissimilarity"
@@ -88,21 +95,22 @@ def test_refresh_claims_restores_a_stored_claim_from_the_runs_in_its_summary(tmp
     path.write_text(json.dumps(s))
     report = folder / "report.md"
     report.write_text(report.read_text().replace("(n=5)", "(n=10)", 1))
-    script = ROOT / "scripts" / "refresh_claims.py"
-    run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True, timeout=300)
-    assert run("--check", "--only", "cka_block_structure", str(folder)).returncode == 1
-    done = run("--only", "cka_block_structure", str(folder))
-    assert done.returncode == 0 and "rewrote" in done.stdout, done.stderr[-2000:]
+    script = _refresh_claims()
+
+    def run(*argv: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["refresh_claims.py", *argv])
+        return script.main()
+
+    assert run("--check", "--only", "cka_block_structure", str(folder)) == 1
+    assert run("--only", "cka_block_structure", str(folder)) == 0 and "rewrote" in capsys.readouterr().out
     assert json.loads(path.read_text())["claims"] == json.loads((DOCS / name / "summary.json").read_text())["claims"]
     assert report.read_text() == (DOCS / name / "report.md").read_text()
-    assert run("--check", str(folder)).returncode == 0  # every claim as the experiment has it now
+    assert run("--check", str(folder)) == 0  # every claim as the experiment has it now
 
 
 def test_every_stored_claim_is_the_claim_as_the_code_defines_it():
     """Every stored reproduction's claims equal the experiment's claims evaluated now on the runs in its summary
     (a claim reworded or re-ruled in the code must be re-evaluated: scripts/refresh_claims.py)."""
-    spec = importlib.util.spec_from_file_location("refresh_claims", ROOT / "scripts" / "refresh_claims.py")
-    refresh_claims = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(refresh_claims)
+    refresh_claims = _refresh_claims()
     stale = [name for name in reproductions.load(DOCS) if refresh_claims.refresh(DOCS / name, write=False)]
     assert stale == [], f"run: python scripts/refresh_claims.py docs/reproductions/{{{','.join(stale)}}}"
