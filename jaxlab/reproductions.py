@@ -25,6 +25,7 @@ ORDER = (
     "icl-regression-recurrent",
     "icl-regression-deep",
     "icl-regression-recurrent-context",
+    "icl-regression-recurrent-context-5000",
     "icl-regression-softmax",
     "icl-regression-softmax-mlp",
     "icl-regression-depth",
