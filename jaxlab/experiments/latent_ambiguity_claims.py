@@ -291,7 +291,7 @@ def first_letter_fall_values(runs: Sequence[Mapping[str, Any]], reference: Mappi
         for r in seed_runs:
             m = _jiang_m(r, a) if language_of(r) == a else None
             if m is not None and m > 1:
-                out.append(_final(r, "kl_first_letter", a, 1) - _final(r, "kl_first_letter", a, m))
+                out.append(in_context_gain(r, a, m))
     return out
 
 

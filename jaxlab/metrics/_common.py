@@ -101,6 +101,13 @@ def max_abs_columns(x_ND: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.max(x_ND, axis=0), -jnp.min(x_ND, axis=0))
 
 
+def unit_max_rows(x_ND: jax.Array) -> jax.Array:
+    """x with each row divided by its own max |x_n| (zero rows stay 0): per-example scale, no over- or underflow."""
+    x = as_float(x_ND)
+    rowmax = jnp.maximum(jnp.max(x, axis=1), -jnp.min(x, axis=1))
+    return x / jnp.where(rowmax > 0, rowmax, 1.0)[:, None]
+
+
 def center(x_ND: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(xc [N, D], is_constant): x centered over examples, constant columns zeroed, one power-of-two scale.
 
@@ -133,13 +140,18 @@ def block_rows(n: int, d: int, block_floats: int = BLOCK_FLOATS) -> int:
     return max(1, min(n, block_floats // max(1, n * d)))
 
 
+def difference_block_floats(n: int, *widths: int) -> int:
+    """Floats of one block of explicit differences per representation of these widths (memory estimates)."""
+    return sum(block_rows(n, d) * n * d for d in widths)
+
+
 def explicit_squared_distances(x_ND: jax.Array, block_floats: int = BLOCK_FLOATS) -> jax.Array:
     """d2[i, j] = sum_f (x_if - x_jf)^2 [n, n], from explicit differences in blocks of rows.
 
     Accurate to a few eps relative to d2[i, j] itself however far x_i, x_j lie from the origin.
     Rows are mapped (`jax.lax.map`) in blocks of `block_rows(n, d)`, so at most about
     block_floats + n d floats of differences exist at once. x should be scaled so that the squares
-    neither overflow nor underflow (`pow2_scaled`).
+    neither overflow nor underflow (`jaxlab.metrics.knn.pow2_scaled`).
     """
     n, d = x_ND.shape
 

@@ -44,9 +44,9 @@ import jax.numpy as jnp
 from jaxlab.errors import ConfigError
 from jaxlab.metrics._common import (
     HIGHEST,
-    block_rows,
     center,
     check_pair,
+    difference_block_floats,
     eps,
     explicit_squared_distances,
     metric,
@@ -169,7 +169,7 @@ def gram_cka(k: jax.Array, l: jax.Array, debiased: bool) -> tuple[jax.Array, jax
 
 @metric(
     symmetric=True,
-    memory=lambda n, d1, d2: 12 * n * n + 4 * n * (d1 + d2) + sum(block_rows(n, d) * n * d for d in (d1, d2)),
+    memory=lambda n, d1, d2: 12 * n * n + 4 * n * (d1 + d2) + difference_block_floats(n, d1, d2),
 )
 def rbf_cka(
     x: jax.Array, y: jax.Array, threshold: float = 1.0, debiased: bool = False

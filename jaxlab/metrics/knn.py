@@ -28,12 +28,13 @@ import jax.numpy as jnp
 from jaxlab.errors import ConfigError
 from jaxlab.metrics._common import (
     as_float,
-    block_rows,
     center,
     check_pair,
+    difference_block_floats,
     explicit_squared_distances,
     max_abs,
     metric,
+    unit_max_rows,
 )
 
 SIMILARITIES = ("cosine", "euclidean")
@@ -57,10 +58,7 @@ def euclidean_squared_distances(x_ND: jax.Array) -> jax.Array:
 
 def cosine_squared_distances(x_ND: jax.Array) -> jax.Array:
     """||u_i - u_j||^2 = 2 - 2 cos(x_i, x_j) [n, n] for u_i = x_i / ||x_i||; 2 where x_i or x_j is zero (cosine 0)."""
-    x = as_float(x_ND)
-    rowmax = jnp.maximum(jnp.max(x, axis=1), -jnp.min(x, axis=1))
-    # each row's max |x| becomes 1, so its norm neither over- nor underflows
-    x = x / jnp.where(rowmax > 0, rowmax, 1.0)[:, None]
+    x = unit_max_rows(x_ND)  # each row's max |x| becomes 1, so its norm neither over- nor underflows
     norms = jnp.sqrt(jnp.sum(x * x, axis=1))
     zero = norms == 0
     u = x / jnp.where(zero, 1.0, norms)[:, None]
@@ -82,8 +80,7 @@ def neighbour_mask(x: jax.Array, k: int, similarity: str) -> jax.Array:
 
 def _memory(n: int, d1: int, d2: int) -> int:
     """Floats one pair works in: masks and distances (n x n), inputs, one block of differences per side."""
-    blocks = sum(block_rows(n, d) * n * d for d in (d1, d2))
-    return 8 * n * n + 4 * n * (d1 + d2) + blocks
+    return 8 * n * n + 4 * n * (d1 + d2) + difference_block_floats(n, d1, d2)
 
 
 @metric(symmetric=True, memory=_memory)

@@ -10,7 +10,7 @@ counted as "constant_example"; an example is constant when its features vary by 
 sqrt(d) (in the norm of the deviations from their mean) relative to its own largest |feature|, so
 rescaling single examples (to which the correlation RDM is invariant) changes nothing. A constant RDM
 (e.g. a constant representation) gives RSA 0, counted as "constant_input". Euclidean distances are
-summed from explicit differences x_i - x_j (`jaxlab.metrics.knn.explicit_squared_distances`), so
+summed from explicit differences x_i - x_j (`jaxlab.metrics._common.explicit_squared_distances`), so
 tight clusters far from the origin keep their within-cluster distances.
 """
 
@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.errors import ConfigError
-from jaxlab.metrics._common import HIGHEST, as_float, check_pair, eps, metric
-from jaxlab.metrics.knn import block_rows, euclidean_squared_distances
+from jaxlab.metrics._common import HIGHEST, check_pair, difference_block_floats, eps, metric, unit_max_rows
+from jaxlab.metrics.knn import euclidean_squared_distances
 
 METHODS = ("pearson", "spearman")
 DISSIMILARITIES = ("correlation", "euclidean")
@@ -37,9 +37,7 @@ def rdm_upper(x: jax.Array, dissimilarity: str) -> tuple[jax.Array, jax.Array]:
     iu = jnp.triu_indices(n, 1)
     if dissimilarity == "euclidean":
         return jnp.sqrt(euclidean_squared_distances(x)[iu]), jnp.bool_(False)
-    x = as_float(x)
-    rowmax = jnp.maximum(jnp.max(x, axis=1), -jnp.min(x, axis=1))
-    x = x / jnp.where(rowmax > 0, rowmax, 1.0)[:, None]  # per-example scale: flatness is relative to it
+    x = unit_max_rows(x)  # per-example scale: flatness is relative to it
     xr = x - jnp.mean(x, axis=1, keepdims=True)
     xr = xr - jnp.mean(xr, axis=1, keepdims=True)
     norms = jnp.sqrt(jnp.sum(xr * xr, axis=1))
@@ -71,7 +69,7 @@ def pearson(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _memory(n: int, d1: int, d2: int) -> int:
     """Floats one pair works in: RDMs and ranks (n x n), inputs, one block of differences per side."""
-    return 10 * n * n + 4 * n * (d1 + d2) + sum(block_rows(n, d) * n * d for d in (d1, d2))
+    return 10 * n * n + 4 * n * (d1 + d2) + difference_block_floats(n, d1, d2)
 
 
 @metric(symmetric=True, memory=_memory)
