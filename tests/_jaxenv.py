@@ -8,6 +8,45 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def _test_cache_dir() -> Path:
+    """Where the tests keep compiled programs: `JAXLAB_TEST_XLA_CACHE`, else the user's cache directory
+    (`$XDG_CACHE_HOME/jaxlab/xla-tests`, default `~/.cache/...`), shared by every clone and worktree of the
+    project on this machine, so a fresh clone (CI's) compiles only what changed since the last run.
+    JAX keys an entry by the program, the compile options and flags, and the jax/jaxlib versions: a
+    program another version or flag set compiled is a miss, never a wrong hit."""
+    if env := os.environ.get("JAXLAB_TEST_XLA_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "jaxlab" / "xla-tests"
+
+
+CACHE_DIR = _test_cache_dir()
+# a suite from an empty cache writes ~70 MB; `prune_cache` keeps the directory under this
+CACHE_MAX_BYTES = 2 * 1024**3
+
+
+def prune_cache(directory: Path = CACHE_DIR, max_bytes: int = CACHE_MAX_BYTES) -> int:
+    """Delete the oldest entries (by modification time) of the compilation cache until it holds at most
+    `max_bytes`; returns how many files went. Called once per suite, before any worker starts. (JAX's own
+    bound, `jax_compilation_cache_max_size`, lists and stats the whole directory under a file lock on every
+    write: it slowed the suite's workers to ~60% of a core each.)"""
+    try:
+        entries = [(e.stat().st_mtime, e.stat().st_size, e) for e in os.scandir(directory) if e.is_file()]
+    except FileNotFoundError:
+        return 0
+    total, removed = sum(size for _, size, _ in entries), 0
+    for _, size, entry in sorted(entries, key=lambda t: t[0]):
+        if total <= max_bytes:
+            break
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        total, removed = total - size, removed + 1
+    return removed
+
+
 # Compile-time settings for the tests (conftest adds them to XLA_FLAGS): backend optimization off,
 # the classic CPU fusion emitters instead of the new ones, LLVM's expensive passes off. On the
 # representation-dissimilarity smoke sweep (75 programs, 2-core CPU) XLA's backend compile took
@@ -38,7 +77,7 @@ def jax_env(n_devices: int | None = None) -> dict[str, str]:
     # always explicit: the `jaxlab` command would otherwise give the subprocess one device per core
     flags.append(f"--xla_force_host_platform_device_count={n_devices or 1}")
     env["XLA_FLAGS"] = " ".join(flags)
-    env["JAX_COMPILATION_CACHE_DIR"] = str(ROOT / ".jax_cache")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(CACHE_DIR)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # as tests/conftest.py
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -1,4 +1,5 @@
-"""Test settings: CPU, fast compilation, a persistent compilation cache shared by the tests.
+"""Test settings: CPU, fast compilation, a persistent compilation cache shared by the tests (and by every clone
+on this machine: `_jaxenv.CACHE_DIR`).
 
 Tests use small shapes and `smoke` presets, so compiling, not running, dominates them: the XLA
 flags in `_jaxenv.FAST_COMPILE_FLAGS` turn the backend's optimization down and select the classic CPU
@@ -8,9 +9,8 @@ in their own subprocesses with default flags.
 
 import os
 import signal
-from pathlib import Path
 
-from _jaxenv import FAST_COMPILE_FLAGS
+from _jaxenv import CACHE_DIR, FAST_COMPILE_FLAGS, prune_cache
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *FAST_COMPILE_FLAGS]).strip()
@@ -28,8 +28,8 @@ import pytest
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-_CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+# shared by every clone on this machine (`_jaxenv.CACHE_DIR`): a fresh clone compiles only what changed
+jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR))
 # every program, however fast it compiles: the second worker and the ~50 jaxlab subprocesses the
 # suite starts compile the same small programs again otherwise (5735 entries, 62 MB per run)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -62,6 +62,12 @@ SLOWEST_FIRST = (
     "test_resume.py",
     "test_cli.py",
 )
+
+
+def pytest_configure(config):
+    """Bound the shared compilation cache once per suite, in the process that starts the workers."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        prune_cache()
 
 
 def pytest_collection_modifyitems(config, items):
