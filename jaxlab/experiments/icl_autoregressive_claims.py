@@ -158,15 +158,6 @@ def gd_start_untested(cfg: Any) -> str | None:
     return None
 
 
-def fig5_untested(cfg: Any) -> str | None:
-    """Why the Fig. 5 claim (augmented.py's full model on Haar W) cannot be tested with `cfg` (None: it can)."""
-    if cfg.task.encoding != "augmented" or cfg.model.attention != "linear" or starts_at_gd(cfg):
-        return "a claim about augmented.py's trained linear-attention model on augmented tokens"
-    if cfg.task.w_kind != "haar" or is_plain(cfg):
-        return "Fig. 5 trains augmented.py's model (biases, LayerNorm, read-out) on Haar W: preset paper-fig5"
-    return None
-
-
 def non_augmented_heads_untested(cfg: Any) -> str:
     """The head-orthogonality theorem cannot be tested on jaxlab's full heads (always untested; the reason)."""
     reason = (
@@ -295,19 +286,6 @@ CLAIMS: tuple[Claim, ...] = (
         rule=Below(1.0 + LOSS_BAND),
         values=loss_ratio,
         untested=gd_start_untested,
-    ),
-    Claim(
-        id="fig5_loss_reaches_gd",
-        claim="augmented.py's trained model (Haar O(5), T = 50, LayerNorm, biases, read-out) reaches the loss of one "
-        "GD step on the inner objective, or goes below it (Fig. 5).",
-        paper_ref="Sander et al. 2024, Fig. 5 (augmented.py): the trained model's loss against the one-step-GD "
-        "predictor's",
-        paper_value="qualitative (the figure's curves; no number released)",
-        statistic="per seed, eval_loss / gd_loss on the shared evaluation sequences",
-        control="one GD step Gamma = eta sum s_t' s_{t'-1}^T with eta fitted on the same sequences",
-        rule=Below(1.0 + LOSS_BAND),
-        values=loss_ratio,
-        untested=fig5_untested,
     ),
     Claim(
         id="constrained_c_blocks",
@@ -667,7 +645,6 @@ __all__ = [
     "deviations",
     "fig5_layernorm",
     "fig5_model_deviations",
-    "fig5_untested",
     "gd_form_untested",
     "gd_start_untested",
     "is_plain",
