@@ -26,6 +26,7 @@ ORDER = (
     "icl-regression-deep",
     "icl-regression-recurrent-context",
     "icl-regression-recurrent-context-5000",
+    "icl-regression-recurrent-context-5000-cosine",
     "icl-regression-softmax",
     "icl-regression-softmax-mlp",
     "icl-regression-depth",

@@ -391,6 +391,8 @@ def test_multi_layer_deviations_list_every_setting_changed_from_the_paper_preset
     assert any(
         d.startswith("`model.init_scale` = 0.001 (paper: 0.002)") for d in irc.deviations(EXP.preset("recurrent"))
     )
+    decayed = EXP.preset("recurrent-context").set("optim.schedule", "cosine")  # the stored lr-decay control
+    assert "`optim.schedule` = cosine (paper: constant)" in irc.deviations(decayed)
 
 
 def test_softmax_head_claims_pair_the_seeds_across_head_counts():

@@ -8,7 +8,7 @@ Where the numbers come from:
   None and the paper reference says so.
 - The setup the deviations compare with (d = 10, N = 10, x ~ U(-0.5, 0.5)^10, w ~ N(0, I),
   noiseless; one LSA layer without softmax, LayerNorm, MLP or biases, initial weight scale 0.002;
-  adamw lr 1e-3, b1 0.9, b2 0.98, clipping 0.001; 2048 fresh tasks per step; 5,000 steps) is the
+  adamw lr 1e-3 (constant), b1 0.9, b2 0.98, clipping 0.001; 2048 fresh tasks per step; 5,000 steps) is the
   published one as the experiment's `paper` preset documents it (from the paper and the authors'
   notebooks). `PAPER` below repeats it here, so this module does not import the experiment module.
 - Softmax attention: the statement "when choosing softmax, we need to increase the num_heads to a
@@ -117,6 +117,7 @@ PAPER: dict[str, Any] = {
     "optim.b2": 0.98,
     "optim.weight_decay": 0.0,
     "optim.clip_norm": 0.001,
+    "optim.schedule": "constant",
     "train.batch_size": 2048,
     "train.steps": 5000,
 }
