@@ -74,6 +74,20 @@ def test_an_identical_result_in_two_reproductions_is_counted_once():
     assert "1 more rows repeat an identical result" in line
 
 
+def test_a_control_run_is_listed_but_not_counted():
+    entry = {"id": "c", "verdict": "reproduced", "median": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n_seeds": 8}
+    summaries = {
+        "a": {"experiment": "e", "claims": [{**entry, "verdict": "not_reproduced", "ci_low": 0.55}]},
+        "a-decayed": {"experiment": "e", "claims": [entry]},  # the same claim, a training setting changed
+    }
+    assert len(reproductions.claim_rows(summaries)) == 2
+    line = reproductions.counts(summaries, controls=("a-decayed",))
+    assert line.startswith("0 reproduced, 1 not_reproduced, 0 inconclusive, 0 untested")
+    assert "not counted: the rows of a-decayed" in line
+    assert reproductions.counts(summaries, controls=()).startswith("1 reproduced, 1 not_reproduced")
+    assert set(reproductions.CONTROLS) <= set(reproductions.ORDER)  # every control is a stored reproduction
+
+
 def _refresh_claims():
     """scripts/refresh_claims.py as a module (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("refresh_claims", ROOT / "scripts" / "refresh_claims.py")
