@@ -27,20 +27,31 @@ CACHE_MAX_BYTES = 2 * 1024**3
 
 
 def prune_cache(directory: Path = CACHE_DIR, max_bytes: int = CACHE_MAX_BYTES) -> int:
-    """Delete the oldest entries (by modification time) of the compilation cache until it holds at most
-    `max_bytes`; returns how many files went. Called once per suite, before any worker starts. (JAX's own
+    """Delete the least recently used entries (`*-cache` files, by the later of their access and
+    modification times) of the compilation cache until its entries hold at most `max_bytes`; returns how
+    many went. Other files are left alone. Called once per suite, before any worker starts. (JAX's own
     bound, `jax_compilation_cache_max_size`, lists and stats the whole directory under a file lock on every
-    write: it slowed the suite's workers to ~60% of a core each.)"""
+    write: it slowed the suite's workers to ~60% of a core each.) A suite running meanwhile that loses an
+    entry recompiles it (JAX warns and carries on)."""
+    entries = []
     try:
-        entries = [(e.stat().st_mtime, e.stat().st_size, e) for e in os.scandir(directory) if e.is_file()]
+        listing = list(os.scandir(directory))
     except FileNotFoundError:
         return 0
+    for e in listing:
+        if not e.name.endswith("-cache"):
+            continue
+        try:
+            st = e.stat()
+        except FileNotFoundError:  # removed meanwhile (another suite's prune)
+            continue
+        entries.append((max(st.st_atime, st.st_mtime), st.st_size, e.path))
     total, removed = sum(size for _, size, _ in entries), 0
-    for _, size, entry in sorted(entries, key=lambda t: t[0]):
+    for _, size, path in sorted(entries):
         if total <= max_bytes:
             break
         try:
-            os.unlink(entry.path)
+            os.unlink(path)
         except FileNotFoundError:
             pass
         total, removed = total - size, removed + 1

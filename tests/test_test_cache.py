@@ -7,17 +7,20 @@ import jax
 from _jaxenv import CACHE_DIR, _test_cache_dir, jax_env, prune_cache
 
 
-def _write(path: Path, size: int, mtime: float) -> None:
+def _write(path: Path, size: int, mtime: float, atime: float | None = None) -> None:
     path.write_bytes(b"x" * size)
-    os.utime(path, (mtime, mtime))
+    os.utime(path, (atime or mtime, mtime))
 
 
-def test_prune_removes_the_oldest_entries_until_under_the_bound(tmp_path):
+def test_prune_removes_the_least_recently_used_entries_until_under_the_bound(tmp_path):
     for i in range(6):  # entry i: 100 bytes, written at time 1000 + i, in a shuffled order of names
         _write(tmp_path / f"jit_{(i * 7) % 6}-{i}-cache", 100, 1000 + i)
+    _write(tmp_path / "jit_0-0-cache", 100, 1000, atime=2000)  # the oldest entry, but read last
+    _write(tmp_path / "notes.txt", 10_000, 1)  # not an entry: never deleted, not counted
     assert prune_cache(tmp_path, max_bytes=350) == 3
-    kept = sorted(int(p.name.split("-")[1]) for p in tmp_path.iterdir())
-    assert kept == [3, 4, 5]  # the three newest
+    kept = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("*-cache"))
+    assert kept == [0, 4, 5]  # the three used most recently
+    assert (tmp_path / "notes.txt").exists()
     assert prune_cache(tmp_path, max_bytes=350) == 0  # already under the bound
     assert prune_cache(tmp_path / "absent", max_bytes=0) == 0
 
