@@ -101,6 +101,11 @@ def max_abs_columns(x_ND: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.max(x_ND, axis=0), -jnp.min(x_ND, axis=0))
 
 
+def pow2_at_least(v: jax.Array) -> jax.Array:
+    """The power of two 2^e with v < 2^e <= 2 v (1 for v <= 0): dividing by it is exact."""
+    return jnp.where(v > 0, jnp.ldexp(jnp.ones_like(v), jnp.frexp(v)[1]), jnp.ones_like(v))
+
+
 def unit_max_rows(x_ND: jax.Array) -> jax.Array:
     """x with each row divided by its own max |x_n| (zero rows stay 0): per-example scale, no over- or underflow."""
     x = as_float(x_ND)

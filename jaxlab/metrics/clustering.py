@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.errors import ConfigError
-from jaxlab.metrics._common import CONSTANT_RTOL, HIGHEST, as_float, eps, max_abs
+from jaxlab.metrics._common import CONSTANT_RTOL, HIGHEST, as_float, eps, max_abs, max_abs_columns, pow2_at_least
 
 
 class KMeansResult(NamedTuple):
@@ -59,11 +59,6 @@ class Frame(NamedTuple):
     constant: jax.Array  # [] bool: x has no variation at float resolution
 
 
-def _pow2_at_least(v: jax.Array) -> jax.Array:
-    """The power of two 2^e with v < 2^e <= 2 v (1 for v <= 0): dividing by it is exact."""
-    return jnp.where(v > 0, jnp.ldexp(jnp.ones_like(v), jnp.frexp(v)[1]), jnp.ones_like(v))
-
-
 def centred_frame(x_ND: jax.Array) -> Frame:
     """The centred frame of x (see the module docstring).
 
@@ -79,15 +74,15 @@ def centred_frame(x_ND: jax.Array) -> Frame:
     rows give u = 0 exactly), and only `variance_ratio` acts on the flag.
     """
     x = as_float(x_ND)
-    s1 = _pow2_at_least(max_abs(x))
+    s1 = pow2_at_least(max_abs(x))
     xs = x / s1
     m1 = jnp.mean(xs, axis=0)
     origin = m1 + jnp.mean(xs - m1, axis=0)
     u = xs - origin
     residual = u - jnp.mean(u, axis=0)  # ~0 already: the origin is within rounding of the mean
     rms_D = jnp.sqrt(jnp.mean(residual * residual, axis=0))
-    constant = jnp.all(rms_D <= CONSTANT_RTOL * eps() * jnp.max(jnp.abs(xs), axis=0))
-    s2 = _pow2_at_least(max_abs(u))
+    constant = jnp.all(rms_D <= CONSTANT_RTOL * eps() * max_abs_columns(xs))
+    s2 = pow2_at_least(max_abs(u))
     return Frame(u / s2, origin * s1, s1 * s2, constant)
 
 

@@ -34,6 +34,7 @@ from jaxlab.metrics._common import (
     explicit_squared_distances,
     max_abs,
     metric,
+    pow2_at_least,
     unit_max_rows,
 )
 
@@ -43,8 +44,7 @@ SIMILARITIES = ("cosine", "euclidean")
 def pow2_scaled(x_ND: jax.Array) -> jax.Array:
     """x / 2^e with 2^(e - 1) <= max |x| < 2^e: entries below 1 in magnitude, and no rounding (a power of two)."""
     x = as_float(x_ND)
-    _, e = jnp.frexp(max_abs(x))
-    return jnp.ldexp(x, -e)
+    return x / pow2_at_least(max_abs(x))
 
 
 def euclidean_squared_distances(x_ND: jax.Array) -> jax.Array:
