@@ -18,9 +18,9 @@ from jaxlab.experiments import steerability_claims as SC
 from jaxlab.experiments import steerability_effects as SE
 from jaxlab.experiments import steerability_report as SR
 from jaxlab.registry import get_experiment
-from jaxlab.reporting import ReportContext, finite_median_ci, spread
+from jaxlab.reporting import ReportContext, finite_median_ci, fmt, spread
 from jaxlab.results import metric_name
-from jaxlab.tasks import concepts_bayes
+from jaxlab.tasks import concepts, concepts_bayes
 from jaxlab.train import make_train
 from jaxlab.train.rundir import fill_added_fields
 
@@ -186,6 +186,71 @@ def test_report_reads_a_run_directory_written_before_metric_parameters(smoke_run
         assert new == old, new[0]
     onsets = {title: body for title, body, _ in made[0]}["Onsets of separability and steerability"]
     assert all(f"| {c} |" in onsets for c in NAMES) and "| joy | 0.25 | 0.2 |" in onsets
+
+
+def test_close_pair_control_pairs_share_nothing_and_their_gaps_match_a_loop(smoke_run):
+    """The close pair's control: concepts of the same frequency and strength sharing no feature with it; the
+    per-run median |onset gap| over those pairs against a loop, and the report's rows against numpy."""
+    quick = get_experiment("steerability").preset("quick").task
+    assert SC.distant_pairs(quick) == [(1, 0), (1, 3), (2, 0), (2, 3)]  # anger, sadness vs joy, fear
+    table = concepts.feature_table(quick)
+    features = [{tuple(f) for f in table[k]} for k in range(len(quick.names))]
+    assert len(features[1] & features[2]) == quick.n_shared
+    assert all(not features[c] & features[d] for c, d in SC.distant_pairs(quick))
+    ablation = get_experiment("steerability").preset("ablation").task  # rare and weak differ from the twins
+    assert SC.distant_pairs(ablation) == [(3, 0), (4, 0)]
+    markers = SimpleNamespace(names=("a", "b", "c"), freqs=(0.3, 0.3, 0.3), strengths=(0.2, 0.2, 0.1), close_pair=())
+    assert SC.distant_pairs(markers) == []
+    # onset steps to evaluation indices; a step off the grid is an error
+    grid = (0, 250, 500, 1000)
+    np.testing.assert_array_equal(SC.onset_indices(np.array([500.0, np.nan, 0.0, 1000.0]), grid), [2, np.nan, 0, 3])
+    with pytest.raises(ValueError, match="evaluation grid"):
+        SC.onset_indices(np.array([300.0]), grid)
+    # the median over pairs of the censored |gap|, against a loop (never: one past the last evaluation)
+    rng = np.random.default_rng(3)
+    n_evals, pairs = 6, [(1, 0), (1, 3), (2, 0), (2, 3)]
+    onsets = rng.integers(0, n_evals, size=(4, 9)).astype(float)
+    onsets[rng.random(onsets.shape) < 0.3] = np.nan
+    onsets[:, 0] = np.nan  # no pair counts in run 0
+    got = SC.median_pair_absgap(onsets, pairs, n_evals)
+    for r in range(onsets.shape[1]):
+        gaps = []
+        for c, d in pairs:
+            a, b = onsets[c, r], onsets[d, r]
+            if not (np.isnan(a) and np.isnan(b)):
+                gaps.append(abs((n_evals if np.isnan(a) else a) - (n_evals if np.isnan(b) else b)))
+        want = np.median(gaps) if gaps else np.nan
+        np.testing.assert_equal(got[r], want)
+    assert np.isnan(got[0]) and np.isnan(SC.median_pair_absgap(onsets, [], n_evals)).all()
+    # the report's rows, recomputed from the summary (the smoke runs' onsets replaced by chosen ones on its grid)
+    cfg = get_experiment("steerability").preset("smoke")
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    steps = list(cfg.train.eval_steps())
+    chosen = {
+        "joy": (steps[3], steps[1]),
+        "anger": (steps[1], None),
+        "sadness": (steps[1], steps[2]),
+        "fear": (None, steps[0]),
+    }
+    for r, run in enumerate(summary["runs"]):
+        for c, onset in chosen.items():
+            run["final"][metric_name("steer_onset_step", concept=c)] = onset[r]
+        a, b = (np.nan if v is None else steps.index(v) for v in (chosen["anger"][r], chosen["sadness"][r]))
+        run["final"]["close_pair_steer_onset_absgap"] = float(
+            np.abs(SC.censored_gap(np.array([a]), np.array([b]), len(steps)))[0]
+        )
+    ctx = ReportContext(smoke_run, cfg, summary, results.load(smoke_run), experiment=get_experiment("steerability"))
+    body = SE.onset_ci_section(ctx).body
+    idx = np.array([[np.nan if v is None else steps.index(v) for v in chosen[c]] for c in cfg.task.names])
+    distant = SC.median_pair_absgap(idx, SC.distant_pairs(cfg.task), len(steps))
+    n = len(steps)  # never: one past the last evaluation
+    np.testing.assert_array_equal(distant, [np.median([3 - 1, n - 1, 3 - 1, n - 1]), np.median([n - 1, n, 2 - 1, 2])])
+    close = np.array([0.0, n - 2])
+    for label, values in (("per run the median over anger-joy", distant), ("minus the control's", close - distant)):
+        row = next(line for line in body.splitlines() if label in line)
+        med = finite_median_ci(values)
+        want = f"{fmt(med[0])} [{fmt(med[1])}, {fmt(med[2])}]"
+        assert row.endswith(f"| {want} |"), (row, want)
 
 
 CLAIM_FIELDS = {

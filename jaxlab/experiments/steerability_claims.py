@@ -48,7 +48,12 @@ Thresholds, fixed before any jaxlab number was compared with them:
 - "close concepts become steerable at distinct stages": the per-run |onset gap| of the close pair in
   evaluations (either may come first: the co-occurrence language makes the pair mirror images, so a
   signed gap would be zero in expectation by construction), `Above(1.5)`: gaps are whole
-  evaluations, |gap| <= 1 (same or adjacent checkpoints) is the equivalence band;
+  evaluations, |gap| <= 1 (same or adjacent checkpoints) is the equivalence band. Beside it the report
+  gives a control (`distant_pairs`, `median_pair_absgap`): the |onset gap| of the close pair's concepts
+  against the concepts of the same frequency and strength that share no feature with them, per run the
+  median over those pairs, and the close pair's |gap| minus it, paired per run. A control near 0 would
+  mean these runs do not separate alike concepts' onsets at all (the claim would have no reading); a
+  close pair's |gap| below the control's says their shared features bring their onsets together;
 - "steering too early hurts": the loss change on non-concept text (the steered base sequences' own
   next tokens) under steering at alpha_eval x the layer's RMS norm, against the unsteered model at
   the same checkpoint, averaged over layers and concepts: E at the early checkpoints (0 < step <=
@@ -161,6 +166,46 @@ def onset_interval(onset_index_KR: np.ndarray, steps: np.ndarray, total_steps: i
     upper = np.where(never, 1.0, frac[i])
     lower = np.where(never, frac[-1], np.where(i > 0, frac[np.maximum(i - 1, 0)], 0.0))
     return np.median(lower, axis=0), np.median(upper, axis=0)
+
+
+def distant_pairs(task: Any) -> list[tuple[int, int]]:
+    """The control pairs of the close pair (p, q): (c, d) for c in (p, q) and every other concept d with c's
+    frequency and strength. No other concept shares a feature with p or q in either language (cooccur: a Latin
+    square of pairs; markers: fresh marker tokens), so these pairs differ from the close one in sharing nothing,
+    and their onset gaps show how far apart the onsets of concepts the language makes alike fall in a run."""
+    if not task.close_pair:
+        return []
+    p, q = (int(k) for k in task.close_pair)
+    return [
+        (c, d)
+        for c in (p, q)
+        for d in range(len(task.names))
+        if d not in (p, q) and task.freqs[d] == task.freqs[c] and task.strengths[d] == task.strengths[c]
+    ]
+
+
+def onset_indices(onset_steps_R: np.ndarray, eval_steps: Sequence[int]) -> np.ndarray:
+    """[R] the index of each run's onset step in the evaluation grid `eval_steps` (NaN: never reached)."""
+    steps = np.asarray(eval_steps, np.float64)
+    x = np.asarray(onset_steps_R, np.float64)
+    idx = np.searchsorted(steps, np.where(np.isnan(x), steps[0], x))
+    if not np.all(np.isnan(x) | (steps[np.minimum(idx, len(steps) - 1)] == x)):
+        raise ValueError(f"onset steps {x} are not all on the evaluation grid {steps}")
+    return np.where(np.isnan(x), np.nan, idx)
+
+
+def median_pair_absgap(onset_index_KR: np.ndarray, pairs: Sequence[tuple[int, int]], n_evals: int) -> np.ndarray:
+    """[R] per run, the median over `pairs` of |onset c - onset d| in evaluations (`censored_gap`: a concept
+    never reached counts as one past the last evaluation; a pair where neither is reached is left out); NaN
+    where no pair counts."""
+    onsets = np.asarray(onset_index_KR, np.float64)
+    if not pairs:
+        return np.full(onsets.shape[1], np.nan)
+    gaps = np.abs(np.stack([censored_gap(onsets[c], onsets[d], n_evals) for c, d in pairs]))  # [P, R]
+    out = np.full(onsets.shape[1], np.nan)
+    counted = ~np.all(np.isnan(gaps), axis=0)
+    out[counted] = np.nanmedian(gaps[:, counted], axis=0)
+    return out
 
 
 # -- untested reasons --------------------------------------------------------------------------------
@@ -310,7 +355,9 @@ CLAIMS: tuple[Claim, ...] = (
         statistic="|steering onset of the close pair's first concept minus its second's| per run, in evaluations "
         "(close_pair_steer_onset_absgap): distinct stages whichever comes first",
         control="equivalence band of one evaluation interval (same or adjacent checkpoints: |gap| <= 1); onset gaps "
-        "are whole evaluations, so the edge sits at 1.5",
+        "are whole evaluations, so the edge sits at 1.5. The report's onset section sets beside it the |gap| of "
+        "concepts of the same frequency and strength that share no feature (whether these runs separate alike "
+        "concepts' onsets at all)",
         rule=Above(ONSET_BAND + 0.5),
         values=per_seed("close_pair_steer_onset_absgap"),
         untested=_close_pair_untested,
