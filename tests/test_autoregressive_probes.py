@@ -121,6 +121,54 @@ def test_fitted_eta_is_the_least_squares_optimum(setup):
     assert r["metrics_fitted"]["gd_loss"] == pytest.approx(loss, rel=1e-5)
 
 
+def np_pos_eta(s, y, mask):
+    """One GD step with eta_t = sum_b <g, y> / sum_b |g|^2 at each t over the masked tasks (0 where g is 0)."""
+    g = np_gd(s, 1.0)
+    out = np.zeros_like(g)
+    for t in range(s.shape[1]):
+        den = sum(mask[b, t] * g[b, t] @ g[b, t] for b in range(s.shape[0]))
+        num = sum(mask[b, t] * g[b, t] @ y[b, t] for b in range(s.shape[0]))
+        out[:, t] = (num / den if den > 0 else 0.0) * g[:, t]
+    return out
+
+
+def np_state_norm(s):
+    """One GD step's update scaled to ||s_t|| (0 where the update is 0)."""
+    g = np_gd(s, 1.0)
+    out = np.zeros_like(g)
+    for b in range(s.shape[0]):
+        for t in range(s.shape[1]):
+            n = np.linalg.norm(g[b, t])
+            out[b, t] = g[b, t] * np.linalg.norm(s[b, t]) / n if n > 0 else 0.0
+    return out
+
+
+def test_gd_baseline_controls_match_numpy(setup):
+    """The two controls of the single eta (per-position eta, update scaled to ||s_t||) against loops: their
+    losses in the reference, their predictions on awkward inputs (a masked-out task, a large scale, t = 0)."""
+    _, r = setup
+    b = r["batch"]
+    s, y, mask = b.inputs[..., :D], b.targets, b.loss_mask
+    half = lambda p: float(np.sum(0.5 * np.sum((p - y) ** 2, -1) * mask) / np.sum(mask))
+    assert r["ref"]["loss_pos_eta"] == pytest.approx(half(np_pos_eta(s, y, mask)), rel=1e-5)
+    assert r["ref"]["loss_state_norm"] == pytest.approx(half(np_state_norm(s)), rel=1e-5)
+    assert r["ref"]["loss_pos_eta"] <= r["ref"]["loss"] * (1 + 1e-6)  # one eta is one of the per-position choices
+    rng = np.random.default_rng(0)
+    s2 = rng.normal(size=(3, 5, 2)) * 1e3  # a large scale
+    y2 = rng.normal(size=(3, 5, 2))
+    m2 = np.ones((3, 5))
+    m2[1] = 0.0  # a task left out of the fit
+    got = np.asarray(pr.gd_position_eta_predictions(jnp.asarray(s2), jnp.asarray(y2), jnp.asarray(m2)), np.float64)
+    np.testing.assert_allclose(got, np_pos_eta(s2, y2, m2), rtol=1e-4, atol=1e-12)
+    assert not np.any(got[:, 0])  # no context at t = 0: no update
+    unit = np.asarray(pr.gd_state_norm_predictions(jnp.asarray(s2)), np.float64)
+    np.testing.assert_allclose(unit, np_state_norm(s2), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(unit[:, 1:], axis=-1), np.linalg.norm(s2[:, 1:], axis=-1), rtol=1e-5)
+    # homogeneous of degree 1 in the states, whatever the step size's scale
+    half_scale = np.asarray(pr.gd_state_norm_predictions(jnp.asarray(s2 / 2)), np.float64)
+    np.testing.assert_allclose(half_scale, unit / 2, rtol=1e-4, atol=1e-6)
+
+
 def test_last_state_sensitivity_of_gd_is_its_jacobian(setup):
     eta, r = setup
     s = r["batch"].inputs[..., :D]

@@ -3,12 +3,15 @@
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from jaxlab.errors import ConfigError
 from jaxlab.experiments import icl_autoregressive as iar
 from jaxlab.experiments import icl_autoregressive_claims as iac
+from jaxlab.experiments import icl_autoregressive_report as report
 from jaxlab.registry import get_experiment
+from jaxlab.reporting import ReportContext
 from jaxlab.tasks import autoregressive as ar
 
 EXP = get_experiment("icl-autoregressive")
@@ -114,3 +117,30 @@ def test_new_presets_test_their_claims_only():
     na = presets["non-augmented-64"]
     assert (na.model.n_heads, na.model.d_head, na.task.n_dims, na.task.w_kind) == (64, 10, 5, "haar")
     assert any("no residual" in d for d in iac.deviations(na))
+
+
+def test_fig5_section_sets_the_trained_loss_beside_the_gd_controls(tmp_path):
+    """augmented.py's section reads the two controls of the single eta from the summary's reference and gives
+    the trained loss over each, per run (median [min, max])."""
+    cfg = EXP.preset("paper-fig5")
+    losses = (0.09, 0.1, 0.11)
+    runs = [
+        {"seed": s, "hparams": {}, "status": "ok", "final": {"eval_loss": v, "gd_loss": 0.22, "model_cos": 0.5}}
+        for s, v in enumerate(losses)
+    ]
+    reference = {"gd_loss": 0.22, "gd_pos_eta_loss": 0.125, "gd_state_norm_loss": 0.11}
+    df = pd.DataFrame(
+        [{"run": r, "step": st, "metric": m, "value": 0.5} for r in range(3) for st in (0, 10) for m in
+         ("eval_loss", "gd_loss", "model_cos")]
+    )  # fmt: skip
+    summary = {"runs": runs, "reference": reference, "command": "jaxlab run icl-autoregressive --preset paper-fig5"}
+    body = report.fig5_section(ReportContext(tmp_path, cfg, summary, df, experiment=EXP)).body
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1].rstrip(" |") for line in body.splitlines()
+            if line.startswith("| ")}  # fmt: skip
+    assert rows["one GD step, eta fitted per position (gd_pos_eta_loss)"] == "0.125"
+    assert rows["trained loss / gd_pos_eta_loss"] == "0.8 [0.72, 0.88]"
+    assert rows["one GD step scaled to ||s_t|| (gd_state_norm_loss)"] == "0.11"
+    assert rows["trained loss / gd_state_norm_loss"] == "0.9091 [0.8182, 1]"
+    # a run directory written before the controls existed: no rows for them
+    old = {**summary, "reference": {"gd_loss": 0.22}}
+    assert "gd_state_norm_loss" not in report.fig5_section(ReportContext(tmp_path, cfg, old, df, experiment=EXP)).body

@@ -298,7 +298,12 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
     if "spectrum" in res:
         sv = np.asarray(res["spectrum"])
         per_run["p_top_sv_frac"] = sv[:, 0] ** 2 / np.sum(sv**2, axis=1)
-    reference = {"gd_eta": float(ref["eta"]), "gd_loss": float(ref["loss"])}
+    reference = {
+        "gd_eta": float(ref["eta"]),
+        "gd_loss": float(ref["loss"]),
+        "gd_pos_eta_loss": float(ref["loss_pos_eta"]),
+        "gd_state_norm_loss": float(ref["loss_state_norm"]),
+    }
     for i, t in enumerate(pos):
         reference[f"gd_loss_t{t:02d}"] = float(loss_t_gd[t])
         reference[f"gd_w_hat_err_t{t:02d}"] = float(gd_w[i])
@@ -315,6 +320,10 @@ METRICS = {
     "gd_loss": "the same loss of one GD step Gamma_t = eta sum_{t'<=t} s_t' s_{t'-1}^T, y_hat = Gamma_t s_t "
     "(eta fitted)",
     "gd_eta": "the fitted eta (log-grid line search on gd_loss)",
+    "gd_pos_eta_loss": "reference: the same loss of one GD step with eta_t fitted per position (least squares per "
+    "t): the control of gd_loss's single eta",
+    "gd_state_norm_loss": "reference: the same loss of one GD step's prediction scaled to ||s_t|| (= ||s_{t+1}|| for "
+    "orthogonal W): the control of a normalization such as augmented.py's LayerNorm",
     "preds_diff": "mean ||y_hat_model - y_hat_GD|| over tasks and positions",
     "model_cos": "mean cosine of d y_hat_{T-1} / d s_{T-1}, model vs GD (sensitivity to the last state)",
     "c_offblock_ratio": "||C off the 2x2 diagonal blocks||_F / ||C||_F, C = B^T A (key-query block B, "

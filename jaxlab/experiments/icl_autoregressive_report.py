@@ -103,6 +103,16 @@ def fig5_section(ctx: ReportContext) -> Section:
         ["model_cos (vs fitted GD; reported, no claim: Haar W)", _cell(ctx, "model_cos")],
         ["preds_diff", _cell(ctx, "preds_diff")],
     ]
+    reference = ctx.summary.get("reference", {})
+    controls = [
+        ("one GD step, eta fitted per position (gd_pos_eta_loss)", "gd_pos_eta_loss"),
+        ("one GD step scaled to ||s_t|| (gd_state_norm_loss)", "gd_state_norm_loss"),
+    ]
+    for label, key in controls:
+        value = reference.get(key)
+        if value is not None:
+            rows.append([label, fmt(value)])
+            rows.append([f"trained loss / {key}", spread(finals(ctx, "eval_loss") / value, empty="n/a")])
     m = ctx.cfg.model
     where = (
         "where augmented.py's does, on the attention output"
@@ -116,6 +126,12 @@ def fig5_section(ctx: ReportContext) -> Section:
         "predictor's (for non-commuting W the paper compares losses only). This model's LayerNorm sits "
         f"{where} (Deviations). The model has no plain W_Q W_K^T / W_V W_O blocks, so the structure metrics are "
         "not measured; model_cos and preds_diff are functional and reported.\n\n"
+        "**Controls of the GD baseline** (no training; the same evaluation sequences): gd_loss uses one eta at every "
+        "position, while its update sums t terms, so one step size cannot suit early and late positions alike. "
+        "Two one-step-GD predictors that lift that restriction: eta fitted per position, and the update scaled to "
+        "the current state's norm (what a normalization of the attention output, such as this model's LayerNorm, "
+        "can do; ||s_{t+1}|| = ||s_t|| for orthogonal W). A trained loss at or above theirs would be one GD step "
+        "with a normalization; below, the model computes more than one GD step.\n\n"
         "**Measured** (median [min, max] over runs):\n\n" + table(["quantity", "value"], rows)
     )
     name = _loss_figure(ctx, ("model_cos",), "gd_comparison.png")

@@ -11,6 +11,8 @@ key's s_{t'-1} is I and its value-output block from s_t' to the prediction block
 
 Metrics against the fitted GD (means over the evaluation tasks):
   gd_loss       GD's loss (0.5 * squared error summed over dims, mean over tasks and positions)
+  controls of its single eta (reference only): the loss with eta_t fitted per position, and with
+                the update scaled to ||s_t|| (`gd_position_eta_predictions`, `gd_state_norm_predictions`)
   preds_diff    mean ||y_hat_model - y_hat_GD|| over tasks and positions
   model_cos     mean cos(g_model, g_GD), g = d y_hat_{T-1} / d s_{T-1} the sensitivity of the last
                 prediction to the last state (every copy of it in the last token)
@@ -74,6 +76,29 @@ def fit_gd_eta(batch: Batch, task: ar.Config, lo: float = 1e-4, hi: float = 1e4)
     return theta[0], loss
 
 
+def gd_position_eta_predictions(s_BTD: jax.Array, targets_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
+    """One GD step with a step size fitted per position: y_hat_t = eta_t g_t, g_t = `gd_predictions`(s, 1),
+    eta_t = sum_b <g_bt, y_bt> / sum_b ||g_bt||^2 over the masked tasks (least squares per position; 0 where
+    every g_t is 0, as at t = 0). The best any one-step-GD predictor whose step depends on t alone does on
+    these targets: the control of a single eta, whose update g_t grows with the t terms it sums."""
+    chex.assert_equal_shape([s_BTD, targets_BTD])
+    g = gd_predictions(s_BTD, 1.0)
+    num = jnp.sum(jnp.sum(g * targets_BTD, axis=-1) * mask_BT, axis=0)
+    den = jnp.sum(jnp.sum(g * g, axis=-1) * mask_BT, axis=0)
+    eta_T = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+    return eta_T[None, :, None] * g
+
+
+def gd_state_norm_predictions(s_BTD: jax.Array) -> jax.Array:
+    """One GD step's direction scaled to the current state's norm: y_hat_t = ||s_t|| g_t / ||g_t|| (0 where
+    g_t = 0). For orthogonal W, ||s_{t+1}|| = ||s_t||, so this is one GD step with the step size that puts
+    its prediction at the right norm: the control of a normalization (augmented.py's LayerNorm)."""
+    g = gd_predictions(s_BTD, 1.0)
+    norm = jnp.linalg.norm(g, axis=-1, keepdims=True)
+    scale = jnp.linalg.norm(s_BTD, axis=-1, keepdims=True) / jnp.where(norm > 0, norm, 1.0)
+    return jnp.where(norm > 0, g * scale, 0.0)
+
+
 def last_state_sensitivity(
     predict: Callable[[jax.Array], jax.Array], task: ar.Config, inputs_BTW: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -85,13 +110,26 @@ def last_state_sensitivity(
 
 def make_reference(batch: Batch, task: ar.Config) -> dict[str, jax.Array]:
     """The fitted GD learner on the evaluation batch: eta, loss, per-position loss, predictions,
-    last-position sensitivities. Model-independent; pass it unbatched when vmapping over runs."""
+    last-position sensitivities, and the losses of two controls of its single step size
+    (`gd_position_eta_predictions`: loss_pos_eta; `gd_state_norm_predictions`: loss_state_norm).
+    Model-independent; pass it unbatched when vmapping over runs."""
     eta, loss = fit_gd_eta(batch, task)
     gd = lambda inputs: gd_predictions(ar.observed_states(task, inputs), eta)
     preds = gd(batch.inputs)
     _, sens = last_state_sensitivity(gd, task, batch.inputs)
     per_t = 0.5 * jnp.sum((preds - batch.targets) ** 2, axis=-1)
-    return {"eta": eta, "loss": loss, "loss_t": jnp.mean(per_t, axis=0), "preds": preds, "sens": sens}
+    s = ar.observed_states(task, batch.inputs)
+    pos_eta = gd_position_eta_predictions(s, batch.targets, batch.loss_mask)
+    state_norm = gd_state_norm_predictions(s)
+    return {
+        "eta": eta,
+        "loss": loss,
+        "loss_t": jnp.mean(per_t, axis=0),
+        "preds": preds,
+        "sens": sens,
+        "loss_pos_eta": masked_half_mse(pos_eta, batch.targets, batch.loss_mask),
+        "loss_state_norm": masked_half_mse(state_norm, batch.targets, batch.loss_mask),
+    }
 
 
 def equivalence_metrics(
