@@ -310,6 +310,30 @@ def test_variance_ratio_silhouette_class_means_far_from_the_origin(offset):
     np.testing.assert_allclose(pairwise_distances(xj), dist, rtol=0, atol=1e-4 * dist.max())
 
 
+@pytest.mark.parametrize("separation", (1e4, 1e5))
+def test_distances_within_far_apart_clusters(separation):
+    """Clusters of unit spread `separation` apart (and 5e3 from the origin): pairwise_distances keeps the
+    within-cluster distances to float32 resolution of each distance (explicit differences), where the
+    expansion would lose eps separation^2; the silhouette (by the expansion) stays within its stated bound
+    eps separation / 2 of the float64 value. The reference is float64 on the float32-rounded input."""
+    rng = np.random.default_rng(7)
+    k, n, d = 3, 48, 6
+    centres = rng.normal(size=(k, d))
+    centres *= separation / np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(k), n // k)
+    x = f32(centres[labels] + rng.normal(size=(n, d)) + 5e3)
+    dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    got = np.asarray(pairwise_distances(jnp.asarray(x, jnp.float32)), np.float64)
+    within = (labels[:, None] == labels[None]) & ~np.eye(n, dtype=bool)
+    assert dist[within].max() < 10 and dist[~within & ~np.eye(n, dtype=bool)].min() > separation / 2
+    np.testing.assert_allclose(got[within], dist[within], rtol=1e-5)
+    np.testing.assert_allclose(got[~within], dist[~within], rtol=1e-5)
+    bound = float(np.finfo(np.float32).eps) * separation / 2
+    assert float(_silhouette(jnp.asarray(x, jnp.float32), jnp.asarray(labels), k)) == pytest.approx(
+        np_silhouette(x, labels), abs=bound
+    )
+
+
 def test_translation_invariance_of_partition_inertia_and_scores():
     """The same data shifted by 1e3 .. 1e6 in a random direction: the same partition (up to renaming),
     inertia, variance ratio and silhouette. The data lie on a grid of 1/8 and the shifts are integers
