@@ -19,7 +19,10 @@ partition is wrong). Every distance and variance here is therefore computed in a
 removes the rounding of the first), the scale a power of two (exact). All quantities
 are invariant to translation, so nothing is lost; results given in coordinates (centroids, class
 means) are mapped back, and squared quantities (inertia) multiplied by scale^2. The expansion is
-used only to compare distances (assignment); sums of squared distances are taken of differences.
+used to compare distances (assignment) and in `silhouette_score` (whose error bound its docstring
+states); sums of squared distances are taken of differences, and `pairwise_distances` takes explicit
+differences of the input itself (only scaled: the centring rounds each coordinate to eps times its
+distance from the mean, too coarse for close points of a widely spread set).
 What is left is the rounding of the input itself (eps |m| per coordinate in float32: 0.004 at
 |m| = 1e5, 0.03 at 1e6). Inputs are cast as the other metrics cast them (`jaxlab.metrics._common`:
 float64 under jax x64, float32 otherwise); matrix products use `precision="highest"` (on GPUs the
