@@ -121,7 +121,7 @@ def test_fitted_eta_is_the_least_squares_optimum(setup):
     assert r["metrics_fitted"]["gd_loss"] == pytest.approx(loss, rel=1e-5)
 
 
-def np_pos_eta(s, y, mask):
+def np_pos_eta(s: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """One GD step with eta_t = sum_b <g, y> / sum_b |g|^2 at each t over the masked tasks (0 where g is 0)."""
     g = np_gd(s, 1.0)
     out = np.zeros_like(g)
@@ -132,7 +132,7 @@ def np_pos_eta(s, y, mask):
     return out
 
 
-def np_state_norm(s):
+def np_state_norm(s: np.ndarray) -> np.ndarray:
     """One GD step's update scaled to ||s_t|| (0 where the update is 0)."""
     g = np_gd(s, 1.0)
     out = np.zeros_like(g)
@@ -143,16 +143,31 @@ def np_state_norm(s):
     return out
 
 
+def np_direction_oracle(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each target's projection on one GD step's update g (0 where g is 0)."""
+    g = np_gd(s, 1.0)
+    out = np.zeros_like(g)
+    for b in range(s.shape[0]):
+        for t in range(s.shape[1]):
+            gg = g[b, t] @ g[b, t]
+            out[b, t] = (g[b, t] @ y[b, t]) / gg * g[b, t] if gg > 0 else 0.0
+    return out
+
+
 def test_gd_baseline_controls_match_numpy(setup):
-    """The two controls of the single eta (per-position eta, update scaled to ||s_t||) against loops: their
-    losses in the reference, their predictions on awkward inputs (a masked-out task, a large scale, t = 0)."""
+    """The controls of the single eta (per-position eta, update scaled to ||s_t||) and the bound of any rescaled
+    update against loops: their losses in the reference, their predictions on awkward inputs (a masked-out
+    task, a large scale, t = 0); the bound is below every rescaling of the update."""
     _, r = setup
     b = r["batch"]
     s, y, mask = b.inputs[..., :D], b.targets, b.loss_mask
     half = lambda p: float(np.sum(0.5 * np.sum((p - y) ** 2, -1) * mask) / np.sum(mask))
     assert r["ref"]["loss_pos_eta"] == pytest.approx(half(np_pos_eta(s, y, mask)), rel=1e-5)
     assert r["ref"]["loss_state_norm"] == pytest.approx(half(np_state_norm(s)), rel=1e-5)
+    assert r["ref"]["loss_direction_oracle"] == pytest.approx(half(np_direction_oracle(s, y)), rel=1e-5)
     assert r["ref"]["loss_pos_eta"] <= r["ref"]["loss"] * (1 + 1e-6)  # one eta is one of the per-position choices
+    bound = r["ref"]["loss_direction_oracle"] * (1 - 1e-6)  # below every rescaling of the update
+    assert bound <= r["ref"]["loss_pos_eta"] and bound <= r["ref"]["loss_state_norm"]
     rng = np.random.default_rng(0)
     s2 = rng.normal(size=(3, 5, 2)) * 1e3  # a large scale
     y2 = rng.normal(size=(3, 5, 2))
@@ -164,6 +179,11 @@ def test_gd_baseline_controls_match_numpy(setup):
     unit = np.asarray(pr.gd_state_norm_predictions(jnp.asarray(s2)), np.float64)
     np.testing.assert_allclose(unit, np_state_norm(s2), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(unit[:, 1:], axis=-1), np.linalg.norm(s2[:, 1:], axis=-1), rtol=1e-5)
+    oracle = np.asarray(pr.gd_direction_oracle_predictions(jnp.asarray(s2), jnp.asarray(y2)), np.float64)
+    np.testing.assert_allclose(oracle, np_direction_oracle(s2, y2), rtol=1e-4, atol=1e-9)
+    residual = y2 - oracle  # orthogonal to the update where there is one
+    g2 = np_gd(s2, 1.0)
+    assert np.abs(np.sum(residual[:, 1:] * g2[:, 1:], -1)).max() <= 1e-4 * np.abs(g2).max() * np.abs(y2).max()
     # homogeneous of degree 1 in the states, whatever the step size's scale
     half_scale = np.asarray(pr.gd_state_norm_predictions(jnp.asarray(s2 / 2)), np.float64)
     np.testing.assert_allclose(half_scale, unit / 2, rtol=1e-4, atol=1e-6)

@@ -128,7 +128,7 @@ def test_fig5_section_sets_the_trained_loss_beside_the_gd_controls(tmp_path):
         {"seed": s, "hparams": {}, "status": "ok", "final": {"eval_loss": v, "gd_loss": 0.22, "model_cos": 0.5}}
         for s, v in enumerate(losses)
     ]
-    reference = {"gd_loss": 0.22, "gd_pos_eta_loss": 0.125, "gd_state_norm_loss": 0.11}
+    reference = {"gd_loss": 0.22, "gd_pos_eta_loss": 0.125, "gd_state_norm_loss": 0.11, "gd_direction_oracle_loss": 0.1}
     df = pd.DataFrame(
         [{"run": r, "step": st, "metric": m, "value": 0.5} for r in range(3) for st in (0, 10) for m in
          ("eval_loss", "gd_loss", "model_cos")]
@@ -141,6 +141,8 @@ def test_fig5_section_sets_the_trained_loss_beside_the_gd_controls(tmp_path):
     assert rows["trained loss / gd_pos_eta_loss"] == "0.8 [0.72, 0.88]"
     assert rows["one GD step scaled to ||s_t|| (gd_state_norm_loss)"] == "0.11"
     assert rows["trained loss / gd_state_norm_loss"] == "0.9091 [0.8182, 1]"
+    assert rows["bound: the target projected on one GD step's update (gd_direction_oracle_loss)"] == "0.1"
+    assert rows["trained loss / gd_direction_oracle_loss"] == "1 [0.9, 1.1]"
     # a run directory written before the controls existed: no rows for them
     old = {**summary, "reference": {"gd_loss": 0.22}}
     assert "gd_state_norm_loss" not in report.fig5_section(ReportContext(tmp_path, cfg, old, df, experiment=EXP)).body

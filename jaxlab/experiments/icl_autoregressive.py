@@ -303,6 +303,7 @@ def finalize(train, state, hparams: Mapping[str, Any], seeds: np.ndarray) -> Fin
         "gd_loss": float(ref["loss"]),
         "gd_pos_eta_loss": float(ref["loss_pos_eta"]),
         "gd_state_norm_loss": float(ref["loss_state_norm"]),
+        "gd_direction_oracle_loss": float(ref["loss_direction_oracle"]),
     }
     for i, t in enumerate(pos):
         reference[f"gd_loss_t{t:02d}"] = float(loss_t_gd[t])
@@ -323,7 +324,9 @@ METRICS = {
     "gd_pos_eta_loss": "reference: the same loss of one GD step with eta_t fitted per position (least squares per "
     "t): the control of gd_loss's single eta",
     "gd_state_norm_loss": "reference: the same loss of one GD step's prediction scaled to ||s_t|| (= ||s_{t+1}|| for "
-    "orthogonal W): the control of a normalization such as augmented.py's LayerNorm",
+    "orthogonal W): what a normalization such as augmented.py's LayerNorm can give, with no step size fitted",
+    "gd_direction_oracle_loss": "reference: the loss of the target's projection on one GD step's update per task "
+    "and position (reads the target): the lower bound of one GD step with any step size, normalization or gain",
     "preds_diff": "mean ||y_hat_model - y_hat_GD|| over tasks and positions",
     "model_cos": "mean cosine of d y_hat_{T-1} / d s_{T-1}, model vs GD (sensitivity to the last state)",
     "c_offblock_ratio": "||C off the 2x2 diagonal blocks||_F / ||C||_F, C = B^T A (key-query block B, "

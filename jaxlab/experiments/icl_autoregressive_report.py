@@ -107,6 +107,7 @@ def fig5_section(ctx: ReportContext) -> Section:
     controls = [
         ("one GD step, eta fitted per position (gd_pos_eta_loss)", "gd_pos_eta_loss"),
         ("one GD step scaled to ||s_t|| (gd_state_norm_loss)", "gd_state_norm_loss"),
+        ("bound: the target projected on one GD step's update (gd_direction_oracle_loss)", "gd_direction_oracle_loss"),
     ]
     for label, key in controls:
         value = reference.get(key)
@@ -130,8 +131,10 @@ def fig5_section(ctx: ReportContext) -> Section:
         "position, while its update sums t terms, so one step size cannot suit early and late positions alike. "
         "Two one-step-GD predictors that lift that restriction: eta fitted per position, and the update scaled to "
         "the current state's norm (what a normalization of the attention output, such as this model's LayerNorm, "
-        "can do; ||s_{t+1}|| = ||s_t|| for orthogonal W). A trained loss at or above theirs would be one GD step "
-        "with a normalization; below, the model computes more than one GD step.\n\n"
+        "can give with no step size fitted; ||s_{t+1}|| = ||s_t|| for orthogonal W). And a bound that is not a "
+        "predictor: each target projected on one GD step's update (it reads the target), the lowest loss of one GD "
+        "step with any step size, normalization or gain per task and position. A trained loss below the bound "
+        "means the model does not predict along one GD step's update.\n\n"
         "**Measured** (median [min, max] over runs):\n\n" + table(["quantity", "value"], rows)
     )
     name = _loss_figure(ctx, ("model_cos",), "gd_comparison.png")

@@ -11,8 +11,10 @@ key's s_{t'-1} is I and its value-output block from s_t' to the prediction block
 
 Metrics against the fitted GD (means over the evaluation tasks):
   gd_loss       GD's loss (0.5 * squared error summed over dims, mean over tasks and positions)
-  controls of its single eta (reference only): the loss with eta_t fitted per position, and with
-                the update scaled to ||s_t|| (`gd_position_eta_predictions`, `gd_state_norm_predictions`)
+  controls of its single eta (reference only): the loss with eta_t fitted per position, with the
+                update scaled to ||s_t||, and the lower bound of any rescaling of the update per task
+                and position (`gd_position_eta_predictions`, `gd_state_norm_predictions`,
+                `gd_direction_oracle_predictions`)
   preds_diff    mean ||y_hat_model - y_hat_GD|| over tasks and positions
   model_cos     mean cos(g_model, g_GD), g = d y_hat_{T-1} / d s_{T-1} the sensitivity of the last
                 prediction to the last state (every copy of it in the last token)
@@ -82,21 +84,35 @@ def gd_position_eta_predictions(s_BTD: jax.Array, targets_BTD: jax.Array, mask_B
     every g_t is 0, as at t = 0). The best any one-step-GD predictor whose step depends on t alone does on
     these targets: the control of a single eta, whose update g_t grows with the t terms it sums."""
     chex.assert_equal_shape([s_BTD, targets_BTD])
-    g = gd_predictions(s_BTD, 1.0)
-    num = jnp.sum(jnp.sum(g * targets_BTD, axis=-1) * mask_BT, axis=0)
-    den = jnp.sum(jnp.sum(g * g, axis=-1) * mask_BT, axis=0)
-    eta_T = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
-    return eta_T[None, :, None] * g
+    g_BTD = gd_predictions(s_BTD, 1.0)
+    num_T = jnp.sum(jnp.sum(g_BTD * targets_BTD, axis=-1) * mask_BT, axis=0)
+    den_T = jnp.sum(jnp.sum(g_BTD * g_BTD, axis=-1) * mask_BT, axis=0)
+    eta_T = jnp.where(den_T > 0, num_T / jnp.where(den_T > 0, den_T, 1.0), 0.0)
+    return eta_T[None, :, None] * g_BTD
 
 
 def gd_state_norm_predictions(s_BTD: jax.Array) -> jax.Array:
-    """One GD step's direction scaled to the current state's norm: y_hat_t = ||s_t|| g_t / ||g_t|| (0 where
-    g_t = 0). For orthogonal W, ||s_{t+1}|| = ||s_t||, so this is one GD step with the step size that puts
-    its prediction at the right norm: the control of a normalization (augmented.py's LayerNorm)."""
-    g = gd_predictions(s_BTD, 1.0)
-    norm = jnp.linalg.norm(g, axis=-1, keepdims=True)
-    scale = jnp.linalg.norm(s_BTD, axis=-1, keepdims=True) / jnp.where(norm > 0, norm, 1.0)
-    return jnp.where(norm > 0, g * scale, 0.0)
+    """One GD step's update rescaled to the current state's norm: y_hat_t = ||s_t|| g_t / ||g_t|| (0 where
+    g_t = 0). For orthogonal W, ||s_{t+1}|| = ||s_t||: the prediction has the target's norm, with no step size
+    fitted (what a normalization of the attention output can give). Not the best rescaling: along g_t the
+    loss-optimal norm is ||y_t|| cos(g_t, y_t) (`gd_direction_oracle_predictions`)."""
+    g_BTD = gd_predictions(s_BTD, 1.0)
+    norm_BT1 = jnp.linalg.norm(g_BTD, axis=-1, keepdims=True)
+    scale_BT1 = jnp.linalg.norm(s_BTD, axis=-1, keepdims=True) / jnp.where(norm_BT1 > 0, norm_BT1, 1.0)
+    return jnp.where(norm_BT1 > 0, g_BTD * scale_BT1, 0.0)
+
+
+def gd_direction_oracle_predictions(s_BTD: jax.Array, targets_BTD: jax.Array) -> jax.Array:
+    """The target's projection on one GD step's update: y_hat_bt = (<g_bt, y_bt> / ||g_bt||^2) g_bt (0 where
+    g_bt = 0). It reads the target, so it is not a predictor: its loss, 1/2 ||y_bt||^2 sin^2(g_bt, y_bt) per
+    task and position, is a lower bound on the loss of every predictor of the form (any scalar) x g_bt, i.e.
+    of one GD step with any step size, normalization or gain, per task and position. A model below it does
+    not predict along one GD step's update."""
+    chex.assert_equal_shape([s_BTD, targets_BTD])
+    g_BTD = gd_predictions(s_BTD, 1.0)
+    gg_BT1 = jnp.sum(g_BTD * g_BTD, axis=-1, keepdims=True)
+    gy_BT1 = jnp.sum(g_BTD * targets_BTD, axis=-1, keepdims=True)
+    return jnp.where(gg_BT1 > 0, gy_BT1 / jnp.where(gg_BT1 > 0, gg_BT1, 1.0), 0.0) * g_BTD
 
 
 def last_state_sensitivity(
@@ -110,8 +126,9 @@ def last_state_sensitivity(
 
 def make_reference(batch: Batch, task: ar.Config) -> dict[str, jax.Array]:
     """The fitted GD learner on the evaluation batch: eta, loss, per-position loss, predictions,
-    last-position sensitivities, and the losses of two controls of its single step size
-    (`gd_position_eta_predictions`: loss_pos_eta; `gd_state_norm_predictions`: loss_state_norm).
+    last-position sensitivities, and the losses of controls of its single step size
+    (`gd_position_eta_predictions`: loss_pos_eta; `gd_state_norm_predictions`: loss_state_norm) and the lower
+    bound of any rescaled GD step (`gd_direction_oracle_predictions`: loss_direction_oracle).
     Model-independent; pass it unbatched when vmapping over runs."""
     eta, loss = fit_gd_eta(batch, task)
     gd = lambda inputs: gd_predictions(ar.observed_states(task, inputs), eta)
@@ -121,6 +138,7 @@ def make_reference(batch: Batch, task: ar.Config) -> dict[str, jax.Array]:
     s = ar.observed_states(task, batch.inputs)
     pos_eta = gd_position_eta_predictions(s, batch.targets, batch.loss_mask)
     state_norm = gd_state_norm_predictions(s)
+    oracle = gd_direction_oracle_predictions(s, batch.targets)
     return {
         "eta": eta,
         "loss": loss,
@@ -129,6 +147,7 @@ def make_reference(batch: Batch, task: ar.Config) -> dict[str, jax.Array]:
         "sens": sens,
         "loss_pos_eta": masked_half_mse(pos_eta, batch.targets, batch.loss_mask),
         "loss_state_norm": masked_half_mse(state_norm, batch.targets, batch.loss_mask),
+        "loss_direction_oracle": masked_half_mse(oracle, batch.targets, batch.loss_mask),
     }
 
 
@@ -408,7 +427,10 @@ __all__ = [
     "constrained_structure",
     "equivalence_metrics",
     "fit_gd_eta",
+    "gd_direction_oracle_predictions",
+    "gd_position_eta_predictions",
     "gd_predictions",
+    "gd_state_norm_predictions",
     "gd_step_params",
     "head_cosines",
     "lag_weights",
