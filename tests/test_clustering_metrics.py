@@ -11,6 +11,7 @@ from scipy.special import comb
 from jaxlab.errors import ConfigError
 from jaxlab.metrics.clustering import (
     adjusted_rand_index,
+    class_centred_sq_distances,
     class_means,
     inertia,
     kmeans,
@@ -312,26 +313,34 @@ def test_variance_ratio_silhouette_class_means_far_from_the_origin(offset):
 
 @pytest.mark.parametrize("separation", (1e4, 1e5))
 def test_distances_within_far_apart_clusters(separation):
-    """Clusters of unit spread `separation` apart (and 5e3 from the origin): pairwise_distances keeps the
-    within-cluster distances to float32 resolution of each distance (explicit differences), where the
-    expansion would lose eps separation^2; the silhouette (by the expansion) stays within its stated bound
-    eps separation / 2 of the float64 value. The reference is float64 on the float32-rounded input."""
+    """Two classes 4 apart and a third `separation` away (unit spread, 5e3 from the origin): pairwise_distances
+    and the class-centred squared distances keep every distance to float32 resolution of itself (the plain
+    expansion loses eps separation^2: within-class distances of ~4 were off by ~5 at 1e4), and the
+    silhouette, which the close pair's within- and between-class distances decide, matches float64 to 1e-5
+    (the expansion in the centred frame was off by 0.013). The reference is float64 on the float32-rounded
+    input."""
     rng = np.random.default_rng(7)
-    k, n, d = 3, 48, 6
-    centres = rng.normal(size=(k, d))
-    centres *= separation / np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(k), n // k)
-    x = f32(centres[labels] + rng.normal(size=(n, d)) + 5e3)
+    d, m = 6, 16
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    offsets = np.stack([np.zeros(d), 4.0 * rng.normal(size=d) / np.sqrt(d), separation * direction])
+    labels = np.repeat(np.arange(3), m)
+    x = f32(offsets[labels] + rng.normal(size=(3 * m, d)) + 5e3)
+    n = len(x)
     dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-    got = np.asarray(pairwise_distances(jnp.asarray(x, jnp.float32)), np.float64)
-    within = (labels[:, None] == labels[None]) & ~np.eye(n, dtype=bool)
-    assert dist[within].max() < 10 and dist[~within & ~np.eye(n, dtype=bool)].min() > separation / 2
-    np.testing.assert_allclose(got[within], dist[within], rtol=1e-5)
-    np.testing.assert_allclose(got[~within], dist[~within], rtol=1e-5)
-    bound = float(np.finfo(np.float32).eps) * separation / 2
-    assert float(_silhouette(jnp.asarray(x, jnp.float32), jnp.asarray(labels), k)) == pytest.approx(
-        np_silhouette(x, labels), abs=bound
+    off = ~np.eye(n, dtype=bool)
+    within = (labels[:, None] == labels[None]) & off
+    assert (
+        dist[within].max() < 10
+        and dist[(labels[:, None] != labels[None]) & (labels[:, None] + labels[None] > 1)].min() > separation / 2
     )
+    xj, lj = jnp.asarray(x, jnp.float32), jnp.asarray(labels)
+    got = np.asarray(pairwise_distances(xj), np.float64)
+    np.testing.assert_allclose(got[off], dist[off], rtol=1e-5)
+    sq = np.asarray(class_centred_sq_distances(xj, lj, 3), np.float64)
+    np.testing.assert_allclose(sq[off], dist[off] ** 2, rtol=1e-5)
+    assert np.all(np.diag(sq) == 0.0)
+    assert float(_silhouette(xj, lj, 3)) == pytest.approx(np_silhouette(x, labels), abs=1e-5)
 
 
 def test_translation_invariance_of_partition_inertia_and_scores():
