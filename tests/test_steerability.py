@@ -199,8 +199,17 @@ def test_close_pair_control_pairs_share_nothing_and_their_gaps_match_a_loop(smok
     assert all(not features[c] & features[d] for c, d in SC.distant_pairs(quick))
     ablation = get_experiment("steerability").preset("ablation").task  # rare and weak differ from the twins
     assert SC.distant_pairs(ablation) == [(3, 0), (4, 0)]
-    markers = SimpleNamespace(names=("a", "b", "c"), freqs=(0.3, 0.3, 0.3), strengths=(0.2, 0.2, 0.1), close_pair=())
-    assert SC.distant_pairs(markers) == []
+    markers = concepts.Config(
+        language="markers", names=("a", "b", "c", "d"), freqs=(0.3, 0.3, 0.3, 0.1), strengths=(0.2, 0.2, 0.2, 0.2),
+        n_markers=4, close_pair=(0, 2), n_shared=2,
+    )  # fmt: skip
+    assert SC.distant_pairs(markers) == [(0, 1), (2, 1)]  # d is rarer
+    table = concepts.marker_table(markers)
+    assert len(set(table[0]) & set(table[2])) == 2
+    assert all(not set(table[c]) & set(table[d]) for c, d in SC.distant_pairs(markers))
+    assert (
+        SC.distant_pairs(SimpleNamespace(names=("a", "b"), freqs=(0.3, 0.3), strengths=(0.2, 0.2), close_pair=())) == []
+    )
     # onset steps to evaluation indices; a step off the grid is an error
     grid = (0, 250, 500, 1000)
     np.testing.assert_array_equal(SC.onset_indices(np.array([500.0, np.nan, 0.0, 1000.0]), grid), [2, np.nan, 0, 3])
@@ -274,7 +283,9 @@ def test_smoke_summary_has_the_claims_and_deviations(smoke_run):
     assert first_tenth["n_seeds"] == len(cfg.sweep.seeds) or "never emerges" in first_tenth["reason"]
     for name in ("steerability_emerges_before_last_tenth", "early_steering_hurts"):
         assert by_id[name]["n_seeds"] == len(cfg.sweep.seeds)  # the per-run statistics are written
-    assert by_id["close_concepts_distinct_steer_onsets"]["verdict"] != "untested"  # the mirror pair: nothing decided
+    # the close pair's steering scores count the same tokens for its shared pairs: one measurement, untested
+    close = by_id["close_concepts_distinct_steer_onsets"]
+    assert close["verdict"] == "untested" and "one measurement" in close["reason"]
     # the smoke stimuli are separable by their count of pair starts alone: the separability claims are untested
     assert SB.count_separability(cfg).max() >= cfg.probe.sep_threshold
     for name in (
@@ -418,10 +429,14 @@ def test_untested_reasons_follow_the_config():
     cfg = get_experiment("steerability").preset("smoke")
     by_id = {c.id: c for c in SC.CLAIMS}
     steer, sep = by_id["close_concepts_distinct_steer_onsets"], by_id["close_concepts_distinct_sep_onsets"]
-    # the mirror pair of the cooccur language decides nothing; what makes separability untested is its stimuli,
+    # the mirror pair's steering scores count the same partner tokens for the pairs it shares (one measurement):
+    # untested while it shares any, testable with none shared; what makes separability untested is its stimuli,
     # which the count of pair starts separates (`count_separability`), and a threshold above that count lifts it
     counts = SB.count_separability(cfg)
-    assert steer.untested(cfg) is None and "count of pair starts" in sep.untested(cfg)
+    reason = steer.untested(cfg)
+    assert "one measurement" in reason and f"{cfg.task.n_shared} of the {cfg.task.n_markers} start tokens" in reason
+    assert steer.untested(cfg.set("task.n_shared", "0")) is None
+    assert "count of pair starts" in sep.untested(cfg)
     above = cfg.set("probe.sep_threshold", str(min(1.0, counts.max() + 0.01)))
     assert sep.untested(above) is None and by_id["separability_rises"].untested(above) is None
     task = cfg.task
@@ -433,6 +448,8 @@ def test_untested_reasons_follow_the_config():
     markers = cfg.set("task.language", "markers").set("task.freqs", "0.4,0.25,0.25,0.05")
     markers = markers.set("task.strengths", "0.15,0.15,0.08,0.15")  # the language of earlier runs
     assert "strength" in steer.untested(markers) and "frequency" in by_id["rare_concept_later"].untested(markers)
+    same = markers.set("task.strengths", "0.15,0.15,0.15,0.15")  # the markers language: shared marker tokens
+    assert "markers, 3 of whose 4 are the same tokens" in steer.untested(same)
     corr = by_id["separability_correlates_with_steerability"]
     assert corr.untested(above) is None and "differences" in corr.untested(above.set("train.n_evals", "2"))
     early = by_id["early_steering_hurts"]
