@@ -290,8 +290,9 @@ def class_centred_sq_distances(x_ND: jax.Array, labels_N: jax.Array, n_labels: i
     or of the distance between the two classes' means, never of the points' distance from the origin or
     from the set's centre, so the rounding is a few eps of the terms: a within-class distance keeps its
     precision next to classes 1e4 spreads away (the plain expansion loses eps times the set's squared
-    extent). One [n, n] matrix product (v_i.v_j) and [n, n_labels, d] of differences of means. x is only
-    scaled by a power of two (exact): v_i = x_i - m_{l_i} is then the difference of nearby numbers.
+    extent). One [n, n] matrix product (v_i.v_j), [n_labels, n_labels, d] differences of means and
+    their [n, n_labels, n_labels] products with the v_i. x is only scaled by a power of two (exact):
+    v_i = x_i - m_{l_i} is then the difference of nearby numbers.
     """
     chex.assert_rank(x_ND, 2)
     x = as_float(x_ND)
@@ -299,9 +300,10 @@ def class_centred_sq_distances(x_ND: jax.Array, labels_N: jax.Array, n_labels: i
     x = x / scale
     means_CD, _ = _class_means_unit(x, labels_N, n_labels)
     v_ND = x - means_CD[labels_N]
-    delta_NCD = means_CD[labels_N][:, None, :] - means_CD[None, :, :]  # m_{l_i} - m_c
-    proj_NC = jnp.einsum("nd,ncd->nc", v_ND, delta_NCD, precision=HIGHEST)  # v_i . delta_{l_i c}
-    between_CC = jnp.sum((means_CD[:, None, :] - means_CD[None, :, :]) ** 2, -1)  # |m_a - m_b|^2
+    delta_CCD = means_CD[:, None, :] - means_CD[None, :, :]  # m_a - m_c
+    between_CC = jnp.sum(delta_CCD * delta_CCD, -1)  # |m_a - m_c|^2
+    proj_NCC = jnp.einsum("nd,acd->nac", v_ND, delta_CCD, precision=HIGHEST)  # v_i . delta_ac
+    proj_NC = jnp.take_along_axis(proj_NCC, labels_N[:, None, None], axis=1)[:, 0]  # v_i . delta_{l_i c}
     sq_N = jnp.sum(v_ND * v_ND, -1)
     cross = proj_NC[:, labels_N]  # [i, j]: v_i . delta_{l_i l_j}
     d2 = (
