@@ -39,13 +39,14 @@ declare -A ARGS=(
   [function-classes-curriculum-sparse]="function-classes --preset quick --sweep task.function_class=sparse_linear"
   [function-classes-sparse-3x]="function-classes --preset quick --sweep task.function_class=sparse_linear --set train.steps=12000 --set train.eval_every=1500"
   [function-classes-sparse-6x]="function-classes --preset quick --sweep task.function_class=sparse_linear --set train.steps=24000 --set train.eval_every=3000 --set train.stall_timeout=0"
+  [function-classes-sparse-12x]="function-classes --preset quick --sweep task.function_class=sparse_linear --set train.steps=48000 --set train.eval_every=6000"
   [icl-regression-recurrent-context-5000]="icl-regression --preset recurrent-context --set train.steps=5000 --set train.batch_size=2048 --set train.eval_every=250"
   [icl-regression-recurrent-context-5000-cosine]="icl-regression --preset recurrent-context --set train.steps=5000 --set train.batch_size=2048 --set train.eval_every=250 --set optim.schedule=cosine"
   [icl-regression-context]="icl-regression --preset context"
   [function-classes-sparse-control]="function-classes --preset quick --seeds 19 --sweep task.function_class=linear,sparse_linear"
 )
 # every stored reproduction, in the order of docs/reproductions/README.md's table
-NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-recurrent-context icl-regression-softmax icl-regression-softmax-mlp icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only icl-autoregressive-constrained icl-autoregressive-constrained-gd icl-autoregressive-gd-start icl-autoregressive-paper-fig5 icl-autoregressive-non-augmented-64 instruction-clustering steerability steerability-ablation latent-ambiguity latent-ambiguity-paper-small representation-dissimilarity function-classes function-classes-curriculum-matched function-classes-curriculum-sparse function-classes-sparse-3x icl-regression-context function-classes-sparse-control function-classes-sparse-6x icl-regression-recurrent-context-5000 icl-regression-recurrent-context-5000-cosine}
+NAMES=${ONLY:-icl-regression icl-regression-recurrent icl-regression-deep icl-regression-recurrent-context icl-regression-softmax icl-regression-softmax-mlp icl-regression-depth icl-regression-depth-noisy icl-autoregressive icl-autoregressive-non-augmented icl-autoregressive-pe-only icl-autoregressive-constrained icl-autoregressive-constrained-gd icl-autoregressive-gd-start icl-autoregressive-paper-fig5 icl-autoregressive-non-augmented-64 instruction-clustering steerability steerability-ablation latent-ambiguity latent-ambiguity-paper-small representation-dissimilarity function-classes function-classes-curriculum-matched function-classes-curriculum-sparse function-classes-sparse-3x icl-regression-context function-classes-sparse-control function-classes-sparse-6x function-classes-sparse-12x icl-regression-recurrent-context-5000 icl-regression-recurrent-context-5000-cosine}
 mkdir -p "$OUT"
 for name in $NAMES; do
   start=$(date +%s)
