@@ -338,7 +338,7 @@ def silhouette_score(x_ND: jax.Array, labels_N: jax.Array, n_labels: int) -> jax
     s_i = 0 for a class of one (Rousseeuw 1987, scikit-learn's convention). NaN with < 2 classes.
     Distances by `class_centred_sq_distances`: within-class distances keep their precision however far
     the classes lie from each other and from the origin (tested with two close classes and a third 1e4
-    and 1e5 spreads away, where the plain expansion was off by 0.013 in s).
+    and 1e5 spreads away, where the plain expansion was off by 0.002 and 0.11 in s).
     """
     chex.assert_rank(x_ND, 2)
     dist = jnp.sqrt(class_centred_sq_distances(x_ND, labels_N, n_labels))
