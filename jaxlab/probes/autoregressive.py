@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from jaxlab import linalg
 from jaxlab.config import ModelConfig
+from jaxlab.metrics._common import safe_div
 from jaxlab.models.attention import make_mask, positional_pattern
 from jaxlab.models.transformer import params_at
 from jaxlab.probes.cosine import VON_OSWALD_EPS, cosine
@@ -87,7 +88,7 @@ def gd_position_eta_predictions(s_BTD: jax.Array, targets_BTD: jax.Array, mask_B
     g_BTD = gd_predictions(s_BTD, 1.0)
     num_T = jnp.sum(jnp.sum(g_BTD * targets_BTD, axis=-1) * mask_BT, axis=0)
     den_T = jnp.sum(jnp.sum(g_BTD * g_BTD, axis=-1) * mask_BT, axis=0)
-    eta_T = jnp.where(den_T > 0, num_T / jnp.where(den_T > 0, den_T, 1.0), 0.0)
+    eta_T = safe_div(num_T, den_T, den_T > 0)
     return eta_T[None, :, None] * g_BTD
 
 
@@ -98,8 +99,7 @@ def gd_state_norm_predictions(s_BTD: jax.Array) -> jax.Array:
     loss-optimal norm is ||y_t|| cos(g_t, y_t) (`gd_direction_oracle_predictions`)."""
     g_BTD = gd_predictions(s_BTD, 1.0)
     norm_BT1 = jnp.linalg.norm(g_BTD, axis=-1, keepdims=True)
-    scale_BT1 = jnp.linalg.norm(s_BTD, axis=-1, keepdims=True) / jnp.where(norm_BT1 > 0, norm_BT1, 1.0)
-    return jnp.where(norm_BT1 > 0, g_BTD * scale_BT1, 0.0)
+    return g_BTD * safe_div(jnp.linalg.norm(s_BTD, axis=-1, keepdims=True), norm_BT1, norm_BT1 > 0)
 
 
 def gd_direction_oracle_predictions(s_BTD: jax.Array, targets_BTD: jax.Array) -> jax.Array:
@@ -112,7 +112,7 @@ def gd_direction_oracle_predictions(s_BTD: jax.Array, targets_BTD: jax.Array) ->
     g_BTD = gd_predictions(s_BTD, 1.0)
     gg_BT1 = jnp.sum(g_BTD * g_BTD, axis=-1, keepdims=True)
     gy_BT1 = jnp.sum(g_BTD * targets_BTD, axis=-1, keepdims=True)
-    return jnp.where(gg_BT1 > 0, gy_BT1 / jnp.where(gg_BT1 > 0, gg_BT1, 1.0), 0.0) * g_BTD
+    return safe_div(gy_BT1, gg_BT1, gg_BT1 > 0) * g_BTD
 
 
 def last_state_sensitivity(
@@ -131,11 +131,11 @@ def make_reference(batch: Batch, task: ar.Config) -> dict[str, jax.Array]:
     bound of any rescaled GD step (`gd_direction_oracle_predictions`: loss_direction_oracle).
     Model-independent; pass it unbatched when vmapping over runs."""
     eta, loss = fit_gd_eta(batch, task)
+    s = ar.observed_states(task, batch.inputs)
     gd = lambda inputs: gd_predictions(ar.observed_states(task, inputs), eta)
-    preds = gd(batch.inputs)
+    preds = gd_predictions(s, eta)
     _, sens = last_state_sensitivity(gd, task, batch.inputs)
     per_t = 0.5 * jnp.sum((preds - batch.targets) ** 2, axis=-1)
-    s = ar.observed_states(task, batch.inputs)
     pos_eta = gd_position_eta_predictions(s, batch.targets, batch.loss_mask)
     state_norm = gd_state_norm_predictions(s)
     oracle = gd_direction_oracle_predictions(s, batch.targets)
