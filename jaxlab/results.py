@@ -405,13 +405,17 @@ def load(run_dir: str | Path) -> pd.DataFrame:
 
 def load_many(run_dirs: Iterable[str | Path], key: str = "sweep") -> pd.DataFrame:
     """The tables of several run directories, one below the other, with a column `key` naming
-    each directory (its name). A config column that one directory's table has (a value set or
-    swept there) and another's lacks (the preset's value there) is filled from the other's
-    runs.parquet, so every row carries every config value any of the tables shows."""
+    each directory: its name, or, where two of the directories share a name (`runs/a/smoke`,
+    `runs/b/smoke`), the path as given, so that every label names one sweep (`sweep_labels`). A
+    config column that one directory's table has (a value set or swept there) and another's lacks
+    (the preset's value there) is filled from the other's runs.parquet, so every row carries every
+    config value any of the tables shows. Run numbers restart in every sweep: group by (`key`,
+    `run`), as `final_values` does."""
     dirs = [Path(d) for d in run_dirs]
-    frames = [load(d) for d in dirs]
-    if not frames:
+    if not dirs:
         raise UserError("load_many: no run directories given")
+    labels = sweep_labels(dirs)
+    frames = [load(d) for d in dirs]
     shown = {c for f in frames for c in f.columns if "__" in c}
     for d, df in zip(dirs, frames):
         missing = sorted(shown - set(df.columns))
@@ -421,8 +425,21 @@ def load_many(run_dirs: Iterable[str | Path], key: str = "sweep") -> pd.DataFram
             for c in missing:
                 if c in runs.columns:
                     df[c] = df["run"].map(runs[c])
-        df.insert(0, key, d.name)
+        df.insert(0, key, labels[d])
     return pd.concat(frames, ignore_index=True)
+
+
+def sweep_labels(dirs: Sequence[Path]) -> dict[Path, str]:
+    """{directory: label} for `load_many`: the directory's name, or its path as given where another
+    directory has the same name; the same directory twice is refused."""
+    seen: dict[Path, Path] = {}
+    for d in dirs:
+        real = d.resolve()
+        if real in seen:
+            raise UserError(f"load_many: {d} is given twice (as {seen[real]} too): its rows would be counted twice")
+        seen[real] = d
+    names = [d.name for d in dirs]
+    return {d: (str(d) if names.count(d.name) > 1 else d.name) for d in dirs}
 
 
 SUMMARY_FIELDS = ("experiment", "n_runs", "runs", "aggregate")
@@ -443,6 +460,26 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
 
 
 def final_values(df: pd.DataFrame, metric: str) -> pd.Series:
-    """Per-run value of `metric` at its last recorded step."""
-    sub = df[df.metric == metric].sort_values("step")
-    return sub.groupby("run")["value"].last()
+    """Per-run value of `metric` at its last recorded step (NaN when that value is NaN: an earlier
+    step's value never stands in for it).
+
+    Indexed by `run`, or, where the metric's rows differ in other identifying columns, by those
+    and `run`: a metric's parameters (`alpha` of `ood_eval_loss[alpha=...]`, one value per run and
+    alpha) and the sweep label of `load_many` (run numbers restart in every sweep). Columns that
+    are the same on all of the metric's rows (a parameter filtered to one value) are left out.
+    """
+    sub = df[df.metric == metric]
+    if sub.empty:
+        known = sorted(pd.unique(df["metric"])) if "metric" in df.columns else []
+        raise UserError(f"final_values: no metric {metric!r} in the table (metrics: {', '.join(map(str, known))})")
+    keys = [c for c in identity_columns(sub) if sub[c].nunique(dropna=False) > 1] + ["run"]
+    last = sub.sort_values("step", kind="stable").groupby(keys, dropna=False, sort=True).tail(1)
+    return last.set_index(keys)["value"].sort_index()
+
+
+def identity_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of a tidy table besides run and seed that tell its rows' runs or measurements apart:
+    metric parameters and labels such as `load_many`'s (not config columns `section__field`, which a
+    run determines, nor the step, the metric, the value or the run columns)."""
+    fixed = set(BASE_COLUMNS) | set(RUN_COLUMNS)
+    return [c for c in df.columns if isinstance(c, str) and c not in fixed and "__" not in c]

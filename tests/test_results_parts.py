@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from jaxlab import results
+from jaxlab.errors import UserError
 from jaxlab.train.rundir import RunStore, merge_parts, part_records
 
 
@@ -73,6 +74,42 @@ def test_load_many_concatenates_sweeps(tmp_path, smoke_cfg):
     assert list(by_sweep["a"]) == [7] and list(by_sweep["b"]) == [smoke_cfg.train.eval_batch_size]
     assert df.groupby("sweep").run.nunique().to_dict() == {"a": 2, "b": 4}
     assert len(df) == len(results.load(tmp_path / "a")) + len(results.load(tmp_path / "b"))
+
+
+def test_load_many_labels_same_named_directories_by_path_and_final_values_keeps_sweeps_apart(tmp_path, smoke_cfg):
+    for name, runs in (("a/smoke", [0, 1]), ("b/smoke", [0, 1, 2])):
+        write_parts(tmp_path / name, {(0, 0): runs}, ref={(0, 0): 0.0})
+        merge_parts(tmp_path / name, smoke_cfg, 1.0, None)
+    dirs = [tmp_path / "a" / "smoke", tmp_path / "b" / "smoke"]
+    df = results.load_many(dirs)
+    assert sorted(df.sweep.unique()) == sorted(str(d) for d in dirs)  # one label per sweep
+    final = results.final_values(df, "eval_loss")
+    assert final.index.names == ["sweep", "run"] and len(final) == 5  # 2 + 3 runs, none merged
+    assert results.final_values(results.load(dirs[1]), "eval_loss").index.name == "run"
+    with pytest.raises(UserError, match="given twice"):
+        results.load_many([dirs[0], tmp_path / "a" / ".." / "a" / "smoke"])
+
+
+def test_final_values_takes_the_last_step_even_when_nan_and_splits_by_parameters():
+    df = pd.DataFrame(
+        {
+            "run": [0, 0, 0, 1, 1, 1],
+            "seed": [0, 0, 0, 1, 1, 1],
+            "step": [0, 20, 40, 0, 40, 20],  # rows out of step order
+            "metric": ["m"] * 6,
+            "value": [0.1, 0.5, np.nan, 0.2, 0.4, 0.3],
+        }
+    )
+    final = results.final_values(df, "m")
+    assert final.index.name == "run" and np.isnan(final[0]) and final[1] == 0.4  # not step 20's 0.5
+    two = pd.concat([df.assign(alpha=0.5), df.assign(alpha=2.0, value=df.value * 10)], ignore_index=True)
+    by_alpha = results.final_values(two, "m")
+    assert by_alpha.index.names == ["alpha", "run"]
+    assert by_alpha[(2.0, 1)] == pytest.approx(4.0) and by_alpha[(0.5, 1)] == pytest.approx(0.4)
+    # one parameter value left: indexed by run again
+    assert results.final_values(two[two.alpha == 2.0], "m").index.name == "run"
+    with pytest.raises(UserError, match=r"no metric 'loss' in the table \(metrics: m\)"):
+        results.final_values(df, "loss")
 
 
 def test_metric_parameters_round_trip_and_refuse_bad_keys():
