@@ -61,6 +61,9 @@ def load(run_dir: str | Path, plugins: Iterable[str] = ()) -> Sweep:
     return Sweep(run_dir=run_dir, experiment=experiment, config=cfg, groups=plan_groups(cfg, check=False))
 
 
+STATUSES = ("ok", "diverged")  # a run's status in runs.parquet
+
+
 @dataclass
 class Sweep:
     """A run directory, loaded (`load`). Tables are read when first asked for; restored states
@@ -85,8 +88,9 @@ class Sweep:
 
     @property
     def table(self) -> pd.DataFrame:
-        """The tidy metric table (metrics.parquet with every config column from runs.parquet:
-        `results.load`)."""
+        """The tidy metric table, metrics.parquet (`results.load`): run, seed, the run's status, a column
+        per config value the sweep sets or sweeps (`optim__lr`), step, metric, the metric's parameters,
+        value. Every other config value of a run is in `runs()` (one row per run), to merge on `run`."""
         return results.load(self.run_dir)
 
     def runs(self, status: str | None = None, group: int | None = None, **where: Any) -> pd.DataFrame:
@@ -98,6 +102,8 @@ class Sweep:
         """
         df = self._run_table()
         if status is not None:
+            if status not in STATUSES:
+                raise UserError(f"runs(status={status!r}): unknown status (allowed: {', '.join(STATUSES)})")
             df = df[df.status == status]
         if group is not None:
             self._check_group(group)
@@ -219,6 +225,12 @@ def _rows(out: GroupOutcome, runs: Sequence[int]) -> np.ndarray:
 
 
 def _matches(values: pd.Series, wanted: Any) -> pd.Series:
-    if isinstance(wanted, float) and pd.api.types.is_numeric_dtype(values):
-        return pd.Series(np.isclose(values.to_numpy(dtype=float), wanted, rtol=1e-6, atol=0.0), index=values.index)
+    """Rows of `values` equal to `wanted`; a float (Python, NumPy or a jax scalar: float32 hyperparameters
+    as `stack_hparams` gives them) matches a numeric column within a relative 1e-6."""
+    number = np.asarray(wanted) if isinstance(wanted, (float, np.floating, jax.Array)) else None
+    if number is not None and number.shape == () and np.issubdtype(number.dtype, np.floating):
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            close = np.isclose(values.to_numpy(dtype=float), float(number), rtol=1e-6, atol=0.0)
+            return pd.Series(close, index=values.index)
+        wanted = float(number)
     return values == wanted

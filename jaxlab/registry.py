@@ -124,11 +124,31 @@ def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
 def read_config(path: str | Path) -> ExperimentConfig:
     """The config stored in a run directory's config.json (CorruptFileError if it is not one)."""
     data = results.read_config_data(path)
-    experiment = get_experiment(data["experiment"])  # an unknown name: which plug-in to load
+    experiment = stored_experiment(data, path)
     try:
         return experiment.config_from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError, UserError) as err:
         raise results.config_error(path, err) from None
+
+
+def stored_experiment(data: dict[str, Any], path: str | Path) -> Experiment:
+    """The experiment a stored config names; a name that is neither built in nor a loaded plug-in's is
+    refused with the way to load its plug-in (and the command that started the sweep, where it is stored)."""
+    name = data["experiment"]
+    if ":" in str(name) or str(name) in experiments():
+        return get_experiment(name)
+    try:  # summary.json beside it holds the command of a finished sweep
+        command = json.loads((Path(path).parent / "summary.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    started = f"; the sweep was started with: {command}" if isinstance(command, str) and command else ""
+    raise ConfigError(
+        "experiment",
+        f"{path} names experiment {name!r}, which is not built in nor a loaded plug-in: load the plug-in that "
+        "defines it first (Python: jaxlab.load(DIR, plugins=['path/to/file.py:NAME']); command line: "
+        f"--plugin path/to/file.py:NAME){started}",
+        [*experiments()],
+    )
 
 
 def read_run_config(run_dir: str | Path) -> tuple[Experiment, ExperimentConfig]:

@@ -104,6 +104,11 @@ def test_runs_groups_and_checkpoints_by_step(run_dir):
     assert len(sweep.runs(optim__lr=0.01, group=0)) == 2
     with pytest.raises(UserError, match="no config key 'optim.rate'"):
         sweep.runs(**{"optim.rate": 0.1})
+    # the float32 values stack_hparams / default_hparams give match within the same tolerance
+    for lr in (np.float32(0.02), jax.numpy.float32(0.02), np.float64(0.02)):
+        assert len(sweep.runs(**{"optim.lr": lr})) == 4, lr
+    with pytest.raises(UserError, match=r"unknown status \(allowed: ok, diverged\)"):
+        sweep.runs(status="finished")
 
     # several groups: arrays stack within one, so the group must be named
     with pytest.raises(UserError, match="the sweep has 2 groups, pick one with group="):
@@ -165,3 +170,14 @@ def test_old_run_directories_name_checkpoints_by_evaluation_index(run_dir, tmp_p
 def test_load_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(UserError, match="holds no jaxlab run"):
         jaxlab.load(tmp_path)
+
+
+def test_a_plugin_sweep_loaded_without_its_plugin_says_how(run_dir, tmp_path):
+    copy = tmp_path / "plugin-run"
+    copy.mkdir()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "experiment": "context-mean"}))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "command": "jaxlab run my_exp.py:context-mean"}))
+    with pytest.raises(UserError, match=r"plugins=\['path/to/file.py:NAME'\].*started with: jaxlab run my_exp.py"):
+        jaxlab.load(copy)
