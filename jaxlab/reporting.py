@@ -324,7 +324,7 @@ def generic_sections(ctx: ReportContext) -> list[Section]:
     if diverged:
         body += (
             "\n\n**Diverged runs** (loss not finite, or above `train.diverge_above` x the loss of step 0; "
-            "frozen at their last good state, excluded above):\n\n"
+            "frozen at the step that failed the check, excluded above):\n\n"
         ) + table(
             ["run", "seed", "hparams", "diverged at step"],
             [[r["run"], r["seed"], json.dumps(r["hparams"]), r["diverged_at_step"]] for r in diverged],

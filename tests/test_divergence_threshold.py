@@ -64,7 +64,7 @@ def test_threshold_stops_a_finite_blowup_at_the_right_step(blowup_cfg):
     assert int(final.diverged_at) == t
     assert float(final.first_loss) == pytest.approx(plain[0], rel=1e-6)
     # up to step t both runs are the same run; from then on the guarded one keeps the state
-    # after exactly t steps (its last good state)
+    # after exactly t steps (the state whose loss tripped the threshold, frozen)
     np.testing.assert_array_equal(guarded[: t + 1], plain[: t + 1])
     for s in states[t:]:
         for a, b in zip(leaves(s.params), leaves(plain_states[t].params)):

@@ -6,6 +6,7 @@ import pytest
 from _runs import run_cfg
 
 from jaxlab.config import apply_sweep_args
+from jaxlab.errors import ConfigError
 from jaxlab.train import default_hparams, make_train, plan_groups, seed_keys, with_seeds
 
 
@@ -68,3 +69,28 @@ def test_chunked_advance_equals_stepwise(smoke_cfg):
     b, _ = jax.jit(train.advance)(b, hp, 6)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_hparams_and_keys_are_checked_at_the_entry_points(smoke_cfg):
+    train = make_train(smoke_cfg)
+    key = jax.random.key(0)
+    hp = default_hparams(train.cfg)
+    with pytest.raises(ConfigError, match=r"unknown key 'lr'.*allowed: optim.lr, "):
+        train.init(key, {**hp, "lr": 1e-3})
+    with pytest.raises(ConfigError, match="unknown key 'task.n_dims'"):
+        train(key, {"task.n_dims": 3.0})
+    # a partial dict: the config's values for the rest, the given one used
+    partial = train.init(key, {"optim.lr": 1e-3})
+    full = train.init(key, {**hp, "optim.lr": 1e-3})
+    for a, b in zip(jax.tree.leaves(partial), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(TypeError, match=r"typed PRNG key \(jax.random.key\(seed, impl='threefry2x32'\)"):
+        train.init(0)
+    with pytest.raises(TypeError, match="typed PRNG key"):
+        train.init(jax.random.PRNGKey(0))  # raw key data
+    rbg = make_train(smoke_cfg.with_overrides({"train.prng_impl": "rbg"}))
+    with pytest.raises(
+        TypeError, match=r"a threefry2x32 key, but train.prng_impl is 'rbg'.*seed_keys\(seeds, impl='rbg'\)"
+    ):
+        jax.vmap(rbg.init)(seed_keys(range(2)))
+    jax.vmap(rbg.init)(seed_keys(range(2), impl="rbg"))  # the key the message names works

@@ -39,7 +39,11 @@ floor (1e-3 nats or squared-error units) keeps a first loss of 0 or nearly 0 fro
 later rise a "divergence". `train.diverge_above = 0` turns the threshold off (non-finite only);
 config validation allows 0 or a factor > 1, so step 0 never exceeds its own loss. The loss of step
 t is that of the parameters after t steps, so a run that diverges at step t keeps the state after
-exactly t steps (its last good state) from then on, and `diverged_at` records t.
+exactly t steps from then on, and `diverged_at` records t. That is the last state the run reached
+with finite parameters, not a good one: when the threshold trips, it is the state whose own loss
+failed the check (keeping the state before it would cost a second copy of every run's parameters
+and optimizer state). A diverged run's metrics are those of that frozen state; reports leave such
+runs out of their aggregates.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from jaxlab.models.attention import query_index
 from jaxlab.models.layer_scan import stack_blocks
 from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import Batch, sample, task_module, task_spec
-from jaxlab.train.hparams import Hparams, default_hparams
+from jaxlab.train.hparams import TRACED_KEYS, Hparams, default_hparams
 from jaxlab.train.losses import batch_loss, masked_mean, per_position_loss
 from jaxlab.train.microbatch import accumulate, sequence_bytes
 from jaxlab.train.optim import make_optimizer
@@ -222,11 +226,43 @@ class Train:
         return jax.random.wrap_key_data(data, impl=self.cfg.train.prng_impl)
 
     # -- one run -------------------------------------------------------------------------------
+    def full_hparams(self, hparams: Mapping[str, Any] | None) -> Hparams:
+        """`hparams` with every traced key (`jaxlab.train.hparams.TRACED_KEYS`): the config's value where one
+        is missing (None: all of them); a key that is not traced (a typo, or a setting that changes the
+        program) is refused, naming the allowed keys."""
+        if hparams is None:
+            return default_hparams(self.cfg)
+        if not isinstance(hparams, Mapping):
+            raise TypeError(f"hparams: expected a dict of {', '.join(TRACED_KEYS)}, got {type(hparams).__name__}")
+        unknown = sorted(str(k) for k in hparams if k not in TRACED_KEYS)
+        if unknown:
+            raise ConfigError(
+                "hparams",
+                f"unknown key {', '.join(map(repr, unknown))}: only these may differ between the runs of one "
+                "program (any other setting: a config of its own)",
+                TRACED_KEYS,
+            )
+        return {**default_hparams(self.cfg), **hparams}
+
+    def check_key(self, key: Any) -> None:
+        """Refuse anything but a typed PRNG key of the config's `train.prng_impl` (a run's `key`)."""
+        impl = self.cfg.train.prng_impl
+        make = f"jax.random.key(seed, impl={impl!r}), or seed_keys(seeds, impl={impl!r}) under vmap"
+        if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
+            got = getattr(key, "dtype", type(key).__name__)
+            raise TypeError(f"key: expected a typed PRNG key ({make}), got {got}")
+        if str(jax.random.key_impl(key)) != impl:
+            raise TypeError(
+                f"key: a {jax.random.key_impl(key)} key, but train.prng_impl is {impl!r}: make it with {make}"
+            )
+
     @in_rng_scope
     def init(self, key: jax.Array, hparams: Hparams | None = None) -> TrainState:
-        """A run's initial state from `key`: parameters (weights scaled by `model.init_scale` of `hparams`), optimizer
-        state, and the key of its data stream."""
-        hparams = default_hparams(self.cfg) if hparams is None else hparams
+        """A run's initial state from `key` (a typed key of `train.prng_impl`): parameters (weights scaled by
+        `model.init_scale` of `hparams`; missing keys take the config's values), optimizer state, and the
+        key of its data stream."""
+        self.check_key(key)
+        hparams = self.full_hparams(hparams)
         k_init, k_data = jax.random.split(key)
         example = self.sample(k_data, 1).inputs
         params = self._per_run(lambda k, x: init_params(self.model, k, x))(k_init, example)
@@ -257,6 +293,7 @@ class Train:
 
     def step(self, state: TrainState, hparams: Hparams) -> tuple[TrainState, jax.Array]:
         """One optimizer step on a fresh batch; returns the new state and the batch loss."""
+        hparams = self.full_hparams(hparams)
         flat, unravel = ravel_pytree(state.params)
         new, loss = self.flat_step(state.replace(params=flat), hparams, unravel)
         return new.replace(params=unravel(new.params)), loss
@@ -319,6 +356,7 @@ class Train:
 
     def advance(self, state: TrainState, hparams: Hparams, n_steps: jax.Array | int) -> tuple[TrainState, jax.Array]:
         """`n_steps` optimizer steps; returns the state and the mean finite training loss over them."""
+        hparams = self.full_hparams(hparams)
         flat, unravel = ravel_pytree(state.params)
 
         def body(_, carry):
@@ -366,8 +404,10 @@ class Train:
         return state, {**self.evaluate(state.params, eval_batch), "train_loss": train_loss}
 
     def __call__(self, key: jax.Array, hparams: Hparams | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Train one run from `key`; history[name] has one entry per step of `eval_steps`."""
-        hparams = default_hparams(self.cfg) if hparams is None else hparams
+        """Train one run from `key` (a typed key of `train.prng_impl`); `hparams`: the traced hyperparameters
+        (`full_hparams`: missing ones take the config's values); history[name] has one entry per step of
+        `eval_steps`."""
+        hparams = self.full_hparams(hparams)
         state = self.init(key, hparams)
         eval_batch = self.make_eval_batch()
         first = self.initial_metrics(state, eval_batch)
