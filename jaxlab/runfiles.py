@@ -8,8 +8,11 @@ whether the run that wrote them got past its first training interval (`started`)
 `parts/` and `checkpoints/` the names jaxlab writes follow fixed patterns (`JAXLAB_ENTRIES`);
 anything else in them is the user's.
 
-A directory written before this record existed ("legacy": config.json, no record) is read as
-holding RUN_FILES, RUN_DIRS and the figures its report.md shows.
+A directory written before this record existed ("legacy": a jaxlab config.json, no record) is read
+as holding RUN_FILES, RUN_DIRS and the figures its report.md shows; a config.json that is not a
+jaxlab config (`is_jaxlab_config`) is the user's. Inside jaxlab's directories, entries jaxlab does
+not write at the levels below (`strangers`: a note in `checkpoints/group-0000/`) make `--overwrite`
+refuse rather than delete them with the old run.
 """
 
 from __future__ import annotations
@@ -29,20 +32,32 @@ from jaxlab.errors import UserError
 MANIFEST = ".jaxlab-files.json"
 RUN_FILES = ("config.json", "summary.json", "metrics.parquet", "runs.parquet", "report.md")
 RUN_DIRS = ("parts", "checkpoints")
-# what jaxlab writes inside its directories (with the temporary names of `results`' atomic writes)
+# what jaxlab writes inside its directories (with the temporary names of `results`' atomic writes); the
+# trackers' directories (`jaxlab.trackers`): tensorboardX's run-<run>/, the wandb library's runs and logs
 JAXLAB_ENTRIES = {
     "parts": ("part-*", "done-*", "cross.json", ".part-*.tmp", ".done-*.tmp", ".cross.json.*.tmp"),
     "checkpoints": ("group-*",),
+    "tensorboard": ("run-*",),
+    "wandb": ("run-*", "offline-run-*", "latest-run", "debug*.log"),
+}
+# below those: what jaxlab writes inside a checkpoint group and chunk, and a TensorBoard run (checked by
+# `strangers`; the wandb library's own directories are not looked into)
+NESTED_ENTRIES = {
+    ("checkpoints", 1): ("layout.json", ".layout.json.*.tmp", "chunk-*"),
+    ("checkpoints", 2): ("[0-9]*", "fingerprints", "damaged", ".*.tmp"),
+    ("tensorboard", 1): ("events.out.tfevents.*",),
 }
 _FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([^)/\\]+)\)")
 
 
 @dataclass
 class Manifest:
-    """Top-level names jaxlab wrote, and whether their run got past its first training interval."""
+    """Top-level names jaxlab wrote, whether their run got past its first training interval, and the
+    command that started it (a `--resume` keeps it as the run's provenance; "" when not recorded)."""
 
     files: set[str] = field(default_factory=set)
     started: bool = True
+    command: str = ""
 
 
 def read(run_dir: Path) -> Manifest | None:
@@ -52,10 +67,10 @@ def read(run_dir: Path) -> Manifest | None:
     if path.exists():
         try:
             data = json.loads(path.read_text())
-            return Manifest(set(data["files"]), bool(data["started"]))
+            return Manifest(set(data["files"]), bool(data["started"]), str(data.get("command") or ""))
         except (ValueError, KeyError, TypeError):
             pass  # damaged: read as legacy (what a run there certainly wrote), never as "nothing"
-    elif not (run_dir / "config.json").is_file():
+    elif not is_jaxlab_config(run_dir / "config.json"):
         return None
     files = set(RUN_FILES) | set(RUN_DIRS)
     report = run_dir / "report.md"
@@ -66,7 +81,16 @@ def read(run_dir: Path) -> Manifest | None:
 
 def write(run_dir: Path, manifest: Manifest) -> None:
     """Write `manifest` as the record of `run_dir` (`MANIFEST`, atomically)."""
-    results.write_json(Path(run_dir) / MANIFEST, {"files": sorted(manifest.files), "started": manifest.started})
+    data = {"files": sorted(manifest.files), "started": manifest.started}
+    if manifest.command:
+        data["command"] = manifest.command
+    results.write_json(Path(run_dir) / MANIFEST, data)
+
+
+def started_by(run_dir: Path) -> str:
+    """The command that started the run in `run_dir` ("" when the record does not say: an older run)."""
+    manifest = read(run_dir) if (Path(run_dir) / MANIFEST).exists() else None
+    return "" if manifest is None else manifest.command
 
 
 def record(run_dir: Path, names: Iterable[str]) -> None:
@@ -84,9 +108,44 @@ def owned(run_dir: Path) -> set[str]:
     return set() if manifest is None else manifest.files
 
 
+def is_jaxlab_config(path: Path) -> bool:
+    """Whether `path` is a file that reads as a jaxlab config.json (a JSON object naming its `experiment`,
+    with a `train` section): a config.json of anything else is the user's, never a legacy run's."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("experiment"), str) and isinstance(data.get("train"), dict)
+
+
 def holds_run(run_dir: Path) -> bool:
     """Whether jaxlab wrote a run (or the start of one) into `run_dir`."""
-    return (Path(run_dir) / MANIFEST).exists() or (Path(run_dir) / "config.json").is_file()
+    return (Path(run_dir) / MANIFEST).exists() or is_jaxlab_config(Path(run_dir) / "config.json")
+
+
+def strangers(run_dir: Path) -> list[str]:
+    """Paths (relative to `run_dir`) inside the directories jaxlab wrote there, below their top level,
+    that jaxlab does not write (`NESTED_ENTRIES`): a file of the user's in `checkpoints/group-0000/`
+    would go with the old run."""
+    run_dir = Path(run_dir)
+    out = []
+    for (top, depth), patterns in NESTED_ENTRIES.items():
+        root = run_dir / top
+        if top not in owned(run_dir) or not root.is_dir() or root.is_symlink():
+            continue
+        level = [c for c in root.iterdir() if is_jaxlab_entry(top, c.name)]
+        for _ in range(depth - 1):
+            level = [g for c in level if c.is_dir() and not c.is_symlink() for g in c.iterdir()]
+            level = [g for g in level if _matches(g.name, NESTED_ENTRIES.get((top, depth - 1), ()))]
+        for parent in level:
+            if not parent.is_dir() or parent.is_symlink():
+                continue
+            out += [str(c.relative_to(run_dir)) for c in parent.iterdir() if not _matches(c.name, patterns)]
+    return sorted(out)
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def foreign(run_dir: Path) -> list[str]:
@@ -96,8 +155,14 @@ def foreign(run_dir: Path) -> list[str]:
 
 
 def is_jaxlab_entry(directory: str, name: str) -> bool:
-    """Whether `name` inside jaxlab's directory `directory` (parts, checkpoints) is jaxlab's."""
-    return any(fnmatch.fnmatchcase(name, p) for p in JAXLAB_ENTRIES.get(directory, ()))
+    """Whether `name` inside jaxlab's directory `directory` (parts, checkpoints, a tracker's) is jaxlab's."""
+    return _matches(name, JAXLAB_ENTRIES.get(directory, ()))
+
+
+def is_jaxlab_dir(path: Path) -> bool:
+    """Whether `path` is one of jaxlab's directories whose entries jaxlab knows by name (`JAXLAB_ENTRIES`):
+    of those only jaxlab's entries are moved or deleted."""
+    return path.name in JAXLAB_ENTRIES and path.is_dir() and not path.is_symlink()
 
 
 def jaxlab_children(path: Path) -> list[Path]:
@@ -113,7 +178,7 @@ def only_jaxlab(path: Path) -> bool:
 def remove(path: Path) -> None:
     """Delete the entry `path` that jaxlab wrote; of its directories only jaxlab's entries, then
     the directory itself if that left it empty."""
-    if path.name in RUN_DIRS and path.is_dir() and not path.is_symlink():
+    if is_jaxlab_dir(path):
         for child in jaxlab_children(path):
             remove_tree(child)
         if not any(path.iterdir()):
@@ -160,7 +225,7 @@ def listing(run_dir: Path) -> dict[str, tuple[bool, int, int, int]]:
 
 
 def written(run_dir: Path, before: Mapping[str, tuple[bool, int, int, int]]) -> list[str]:
-    """Top-level entries of `run_dir` new or rewritten since `before = listing(run_dir)`. A directory
-    that existed before counts as neither (files added inside it are not top-level entries)."""
-    after = listing(run_dir)
-    return sorted(n for n, s in after.items() if n not in before or (not s[0] and before[n] != s))
+    """Top-level entries of `run_dir` that are new since `before = listing(run_dir)`. An entry that
+    existed before does not count even when it changed: it is jaxlab's already when jaxlab wrote it
+    before (in the record), and otherwise someone else's (a file the user edits meanwhile)."""
+    return sorted(n for n in listing(run_dir) if n not in before)

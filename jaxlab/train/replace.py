@@ -64,9 +64,21 @@ class RunAttempt:
         check()
         if self.resume:
             return
-        aside = move_aside(d)
+        theirs = runfiles.strangers(d)
+        if theirs:
+            raise UserError(
+                f"--out {d}: {', '.join(theirs)} inside jaxlab's directories {'is' if len(theirs) == 1 else 'are'} "
+                "not jaxlab's and would go with the old run: move it away, then run again"
+            )
+        if os.path.lexists(d / REPLACED) and not (d / REPLACED).is_dir():
+            raise UserError(f"--out {d}: {REPLACED} is not jaxlab's (jaxlab keeps a replaced run there): move it away")
+        try:
+            aside = move_aside(d)
+        except BaseException:
+            rollback(d)  # a move that failed half-way (a permission, a full disk): put back what moved
+            raise
         self.claimed = True
-        runfiles.write(d, Manifest(set(RUN_FILES) | set(RUN_DIRS), started=False))
+        runfiles.write(d, Manifest(set(RUN_FILES) | set(RUN_DIRS), started=False, command=self.command))
         if aside:
             self.notice(f"{d}: the run there is kept in {REPLACED}/ until the new run has started")
 
@@ -132,7 +144,7 @@ def move_aside(run_dir: Path) -> bool:
         os.rename(run_dir / MANIFEST, aside / MANIFEST)
     for name in names:
         src = run_dir / name
-        if name in RUN_DIRS and src.is_dir() and not src.is_symlink() and not runfiles.only_jaxlab(src):
+        if runfiles.is_jaxlab_dir(src) and not runfiles.only_jaxlab(src):
             (aside / name).mkdir()
             for child in runfiles.jaxlab_children(src):
                 os.rename(child, aside / name / child.name)
@@ -165,7 +177,7 @@ def rollback(run_dir: Path) -> None:
     kept = []
     for entry in sorted(aside.iterdir(), key=lambda p: p.name == MANIFEST):  # the record last
         target = run_dir / entry.name
-        if entry.name in RUN_DIRS and entry.is_dir() and target.is_dir():
+        if entry.name in runfiles.JAXLAB_ENTRIES and entry.is_dir() and target.is_dir():
             for child in sorted(entry.iterdir()):
                 if os.path.lexists(target / child.name):
                     kept.append(f"{entry.name}/{child.name}")
@@ -198,8 +210,8 @@ def recover(run_dir: Path, notice: Callable[[str], None] = print_notice) -> None
     if manifest is not None and not manifest.started:
         notice(f"{run_dir}: the last run there stopped before its first training interval; undoing it")
         rollback(run_dir)
-    elif aside.exists() and not has_record:
+    elif aside.is_dir() and not aside.is_symlink() and not has_record:
         notice(f"{run_dir}: putting back the run that an interrupted --overwrite had moved to {REPLACED}/")
         rollback(run_dir)
-    elif aside.exists():
+    elif aside.is_dir() and not aside.is_symlink():  # jaxlab's directory (a file of that name is the user's)
         runfiles.remove_tree(aside)

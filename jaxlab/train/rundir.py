@@ -38,7 +38,7 @@ from jaxlab._version import __version__
 from jaxlab.claims import Claim
 from jaxlab.claims import evaluate as evaluate_claims
 from jaxlab.config import EXECUTION_ONLY, SECTIONS, ExperimentConfig
-from jaxlab.errors import UserError
+from jaxlab.errors import CorruptFileError, UserError
 from jaxlab.runfiles import RUN_DIRS, RUN_FILES, holds_run
 from jaxlab.train.checkpoint import GroupCheckpointer
 
@@ -91,7 +91,12 @@ class RunStore:
     def read_layout(self, group: int) -> dict[str, Any] | None:
         """The group's layout.json (chunk size, devices, plan, checkpoint names), None before it is written."""
         path = self.group_dir(group) / "layout.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        layout = results.read_json(path)  # CorruptFileError naming the file when it is damaged
+        if not isinstance(layout, dict) or "chunk_size" not in layout or "n_chunks" not in layout:
+            raise CorruptFileError(path, "not a jaxlab run-chunk layout (no chunk_size / n_chunks)")
+        return layout
 
     def write_layout(self, group: int, layout: Mapping[str, Any]) -> None:
         """Write the group's layout.json (process 0)."""
@@ -112,8 +117,22 @@ class RunStore:
         return self.run_dir / "parts" / f"done-{group:04d}-{chunk:04d}.json"
 
     def chunk_done(self, group: int, chunk: int) -> bool:
-        """Whether the run chunk finished on every process (its done file exists)."""
-        return self.done_path(group, chunk).exists()
+        """Whether the run chunk finished on every process: its done file exists and so does every part
+        (json and parquet) of the processes it counts. A done file whose parts are gone (deleted, or
+        damaged beyond reading) does not count: `--resume` redoes the chunk from its checkpoints
+        instead of merging a sweep without it."""
+        path = self.done_path(group, chunk)
+        if not path.exists():
+            return False
+        try:
+            n_processes = int(json.loads(path.read_text())["processes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return all(
+            self.part_path(group, chunk, suffix, process).is_file()
+            for process in range(n_processes)
+            for suffix in ("json", "parquet")
+        )
 
     def write_part(self, group: int, chunk: int, table: pd.DataFrame, part: Mapping[str, Any]) -> None:
         """Write this process's results of a run chunk: its metric table, then its JSON part."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from jaxlab import interrupt, results
+from jaxlab import interrupt, results, runfiles
 from jaxlab.config import ExperimentConfig, require_config
 from jaxlab.errors import ConfigError, UserError
 from jaxlab.reporting import write_report_of
@@ -108,6 +108,8 @@ def run_sweep(
                     attempt.begin(lambda: check_run_dir(run_dir, cfg, resume, overwrite))
                     if not resume:
                         results.write_text(run_dir / "config.json", cfg.to_json() + "\n")
+                    elif runfiles.started_by(run_dir):  # provenance: the command that started the run
+                        options["command"] = runfiles.started_by(run_dir)
                 except BaseException as err:
                     error = err
             if agree_min(0 if error is not None else 1) == 0:  # every process learns process 0's outcome
