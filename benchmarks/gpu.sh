@@ -78,9 +78,9 @@ STEPS+=("peaks|45|$PY -c 'import json; from jaxlab.hostdevices import use_cpu_co
 for w in $TRAIN_WORKLOADS; do
   STEPS+=("train-$w-float32|$T_TRAIN|$PY -m jaxlab bench train --workload $w $TRAIN --json")
 done
-STEPS+=("scaling-runs|$T_SCALE|$PY -m jaxlab bench scaling --axis runs $SCALE_RUNS --json --plot @OUT@/@DEV@-scaling-runs.png")
-STEPS+=("scaling-seq_len|$T_SCALE|$PY -m jaxlab bench scaling --axis seq_len $SCALE_T --json --plot @OUT@/@DEV@-scaling-seq_len.png")
-STEPS+=("scaling-depth|$T_SCALE|$PY -m jaxlab bench scaling --axis depth $SCALE_D --json --plot @OUT@/@DEV@-scaling-depth.png")
+STEPS+=("scaling-runs|$T_SCALE|$PY -m jaxlab bench scaling --axis runs $SCALE_RUNS --json --overwrite --plot @OUT@/@DEV@-scaling-runs.png")
+STEPS+=("scaling-seq_len|$T_SCALE|$PY -m jaxlab bench scaling --axis seq_len $SCALE_T --json --overwrite --plot @OUT@/@DEV@-scaling-seq_len.png")
+STEPS+=("scaling-depth|$T_SCALE|$PY -m jaxlab bench scaling --axis depth $SCALE_D --json --overwrite --plot @OUT@/@DEV@-scaling-depth.png")
 STEPS+=("fit|$T_FIT|$PY -m jaxlab bench fit $FIT --json")
 for w in $TRAIN_WORKLOADS; do  # last: what the budget cuts first
   STEPS+=("train-$w-bfloat16|$T_TRAIN|$PY -m jaxlab bench train --workload $w $TRAIN --dtype bfloat16 --baselines none --json")

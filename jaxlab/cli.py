@@ -107,11 +107,9 @@ def build_config(args: argparse.Namespace):
 
     exp = get_experiment(args.experiment)
     cfg = exp.preset(args.preset)
-    set_keys = []
-    for item in args.set:
-        key, value = parse_assignment(item, "--set")
-        cfg = cfg.set(key, value)
-        set_keys.append(key)
+    assignments = [parse_assignment(item, "--set") for item in args.set]
+    cfg = cfg.with_overrides(dict(assignments))  # together: their order does not matter (the last of a key wins)
+    set_keys = [key for key, _ in assignments]
     if args.seeds is not None:  # `--seeds ''` is refused, not read as "the preset's seeds"
         cfg = with_seeds(cfg, parse_seeds(args.seeds))
     cfg = apply_sweep_args(cfg, args.sweep)
@@ -166,7 +164,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     load_plugins(args)
     if not args.show_config:
         start_distributed(args)
-    given = bool(args.preset or args.set or args.sweep or args.seeds is not None)
+    given = bool(args.preset is not None or args.set or args.sweep or args.seeds is not None)
     if args.resume and args.out and not given and (Path(args.out) / "config.json").exists():
         from jaxlab.registry import get_experiment
 

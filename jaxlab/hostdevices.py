@@ -18,6 +18,7 @@ default; at most the number of cores); an `XLA_FLAGS` that already sets
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from jaxlab.errors import ConfigError
@@ -47,7 +48,7 @@ def requested_devices() -> int:
     if not text:
         return cores
     allowed = f"1..{cores}, the CPU cores this process may use"
-    if not text.isdigit() or int(text) < 1:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:  # ASCII digits (str.isdigit takes '²')
         raise ConfigError(ENV, f"must be a positive integer, got {text!r}", allowed)
     if int(text) > cores:
         raise ConfigError(ENV, f"{text} devices is more than the {cores} CPU cores", allowed)

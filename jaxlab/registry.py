@@ -19,6 +19,7 @@ import importlib.util
 import json
 import pkgutil
 import sys
+import traceback
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -82,14 +83,29 @@ def _module_of(where: str) -> ModuleType:
         sys.modules[name] = module  # dataclasses and pickling look classes up by module name
         try:
             spec.loader.exec_module(module)
-        except BaseException:
+        except BaseException as err:
             del sys.modules[name]
+            if isinstance(err, Exception):  # the plug-in's own error: where it is, without jaxlab's frames
+                raise ConfigError("plug-in", f"{where} failed to load: {_where_it_failed(err, path)}") from None
             raise
         return module
     try:
         return importlib.import_module(where)
     except ImportError as err:
         raise ConfigError("plug-in", f"cannot import module {where!r} ({err})") from None
+    except Exception as err:
+        raise ConfigError("plug-in", f"module {where!r} failed to load: {_where_it_failed(err)}") from None
+
+
+def _where_it_failed(err: BaseException, path: Path | None = None) -> str:
+    """`Type: message (file, line N)` of an exception raised while importing a plug-in: the innermost frame
+    in the plug-in's file (`path`), else the innermost frame; a SyntaxError names its own line."""
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, SyntaxError):
+        return text
+    frames = traceback.extract_tb(err.__traceback__)
+    mine = [f for f in frames if path is not None and Path(f.filename) == path] or frames[-1:]
+    return f"{text} ({mine[-1].filename}, line {mine[-1].lineno})" if mine else text
 
 
 def load_plugin(spec: str) -> Any:

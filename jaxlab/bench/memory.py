@@ -20,6 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxlab.errors import ConfigError, UserError
+from jaxlab.registry import get_experiment
+
 NAME = "memory"
 HELP = "peak memory (RSS) of a large sweep (default: 10,000 smoke runs) in a fresh process"
 
@@ -33,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--budget", help="JAXLAB_MEMORY_BUDGET for the child (e.g. 512M): forces smaller run chunks")
     p.add_argument("--out", help="keep the run directory here (default: a temporary one, removed)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out (as jaxlab run's)")
     p.add_argument("--json", action="store_true", help="print the result as json")
 
 
@@ -52,7 +56,7 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
     machine, and (when it succeeded) its size, times and run-chunk layout read back from `out`.
     """
     cmd = [sys.executable, "-m", "jaxlab", "run", args.experiment, "--preset", args.preset]
-    cmd += ["--seeds", f"0:{args.runs}", "--out", str(out), "--overwrite", "--quiet"]
+    cmd += ["--seeds", f"0:{args.runs}", "--out", str(out), "--quiet"] + (["--overwrite"] if args.overwrite else [])
     for item in args.set:
         cmd += ["--set", item]
     env = dict(os.environ)
@@ -97,12 +101,19 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """`jaxlab bench memory`: measure (in a temporary directory unless `--out`) and print; 0 when the
-    sweep succeeded, else 1."""
+    sweep succeeded, 2 when the sweep refused its arguments (its one-line error printed; nothing
+    measured), else 1."""
+    if args.runs < 1:
+        raise ConfigError("--runs", f"must be >= 1, got {args.runs}")
+    get_experiment(args.experiment).preset(args.preset)  # ConfigError naming the allowed ones
     if args.out:
         result = measure(args, Path(args.out))
     else:
         with tempfile.TemporaryDirectory(prefix="jaxlab-bench-memory-") as tmp:
             result = measure(args, Path(tmp) / "run")
+    if result["returncode"] == 2:  # the child's user error (e.g. --out holds a run: --overwrite)
+        lines = [line for line in result.get("error", "").splitlines() if line.strip()]
+        raise UserError(lines[-1].removeprefix("jaxlab: error: ") if lines else "the sweep refused its arguments")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

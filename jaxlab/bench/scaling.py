@@ -49,6 +49,7 @@ import argparse
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import resource
@@ -116,8 +117,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-layout", default="auto", help=f"how one program holds its runs: {', '.join(RUN_LAYOUTS)}")
     p.add_argument("--runs-per-chunk", type=int, help="runs per compiled program (default: as jaxlab run chooses)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed first point (module docstring)")
-    p.add_argument("--plot", help="write the figure (PNG) here")
-    p.add_argument("--markdown", help="write the markdown table here")
+    p.add_argument("--plot", help="write the figure (PNG) here (an existing file only with --overwrite)")
+    p.add_argument("--markdown", help="write the markdown table here (an existing file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --plot / --markdown files")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -147,8 +149,11 @@ def _check(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')}", f"must be >= 1, got {value}")
-    if args.min_time < 0:
-        raise ConfigError("--min-time", f"must be >= 0, got {args.min_time}")
+    if not (math.isfinite(args.min_time) and args.min_time >= 0):
+        raise ConfigError("--min-time", f"must be a finite number >= 0, got {args.min_time}")
+    for flag, path in (("--plot", args.plot), ("--markdown", args.markdown)):
+        if path and os.path.lexists(path) and not args.overwrite:
+            raise ConfigError(flag, f"{path} exists; pass --overwrite to replace it, or choose another file")
 
 
 def fit_exponent(sizes: Sequence[float], costs: Sequence[float]) -> dict[str, float]:

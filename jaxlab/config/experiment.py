@@ -100,11 +100,19 @@ class ExperimentConfig:
         return dataclasses.replace(self, **{section: dataclasses.replace(obj, **{name: value})})
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
-        """A copy with every `section.field` -> value of `overrides` applied in order (`set`)."""
-        cfg = self
+        """A copy with every `section.field` -> value of `overrides` (values parsed as `set` parses them).
+
+        The fields of one section change together, so a section is validated once, with all its new
+        values: the order of the overrides does not matter (`train.n_evals` then `train.steps` is
+        the same config as the other order, never refused for a state in between)."""
+        by_section: dict[str, dict[str, Any]] = {}
         for key, value in overrides.items():
-            cfg = cfg.set(key, value)
-        return cfg
+            section, name = self._split(key)
+            if isinstance(value, str):
+                value = parse_value(key, value, _field_type(type(getattr(self, section)), name))
+            by_section.setdefault(section, {})[name] = value
+        changed = {sec: dataclasses.replace(getattr(self, sec), **fields) for sec, fields in by_section.items()}
+        return dataclasses.replace(self, **changed)
 
     def derive(self, preset: str, overrides: Mapping[str, Any] | None = None, **sections: Any) -> ExperimentConfig:
         """A preset built from this one: a new name, `section.field` overrides, whole sections replaced."""

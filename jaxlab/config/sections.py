@@ -313,6 +313,8 @@ class TrainConfig(Section):
         _positive(n("eval_every"), self.eval_every)
         _choice(n("eval_schedule"), self.eval_schedule, EVAL_SCHEDULES)
         _positive(n("n_evals"), self.n_evals)
+        # the log grid is listed point by point (`eval_steps`): bounded by the field itself, whatever the steps
+        _int_range(n("n_evals"), self.n_evals, 1, MAX_EVALS, f"at most {MAX_EVALS} evaluations")
         _positive(n("eval_batch_size"), self.eval_batch_size)
         _positive(n("checkpoint_every"), self.checkpoint_every, allow_zero=True)
         _positive(n("checkpoint_minutes"), self.checkpoint_minutes, allow_zero=True)
@@ -354,10 +356,11 @@ class TrainConfig(Section):
         """How many evaluation points `eval_steps` has (an upper bound for `log`), without listing them.
 
         `linear`: ceil(steps / eval_every) + 1 (steps 0, e, 2e, ... below `steps`, and `steps`).
+        `log`: at most min(n_evals, steps) + 1 (distinct integer steps in [0, steps]).
         """
         if self.eval_schedule == "linear":
             return len(range(0, self.steps, self.eval_every)) + 1
-        return self.n_evals + 1
+        return min(self.n_evals, self.steps) + 1
 
     def eval_steps(self) -> tuple[int, ...]:
         """Steps at which runs are evaluated (always including 0 and `steps`).

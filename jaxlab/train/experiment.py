@@ -82,7 +82,7 @@ class Experiment:
 
     def preset(self, name: str | None) -> ExperimentConfig:
         """The config of preset `name` (the default preset when None); ConfigError naming the presets otherwise."""
-        name = name or self.default_preset
+        name = self.default_preset if name is None else name  # '' is a name (none has it), not "the default"
         if name not in self.presets:
             raise ConfigError("--preset", f"experiment {self.name!r} has no preset {name!r}", sorted(self.presets))
         return self.presets[name]()
