@@ -24,6 +24,14 @@ from collections.abc import Iterator
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _requested = 0  # the first stop signal received while `stop_on_signals` is active, else 0
+_trained = False  # every group has trained: what is left (merge, analyses, report) finishes anyway
+
+
+def training_over() -> None:
+    """Every group of the sweep has trained: a stop signal from now on is acknowledged as that (the sweep
+    finishes its results and report, nothing is left to checkpoint), not as a stop after an interval."""
+    global _trained
+    _trained = True
 
 
 class Interrupted(Exception):
@@ -63,7 +71,11 @@ def _handle(signum: int, frame: object) -> None:
     if not _requested:
         # os.write: a signal handler may interrupt a print to stderr, and print is not reentrant
         note = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
-        message = f"jaxlab: {signal_name(signum)}: stopping after the current interval with a checkpoint{note}\n"
+        if _trained:
+            what = "training is over: finishing the results and the report, then exiting"
+        else:
+            what = "stopping after the current interval with a checkpoint"
+        message = f"jaxlab: {signal_name(signum)}: {what}{note}\n"
         try:
             os.write(2, message.encode())
         except OSError:
@@ -79,12 +91,12 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     (SIG_IGN, e.g. SIGINT of a background job) stays ignored. The previous handlers come back on
     exit and the flag is cleared on entry and exit.
     """
-    global _requested
+    global _requested, _trained
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
-    _requested = 0
+    _requested, _trained = 0, False
     try:
         for sig in signals:
             if signal.getsignal(sig) is not signal.SIG_IGN:
@@ -93,4 +105,4 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        _requested = 0
+        _requested, _trained = 0, False

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 
 import pytest
 from _runs import run_cfg
 
-from jaxlab import hostdevices, results, runfiles
+from jaxlab import hostdevices, interrupt, results, runfiles
 from jaxlab.cli import main
 from jaxlab.errors import ConfigError, UserError
 from jaxlab.registry import get_experiment, load_plugin
@@ -234,3 +235,15 @@ def test_the_python_api_run_is_unchanged_by_the_record_of_its_command(tmp_path):
     run_cfg(cfg, tmp_path / "api", progress=False, quiet=True)
     manifest = json.loads((tmp_path / "api" / runfiles.MANIFEST).read_text())
     assert manifest["started"] is True and "command" not in manifest  # no command line: nothing recorded
+
+
+def test_a_stop_signal_after_training_says_the_sweep_finishes(capfd):
+    with interrupt.stop_on_signals():
+        interrupt.training_over()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.requested() == signal.SIGTERM
+    err = capfd.readouterr().err
+    assert "SIGTERM: training is over: finishing the results and the report, then exiting" in err, err
+    with interrupt.stop_on_signals():  # a new sweep: the usual message again
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert "stopping after the current interval with a checkpoint" in capfd.readouterr().err

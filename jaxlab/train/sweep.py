@@ -205,6 +205,7 @@ def _sweep(
         finally:
             bar.close()
             close_all(trackers)
+        interrupt.training_over()  # a stop signal from here on: the results and report still finish
         barrier("jaxlab-groups-done")
 
         cross = None
