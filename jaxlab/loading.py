@@ -41,7 +41,7 @@ from jaxlab.train.experiment import Experiment
 from jaxlab.train.groups import Group, plan_groups
 from jaxlab.train.outcomes import GroupOutcome
 from jaxlab.train.restore import checkpoint_indices
-from jaxlab.train.rundir import RunStore, named_by_step
+from jaxlab.train.rundir import RUN_STATUSES, RunStore, named_by_step
 
 __all__ = ["Sweep", "load"]
 
@@ -59,9 +59,6 @@ def load(run_dir: str | Path, plugins: Iterable[str] = ()) -> Sweep:
         raise UserError(f"{run_dir} holds no jaxlab run (no config.json)")
     experiment, cfg = read_run_config(run_dir)
     return Sweep(run_dir=run_dir, experiment=experiment, config=cfg, groups=plan_groups(cfg, check=False))
-
-
-STATUSES = ("ok", "diverged")  # a run's status in runs.parquet
 
 
 @dataclass
@@ -88,9 +85,10 @@ class Sweep:
 
     @property
     def table(self) -> pd.DataFrame:
-        """The tidy metric table, metrics.parquet (`results.load`): run, seed, the run's status, a column
-        per config value the sweep sets or sweeps (`optim__lr`), step, metric, the metric's parameters,
-        value. Every other config value of a run is in `runs()` (one row per run), to merge on `run`."""
+        """The tidy metric table, metrics.parquet (`results.load`): experiment, preset, run, seed, the run's
+        status and diverged_at_step, a column per config value the sweep sets or sweeps (`optim__lr`),
+        step, metric, the metric's parameters, value. Every other config value of a run is in `runs()`
+        (one row per run), to merge on `run`."""
         return results.load(self.run_dir)
 
     def runs(self, status: str | None = None, group: int | None = None, **where: Any) -> pd.DataFrame:
@@ -102,8 +100,8 @@ class Sweep:
         """
         df = self._run_table()
         if status is not None:
-            if status not in STATUSES:
-                raise UserError(f"runs(status={status!r}): unknown status (allowed: {', '.join(STATUSES)})")
+            if status not in RUN_STATUSES:
+                raise UserError(f"runs(status={status!r}): unknown status (allowed: {', '.join(RUN_STATUSES)})")
             df = df[df.status == status]
         if group is not None:
             self._check_group(group)

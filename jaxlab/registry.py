@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 import jaxlab.experiments
-from jaxlab import results, tasks
+from jaxlab import results, runfiles, tasks
 from jaxlab.config import ExperimentConfig, TaskSection
 from jaxlab.errors import ConfigError, UserError
 from jaxlab.train.experiment import Experiment
@@ -153,10 +153,12 @@ def stored_experiment(data: dict[str, Any], path: str | Path) -> Experiment:
     name = data["experiment"]
     if ":" in str(name) or str(name) in experiments():
         return get_experiment(name)
-    try:  # summary.json beside it holds the command of a finished sweep
-        command = json.loads((Path(path).parent / "summary.json").read_text()).get("command")
-    except (OSError, ValueError, AttributeError):
-        command = None
+    command = runfiles.started_by(Path(path).parent)  # the record's; summary.json's for an older finished run
+    if not command:
+        try:
+            command = json.loads((Path(path).parent / "summary.json").read_text()).get("command")
+        except (OSError, ValueError, AttributeError):
+            command = None
     started = f"; the sweep was started with: {command}" if isinstance(command, str) and command else ""
     raise ConfigError(
         "experiment",

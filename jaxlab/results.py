@@ -459,27 +459,33 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def final_values(df: pd.DataFrame, metric: str) -> pd.Series:
+def final_values(df: pd.DataFrame, metric: str, by: Sequence[str] | None = None) -> pd.Series:
     """Per-run value of `metric` at its last recorded step (NaN when that value is NaN: an earlier
     step's value never stands in for it).
 
-    Indexed by `run`, or, where the metric's rows differ in other identifying columns, by those
-    and `run`: a metric's parameters (`alpha` of `ood_eval_loss[alpha=...]`, one value per run and
-    alpha) and the sweep label of `load_many` (run numbers restart in every sweep). Columns that
-    are the same on all of the metric's rows (a parameter filtered to one value) are left out.
+    Indexed by `run`, or by `by` and `run` where the metric's rows differ in them. `by` (default
+    `key_columns(df)`): the metric's parameters (`alpha` of `ood_eval_loss[alpha=...]`: one value
+    per run and alpha) and `load_many`'s label `sweep` (run numbers restart in every sweep); a
+    column that is the same on all of the metric's rows (a parameter filtered to one value) is left
+    out. Other columns (a value derived per row, a merged config value) never split the runs.
     """
     sub = df[df.metric == metric]
     if sub.empty:
         known = sorted(pd.unique(df["metric"])) if "metric" in df.columns else []
         raise UserError(f"final_values: no metric {metric!r} in the table (metrics: {', '.join(map(str, known))})")
-    keys = [c for c in identity_columns(sub) if sub[c].nunique(dropna=False) > 1] + ["run"]
+    by = key_columns(df) if by is None else list(by)
+    missing = [c for c in by if c not in sub.columns]
+    if missing:
+        raise UserError(f"final_values: by={missing} are not columns of the table")
+    keys = [c for c in by if sub[c].nunique(dropna=False) > 1] + ["run"]
     last = sub.sort_values("step", kind="stable").groupby(keys, dropna=False, sort=True).tail(1)
     return last.set_index(keys)["value"].sort_index()
 
 
-def identity_columns(df: pd.DataFrame) -> list[str]:
-    """The columns of a tidy table besides run and seed that tell its rows' runs or measurements apart:
-    metric parameters and labels such as `load_many`'s (not config columns `section__field`, which a
-    run determines, nor the step, the metric, the value or the run columns)."""
-    fixed = set(BASE_COLUMNS) | set(RUN_COLUMNS)
-    return [c for c in df.columns if isinstance(c, str) and c not in fixed and "__" not in c]
+def key_columns(df: pd.DataFrame, label: str = "sweep") -> list[str]:
+    """The columns of a tidy table besides the run that tell its rows' measurements apart: `load_many`'s
+    `label` column when present, and the metric parameters (the columns `split_metric_column` puts between
+    `metric` and `value`)."""
+    cols = list(df.columns)
+    params = cols[cols.index("metric") + 1 : cols.index("value")] if {"metric", "value"} <= set(cols) else []
+    return ([label] if label in cols else []) + [c for c in params if isinstance(c, str) and _valid_key(c)]

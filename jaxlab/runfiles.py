@@ -123,25 +123,27 @@ def holds_run(run_dir: Path) -> bool:
     return (Path(run_dir) / MANIFEST).exists() or is_jaxlab_config(Path(run_dir) / "config.json")
 
 
-def strangers(run_dir: Path) -> list[str]:
+def strangers(run_dir: Path, limit: int = 8) -> list[str]:
     """Paths (relative to `run_dir`) inside the directories jaxlab wrote there, below their top level,
     that jaxlab does not write (`NESTED_ENTRIES`): a file of the user's in `checkpoints/group-0000/`
-    would go with the old run."""
+    would go with the old run. At most `limit` of them (the first, sorted), then "... (N more)"."""
     run_dir = Path(run_dir)
-    out = []
-    for (top, depth), patterns in NESTED_ENTRIES.items():
+    mine = owned(run_dir)
+    out: list[str] = []
+    for top in sorted({top for top, _ in NESTED_ENTRIES}):
         root = run_dir / top
-        if top not in owned(run_dir) or not root.is_dir() or root.is_symlink():
+        if top not in mine or not root.is_dir() or root.is_symlink():
             continue
-        level = [c for c in root.iterdir() if is_jaxlab_entry(top, c.name)]
-        for _ in range(depth - 1):
-            level = [g for c in level if c.is_dir() and not c.is_symlink() for g in c.iterdir()]
-            level = [g for g in level if _matches(g.name, NESTED_ENTRIES.get((top, depth - 1), ()))]
-        for parent in level:
-            if not parent.is_dir() or parent.is_symlink():
-                continue
-            out += [str(c.relative_to(run_dir)) for c in parent.iterdir() if not _matches(c.name, patterns)]
-    return sorted(out)
+        level = [c for c in root.iterdir() if is_jaxlab_entry(top, c.name)]  # jaxlab's entries of depth 0
+        depth = 1
+        while (top, depth) in NESTED_ENTRIES:
+            children = [g for c in level if c.is_dir() and not c.is_symlink() for g in c.iterdir()]
+            patterns = NESTED_ENTRIES[(top, depth)]
+            out += [str(g.relative_to(run_dir)) for g in children if not _matches(g.name, patterns)]
+            level = [g for g in children if _matches(g.name, patterns)]
+            depth += 1
+    out.sort()
+    return out if len(out) <= limit else [*out[:limit], f"... ({len(out) - limit} more)"]
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:

@@ -94,3 +94,8 @@ def test_hparams_and_keys_are_checked_at_the_entry_points(smoke_cfg):
     ):
         jax.vmap(rbg.init)(seed_keys(range(2)))
     jax.vmap(rbg.init)(seed_keys(range(2), impl="rbg"))  # the key the message names works
+    # step and advance check the same way
+    with pytest.raises(ConfigError, match="unknown key 'lr'"):
+        train.step(full, {"lr": 1e-3})
+    with pytest.raises(ConfigError, match="unknown key 'lr'"):
+        train.advance(full, {"lr": 1e-3}, 1)

@@ -23,6 +23,7 @@ from jaxlab.registry import get_experiment, load_plugin
 from jaxlab.train import distributed, with_seeds
 from jaxlab.train import replace as replace_module
 from jaxlab.train.replace import REPLACED
+from jaxlab.train.rundir import check_run_dir
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -89,11 +90,46 @@ def test_overwrite_refuses_files_of_the_users_inside_a_checkpoint_group(old_run,
     assert tree(old_run) == before
 
 
-def test_tracker_directories_keep_what_the_trackers_did_not_write():
-    assert runfiles.is_jaxlab_entry("tensorboard", "run-00003")
-    assert not runfiles.is_jaxlab_entry("tensorboard", "mine")
+def test_tracker_directories_keep_what_the_trackers_did_not_write(old_run):
     assert runfiles.is_jaxlab_entry("wandb", "offline-run-20261208_010203-abc")
     assert not runfiles.is_jaxlab_entry("wandb", "my_notes.txt")
+    board = old_run / "tensorboard"
+    (board / "run-00000").mkdir(parents=True)
+    (board / "run-00000" / "events.out.tfevents.1.host").write_bytes(b"jaxlab's")
+    (board / "mine").mkdir()
+    (board / "mine" / "events.out.mine").write_text("the user's")
+    runfiles.record(old_run, ["tensorboard"])  # as the tracker's claim records it
+    assert run(old_run, "--overwrite") == 0  # no --log: the new run writes no tensorboard/
+    assert (board / "mine" / "events.out.mine").read_text() == "the user's"
+    assert not (board / "run-00000").exists()  # the old run's events went with it
+    # a user's file inside a TensorBoard run of jaxlab's is refused, not deleted
+    (board / "run-00001").mkdir()
+    (board / "run-00001" / "notes.txt").write_text("mine")
+    runfiles.record(old_run, ["tensorboard"])
+    assert runfiles.strangers(old_run) == ["tensorboard/run-00001/notes.txt"]
+
+
+def test_a_symlink_named_like_jaxlabs_replaced_run_is_refused_and_its_target_untouched(old_run, tmp_path, capsys):
+    target = tmp_path / "userdir"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    (old_run / REPLACED).symlink_to(target)
+    before = tree(old_run)
+    assert run(old_run, "--overwrite") == 2
+    assert f"{REPLACED} is not jaxlab's" in error_line(capsys)
+    assert tree(old_run) == before and (target / "notes.txt").read_text() == "mine"
+
+
+def test_resume_refuses_a_config_json_that_is_not_jaxlabs(tmp_path, capsys):
+    d = tmp_path / "u"
+    d.mkdir()
+    for content in ('{"my": "own config"}', "[1, 2]"):
+        (d / "config.json").write_text(content)
+        assert main(["run", "icl-regression", "--out", str(d), "--resume", "--quiet"]) == 2
+        assert "not a jaxlab" in error_line(capsys)
+        with pytest.raises(UserError, match="is not a jaxlab run's config"):  # the Python API's check
+            check_run_dir(d, get_experiment("icl-regression").preset("smoke"), resume=True, overwrite=False)
+        assert (d / "config.json").read_text() == content
 
 
 def test_a_file_named_like_jaxlabs_replaced_run_is_kept(old_run, capsys):
@@ -169,6 +205,12 @@ def test_a_damaged_layout_is_a_message_and_a_resume_keeps_the_runs_command(old_r
     assert main(["run", "icl-regression", "--out", str(old_run), "--resume", "--quiet"]) == 0
     assert results.load_summary(old_run)["command"] == started  # not the resume command
     assert f"reproduce: `{started}`" in (old_run / "report.md").read_text()
+    # a record written before it held the command: the finished run's summary.json says it
+    manifest = json.loads((old_run / runfiles.MANIFEST).read_text())
+    del manifest["command"]
+    (old_run / runfiles.MANIFEST).write_text(json.dumps(manifest))
+    assert main(["run", "icl-regression", "--out", str(old_run), "--resume", "--quiet"]) == 0
+    assert results.load_summary(old_run)["command"] == started
     capsys.readouterr()
     (old_run / "checkpoints" / "group-0000" / "layout.json").write_text("garbage")
     assert main(["run", "icl-regression", "--out", str(old_run), "--resume", "--quiet"]) == 2
@@ -218,16 +260,23 @@ def test_an_empty_preset_name_is_refused(tmp_path, capsys):
 
 
 def test_set_values_are_validated_together_whatever_their_order(tmp_path, capsys):
+    """400000 steps evaluated every 1000: 401 evaluations, but set one at a time from the preset's
+    eval_every = 20 the state in between has 20001 (refused before the values were set together)."""
     cfg = get_experiment("icl-regression").preset("smoke")
-    a = cfg.with_overrides({"train.eval_every": 1, "train.steps": 40000, **{"train.eval_every": 20}})
-    b = cfg.with_overrides({"train.steps": 40000, "train.eval_every": 20})
-    assert a == b and a.train.n_eval_points() == 2001
+    assert cfg.train.eval_every == 20
+    both = {"train.steps": 400000, "train.eval_every": 1000}
+    assert cfg.with_overrides(both).train.n_eval_points() == 401
+    with pytest.raises(ConfigError, match="20001 evaluations"):
+        cfg.set("train.steps", 400000)  # the state in between, alone: refused
+    out = str(tmp_path / "o")
+    sets = ["--set", "train.steps=400000", "--set", "train.eval_every=1000"]
+    assert main(["run", "icl-regression", "--preset", "smoke", *sets, "--out", out, "--show-config"]) == 0
+    capsys.readouterr()
     log = {"train.eval_schedule": "log", "train.n_evals": 10000, "train.steps": 4}
     assert cfg.with_overrides(log).train.n_eval_points() == 5  # at most steps + 1 distinct steps
-    sets = [x for k, v in log.items() for x in ("--set", f"{k}={v}")]
-    out = str(tmp_path / "o")
-    assert main(["run", "icl-regression", "--preset", "smoke", *sets, "--out", out, "--show-config"]) == 0
-    assert "train.n_evals" in capsys.readouterr().out
+    assert cfg.with_overrides({"train.n_evals": 10**6}).train.n_evals == 10**6  # unused by the linear schedule
+    with pytest.raises(ConfigError, match="train.n_evals"):
+        cfg.with_overrides({"train.eval_schedule": "log", "train.n_evals": 10**6})
 
 
 def test_the_python_api_run_is_unchanged_by_the_record_of_its_command(tmp_path):

@@ -102,12 +102,21 @@ def test_final_values_takes_the_last_step_even_when_nan_and_splits_by_parameters
     )
     final = results.final_values(df, "m")
     assert final.index.name == "run" and np.isnan(final[0]) and final[1] == 0.4  # not step 20's 0.5
-    two = pd.concat([df.assign(alpha=0.5), df.assign(alpha=2.0, value=df.value * 10)], ignore_index=True)
+    # as the tidy tables hold a parameterized metric: its parameter columns between metric and value
+    named = [df.assign(metric="m[alpha=0.5]"), df.assign(metric="m[alpha=2.0]", value=df.value * 10)]
+    two = results.split_metric_column(pd.concat(named, ignore_index=True))
+    assert list(two.columns[-3:]) == ["metric", "alpha", "value"]
     by_alpha = results.final_values(two, "m")
     assert by_alpha.index.names == ["alpha", "run"]
     assert by_alpha[(2.0, 1)] == pytest.approx(4.0) and by_alpha[(0.5, 1)] == pytest.approx(0.4)
     # one parameter value left: indexed by run again
     assert results.final_values(two[two.alpha == 2.0], "m").index.name == "run"
+    # a column the user adds (a value per row, a merged config value) never splits the runs
+    assert (
+        results.final_values(df.assign(log_value=np.log(df.value), group=[0, 0, 0, 1, 1, 1]), "m").index.name == "run"
+    )
+    explicit = results.final_values(df.assign(group=[0, 0, 0, 1, 1, 1]), "m", by=["group"])
+    assert explicit.index.names == ["group", "run"]
     with pytest.raises(UserError, match=r"no metric 'loss' in the table \(metrics: m\)"):
         results.final_values(df, "loss")
 

@@ -69,7 +69,8 @@ class ReferenceLoop:
 
     def run(self, seeds: list[int], steps: int, hparams: dict) -> tuple[float, float]:
         """Train each seed for `steps` steps; returns (wall, CPU) seconds, initialization excluded."""
-        states = [self.init(jax.random.key(s), hparams) for s in seeds]
+        impl = self.train.cfg.train.prng_impl  # the key `Train.init` takes (`Train.check_key`)
+        states = [self.init(jax.random.key(s, impl=impl), hparams) for s in seeds]
         jax.block_until_ready(states)
         wall, cpu = time.perf_counter(), time.process_time()
         for seed, state in zip(seeds, states):

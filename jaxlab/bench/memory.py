@@ -101,8 +101,8 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """`jaxlab bench memory`: measure (in a temporary directory unless `--out`) and print; 0 when the
-    sweep succeeded, 2 when the sweep refused its arguments (its one-line error printed; nothing
-    measured), else 1."""
+    sweep succeeded, else 1. Bad arguments, and a sweep that refused its own (e.g. `--out` holds a
+    run), raise `UserError` with that one-line error (the command line's exit status 2)."""
     if args.runs < 1:
         raise ConfigError("--runs", f"must be >= 1, got {args.runs}")
     get_experiment(args.experiment).preset(args.preset)  # ConfigError naming the allowed ones

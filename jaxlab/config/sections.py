@@ -313,8 +313,8 @@ class TrainConfig(Section):
         _positive(n("eval_every"), self.eval_every)
         _choice(n("eval_schedule"), self.eval_schedule, EVAL_SCHEDULES)
         _positive(n("n_evals"), self.n_evals)
-        # the log grid is listed point by point (`eval_steps`): bounded by the field itself, whatever the steps
-        _int_range(n("n_evals"), self.n_evals, 1, MAX_EVALS, f"at most {MAX_EVALS} evaluations")
+        if self.eval_schedule == "log":  # its grid is listed point by point (`eval_steps`): bounded whatever the steps
+            _int_range(n("n_evals"), self.n_evals, 1, MAX_EVALS, f"at most {MAX_EVALS} evaluations")
         _positive(n("eval_batch_size"), self.eval_batch_size)
         _positive(n("checkpoint_every"), self.checkpoint_every, allow_zero=True)
         _positive(n("checkpoint_minutes"), self.checkpoint_minutes, allow_zero=True)

@@ -91,7 +91,7 @@ from jaxlab.rng import in_rng_scope
 from jaxlab.tasks import autoregressive as ar
 from jaxlab.train.engine import Train, TrainState
 from jaxlab.train.experiment import Experiment, Finalized
-from jaxlab.train.hparams import Hparams, default_hparams
+from jaxlab.train.hparams import Hparams
 from jaxlab.train.plan import ExecutionPlan
 
 
@@ -209,7 +209,7 @@ class GDStartTrain(Train):
 
     def init(self, key: jax.Array, hparams: Hparams | None = None) -> TrainState:
         """`Train.init`'s state with the parameters set to one GD step (the class docstring)."""
-        hparams = default_hparams(self.cfg) if hparams is None else hparams
+        hparams = self.full_hparams(hparams)
         state = super().init(key, hparams)
         eta = eval_data(self)["ref"]["eta"]
         params = pr.gd_step_params(state.params, self.cfg.task, eta)

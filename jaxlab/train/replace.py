@@ -70,13 +70,9 @@ class RunAttempt:
                 f"--out {d}: {', '.join(theirs)} inside jaxlab's directories {'is' if len(theirs) == 1 else 'are'} "
                 "not jaxlab's and would go with the old run: move it away, then run again"
             )
-        if os.path.lexists(d / REPLACED) and not (d / REPLACED).is_dir():
+        if os.path.lexists(d / REPLACED):  # `recover` removed or put back jaxlab's: this one is someone else's
             raise UserError(f"--out {d}: {REPLACED} is not jaxlab's (jaxlab keeps a replaced run there): move it away")
-        try:
-            aside = move_aside(d)
-        except BaseException:
-            rollback(d)  # a move that failed half-way (a permission, a full disk): put back what moved
-            raise
+        aside = move_aside(d)
         self.claimed = True
         runfiles.write(d, Manifest(set(RUN_FILES) | set(RUN_DIRS), started=False, command=self.command))
         if aside:
@@ -140,16 +136,20 @@ def move_aside(run_dir: Path) -> bool:
         return False
     aside = run_dir / REPLACED
     aside.mkdir()
-    if has_record:  # first: while the record is away, an interrupted move is put back (`recover`)
-        os.rename(run_dir / MANIFEST, aside / MANIFEST)
-    for name in names:
-        src = run_dir / name
-        if runfiles.is_jaxlab_dir(src) and not runfiles.only_jaxlab(src):
-            (aside / name).mkdir()
-            for child in runfiles.jaxlab_children(src):
-                os.rename(child, aside / name / child.name)
-        else:
-            os.rename(src, aside / name)
+    try:
+        if has_record:  # first: while the record is away, an interrupted move is put back (`recover`)
+            os.rename(run_dir / MANIFEST, aside / MANIFEST)
+        for name in names:
+            src = run_dir / name
+            if runfiles.is_jaxlab_dir(src) and not runfiles.only_jaxlab(src):
+                (aside / name).mkdir()
+                for child in runfiles.jaxlab_children(src):
+                    os.rename(child, aside / name / child.name)
+            else:
+                os.rename(src, aside / name)
+    except BaseException:
+        rollback(run_dir)  # a move that failed half-way (a permission, a full disk): put back what moved
+        raise
     return True
 
 

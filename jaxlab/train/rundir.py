@@ -42,9 +42,12 @@ from jaxlab.errors import CorruptFileError, UserError
 from jaxlab.runfiles import RUN_DIRS, RUN_FILES, holds_run
 from jaxlab.train.checkpoint import GroupCheckpointer
 
+RUN_STATUSES = ("ok", "diverged")  # a run's `status` in runs.parquet and summary.json
+
 __all__ = [
     "RUN_DIRS",
     "RUN_FILES",
+    "RUN_STATUSES",
     "RunStore",
     "build_summary",
     "check_run_dir",
@@ -118,9 +121,9 @@ class RunStore:
 
     def chunk_done(self, group: int, chunk: int) -> bool:
         """Whether the run chunk finished on every process: its done file exists and so does every part
-        (json and parquet) of the processes it counts. A done file whose parts are gone (deleted, or
-        damaged beyond reading) does not count: `--resume` redoes the chunk from its checkpoints
-        instead of merging a sweep without it."""
+        (json and parquet) of the processes it counts. A done file whose parts are gone (deleted) does
+        not count: `--resume` redoes the chunk from its checkpoints instead of merging a sweep without
+        it. (A part that is there but damaged is read, and refused naming the file, by the merge.)"""
         path = self.done_path(group, chunk)
         if not path.exists():
             return False
@@ -190,7 +193,7 @@ def part_records(
                 "run": r["run"],
                 "seed": r["seed"],
                 "hparams": r["point"],
-                "status": "diverged" if d >= 0 else "ok",
+                "status": RUN_STATUSES[1] if d >= 0 else RUN_STATUSES[0],
                 "diverged_at_step": d if d >= 0 else None,
                 "final": final,
             }
@@ -343,6 +346,8 @@ def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool, overwrite:
         stored = run_dir / "config.json"
         if not stored.exists():
             raise UserError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+        if not runfiles.is_jaxlab_config(stored):
+            raise UserError(f"--resume: {stored} is not a jaxlab run's config (no run to resume there)")
         new = json.loads(json.dumps(cfg.to_dict()))  # as stored: tuples become lists
         old = fill_added_fields(json.loads(stored.read_text()), cfg)
         old.pop("command", None)
