@@ -22,6 +22,9 @@ if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 import jax
 import pytest
 
+# the run-directory tests' fixtures (`finished`, `old_run`): one definition, every test module may use them
+pytest_plugins = ("_rundirs",)
+
 # A suite started in the background (`nohup`, `cmd &` in a script) inherits SIGINT ignored, and so
 # would every process it starts; the signal tests need the default disposition (a Python handler,
 # which a child process gets back as the default).

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _rundirs import error_line
 from _runs import run_cfg
 
 from jaxlab import results
@@ -33,15 +34,6 @@ SMOKE = ["run", "icl-regression", "--preset", "smoke", "--seeds", "1", "--quiet"
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def error_line(capsys) -> str:
-    """The one `jaxlab: error:` line on stderr (after asserting there is exactly one, and no traceback)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("jaxlab: error:")]
-    assert len(lines) == 1, err[-3000:]
-    return lines[0]
-
-
 def refuse_writes(monkeypatch, root: Path, code: int, name_starts: str = "") -> None:
     """Make creating files and directories under `root` (whose names start with `name_starts`)
     fail with `code`, as a full (ENOSPC) or read-only (EROFS) file system does."""

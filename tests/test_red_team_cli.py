@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 from pathlib import Path
 
 import pytest
+from _rundirs import error_line, run, tree
 from _runs import run_cfg
 
 from jaxlab import hostdevices, interrupt, results, runfiles
@@ -26,40 +26,6 @@ from jaxlab.train.replace import REPLACED
 from jaxlab.train.rundir import check_run_dir
 
 pytestmark = pytest.mark.timeout(300)
-
-SMOKE = ["run", "icl-regression", "--preset", "smoke", "--set", "train.steps=4", "--quiet"]
-
-
-def run(out: Path, *extra: str) -> int:
-    return main([*SMOKE, "--out", str(out), *extra])
-
-
-def tree(d: Path) -> dict[str, bytes | None]:
-    """Every entry under `d` (hidden ones too): a file's bytes, None for a directory."""
-    return {str(p.relative_to(d)): (None if p.is_dir() else p.read_bytes()) for p in sorted(d.rglob("*"))}
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("jaxlab: error:")]
-    assert len(lines) == 1, err[-3000:]
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished smoke run of 4 steps (seeds 0, 1), started by the command line; tests copy it."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert run(out) == 0
-    return out
-
-
-@pytest.fixture
-def old_run(finished, tmp_path) -> Path:
-    d = tmp_path / "old"
-    shutil.copytree(finished, d)
-    return d
 
 
 # -- nothing of the user's is deleted ----------------------------------------------------------------
@@ -200,7 +166,7 @@ def test_a_done_chunk_whose_part_is_gone_is_redone_on_resume(old_run):
 
 def test_a_damaged_layout_is_a_message_and_a_resume_keeps_the_runs_command(old_run, capsys):
     started = results.load_summary(old_run)["command"]
-    assert started.startswith("jaxlab run icl-regression --preset smoke --set train.steps=4")
+    assert started.startswith("jaxlab run icl-regression --preset smoke --quiet --out ")
     (old_run / "summary.json").unlink()
     assert main(["run", "icl-regression", "--out", str(old_run), "--resume", "--quiet"]) == 0
     assert results.load_summary(old_run)["command"] == started  # not the resume command

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from _jaxenv import jax_env
+from _rundirs import SMOKE, run, tree
 
 from jaxlab import results, runfiles
 from jaxlab.cli import main
@@ -33,16 +33,6 @@ from jaxlab.train.replace import REPLACED, RunAttempt, move_aside, rollback
 from jaxlab.train.rundir import check_run_dir
 
 HOST = socket.gethostname()
-SMOKE = ["run", "icl-regression", "--preset", "smoke", "--quiet"]
-
-
-def run(out: Path, *extra: str) -> int:
-    return main([*SMOKE, "--out", str(out), *extra])
-
-
-def tree(d: Path) -> dict[str, bytes | None]:
-    """Every entry under `d` (hidden ones too): a file's bytes, None for a directory."""
-    return {str(p.relative_to(d)): (None if p.is_dir() else p.read_bytes()) for p in sorted(d.rglob("*"))}
 
 
 def seeds(d: Path) -> list[int]:
@@ -68,21 +58,6 @@ def sleeper():
     yield proc
     proc.kill()
     proc.wait()
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished smoke run (seeds 0, 1); tests copy it."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert run(out) == 0
-    return out
-
-
-@pytest.fixture
-def old_run(finished, tmp_path) -> Path:
-    d = tmp_path / "old"
-    shutil.copytree(finished, d)
-    return d
 
 
 def boom_at_first_interval(monkeypatch, exc: BaseException) -> None:
