@@ -153,13 +153,8 @@ def stored_experiment(data: dict[str, Any], path: str | Path) -> Experiment:
     name = data["experiment"]
     if ":" in str(name) or str(name) in experiments():
         return get_experiment(name)
-    command = runfiles.started_by(Path(path).parent)  # the record's; summary.json's for an older finished run
-    if not command:
-        try:
-            command = json.loads((Path(path).parent / "summary.json").read_text()).get("command")
-        except (OSError, ValueError, AttributeError):
-            command = None
-    started = f"; the sweep was started with: {command}" if isinstance(command, str) and command else ""
+    command = runfiles.started_by(Path(path).parent)
+    started = f"; the sweep was started with: {command}" if command else ""
     raise ConfigError(
         "experiment",
         f"{path} names experiment {name!r}, which is not built in nor a loaded plug-in: load the plug-in that "

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,9 +88,18 @@ def write(run_dir: Path, manifest: Manifest) -> None:
 
 
 def started_by(run_dir: Path) -> str:
-    """The command that started the run in `run_dir` ("" when the record does not say: an older run)."""
-    manifest = read(run_dir) if (Path(run_dir) / MANIFEST).exists() else None
-    return "" if manifest is None else manifest.command
+    """The command that started the run in `run_dir`: the record's; for a run written before the record
+    held it, its summary.json's (a finished run's); "" when neither says."""
+    run_dir = Path(run_dir)
+    manifest = read(run_dir) if (run_dir / MANIFEST).exists() else None
+    if manifest is not None and manifest.command:
+        return manifest.command
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):  # none, or damaged (the merge rewrites it)
+        return ""
+    command = summary.get("command") if isinstance(summary, dict) else None
+    return command if isinstance(command, str) else ""
 
 
 def record(run_dir: Path, names: Iterable[str]) -> None:
@@ -211,23 +220,14 @@ def claim(run_dir: Path, name: str) -> None:
     record(run_dir, [name])
 
 
-def listing(run_dir: Path) -> dict[str, tuple[bool, int, int, int]]:
-    """(is a directory, inode, mtime, size) of each top-level entry of `run_dir` but jaxlab's own
-    bookkeeping: compared before and after a step, it tells what that step wrote (`written`)."""
-    out = {}
-    for p in Path(run_dir).iterdir():
-        if p.name.startswith(".jaxlab"):
-            continue
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            continue
-        out[p.name] = (p.is_dir() and not p.is_symlink(), st.st_ino, st.st_mtime_ns, st.st_size)
-    return out
+def listing(run_dir: Path) -> frozenset[str]:
+    """The top-level entries of `run_dir` but jaxlab's own bookkeeping: taken before a step, it tells
+    what that step created (`written`)."""
+    return frozenset(p.name for p in Path(run_dir).iterdir() if not p.name.startswith(".jaxlab"))
 
 
-def written(run_dir: Path, before: Mapping[str, tuple[bool, int, int, int]]) -> list[str]:
+def written(run_dir: Path, before: Iterable[str]) -> list[str]:
     """Top-level entries of `run_dir` that are new since `before = listing(run_dir)`. An entry that
     existed before does not count even when it changed: it is jaxlab's already when jaxlab wrote it
     before (in the record), and otherwise someone else's (a file the user edits meanwhile)."""
-    return sorted(n for n in listing(run_dir) if n not in before)
+    return sorted(listing(run_dir) - set(before))

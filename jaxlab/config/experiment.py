@@ -93,11 +93,7 @@ class ExperimentConfig:
 
     def set(self, key: str, value: Any) -> ExperimentConfig:
         """A copy with `section.field` set to `value` (parsed from a string when it is one)."""
-        section, name = self._split(key)
-        obj = getattr(self, section)
-        if isinstance(value, str):
-            value = parse_value(key, value, _field_type(type(obj), name))
-        return dataclasses.replace(self, **{section: dataclasses.replace(obj, **{name: value})})
+        return self.with_overrides({key: value})
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
         """A copy with every `section.field` -> value of `overrides` (values parsed as `set` parses them).

@@ -109,7 +109,7 @@ def run_sweep(
                     if not resume:
                         results.write_text(run_dir / "config.json", cfg.to_json() + "\n")
                     else:  # provenance: the command that started the run, not this --resume
-                        options["command"] = started_command(run_dir) or command
+                        options["command"] = runfiles.started_by(run_dir) or command
                 except BaseException as err:
                     error = err
             if agree_min(0 if error is not None else 1) == 0:  # every process learns process 0's outcome
@@ -122,18 +122,6 @@ def run_sweep(
             raise
         finally:
             attempt.release()
-
-
-def started_command(run_dir: Path) -> str:
-    """The command that started the run in `run_dir`: the record's (`runfiles.started_by`), else, for a
-    run written before the record held it, its summary.json's; "" when neither says."""
-    command = runfiles.started_by(run_dir)
-    if not command and (run_dir / "summary.json").is_file():
-        try:
-            command = str(results.load_summary(run_dir).get("command") or "")
-        except UserError:  # a damaged summary: the merge rewrites it
-            command = ""
-    return command
 
 
 def tracker_configs(cfg: ExperimentConfig, groups: Sequence[Group]) -> dict[int, dict[str, Any]]:
